@@ -1,0 +1,209 @@
+"""Instances (the users' machines), their members, commands and extension requests."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from visa.db import Base, UTCDateTime
+from visa.types import JsonDict, enum_column
+
+if TYPE_CHECKING:
+    from visa.catalogue.models import Plan
+    from visa.clouds.models import Cloud
+    from visa.experiments.models import Experiment
+    from visa.users.models import User
+
+
+class InstanceState(enum.StrEnum):
+    BUILDING = "BUILDING"
+    STARTING = "STARTING"
+    ACTIVE = "ACTIVE"
+    PARTIALLY_ACTIVE = "PARTIALLY_ACTIVE"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    REBOOTING = "REBOOTING"
+    MIGRATING = "MIGRATING"
+    ACTIVE_MIGRATING = "ACTIVE_MIGRATING"
+    DELETING = "DELETING"
+    DELETED = "DELETED"
+    ERROR = "ERROR"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNKNOWN = "UNKNOWN"
+
+
+# States that change on their own soon: synced more often.
+UNSTABLE_STATES = frozenset(
+    {
+        InstanceState.BUILDING,
+        InstanceState.STARTING,
+        InstanceState.PARTIALLY_ACTIVE,
+        InstanceState.STOPPING,
+        InstanceState.REBOOTING,
+        InstanceState.MIGRATING,
+        InstanceState.ACTIVE_MIGRATING,
+        InstanceState.DELETING,
+        InstanceState.UNKNOWN,
+    }
+)
+
+
+class MemberRole(enum.StrEnum):
+    OWNER = "OWNER"
+    USER = "USER"
+    GUEST = "GUEST"
+    SUPPORT = "SUPPORT"
+
+
+class CommandAction(enum.StrEnum):
+    CREATE = "CREATE"
+    START = "START"
+    STOP = "STOP"
+    REBOOT = "REBOOT"
+    DELETE = "DELETE"
+
+
+class CommandState(enum.StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+
+class ExtensionState(enum.StrEnum):
+    PENDING = "PENDING"
+    ACCEPTED = "ACCEPTED"
+    REFUSED = "REFUSED"
+
+
+instance_experiments = Table(
+    "instance_experiments",
+    Base.metadata,
+    Column("instance_id", ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True),
+    Column("experiment_id", ForeignKey("experiments.id", ondelete="RESTRICT"), primary_key=True, index=True),
+)
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uid: Mapped[str] = mapped_column(String(16), unique=True)
+    name: Mapped[str] = mapped_column(String(100))
+    comments: Mapped[str] = mapped_column(Text, default="")
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), index=True)
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id", ondelete="RESTRICT"), index=True)
+    cloud_id: Mapped[int] = mapped_column(ForeignKey("clouds.id", ondelete="RESTRICT"), index=True)
+    cloud_server_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    address: Mapped[str | None] = mapped_column(String(255))
+    state: Mapped[InstanceState] = mapped_column(enum_column(InstanceState), index=True)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    screen_width: Mapped[int] = mapped_column(Integer, default=1280)
+    screen_height: Mapped[int] = mapped_column(Integer, default=800)
+    keyboard_layout: Mapped[str] = mapped_column(String(32), default="en-us")
+    # The per-instance desktop secret (VNC password); never logged nor sent to another user.
+    secret: Mapped[str] = mapped_column(String(64))
+    provider_state: Mapped[dict[str, Any]] = mapped_column(JsonDict, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    terminates_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_interaction_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_compute_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lifetime_warned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    inactivity_warned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    state_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+
+    owner: Mapped[User] = relationship(lazy="joined")
+    plan: Mapped[Plan] = relationship(lazy="joined")
+    cloud: Mapped[Cloud] = relationship(lazy="joined")
+    experiments: Mapped[list[Experiment]] = relationship(secondary=instance_experiments, lazy="selectin")
+    members: Mapped[list[InstanceMember]] = relationship(
+        back_populates="instance", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    def __repr__(self) -> str:
+        return f"<Instance {self.uid} {self.state}>"
+
+
+class InstanceMember(Base):
+    __tablename__ = "instance_members"
+    __table_args__ = (UniqueConstraint("instance_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    role: Mapped[MemberRole] = mapped_column(enum_column(MemberRole))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    instance: Mapped[Instance] = relationship(back_populates="members")
+    user: Mapped[User] = relationship(lazy="joined")
+
+
+class InstanceCommand(Base):
+    """Who asked for what on an instance, and how it ended."""
+
+    __tablename__ = "instance_commands"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    action: Mapped[CommandAction] = mapped_column(enum_column(CommandAction))
+    state: Mapped[CommandState] = mapped_column(enum_column(CommandState), index=True)
+    message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ExtensionRequest(Base):
+    """A request for a longer lifetime."""
+
+    __tablename__ = "extension_requests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    requester_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    requested_until: Mapped[datetime] = mapped_column(UTCDateTime)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[ExtensionState] = mapped_column(enum_column(ExtensionState), index=True)
+    handled_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    handled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    granted_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    response: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ConnectToken(Base):
+    """A one-time desktop/Jupyter connect token; only its hash is kept."""
+
+    __tablename__ = "connect_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    role: Mapped[MemberRole] = mapped_column(enum_column(MemberRole))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class InstanceThumbnail(Base):
+    __tablename__ = "instance_thumbnails"
+
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
+    image: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

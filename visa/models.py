@@ -1,0 +1,49 @@
+"""Imports every model so the metadata is complete (Alembic, create_all)."""
+
+from visa.audit.models import AuditEvent
+from visa.catalogue.models import Flavour, FlavourLifetime, FlavourLimit, Image, ImageProtocol, Plan
+from visa.clouds.models import Cloud
+from visa.db import Base
+from visa.experiments.models import Experiment, Instrument, Proposal, experiment_members
+from visa.instances.models import (
+    ConnectToken,
+    ExtensionRequest,
+    Instance,
+    InstanceCommand,
+    InstanceMember,
+    InstanceThumbnail,
+    instance_experiments,
+)
+from visa.notifications.models import NotificationAck, SentEmail, SystemNotification
+from visa.scheduler.models import SchedulerLease
+from visa.users.models import ApiToken, RoleGrant, User
+
+__all__ = [
+    "ApiToken",
+    "AuditEvent",
+    "Base",
+    "Cloud",
+    "ConnectToken",
+    "Experiment",
+    "ExtensionRequest",
+    "Flavour",
+    "FlavourLifetime",
+    "FlavourLimit",
+    "Image",
+    "ImageProtocol",
+    "Instance",
+    "InstanceCommand",
+    "InstanceMember",
+    "InstanceThumbnail",
+    "Instrument",
+    "NotificationAck",
+    "Plan",
+    "Proposal",
+    "RoleGrant",
+    "SchedulerLease",
+    "SentEmail",
+    "SystemNotification",
+    "User",
+    "experiment_members",
+    "instance_experiments",
+]

@@ -1,0 +1,181 @@
+"""One typed settings object for the whole service.
+
+Values come, in order of precedence, from ``VISA_*`` environment variables (nested
+fields with ``__``, e.g. ``VISA_SMTP__HOST``), an optional TOML file named by
+``VISA_CONFIG``, then the defaults written here. The defaults are the embedded
+setup: SQLite in the data directory, the local provider and local accounts.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class LifetimeSettings(BaseModel):
+    """Defaults that apply when no flavour/role rule overrides them (hours)."""
+
+    user_max_hours: int = Field(14 * 24, ge=1, description="Maximum lifetime for users")
+    staff_max_hours: int = Field(60 * 24, ge=1, description="Maximum lifetime for staff (ADMIN, STAFF)")
+    user_inactivity_hours: int = Field(4 * 24, ge=1, description="Inactivity limit for users")
+    staff_inactivity_hours: int = Field(8 * 24, ge=1, description="Inactivity limit for staff")
+    lifetime_warning_hours: int = Field(48, ge=1, description="Warn this long before a lifetime deletion")
+    inactivity_warning_hours: int = Field(24, ge=1, description="Warn this long before an inactivity deletion")
+    untouched_tab_hours: int = Field(6, ge=1, description="An open tab with no input counts as idle after this")
+
+
+class SmtpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(25, ge=1, le=65535)
+    starttls: bool = False
+    ssl: bool = False
+    username: str | None = None
+    password: str | None = None
+    sender: str = "visa@localhost"
+    enabled: bool = False
+
+
+class OidcSettings(BaseModel):
+    """Keycloak (or any OIDC server with Keycloak's URL layout)."""
+
+    server_url: str | None = Field(None, description="e.g. https://sso.example.org/ (empty: local accounts)")
+    realm: str = "visa"
+    client_id: str = "visa"
+    client_secret: str | None = None
+    audience: str | None = Field(None, description="Expected 'aud' of bearer tokens (default: client_id)")
+    role_claim: str | None = Field(None, description="Claim holding roles, e.g. realm_access.roles")
+    role_mapping: dict[str, str] = Field(default_factory=dict, description="token role -> visa role")
+    verify_tls: bool = True
+
+
+class SchedulerSettings(BaseModel):
+    """Periods of the background jobs, in seconds."""
+
+    enabled_in_web: bool = Field(True, description="Run the scheduler inside `visa run` (embedded setup)")
+    sync_seconds: int = Field(60, ge=1)
+    unstable_sync_seconds: int = Field(5, ge=1)
+    lifecycle_seconds: int = Field(300, ge=1)
+    activity_seconds: int = Field(300, ge=1)
+    cleanup_seconds: int = Field(86400, ge=1)
+    orphan_grace_hours: int = Field(24, ge=0)
+    lease_seconds: int = Field(30, ge=5)
+
+
+class ProvisioningSettings(BaseModel):
+    """Site configuration for what a machine receives at boot."""
+
+    cvmfs_repositories: list[str] = Field(
+        default_factory=lambda: ["software.esrf.fr", "software.eessi.io"],
+        description="CVMFS repositories mounted on every machine (images may add more)",
+    )
+    cvmfs_http_proxy: str = "DIRECT"
+    cvmfs_quota_mb: int = Field(20000, ge=1000)
+    data_root: str = Field("/data/visitor", description="Where experiment data lives, ESRF style")
+    raw_mount_template: str = Field(
+        "nfs-data.esrf.fr:/data/visitor/{proposal}/{beamline}",
+        description="Source of an experiment's raw data; {proposal} and {beamline} are substituted",
+    )
+    processed_mount_template: str = Field(
+        "nfs-data.esrf.fr:/data/processed/{proposal}/{beamline}",
+        description="Source of the writable processed-data area",
+    )
+    mount_type: str = Field("nfs", description="nfs, ceph or bind")
+    home_root: str = "/home"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VISA_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    data_dir: Path = Field(Path("var"), description="Where the embedded setup keeps its state")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
+    secret_key: str | None = Field(None, description="Signs sessions; default generated in data_dir")
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    base_url: str = Field("http://127.0.0.1:8080", description="Public URL, for emails and redirects")
+    instance_name_prefix: str = Field("visa", description="Cloud server names are {prefix}-{id}")
+    default_quota: int = Field(2, ge=-1, description="Instances per user; -1 = unlimited")
+    default_cloud: str = Field("local", description="Name of the cloud new instances go to")
+    connect_token_seconds: int = Field(30, ge=1)
+    max_request_bytes: int = Field(1_000_000, ge=1024)
+    session_cookie_secure: bool = False
+    local_accounts: bool | None = Field(None, description="Default: on unless OIDC is configured")
+    log_json: bool = False
+    lifetimes: LifetimeSettings = Field(default_factory=LifetimeSettings)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    oidc: OidcSettings = Field(default_factory=OidcSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    provisioning: ProvisioningSettings = Field(default_factory=ProvisioningSettings)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_dialect(cls, value: str | None) -> str | None:
+        if value and not value.split(":", 1)[0].split("+", 1)[0] in {"sqlite", "postgresql"}:
+            raise ValueError("database_url must be a sqlite:// or postgresql:// URL")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _TomlSource(settings_cls)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'visa.db').resolve()}"
+
+    @property
+    def uses_local_accounts(self) -> bool:
+        if self.local_accounts is not None:
+            return self.local_accounts
+        return not self.oidc.server_url
+
+    def resolved_secret_key(self) -> str:
+        """The configured key, or one generated once and kept in the data directory."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the TOML file named by VISA_CONFIG, if any."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("VISA_CONFIG")
+        if not path:
+            return {}
+        try:
+            with open(path, "rb") as fh:
+                return tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ValueError(f"VISA_CONFIG={path}: file not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"VISA_CONFIG={path}: {exc}") from exc
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
