@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine for visa: Debian packages, the virtualenv, front-end assets.
+# Idempotent: a second run only checks. Usage: scripts/setup.sh [--dev]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+missing=()
+while read -r pkg; do
+  [[ -z "$pkg" || "$pkg" == \#* ]] && continue
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done < deploy/system-packages.txt
+if ((${#missing[@]})); then
+  if [[ $(id -u) -eq 0 ]]; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "setup: missing Debian packages (run as root or: sudo apt-get install ${missing[*]})" >&2
+  fi
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.visa-installed
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+  .venv/bin/pip install -q --upgrade pip
+  if [[ "${1:-}" == "--dev" ]]; then
+    .venv/bin/pip install -q -e '.[test]'
+  else
+    .venv/bin/pip install -q -e .
+  fi
+  touch $stamp
+fi
+
+if [[ -x scripts/build-web.sh ]]; then
+  scripts/build-web.sh
+fi

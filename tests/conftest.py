@@ -1,0 +1,100 @@
+"""Shared fixtures: every database test runs on SQLite and on a real PostgreSQL.
+
+PostgreSQL: ``VISA_TEST_PG_URL`` (default the local server, trust auth). Each test session
+creates its own database, so concurrent runs on one machine do not meet; it is dropped at
+the end. Where no server answers, PostgreSQL cases are skipped outside CI and fail in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from visa.clock import FrozenClock
+from visa.db import Base, Database
+from visa.migrate import upgrade
+
+PG_URL = os.environ.get("VISA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _pg_available() -> bool:
+    try:
+        eng = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with eng.connect():
+            pass
+        eng.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_database_url() -> Iterator[str]:
+    if not _pg_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI and does not answer at {PG_URL}")
+        pytest.skip(f"no PostgreSQL at {PG_URL}")
+    name = f"visa_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def _sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'visa.db'}"
+
+
+@pytest.fixture(scope="session")
+def _migrated(request: pytest.FixtureRequest) -> dict[str, Database]:
+    return {}
+
+
+def _database_for(backend: str, request: pytest.FixtureRequest, cache: dict[str, Database]) -> Database:
+    if backend not in cache:
+        url = (
+            request.getfixturevalue("pg_database_url")
+            if backend == "postgresql"
+            else request.getfixturevalue("_sqlite_url")
+        )
+        database = Database(url)
+        upgrade(database.engine)  # every run proves the migrations build the schema
+        cache[backend] = database
+    return cache[backend]
+
+
+@pytest.fixture(params=BACKENDS)
+def db(request: pytest.FixtureRequest, _migrated: dict[str, Database]) -> Iterator[Database]:
+    """A migrated database on each backend, emptied after the test."""
+    database = _database_for(request.param, request, _migrated)
+    yield database
+    with database.engine.begin() as conn:
+        if database.engine.dialect.name == "postgresql":
+            names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        else:
+            for table in reversed(Base.metadata.sorted_tables):
+                conn.execute(table.delete())
+
+
+@pytest.fixture
+def session(db: Database) -> Iterator:
+    """A session whose work is committed at the end of the test, like a request."""
+    with db.unit_of_work() as s:
+        yield s
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock()
