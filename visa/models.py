@@ -4,7 +4,13 @@ from visa.audit.models import AuditEvent
 from visa.catalogue.models import Flavour, FlavourLifetime, FlavourLimit, Image, ImageProtocol, Plan
 from visa.clouds.models import Cloud
 from visa.db import Base
-from visa.experiments.models import Experiment, Instrument, Proposal, experiment_members
+from visa.experiments.models import (
+    Experiment,
+    Instrument,
+    Proposal,
+    experiment_members,
+    instrument_scientists,
+)
 from visa.instances.models import (
     ConnectToken,
     ExtensionRequest,
@@ -46,4 +52,5 @@ __all__ = [
     "User",
     "experiment_members",
     "instance_experiments",
+    "instrument_scientists",
 ]

@@ -68,16 +68,39 @@ class SchedulerSettings(BaseModel):
     lease_seconds: int = Field(30, ge=5)
 
 
-class ProvisioningSettings(BaseModel):
-    """Site configuration for what a machine receives at boot."""
+class CvmfsDomainSettings(BaseModel):
+    """Where the repositories of one CVMFS domain are served from and signed by."""
 
+    server_urls: list[str] = Field(description="Stratum-1 URLs; @fqrn@ stands for the repository name")
+    keys_dir: str = Field(description="Directory of the domain's public keys in the image")
+    public_key: str | None = Field(None, description="PEM public key written to keys_dir at boot (optional)")
+
+
+class ProvisioningSettings(BaseModel):
+    """Site configuration for what a machine receives at boot (rendered into cloud-init).
+
+    Images add to it through their ``options`` (see ``visa.provisioning.site.ImageOptions``).
+    """
+
+    # --- CVMFS -------------------------------------------------------------------------
     cvmfs_repositories: list[str] = Field(
         default_factory=lambda: ["software.esrf.fr", "software.eessi.io"],
         description="CVMFS repositories mounted on every machine (images may add more)",
     )
-    cvmfs_http_proxy: str = "DIRECT"
-    cvmfs_quota_mb: int = Field(20000, ge=1000)
-    data_root: str = Field("/data/visitor", description="Where experiment data lives, ESRF style")
+    cvmfs_http_proxy: str = Field("DIRECT", description="CVMFS_HTTP_PROXY, e.g. http://squid.esrf.fr:3128")
+    cvmfs_quota_mb: int = Field(20000, ge=1000, description="Local CVMFS cache size (CVMFS_QUOTA_LIMIT)")
+    cvmfs_domains: dict[str, CvmfsDomainSettings] = Field(
+        default_factory=lambda: {
+            "esrf.fr": CvmfsDomainSettings(
+                server_urls=["http://cvmfs-stratum1.esrf.fr/cvmfs/@fqrn@"],
+                keys_dir="/etc/cvmfs/keys/esrf.fr",
+            )
+        },
+        description="Domains not covered by the image's cvmfs-config packages (EESSI, CERN ship their own)",
+    )
+    # --- Experiment data ---------------------------------------------------------------
+    data_root: str = Field("/data/visitor", description="Where raw data appears in the machine, ESRF style")
+    processed_root: str = Field("/data/processed", description="Where the writable processed-data areas appear")
     raw_mount_template: str = Field(
         "nfs-data.esrf.fr:/data/visitor/{proposal}/{beamline}",
         description="Source of an experiment's raw data; {proposal} and {beamline} are substituted",
@@ -86,8 +109,48 @@ class ProvisioningSettings(BaseModel):
         "nfs-data.esrf.fr:/data/processed/{proposal}/{beamline}",
         description="Source of the writable processed-data area",
     )
-    mount_type: str = Field("nfs", description="nfs, ceph or bind")
-    home_root: str = "/home"
+    mount_type: str = Field("nfs", description="nfs, ceph or bind (bind: local provider, sources are host paths)")
+    nfs_options: str = Field(
+        "nfsvers=4.2,hard,_netdev,nofail,x-systemd.automount", description="fstab options added to NFS mounts"
+    )
+    ceph_options: str = Field(
+        "name=visa,secretfile=/etc/ceph/visa.secret,_netdev,nofail,x-systemd.automount",
+        description="fstab options added to CephFS mounts",
+    )
+    # --- Accounts ----------------------------------------------------------------------
+    home_root: str = Field("/home", description="Home directories when the account source gives none")
+    user_shell: str = "/bin/bash"
+    probe_username: str = Field("visa", description="Account the scheduler uses over SSH to read activity")
+    probe_public_key: str | None = Field(
+        None, description="OpenSSH public key of the probe account (one line); none: no probe account"
+    )
+    # --- Desktop, Jupyter, containers --------------------------------------------------
+    timezone: str = "Europe/Paris"
+    desktop_display: int = Field(1, ge=1, le=99, description="X display of the desktop (:1 -> VNC 5901)")
+    jupyter_command: str = Field(
+        "/opt/visa/jupyterlab/bin/jupyter-lab", description="JupyterLab executable the image recipes install"
+    )
+    apptainer_image_dir: str = Field(
+        "/cvmfs/software.esrf.fr/containers", description="Container images Apptainer users are pointed to"
+    )
+    packages: list[str] = Field(default_factory=list, description="Packages installed at boot on every machine")
+
+    @field_validator("mount_type")
+    @classmethod
+    def _known_mount_type(cls, value: str) -> str:
+        if value not in {"nfs", "ceph", "bind"}:
+            raise ValueError("mount_type must be nfs, ceph or bind")
+        return value
+
+    @field_validator("raw_mount_template", "processed_mount_template")
+    @classmethod
+    def _known_placeholders(cls, value: str) -> str:
+        import string
+
+        names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        if not names <= {"proposal", "beamline"}:
+            raise ValueError(f"only {{proposal}} and {{beamline}} may be used, not {sorted(names)}")
+        return value
 
 
 class Settings(BaseSettings):
@@ -118,7 +181,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_dialect(cls, value: str | None) -> str | None:
-        if value and not value.split(":", 1)[0].split("+", 1)[0] in {"sqlite", "postgresql"}:
+        if value and value.split(":", 1)[0].split("+", 1)[0] not in {"sqlite", "postgresql"}:
             raise ValueError("database_url must be a sqlite:// or postgresql:// URL")
         return value
 

@@ -9,6 +9,7 @@ from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, String, Te
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from visa.db import Base
+from visa.experiments.models import Instrument
 from visa.types import JsonDict, enum_column
 from visa.users.models import Role
 
@@ -122,6 +123,7 @@ class FlavourLimit(Base):
     role: Mapped[Role | None] = mapped_column(enum_column(Role))
 
     flavour: Mapped[Flavour] = relationship(back_populates="limits")
+    instrument: Mapped[Instrument | None] = relationship(lazy="joined")
 
 
 class FlavourLifetime(Base):

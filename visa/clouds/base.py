@@ -148,5 +148,5 @@ class Provider(abc.ABC):
     def limits(self) -> CloudLimits:
         return CloudLimits()
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook)
         """Release connections and background resources."""

@@ -20,6 +20,14 @@ experiment_members = Table(
     Column("user_id", ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True),
 )
 
+# Instrument scientists support the users of their instruments.
+instrument_scientists = Table(
+    "instrument_scientists",
+    Base.metadata,
+    Column("instrument_id", ForeignKey("instruments.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True),
+)
+
 
 class Instrument(Base):
     """A beamline or instrument, e.g. ``id21``."""
@@ -28,6 +36,8 @@ class Instrument(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
+
+    scientists: Mapped[list[User]] = relationship(secondary=instrument_scientists)
 
     def __repr__(self) -> str:
         return f"<Instrument {self.name!r}>"

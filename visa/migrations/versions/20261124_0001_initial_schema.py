@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 18:56:47.159648
+Create Date: 2026-11-24 18:59:09.691092
 """
 
 from collections.abc import Sequence
@@ -230,6 +230,24 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_images")),
         sa.UniqueConstraint("name", name=op.f("uq_images_name")),
     )
+    op.create_table(
+        "instrument_scientists",
+        sa.Column("instrument_id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["instrument_id"],
+            ["instruments.id"],
+            name=op.f("fk_instrument_scientists_instrument_id_instruments"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_instrument_scientists_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("instrument_id", "user_id", name=op.f("pk_instrument_scientists")),
+    )
+    with op.batch_alter_table("instrument_scientists", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_instrument_scientists_user_id"), ["user_id"], unique=False)
+
     op.create_table(
         "notification_acks",
         sa.Column("notification_id", sa.Integer(), nullable=False),
@@ -722,6 +740,10 @@ def downgrade() -> None:
 
     op.drop_table("role_grants")
     op.drop_table("notification_acks")
+    with op.batch_alter_table("instrument_scientists", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_instrument_scientists_user_id"))
+
+    op.drop_table("instrument_scientists")
     op.drop_table("images")
     op.drop_table("flavours")
     with op.batch_alter_table("experiments", schema=None) as batch_op:

@@ -1,0 +1,107 @@
+"""The catalogue as code: the repository's files apply, idempotently; bad files change nothing."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from visa.actor import SYSTEM
+from visa.catalogue.loader import CatalogueError
+from visa.catalogue.models import Flavour, Image, Plan
+from visa.catalogue.service import apply_files
+from visa.db import Database
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _apply(db: Database, clock, *paths: Path):  # noqa: ANN001, ANN202
+    with db.unit_of_work() as s:
+        return apply_files(s, SYSTEM, clock, list(paths))
+
+
+def _copy_catalogue(tmp_path: Path) -> tuple[Path, Path]:
+    flavours = tmp_path / "flavours"
+    images = tmp_path / "images"
+    shutil.copytree(ROOT / "flavours", flavours)
+    images.mkdir()
+    for f in (ROOT / "images").glob("*.yaml"):
+        shutil.copy(f, images / f.name)
+    return flavours, images
+
+
+def test_repository_catalogue_applies_and_is_idempotent(db: Database, clock) -> None:  # noqa: ANN001
+    diff = _apply(db, clock, ROOT / "flavours", ROOT / "images")
+    assert "+ flavour esrf.gpu.a40 (16 cores, 32768 MB, 1x NVIDIA A40)" in diff.changes
+    with db.sessionmaker() as s:
+        flavours = {f.name: f for f in s.scalars(select(Flavour))}
+        assert {n: (f.cores, f.memory_mb) for n, f in flavours.items()} == {
+            "esrf.medium": (4, 4096),
+            "esrf.large": (8, 16384),
+            "esrf.gpu.a40": (16, 32768),
+            "esrf.gpu.a40.xlarge": (32, 131072),
+        }
+        assert {i.environment for i in s.scalars(select(Image))} == {"Desktop", "Desktop staging", "Bliss", "JupyterLab"}
+        assert s.scalar(select(func.count(Plan.id)).where(Plan.preset.is_(True))) == 1
+        gpu = flavours["esrf.gpu.a40"]
+        assert {lim.role.value for lim in gpu.limits if lim.role} == {"STAFF", "SCIENTIFIC_COMPUTING"}
+        assert {lim.instrument.name for lim in gpu.limits if lim.instrument} == {"id16a", "id16b", "id19", "bm18"}
+    again = _apply(db, clock, ROOT / "flavours", ROOT / "images")
+    assert not again, str(again)
+
+
+def test_dry_run_changes_nothing(db: Database, clock, tmp_path: Path) -> None:  # noqa: ANN001
+    _apply(db, clock, ROOT / "flavours", ROOT / "images")
+    flavours, images = _copy_catalogue(tmp_path)
+    (flavours / "esrf.large.yaml").write_text(
+        (flavours / "esrf.large.yaml").read_text().replace("cores: 8", "cores: 12")
+    )
+    with db.sessionmaker() as s:
+        diff = apply_files(s, SYSTEM, clock, [flavours, images])
+        s.rollback()
+    assert "~ flavour esrf.large: cores 8 -> 12" in diff.changes
+    with db.sessionmaker() as s:
+        assert s.scalar(select(Flavour.cores).where(Flavour.name == "esrf.large")) == 8
+
+
+def test_removed_entries_are_hidden_not_deleted(db: Database, clock, tmp_path: Path) -> None:  # noqa: ANN001
+    _apply(db, clock, ROOT / "flavours", ROOT / "images")
+    flavours, images = _copy_catalogue(tmp_path)
+    (images / "bliss.yaml").unlink()
+    diff = _apply(db, clock, flavours, images)
+    assert "- image bliss (hidden)" in diff.changes
+    with db.sessionmaker() as s:
+        assert s.scalar(select(Image.visible).where(Image.name == "bliss")) is False
+
+
+BAD = {
+    "wrong type": ("flavours/esrf.large.yaml", "cores: 8", "cores: eight", "entry 'esrf.large': field 'cores'"),
+    "missing field": ("flavours/esrf.large.yaml", "cloud_flavour: esrf.large", "", "entry 'esrf.large': field 'cloud_flavour'"),
+    "unknown flavour": ("images/bliss.yaml", "flavour: esrf.large}", "flavour: esrf.huge}", "entry 'bliss': field 'plans.1.flavour': unknown flavour 'esrf.huge'"),
+    "duplicate name": ("flavours/esrf.large.yaml", "name: esrf.large", "name: esrf.medium", "field 'name': duplicate flavour name"),
+    "negative size": ("flavours/esrf.large.yaml", "memory_gb: 16", "memory_gb: -16", "entry 'esrf.large': field 'memory_gb'"),
+    "oversized string": ("images/bliss.yaml", 'version: "2.1"', 'version: "' + "9" * 500 + '"', "entry 'bliss': field 'version'"),
+    "unknown key": ("images/bliss.yaml", "icon: bliss", "icon: bliss\nflavor: oops", "entry 'bliss': field 'flavor'"),
+    "broken yaml": ("images/bliss.yaml", "icon: bliss", "icon: [bliss", "not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_file_is_refused_whole_naming_file_entry_field(db: Database, clock, tmp_path: Path, case: str) -> None:  # noqa: ANN001
+    _apply(db, clock, ROOT / "flavours", ROOT / "images")
+    flavours, images = _copy_catalogue(tmp_path)
+    rel, old, new, expected = BAD[case]
+    target = tmp_path / rel
+    assert old in target.read_text()
+    target.write_text(target.read_text().replace(old, new))
+    # A valid change elsewhere in the same run must not be applied either.
+    (flavours / "esrf.medium.yaml").write_text((flavours / "esrf.medium.yaml").read_text().replace("cores: 4", "cores: 6"))
+    with pytest.raises(CatalogueError) as err:
+        _apply(db, clock, flavours, images)
+    assert expected in err.value.message
+    assert str(target.name) in err.value.message
+    with db.sessionmaker() as s:
+        assert s.scalar(select(Flavour.cores).where(Flavour.name == "esrf.medium")) == 4
+        assert s.scalar(select(func.count(Plan.id)).where(Plan.enabled.is_(True))) == 12

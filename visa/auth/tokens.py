@@ -1,0 +1,85 @@
+"""Personal API tokens for scripts (hashed at rest), and bearer authentication."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from visa.actor import Actor, actor_for
+from visa.audit.service import record
+from visa.clock import Clock
+from visa.errors import InvalidInput, NotFound, Unauthorized
+from visa.users.models import ApiToken, User
+
+TOKEN_PREFIX = "visa_"
+SCOPES = frozenset({"api", "api:read"})
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_api_token(
+    session: Session, actor: Actor, clock: Clock, *, name: str, expires_at: datetime | None = None,
+    scopes: str = "api",
+) -> tuple[ApiToken, str]:
+    """Return the stored token and its secret value, shown once."""
+    if actor.user is None:
+        raise Unauthorized("log in first")
+    if not name or len(name) > 100:
+        raise InvalidInput("token name must be 1-100 characters", field="name")
+    wanted = frozenset(scopes.split())
+    if not wanted or not wanted <= SCOPES:
+        raise InvalidInput(f"unknown scope(s): {sorted(wanted - SCOPES)}; allowed: {sorted(SCOPES)}", field="scopes")
+    if expires_at is not None and expires_at <= clock.now():
+        raise InvalidInput("expiry must be in the future", field="expires_at")
+    prefix = secrets.token_hex(4)
+    value = f"{TOKEN_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    token = ApiToken(
+        user_id=actor.user.id, name=name, token_hash=_hash(value), prefix=prefix,
+        scopes=" ".join(sorted(wanted)), created_at=clock.now(), expires_at=expires_at,
+    )
+    session.add(token)
+    session.flush()
+    record(session, actor, clock, "token.create", target_type="token", target_id=token.id, name=name)
+    return token, value
+
+
+def revoke_api_token(session: Session, actor: Actor, clock: Clock, token_id: int) -> None:
+    token = session.get(ApiToken, token_id)
+    if token is None or (token.user_id != actor.id and not actor.is_admin):
+        raise NotFound("no such token")
+    token.revoked_at = clock.now()
+    record(session, actor, clock, "token.revoke", target_type="token", target_id=token.id)
+
+
+def actor_from_api_token(session: Session, clock: Clock, value: str, ip: str | None = None) -> Actor:
+    if not value.startswith(TOKEN_PREFIX) or len(value) > 200:
+        raise Unauthorized("invalid token")
+    token = session.scalar(select(ApiToken).where(ApiToken.token_hash == _hash(value)))
+    now = clock.now()
+    if token is None or not hmac.compare_digest(token.token_hash, _hash(value)):
+        raise Unauthorized("invalid token")
+    if token.revoked_at is not None or (token.expires_at is not None and token.expires_at <= now):
+        raise Unauthorized("token expired or revoked")
+    user = session.get(User, token.user_id)
+    if user is None or not user.active:
+        raise Unauthorized("invalid token")
+    token.last_used_at = now
+    return actor_for(user, now, ip=ip, scopes=frozenset(token.scopes.split()))
+
+
+def actor_from_bearer(session: Session, services, value: str, ip: str | None = None) -> Actor:  # noqa: ANN001
+    """A personal API token, or (when an identity provider is configured) an OIDC access token."""
+    if value.startswith(TOKEN_PREFIX):
+        return actor_from_api_token(session, services.clock, value, ip)
+    if services.settings.oidc.server_url:
+        from visa.auth.oidc import actor_from_access_token
+
+        return actor_from_access_token(session, services, value, ip)
+    raise Unauthorized("invalid token")

@@ -1,0 +1,375 @@
+"""The ``visa`` command line. Every command calls the same services as the web, as the system actor."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from visa.actor import SYSTEM
+from visa.clock import system_clock
+from visa.db import Database
+from visa.errors import VisaError
+from visa.settings import Settings, get_settings
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise click.ClickException("invalid configuration:\n" + "\n".join(lines)) from None
+    except ValueError as exc:
+        raise click.ClickException(f"invalid configuration: {exc}") from None
+
+
+def _database(check: bool = True) -> Database:
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.sqlalchemy_url)
+    if check:
+        from visa.migrate import SchemaOutOfDate, require_head
+
+        try:
+            require_head(database.engine)
+        except SchemaOutOfDate as exc:
+            raise click.ClickException(str(exc)) from None
+    return database
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Domain errors become a one-line message and exit status 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except VisaError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(2)
+        except ValidationError as exc:
+            for e in exc.errors():
+                click.echo(f"error: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group()
+def main() -> None:
+    """visa: remote data-analysis machines in the browser."""
+
+
+# --- database -------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the database schema to the current version."""
+    from visa.migrate import current_revision, upgrade
+
+    database = _database(check=False)
+    upgrade(database.engine)
+    click.echo(f"database at revision {current_revision(database.engine)}")
+
+
+@db.command("current")
+def db_current() -> None:
+    from visa.migrate import current_revision, head_revision
+
+    database = _database(check=False)
+    click.echo(f"current: {current_revision(database.engine)}  head: {head_revision()}")
+
+
+# --- setup ----------------------------------------------------------------------------------
+
+
+def ensure_local_cloud(database: Database) -> None:
+    from visa.clouds.models import Cloud
+
+    settings = _settings()
+    with database.unit_of_work() as s:
+        if s.scalar(select(Cloud).where(Cloud.name == settings.default_cloud)) is None and settings.default_cloud == "local":
+            s.add(Cloud(name="local", kind="local", config={}, enabled=True, created_at=system_clock.now()))
+
+
+@main.command()
+@friendly
+def init() -> None:
+    """Create the data directory and the database, and register the local cloud."""
+    from visa.migrate import upgrade
+
+    settings = _settings()
+    database = _database(check=False)
+    upgrade(database.engine)
+    ensure_local_cloud(database)
+    click.echo(f"visa initialised: data in {settings.data_dir.resolve()}, database {database.engine.url!r}")
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on (default from settings)")
+@click.option("--port", default=None, type=int, help="Port (default from settings: 8080)")
+@click.option("--workers", default=1, show_default=True, type=int)
+def run(host: str | None, port: int | None, workers: int) -> None:
+    """Serve visa: pages, REST API and the desktop gateway."""
+    import uvicorn
+
+    settings = _settings()
+    _database()  # refuse to start on an old schema, with the command that fixes it
+    uvicorn.run(
+        "visa.asgi:create_asgi_app", factory=True, host=host or settings.host, port=port or settings.port,
+        workers=workers, log_level="info", ws_per_message_deflate=False,
+    )
+
+
+# --- catalogue ------------------------------------------------------------------------------
+
+
+@main.group()
+def catalogue() -> None:
+    """Images, flavours and plans, from files."""
+
+
+@catalogue.command("apply")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Show what would change and change nothing")
+@friendly
+def catalogue_apply(paths: tuple[Path, ...], dry_run: bool) -> None:
+    """Validate catalogue files (flavours/, images/) and apply them in one transaction."""
+    from visa.catalogue.service import apply_files
+
+    database = _database()
+    if dry_run:
+        with database.sessionmaker() as s:
+            diff = apply_files(s, SYSTEM, system_clock, list(paths))
+            s.rollback()
+        click.echo(str(diff))
+        click.echo("(dry run: nothing applied)")
+        return
+    with database.unit_of_work() as s:
+        diff = apply_files(s, SYSTEM, system_clock, list(paths))
+    click.echo(str(diff))
+
+
+# --- experiments ----------------------------------------------------------------------------
+
+
+@main.group()
+def experiments() -> None:
+    """Experiments from the facility's user office."""
+
+
+@experiments.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@friendly
+def experiments_import(file: Path) -> None:
+    """Upsert instruments, proposals, experiments and members from a JSON or CSV file."""
+    from visa.experiments.importer import import_experiments, parse_file
+
+    specs = parse_file(file)
+    database = _database()
+    with database.unit_of_work() as s:
+        result = import_experiments(s, SYSTEM, system_clock, specs, default_quota=_settings().default_quota)
+    click.echo(str(result))
+
+
+# --- users ----------------------------------------------------------------------------------
+
+
+@main.group()
+def users() -> None:
+    """Accounts, roles and quotas."""
+
+
+@users.command("add")
+@click.argument("username")
+@click.option("--full-name", default="")
+@click.option("--email", default=None)
+@click.option("--password", default=None, help="For a local account (prompted if --prompt)")
+@click.option("--prompt", is_flag=True, help="Ask for the password")
+@click.option("--quota", type=int, default=None)
+@click.option("--role", "roles", multiple=True, help="Grant a role (repeatable)")
+@friendly
+def users_add(username: str, full_name: str, email: str | None, password: str | None, prompt: bool,
+              quota: int | None, roles: tuple[str, ...]) -> None:
+    from visa.users import service
+
+    if prompt:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    parsed = [service.parse_role(r) for r in roles]
+    database = _database()
+    with database.unit_of_work() as s:
+        user = service.create_user(
+            s, SYSTEM, system_clock, username=username, full_name=full_name, email=email, password=password,
+            quota=quota, default_quota=_settings().default_quota,
+        )
+        for role in parsed:
+            service.grant_role(s, SYSTEM, system_clock, user, role)
+    click.echo(f"user {username} added")
+
+
+def _when(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO date or datetime", param_hint="--until") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@users.command("grant")
+@click.argument("username")
+@click.argument("role")
+@click.option("--until", default=None, help="Expiry (ISO date or datetime); required for GUEST")
+@friendly
+def users_grant(username: str, role: str, until: str | None) -> None:
+    from visa.users import service
+
+    with _database().unit_of_work() as s:
+        user = service.get_user(s, username)
+        service.grant_role(s, SYSTEM, system_clock, user, service.parse_role(role), expires_at=_when(until))
+    click.echo(f"{username}: {role.upper()} granted" + (f" until {until}" if until else ""))
+
+
+@users.command("revoke")
+@click.argument("username")
+@click.argument("role")
+@friendly
+def users_revoke(username: str, role: str) -> None:
+    from visa.users import service
+
+    with _database().unit_of_work() as s:
+        user = service.get_user(s, username)
+        removed = service.revoke_role(s, SYSTEM, system_clock, user, service.parse_role(role))
+    click.echo(f"{username}: {role.upper()} revoked" if removed else f"{username} did not have {role.upper()}")
+
+
+@users.command("quota")
+@click.argument("username")
+@click.argument("quota", type=int)
+@friendly
+def users_quota(username: str, quota: int) -> None:
+    """Set the instance quota (-1 = unlimited)."""
+    from visa.users import service
+
+    with _database().unit_of_work() as s:
+        service.set_quota(s, SYSTEM, system_clock, service.get_user(s, username), quota)
+    click.echo(f"{username}: quota {quota}")
+
+
+@users.command("passwd")
+@click.argument("username")
+@friendly
+def users_passwd(username: str) -> None:
+    from visa.users import service
+
+    password = click.prompt("new password", hide_input=True, confirmation_prompt=True)
+    with _database().unit_of_work() as s:
+        service.set_password(s, SYSTEM, system_clock, service.get_user(s, username), password)
+    click.echo("password changed")
+
+
+@users.command("list")
+def users_list() -> None:
+    from visa.users.models import User
+
+    now = system_clock.now()
+    with _database().sessionmaker() as s:
+        for u in s.scalars(select(User).order_by(User.username)):
+            roles = ",".join(sorted(r.value for r in u.roles_at(now))) or "-"
+            click.echo(f"{u.username:24} quota={u.instance_quota:<3} roles={roles}")
+
+
+# --- clouds ---------------------------------------------------------------------------------
+
+
+@main.group()
+def clouds() -> None:
+    """Clouds visa provisions on."""
+
+
+@clouds.command("add")
+@click.argument("name")
+@click.option("--kind", required=True, help="local or openstack")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON file of provider settings")
+@friendly
+def clouds_add(name: str, kind: str, config_file: Path | None) -> None:
+    """Register (or update) a cloud. Secrets may be given as {"env": "VAR"}."""
+    from visa.clouds.models import Cloud
+    from visa.clouds.registry import provider_class
+
+    provider_class(kind)
+    config: dict[str, Any] = {}
+    if config_file:
+        try:
+            config = json.loads(config_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise click.ClickException(f"{config_file}: {exc}") from None
+        if not isinstance(config, dict):
+            raise click.ClickException(f"{config_file}: expected a JSON object")
+    with _database().unit_of_work() as s:
+        cloud = s.scalar(select(Cloud).where(Cloud.name == name))
+        if cloud is None:
+            s.add(Cloud(name=name, kind=kind, config=config, enabled=True, created_at=system_clock.now()))
+        else:
+            cloud.kind, cloud.config = kind, config
+    click.echo(f"cloud {name} ({kind}) registered")
+
+
+@clouds.command("list")
+def clouds_list() -> None:
+    from visa.clouds.models import Cloud
+
+    with _database().sessionmaker() as s:
+        for c in s.scalars(select(Cloud).order_by(Cloud.name)):
+            click.echo(f"{c.name:16} {c.kind:10} {'enabled' if c.enabled else 'disabled'}")
+
+
+# --- instances ------------------------------------------------------------------------------
+
+
+@main.group()
+def instances() -> None:
+    """Instances (for operators)."""
+
+
+@instances.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include deleted instances")
+def instances_list(show_all: bool) -> None:
+    from visa.instances.models import Instance
+
+    with _database().sessionmaker() as s:
+        q = select(Instance).order_by(Instance.created_at)
+        if not show_all:
+            q = q.where(Instance.deleted_at.is_(None))
+        for i in s.scalars(q):
+            click.echo(f"{i.uid}  {i.state.value:16} {i.owner.username:16} {i.plan.image.name}/{i.plan.flavour.name}  {i.name}")
+
+
+@instances.command("render-userdata")
+@click.argument("uid")
+@friendly
+def instances_render_userdata(uid: str) -> None:
+    """Print what an instance receives at boot (secrets masked)."""
+    from visa.provisioning.operator import render_for_operator
+
+    with _database().sessionmaker() as s:
+        click.echo(render_for_operator(s, uid))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,62 @@
+"""The user office's export, as visa reads it (JSON or CSV)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from visa.users.models import USERNAME_PATTERN
+
+IDENT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class MemberSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    username: str = Field(pattern=USERNAME_PATTERN)
+    full_name: str = Field("", max_length=200)
+    email: str | None = Field(None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
+
+
+class ExperimentSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    id: str = Field(pattern=IDENT)
+    proposal: str = Field(pattern=IDENT)
+    proposal_title: str = Field("", max_length=2000)
+    public_at: datetime | None = None
+    instrument: str = Field(pattern=IDENT)
+    start_date: date
+    end_date: date
+    title: str = Field("", max_length=2000)
+    members: list[MemberSpec] = Field(default_factory=list, max_length=1000)
+
+    @field_validator("members", mode="before")
+    @classmethod
+    def _usernames(cls, value: object) -> object:
+        if isinstance(value, str):  # CSV: "alice;bob"
+            value = [v for v in (p.strip() for p in value.split(";")) if v]
+        if isinstance(value, list):
+            return [{"username": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("public_at", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("public_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            from datetime import UTC
+
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    @model_validator(mode="after")
+    def _dates(self) -> ExperimentSpec:
+        if self.end_date < self.start_date:
+            raise ValueError("end_date is before start_date")
+        return self

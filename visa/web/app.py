@@ -1,0 +1,70 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import Flask, jsonify
+from sqlalchemy import text
+
+from visa.clock import Clock, system_clock
+from visa.db import Database
+from visa.services import Services
+from visa.settings import Settings, get_settings
+from visa.web import context, errors, security
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    database: Database | None = None,
+    clock: Clock | None = None,
+    check_schema: bool = True,
+) -> Flask:
+    settings = settings or get_settings()
+    database = database or Database(settings.sqlalchemy_url)
+    if check_schema:
+        from visa.migrate import require_head
+
+        require_head(database.engine)
+    app = Flask(__name__, template_folder="../templates", static_folder="../static", static_url_path="/static")
+    app.config.update(
+        SECRET_KEY=settings.resolved_secret_key(),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.session_cookie_secure,
+        SESSION_COOKIE_NAME="visa_session",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        JSON_SORT_KEYS=False,
+    )
+    app.extensions["visa"] = Services(settings=settings, database=database, clock=clock or system_clock)
+    context.install(app)
+    errors.install(app)
+    security.install(app)
+    _register_blueprints(app)
+
+    @app.get("/health")
+    def health():  # noqa: ANN202
+        return jsonify({"status": "ok"})
+
+    @app.get("/health/ready")
+    def ready():  # noqa: ANN202
+        try:
+            with database.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # a readiness probe reports, it does not raise
+            return jsonify({"status": "unavailable", "database": str(exc)[:200]}), 503
+        return jsonify({"status": "ok", "database": "ok"})
+
+    return app
+
+
+def _register_blueprints(app: Flask) -> None:
+    from visa.auth.api import bp as auth_api
+    from visa.catalogue.api import bp as catalogue_api
+    from visa.experiments.api import bp as experiments_api
+    from visa.instances.api import bp as instances_api
+
+    for bp in (auth_api, catalogue_api, experiments_api, instances_api):
+        app.register_blueprint(bp)
