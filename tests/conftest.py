@@ -98,3 +98,61 @@ def session(db: Database) -> Iterator:
 @pytest.fixture
 def clock() -> FrozenClock:
     return FrozenClock()
+
+
+@pytest.fixture
+def settings(tmp_path, db: Database):  # noqa: ANN001, ANN201
+    """Settings for an app on the test database, with its data directory in tmp_path."""
+    from visa.settings import Settings
+
+    return Settings(data_dir=tmp_path / "data", database_url=db.url, secret_key="test-secret-key")
+
+
+@pytest.fixture
+def app(settings, db: Database, clock: FrozenClock):  # noqa: ANN001, ANN201
+    from visa.web.app import create_app
+
+    application = create_app(settings, database=db, clock=clock)
+    application.config["TESTING"] = True
+    return application
+
+
+class ApiClient:
+    """A Flask test client that logs in and sends the CSRF header like the pages do."""
+
+    def __init__(self, app) -> None:  # noqa: ANN001
+        self.client = app.test_client()
+        self.csrf = ""
+
+    def login(self, username: str, password: str):  # noqa: ANN201
+        r = self.client.post("/api/login", json={"username": username, "password": password})
+        if r.status_code == 200:
+            self.csrf = r.get_json()["csrf_token"]
+        return r
+
+    def _send(self, method: str, url: str, **kw):  # noqa: ANN003, ANN202
+        headers = kw.pop("headers", {}) or {}
+        if self.csrf:
+            headers.setdefault("X-CSRF-Token", self.csrf)
+        return self.client.open(url, method=method, headers=headers, **kw)
+
+    def get(self, url: str, **kw):  # noqa: ANN003, ANN201
+        return self.client.get(url, **kw)
+
+    def post(self, url: str, **kw):  # noqa: ANN003, ANN201
+        return self._send("POST", url, **kw)
+
+    def put(self, url: str, **kw):  # noqa: ANN003, ANN201
+        return self._send("PUT", url, **kw)
+
+    def patch(self, url: str, **kw):  # noqa: ANN003, ANN201
+        return self._send("PATCH", url, **kw)
+
+    def delete(self, url: str, **kw):  # noqa: ANN003, ANN201
+        return self._send("DELETE", url, **kw)
+
+
+@pytest.fixture
+def api_client(app):  # noqa: ANN001, ANN201
+    """Make a new logged-out API client: ``api_client()``."""
+    return lambda: ApiClient(app)

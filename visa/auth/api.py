@@ -12,6 +12,7 @@ from visa.errors import Forbidden, Unauthorized
 from visa.users.models import User
 from visa.users.service import check_password
 from visa.web.context import current_actor, db_session, login_session, services
+from visa.web.csrf import csrf_token
 from visa.web.io import parse_body
 
 bp = Blueprint("auth_api", __name__)
@@ -38,7 +39,7 @@ def login():  # noqa: ANN201
     user.last_login_at = now
     login_session(user)
     record(s, actor_for(user, now), svc.clock, "login", target_type="user", target_id=user.id, method="local")
-    return jsonify(_me(user))
+    return jsonify({**_me(user), "csrf_token": csrf_token()})
 
 
 @bp.post("/api/logout")
@@ -51,7 +52,7 @@ def logout():  # noqa: ANN201
 def me():  # noqa: ANN201
     actor = current_actor()
     assert actor.user is not None
-    return jsonify(_me(actor.user))
+    return jsonify({**_me(actor.user), "csrf_token": csrf_token()})
 
 
 def _me(user: User) -> dict[str, object]:

@@ -11,7 +11,7 @@ from visa.clock import Clock, system_clock
 from visa.db import Database
 from visa.services import Services
 from visa.settings import Settings, get_settings
-from visa.web import context, errors, security
+from visa.web import context, csrf, errors, security
 
 
 def create_app(
@@ -42,6 +42,7 @@ def create_app(
     context.install(app)
     errors.install(app)
     security.install(app)
+    csrf.install(app)
     _register_blueprints(app)
 
     @app.get("/health")
