@@ -29,6 +29,7 @@ accounted in :meth:`LocalProvider.limits` but not enforced.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -315,10 +316,20 @@ class LocalProvider(Provider):
             argv = ["unshare", "--mount", "--propagation", "private", "--", *argv]
         (instance_dir / session.PID_FILE).unlink(missing_ok=True)
         (instance_dir / session.STATUS_FILE).unlink(missing_ok=True)
-        env = {"PATH": self.path, "LANG": os.environ.get("LANG", "C.UTF-8"), session.MARKER_ENV: str(instance_dir)}
+        env = {
+            "PATH": self.path,
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            session.MARKER_ENV: str(instance_dir),
+        }
         with open(instance_dir / session.LOG_FILE, "ab") as log_file:
             result = subprocess.run(
-                argv, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, timeout=30, check=False
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                timeout=30,
+                check=False,
             )
         if result.returncode or not (instance_dir / session.PID_FILE).exists():
             raise CloudError(
@@ -365,7 +376,11 @@ class LocalProvider(Provider):
         if "JUPYTER" in protocols and self.jupyter_command[1:3] == ["-m", "jupyterlab"]:
             # find_spec, not import: importing jupyterlab takes a second.
             probe = subprocess.run(
-                [self.jupyter_command[0], "-c", "import importlib.util as u, sys; sys.exit(not u.find_spec('jupyterlab'))"],
+                [
+                    self.jupyter_command[0],
+                    "-c",
+                    "import importlib.util as u, sys; sys.exit(not u.find_spec('jupyterlab'))",
+                ],
                 capture_output=True,
                 check=False,
             )
@@ -391,7 +406,10 @@ class LocalProvider(Provider):
         if not spec.mounts:
             return "none", None
         if not self.isolate:
-            return "symlinks", "mount isolation is off: data are symlinks under the instance directory, not read-only"
+            return (
+                "symlinks",
+                "mount isolation is off: data are symlinks under the instance directory, not read-only",
+            )
         if not _is_root():
             return "symlinks", "not root: data are symlinks under the instance directory, not read-only"
         if not self._namespace_works():
@@ -445,10 +463,8 @@ class LocalProvider(Provider):
         for path in sorted(created, key=len, reverse=True):
             if path in in_use or any(p.startswith(path + "/") for p in in_use):
                 continue
-            try:
+            with contextlib.suppress(OSError):
                 os.rmdir(path)
-            except OSError:
-                pass
 
     def _write_secret(self, instance_dir: Path, secret: str, vnc: bool) -> None:
         fd = os.open(instance_dir / session.SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -503,10 +519,8 @@ def _port_free(port: int) -> bool:
 
 
 def _kill(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _mnt_ns(pid: int) -> str | None:

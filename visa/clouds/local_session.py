@@ -16,6 +16,7 @@ without the script paying for visa's imports at every start.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -122,10 +123,8 @@ def kill_session(instance_dir: Path, mnt_ns: str | None, grace: float) -> None:
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def port_open(port: int, timeout: float = 0.5) -> bool:
@@ -360,7 +359,11 @@ class Supervisor:
                 time.sleep(0.25)
         except Exception as exc:  # the fault is the session's, reported through status.json
             if not self.stopping:
-                detail = exc.stderr.decode(errors="replace").strip() if isinstance(exc, subprocess.CalledProcessError) else ""
+                detail = (
+                    exc.stderr.decode(errors="replace").strip()
+                    if isinstance(exc, subprocess.CalledProcessError)
+                    else ""
+                )
                 fault = f"{exc} {detail}".strip()
                 self._note(f"fault: {fault}")
                 self._teardown()
@@ -376,10 +379,8 @@ class Supervisor:
     def _teardown(self) -> None:
         kill_session(self.dir, None, TEARDOWN_GRACE)
         for proc in (*self.critical.values(), *self.others.values()):
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1)
-            except subprocess.TimeoutExpired:
-                pass
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,375 @@
+"""The local provider with real processes: TigerVNC/Xvfb desktops, JupyterLab, mount namespaces.
+
+Needs the Debian packages of deploy/system-packages.txt and JupyterLab; skipped without
+them outside CI (where their absence is a failure). Every fixture deletes what it created
+and checks that no process of its sessions is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.clouds.rfb import RfbAuthFailed, RfbClient, vnc_auth_response
+from visa.clouds import local_session
+from visa.clouds.base import MountSpec, Server, ServerSpec
+from visa.clouds.local import LocalProvider
+from visa.errors import CloudError
+from visa.instances.models import InstanceState
+
+SECRET = "Xk4-pw9z-long-secret"
+
+_missing = [
+    p for p in ("Xtigervnc", "vncpasswd", "Xvfb", "x11vnc", "openbox", "xterm") if not shutil.which(p)
+]
+if _missing:
+    if os.environ.get("CI"):
+        raise RuntimeError(f"CI lacks {_missing}: deploy/system-packages.txt is not installed")
+    pytest.skip(f"desktop programs missing: {_missing}", allow_module_level=True)
+
+
+def _spec(uid: str, protocols: dict[str, int], **kwargs: object) -> ServerSpec:
+    base: dict[str, object] = {
+        "name": f"visa-{uid}",
+        "instance_uid": uid,
+        "image_ref": "local",
+        "flavour_ref": "local",
+        "user_data": "",
+        "secret": SECRET,
+        "protocols": protocols,
+        "screen_width": 1024,
+        "screen_height": 768,
+    }
+    base.update(kwargs)
+    return ServerSpec(**base)  # type: ignore[arg-type]
+
+
+def _wait_state(provider: LocalProvider, server_id: str, timeout: float = 45) -> Server:
+    deadline = time.monotonic() + timeout
+    while True:
+        server = provider.get(server_id)
+        assert server is not None
+        if server.state not in (InstanceState.BUILDING, InstanceState.STOPPING):
+            return server
+        assert time.monotonic() < deadline, f"{server_id} still {server.state}"
+        time.sleep(0.1)
+
+
+def _leftovers(root: Path) -> list[int]:
+    """Processes of any session under ``root`` (by the marker they all inherit)."""
+    prefix = f"{local_session.MARKER_ENV}={root}/".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(item.startswith(prefix) for item in env) and local_session.pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def _cleanup(provider: LocalProvider) -> None:
+    for server in provider.list_servers():
+        provider.delete(server.id)
+    left = _leftovers(provider.root)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("local-cloud")
+
+
+@pytest.fixture
+def provider(root: Path) -> Iterator[LocalProvider]:
+    prov = LocalProvider("local", {"root_dir": str(root / "fn")})
+    yield prov
+    _cleanup(prov)
+
+
+@pytest.fixture(scope="module")
+def data(root: Path) -> dict[str, Path]:
+    raw = root / "src" / "raw"
+    processed = root / "src" / "processed"
+    raw.mkdir(parents=True)
+    processed.mkdir(parents=True)
+    (raw / "scan_0001.h5").write_text("frames")
+    return {"raw": raw, "processed": processed}
+
+
+@pytest.fixture(scope="module")
+def desktop(root: Path, data: dict[str, Path]) -> Iterator[tuple[LocalProvider, Server]]:
+    """One running session with both protocols and data mounts, shared by the read-only checks."""
+    prov = LocalProvider("local", {"root_dir": str(root / "shared")})
+    spec = _spec(
+        "desk1",
+        {"VNC": 5900, "JUPYTER": 8888},
+        keyboard_layout="fr-fr",
+        mounts=(
+            MountSpec(str(data["raw"]), f"/data/visitor/ev280-{root.name}/id21", True, "bind"),
+            MountSpec(str(data["processed"]), f"/data/processed/ev280-{root.name}/id21", False, "bind"),
+        ),
+    )
+    try:
+        started = time.monotonic()
+        created = prov.create(spec)
+        assert created.state == InstanceState.BUILDING
+        assert time.monotonic() - started < 2, "create must return at once"
+        server = _wait_state(prov, "desk1")
+        assert server.state == InstanceState.ACTIVE, server.fault
+        yield prov, server
+    finally:
+        _cleanup(prov)
+
+
+# ---------------------------------------------------------------- desktop
+
+
+def test_vnc_auth_with_the_secret_and_a_nonblank_screen(desktop: tuple[LocalProvider, Server]) -> None:
+    _, server = desktop
+    with RfbClient(server.ports["VNC"]) as client:
+        fb = client.handshake(SECRET)
+        assert (fb.width, fb.height) == (1024, 768)
+        # The background, openbox's decorations and the xterm take a moment to paint.
+        deadline = time.monotonic() + 15
+        while True:
+            screen = client.read_screen(fb)
+            if screen.distinct_colours() > 2:
+                break
+            assert time.monotonic() < deadline, "the screen stayed blank"
+            time.sleep(0.3)
+
+
+def test_vnc_refuses_a_wrong_secret(desktop: tuple[LocalProvider, Server]) -> None:
+    _, server = desktop
+    with RfbClient(server.ports["VNC"]) as client, pytest.raises(RfbAuthFailed):
+        client.handshake("not-the-secret")
+
+
+def test_vnc_listens_on_loopback_only(desktop: tuple[LocalProvider, Server]) -> None:
+    prov, server = desktop
+    port = server.ports["VNC"]
+    table = Path("/proc/net/tcp").read_text() + Path("/proc/net/tcp6").read_text()
+    rows = [line.split() for line in table.splitlines() if ":" in line.split()[0]]
+    listening = [row[1].split(":")[0] for row in rows if row[3] == "0A" and row[1].endswith(f":{port:04X}")]
+    loopback = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1, ::1
+    assert listening and set(listening) <= loopback, listening
+
+
+def test_des_response_agrees_with_tigervnc() -> None:
+    """vncpasswd -f stores DES(key=VNC's fixed obfuscation key, the password) with TigerVNC's
+    own DES: the same computation as the challenge response, done independently."""
+    fixed_key = bytes([23, 82, 107, 6, 35, 78, 88, 7]).decode("latin-1")
+    stored = subprocess.run(["vncpasswd", "-f"], input=b"password\n", capture_output=True, check=True).stdout
+    assert vnc_auth_response(fixed_key, b"password" + bytes(8))[:8] == stored
+
+
+def test_keyboard_layout_follows_the_spec(desktop: tuple[LocalProvider, Server]) -> None:
+    prov, server = desktop
+    result = prov.exec_in_session(server.id, ["setxkbmap", "-query"])
+    assert result.returncode == 0, result.stderr
+    assert b"layout:     fr" in result.stdout
+
+
+def test_xkb_layout_names() -> None:
+    assert local_session.xkb_layout("en-us") == ("us", "")
+    assert local_session.xkb_layout("fr-ch-qwertz") == ("ch", "fr")
+    assert local_session.xkb_layout("de-de-qwertz") == ("de", "")
+    assert local_session.xkb_layout("gb") == ("gb", "")
+
+
+# ---------------------------------------------------------------- JupyterLab
+
+
+def _http(url: str, token: str | None = None) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_jupyter_answers_under_its_base_url_with_the_token(desktop: tuple[LocalProvider, Server]) -> None:
+    _, server = desktop
+    base = f"http://127.0.0.1:{server.ports['JUPYTER']}/jupyter/desk1"
+    assert _http(f"{base}/api/status", SECRET) == 200
+    assert _http(f"{base}/lab?token={SECRET}") == 200
+    assert _http(f"{base}/api/status") == 403
+    assert _http(f"{base}/api/status", "wrong-token") == 403
+    assert _http(f"http://127.0.0.1:{server.ports['JUPYTER']}/api/status", SECRET) == 404
+
+
+# ---------------------------------------------------------------- data mounts
+
+
+def test_data_is_read_only_at_the_target_inside_the_session(
+    desktop: tuple[LocalProvider, Server], root: Path
+) -> None:
+    prov, server = desktop
+    assert server.provider_state["mount_mode"] == "namespace"
+    target = f"/data/visitor/ev280-{root.name}/id21"
+    read = prov.exec_in_session(server.id, ["cat", f"{target}/scan_0001.h5"])
+    assert read.returncode == 0 and read.stdout == b"frames"
+    write = prov.exec_in_session(server.id, ["touch", f"{target}/new"])
+    assert write.returncode != 0 and b"Read-only file system" in write.stderr
+    # Outside the session the target is an empty mount point, not the data.
+    assert not Path(target, "scan_0001.h5").exists()
+
+
+def test_writable_mount_is_writable(
+    desktop: tuple[LocalProvider, Server], root: Path, data: dict[str, Path]
+) -> None:
+    prov, server = desktop
+    target = f"/data/processed/ev280-{root.name}/id21"
+    result = prov.exec_in_session(server.id, ["sh", "-c", f"echo result > {target}/out.txt"])
+    assert result.returncode == 0, result.stderr
+    assert (data["processed"] / "out.txt").read_text() == "result\n"
+
+
+def test_symlink_fallback_is_recorded(provider: LocalProvider, root: Path, data: dict[str, Path]) -> None:
+    prov = LocalProvider("local", {"root_dir": str(provider.root), "isolate_mounts": False})
+    target = "/data/visitor/ev999/id00"
+    prov.create(_spec("links", {}, mounts=(MountSpec(str(data["raw"]), target, True, "bind"),)))
+    server = _wait_state(prov, "links")
+    assert server.state == InstanceState.ACTIVE
+    assert server.provider_state["mount_mode"] == "symlinks"
+    assert "not read-only" in server.provider_state["limitations"][0]
+    link = provider.root / "links" / "mounts" / target.lstrip("/")
+    assert (link / "scan_0001.h5").read_text() == "frames"
+    assert not Path(target).exists()
+
+
+def test_missing_data_source_is_refused(provider: LocalProvider, root: Path) -> None:
+    spec = _spec("nodata", {}, mounts=(MountSpec(str(root / "absent"), "/data/visitor/x/y", True, "bind"),))
+    with pytest.raises(CloudError, match="does not exist"):
+        provider.create(spec)
+    assert provider.get("nodata") is None
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+def test_stop_start_reboot_delete_and_a_restarted_visa(provider: LocalProvider) -> None:
+    provider.create(_spec("life", {"VNC": 5900}))
+    assert _wait_state(provider, "life").state == InstanceState.ACTIVE
+    instance_dir = provider.instance_dir("life")
+
+    # A new provider object (visa restarted) sees and controls the same session.
+    again = LocalProvider("local", {"root_dir": str(provider.root)})
+    [seen] = again.list_servers()
+    assert (seen.id, seen.state, seen.instance_uid) == ("life", InstanceState.ACTIVE, "life")
+    port = seen.ports["VNC"]
+
+    again.stop("life")
+    stopped = provider.get("life")
+    assert stopped is not None and stopped.state == InstanceState.STOPPED
+    assert not _leftovers(provider.root) and instance_dir.is_dir()
+    again.stop("life")  # idempotent
+
+    provider.start("life")
+    assert _wait_state(provider, "life").state == InstanceState.ACTIVE
+    provider.start("life")  # idempotent
+    with RfbClient(provider.get("life").ports["VNC"]) as client:  # type: ignore[union-attr]
+        client.handshake(SECRET)
+
+    before = local_session.read_pid_file(instance_dir)
+    provider.reboot("life")
+    server = _wait_state(provider, "life")
+    assert server.state == InstanceState.ACTIVE and server.ports["VNC"] == port
+    assert local_session.read_pid_file(instance_dir) != before
+
+    provider.delete("life")
+    assert provider.get("life") is None and not instance_dir.exists()
+    assert not _leftovers(provider.root)
+    provider.delete("life")  # idempotent
+    provider.stop("life")
+
+
+def test_a_crashed_session_is_an_error_and_can_be_started_again(provider: LocalProvider) -> None:
+    provider.create(_spec("crash", {"VNC": 5900}))
+    assert _wait_state(provider, "crash").state == InstanceState.ACTIVE
+    xserver = next(
+        pid
+        for pid in _leftovers(provider.root)
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "Xtigervnc"
+    )
+    os.kill(xserver, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while (server := provider.get("crash")) and server.state != InstanceState.ERROR:
+        assert time.monotonic() < deadline, server
+        time.sleep(0.1)
+    assert server is not None and "xserver exited" in (server.fault or "")
+    assert not _leftovers(provider.root)
+
+    provider.start("crash")
+    assert _wait_state(provider, "crash").state == InstanceState.ACTIVE
+
+
+def test_create_twice_returns_the_same_server(provider: LocalProvider) -> None:
+    first = provider.create(_spec("twice", {}))
+    second = provider.create(_spec("twice", {}))
+    assert first.id == second.id == "twice"
+    assert len(provider.list_servers()) == 1
+
+
+def test_x11vnc_desktop(root: Path) -> None:
+    prov = LocalProvider("local", {"root_dir": str(root / "x11vnc"), "vnc_server": "x11vnc"})
+    try:
+        prov.create(_spec("xv", {"VNC": 5900}))
+        server = _wait_state(prov, "xv")
+        assert server.state == InstanceState.ACTIVE, server.fault
+        with RfbClient(server.ports["VNC"]) as client:
+            fb = client.handshake(SECRET)
+            assert (fb.width, fb.height) == (1024, 768)
+        with RfbClient(server.ports["VNC"]) as client, pytest.raises(RfbAuthFailed):
+            client.handshake("wrong")
+    finally:
+        _cleanup(prov)
+
+
+# ---------------------------------------------------------------- host and packages
+
+
+def test_missing_package_names_the_install_command(
+    root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(LocalProvider, "_warned", set())
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    prov = LocalProvider("local", {"root_dir": str(root / "nopkg"), "path": str(empty)})
+    with caplog.at_level(logging.WARNING, logger="visa.clouds.local"):
+        for _ in range(2):
+            with pytest.raises(CloudError) as caught:
+                prov.create(_spec("nopkg", {"VNC": 5900}))
+            assert "apt-get install" in caught.value.message
+            assert "tigervnc-standalone-server" in caught.value.message and "openbox" in caught.value.message
+    warnings = [r for r in caplog.records if "apt-get install" in r.getMessage()]
+    assert len(warnings) == 1
+    assert prov.list_servers() == []
+
+
+def test_limits_report_the_host_and_what_runs(provider: LocalProvider) -> None:
+    provider.create(_spec("lim", {}, cores=2, memory_mb=4096))
+    _wait_state(provider, "lim")
+    limits = provider.limits()
+    assert limits.max_cores == os.cpu_count()
+    assert limits.max_memory_mb and limits.max_memory_mb > 0
+    assert (limits.used_instances, limits.used_cores, limits.used_memory_mb) == (1, 2, 4096)
+    provider.stop("lim")
+    assert provider.limits().used_instances == 0
