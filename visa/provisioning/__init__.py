@@ -1,0 +1,16 @@
+"""What a machine receives at boot: cloud-init user-data, metadata and data mounts.
+
+Pure rendering: nothing here calls a cloud. ``render_user_data`` is the entry point;
+``instance_mounts`` gives the same data mounts as ``MountSpec`` for providers that
+apply them themselves (the local provider).
+"""
+
+from visa.provisioning.mounts import instance_mounts
+from visa.provisioning.userdata import (
+    readiness_ports,
+    render_for_operator,
+    render_metadata,
+    render_user_data,
+)
+
+__all__ = ["instance_mounts", "readiness_ports", "render_for_operator", "render_metadata", "render_user_data"]
