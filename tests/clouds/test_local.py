@@ -215,6 +215,30 @@ def test_jupyter_answers_under_its_base_url_with_the_token(desktop: tuple[LocalP
     assert _http(f"http://127.0.0.1:{server.ports['JUPYTER']}/api/status", SECRET) == 404
 
 
+def test_jupyter_kernels_belong_to_the_session(desktop: tuple[LocalProvider, Server]) -> None:
+    """Kernels run in sessions of their own; the session's teardown must still find them."""
+    prov, server = desktop
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.ports['JUPYTER']}/jupyter/desk1/api/kernels",
+        data=b"{}",
+        method="POST",
+        headers={"Authorization": f"token {SECRET}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=20) as response:
+        assert response.status == 201
+    deadline = time.monotonic() + 20
+    while not any(b"ipykernel" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _leftovers(prov.root)):
+        assert time.monotonic() < deadline, "no kernel process"
+        time.sleep(0.2)
+
+
+def test_activity_probe_reads_x_idle_time(desktop: tuple[LocalProvider, Server]) -> None:
+    prov, server = desktop
+    result = prov.exec_in_session(server.id, ["xprintidle"])
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) >= 0
+
+
 # ---------------------------------------------------------------- data mounts
 
 

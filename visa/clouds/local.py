@@ -149,6 +149,12 @@ class LocalProvider(Provider):
             }
             session.write_json(staging / session.INSTANCE_FILE, record)
             os.rename(staging, final)  # atomic: list_servers never sees half an instance
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raced = self.get(spec.instance_uid)
+            if raced is not None:  # a concurrent create of the same instance won
+                return raced
+            raise CloudError(f"cannot prepare the session directory: {exc}") from exc
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -186,6 +192,9 @@ class LocalProvider(Provider):
                 record["ports"][protocol] = _free_port()
         session.write_json(instance_dir / session.INSTANCE_FILE, record)
         (instance_dir / session.STOPPED_FILE).unlink(missing_ok=True)
+        # A supervisor killed from outside (OOM, kill -9) may leave its children holding the ports.
+        session.kill_session(instance_dir, None, grace=1.0)
+        self._remove_stale_x_lock(instance_dir)
         self._launch(instance_dir)
 
     def stop(self, server_id: str) -> None:
