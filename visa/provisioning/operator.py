@@ -1,0 +1,23 @@
+"""What operators see: an instance's user-data with its secrets masked (``visa instances render-userdata``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from visa.errors import NotFound
+from visa.instances.models import Instance
+from visa.provisioning.userdata import render_user_data
+
+
+def render_for_operator(session: Session, uid: str) -> str:
+    """User-data of instance ``uid`` as it would be rendered now, secrets masked (CLI)."""
+    instance = session.scalars(select(Instance).where(Instance.uid == uid)).first()
+    if instance is None:
+        raise NotFound(f"no instance {uid[:40]!r}", field="uid")
+    text = render_user_data(instance, now=datetime.now(UTC), mask_secrets=True)
+    if instance.secret and instance.secret in text:  # the masking must never miss one
+        raise AssertionError("a secret survived masking")
+    return text
