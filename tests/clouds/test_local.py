@@ -345,6 +345,21 @@ def test_a_crashed_session_is_an_error_and_can_be_started_again(provider: LocalP
     assert _wait_state(provider, "crash").state == InstanceState.ACTIVE
 
 
+def test_a_session_of_an_earlier_boot_is_stopped(provider: LocalProvider) -> None:
+    provider.create(_spec("boot", {}))
+    assert _wait_state(provider, "boot").state == InstanceState.ACTIVE
+    provider.stop("boot")
+    status_file = provider.instance_dir("boot") / local_session.STATUS_FILE
+    status = local_session.read_json(status_file) or {}
+    # What a host reboot leaves: no stop marker, a dead supervisor, another boot id.
+    (provider.instance_dir("boot") / local_session.STOPPED_FILE).unlink()
+    local_session.write_json(status_file, {**status, "phase": "running", "boot_id": "earlier-boot"})
+    server = provider.get("boot")
+    assert server is not None and server.state == InstanceState.STOPPED
+    provider.start("boot")
+    assert _wait_state(provider, "boot").state == InstanceState.ACTIVE
+
+
 def test_create_twice_returns_the_same_server(provider: LocalProvider) -> None:
     first = provider.create(_spec("twice", {}))
     second = provider.create(_spec("twice", {}))

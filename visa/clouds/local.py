@@ -15,7 +15,8 @@ symlinks under the instance directory, and ``provider_state`` says so.
 
 Everything the provider knows is on disk, so a restarted visa lists, stops and deletes the
 sessions an earlier one started. States: supervisor starting -> BUILDING, ports answering
--> ACTIVE, stopped by us -> STOPPED, anything else that ended -> ERROR with the fault.
+-> ACTIVE, stopped by us or by a reboot of the host -> STOPPED, anything else that ended ->
+ERROR with the fault.
 
 Config keys (the Cloud row's config): ``root_dir``, ``path`` (PATH for the session and for
 finding its programs), ``vnc_server`` (``tigervnc`` or ``x11vnc``), ``isolate_mounts``
@@ -295,9 +296,11 @@ class LocalProvider(Provider):
             state = InstanceState.STOPPED
         elif not (instance_dir / session.PID_FILE).exists():
             state = InstanceState.BUILDING  # between the rename and the launch
+        elif status.get("boot_id") and status["boot_id"] != session.boot_id():
+            state = InstanceState.STOPPED  # the host restarted: like a VM after a hypervisor reboot
         else:
             state = InstanceState.ERROR
-            fault = status.get("fault") or "the session ended unexpectedly (host restarted?)"
+            fault = status.get("fault") or "the session ended unexpectedly"
         created = record.get("created_at")
         return Server(
             id=instance_dir.name,

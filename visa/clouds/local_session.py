@@ -127,6 +127,14 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
+def boot_id() -> str:
+    """Changes at every boot of the host: a session of an earlier boot was powered off, not crashed."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 def port_open(port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout):
@@ -167,7 +175,7 @@ class Supervisor:
     def __init__(self, instance_dir: Path) -> None:
         self.dir = instance_dir
         self.spec: dict[str, Any] = json.loads((instance_dir / INSTANCE_FILE).read_text())
-        self.status: dict[str, Any] = {"phase": "starting", "started_at": time.time()}
+        self.status: dict[str, Any] = {"phase": "starting", "started_at": time.time(), "boot_id": boot_id()}
         self.critical: dict[str, subprocess.Popen[bytes]] = {}
         self.others: dict[str, subprocess.Popen[bytes]] = {}
         self.stopping = False
