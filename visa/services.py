@@ -33,7 +33,8 @@ class Services:
                     if cloud is None:
                         raise NotFound(f"no cloud {cloud_name!r}")
                     config = dict(cloud.config)
-                    config.setdefault("data_dir", str(self.settings.data_dir.resolve()))
+                    if cloud.kind == "local":
+                        config.setdefault("root_dir", str((self.settings.data_dir / "local-instances").resolve()))
                     self._providers[cloud_name] = make_provider(cloud.kind, cloud.name, config)
             return self._providers[cloud_name]
 

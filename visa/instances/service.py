@@ -20,6 +20,7 @@ from visa.catalogue.models import Plan
 from visa.catalogue.service import max_lifetime_hours, plans_for
 from visa.clock import Clock
 from visa.clouds.models import Cloud
+from visa.db import after_commit
 from visa.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
 from visa.experiments.models import Experiment
 from visa.instances.models import (
@@ -149,7 +150,14 @@ def _command(session: Session, actor: Actor, clock: Clock, instance: Instance, a
     )
     session.add(cmd)
     session.flush()
+    after_commit(session, _wake_worker)
     return cmd
+
+
+def _wake_worker() -> None:
+    from visa.instances.worker import wake
+
+    wake()
 
 
 def get_instance(actor: Actor, session: Session, uid: str) -> Instance:

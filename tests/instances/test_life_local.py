@@ -1,0 +1,121 @@
+"""The life of an instance on the local cloud, with real desktops: create, become ACTIVE when the
+desktop answers, stop, start, delete (gracefully, soft-deleted with its history)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from tests.factories import actor, make_experiment, make_flavour, make_image, make_plan, make_user
+from visa.catalogue.models import Protocol
+from visa.clouds.models import Cloud
+from visa.db import Database
+from visa.instances import service
+from visa.instances.executor import run_pending_commands
+from visa.instances.models import CommandAction, CommandState, Instance, InstanceCommand, InstanceState
+from visa.instances.schemas import CreateInstance
+from visa.instances.sync import sync_cloud
+from visa.services import Services
+from visa.settings import Settings
+
+
+@pytest.fixture
+def local(tmp_path: Path, db: Database, clock):  # noqa: ANN001, ANN201
+    facility = tmp_path / "facility"
+    (facility / "visitor" / "ev280" / "id21").mkdir(parents=True)
+    (facility / "visitor" / "ev280" / "id21" / "scan_0001.h5").write_text("raw data")
+    (facility / "processed" / "ev280" / "id21").mkdir(parents=True)
+    settings = Settings(data_dir=tmp_path / "data", database_url=db.url, secret_key="k")
+    services = Services(settings=settings, database=db, clock=clock)
+    with db.unit_of_work() as s:
+        s.add(Cloud(name="local", kind="local", enabled=True, created_at=clock.now(), config={
+            "root_dir": str(tmp_path / "instances"),
+            "provisioning": {
+                "mount_type": "bind",
+                "raw_mount_template": str(facility / "visitor/{proposal}/{beamline}"),
+                "processed_mount_template": str(facility / "processed/{proposal}/{beamline}"),
+            },
+        }))
+        alice = make_user(s, clock, "alice")
+        exp = make_experiment(s, members=[alice], proposal="ev280", instrument="id21")
+        plan = make_plan(s, make_image(s, "desktop", {Protocol.VNC: 5901}), make_flavour(s, "esrf.medium"))
+        inst = service.create_instance(
+            actor(alice, clock), s, clock, settings,
+            CreateInstance(name="analysis", plan_id=plan.id, experiment_ids=[exp.id], screen_width=1024, screen_height=768),
+        )
+        uid = inst.uid
+    yield services, uid
+    services.close()
+    # Whatever the test left running is stopped and removed.
+    provider = services.provider("local")
+    for server in provider.list_servers():
+        provider.delete(server.id)
+
+
+def _state(db: Database, uid: str) -> Instance:
+    with db.sessionmaker() as s:
+        return s.scalar(select(Instance).where(Instance.uid == uid))
+
+
+def _sync_until(services: Services, uid: str, wanted: InstanceState, timeout: float = 30) -> Instance:
+    deadline = time.monotonic() + timeout
+    while True:
+        sync_cloud(services, "local", probe_timeout=1)
+        inst = _state(services.database, uid)
+        if inst.state == wanted or time.monotonic() > deadline:
+            return inst
+        services.clock.advance(seconds=1)
+        time.sleep(0.3)
+
+
+def _act(services: Services, uid: str, action: CommandAction) -> None:
+    with services.database.unit_of_work() as s:
+        inst = s.scalar(select(Instance).where(Instance.uid == uid))
+        owner = actor(inst.owner, services.clock)
+        service.request_action(owner, s, services.clock, inst, action)
+    assert run_pending_commands(services) == 1
+
+
+def test_create_to_active_stop_start_delete(local) -> None:  # noqa: ANN001
+    services, uid = local
+    db = services.database
+    assert _state(db, uid).state == InstanceState.BUILDING
+    assert run_pending_commands(services) == 1
+    inst = _state(db, uid)
+    assert inst.cloud_server_id == uid and inst.address == "127.0.0.1"
+    assert inst.provider_state["ports"]["VNC"] > 0
+    inst = _sync_until(services, uid, InstanceState.ACTIVE)
+    assert inst.state == InstanceState.ACTIVE, inst.error_message
+
+    # The experiment's data is where a VM would have it, read-only.
+    provider = services.provider("local")
+    out = provider.exec_in_session(uid, ["cat", "/data/visitor/ev280/id21/scan_0001.h5"])
+    assert out.stdout == b"raw data"
+
+    _act(services, uid, CommandAction.STOP)
+    assert _sync_until(services, uid, InstanceState.STOPPED).state == InstanceState.STOPPED
+    _act(services, uid, CommandAction.START)
+    assert _sync_until(services, uid, InstanceState.ACTIVE).state == InstanceState.ACTIVE
+
+    _act(services, uid, CommandAction.DELETE)
+    inst = _sync_until(services, uid, InstanceState.DELETED)
+    assert inst.state == InstanceState.DELETED and inst.deleted_at is not None
+    assert provider.get(uid) is None
+    with db.sessionmaker() as s:
+        history = [(c.action, c.state) for c in s.scalars(select(InstanceCommand).order_by(InstanceCommand.id))]
+    assert history == [
+        (CommandAction.CREATE, CommandState.DONE), (CommandAction.STOP, CommandState.DONE),
+        (CommandAction.START, CommandState.DONE), (CommandAction.DELETE, CommandState.DONE),
+    ]
+
+
+def test_lost_machine_becomes_error_and_create_failure_is_readable(local) -> None:  # noqa: ANN001
+    services, uid = local
+    run_pending_commands(services)
+    services.provider("local").delete(uid)  # someone removed it behind visa's back
+    sync_cloud(services, "local", probe_timeout=1)
+    inst = _state(services.database, uid)
+    assert inst.state == InstanceState.ERROR and "no longer has" in inst.error_message

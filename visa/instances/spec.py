@@ -1,0 +1,42 @@
+"""Turns a stored instance into what a cloud needs to create its machine."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from visa.clouds.base import ServerSpec
+from visa.instances.models import Instance
+from visa.provisioning.mounts import instance_mounts
+from visa.provisioning.userdata import render_metadata, render_user_data
+from visa.settings import ProvisioningSettings, Settings
+
+
+def site_for(instance: Instance, settings: Settings) -> ProvisioningSettings:
+    """The site's provisioning settings, with the cloud's own overrides (the local cloud binds
+    host directories where a VM would mount NFS)."""
+    overrides = (instance.cloud.config or {}).get("provisioning") or {}
+    if not overrides:
+        return settings.provisioning
+    return settings.provisioning.model_copy(update=overrides)
+
+
+def server_spec(instance: Instance, settings: Settings, now: datetime, probe_public_key: str | None = None) -> ServerSpec:
+    site = site_for(instance, settings)
+    image, flavour = instance.plan.image, instance.plan.flavour
+    return ServerSpec(
+        name=f"{settings.instance_name_prefix}-{instance.id}",
+        instance_uid=instance.uid,
+        image_ref=image.cloud_image_ref,
+        flavour_ref=flavour.cloud_flavour_ref,
+        user_data=render_user_data(instance, site=site, now=now, probe_public_key=probe_public_key),
+        secret=instance.secret,
+        metadata=render_metadata(instance),
+        protocols={p.protocol.value: p.port for p in image.protocols},
+        mounts=tuple(instance_mounts(instance, site=site, now=now)),
+        screen_width=instance.screen_width,
+        screen_height=instance.screen_height,
+        keyboard_layout=instance.keyboard_layout,
+        owner_username=instance.owner.username,
+        cores=flavour.cores,
+        memory_mb=flavour.memory_mb,
+    )

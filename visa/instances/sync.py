@@ -1,0 +1,166 @@
+"""Keeps instance states true to the cloud: one list call per cloud per cycle.
+
+Cloud states are mapped by the provider; here they meet visa's own: a state asked for by
+a command (STARTING, STOPPING, REBOOTING) is kept for a grace period while the cloud
+catches up, cloud ACTIVE is refined by probing the ports, and instances being deleted are
+deleted once the cloud reports them stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from visa.clouds.base import Server
+from visa.errors import CloudError
+from visa.instances.executor import DELETABLE, soft_delete, store_server, with_retries
+from visa.instances.models import Instance, InstanceState
+from visa.instances.readiness import PROBE_TIMEOUT, probe_all
+from visa.services import Services
+
+log = logging.getLogger(__name__)
+
+# How long a state asked for by a command wins over what the cloud still reports.
+TRANSITION_GRACE = timedelta(seconds=120)
+TRANSITIONAL = {
+    InstanceState.STOPPING: frozenset({InstanceState.ACTIVE, InstanceState.STOPPING}),
+    InstanceState.STARTING: frozenset({InstanceState.STOPPED, InstanceState.BUILDING}),
+    InstanceState.REBOOTING: frozenset({InstanceState.ACTIVE, InstanceState.REBOOTING}),
+}
+READY_STATES = frozenset({InstanceState.ACTIVE})
+# A machine the cloud lost is marked ERROR, unless it was on its way out anyway.
+LOST_MESSAGE = "the cloud no longer has this machine"
+
+
+@dataclass
+class SyncResult:
+    cloud: str
+    servers: int = 0
+    instances: int = 0
+    changed: dict[str, str] = field(default_factory=dict)
+    deleted: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _decide(instance: Instance, server: Server | None, now) -> InstanceState | None:  # noqa: ANN001
+    """The state the cloud implies, or None to probe the ports (cloud ACTIVE)."""
+    if server is None:
+        return InstanceState.DELETED if instance.state == InstanceState.DELETING else InstanceState.ERROR
+    cloud = server.state
+    if instance.state == InstanceState.DELETING:
+        return InstanceState.DELETING
+    keep = TRANSITIONAL.get(instance.state)
+    changed_at = instance.state_changed_at or instance.created_at
+    if keep and cloud in keep and now - changed_at < TRANSITION_GRACE:
+        if instance.state == InstanceState.REBOOTING and now - changed_at > timedelta(seconds=10):
+            return None  # after a short while, a rebooted machine is judged by its ports
+        return instance.state
+    if cloud == InstanceState.ACTIVE:
+        return None
+    return cloud
+
+
+def sync_cloud(services: Services, cloud_name: str, *, only_unstable: bool = False,
+               probe_timeout: float = PROBE_TIMEOUT) -> SyncResult:
+    """One cycle for one cloud. ``only_unstable`` looks only at instances whose state moves soon."""
+    from visa.instances.models import UNSTABLE_STATES
+
+    started = time.perf_counter()
+    result = SyncResult(cloud=cloud_name)
+    provider = services.provider(cloud_name)
+    try:
+        servers = with_retries(provider.list_servers)
+    except CloudError as exc:
+        # No answer is not an answer: nothing is changed until the cloud answers again.
+        log.warning("sync of %s skipped: %s", cloud_name, exc.message)
+        raise
+    by_id = {s.id: s for s in servers}
+    result.servers = len(servers)
+    now = services.clock.now()
+
+    with services.database.unit_of_work() as s:
+        from visa.clouds.models import Cloud
+
+        q = (
+            select(Instance).join(Instance.cloud)
+            .where(Cloud.name == cloud_name, Instance.deleted_at.is_(None), Instance.cloud_server_id.is_not(None))
+        )
+        if only_unstable:
+            q = q.where(Instance.state.in_(UNSTABLE_STATES))
+        instances = list(s.scalars(q).unique())
+        result.instances = len(instances)
+        to_probe: list[Instance] = []
+        to_delete: list[Instance] = []
+        for inst in instances:
+            server = by_id.get(inst.cloud_server_id or "")
+            if server is not None:
+                store_server(inst, server, now)
+            target = _decide(inst, server, now)
+            if target is None:
+                to_probe.append(inst)
+                continue
+            if target == InstanceState.DELETED:
+                soft_delete(inst, now)
+                result.deleted.append(inst.uid)
+                continue
+            if inst.state == InstanceState.DELETING and server is not None and server.state in DELETABLE:
+                to_delete.append(inst)
+                continue
+            if target == InstanceState.ERROR and server is None:
+                if inst.state != InstanceState.ERROR:
+                    inst.error_message = LOST_MESSAGE
+                    result.lost.append(inst.uid)
+            elif target == InstanceState.ERROR and server is not None and server.fault:
+                inst.error_message = server.fault
+            _set_state(inst, target, now, result)
+        for inst_id, state in probe_all(to_probe, timeout=probe_timeout).items():
+            inst = next(i for i in to_probe if i.id == inst_id)
+            if state == InstanceState.ACTIVE:
+                inst.error_message = None
+            _set_state(inst, state, now, result)
+        deletions = [(i.id, i.cloud_server_id, i.uid) for i in to_delete]
+
+    provider_delete_ids = []
+    for inst_id, server_id, uid in deletions:
+        try:
+            with_retries(lambda sid=server_id: provider.delete(sid))
+        except CloudError as exc:
+            log.warning("delete of instance %s failed, will retry: %s", uid, exc.message)
+            continue
+        provider_delete_ids.append(inst_id)
+        result.deleted.append(uid)
+    if provider_delete_ids:
+        with services.database.unit_of_work() as s:
+            for inst in s.scalars(select(Instance).where(Instance.id.in_(provider_delete_ids))):
+                soft_delete(inst, services.clock.now())
+    result.seconds = time.perf_counter() - started
+    if result.changed or result.deleted:
+        log.info("sync %s: %d servers, %d changed, %d deleted", cloud_name, result.servers,
+                 len(result.changed), len(result.deleted))
+    return result
+
+
+def _set_state(inst: Instance, state: InstanceState, now, result: SyncResult) -> None:  # noqa: ANN001
+    if inst.state != state:
+        result.changed[inst.uid] = f"{inst.state.value}->{state.value}"
+        inst.state = state
+        inst.state_changed_at = now
+
+
+def sync_all(services: Services, *, only_unstable: bool = False) -> list[SyncResult]:
+    from visa.clouds.models import Cloud
+
+    with services.database.sessionmaker() as s:
+        names = list(s.scalars(select(Cloud.name).where(Cloud.enabled.is_(True))))
+    results = []
+    for name in names:
+        try:
+            results.append(sync_cloud(services, name, only_unstable=only_unstable))
+        except CloudError:
+            continue
+    return results
