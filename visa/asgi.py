@@ -7,6 +7,9 @@ app is several times slower and heavier; Flask requests run in a thread pool.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from a2wsgi import WSGIMiddleware
 from flask import Flask
 from starlette.applications import Starlette
@@ -16,7 +19,38 @@ from visa.settings import Settings
 from visa.web.app import create_app
 
 
-def build_asgi(flask_app: Flask) -> Starlette:
+def _lifespan(flask_app: Flask, background: bool):  # noqa: ANN202
+    """Starts the in-process worker (and the scheduler, where this process may lead)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if not background:
+            yield
+            return
+        from visa.instances.worker import Worker
+
+        services = flask_app.extensions["visa"]
+        worker = Worker(services)
+        worker.start()
+        scheduler = None
+        if services.settings.scheduler.enabled_in_web:
+            try:
+                from visa.scheduler.runner import start_in_background
+            except ImportError:
+                start_in_background = None
+            if start_in_background is not None:
+                scheduler = start_in_background(services)
+        try:
+            yield
+        finally:
+            if scheduler is not None:
+                scheduler.stop()
+            worker.stop()
+
+    return lifespan
+
+
+def build_asgi(flask_app: Flask, *, background: bool = False) -> Starlette:
     routes: list = []
     try:
         from visa.gateway.routes import gateway_routes
@@ -25,8 +59,9 @@ def build_asgi(flask_app: Flask) -> Starlette:
     except ImportError:  # the gateway package is optional while it is being built
         pass
     routes.append(Mount("/", app=WSGIMiddleware(flask_app, workers=16)))  # type: ignore[arg-type]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, lifespan=_lifespan(flask_app, background))
 
 
 def create_asgi_app(settings: Settings | None = None) -> Starlette:
-    return build_asgi(create_app(settings))
+    """The served application, with its background worker."""
+    return build_asgi(create_app(settings), background=True)
