@@ -284,6 +284,18 @@ def test_missing_data_source_is_refused(provider: LocalProvider, root: Path) -> 
     with pytest.raises(CloudError, match="does not exist"):
         provider.create(spec)
     assert provider.get("nodata") is None
+    nfs = _spec("nfs", {}, mounts=(MountSpec("nfs.example.org:/data/x", "/data/visitor/x/y", True, "nfs"),))
+    with pytest.raises(CloudError, match="mount_type to bind"):
+        provider.create(nfs)
+
+
+def test_a_missing_processed_area_is_made(provider: LocalProvider, root: Path) -> None:
+    area = root / "processed-new" / "ev1" / "id1"
+    provider.create(
+        _spec("proc", {}, mounts=(MountSpec(str(area), f"/data/processed/{root.name}", False, "bind"),))
+    )
+    assert area.is_dir()
+    assert _wait_state(provider, "proc").state == InstanceState.ACTIVE
 
 
 # ---------------------------------------------------------------- lifecycle

@@ -110,6 +110,14 @@ class LocalProvider(Provider):
             raise CloudError(f"the local cloud cannot serve {', '.join(sorted(unknown))}")
         tools = self._check_programs(spec.protocols)
         for mount in spec.mounts:
+            if mount.kind != "bind":
+                raise CloudError(
+                    f"the local cloud binds host directories and cannot mount {mount.kind} {mount.source}: "
+                    "set the cloud's provisioning mount_type to bind"
+                )
+            if not mount.read_only:
+                # A processed-data area is made on first use, as the facility's storage would.
+                Path(mount.source).mkdir(parents=True, exist_ok=True)
             if not Path(mount.source).is_dir():
                 raise CloudError(f"data directory {mount.source} does not exist on this host")
         mount_mode, limitation = self._mount_mode(spec)
