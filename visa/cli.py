@@ -97,13 +97,28 @@ def db_current() -> None:
 # --- setup ----------------------------------------------------------------------------------
 
 
+def local_cloud_config(settings: Settings) -> dict[str, Any]:
+    """The local cloud binds experiment data from a directory of this machine where a VM mounts NFS."""
+    facility = (settings.data_dir / "facility").resolve()
+    return {
+        "provisioning": {
+            "mount_type": "bind",
+            "raw_mount_template": f"{facility}/visitor/{{proposal}}/{{beamline}}",
+            "processed_mount_template": f"{facility}/processed/{{proposal}}/{{beamline}}",
+        }
+    }
+
+
 def ensure_local_cloud(database: Database) -> None:
     from visa.clouds.models import Cloud
 
     settings = _settings()
+    if settings.default_cloud != "local":
+        return
     with database.unit_of_work() as s:
-        if s.scalar(select(Cloud).where(Cloud.name == settings.default_cloud)) is None and settings.default_cloud == "local":
-            s.add(Cloud(name="local", kind="local", config={}, enabled=True, created_at=system_clock.now()))
+        if s.scalar(select(Cloud).where(Cloud.name == "local")) is None:
+            s.add(Cloud(name="local", kind="local", config=local_cloud_config(settings), enabled=True,
+                        created_at=system_clock.now()))
 
 
 @main.command()
@@ -117,6 +132,22 @@ def init() -> None:
     upgrade(database.engine)
     ensure_local_cloud(database)
     click.echo(f"visa initialised: data in {settings.data_dir.resolve()}, database {database.engine.url!r}")
+
+
+@main.command()
+@click.option("--port", default=None, type=int, help="Port (default from settings: 8080)")
+@click.option("--no-serve", is_flag=True, help="Prepare the demo and exit")
+@friendly
+def demo(port: int | None, no_serve: bool) -> None:
+    """Set up a demonstration on this machine (catalogue, experiments, users, data) and serve it."""
+    from visa.demo import prepare_demo
+
+    ctx = click.get_current_context()
+    ctx.invoke(init)
+    for line in prepare_demo(_settings(), _database()):
+        click.echo(line)
+    if not no_serve:
+        ctx.invoke(run, port=port)
 
 
 @main.command()

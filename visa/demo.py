@@ -1,0 +1,66 @@
+"""A demonstration on one machine: the repository's catalogue, sample experiments with data on
+disk, and local accounts. Idempotent: running it again changes nothing that exists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import select
+
+from visa.actor import SYSTEM
+from visa.catalogue.service import apply_files
+from visa.clock import system_clock
+from visa.db import Database
+from visa.experiments.importer import import_experiments, parse_file
+from visa.settings import Settings
+from visa.users import service as users
+from visa.users.models import Role, User
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_USERS = [
+    # username, password, roles
+    ("admin", "admin-password", (Role.ADMIN, Role.STAFF)),
+    ("scientist", "scientist-password", ()),
+    ("colleague", "colleague-password", ()),
+]
+
+
+def _facility_data(settings: Settings, experiments_file: Path) -> None:
+    """Sample raw data on disk where the local cloud binds it from."""
+    facility = settings.data_dir / "facility"
+    for record in json.loads(experiments_file.read_text())["experiments"]:
+        raw = facility / "visitor" / record["proposal"] / record["instrument"]
+        (facility / "processed" / record["proposal"] / record["instrument"]).mkdir(parents=True, exist_ok=True)
+        raw.mkdir(parents=True, exist_ok=True)
+        sample = raw / "README.txt"
+        if not sample.exists():
+            sample.write_text(f"Raw data of experiment {record['id']} ({record['proposal_title'] if 'proposal_title' in record else ''})\n")
+
+
+def prepare_demo(settings: Settings, database: Database) -> list[str]:
+    out: list[str] = []
+    catalogue = [ROOT / "flavours", ROOT / "images"]
+    experiments_file = ROOT / "deploy" / "demo" / "experiments.json"
+    with database.unit_of_work() as s:
+        diff = apply_files(s, SYSTEM, system_clock, catalogue)
+    out.append(f"catalogue: {len(diff.changes)} change(s)")
+    with database.unit_of_work() as s:
+        result = import_experiments(s, SYSTEM, system_clock, parse_file(experiments_file),
+                                    default_quota=settings.default_quota)
+    out.append(f"experiments: {result}")
+    with database.unit_of_work() as s:
+        for username, password, roles in DEMO_USERS:
+            user = s.scalar(select(User).where(User.username == username))
+            if user is None:
+                user = users.create_user(s, SYSTEM, system_clock, username=username, full_name=username.title(),
+                                         default_quota=settings.default_quota)
+            if user.password_hash is None:
+                users.set_password(s, SYSTEM, system_clock, user, password)
+            for role in roles:
+                if role not in user.roles_at(system_clock.now()):
+                    users.grant_role(s, SYSTEM, system_clock, user, role)
+    _facility_data(settings, experiments_file)
+    out.append("demo accounts: " + ", ".join(f"{u} / {p}" for u, p, _ in DEMO_USERS))
+    out.append(f"open http://{settings.host}:{settings.port}/")
+    return out
