@@ -35,7 +35,7 @@ def _facility_data(settings: Settings, experiments_file: Path) -> None:
         raw.mkdir(parents=True, exist_ok=True)
         sample = raw / "README.txt"
         if not sample.exists():
-            sample.write_text(f"Raw data of experiment {record['id']} ({record['proposal_title'] if 'proposal_title' in record else ''})\n")
+            sample.write_text(f"Raw data of experiment {record['id']} ({record.get('proposal_title', '')})\n")
 
 
 def prepare_demo(settings: Settings, database: Database) -> list[str]:
