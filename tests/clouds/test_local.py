@@ -287,6 +287,10 @@ def test_missing_data_source_is_refused(provider: LocalProvider, root: Path) -> 
     nfs = _spec("nfs", {}, mounts=(MountSpec("nfs.example.org:/data/x", "/data/visitor/x/y", True, "nfs"),))
     with pytest.raises(CloudError, match="mount_type to bind"):
         provider.create(nfs)
+    for target in ("data/x", "/data/../etc", "/"):
+        bad = _spec("bad", {}, mounts=(MountSpec(str(root), target, True, "bind"),))
+        with pytest.raises(CloudError, match="absolute path"):
+            provider.create(bad)
 
 
 def test_a_missing_processed_area_is_made(provider: LocalProvider, root: Path) -> None:

@@ -115,6 +115,12 @@ class LocalProvider(Provider):
                     f"the local cloud binds host directories and cannot mount {mount.kind} {mount.source}: "
                     "set the cloud's provisioning mount_type to bind"
                 )
+            if (
+                not mount.target.startswith("/")
+                or os.path.normpath(mount.target) != mount.target
+                or mount.target == "/"
+            ):
+                raise CloudError(f"mount target {mount.target!r} must be a normalised absolute path below /")
             if not mount.read_only:
                 # A processed-data area is made on first use, as the facility's storage would.
                 Path(mount.source).mkdir(parents=True, exist_ok=True)
