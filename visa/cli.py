@@ -289,7 +289,7 @@ def users_revoke(username: str, role: str) -> None:
     click.echo(f"{username}: {role.upper()} revoked" if removed else f"{username} did not have {role.upper()}")
 
 
-@users.command("quota")
+@users.command("quota", context_settings={"ignore_unknown_options": True})  # so "-1" is a value
 @click.argument("username")
 @click.argument("quota", type=int)
 @friendly
