@@ -37,3 +37,8 @@ fi
 if [[ -x scripts/build-web.sh ]]; then
   scripts/build-web.sh
 fi
+
+# The OIDC server the login tests start (npm oidc-provider, Keycloak's URL layout).
+if [[ ! -d tests/oidc/node_modules ]] && command -v npm >/dev/null 2>&1; then
+  npm ci --prefix tests/oidc --no-audit --no-fund
+fi
