@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+import visa.models  # noqa: F401  (every mapped class must be known before the first query)
 from visa.errors import NotFound
 from visa.instances.models import Instance
 from visa.provisioning.userdata import render_user_data

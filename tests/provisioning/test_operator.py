@@ -1,0 +1,28 @@
+"""What `visa instances render-userdata UID` prints: the user-data with its secrets masked."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.provisioning.cloudinit import validate
+from tests.provisioning.factories import SECRET, make_experiment, make_image, make_instance, make_user
+from visa.errors import NotFound
+from visa.provisioning import render_for_operator
+
+
+def test_operator_sees_user_data_with_secrets_masked(session, tmp_path) -> None:
+    owner = make_user(session, uid_number=1000, gid_number=1000)
+    image = make_image(
+        session, "desktop", [{"protocol": "VNC", "port": 5901}, {"protocol": "JUPYTER", "port": 8888}]
+    )
+    instance = make_instance(session, owner, image, [make_experiment(session, members=[owner])])
+    text = render_for_operator(session, instance.uid)
+    assert SECRET not in text
+    assert text.count("********") == 2  # VNC password file and Jupyter token
+    validate(text, tmp_path)
+
+
+def test_unknown_instance(session) -> None:
+    with pytest.raises(NotFound) as err:
+        render_for_operator(session, "nope" * 50)
+    assert err.value.field == "uid" and len(err.value.message) < 80
