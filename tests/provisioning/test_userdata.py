@@ -300,3 +300,12 @@ def test_metadata_values_fit_nova(session) -> None:
     assert all(isinstance(v, str) and len(v) <= 255 for v in metadata.values())
     assert metadata["visa_owner"] == "alice" and metadata["visa_uid_number"] == "1000"
     assert metadata["visa_proposals"].startswith("ev0000,ev0001")
+
+
+def test_user_data_too_large_for_nova_is_refused(session, site) -> None:
+    owner = make_user(session)
+    experiments = [make_experiment(session, f"ev{n:04d}", "id21", members=[owner]) for n in range(200)]
+    instance = make_instance(session, owner, make_image(session), experiments)
+    with pytest.raises(InvalidInput) as err:
+        render_user_data(instance, site=site, now=NOW)
+    assert err.value.field == "experiments"

@@ -52,7 +52,8 @@ JUPYTER_CONFIG = "/etc/visa/jupyter_server_config.json"
 _TIMEZONE = re.compile(r"[A-Za-z_+-]+(/[A-Za-z0-9_+-]+){0,2}")
 # Values of instance.env are read by sh and by systemd alike: keep them unquoted-safe.
 _ENV_VALUE = re.compile(r"[A-Za-z0-9_./:,@+-]*")
-# Nova limits a metadata value to 255 characters.
+# Nova limits a metadata value to 255 characters, and user-data to 64 KiB once base64-encoded.
+USER_DATA_MAX_BYTES = 65535 // 4 * 3
 _METADATA_MAX = 255
 
 
@@ -363,6 +364,12 @@ def render_user_data(
     text = _dump(config)
     if boot_script:
         text = _multipart(text, boot_script)
+    if len(text.encode()) > USER_DATA_MAX_BYTES:
+        raise InvalidInput(
+            f"the machine's boot configuration is too large for the cloud ({mount_count} data mounts): "
+            "choose fewer experiments",
+            field="experiments",
+        )
     log.info(
         "rendered user-data for instance %s (image %s, %d data mounts, %d bytes)",
         instance.uid,
