@@ -1,0 +1,198 @@
+"""Steps of the sandbox set-up that talk to PostgreSQL or the APIs; run by the sandbox's venv.
+
+Every step is idempotent: it finds what exists and creates only what is missing.
+
+    python bootstrap.py databases PG_URL
+    python bootstrap.py neutron-tables PG_URL
+    python bootstrap.py identity
+    python bootstrap.py wait-compute
+    python bootstrap.py resources
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from configs import ADMIN_PASSWORD, DATABASES, KEYSTONE, SERVICE_PASSWORD  # noqa: E402
+
+VISA_PROJECT, VISA_USER, VISA_PASSWORD = "visa", "visa", "visa-sandbox"
+NETWORK, SUBNET_CIDR = "visa-net", "127.100.0.0/16"
+IMAGE = "visa-sandbox-image"
+# Name -> (vcpus, ram MB, disk GB); the names match flavours/*.yaml. Disk is not zero:
+# Nova refuses image-backed servers on zero-disk flavours to non-admins.
+FLAVOURS = {
+    "esrf.medium": (4, 4096, 20),
+    "esrf.large": (8, 16384, 20),
+    "esrf.gpu.a40": (16, 32768, 20),
+    "esrf.gpu.a40.xlarge": (32, 131072, 20),
+    "visa.tiny": (1, 256, 1),
+}
+ENDPOINTS = {
+    "keystone": ("identity", f"{KEYSTONE}/v3/"),
+    "nova": ("compute", "http://127.0.0.1:8774/v2.1"),
+    "glance": ("image", "http://127.0.0.1:9292"),
+    "placement": ("placement", "http://127.0.0.1:8778"),
+    "neutron": ("network", "http://127.0.0.1:9696"),
+}
+
+
+def log(message: str) -> None:
+    print(f"[sandbox] {message}", file=sys.stderr, flush=True)
+
+
+def databases(pg_url: str) -> None:
+    import psycopg2
+
+    dsn = pg_url.replace("postgresql+psycopg2://", "postgresql://")
+    conn = psycopg2.connect(f"{dsn.rstrip('/')}/postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT datname FROM pg_database")
+        have = {row[0] for row in cur.fetchall()}
+        for name in DATABASES:
+            if name not in have:
+                cur.execute(f'CREATE DATABASE "{name}"')
+                log(f"created database {name}")
+    conn.close()
+
+
+def neutron_tables(pg_url: str) -> None:
+    """Neutron's migrations are MySQL-only: build its tables from the models instead.
+
+    ``neutron-db-manage stamp heads`` afterwards records them as migrated.
+    """
+    import sqlalchemy
+    from neutron.db.migration.models import head
+    from sqlalchemy import orm
+
+    orm.configure_mappers()
+    engine = sqlalchemy.create_engine(f"{pg_url.rstrip('/')}/os_neutron")
+    head.get_metadata().create_all(engine)
+    engine.dispose()
+    log("neutron tables created")
+
+
+def admin():  # type: ignore[no-untyped-def]
+    import openstack
+
+    return openstack.connect(
+        auth_url=f"{KEYSTONE}/v3",
+        username="admin",
+        password=ADMIN_PASSWORD,
+        project_name="admin",
+        user_domain_name="Default",
+        project_domain_name="Default",
+        region_name="RegionOne",
+    )
+
+
+def identity() -> None:
+    conn = admin()
+    idn = conn.identity
+    roles = {r.name: r for r in idn.roles()}
+    for name in ("service", "member"):
+        if name not in roles:
+            roles[name] = idn.create_role(name=name)
+    service_project = idn.find_project("service") or idn.create_project(name="service", domain_id="default")
+    for user in ("nova", "neutron", "glance", "placement"):
+        account = idn.find_user(user) or idn.create_user(
+            name=user, password=SERVICE_PASSWORD, domain_id="default"
+        )
+        for role in ("admin", "service"):
+            idn.assign_project_role_to_user(service_project, account, roles[role])
+    existing = {s.type: s for s in idn.services()}
+    for name, (kind, url) in ENDPOINTS.items():
+        service = existing.get(kind) or idn.create_service(name=name, type=kind)
+        have = {e.interface for e in idn.endpoints(service_id=service.id)}
+        for interface in ("public", "internal", "admin"):
+            if interface not in have:
+                idn.create_endpoint(
+                    service_id=service.id, interface=interface, url=url, region_id="RegionOne"
+                )
+    project = idn.find_project(VISA_PROJECT) or idn.create_project(name=VISA_PROJECT, domain_id="default")
+    user = idn.find_user(VISA_USER) or idn.create_user(
+        name=VISA_USER, password=VISA_PASSWORD, domain_id="default", default_project_id=project.id
+    )
+    idn.assign_project_role_to_user(project, user, roles["member"])
+    log("identity ready")
+
+
+def wait_compute(timeout: float = 180) -> None:
+    conn = admin()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            up = [s for s in conn.compute.services() if s.binary == "nova-compute" and s.state == "up"]
+            if up and list(conn.placement.resource_providers()):
+                log("nova-compute is up and reported to placement")
+                return
+        except Exception as exc:  # the APIs may still be starting
+            log(f"waiting for nova-compute ({type(exc).__name__})")
+        time.sleep(2)
+    raise SystemExit("nova-compute did not come up; see state/log/nova-compute.log")
+
+
+def resources() -> None:
+    conn = admin()
+    project = conn.identity.find_project(VISA_PROJECT)
+    if conn.image.find_image(IMAGE) is None:
+        conn.image.create_image(
+            name=IMAGE,
+            data=b"visa sandbox image\n" * 64,
+            disk_format="raw",
+            container_format="bare",
+            visibility="public",
+            allow_duplicates=True,
+        )
+        log(f"image {IMAGE} registered")
+    for name, (vcpus, ram, disk) in FLAVOURS.items():
+        if conn.compute.find_flavor(name) is None:
+            conn.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk, is_public=True)
+            log(f"flavour {name} created")
+    network = conn.network.find_network(NETWORK, project_id=project.id)
+    if network is None:
+        network = conn.network.create_network(name=NETWORK, project_id=project.id)
+    if not list(conn.network.subnets(network_id=network.id)):
+        # Loopback addresses: nothing a test probes can leave the machine.
+        conn.network.create_subnet(
+            name=f"{NETWORK}-v4",
+            network_id=network.id,
+            project_id=project.id,
+            ip_version=4,
+            cidr=SUBNET_CIDR,
+            gateway_ip=None,
+            enable_dhcp=False,
+        )
+        log(f"network {NETWORK} ({SUBNET_CIDR}) created")
+    # The project's default security group is created on first use.
+    if not list(conn.network.security_groups(project_id=project.id, name="default")):
+        conn.network.create_security_group(name="default", project_id=project.id)
+    conn.set_compute_quotas(project.id, instances=-1, cores=-1, ram=-1)
+    conn.set_network_quotas(
+        project.id, port=-1, network=-1, subnet=-1, security_group=-1, security_group_rule=-1
+    )
+    log("image, flavours, network and quotas ready")
+
+
+def main() -> None:
+    step = sys.argv[1]
+    if step == "databases":
+        databases(sys.argv[2])
+    elif step == "neutron-tables":
+        neutron_tables(sys.argv[2])
+    elif step == "identity":
+        identity()
+    elif step == "wait-compute":
+        wait_compute()
+    elif step == "resources":
+        resources()
+    else:
+        raise SystemExit(f"unknown step {step!r}")
+
+
+if __name__ == "__main__":
+    main()

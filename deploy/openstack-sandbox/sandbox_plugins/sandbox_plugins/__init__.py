@@ -1,0 +1,1 @@
+"""Plugins the visa OpenStack sandbox loads into Nova and Neutron (none runs in visa itself)."""
