@@ -1,1 +1,0 @@
-"""Plugins the visa OpenStack sandbox loads into Nova and Neutron (none runs in visa itself)."""
