@@ -7,21 +7,13 @@ from datetime import datetime
 from visa.clouds.base import ServerSpec
 from visa.instances.models import Instance
 from visa.provisioning.mounts import instance_mounts
+from visa.provisioning.site import site_for_instance
 from visa.provisioning.userdata import render_metadata, render_user_data
-from visa.settings import ProvisioningSettings, Settings
-
-
-def site_for(instance: Instance, settings: Settings) -> ProvisioningSettings:
-    """The site's provisioning settings, with the cloud's own overrides (the local cloud binds
-    host directories where a VM would mount NFS)."""
-    overrides = (instance.cloud.config or {}).get("provisioning") or {}
-    if not overrides:
-        return settings.provisioning
-    return settings.provisioning.model_copy(update=overrides)
+from visa.settings import Settings
 
 
 def server_spec(instance: Instance, settings: Settings, now: datetime, probe_public_key: str | None = None) -> ServerSpec:
-    site = site_for(instance, settings)
+    site = site_for_instance(instance, settings.provisioning)
     image, flavour = instance.plan.image, instance.plan.flavour
     return ServerSpec(
         name=f"{settings.instance_name_prefix}-{instance.id}",

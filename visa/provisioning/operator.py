@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 import visa.models  # noqa: F401  (every mapped class must be known before the first query)
 from visa.errors import NotFound
 from visa.instances.models import Instance
+from visa.provisioning.site import site_for_instance
 from visa.provisioning.userdata import render_user_data
 
 
@@ -18,7 +19,7 @@ def render_for_operator(session: Session, uid: str) -> str:
     instance = session.scalars(select(Instance).where(Instance.uid == uid)).first()
     if instance is None:
         raise NotFound(f"no instance {uid[:40]!r}", field="uid")
-    text = render_user_data(instance, now=datetime.now(UTC), mask_secrets=True)
+    text = render_user_data(instance, site=site_for_instance(instance), now=datetime.now(UTC), mask_secrets=True)
     if instance.secret and instance.secret in text:  # the masking must never miss one
         raise AssertionError("a secret survived masking")
     return text
