@@ -1,0 +1,113 @@
+"""What the desktop relay and the Jupyter proxy share: settings, database access in worker
+threads, throttled activity, same-origin checks and refusals before a websocket opens."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from anyio import to_thread
+from flask import Flask
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket
+
+from visa.errors import VisaError, http_status
+from visa.gateway import service
+from visa.services import Services
+
+log = logging.getLogger("visa.gateway")
+
+
+@dataclass
+class GatewayConfig:
+    """Timings of the gateway (seconds). Tests shorten them."""
+
+    # Activity is written, and access re-checked, at most this often per connection.
+    activity_seconds: float = 15.0
+    connect_timeout: float = 5.0
+    handshake_timeout: float = 10.0
+    # How long a Jupyter request may reuse the answer to "may this session use this Jupyter".
+    auth_cache_seconds: float = 5.0
+
+
+class Gateway:
+    """The running visa (database, clock, settings) as the websocket code sees it."""
+
+    def __init__(self, flask_app: Flask, config: GatewayConfig | None = None) -> None:
+        self.flask_app = flask_app
+        self.config = config or GatewayConfig()
+        self.services: Services = flask_app.extensions["visa"]
+        self._last_write: dict[int, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run bookkeeping beside a request without making it wait."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def clock(self):  # noqa: ANN201
+        return self.services.clock
+
+    def _in_transaction(self, fn: Any, *args: Any) -> Any:
+        with self.services.database.unit_of_work() as session:
+            return fn(session, *args)
+
+    async def db(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(session, *args)`` in one transaction in a worker thread: the event loop
+        that relays every desktop must never wait for the database."""
+        return await to_thread.run_sync(self._in_transaction, fn, *args)
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    async def note_activity(self, instance_id: int, interaction: bool = False, force: bool = False) -> None:
+        """Record Jupyter use, at most once per ``activity_seconds`` per instance (per process)."""
+        mono = time.monotonic()
+        if not force and mono - self._last_write.get(instance_id, -1e9) < self.config.activity_seconds:
+            return
+        self._last_write[instance_id] = mono
+        now = self.now()
+        try:
+            await self.db(service.record_activity, instance_id, now, now if interaction else None)
+        except Exception:  # activity is best effort; the session goes on
+            log.exception("could not record activity of instance %s", instance_id)
+
+
+def same_origin(headers: Headers, base_url: str) -> bool:
+    """Whether a browser request comes from one of our pages (no Origin: not a browser's
+    cross-site request). Guards cookie-authenticated websockets and Jupyter writes."""
+    site = headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    origin = headers.get("origin")
+    if origin is None:
+        return True
+    netloc = urlsplit(origin).netloc.lower()
+    return netloc == headers.get("host", "").lower() or origin.rstrip("/").lower() == _origin(base_url)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def error_body(exc: VisaError) -> tuple[dict[str, object], int]:
+    return exc.to_dict(), http_status(exc)
+
+
+async def refuse(websocket: WebSocket, status: int, body: dict[str, object]) -> None:
+    """Refuse a websocket before accepting it: an HTTP answer with a JSON reason where the
+    server can send one, a plain 403 otherwise."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(JSONResponse(body, status_code=status))
+    else:
+        await websocket.close(code=1008)

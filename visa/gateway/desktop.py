@@ -1,0 +1,182 @@
+"""``/ws/desktop/<uid>?token=...``: the browser's desktop, relayed to the instance's VNC server.
+
+1. The one-time token is spent (in a worker thread); nothing is accepted before that.
+2. The gateway connects to the VNC server and authenticates with the instance secret.
+3. The browser gets an RFB handshake with security None and the server's ServerInit.
+4. Relay: server -> browser raw, in large messages; browser -> server cut into client
+   messages, input dropped for view-only members. A watcher writes activity and re-checks
+   access every ``activity_seconds``, closing the socket of a member who was removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from starlette.websockets import WebSocket
+
+from visa.errors import VisaError
+from visa.gateway import service
+from visa.gateway.common import Gateway, error_body, log, refuse, same_origin
+from visa.gateway.relay import Upstream, UpstreamClosed, open_upstream
+from visa.gateway.rfb import BrowserReader, ClientFilter, RfbError, browser_handshake, server_handshake
+
+CLOSE_NORMAL = 1000
+CLOSE_PROTOCOL = 1002
+CLOSE_UPSTREAM = 1011
+CLOSE_REVOKED = 4403  # access was withdrawn while connected
+CLOSE_IDLE = 4408  # no keyboard or mouse for settings.lifetimes.untouched_tab_hours
+
+
+class DesktopSession:
+    def __init__(
+        self, gateway: Gateway, websocket: WebSocket, grant: service.Grant, upstream: Upstream
+    ) -> None:
+        self.gateway = gateway
+        self.websocket = websocket
+        self.grant = grant
+        self.upstream = upstream
+        self.filter = ClientFilter(view_only=grant.view_only)
+        self.seen = False
+        self.last_input = time.monotonic()
+        self.close_code = CLOSE_NORMAL
+        self.close_reason = ""
+
+    async def _receive(self) -> bytes | None:
+        message = await self.websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        data = message.get("bytes")
+        if data is None:
+            data = (message.get("text") or "").encode("latin-1", errors="replace")
+        return data  # type: ignore[no-any-return]
+
+    async def _send(self, data: bytes) -> None:
+        await self.websocket.send({"type": "websocket.send", "bytes": data})
+
+    async def handshake(self) -> BrowserReader:
+        reader = BrowserReader(self._receive)
+        async with asyncio.timeout(self.gateway.config.handshake_timeout * 3):  # a person may be slow to load
+            await browser_handshake(reader, self._send, self.server_init)
+        return reader
+
+    server_init: bytes = b""
+
+    async def server_to_browser(self) -> None:
+        upstream = self.upstream
+        send = self.websocket.send
+        while (data := await upstream.read_chunk()) is not None:
+            await send({"type": "websocket.send", "bytes": data})
+        self.close_code, self.close_reason = CLOSE_NORMAL, "the desktop closed the connection"
+
+    async def browser_to_server(self, pending: bytes) -> None:
+        flt = self.filter
+        data: bytes | None = pending
+        while data is not None:
+            if data:
+                self.seen = True
+                out = flt.feed(data)
+                if out:
+                    await self.upstream.write(out)
+                if flt.interacted:
+                    self.last_input = time.monotonic()
+            data = await self._receive()
+        self.close_code = CLOSE_NORMAL
+
+    async def watch(self) -> None:
+        """Write activity, re-check access, end idle tabs: once per ``activity_seconds``."""
+        config = self.gateway.config
+        idle_limit = self.gateway.services.settings.lifetimes.untouched_tab_hours * 3600
+        while True:
+            await asyncio.sleep(config.activity_seconds)
+            interacted, self.filter.interacted = self.filter.interacted, False
+            seen, self.seen = self.seen, False
+            now = self.gateway.now()
+            try:
+                may_input = await self.gateway.db(self._tick, now if seen or interacted else None, interacted)
+            except Exception:  # the database may be briefly away; the desktop goes on
+                log.exception("activity check failed for instance %s", self.grant.instance_id)
+                continue
+            if may_input is None:
+                self.close_code, self.close_reason = CLOSE_REVOKED, "access withdrawn"
+                log.info(
+                    "closing desktop of instance %s for user %s: access withdrawn",
+                    self.grant.instance_id,
+                    self.grant.user_id,
+                )
+                return
+            self.filter.view_only = not may_input  # a member's role may change while connected
+            if time.monotonic() - self.last_input > idle_limit:
+                self.close_code, self.close_reason = CLOSE_IDLE, "no input for too long"
+                return
+
+    def _tick(self, session, seen, interacted: bool) -> bool | None:  # noqa: ANN001
+        if seen is not None:
+            service.record_activity(session, self.grant.instance_id, seen, seen if interacted else None)
+        return service.check_access(
+            session, self.gateway.clock, self.grant.user_id, self.grant.instance_id, "instance.connect"
+        )
+
+    async def run(self, reader: BrowserReader) -> None:
+        pending = bytes(reader.buffer)
+        self.upstream.start_relay()
+        tasks = [
+            asyncio.create_task(self.server_to_browser()),
+            asyncio.create_task(self.browser_to_server(pending)),
+            asyncio.create_task(self.watch()),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                if isinstance(exc, RfbError):
+                    self.close_code, self.close_reason = CLOSE_PROTOCOL, str(exc)[:120]
+                elif isinstance(exc, UpstreamClosed):
+                    self.close_code, self.close_reason = CLOSE_NORMAL, "the desktop closed the connection"
+                elif exc is not None:  # mostly the browser gone mid-send
+                    log.debug("desktop relay of instance %s ended: %r", self.grant.instance_id, exc)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def desktop_endpoint(gateway: Gateway, websocket: WebSocket) -> None:
+    uid = websocket.path_params["uid"]
+    token = websocket.query_params.get("token", "")
+    if not same_origin(websocket.headers, gateway.services.settings.base_url):
+        await refuse(websocket, 403, {"error": "forbidden", "message": "cross-site websocket"})
+        return
+    try:
+        grant: service.Grant = await gateway.db(service.consume_connect_token, gateway.clock, uid, token)
+    except VisaError as exc:
+        body, status = error_body(exc)
+        await refuse(websocket, 403 if status == 401 and token else status, body)
+        return
+
+    config = gateway.config
+    upstream: Upstream | None = None
+    try:
+        try:
+            upstream = await open_upstream(grant.target.host, grant.target.port, config.connect_timeout)
+            async with asyncio.timeout(config.handshake_timeout):
+                server_init = await server_handshake(upstream, grant.target.secret)
+        except (OSError, TimeoutError, RfbError) as exc:
+            log.warning("desktop of instance %s unreachable: %s", grant.instance_id, type(exc).__name__)
+            await refuse(websocket, 502, {"error": "unavailable", "message": "the desktop does not answer"})
+            return
+        wanted = websocket.scope.get("subprotocols") or []
+        await websocket.accept(subprotocol="binary" if "binary" in wanted else None)
+        session = DesktopSession(gateway, websocket, grant, upstream)
+        session.server_init = server_init
+        try:
+            reader = await session.handshake()
+            await session.run(reader)
+        except (RfbError, TimeoutError) as exc:
+            session.close_code, session.close_reason = CLOSE_PROTOCOL, str(exc)[:120] or "handshake timed out"
+        with contextlib.suppress(Exception):  # the browser may be gone already
+            await websocket.close(session.close_code, session.close_reason)
+    finally:
+        if upstream is not None:
+            upstream.close()

@@ -1,0 +1,195 @@
+"""The gateway's rules: one-time connect tokens, where an instance answers, activity.
+
+Plain functions on a SQLAlchemy session, like every service: the Flask endpoint issues
+tokens in its request transaction; the websocket and proxy code runs these functions in
+a worker thread (``anyio.to_thread``) with a session of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from visa.actor import Actor, actor_for
+from visa.audit.service import record
+from visa.auth.policy import allowed, member_role, require
+from visa.catalogue.models import Protocol
+from visa.clock import Clock
+from visa.errors import Conflict, Forbidden, NotFound, Unauthorized
+from visa.instances.models import ConnectToken, Instance, InstanceState, MemberRole
+from visa.users.models import User
+
+# A desktop or Jupyter answers in these states (PARTIALLY_ACTIVE: the desktop is up).
+CONNECTABLE_STATES = frozenset({InstanceState.ACTIVE, InstanceState.PARTIALLY_ACTIVE})
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a protocol of an instance answers, and the secret it wants."""
+
+    instance_id: int
+    host: str
+    port: int
+    secret: str
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"Target(instance={self.instance_id}, {self.host}:{self.port})"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A consumed connect token: who is connected to which instance's desktop, how."""
+
+    user_id: int
+    instance_id: int
+    role: MemberRole
+    view_only: bool
+    target: Target
+
+
+def _live_instance(session: Session, uid: str) -> Instance | None:
+    return session.scalar(select(Instance).where(Instance.uid == uid, Instance.deleted_at.is_(None)))
+
+
+def target_for(instance: Instance, protocol: Protocol) -> Target:
+    """The address and port of one protocol: the provider's port if it reported one (the local
+    cloud runs many desktops on one host), otherwise the image's port on the instance address."""
+    if instance.state not in CONNECTABLE_STATES:
+        raise Conflict(f"the instance is {instance.state.value}, not running")
+    if not instance.address:
+        raise Conflict("the instance has no address yet")
+    ports = (instance.provider_state or {}).get("ports") or {}
+    port = ports.get(protocol.value)
+    if port is None:
+        port = next((p.port for p in instance.plan.image.protocols if p.protocol == protocol), None)
+    if port is None:
+        raise Conflict(f"the instance's image offers no {protocol.value}")
+    return Target(instance.id, instance.address, int(port), instance.secret)
+
+
+def connect_role(actor: Actor, instance: Instance) -> MemberRole:
+    """The member role a connection has; admins who are not members connect as support."""
+    return member_role(actor, instance) or MemberRole.SUPPORT
+
+
+def issue_connect_token(
+    actor: Actor, session: Session, clock: Clock, instance: Instance, seconds: int
+) -> tuple[str, MemberRole, bool]:
+    """A one-time desktop token for this actor and instance; only its hash is stored.
+
+    Returns the token, the connection's role and whether it is view only."""
+    require(actor, "instance.connect", instance)
+    if actor.scopes is not None and "api" not in actor.scopes:
+        raise Forbidden("this API token is read-only")
+    if actor.user is None:
+        raise Forbidden("the system does not open desktops")
+    target_for(instance, Protocol.VNC)  # refuse now rather than in the websocket
+    token = secrets.token_urlsafe(32)
+    now = clock.now()
+    role = connect_role(actor, instance)
+    session.add(
+        ConnectToken(
+            token_hash=hash_token(token),
+            instance_id=instance.id,
+            user_id=actor.user.id,
+            role=role,
+            created_at=now,
+            expires_at=now + timedelta(seconds=seconds),
+        )
+    )
+    record(
+        session,
+        actor,
+        clock,
+        "instance.connect",
+        target_type="instance",
+        target_id=instance.uid,
+        role=role.value,
+    )
+    session.flush()
+    return token, role, not allowed(actor, "instance.input", instance)
+
+
+def consume_connect_token(session: Session, clock: Clock, uid: str, token: str) -> Grant:
+    """Spend a token on the desktop of instance ``uid``; raises Unauthorized when it is
+    unknown, used, expired or for another instance, Forbidden when the user lost access."""
+    if not token:
+        raise Unauthorized("no connect token")
+    now = clock.now()
+    instance = _live_instance(session, uid)
+    if instance is None:
+        raise Unauthorized("invalid connect token")
+    token_hash = hash_token(token)
+    # One UPDATE decides: two sockets racing with the same token cannot both win.
+    spent = session.execute(
+        update(ConnectToken)
+        .where(
+            ConnectToken.token_hash == token_hash,
+            ConnectToken.instance_id == instance.id,
+            ConnectToken.used_at.is_(None),
+            ConnectToken.expires_at > now,
+        )
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if spent.rowcount != 1:  # type: ignore[attr-defined]
+        raise Unauthorized("invalid connect token")
+    row = session.scalar(select(ConnectToken).where(ConnectToken.token_hash == token_hash))
+    assert row is not None
+    user = session.get(User, row.user_id)
+    actor = actor_for(user, now) if user is not None and user.active else None
+    if actor is None or not allowed(actor, "instance.connect", instance):
+        raise Forbidden("no longer a member of this instance")
+    instance.last_seen_at = now
+    return Grant(
+        user_id=row.user_id,
+        instance_id=instance.id,
+        role=connect_role(actor, instance),
+        view_only=not allowed(actor, "instance.input", instance),
+        target=target_for(instance, Protocol.VNC),
+    )
+
+
+def check_access(session: Session, clock: Clock, user_id: int, instance_id: int, action: str) -> bool | None:
+    """Whether the user may still do ``action`` on the instance: None if not at all any more,
+    else whether ``instance.input`` is still allowed (False: view only)."""
+    instance = session.get(Instance, instance_id)
+    user = session.get(User, user_id)
+    if instance is None or instance.deleted_at is not None or user is None or not user.active:
+        return None
+    actor = actor_for(user, clock.now())
+    if not allowed(actor, action, instance):
+        return None
+    return allowed(actor, "instance.input", instance)
+
+
+def record_activity(session: Session, instance_id: int, seen: datetime, interaction: datetime | None) -> None:
+    """Note that someone used the instance (any message) or typed / moved the mouse."""
+    values: dict[str, datetime] = {"last_seen_at": seen}
+    if interaction is not None:
+        values["last_interaction_at"] = interaction
+    session.execute(update(Instance).where(Instance.id == instance_id).values(**values))
+
+
+def jupyter_target(session: Session, clock: Clock, user_id: int, epoch: str | None, uid: str) -> Target:
+    """The Jupyter server of instance ``uid`` for the user of a session cookie: Unauthorized
+    if the session is no longer valid, NotFound for anyone but the instance's owner."""
+    from visa.web.context import _session_epoch  # one definition of a session's validity
+
+    user = session.get(User, user_id)
+    if user is None or not user.active or epoch != _session_epoch(user):
+        raise Unauthorized("log in first")
+    instance = _live_instance(session, uid)
+    actor = actor_for(user, clock.now())
+    if instance is None or not allowed(actor, "instance.jupyter", instance):
+        raise NotFound("no such instance")
+    return target_for(instance, Protocol.JUPYTER)
