@@ -67,9 +67,7 @@ def _register_blueprints(app: Flask) -> None:
     from visa.experiments.api import bp as experiments_api
     from visa.gateway.api import bp as gateway_api
     from visa.instances.api import bp as instances_api
-    from visa.web.pages import register as register_pages
 
     for bp in (auth_api, catalogue_api, experiments_api, instances_api):
         app.register_blueprint(bp)
-    register_pages(app)
     app.register_blueprint(gateway_api)
