@@ -1,21 +1,24 @@
-"""Local accounts: log in and out (JSON and form), and who am I."""
+"""REST of identity: local login and logout (JSON), who am I, personal API tokens."""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, session
+from datetime import datetime, timedelta
+
+from flask import Blueprint, jsonify
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from visa.actor import actor_for
-from visa.audit.service import record
-from visa.errors import Forbidden, Unauthorized
-from visa.users.models import User
-from visa.users.service import check_password
+from visa.auth import tokens, web
+from visa.auth.login import local_login
+from visa.errors import Forbidden
+from visa.users.models import ApiToken, User
 from visa.web.context import current_actor, db_session, login_session, services
 from visa.web.csrf import csrf_token
 from visa.web.io import parse_body
 
 bp = Blueprint("auth_api", __name__)
+
+MAX_TOKEN_DAYS = 365
 
 
 class LoginForm(BaseModel):
@@ -25,39 +28,92 @@ class LoginForm(BaseModel):
     password: str = Field(min_length=1, max_length=1024)
 
 
+class NewToken(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    scopes: str = Field("api", max_length=100, description="'api' (read and write) or 'api:read' (GET only)")
+    expires_in_days: int = Field(90, ge=1, le=MAX_TOKEN_DAYS)
+
+
 @bp.post("/api/login")
 def login():  # noqa: ANN201
     svc = services()
     if not svc.settings.uses_local_accounts:
         raise Forbidden("local accounts are switched off: log in with the identity provider")
     form = parse_body(LoginForm)
-    s = db_session()
-    user = s.scalar(select(User).where(User.username == form.username))
-    if user is None or not check_password(user, form.password):
-        raise Unauthorized("wrong username or password")
-    now = svc.clock.now()
-    user.last_login_at = now
+    user = local_login(db_session(), svc, web.limits(), form.username, form.password, web.client_ip())
     login_session(user)
-    record(s, actor_for(user, now), svc.clock, "login", target_type="user", target_id=user.id, method="local")
     return jsonify({**_me(user), "csrf_token": csrf_token()})
 
 
 @bp.post("/api/logout")
 def logout():  # noqa: ANN201
-    session.clear()
-    return jsonify({"ok": True})
+    from visa.auth.pages import end_session
+
+    return jsonify({"ok": True, "next": end_session()})
 
 
 @bp.get("/api/me")
 def me():  # noqa: ANN201
     actor = current_actor()
     assert actor.user is not None
-    return jsonify({**_me(actor.user), "csrf_token": csrf_token()})
+    return jsonify({**_me(actor.user, sorted(r.value for r in actor.roles)), "csrf_token": csrf_token()})
 
 
-def _me(user: User) -> dict[str, object]:
-    roles = sorted(r.value for r in user.roles_at(services().clock.now()))
+def _me(user: User, roles: list[str] | None = None) -> dict[str, object]:
+    if roles is None:
+        roles = sorted(r.value for r in user.roles_at(services().clock.now()))
     return {
         "username": user.username, "full_name": user.full_name, "email": user.email,
         "roles": roles, "instance_quota": user.instance_quota,
     }
+
+
+def _token_dict(token: ApiToken) -> dict[str, object]:
+    # Never the hash; the secret value only once, at creation.
+    iso = lambda d: d.isoformat() if d else None  # noqa: E731
+    return {
+        "id": token.id, "name": token.name, "prefix": token.prefix, "scopes": token.scopes.split(),
+        "created_at": iso(token.created_at), "expires_at": iso(token.expires_at),
+        "last_used_at": iso(token.last_used_at), "revoked_at": iso(token.revoked_at),
+    }
+
+
+@bp.get("/api/tokens")
+def list_tokens():  # noqa: ANN201
+    actor = current_actor()
+    rows = db_session().scalars(
+        select(ApiToken).where(ApiToken.user_id == actor.id).order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
+    )
+    return jsonify([_token_dict(t) for t in rows])
+
+
+@bp.post("/api/tokens")
+def create_token():  # noqa: ANN201
+    actor = current_actor()
+    if actor.scopes is not None:
+        # A leaked token must not be able to mint itself an unrevoked successor.
+        raise Forbidden("API tokens are created from a logged-in session, not with another token")
+    data = parse_body(NewToken)
+    key = ("token", actor.id)
+    limits = web.limits()
+    limits.tokens.check(key, "token creations")
+    limits.tokens.hit(key)
+    svc = services()
+    expires_at: datetime = svc.clock.now() + timedelta(days=data.expires_in_days)
+    token, value = tokens.create_api_token(
+        db_session(), actor, svc.clock, name=data.name, expires_at=expires_at, scopes=data.scopes,
+    )
+    return jsonify({**_token_dict(token), "token": value}), 201
+
+
+@bp.delete("/api/tokens/<int:token_id>")
+def revoke_token(token_id: int):  # noqa: ANN201
+    actor = current_actor()
+    token = db_session().get(ApiToken, token_id)
+    if token is None or token.user_id != actor.id:
+        # Each user manages their own tokens here; 404 rather than reveal others' ids.
+        return jsonify({"error": "not_found", "message": "no such token"}), 404
+    tokens.revoke_api_token(db_session(), actor, services().clock, token_id)
+    return jsonify(_token_dict(token))

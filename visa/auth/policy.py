@@ -72,8 +72,8 @@ class Member(Rule):
 
 @dataclass(frozen=True)
 class SupportFor(Rule):
-    """Support staff: IT support everywhere, instrument scientists on their instruments,
-    instrument control on experiments running within 7 days."""
+    """Support staff: admins and IT support everywhere, instrument scientists on their
+    instruments, instrument control on experiments running within 7 days."""
 
     def allows(self, actor: Actor, target: Instance) -> bool:
         return support_allowed(actor, target)
@@ -91,7 +91,7 @@ def member_role(actor: Actor, instance: Instance) -> MemberRole | None:
 def support_allowed(actor: Actor, instance: Instance, today: date | None = None) -> bool:
     if actor.user is None:
         return False
-    if actor.has_role(Role.IT_SUPPORT):
+    if actor.has_role(Role.ADMIN, Role.IT_SUPPORT):
         return True
     if actor.has_role(Role.INSTRUMENT_SCIENTIST):
         uid = actor.user.id
@@ -125,8 +125,11 @@ POLICY: dict[str, list[Rule]] = {
     "instance.delete": [System(), ADMIN, Member("OWNER")],
     "instance.share": [Member("OWNER"), ADMIN],
     "instance.extend": [Member("OWNER"), ADMIN],
-    "instance.connect": [ADMIN, Member("OWNER", "USER", "GUEST", "SUPPORT")],
-    "instance.input": [ADMIN, Member("OWNER", "USER", "SUPPORT")],
+    # Support staff (admins included) connect as SUPPORT members: they join at once when the
+    # owner is not staff, else once the owner approves (visa.instances.sharing).
+    "instance.connect": [Member("OWNER", "USER", "GUEST", "SUPPORT")],
+    "instance.input": [Member("OWNER", "USER", "SUPPORT")],  # GUEST: view only
+    "instance.members.view": [System(), ADMIN, Member()],
     "instance.jupyter": [Member("OWNER")],
     "instance.thumbnail.write": [Member("OWNER")],
     "instance.request_support": [SupportFor()],

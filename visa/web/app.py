@@ -63,11 +63,17 @@ def create_app(
 
 def _register_blueprints(app: Flask) -> None:
     from visa.auth.api import bp as auth_api
+    from visa.auth.pages import bp as auth_pages
     from visa.catalogue.api import bp as catalogue_api
     from visa.experiments.api import bp as experiments_api
     from visa.gateway.api import bp as gateway_api
     from visa.instances.api import bp as instances_api
+    from visa.instances.members_api import bp as members_api
+    from visa.users.api import bp as users_api
 
     for bp in (auth_api, catalogue_api, experiments_api, instances_api):
         app.register_blueprint(bp)
+    app.register_blueprint(auth_pages)
+    app.register_blueprint(members_api)
+    app.register_blueprint(users_api)
     app.register_blueprint(gateway_api)

@@ -1,0 +1,290 @@
+"""Keycloak (or any OIDC server with Keycloak's URL layout): the login flow and bearer tokens.
+
+- Login: authorization code flow with PKCE (S256), ``state`` and ``nonce``; the ID token is
+  validated like any token (signature, issuer, audience = client id, expiry, nonce).
+- Bearer: an access token that is a JWT signed by one of the realm's keys (JWKS, cached,
+  fetched again when an unknown key id appears, at most every 30 s), from the realm's
+  issuer, for our audience (``OidcSettings.audience``, default the client id), not expired.
+  With Keycloak, add an audience mapper to the client so its access tokens name it.
+- Users are created on first login (matched by the token's ``sub``; an account imported
+  with the same username and no identity yet is linked to it). Roles come from the
+  database, plus, when ``OidcSettings.role_claim`` is set, the token's roles that
+  ``role_mapping`` maps to a visa role (unmapped token roles never count).
+
+Token times are checked against the wall clock (they come from the identity provider's
+clock), not the service clock.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from jwcrypto import jwk, jws
+from jwcrypto.common import JWException
+from keycloak import KeycloakOpenID
+from keycloak.exceptions import KeycloakError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from visa.actor import SYSTEM, Actor
+from visa.auth.logsafe import clip
+from visa.clock import Clock
+from visa.errors import Unauthorized
+from visa.settings import OidcSettings
+from visa.users.models import Role, User
+from visa.users.service import create_user, validate_username
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"})
+LEEWAY = 30  # seconds of clock skew tolerated on exp/nbf/iat
+MAX_TOKEN_BYTES = 16_384
+JWKS_TTL = 600.0
+JWKS_MIN_REFETCH = 30.0
+
+
+class TokenError(Unauthorized):
+    """A token that is not acceptable (its reason is logged, the client sees a short one)."""
+
+
+@dataclass(frozen=True)
+class LoginStart:
+    url: str
+    state: str
+    nonce: str
+    verifier: str
+
+
+class OidcClient:
+    """One realm: discovery, the code flow, refresh, logout and token validation."""
+
+    def __init__(self, settings: OidcSettings, timeout: int = 10) -> None:
+        if not settings.server_url:
+            raise ValueError("no identity provider configured")
+        self.settings = settings
+        self.server_url = settings.server_url.rstrip("/") + "/"
+        self.issuer = f"{self.server_url}realms/{settings.realm}"
+        self.audience = settings.audience or settings.client_id
+        self.keycloak = KeycloakOpenID(
+            server_url=self.server_url, realm_name=settings.realm, client_id=settings.client_id,
+            client_secret_key=settings.client_secret, verify=settings.verify_tls, timeout=timeout,
+        )
+        self._lock = threading.Lock()
+        self._discovery: dict[str, Any] | None = None
+        self._keys: jwk.JWKSet | None = None
+        self._keys_at = 0.0
+
+    # --- discovery and keys ---------------------------------------------------------
+    def discovery(self) -> dict[str, Any]:
+        if self._discovery is None:
+            self._discovery = self.keycloak.well_known()
+        return self._discovery
+
+    def _keyset(self, refresh: bool = False) -> jwk.JWKSet:
+        with self._lock:
+            age = time.monotonic() - self._keys_at
+            if self._keys is None or age > JWKS_TTL or (refresh and age > JWKS_MIN_REFETCH):
+                try:
+                    self._keys = jwk.JWKSet.from_json(json.dumps(self.keycloak.certs()))
+                    self._keys_at = time.monotonic()
+                except (KeycloakError, OSError, ValueError, JWException) as exc:
+                    if self._keys is None:
+                        raise TokenError("the identity provider's keys are unavailable") from exc
+                    log.warning("JWKS refresh failed, keeping the cached keys: %s", clip(str(exc), 200))
+            return self._keys
+
+    # --- tokens -----------------------------------------------------------------------
+    def validate(self, token: str, *, audience: str | None = None, nonce: str | None = None) -> dict[str, Any]:
+        """The claims of a JWT signed by the realm for ``audience``; raise TokenError otherwise."""
+        if not token or len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
+            raise TokenError("invalid token")
+        signed = jws.JWS()
+        try:
+            signed.deserialize(token)
+            alg = signed.jose_header.get("alg")
+        except (JWException, ValueError) as exc:
+            raise TokenError("invalid token") from exc
+        if alg not in ALGORITHMS:
+            raise TokenError("invalid token")
+        signed.allowed_algs = sorted(ALGORITHMS)
+        for refresh in (False, True):
+            try:
+                signed.verify(self._keyset(refresh=refresh))
+                break
+            except JWException as exc:
+                # An unknown key id may be a key the realm rotated in: fetch the keys again once.
+                if refresh or "not in key set" not in str(exc) and "No working key" not in str(exc):
+                    log.info("token refused: bad signature (%s)", clip(str(exc), 120))
+                    raise TokenError("invalid token") from exc
+        try:
+            claims = json.loads(signed.payload)
+        except ValueError as exc:
+            raise TokenError("invalid token") from exc
+        if not isinstance(claims, dict):
+            raise TokenError("invalid token")
+        self._check_claims(claims, audience or self.audience, nonce)
+        return claims
+
+    def _check_claims(self, claims: dict[str, Any], audience: str, nonce: str | None) -> None:
+        now = time.time()
+        if claims.get("iss") != self.issuer:
+            raise TokenError("token from another issuer")
+        aud = claims.get("aud")
+        auds = aud if isinstance(aud, list) else [aud]
+        if audience not in auds:
+            raise TokenError("token for another audience")
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or exp + LEEWAY < now:
+            raise TokenError("token expired")
+        nbf = claims.get("nbf")
+        if isinstance(nbf, int | float) and nbf - LEEWAY > now:
+            raise TokenError("token not valid yet")
+        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+            raise TokenError("token without subject")
+        if nonce is None:
+            # An access token: refuse ID/refresh tokens that share our audience.
+            if "nonce" in claims or claims.get("typ") in {"ID", "Refresh", "Offline", "Logout"}:
+                raise TokenError("not an access token")
+        elif not secrets.compare_digest(str(claims.get("nonce", "")), nonce):
+            raise TokenError("ID token for another login (nonce)")
+
+    # --- the code flow --------------------------------------------------------------------
+    def start_login(self, redirect_uri: str, scope: str = "openid profile email") -> LoginStart:
+        state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        verifier = secrets.token_urlsafe(64)
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        query = urlencode({
+            "client_id": self.settings.client_id, "response_type": "code", "redirect_uri": redirect_uri,
+            "scope": scope, "state": state, "nonce": nonce,
+            "code_challenge": challenge, "code_challenge_method": "S256",
+        })
+        return LoginStart(f"{self.discovery()['authorization_endpoint']}?{query}", state, nonce, verifier)
+
+    def exchange_code(self, code: str, redirect_uri: str, verifier: str) -> dict[str, Any]:
+        try:
+            return self.keycloak.token(
+                grant_type="authorization_code", code=code, redirect_uri=redirect_uri, code_verifier=verifier,
+            )
+        except KeycloakError as exc:
+            log.info("code exchange refused: %s", clip(str(exc), 200))
+            raise Unauthorized("the identity provider refused the login: please try again") from exc
+
+    def refresh(self, refresh_token: str) -> dict[str, Any]:
+        """New tokens; Unauthorized when the provider ended the session (OSError: unreachable)."""
+        try:
+            return self.keycloak.refresh_token(refresh_token)
+        except KeycloakError as exc:
+            if getattr(exc, "response_code", None) in (None, 500, 502, 503, 504):
+                raise OSError(f"identity provider unavailable: {clip(str(exc), 120)}") from exc
+            raise Unauthorized("your identity provider session has ended: log in again") from exc
+
+    def end_session(self, refresh_token: str) -> bool:
+        """End the provider's session (Keycloak back-channel logout). False if it could not."""
+        try:
+            self.keycloak.logout(refresh_token)
+            return True
+        except (KeycloakError, OSError, TypeError) as exc:
+            log.warning("identity provider logout failed: %s", clip(str(exc), 200))
+            return False
+
+    def end_session_url(self, post_logout_redirect_uri: str) -> str | None:
+        """Where the browser goes to end the provider's own cookie session, then comes back."""
+        try:
+            endpoint = self.discovery().get("end_session_endpoint")
+        except (KeycloakError, OSError):
+            return None
+        if not endpoint:
+            return None
+        query = urlencode({"client_id": self.settings.client_id, "post_logout_redirect_uri": post_logout_redirect_uri})
+        return f"{endpoint}?{query}"
+
+
+_clients: dict[tuple[str, str, str, str | None], OidcClient] = {}
+_clients_lock = threading.Lock()
+
+
+def client_for(settings: OidcSettings) -> OidcClient:
+    """One client (and so one JWKS cache) per configured realm and process."""
+    key = (settings.server_url or "", settings.realm, settings.client_id, settings.audience)
+    with _clients_lock:
+        if key not in _clients:
+            _clients[key] = OidcClient(settings)
+        return _clients[key]
+
+
+# --- users and roles from claims ------------------------------------------------------------
+def _claim(claims: dict[str, Any], path: str) -> Any:
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def roles_from_claims(claims: dict[str, Any], settings: OidcSettings) -> frozenset[Role]:
+    """The visa roles that the token's roles map to (only explicitly mapped ones)."""
+    if not settings.role_claim:
+        return frozenset()
+    raw = _claim(claims, settings.role_claim)
+    names = raw.split() if isinstance(raw, str) else raw if isinstance(raw, list) else []
+    roles: set[Role] = set()
+    for name in names[:200]:
+        target = settings.role_mapping.get(str(name))
+        if target is None:
+            continue
+        try:
+            roles.add(Role(target.upper()))
+        except ValueError:
+            log.warning("role_mapping maps %s to an unknown role %s", clip(name), clip(target))
+    return frozenset(roles)
+
+
+def user_from_claims(session: Session, clock: Clock, claims: dict[str, Any], default_quota: int = 2) -> User:
+    """The account of a validated token's subject, created on first login."""
+    sub = str(claims["sub"])[:255]
+    username = str(claims.get("preferred_username") or "").lower()
+    full_name = str(claims.get("name") or "")[:200]
+    email = claims.get("email") if isinstance(claims.get("email"), str) and len(claims["email"]) <= 254 else None
+    user = session.scalar(select(User).where(User.external_id == sub))
+    if user is None:
+        try:
+            validate_username(username)
+        except Exception as exc:
+            raise Unauthorized(f"your account name {clip(username, 40)!r} cannot be used here") from exc
+        user = session.scalar(select(User).where(User.username == username))
+        if user is not None and user.external_id not in (None, sub):
+            log.warning("login refused: username %s belongs to another identity", clip(username))
+            raise Unauthorized("this account is linked to another identity: contact support")
+        if user is None:
+            user = create_user(
+                session, SYSTEM, clock, username=username, full_name=full_name,
+                email=email if email and "@" in email else None, external_id=sub, default_quota=default_quota,
+            )
+        user.external_id = sub
+    if not user.active:
+        raise Unauthorized("this account is disabled")
+    if full_name and user.full_name != full_name:
+        user.full_name = full_name
+    if email and "@" in email and user.email != email:
+        user.email = email
+    return user
+
+
+def actor_from_access_token(session: Session, services: Any, value: str, ip: str | None = None) -> Actor:
+    """The actor of a bearer access token issued by the configured realm."""
+    settings = services.settings
+    claims = client_for(settings.oidc).validate(value)
+    user = user_from_claims(session, services.clock, claims, settings.default_quota)
+    now = services.clock.now()
+    roles = frozenset(user.roles_at(now)) | roles_from_claims(claims, settings.oidc)
+    return Actor(user=user, roles=roles, name=user.username, ip=ip, scopes=None)

@@ -1,0 +1,169 @@
+"""Login pages: ``/login`` (local form or the identity provider's button), ``/login/oidc``,
+``/auth/callback`` and ``/logout``.
+
+The local form carries the CSRF token of the session the login page opened, so another
+site cannot log a browser into an account of its choosing. After login the browser goes
+to ``next`` only if it is a same-origin relative path.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from flask import Blueprint, redirect, render_template, request, session, url_for
+
+from visa.auth import web
+from visa.auth.login import audit_failure, local_login, record_login, record_logout
+from visa.auth.logsafe import clip
+from visa.errors import InvalidInput, RateLimited, Unauthorized, VisaError
+from visa.web.context import current_actor, db_session, login_session, services
+from visa.web.csrf import csrf_token
+
+bp = Blueprint("auth_pages", __name__)
+bp.before_app_request(web.before_request)
+
+FLOW_SECONDS = 600  # a login started at the provider must come back within this
+
+
+def _callback_url() -> str:
+    return services().settings.base_url.rstrip("/") + url_for("auth_pages.callback")
+
+
+def _login_page(error: str | None = None, status: int = 200, next_url: str = "/") -> tuple[str, int]:
+    settings = services().settings
+    return render_template(
+        "auth/login.html", error=error, next=next_url, local=settings.uses_local_accounts,
+        oidc=bool(settings.oidc.server_url), provider=settings.oidc.realm,
+        logged_out="logged_out" in request.args,
+    ), status
+
+
+@bp.get("/login")
+def login_page():  # noqa: ANN201
+    csrf_token()  # opens the session the form's token belongs to
+    return _login_page(next_url=web.safe_next(request.args.get("next")))
+
+
+@bp.post("/login")
+def login():  # noqa: ANN201
+    svc = services()
+    next_url = web.safe_next(request.form.get("next"))
+    if not svc.settings.uses_local_accounts:
+        return _login_page("Local accounts are switched off: log in with the identity provider.", 403, next_url)
+    expected = session.get("csrf")
+    if not expected or not hmac.compare_digest(str(expected), request.form.get("csrf_token", "")):
+        return _login_page("Your login form expired: please try again.", 400, next_url)
+    username = request.form.get("username", "")
+    password = request.form.get("password", "")
+    if not (0 < len(username) <= 64 and 0 < len(password) <= 1024):
+        return _login_page("Enter your username and password.", 400, next_url)
+    try:
+        user = local_login(db_session(), svc, web.limits(), username, password, web.client_ip())
+    except RateLimited as exc:
+        return _login_page(exc.message, 429, next_url)
+    except Unauthorized:
+        return _login_page("Wrong username or password.", 401, next_url)
+    login_session(user)
+    return redirect(next_url, 303)
+
+
+@bp.get("/login/oidc")
+def login_oidc():  # noqa: ANN201
+    from visa.auth.oidc import client_for
+
+    settings = services().settings
+    if not settings.oidc.server_url:
+        return redirect(url_for("auth_pages.login_page"), 303)
+    start = client_for(settings.oidc).start_login(_callback_url())
+    session["oidc_login"] = {
+        "state": start.state, "nonce": start.nonce, "verifier": start.verifier,
+        "next": web.safe_next(request.args.get("next")), "at": time.time(),
+    }
+    return redirect(start.url, 303)
+
+
+@bp.get("/auth/callback")
+def callback():  # noqa: ANN201
+    from visa.auth.oidc import client_for, roles_from_claims, user_from_claims
+
+    svc = services()
+    settings = svc.settings
+    ip = web.client_ip()
+    flow = session.pop("oidc_login", None)
+    if not settings.oidc.server_url:
+        return redirect(url_for("auth_pages.login_page"), 303)
+    try:
+        web.limits().login_ip.check(ip, "failed logins from your address")
+    except RateLimited as exc:
+        return _login_page(exc.message, 429)
+    error = request.args.get("error")
+    state = request.args.get("state", "")
+    code = request.args.get("code", "")
+    reason = None
+    if error:
+        reason = f"provider error {clip(error, 40)}"
+    elif not isinstance(flow, dict) or time.time() - float(flow.get("at", 0)) > FLOW_SECONDS:
+        reason = "no login in progress (or it expired)"
+    elif not hmac.compare_digest(str(flow.get("state", "")), state) or not code or len(code) > 2048:
+        reason = "state mismatch"
+    if reason:
+        web.limits().login_ip.hit(ip)
+        audit_failure(svc, "login.failure", "(oidc)", ip, reason, method="oidc")
+        return _login_page("The login did not complete: please try again.", 400)
+    assert isinstance(flow, dict)
+    client = client_for(settings.oidc)
+    try:
+        tokens = client.exchange_code(code, _callback_url(), flow["verifier"])
+        claims = client.validate(str(tokens.get("id_token", "")), audience=settings.oidc.client_id, nonce=flow["nonce"])
+        s = db_session()
+        user = user_from_claims(s, svc.clock, claims, settings.default_quota)
+    except VisaError as exc:
+        web.limits().login_ip.hit(ip)
+        audit_failure(svc, "login.failure", "(oidc)", ip, clip(exc.message, 120), method="oidc")
+        return _login_page(exc.message if isinstance(exc, Unauthorized | InvalidInput) else "Login failed.", 401)
+    # Roles in the access token (Keycloak puts realm roles there), else in the ID token.
+    role_claims = claims
+    if settings.oidc.role_claim:
+        try:
+            role_claims = client.validate(str(tokens.get("access_token", "")))
+        except VisaError:
+            role_claims = claims
+    roles = sorted(r.value for r in roles_from_claims(role_claims, settings.oidc))
+    record_login(s, svc, user, ip, "oidc")
+    login_session(user)
+    session["oidc"] = {
+        "rt": tokens.get("refresh_token") or "", "exp": time.time() + int(tokens.get("expires_in", 300)),
+        "roles": roles,
+    }
+    return redirect(flow.get("next") or "/", 303)
+
+
+@bp.get("/logout")
+def logout_page():  # noqa: ANN201
+    # Logging out changes state: a GET only shows the button (a link cannot log anyone out).
+    return render_template("auth/logout.html"), 200
+
+
+@bp.post("/logout")
+def logout():  # noqa: ANN201
+    return redirect(end_session(), 303)
+
+
+def end_session() -> str:
+    """End the visa session, and the provider's one when we came through it; where to go next."""
+    from visa.auth.oidc import client_for
+
+    svc = services()
+    actor = current_actor(required=False)
+    data = session.get("oidc")
+    record_logout(db_session(), svc, actor, "oidc" if data else "local")
+    session.clear()
+    done = url_for("auth_pages.login_page", logged_out=1)
+    if not isinstance(data, dict) or not svc.settings.oidc.server_url:
+        return done
+    client = client_for(svc.settings.oidc)
+    if data.get("rt"):
+        client.end_session(str(data["rt"]))
+    return client.end_session_url(svc.settings.base_url.rstrip("/") + done) or done
+

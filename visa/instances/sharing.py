@@ -1,0 +1,241 @@
+"""Who may use an instance besides its owner: members and support access.
+
+Members are OWNER (one, never changed here), USER (desktop with input), GUEST (view only)
+and SUPPORT (support staff). The owner (or an admin) adds USER or GUEST members, changes
+their role and revokes them; members may leave. Support staff (admins, IT support,
+instrument scientists of the instance's instruments, instrument control within 7 days
+of its experiments) ask for access: they join at once when the owner is not staff,
+otherwise the request waits (for an hour) until the owner approves or denies it. Every
+change is audited.
+
+Contract with the desktop gateway and the Jupyter proxy (``visa.gateway``):
+- The database is the truth: a connection is allowed while ``allowed(actor,
+  "instance.connect", instance)`` holds, and may send input while ``instance.input``
+  holds. The gateway re-checks both on its periodic activity write (every
+  ``activity_seconds``) and closes the socket when access is gone, or turns it view-only
+  when the member became a GUEST; this works across processes with no messaging.
+- For an immediate reaction in the same process, ``on_access_changed(callback)``
+  registers ``callback(change)`` (an ``AccessChange``), called after the transaction
+  that revoked or changed a member commits. Callbacks must be quick and never raise
+  (exceptions are logged and swallowed).
+- Revoking also deletes the member's unused connect tokens for the instance.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from visa.actor import Actor, actor_for
+from visa.audit.models import AuditEvent
+from visa.audit.service import record
+from visa.auth.policy import allowed, member_role, require, support_allowed
+from visa.clock import Clock
+from visa.db import after_commit
+from visa.errors import Conflict, Forbidden, InvalidInput, NotFound
+from visa.instances.models import ConnectToken, Instance, InstanceMember, MemberRole
+from visa.users.models import STAFF_ROLES, User
+
+log = logging.getLogger(__name__)
+
+SHAREABLE_ROLES = frozenset({MemberRole.USER, MemberRole.GUEST})
+SUPPORT_REQUEST_TTL = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class AccessChange:
+    instance_id: int
+    instance_uid: str
+    user_id: int
+    username: str
+    role: MemberRole | None  # None: revoked
+
+
+_listeners: list[Callable[[AccessChange], None]] = []
+
+
+def on_access_changed(callback: Callable[[AccessChange], None]) -> Callable[[AccessChange], None]:
+    """Register a callback for committed revocations and role changes (usable as a decorator)."""
+    _listeners.append(callback)
+    return callback
+
+
+def _publish(session: Session, change: AccessChange) -> None:
+    def notify() -> None:
+        for listener in list(_listeners):
+            try:
+                listener(change)
+            except Exception:  # a listener must not undo a committed revocation
+                log.exception("access-change listener failed for instance %s", change.instance_uid)
+
+    after_commit(session, notify)
+
+
+def _user(session: Session, username: str) -> User:
+    if not isinstance(username, str) or not 0 < len(username) <= 64:
+        raise InvalidInput("invalid username", field="username")
+    user = session.scalar(select(User).where(User.username == username, User.active.is_(True)))
+    if user is None:
+        raise NotFound(f"no user {username!r}", field="username")
+    return user
+
+
+def _member(instance: Instance, user: User) -> InstanceMember | None:
+    return next((m for m in instance.members if m.user_id == user.id), None)
+
+
+def _role(value: str | MemberRole, allowed_roles: frozenset[MemberRole]) -> MemberRole:
+    try:
+        role = MemberRole(str(value).upper())
+    except ValueError:
+        role = None
+    if role not in allowed_roles:
+        raise InvalidInput(f"role must be one of {', '.join(sorted(allowed_roles))}", field="role")
+    return role
+
+
+def _owner_is_staff(instance: Instance, now: datetime) -> bool:
+    return bool(instance.owner.roles_at(now) & STAFF_ROLES)
+
+
+def list_members(actor: Actor, session: Session, instance: Instance) -> list[InstanceMember]:
+    require(actor, "instance.members.view", instance)
+    order = {MemberRole.OWNER: 0, MemberRole.USER: 1, MemberRole.GUEST: 2, MemberRole.SUPPORT: 3}
+    return sorted(instance.members, key=lambda m: (order[m.role], m.user.username))
+
+
+def add_member(actor: Actor, session: Session, clock: Clock, instance: Instance, username: str,
+               role: str | MemberRole) -> InstanceMember:
+    """The owner (or an admin) shares the instance with a user, as USER or GUEST."""
+    require(actor, "instance.share", instance)
+    wanted = _role(role, SHAREABLE_ROLES)
+    user = _user(session, username)
+    if user.id == actor.id:
+        # Nobody grants themselves access (an admin joins as support, through a request).
+        raise Forbidden("you cannot add yourself")
+    if _member(instance, user) is not None:
+        raise Conflict(f"{username} is already a member: change their role instead", field="username")
+    member = InstanceMember(user=user, role=wanted, created_at=clock.now())
+    instance.members.append(member)
+    session.flush()
+    record(session, actor, clock, "instance.member.add", target_type="instance", target_id=instance.uid,
+           username=user.username, role=wanted.value)
+    return member
+
+
+def change_role(actor: Actor, session: Session, clock: Clock, instance: Instance, username: str,
+                role: str | MemberRole) -> InstanceMember:
+    require(actor, "instance.share", instance)
+    wanted = _role(role, SHAREABLE_ROLES)
+    user = _user(session, username)
+    member = _member(instance, user)
+    if member is None:
+        raise NotFound(f"{username} is not a member", field="username")
+    if member.role in (MemberRole.OWNER, MemberRole.SUPPORT):
+        raise Conflict(f"the role of the {member.role.value.lower()} cannot be changed", field="username")
+    old = member.role
+    if old != wanted:
+        member.role = wanted
+        record(session, actor, clock, "instance.member.role", target_type="instance", target_id=instance.uid,
+               username=user.username, old=old.value, new=wanted.value)
+        _publish(session, AccessChange(instance.id, instance.uid, user.id, user.username, wanted))
+    return member
+
+
+def revoke_member(actor: Actor, session: Session, clock: Clock, instance: Instance, username: str) -> None:
+    """The owner (or an admin) removes a member, or a member leaves; their desktops close."""
+    user = _user(session, username)
+    member = _member(instance, user)
+    leaving = member is not None and user.id == actor.id
+    if not leaving:
+        require(actor, "instance.share", instance)
+    if member is None:
+        raise NotFound(f"{username} is not a member", field="username")
+    if member.role == MemberRole.OWNER:
+        raise Conflict("the owner cannot be removed", field="username")
+    instance.members.remove(member)
+    session.delete(member)
+    session.execute(
+        delete(ConnectToken).where(ConnectToken.instance_id == instance.id, ConnectToken.user_id == user.id)
+    )
+    session.flush()
+    record(session, actor, clock, "instance.member.leave" if leaving else "instance.member.revoke",
+           target_type="instance", target_id=instance.uid, username=user.username, role=member.role.value)
+    _publish(session, AccessChange(instance.id, instance.uid, user.id, user.username, None))
+
+
+# --- support access ------------------------------------------------------------------------
+def request_support_access(actor: Actor, session: Session, clock: Clock, instance: Instance) -> InstanceMember | None:
+    """Support staff ask to join: a SUPPORT member at once if the owner is not staff, else a
+    request for the owner to approve (None)."""
+    require(actor, "instance.request_support", instance)
+    assert actor.user is not None
+    if member_role(actor, instance) is not None:
+        raise Conflict("you are already a member of this instance")
+    now = clock.now()
+    if not _owner_is_staff(instance, now):
+        member = InstanceMember(user=actor.user, role=MemberRole.SUPPORT, created_at=now)
+        instance.members.append(member)
+        session.flush()
+        record(session, actor, clock, "instance.support.join", target_type="instance", target_id=instance.uid,
+               username=actor.user.username)
+        return member
+    record(session, actor, clock, "instance.support.request", target_type="instance", target_id=instance.uid,
+           username=actor.user.username)
+    return None
+
+
+def pending_support_requests(actor: Actor, session: Session, clock: Clock, instance: Instance) -> list[dict[str, str]]:
+    """Requests of the last hour that are neither answered nor already members."""
+    require(actor, "instance.share", instance)
+    since = clock.now() - SUPPORT_REQUEST_TTL
+    events = session.scalars(
+        select(AuditEvent)
+        .where(AuditEvent.action.in_(("instance.support.request", "instance.support.approve",
+                                      "instance.support.deny")),
+               AuditEvent.target_type == "instance", AuditEvent.target_id == instance.uid, AuditEvent.at >= since)
+        .order_by(AuditEvent.at, AuditEvent.id)
+    )
+    pending: dict[str, datetime] = {}
+    for e in events:
+        name = str((e.details or {}).get("username", ""))
+        if e.action == "instance.support.request":
+            pending[name] = e.at
+        else:
+            pending.pop(name, None)
+    members = {m.user.username for m in instance.members}
+    return [{"username": u, "requested_at": at.isoformat()} for u, at in pending.items() if u not in members]
+
+
+def answer_support_request(actor: Actor, session: Session, clock: Clock, instance: Instance, username: str,
+                           approve: bool) -> InstanceMember | None:
+    """The owner (or an admin) approves or denies a pending support request."""
+    require(actor, "instance.share", instance)
+    if username not in {p["username"] for p in pending_support_requests(actor, session, clock, instance)}:
+        raise NotFound(f"no pending support request from {username!r}", field="username")
+    user = _user(session, username)
+    action = "instance.support.approve" if approve else "instance.support.deny"
+    record(session, actor, clock, action, target_type="instance", target_id=instance.uid, username=user.username)
+    if not approve:
+        return None
+    if not support_allowed(actor_for(user, clock.now()), instance):
+        raise Forbidden(f"{username} is no longer support staff for this instance")
+    member = InstanceMember(user=user, role=MemberRole.SUPPORT, created_at=clock.now())
+    instance.members.append(member)
+    session.flush()
+    return member
+
+
+def connection_allowed(session: Session, instance_id: int, user_id: int, clock: Clock) -> MemberRole | None:
+    """The member role under which a user may be connected now (None: disconnect them)."""
+    instance = session.get(Instance, instance_id)
+    user = session.get(User, user_id)
+    if instance is None or instance.deleted_at is not None or user is None or not user.active:
+        return None
+    actor = actor_for(user, clock.now())
+    return member_role(actor, instance) if allowed(actor, "instance.connect", instance) else None
