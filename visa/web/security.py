@@ -1,11 +1,20 @@
-"""Security headers on every response."""
+"""Security headers on every response, and cookie settings that follow the public URL."""
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, request
+
+# Pages and API answers may carry personal data or one-time values: never cached.
+NO_STORE_PREFIXES = ("/api/", "/login", "/logout", "/auth/")
 
 
 def install(app: Flask) -> None:
+    settings = app.extensions["visa"].settings
+    https = settings.base_url.startswith("https://")
+    if https:
+        # Served over TLS: the session cookie never travels in clear text.
+        app.config["SESSION_COOKIE_SECURE"] = True
+
     @app.after_request
     def _headers(response):  # noqa: ANN001, ANN202
         h = response.headers
@@ -17,4 +26,10 @@ def install(app: Flask) -> None:
             "default-src 'self'; img-src 'self' data: blob:; connect-src 'self' ws: wss:; "
             "frame-src 'self'; frame-ancestors 'self'; object-src 'none'; base-uri 'self'",
         )
+        h.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        h.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=(), payment=(), usb=()")
+        if https:
+            h.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+        if request.path.startswith(NO_STORE_PREFIXES) and "Cache-Control" not in h:
+            h["Cache-Control"] = "no-store"
         return response
