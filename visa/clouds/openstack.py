@@ -1,0 +1,462 @@
+"""The OpenStack provider: Nova servers, with Glance images and Neutron networks, via openstacksdk.
+
+Config keys (the Cloud row's config; ``password`` may be ``{"env": "VAR"}``):
+
+* ``auth_url``, ``username``, ``password``, ``project_name``, ``user_domain_name`` and
+  ``project_domain_name`` (default ``Default``), ``region_name``: the credentials;
+* ``network``: name or id of the network servers are attached to (none: the cloud decides);
+* ``security_groups``: names given to every server (default none: the project's default);
+* ``name_prefix``: prepended to server names, so operators see visa's servers at a glance;
+* ``timeout`` (seconds per HTTP request, default 30), ``retries`` (of transient failures,
+  default 3), ``backoff`` (first delay in seconds, doubled each retry, default 0.5),
+  ``page_size`` (servers per list page, default 1000: Nova's usual maximum);
+* ``reboot_type``: ``SOFT`` (default) or ``HARD``.
+
+visa recognises its servers by the tag ``visa`` and the metadata key ``visa`` (holding the
+instance uid): ``list_servers`` is one paginated ``GET /servers/detail?tags=visa``.
+Every call counts its HTTP requests per service in :attr:`OpenStackProvider.http_calls`.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from keystoneauth1 import exceptions as ksa_exc
+from openstack import exceptions as os_exc
+
+from visa.clouds.base import VISA_TAG, CatalogueItem, CloudLimits, Provider, Server, ServerSpec
+from visa.errors import CloudError
+from visa.instances.models import InstanceState
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Nova rejects metadata keys or values longer than this.
+METADATA_MAX = 255
+
+_BY_STATUS = {
+    "BUILD": InstanceState.BUILDING,
+    "REBUILD": InstanceState.BUILDING,
+    "ACTIVE": InstanceState.ACTIVE,
+    "PASSWORD": InstanceState.ACTIVE,
+    "REBOOT": InstanceState.REBOOTING,
+    "HARD_REBOOT": InstanceState.REBOOTING,
+    "RESCUE": InstanceState.UNAVAILABLE,
+    "RESIZE": InstanceState.UNAVAILABLE,
+    "REVERT_RESIZE": InstanceState.UNAVAILABLE,
+    "VERIFY_RESIZE": InstanceState.UNAVAILABLE,
+    "DELETED": InstanceState.DELETED,
+    "SOFT_DELETED": InstanceState.DELETED,
+    "SHELVED": InstanceState.DELETED,
+    "SHELVED_OFFLOADED": InstanceState.DELETED,
+    "PAUSED": InstanceState.STOPPED,
+    "SHUTOFF": InstanceState.STOPPED,
+    "SUSPENDED": InstanceState.STOPPED,
+    "ERROR": InstanceState.ERROR,
+}
+
+
+def server_state(
+    status: str | None, task_state: str | None = None, vm_state: str | None = None
+) -> InstanceState:
+    """Nova's status, task state and VM state as visa's cloud-level state.
+
+    Beyond the status alone: a server being powered off is STOPPING, one being powered on
+    is STARTING (the scheduler's port probe takes it on from ACTIVE), one being deleted is
+    DELETING, and a live migration of a running server is ACTIVE_MIGRATING.
+    """
+    status = (status or "").upper()
+    if task_state == "deleting" and status not in ("DELETED", "SOFT_DELETED"):
+        return InstanceState.DELETING
+    if status == "ACTIVE" and task_state == "powering-off":
+        return InstanceState.STOPPING
+    if status == "SHUTOFF" and task_state == "powering-on":
+        return InstanceState.STARTING
+    if status == "MIGRATING":
+        return InstanceState.ACTIVE_MIGRATING if vm_state == "active" else InstanceState.MIGRATING
+    return _BY_STATUS.get(status, InstanceState.UNKNOWN)
+
+
+def fault_message(fault: dict[str, Any] | None) -> str | None:
+    """A fault Nova recorded on a server, said so that a user understands it."""
+    if not fault:
+        return None
+    message = str(fault.get("message") or "").strip()
+    if "No valid host" in message:
+        return f"No hypervisor can take this machine now (the cloud said: {message})"
+    return message or f"the cloud reported fault {fault.get('code')}"
+
+
+def _created_at(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _address(addresses: dict[str, list[dict[str, Any]]] | None, network: str | None) -> str | None:
+    """The fixed IPv4 address on ``network`` (else on any network), else any address."""
+    if not addresses:
+        return None
+    nets = [addresses[network]] if network in addresses else list(addresses.values())
+    candidates = [a for net in nets for a in net]
+    for kind in ("fixed", None):
+        for a in candidates:
+            if a.get("version") == 4 and (kind is None or a.get("OS-EXT-IPS:type") == kind):
+                return str(a["addr"])
+    return str(candidates[0]["addr"]) if candidates else None
+
+
+def to_server(raw: Any, network_name: str | None = None) -> Server:
+    """An openstacksdk server (or anything with its attributes) as a :class:`Server`."""
+    metadata = dict(getattr(raw, "metadata", None) or {})
+    task_state, vm_state = getattr(raw, "task_state", None), getattr(raw, "vm_state", None)
+    fault = getattr(raw, "fault", None)
+    return Server(
+        id=raw.id,
+        name=raw.name or "",
+        state=server_state(raw.status, task_state, vm_state),
+        address=_address(getattr(raw, "addresses", None), network_name),
+        instance_uid=metadata.get(VISA_TAG),
+        fault=fault_message(fault),
+        created_at=_created_at(getattr(raw, "created_at", None)),
+        provider_state={
+            "status": raw.status,
+            "task_state": task_state,
+            "vm_state": vm_state,
+            "power_state": getattr(raw, "power_state", None),
+        },
+    )
+
+
+def translate(exc: BaseException, action: str, cloud: str) -> CloudError:
+    """Any failure of the SDK as a CloudError a user can read; ``transient`` when a retry may help."""
+    if isinstance(exc, CloudError):
+        return exc
+    where = f"cloud {cloud!r}"
+    if isinstance(exc, ksa_exc.ConnectTimeout):
+        return CloudError(f"{where} did not answer in time to {action}", transient=True, reason="timeout")
+    if isinstance(exc, ksa_exc.ConnectionError | ksa_exc.RetriableConnectionFailure):
+        return CloudError(f"{where} cannot be reached to {action}", transient=True, reason="unavailable")
+    status: int | None = None
+    text = str(exc)
+    if isinstance(exc, os_exc.HttpException):
+        status = exc.status_code
+        text = str(exc.details or exc.message or exc)
+    elif isinstance(exc, ksa_exc.HttpError):
+        status = exc.http_status
+        text = str(exc.details or exc.message or exc)
+    lowered = text.lower()
+    if status is not None and (status >= 500 or status in (408, 429)):
+        return CloudError(
+            f"{where} failed to {action} (HTTP {status}): {text}", transient=True, reason="unavailable"
+        )
+    if "quota exceeded" in lowered or ("quota" in lowered and status in (403, 413)):
+        return CloudError(f"Quota exceeded on {where}: {text}", reason="quota_exceeded")
+    if "no valid host" in lowered:
+        return CloudError(
+            f"No hypervisor on {where} can take this machine now: {text}", reason="no_valid_host"
+        )
+    if status == 401:
+        return CloudError(f"{where} refused visa's credentials", reason="auth")
+    if status == 404:
+        return CloudError(f"{where}: not found while trying to {action}: {text}", reason="not_found")
+    if status == 409:
+        return CloudError(f"{where} cannot {action} now: {text}", reason="conflict")
+    if isinstance(exc, os_exc.ResourceTimeout):
+        return CloudError(f"{where} took too long to {action}", transient=True, reason="timeout")
+    return CloudError(f"{where} failed to {action}: {text}", reason="error")
+
+
+class OpenStackProvider(Provider):
+    kind = "openstack"
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        super().__init__(name, config)
+        self.timeout = float(config.get("timeout", 30))
+        self.retries = int(config.get("retries", 3))
+        self.backoff = float(config.get("backoff", 0.5))
+        self.page_size = int(config.get("page_size", 1000))
+        self.name_prefix = str(config.get("name_prefix", ""))
+        self.network = config.get("network") or None
+        self.group_names = list(config.get("security_groups") or [])
+        self.reboot_type = str(config.get("reboot_type", "SOFT")).upper()
+        # HTTP requests made, by host:port of the API (the benchmarks and tests read it).
+        self.http_calls: Counter[str] = Counter()
+        self._conn: Any = None
+        self._ids: dict[tuple[str, str], str] = {}
+
+    # ------------------------------------------------------------- plumbing
+
+    @property
+    def conn(self) -> Any:
+        if self._conn is None:
+            import openstack
+
+            cfg = self.config
+            self._conn = openstack.connect(
+                auth_url=cfg["auth_url"],
+                username=cfg["username"],
+                password=cfg["password"],
+                project_name=cfg["project_name"],
+                user_domain_name=cfg.get("user_domain_name", "Default"),
+                project_domain_name=cfg.get("project_domain_name", "Default"),
+                region_name=cfg.get("region_name"),
+                api_timeout=self.timeout,
+                # Retries are ours, with backoff and one clear error at the end.
+                connect_retries=0,
+                status_code_retries=0,
+                load_envvars=False,
+                load_yaml_config=False,
+            )
+            self._conn.session.session.hooks["response"].append(self._count)
+        return self._conn
+
+    def _count(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        self.http_calls[urlsplit(response.url).netloc] += 1
+
+    def _call(self, action: str, fn: Callable[[], T], *, retry: bool = True) -> T:
+        """Run ``fn``; retry transient failures with exponential backoff; raise CloudError."""
+        delay = self.backoff
+        attempts = self.retries + 1 if retry else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return fn()
+            except Exception as exc:
+                error = translate(exc, action, self.name)
+                if not error.transient or attempt == attempts:
+                    raise error from exc
+                log.warning("cloud %s: %s (attempt %d of %d)", self.name, error.message, attempt, attempts)
+                time.sleep(delay * random.uniform(1.0, 1.5))
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _resolve(self, kind: str, ref: str, finder: Callable[[str], Any]) -> str:
+        key = (kind, ref)
+        if key not in self._ids:
+            found = self._call(f"find {kind} {ref!r}", lambda: finder(ref))
+            if found is None:
+                raise CloudError(
+                    f"{kind} {ref!r} does not exist on cloud {self.name!r}", reason=f"{kind}_not_found"
+                )
+            self._ids[key] = found.id
+        return self._ids[key]
+
+    # ------------------------------------------------------------- servers
+
+    def create(self, spec: ServerSpec) -> Server:
+        c = self.conn
+        image_id = self._resolve(
+            "image", spec.image_ref, lambda r: c.image.find_image(r, ignore_missing=True)
+        )
+        flavour_id = self._resolve(
+            "flavour", spec.flavour_ref, lambda r: c.compute.find_flavor(r, ignore_missing=True)
+        )
+        attrs: dict[str, Any] = {
+            "name": f"{self.name_prefix}{spec.name}",
+            "image_id": image_id,
+            "flavor_id": flavour_id,
+            "metadata": self._metadata(spec),
+            "tags": [VISA_TAG],
+            "user_data": base64.b64encode(spec.user_data.encode()).decode() if spec.user_data else None,
+        }
+        if self.network:
+            net_id = self._resolve(
+                "network", self.network, lambda r: c.network.find_network(r, ignore_missing=True)
+            )
+            attrs["networks"] = [{"uuid": net_id}]
+        if self.group_names:
+            attrs["security_groups"] = [{"name": g} for g in self.group_names]
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+
+        def attempt() -> Any:
+            try:
+                return c.compute.create_server(**attrs)
+            except Exception as exc:
+                # The request may have reached Nova before the connection broke: adopt
+                # the server it made rather than make a second one.
+                if translate(exc, "create", self.name).transient:
+                    existing = self._find_by_uid(attrs["name"], spec.instance_uid)
+                    if existing is not None:
+                        return existing
+                raise
+
+        server = to_server(self._call(f"create server {attrs['name']!r}", attempt), self.network)
+        # Nova's answer to a create carries no status yet: it is building.
+        return (
+            server
+            if server.provider_state["status"]
+            else dataclasses.replace(server, state=InstanceState.BUILDING)
+        )
+
+    def _metadata(self, spec: ServerSpec) -> dict[str, str]:
+        metadata = {str(k): str(v) for k, v in spec.metadata.items()}
+        metadata[VISA_TAG] = spec.instance_uid
+        for key, value in metadata.items():
+            if len(key) > METADATA_MAX or len(value) > METADATA_MAX:
+                raise CloudError(
+                    f"metadata {key!r} is longer than the {METADATA_MAX} characters OpenStack accepts",
+                    reason="invalid_metadata",
+                )
+        return metadata
+
+    def _find_by_uid(self, name: str, uid: str) -> Any:
+        try:
+            for raw in self.conn.compute.servers(details=True, tags=VISA_TAG, name=f"^{name}$"):
+                if (raw.metadata or {}).get(VISA_TAG) == uid:
+                    return raw
+        except Exception:
+            return None
+        return None
+
+    def get(self, server_id: str) -> Server | None:
+        raw = self._call("get server", lambda: self._get_or_none(server_id))
+        return None if raw is None else to_server(raw, self.network)
+
+    def _get_or_none(self, server_id: str) -> Any:
+        try:
+            return self.conn.compute.get_server(server_id)
+        except os_exc.NotFoundException:
+            return None
+
+    def list_servers(self) -> list[Server]:
+        # One paginated list; materialised inside the retry so that a failure on page N
+        # starts over instead of returning a partial list (which would look like loss).
+        raws = self._call(
+            "list servers",
+            lambda: list(self.conn.compute.servers(details=True, tags=VISA_TAG, limit=self.page_size)),
+        )
+        return [to_server(raw, self.network) for raw in raws]
+
+    def _action(self, action: str, server_id: str, run: Callable[[], Any], done: set[InstanceState]) -> None:
+        """Run a server action; a conflict is success when the server is already where asked."""
+        try:
+            self._call(f"{action} server", run)
+        except CloudError as error:
+            if error.details.get("reason") not in ("conflict", "not_found"):
+                raise
+            current = self.get(server_id)
+            if current is None:
+                raise CloudError(
+                    f"server {server_id} no longer exists on cloud {self.name!r}", reason="not_found"
+                ) from error
+            if current.state not in done:
+                raise
+
+    def start(self, server_id: str) -> None:
+        self._action(
+            "start",
+            server_id,
+            lambda: self.conn.compute.start_server(server_id),
+            {InstanceState.ACTIVE, InstanceState.STARTING, InstanceState.REBOOTING},
+        )
+
+    def stop(self, server_id: str) -> None:
+        self._action(
+            "stop",
+            server_id,
+            lambda: self.conn.compute.stop_server(server_id),
+            {InstanceState.STOPPED, InstanceState.STOPPING, InstanceState.DELETING, InstanceState.DELETED},
+        )
+
+    def reboot(self, server_id: str) -> None:
+        """Reboot; a stopped server is started instead (it ends up running, as asked)."""
+        current = self.get(server_id)
+        if current is None:
+            raise CloudError(
+                f"server {server_id} no longer exists on cloud {self.name!r}", reason="not_found"
+            )
+        if current.state in (InstanceState.STOPPED, InstanceState.STOPPING):
+            self.start(server_id)
+            return
+        self._action(
+            "reboot",
+            server_id,
+            lambda: self.conn.compute.reboot_server(server_id, self.reboot_type),
+            {InstanceState.REBOOTING},
+        )
+
+    def delete(self, server_id: str) -> None:
+        try:
+            self._call(
+                "delete server", lambda: self.conn.compute.delete_server(server_id, ignore_missing=True)
+            )
+        except CloudError as error:
+            if error.details.get("reason") != "conflict":
+                raise
+            current = self.get(server_id)
+            if current is not None and current.state not in (InstanceState.DELETING, InstanceState.DELETED):
+                raise
+
+    # ------------------------------------------------------------- catalogue
+
+    def images(self) -> list[CatalogueItem]:
+        raws = self._call("list images", lambda: list(self.conn.image.images()))
+        return [
+            CatalogueItem(
+                i.id,
+                i.name or "",
+                {"status": i.status, "min_disk": i.min_disk, "size": i.size, "visibility": i.visibility},
+            )
+            for i in raws
+        ]
+
+    def flavours(self) -> list[CatalogueItem]:
+        raws = self._call("list flavours", lambda: list(self.conn.compute.flavors(details=True)))
+        return [
+            CatalogueItem(
+                f.id,
+                f.name,
+                {
+                    "cores": f.vcpus,
+                    "memory_mb": f.ram,
+                    "disk_gb": f.disk,
+                    "extra_specs": dict(f.extra_specs or {}),
+                },
+            )
+            for f in raws
+        ]
+
+    def networks(self) -> list[CatalogueItem]:
+        raws = self._call("list networks", lambda: list(self.conn.network.networks()))
+        return [
+            CatalogueItem(
+                n.id, n.name or "", {"shared": n.is_shared, "status": n.status, "subnets": list(n.subnet_ids)}
+            )
+            for n in raws
+        ]
+
+    def security_groups(self) -> list[CatalogueItem]:
+        raws = self._call("list security groups", lambda: list(self.conn.network.security_groups()))
+        return [CatalogueItem(g.id, g.name or "", {"description": g.description or ""}) for g in raws]
+
+    def limits(self) -> CloudLimits:
+        absolute = self._call("read limits", lambda: self.conn.compute.get_limits().absolute)
+
+        def cap(value: int | None) -> int | None:
+            return None if value is None or value < 0 else int(value)
+
+        return CloudLimits(
+            max_instances=cap(absolute.instances),
+            max_cores=cap(absolute.total_cores),
+            max_memory_mb=cap(absolute.total_ram),
+            used_instances=int(absolute.instances_used or 0),
+            used_cores=int(absolute.total_cores_used or 0),
+            used_memory_mb=int(absolute.total_ram_used or 0),
+        )
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
