@@ -1,0 +1,223 @@
+"""The desktop gateway against a real Xtigervnc: tokens, refusals, handshake, view-only, activity."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from sqlalchemy import delete, select
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from tests.gateway.conftest import OTHER_UID, SECRET, UID, Live, Vnc, World, make_world
+from tests.gateway.wsrfb import WsRfb, distinct_colours, key_event, pointer_event
+from visa.instances.models import ConnectToken, Instance, InstanceMember
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def world(live: Live, vnc: Vnc) -> World:
+    return make_world(live.db, live.clock, vnc_port=vnc.port)
+
+
+def _token(live: Live, username: str, uid: str = UID) -> dict:
+    with live.login(username) as client:
+        r = client.post(f"/api/instances/{uid}/connect")
+        assert r.status_code == 200, r.text
+        assert r.headers["Cache-Control"] == "no-store"
+        return r.json()  # type: ignore[no-any-return]
+
+
+def _open(live: Live, url: str):  # noqa: ANN202
+    return connect(live.ws_base + url, subprotocols=["binary"], open_timeout=10, max_size=None, compression=None)
+
+
+def _refused(live: Live, url: str) -> int:
+    with pytest.raises(InvalidStatus) as info:
+        with _open(live, url):
+            pass
+    return info.value.response.status_code
+
+
+# ---------------------------------------------------------------- the connect endpoint
+
+
+def test_connect_answers_a_one_time_url_and_no_secret(live: Live, world: World) -> None:
+    body = _token(live, "owner")
+    assert set(body) == {"url", "expires_in", "view_only", "role"}
+    assert body["expires_in"] == 30 and body["view_only"] is False and body["role"] == "OWNER"
+    url = urlsplit(body["url"])
+    assert url.path == f"/ws/desktop/{UID}"
+    token = parse_qs(url.query)["token"][0]
+    assert SECRET not in str(body)
+    # Stored hashed, bound to the user and the instance, valid 30 s.
+    with live.db.unit_of_work() as s:
+        row = s.scalar(select(ConnectToken))
+        assert row.token_hash == hashlib.sha256(token.encode()).hexdigest() != token
+        assert (row.user_id, row.instance_id) == (world.owner.id, world.instance.id)
+        assert (row.expires_at - row.created_at).total_seconds() == 30 and row.used_at is None
+
+    guest = _token(live, "guest")
+    assert guest["view_only"] is True and guest["role"] == "GUEST"
+    assert _token(live, "helper")["view_only"] is False
+
+
+def test_connect_needs_membership_login_and_csrf(live: Live, world: World) -> None:
+    with live.login("stranger") as client:
+        assert client.post(f"/api/instances/{UID}/connect").status_code == 404
+    with live.http() as anonymous:
+        assert anonymous.post(f"/api/instances/{UID}/connect").status_code in (401, 403)
+    with live.login("owner") as client:
+        del client.headers["X-CSRF-Token"]
+        assert client.post(f"/api/instances/{UID}/connect").status_code == 403
+
+
+def test_connect_refused_when_the_instance_is_not_running(live: Live, world: World) -> None:
+    with live.db.unit_of_work() as s:
+        s.get(Instance, world.instance.id).state = "STOPPED"
+    with live.login("owner") as client:
+        assert client.post(f"/api/instances/{UID}/connect").status_code == 409
+
+
+# ---------------------------------------------------------------- refusals at the websocket
+
+
+def test_refuses_without_token(live: Live, world: World) -> None:
+    assert _refused(live, f"/ws/desktop/{UID}") == 401
+    assert _refused(live, f"/ws/desktop/{UID}?token=") == 401
+
+
+def test_refuses_a_made_up_token(live: Live, world: World) -> None:
+    assert _refused(live, f"/ws/desktop/{UID}?token=forged-token-value") == 403
+
+
+def test_refuses_a_reused_token(live: Live, world: World) -> None:
+    url = _token(live, "owner")["url"]
+    with _open(live, url) as ws:
+        assert WsRfb(ws).handshake() == [1]
+    assert _refused(live, url) == 403
+
+
+def test_refuses_an_expired_token(live: Live, world: World) -> None:
+    url = _token(live, "owner")["url"]
+    live.clock.advance(seconds=31)
+    assert _refused(live, url) == 403
+
+
+def test_refuses_a_token_for_another_instance(live: Live, world: World) -> None:
+    token = parse_qs(urlsplit(_token(live, "owner")["url"]).query)["token"][0]
+    assert _refused(live, f"/ws/desktop/{OTHER_UID}?token={token}") == 403
+    # The same token is still good where it belongs: it was not spent by the wrong door.
+    with _open(live, f"/ws/desktop/{UID}?token={token}") as ws:
+        WsRfb(ws).handshake()
+
+
+def test_refuses_a_non_member(live: Live, world: World) -> None:
+    """A token issued to a member who is removed before using it is worthless."""
+    url = _token(live, "helper")["url"]
+    with live.db.unit_of_work() as s:
+        s.execute(delete(InstanceMember).where(InstanceMember.user_id == world.user.id))
+    assert _refused(live, url) == 403
+
+
+def test_refuses_cross_site_websockets(live: Live, world: World) -> None:
+    url = _token(live, "owner")["url"]
+    with pytest.raises(InvalidStatus) as info:
+        with connect(live.ws_base + url, origin="http://evil.example", open_timeout=10):  # type: ignore[arg-type]
+            pass
+    assert info.value.response.status_code == 403
+
+
+# ---------------------------------------------------------------- the relay
+
+
+def test_owner_gets_the_desktop_with_security_none(live: Live, world: World) -> None:
+    with _open(live, _token(live, "owner")["url"]) as ws:
+        assert ws.subprotocol == "binary"
+        rfb = WsRfb(ws)
+        assert rfb.handshake() == [1], "the browser is offered security None only"
+        assert (rfb.width, rfb.height, rfb.name) == (640, 480, "gateway-test")
+        screen = rfb.screen()
+        # Root window colour plus the terminal's: a real, non-blank framebuffer.
+        assert distinct_colours(screen) >= 3
+        assert screen.count(b"\0\0\0\0") < len(screen) // 8
+
+
+def test_guest_keys_never_reach_the_desktop(live: Live, world: World, vnc: Vnc) -> None:
+    before = vnc.typed()
+    with _open(live, _token(live, "owner")["url"]) as ws:
+        owner = WsRfb(ws)
+        owner.handshake()
+        owner.send(pointer_event(100, 100))  # over the terminal
+        for keysym in (ord("a"), ord("b")):
+            owner.send(key_event(keysym, True) + key_event(keysym, False))
+        owner.sync()
+        _wait(lambda: vnc.typed() == before + b"ab", vnc)
+
+        with _open(live, _token(live, "guest")["url"]) as gws:
+            guest = WsRfb(gws)
+            guest.handshake()
+            guest.send(pointer_event(300, 300, 1) + pointer_event(300, 300, 0))
+            for keysym in (ord("x"), ord("y"), 0xFF0D):
+                guest.send(key_event(keysym, True) + key_event(keysym, False))
+            guest.sync()  # the server has handled all the guest sent, had it been sent on
+            assert guest.screen()  # and the guest still sees the desktop
+
+        owner.send(key_event(ord("c"), True) + key_event(ord("c"), False))
+        owner.sync()
+        _wait(lambda: vnc.typed().endswith(b"c"), vnc)
+    assert vnc.typed() == before + b"abc"
+
+
+def _wait(condition, vnc: Vnc, timeout: float = 10) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"the desktop received {vnc.typed()!r}"
+        time.sleep(0.05)
+
+
+def test_activity_is_recorded_and_input_only_from_who_may_type(live: Live, world: World) -> None:
+    live.clock.advance(minutes=5)
+    with _open(live, _token(live, "guest")["url"]) as ws:
+        guest = WsRfb(ws)
+        guest.handshake()
+        guest.send(pointer_event(10, 10))
+        guest.sync()
+        time.sleep(0.8)  # > activity_seconds: the watcher has written
+    with live.db.unit_of_work() as s:
+        inst = s.get(Instance, world.instance.id)
+        assert inst.last_seen_at == live.clock.now()
+        assert inst.last_interaction_at is None, "a guest's dropped input is no interaction"
+
+    live.clock.advance(minutes=5)
+    with _open(live, _token(live, "owner")["url"]) as ws:
+        owner = WsRfb(ws)
+        owner.handshake()
+        owner.send(pointer_event(120, 120))
+        owner.sync()
+        time.sleep(0.8)
+    with live.db.unit_of_work() as s:
+        inst = s.get(Instance, world.instance.id)
+        assert inst.last_seen_at == inst.last_interaction_at == live.clock.now()
+
+
+def test_a_revoked_member_is_disconnected(live: Live, world: World) -> None:
+    with _open(live, _token(live, "helper")["url"]) as ws:
+        rfb = WsRfb(ws)
+        rfb.handshake()
+        rfb.screen()
+        with live.db.unit_of_work() as s:
+            s.execute(delete(InstanceMember).where(InstanceMember.user_id == world.user.id))
+        with pytest.raises(ConnectionClosed):
+            while True:
+                ws.recv(timeout=5)
+        assert ws.close_code == 4403
+
+
+def test_the_desktop_down_is_a_clear_refusal(live: Live, world: World) -> None:
+    with live.db.unit_of_work() as s:
+        s.get(Instance, world.instance.id).provider_state = {"ports": {"VNC": 9, "JUPYTER": 9}}
+    assert _refused(live, _token(live, "owner")["url"]) == 502
