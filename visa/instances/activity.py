@@ -1,0 +1,234 @@
+"""Is anyone using the machine? The probe's side of activity.
+
+The gateway records browser traffic (``last_seen_at``) and input (``last_interaction_at``).
+This job adds what the browser cannot see: it logs into each running machine over SSH with
+visa's own key (see ``probe_keys``) as the probe account, whose key may only run the
+activity report (``provisioning/files/probe.py``), and reads the owner's X idle time, the
+load and the owner's processes with their CPU time.
+
+* X input seen by the machine (the owner's idle time) moves ``last_interaction_at``.
+* CPU used by the owner's processes between two reports, at least ``COMPUTE_CORES`` cores
+  on average, sets ``last_compute_at``: a computation keeps its machine alive with no
+  browser attached. The first report of a machine is paired with a second one taken
+  ``sample_gap`` seconds later; afterwards each report is paired with the previous cycle's.
+
+Host keys: machines are new and their keys unknown; the first key seen for an instance is
+remembered for the life of the process (trust on first use) and a change is refused. At
+worst an impostor could make an instance look busy; the probe key can run nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import paramiko
+from sqlalchemy import or_, select, update
+
+from visa.clouds.models import Cloud
+from visa.instances import probe_keys
+from visa.instances.models import Instance, InstanceState
+from visa.services import Services
+from visa.settings import Settings
+
+log = logging.getLogger(__name__)
+
+COMPUTE_CORES = 0.3  # average cores used by the owner's processes that count as computing
+PROBE_COMMAND = "visa-probe"
+SSH_TIMEOUT = 10.0
+RUNNING = (InstanceState.ACTIVE, InstanceState.PARTIALLY_ACTIVE)
+
+
+@dataclass(frozen=True)
+class Report:
+    """One activity report, as the machine printed it."""
+
+    taken_at: float  # time.monotonic() on this side
+    x_idle_ms: int | None
+    load: tuple[float, ...]
+    cpu_count: int
+    cpu_seconds: dict[int, float]  # the owner's processes: pid -> CPU time so far
+
+    @classmethod
+    def parse(cls, text: str, taken_at: float) -> Report:
+        data = json.loads(text)
+        idle = data.get("x_idle_ms")
+        return cls(
+            taken_at=taken_at,
+            x_idle_ms=int(idle) if idle is not None else None,
+            load=tuple(float(v) for v in data.get("load", ())),
+            cpu_count=int(data.get("cpu_count") or 1),
+            cpu_seconds={int(p["pid"]): float(p["cpu_seconds"]) for p in data.get("processes", [])},
+        )
+
+
+def cores_used(before: Report, after: Report) -> float:
+    """Average cores the owner's processes used between two reports (new processes count whole)."""
+    elapsed = after.taken_at - before.taken_at
+    if elapsed <= 0:
+        return 0.0
+    used = sum(max(0.0, cpu - before.cpu_seconds.get(pid, 0.0)) for pid, cpu in after.cpu_seconds.items())
+    return used / elapsed
+
+
+@dataclass(frozen=True)
+class Target:
+    instance_id: int
+    uid: str
+    host: str
+    port: int
+
+
+class _RememberHostKey(paramiko.MissingHostKeyPolicy):
+    def __init__(self, known: dict[int, str], instance_id: int) -> None:
+        self.known, self.instance_id = known, instance_id
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        seen = f"{key.get_name()} {key.get_base64()}"
+        first = self.known.setdefault(self.instance_id, seen)
+        if first != seen:
+            raise paramiko.SSHException(f"host key of instance {self.instance_id} changed")
+
+
+class SshReader:
+    """Reads reports over SSH: ``count`` reports ``gap`` seconds apart on one connection."""
+
+    def __init__(self, settings: Settings, *, timeout: float = SSH_TIMEOUT) -> None:
+        self.username = settings.provisioning.probe_username
+        self.key = probe_keys.private_key(settings)
+        self.timeout = timeout
+        self.host_keys: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, target: Target, count: int, gap: float) -> list[Report]:
+        client = paramiko.SSHClient()
+        with self._lock:
+            client.set_missing_host_key_policy(_RememberHostKey(self.host_keys, target.instance_id))
+        try:
+            client.connect(
+                target.host, target.port, username=self.username, pkey=self.key, timeout=self.timeout,
+                banner_timeout=self.timeout, auth_timeout=self.timeout, allow_agent=False, look_for_keys=False,
+            )
+            reports = []
+            for i in range(count):
+                if i:
+                    time.sleep(gap)
+                _, stdout, _ = client.exec_command(PROBE_COMMAND, timeout=self.timeout)
+                text = stdout.read().decode()
+                reports.append(Report.parse(text, time.monotonic()))
+            return reports
+        finally:
+            client.close()
+
+
+Reader = Callable[[Target, int, float], list[Report]]
+
+
+@dataclass
+class Observation:
+    instance_id: int
+    cores: float
+    computing: bool
+    last_input: datetime | None
+
+
+@dataclass
+class ProbeResult:
+    probed: int = 0
+    computing: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+class ActivityProbe:
+    """Held by the scheduler across cycles: it keeps each machine's last report."""
+
+    def __init__(self, services: Services, reader: Reader | None = None, *, sample_gap: float = 2.0,
+                 workers: int = 16) -> None:
+        self.services = services
+        self._reader = reader
+        self.sample_gap = sample_gap
+        self.workers = workers
+        self._last: dict[int, Report] = {}
+
+    @property
+    def reader(self) -> Reader:
+        if self._reader is None:
+            self._reader = SshReader(self.services.settings)
+        return self._reader
+
+    def targets(self) -> list[Target]:
+        """Running machines that have an SSH port (clouds other than the local one: port 22)."""
+        with self.services.database.sessionmaker() as s:
+            rows = s.execute(
+                select(Instance.id, Instance.uid, Instance.address, Instance.provider_state, Cloud.kind)
+                .join(Cloud, Cloud.id == Instance.cloud_id)
+                .where(Instance.deleted_at.is_(None), Instance.state.in_(RUNNING), Instance.address.is_not(None))
+            ).all()
+        found = []
+        for instance_id, uid, address, state, kind in rows:
+            port = ((state or {}).get("ports") or {}).get("ssh") or (22 if kind != "local" else None)
+            if port:
+                found.append(Target(instance_id, uid, address, int(port)))
+        return found
+
+    def observe(self, target: Target) -> Observation:
+        previous = self._last.get(target.instance_id)
+        max_age = 3 * self.services.settings.scheduler.activity_seconds
+        fresh = previous is not None and time.monotonic() - previous.taken_at < max_age
+        reports = self.reader(target, 1 if fresh else 2, self.sample_gap)
+        before, after = (previous, reports[-1]) if fresh else (reports[0], reports[-1])
+        assert before is not None
+        self._last[target.instance_id] = after
+        cores = cores_used(before, after)
+        now = self.services.clock.now()
+        last_input = now - timedelta(milliseconds=after.x_idle_ms) if after.x_idle_ms is not None else None
+        return Observation(target.instance_id, cores, cores >= COMPUTE_CORES, last_input)
+
+    def run(self, targets: list[Target] | None = None) -> ProbeResult:
+        """Probe every running machine (in parallel) and record what was seen."""
+        targets = self.targets() if targets is None else targets
+        result = ProbeResult(probed=len(targets))
+        if not targets:
+            self._last.clear()
+            return result
+
+        def one(t: Target) -> Observation | None:
+            try:
+                return self.observe(t)
+            except (TimeoutError, OSError, paramiko.SSHException, ValueError, KeyError) as exc:
+                result.failed[t.instance_id] = str(exc) or type(exc).__name__
+                log.info("activity probe of %s failed: %s", t.uid, result.failed[t.instance_id])
+                return None
+
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(targets))) as pool:
+            observations = [o for o in pool.map(one, targets) if o is not None]
+        record(self.services, observations)
+        result.computing = [o.instance_id for o in observations if o.computing]
+        live = {t.instance_id for t in targets}
+        for gone in set(self._last) - live:
+            del self._last[gone]
+        return result
+
+
+def record(services: Services, observations: list[Observation]) -> None:
+    """Write what was seen: one short transaction, each value only moving forward."""
+    now = services.clock.now()
+    with services.database.unit_of_work() as s:
+        for o in observations:
+            if o.computing:
+                s.execute(update(Instance).where(Instance.id == o.instance_id).values(last_compute_at=now),
+                          execution_options={"synchronize_session": False})
+            if o.last_input is not None:
+                s.execute(
+                    update(Instance)
+                    .where(Instance.id == o.instance_id,
+                           or_(Instance.last_interaction_at.is_(None), Instance.last_interaction_at < o.last_input))
+                    .values(last_interaction_at=o.last_input),
+                    execution_options={"synchronize_session": False},
+                )

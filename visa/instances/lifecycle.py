@@ -1,0 +1,190 @@
+"""When instances are warned and deleted: the end of their lifetime, or too long idle.
+
+Rules (hours from ``settings.lifetimes``):
+
+* Lifetime: ``terminates_at`` is set at creation (the longest rule for the owner's roles
+  and flavour, see ``catalogue.service.max_lifetime_hours``) and moved by accepted
+  extensions. A warning goes out ``lifetime_warning_hours`` before; the instance is
+  deleted once ``terminates_at`` has passed and a warning went out in an earlier cycle.
+* Inactivity: the last activity is the latest of the last input (``last_interaction_at``,
+  else the creation), the last computation seen by the probe (``last_compute_at``) and
+  the last sign of an open tab (``last_seen_at``), an open tab counting only up to
+  ``untouched_tab_hours`` after the last input. Past the limit (users / staff, by the
+  owner's roles now) minus ``inactivity_warning_hours`` a warning goes out; new activity
+  cancels it; deletion needs the limit passed *and* the warning sent at least
+  ``inactivity_warning_hours`` ago, so a late warning still gives the full notice.
+
+Every decision is one set-based statement over indexed or narrow columns, never a loop over
+all instances in Python: finding who to warn among 100,000 instances is one UPDATE. The
+warning columns make each decision once: the UPDATE that sets them is the guard, and the
+email row written in the same transaction carries a unique key.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select, update
+from sqlalchemy.orm import Session
+
+from visa.actor import SYSTEM, Actor
+from visa.clock import Clock
+from visa.instances.models import CommandAction, Instance, InstanceState
+from visa.instances.service import request_action
+from visa.notify.outbox import enqueue
+from visa.services import Services
+from visa.settings import LifetimeSettings, Settings
+from visa.users.models import STAFF_ROLES, RoleGrant
+
+log = logging.getLogger(__name__)
+
+BATCH = 500  # decisions of one kind per cycle; the rest wait for the next cycle
+
+
+@dataclass
+class CycleResult:
+    cancelled: int = 0
+    inactivity_warned: list[int] = field(default_factory=list)
+    lifetime_warned: list[int] = field(default_factory=list)
+    deleted: dict[int, str] = field(default_factory=dict)  # instance id -> reason
+
+    def __str__(self) -> str:
+        return (f"{len(self.lifetime_warned)} lifetime and {len(self.inactivity_warned)} inactivity warnings, "
+                f"{self.cancelled} cancelled, {len(self.deleted)} deletions")
+
+
+# --- the rules as SQL ----------------------------------------------------------------------
+
+
+def live() -> ColumnElement[bool]:
+    return and_(Instance.deleted_at.is_(None), Instance.state.not_in([InstanceState.DELETING, InstanceState.DELETED]))
+
+
+def owner_is_staff(now: datetime) -> ColumnElement[bool]:
+    return exists().where(
+        RoleGrant.user_id == Instance.owner_id,
+        RoleGrant.role.in_(STAFF_ROLES),
+        or_(RoleGrant.expires_at.is_(None), RoleGrant.expires_at > now),
+    )
+
+
+def no_activity_since(t: datetime, untouched: timedelta) -> ColumnElement[bool]:
+    """True when nothing counted as activity at or after ``t``.
+
+    An open tab counts up to ``untouched`` after the last input: min(last_seen, input +
+    untouched) < t, written without arithmetic on columns so that it is portable.
+    """
+    interaction = func.coalesce(Instance.last_interaction_at, Instance.created_at)
+    return and_(
+        interaction < t,
+        or_(Instance.last_compute_at.is_(None), Instance.last_compute_at < t),
+        or_(Instance.last_seen_at.is_(None), Instance.last_seen_at < t, interaction < t - untouched),
+    )
+
+
+def idle_at(when: datetime, now: datetime, lt: LifetimeSettings) -> ColumnElement[bool]:
+    """True when, at ``when`` and with no new activity, the instance is past its inactivity limit."""
+    untouched = timedelta(hours=lt.untouched_tab_hours)
+    staff = owner_is_staff(now)
+    return or_(
+        and_(staff, no_activity_since(when - timedelta(hours=lt.staff_inactivity_hours), untouched)),
+        and_(not_(staff), no_activity_since(when - timedelta(hours=lt.user_inactivity_hours), untouched)),
+    )
+
+
+def last_activity(instance: Instance, lt: LifetimeSettings) -> datetime:
+    """The same rule in Python, for one instance (emails, the API)."""
+    interaction = instance.last_interaction_at or instance.created_at
+    seen = None
+    if instance.last_seen_at is not None:
+        seen = min(instance.last_seen_at, interaction + timedelta(hours=lt.untouched_tab_hours))
+    return max(t for t in (interaction, instance.last_compute_at, seen) if t is not None)
+
+
+# --- one cycle -----------------------------------------------------------------------------
+
+
+def _ids(session: Session, where: ColumnElement[bool], limit: int) -> list[int]:
+    return list(session.scalars(select(Instance.id).where(where).order_by(Instance.id).limit(limit)))
+
+
+def _mark(session: Session, where: ColumnElement[bool], limit: int, **values: object) -> list[int]:
+    """Set ``values`` on up to ``limit`` instances matching ``where``; the ids that changed.
+
+    The condition is checked again by the UPDATE itself, so two processes (an old leader and
+    a new one) cannot both take the same decision.
+    """
+    ids = _ids(session, where, limit)
+    if not ids:
+        return []
+    changed = session.execute(
+        update(Instance).where(Instance.id.in_(ids), where).values(**values).returning(Instance.id),
+        execution_options={"synchronize_session": False},
+    ).scalars().all()
+    return sorted(changed)
+
+
+def cycle(actor: Actor, session: Session, clock: Clock, settings: Settings, *, limit: int = BATCH,
+          send: bool = True) -> CycleResult:
+    """Cancel, delete and warn. Flushes; the caller commits (emails go after the commit)."""
+    lt = settings.lifetimes
+    now = clock.now()
+    result = CycleResult()
+    inactivity_notice = timedelta(hours=lt.inactivity_warning_hours)
+    lifetime_notice = timedelta(hours=lt.lifetime_warning_hours)
+
+    # New activity cancels an inactivity warning.
+    cancelled = session.execute(
+        update(Instance)
+        .where(Instance.inactivity_warned_at.is_not(None), Instance.deleted_at.is_(None),
+               not_(idle_at(now + inactivity_notice, now, lt)))
+        .values(inactivity_warned_at=None),
+        execution_options={"synchronize_session": False},
+    )
+    result.cancelled = int(cancelled.rowcount or 0)  # type: ignore[attr-defined]
+
+    # Deletions: due, and warned in time.
+    expired = and_(live(), Instance.terminates_at <= now, Instance.lifetime_warned_at.is_not(None),
+                   Instance.lifetime_warned_at < now)
+    idle = and_(live(), Instance.inactivity_warned_at.is_not(None),
+                Instance.inactivity_warned_at <= now - inactivity_notice, idle_at(now, now, lt))
+    for reason, where in (("lifetime", expired), ("inactivity", idle)):
+        for instance_id in _ids(session, where, limit - len(result.deleted)):
+            instance = session.get(Instance, instance_id)
+            assert instance is not None
+            request_action(actor, session, clock, instance, CommandAction.DELETE)
+            result.deleted[instance_id] = reason
+            log.info("instance %s (%s) deleted: %s", instance.uid, instance.owner.username, reason)
+
+    # Warnings.
+    result.lifetime_warned = _mark(
+        session, and_(live(), Instance.lifetime_warned_at.is_(None), Instance.terminates_at <= now + lifetime_notice),
+        limit, lifetime_warned_at=now,
+    )
+    result.inactivity_warned = _mark(
+        session, and_(live(), Instance.inactivity_warned_at.is_(None), idle_at(now + inactivity_notice, now, lt)),
+        limit, inactivity_warned_at=now,
+    )
+    session.flush()
+    session.expire_all()  # the UPDATEs bypassed the identity map
+
+    if send:
+        stamp = now.isoformat()
+        for instance_id in result.lifetime_warned:
+            enqueue(session, clock, settings, "lifetime_warning", instance_id, stamp, wait=True)
+        for instance_id in result.inactivity_warned:
+            enqueue(session, clock, settings, "inactivity_warning", instance_id, stamp, wait=True)
+        for instance_id, reason in result.deleted.items():
+            enqueue(session, clock, settings, "instance_deleted", instance_id, reason, wait=True)
+    return result
+
+
+def run(services: Services) -> CycleResult:
+    """The scheduler job: one cycle in one transaction, emails sent after the commit."""
+    with services.database.unit_of_work() as s:
+        result = cycle(SYSTEM, s, services.clock, services.settings)
+    if result.deleted or result.lifetime_warned or result.inactivity_warned or result.cancelled:
+        log.info("lifecycle: %s", result)
+    return result

@@ -1,0 +1,1 @@
+"""Emails: templates, the SMTP mailer and the send-once outbox."""

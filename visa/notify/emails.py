@@ -1,0 +1,81 @@
+"""The emails visa sends: for each kind, who receives it and what it says, read from the
+database when it is sent (see ``visa.notify.outbox``)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from visa.catalogue.service import inactivity_limit_hours
+from visa.instances.models import ExtensionRequest, ExtensionState, Instance
+from visa.notify.outbox import kind
+from visa.settings import Settings
+
+
+def _url(settings: Settings, instance: Instance) -> str:
+    return f"{settings.base_url.rstrip('/')}/instances/{instance.uid}"
+
+
+def _live(instance: Instance | None) -> bool:
+    return instance is not None and instance.deleted_at is None
+
+
+@kind("lifetime_warning", "lifetime_warning")
+def lifetime_warning(session: Session, settings: Settings, instance_id: int, stamp: str
+                     ) -> tuple[str, dict[str, Any]] | None:
+    instance = session.get(Instance, instance_id)
+    if not _live(instance) or instance.lifetime_warned_at is None or instance.lifetime_warned_at.isoformat() != stamp:
+        return None  # deleted, or extended since
+    return instance.owner.email or "", {
+        "instance": instance, "owner": instance.owner, "deletes_at": instance.terminates_at,
+        "url": _url(settings, instance),
+    }
+
+
+@kind("inactivity_warning", "inactivity_warning")
+def inactivity_warning(session: Session, settings: Settings, instance_id: int, stamp: str
+                       ) -> tuple[str, dict[str, Any]] | None:
+    from visa.instances.lifecycle import last_activity
+
+    instance = session.get(Instance, instance_id)
+    warned = instance.inactivity_warned_at if instance is not None else None
+    if not _live(instance) or warned is None or warned.isoformat() != stamp:
+        return None  # deleted, or used again since
+    lt = settings.lifetimes
+    limit = inactivity_limit_hours(instance.owner.roles_at(warned), lt)
+    last = last_activity(instance, lt)
+    deletes_at = max(last + timedelta(hours=limit), warned + timedelta(hours=lt.inactivity_warning_hours))
+    return instance.owner.email or "", {
+        "instance": instance, "owner": instance.owner, "last_activity": last, "deletes_at": deletes_at,
+        "limit_days": round(limit / 24, 1) if limit % 24 else limit // 24, "url": _url(settings, instance),
+    }
+
+
+@kind("instance_deleted", "instance_deleted")
+def instance_deleted(session: Session, settings: Settings, instance_id: int, reason: str
+                     ) -> tuple[str, dict[str, Any]] | None:
+    instance = session.get(Instance, instance_id)
+    if instance is None:
+        return None
+    limit = inactivity_limit_hours(instance.owner.roles_at(instance.state_changed_at or instance.created_at),
+                                   settings.lifetimes)
+    return instance.owner.email or "", {
+        "instance": instance, "owner": instance.owner, "reason": reason,
+        "limit_days": round(limit / 24, 1) if limit % 24 else limit // 24,
+    }
+
+
+@kind("extension_handled", "extension_handled")
+def extension_handled(session: Session, settings: Settings, request_id: int, stamp: str
+                      ) -> tuple[str, dict[str, Any]] | None:
+    request = session.get(ExtensionRequest, request_id)
+    if request is None or request.state == ExtensionState.PENDING:
+        return None
+    instance = session.get(Instance, request.instance_id)
+    if instance is None:
+        return None
+    return instance.owner.email or "", {
+        "instance": instance, "owner": instance.owner, "request": request, "url": _url(settings, instance),
+    }
