@@ -94,7 +94,9 @@ class Processes:
     def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen:
         env = {**self.env, **kwargs.pop("env", {})}
         log = open(self.root / f"{Path(argv[0]).name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
+        proc = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
+        )
         log.close()
         self.procs.append(proc)
         return proc
@@ -111,10 +113,8 @@ class Processes:
                 proc.wait(timeout=5)
         left = _marked(self.root)
         for pid in left:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         assert not left, f"processes left behind: {left}"
 
 
@@ -179,7 +179,9 @@ def vnc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vnc]:
         )
         deadline = time.monotonic() + 15
         while not subprocess.run(
-            ["xdotool", "search", "--onlyvisible", "--class", "xterm"], env={**procs.env, **env}, capture_output=True
+            ["xdotool", "search", "--onlyvisible", "--class", "xterm"],
+            env={**procs.env, **env},
+            capture_output=True,
         ).stdout.strip():
             assert time.monotonic() < deadline, "xterm did not appear"
             time.sleep(0.1)
@@ -260,12 +262,16 @@ class Live:
         return "; ".join(f"{k}={v}" for k, v in client.cookies.items())
 
 
-GATEWAY_CONFIG = GatewayConfig(activity_seconds=0.3, connect_timeout=5, handshake_timeout=10, auth_cache_seconds=0)
+GATEWAY_CONFIG = GatewayConfig(
+    activity_seconds=0.3, connect_timeout=5, handshake_timeout=10, auth_cache_seconds=0
+)
 
 
 @pytest.fixture
 def live(app, db, clock) -> Iterator[Live]:  # noqa: ANN001
-    asgi = Starlette(routes=[*gateway_routes(app, GATEWAY_CONFIG), Mount("/", app=WSGIMiddleware(app, workers=4))])
+    asgi = Starlette(
+        routes=[*gateway_routes(app, GATEWAY_CONFIG), Mount("/", app=WSGIMiddleware(app, workers=4))]
+    )
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -316,7 +322,9 @@ def make_world(db, clock, vnc_port: int = 1, jupyter_port: int = 1) -> World:  #
                 terminates_at=clock.now() + timedelta(days=14),
                 provider_state={"ports": {"VNC": vnc_port, "JUPYTER": jupyter_port}},
             )  # fmt: skip
-            inst.members = [InstanceMember(user=u, role=r, created_at=clock.now()) for u, r in members.items()]
+            inst.members = [
+                InstanceMember(user=u, role=r, created_at=clock.now()) for u, r in members.items()
+            ]
             s.add(inst)
             return inst
 
