@@ -17,6 +17,7 @@ from starlette.routing import Mount
 
 from visa.settings import Settings
 from visa.web.app import create_app
+from visa.web.events import event_routes
 
 
 def _lifespan(flask_app: Flask, background: bool):  # noqa: ANN202
@@ -58,6 +59,7 @@ def build_asgi(flask_app: Flask, *, background: bool = False) -> Starlette:
         routes.extend(gateway_routes(flask_app))
     except ImportError:  # the gateway package is optional while it is being built
         pass
+    routes.extend(event_routes(flask_app))
     routes.append(Mount("/", app=WSGIMiddleware(flask_app, workers=16)))  # type: ignore[arg-type]
     return Starlette(routes=routes, lifespan=_lifespan(flask_app, background))
 

@@ -70,10 +70,12 @@ def _register_blueprints(app: Flask) -> None:
     from visa.instances.api import bp as instances_api
     from visa.instances.members_api import bp as members_api
     from visa.users.api import bp as users_api
+    from visa.web.pages import register as register_pages
 
     for bp in (auth_api, catalogue_api, experiments_api, instances_api):
         app.register_blueprint(bp)
     app.register_blueprint(auth_pages)
     app.register_blueprint(members_api)
     app.register_blueprint(users_api)
+    register_pages(app)
     app.register_blueprint(gateway_api)

@@ -1,0 +1,242 @@
+"""The pages on both databases (Flask test client): login redirects, the list, the wizard,
+progress from state and commands, who sees which actions, thumbnails, the event stream."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import select
+
+from tests.factories import actor, make_cloud, make_experiment, make_flavour, make_image, make_plan, make_user
+from visa.catalogue.models import Protocol
+from visa.db import Database
+from visa.instances import service
+from visa.instances.models import (
+    CommandState,
+    Instance,
+    InstanceCommand,
+    InstanceMember,
+    InstanceState,
+    InstanceThumbnail,
+    MemberRole,
+)
+from visa.instances.schemas import CreateInstance
+from visa.users.models import Role
+
+JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + bytes(200) + b"\xff\xd9"
+
+
+@pytest.fixture
+def world(db: Database, clock, settings):  # noqa: ANN001, ANN201
+    """alice owns one instance (BUILDING) on experiment ev280; bob is a guest on it; carol is a stranger."""
+    with db.unit_of_work() as s:
+        make_cloud(s, clock)
+        alice = make_user(s, clock, "alice", full_name="Alice Martin", password="alice-pw")
+        bob = make_user(s, clock, "bob", full_name="Bob Guest", password="bob-pw")
+        make_user(s, clock, "carol", password="carol-pw")
+        make_user(s, clock, "sam", password="sam-pw", roles=(Role.STAFF,))
+        exp = make_experiment(s, members=[alice], proposal="ev280", instrument="id21")
+        make_experiment(s, members=[alice], proposal="ma9012", instrument="id16a")
+        image = make_image(s, "desktop", {Protocol.VNC: 5901, Protocol.JUPYTER: 8888})
+        plan = make_plan(s, image, make_flavour(s, "esrf.medium"), preset=True)
+        inst = service.create_instance(
+            actor(alice, clock), s, clock, settings,
+            CreateInstance(name="tomo reconstruction", plan_id=plan.id, experiment_ids=[exp.id]),
+        )
+        inst.members.append(InstanceMember(user=bob, role=MemberRole.GUEST, created_at=clock.now()))
+        return SimpleNamespace(uid=inst.uid, plan_id=plan.id, exp_id=exp.id)
+
+
+def _set(db: Database, uid: str, state: InstanceState, command: CommandState | None = None, error: str | None = None) -> None:
+    with db.unit_of_work() as s:
+        inst = s.scalar(select(Instance).where(Instance.uid == uid))
+        inst.state = state
+        inst.error_message = error
+        if command:
+            for cmd in s.scalars(select(InstanceCommand).where(InstanceCommand.instance_id == inst.id)):
+                cmd.state = command
+                cmd.finished_at = cmd.created_at + timedelta(seconds=3)
+                cmd.message = error
+
+
+def _logged_in(api_client, who: str):  # noqa: ANN001, ANN202
+    c = api_client()
+    assert c.login(who, f"{who}-pw").status_code == 200
+    return c
+
+
+def _steps(html: str) -> dict[str, str]:
+    return dict(re.findall(r'data-step="(\w+)" data-status="(\w+)"', html))
+
+
+def test_anonymous_visitors_are_sent_to_login_and_back(world, api_client) -> None:  # noqa: ANN001
+    c = api_client()
+    for path, nxt in [("/", "/"), ("/instances/new", "/instances/new"), (f"/instances/{world.uid}/desktop?x=1", f"/instances/{world.uid}/desktop?x=1")]:
+        r = c.get(path)
+        assert r.status_code == 302, path
+        assert r.headers["Location"].startswith("/login?next="), r.headers["Location"]
+        from urllib.parse import parse_qs, urlsplit
+
+        assert parse_qs(urlsplit(r.headers["Location"]).query)["next"] == [nxt]
+    assert c.get("/instances/_cards").status_code == 401
+    assert c.get(f"/api/instances/{world.uid}/thumbnail").status_code == 401
+
+
+def test_home_lists_instances_with_state_lifetime_and_csrf(world, api_client) -> None:  # noqa: ANN001
+    c = _logged_in(api_client, "alice")
+    r = c.get("/")
+    html = r.get_data(as_text=True)
+    assert r.status_code == 200
+    assert f'<meta name="csrf-token" content="{c.csrf}">' in html
+    assert "tomo reconstruction" in html and 'data-state="BUILDING"' in html
+    assert "ev280 · id21" in html
+    assert re.search(r'data-seconds-left="\d+"[^>]*>13 d 23 h|data-seconds-left="\d+"[^>]*>14 d 0 h', html)
+    # The security policy forbids inline code: every script is a file, no inline styles or handlers.
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html)
+    assert not re.search(r"\sstyle=|\son[a-z]+=", html)
+    # The fragment the page refreshes on events has the same cards.
+    cards = c.get("/instances/_cards").get_data(as_text=True)
+    assert f'data-uid="{world.uid}"' in cards and "<html" not in cards
+
+    empty = _logged_in(api_client, "carol").get("/").get_data(as_text=True)
+    assert 'data-testid="no-instances"' in empty
+
+
+def test_create_wizard_offers_experiments_and_no_experiment_only_to_allowed_roles(world, api_client) -> None:  # noqa: ANN001
+    html = _logged_in(api_client, "alice").get("/instances/new").get_data(as_text=True)
+    assert html.count("data-experiment=") == 2
+    assert '<option value="id16a">' in html and '<option value="id21">' in html
+    assert re.search(r'<option value="20\d\d">', html)
+    assert "Not associated to any experiment" not in html
+    assert 'data-testid="quota-full"' not in html
+
+    staff = _logged_in(api_client, "sam").get("/instances/new").get_data(as_text=True)
+    assert "Not associated to any experiment" in staff
+    assert "data-experiment=" not in staff
+
+
+def test_progress_steps_follow_state_and_commands(world, db, api_client) -> None:  # noqa: ANN001
+    c = _logged_in(api_client, "alice")
+    page = lambda: c.get(f"/instances/{world.uid}").get_data(as_text=True)  # noqa: E731
+    assert _steps(page()) == {"requested": "done", "cloud": "current", "booting": "todo", "service": "todo", "ready": "todo"}
+
+    _set(db, world.uid, InstanceState.BUILDING, CommandState.DONE)
+    assert _steps(page())["booting"] == "current"
+    _set(db, world.uid, InstanceState.STARTING, CommandState.DONE)
+    assert _steps(page()) == {"requested": "done", "cloud": "done", "booting": "current", "service": "todo", "ready": "todo"}
+    _set(db, world.uid, InstanceState.PARTIALLY_ACTIVE, CommandState.DONE)
+    assert _steps(page())["ready"] == "current"
+    _set(db, world.uid, InstanceState.ACTIVE, CommandState.DONE)
+    html = page()
+    assert set(_steps(html).values()) == {"done"}
+    assert f'href="/instances/{world.uid}/desktop"' in html and f'href="/instances/{world.uid}/jupyter"' in html
+    assert 'data-action="stop"' in html and 'data-action="delete"' in html and 'data-action="start"' not in html
+    assert "Desktop answering" in html
+
+    _set(db, world.uid, InstanceState.ERROR, CommandState.FAILED, error="no valid host was found")
+    html = c.get(f"/instances/{world.uid}/_status").get_data(as_text=True)
+    assert _steps(html)["cloud"] == "failed" and "no valid host was found" in html
+    assert "<html" not in html
+
+    _set(db, world.uid, InstanceState.STOPPED, CommandState.DONE)
+    html = page()
+    assert 'data-testid="progress"' not in html and 'data-action="start"' in html
+
+
+def test_members_see_what_their_role_allows_and_strangers_nothing(world, db, api_client) -> None:  # noqa: ANN001
+    _set(db, world.uid, InstanceState.ACTIVE, CommandState.DONE)
+    bob = _logged_in(api_client, "bob")
+    html = bob.get("/").get_data(as_text=True)
+    assert "tomo reconstruction" in html and "Alice Martin" in html and ">guest<" in html
+    page = bob.get(f"/instances/{world.uid}").get_data(as_text=True)
+    assert 'data-testid="my-role"' in page
+    assert "open-desktop" in page and "open-jupyter" not in page  # Jupyter is the owner's only
+    for action in ("stop", "reboot", "delete", "revoke"):
+        assert f'data-action="{action}"' not in page
+    assert 'id="invite"' not in page and 'id="extension-form"' not in page
+    desktop = bob.get(f"/instances/{world.uid}/desktop").get_data(as_text=True)
+    assert 'data-role="GUEST"' in desktop and 'data-input="false"' in desktop
+    assert bob.get(f"/instances/{world.uid}/jupyter").status_code == 403
+
+    owner = _logged_in(api_client, "alice").get(f"/instances/{world.uid}").get_data(as_text=True)
+    assert 'id="invite"' in owner and 'id="extension-form"' in owner and 'data-username="bob"' in owner
+    assert _logged_in(api_client, "alice").get(f"/instances/{world.uid}/jupyter").status_code == 200
+
+    carol = _logged_in(api_client, "carol")
+    for path in (f"/instances/{world.uid}", f"/instances/{world.uid}/desktop", f"/instances/{world.uid}/_status"):
+        r = carol.get(path)
+        assert r.status_code == 404 and "tomo" not in r.get_data(as_text=True), path
+
+
+def test_thumbnail_written_by_the_owner_read_by_members(world, db, api_client) -> None:  # noqa: ANN001
+    url = f"/api/instances/{world.uid}/thumbnail"
+    alice, bob, carol = (_logged_in(api_client, u) for u in ("alice", "bob", "carol"))
+    assert bob.get(url).status_code == 404
+    jpeg = {"data": JPEG, "content_type": "image/jpeg"}
+    assert alice.client.put(url, **jpeg).status_code == 403  # no CSRF header
+    r = alice.put(url, **jpeg)
+    assert r.status_code == 200 and r.get_json()["bytes"] == len(JPEG)
+    got = bob.get(url)
+    assert got.status_code == 200 and got.data == JPEG and got.mimetype == "image/jpeg"
+    assert got.headers["X-Content-Type-Options"] == "nosniff"
+    assert bob.get(url, headers={"If-None-Match": got.headers["ETag"]}).status_code == 304
+    assert bob.put(url, **jpeg).status_code == 403  # a guest's view must not replace the owner's
+    assert carol.put(url, **jpeg).status_code == 404 and carol.get(url).status_code == 404
+
+    for bad in (b"<svg onload=alert(1)>" + bytes(100), b"\x89PNG\r\n\x1a\n" + bytes(100), JPEG[:-2] + bytes(1)):
+        r = alice.put(url, data=bad, content_type="image/jpeg")
+        assert r.status_code == 400 and r.get_json()["error"] == "invalid_input"
+    big = JPEG[:-2] + bytes(200 * 1024) + b"\xff\xd9"
+    assert alice.put(url, data=big, content_type="image/jpeg").status_code == 400
+    with db.sessionmaker() as s:
+        assert s.scalar(select(InstanceThumbnail.image)) == JPEG
+    # The list shows it, with a cache-busting version.
+    assert re.search(rf'src="{url}\?v=\d+"', bob.get("/").get_data(as_text=True))
+
+
+def test_event_stream_pushes_state_list_and_thumbnail_changes(world, db, app, clock, api_client, monkeypatch) -> None:  # noqa: ANN001
+    from visa.web import events
+
+    monkeypatch.setattr(events, "POLL_SECONDS", 0.02)
+    stream = events.EventStream(app)
+    alice = _logged_in(api_client, "alice")
+    cookie = alice.client.get_cookie("visa_session").value
+
+    def request(cookie_value: str | None) -> SimpleNamespace:
+        async def is_disconnected() -> bool:
+            return False
+        return SimpleNamespace(cookies={"visa_session": cookie_value} if cookie_value else {}, is_disconnected=is_disconnected)
+
+    assert stream.identify(request(None)) is None
+    assert stream.identify(request(cookie[:-3] + "abc")) is None
+    assert asyncio.run(stream.endpoint(request(None))).status_code == 401
+    ident = stream.identify(request(cookie))
+    assert ident is not None
+
+    async def run() -> list[bytes]:
+        gen = stream.events(events.UserStream(stream.services, *ident), request(cookie))
+        out = [await gen.__anext__(), await gen.__anext__()]  # retry, ready
+        _set(db, world.uid, InstanceState.ACTIVE, CommandState.DONE)
+        out.append(await asyncio.wait_for(gen.__anext__(), 5))
+        with db.unit_of_work() as s:
+            inst = s.scalar(select(Instance).where(Instance.uid == world.uid))
+            s.add(InstanceThumbnail(instance_id=inst.id, image=JPEG, updated_at=clock.now()))
+        out.append(await asyncio.wait_for(gen.__anext__(), 5))
+        with db.unit_of_work() as s:
+            inst = s.scalar(select(Instance).where(Instance.uid == world.uid))
+            inst.deleted_at = clock.now()
+        out.append(await asyncio.wait_for(gen.__anext__(), 5))
+        await gen.aclose()
+        return out
+
+    retry, ready, changed, thumb, gone = asyncio.run(run())
+    assert retry.startswith(b"retry:")
+    assert ready.startswith(b"event: ready") and world.uid.encode() in ready
+    assert changed.startswith(b"event: instance\n") and b'"state":"ACTIVE"' in changed and b'"progress"' in changed
+    assert b"secret" not in changed
+    assert thumb.startswith(b"event: thumbnail\n") and f"/api/instances/{world.uid}/thumbnail?v=".encode() in thumb
+    assert gone == b'event: instances\ndata: {"uids":[]}\n\n'

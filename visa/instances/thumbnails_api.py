@@ -1,0 +1,36 @@
+"""REST: an instance's desktop thumbnail (raw JPEG in, raw JPEG out)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from visa.errors import NotFound
+from visa.instances import service, thumbnails
+from visa.web.context import current_actor, db_session, services
+
+bp = Blueprint("thumbnails_api", __name__, url_prefix="/api/instances")
+
+
+@bp.put("/<uid>/thumbnail")
+def put(uid: str):  # noqa: ANN201
+    actor = current_actor()
+    s = db_session()
+    instance = service.get_instance(actor, s, uid)
+    # Read at most one byte past the limit: the size check needs no more.
+    data = request.stream.read(thumbnails.MAX_BYTES + 1)
+    thumb = thumbnails.put_thumbnail(actor, s, services().clock, instance, data)
+    return jsonify({"uid": uid, "updated_at": thumb.updated_at.isoformat(), "bytes": len(thumb.image)})
+
+
+@bp.get("/<uid>/thumbnail")
+def get(uid: str):  # noqa: ANN201
+    actor = current_actor()
+    s = db_session()
+    thumb = thumbnails.get_thumbnail(actor, s, service.get_instance(actor, s, uid))
+    if thumb is None:
+        raise NotFound("no thumbnail yet")
+    resp = Response(thumb.image, mimetype="image/jpeg")
+    resp.headers["Cache-Control"] = "private, no-cache"
+    resp.set_etag(f"{uid}-{int(thumb.updated_at.timestamp() * 1000)}")
+    resp.last_modified = thumb.updated_at
+    return resp.make_conditional(request)

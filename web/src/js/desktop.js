@@ -1,0 +1,174 @@
+// The desktop: noVNC's RFB client on a one-time gateway URL. The gateway checks the token
+// and does the VNC authentication itself, so no password ever reaches the browser.
+import RFB from "../vendor/novnc/core/rfb.js";
+import { api, toast } from "./app.js";
+
+const bar = document.getElementById("desktop");
+const uid = bar.dataset.uid;
+const screen = document.getElementById("screen");
+const statusEl = document.getElementById("status");
+const overlay = document.getElementById("overlay");
+const overlayText = document.getElementById("overlay-text");
+const scaleBtn = document.getElementById("btn-scale");
+const clipBtn = document.getElementById("btn-clipboard");
+const clipPanel = document.getElementById("clipboard-panel");
+const clipText = document.getElementById("clipboard-text");
+const reconnectBtn = document.getElementById("btn-reconnect");
+const cadBtn = document.getElementById("btn-cad");
+
+const THUMB_FIRST_MS = 10_000;
+const THUMB_EVERY_MS = 60_000;
+const THUMB_W = 340, THUMB_H = 240;
+
+let rfb = null;
+let session = null; // the answer of /connect: url, view_only, role
+let thumbTimers = [];
+let scaling = localStorage.getItem("visa.desktop.scale") === "1";
+
+function setStatus(text, state) {
+  statusEl.textContent = text;
+  document.body.dataset.desktop = state; // read by tests and styles
+}
+
+function showOverlay(text) {
+  overlayText.textContent = text;
+  overlay.classList.toggle("hidden", !text);
+}
+
+function applyViewMode() {
+  if (!rfb) return;
+  // The owner's window decides the remote screen size; others scale what they are shown.
+  const owner = session?.role === "OWNER";
+  rfb.scaleViewport = scaling || !owner;
+  rfb.resizeSession = owner && !scaling && !session.view_only;
+  scaleBtn.setAttribute("aria-pressed", String(rfb.scaleViewport));
+}
+
+async function connect() {
+  reconnectBtn.classList.add("hidden");
+  showOverlay("");
+  setStatus("Connecting…", "connecting");
+  try {
+    session = await api("POST", `/api/instances/${uid}/connect`);
+  } catch (err) {
+    setStatus("Not connected", "failed");
+    showOverlay(err.message);
+    reconnectBtn.classList.remove("hidden");
+    return;
+  }
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const url = /^wss?:/.test(session.url) ? session.url : `${proto}//${location.host}${session.url}`;
+  rfb = new RFB(screen, url, { shared: true });
+  rfb.viewOnly = !!session.view_only;
+  rfb.focusOnClick = true;
+  rfb.background = "#0f141b";
+  rfb.qualityLevel = 6;
+  rfb.compressionLevel = 2;
+  applyViewMode();
+  const role = (session.role || "").toLowerCase();
+  document.getElementById("role-badge").textContent = session.view_only ? `${role} · view only` : role;
+  cadBtn.disabled = !!session.view_only;
+
+  rfb.addEventListener("connect", () => {
+    setStatus(session.view_only ? "Connected · view only" : "Connected", "connected");
+    if (!session.view_only) rfb.focus();
+    if (session.role === "OWNER") scheduleThumbnails();
+  });
+  rfb.addEventListener("disconnect", (ev) => {
+    stopThumbnails();
+    rfb = null;
+    const clean = ev.detail && ev.detail.clean;
+    setStatus("Disconnected", "disconnected");
+    showOverlay(clean ? "The desktop connection was closed." : "The connection to the desktop was lost.");
+    reconnectBtn.classList.remove("hidden");
+  });
+  rfb.addEventListener("credentialsrequired", () => {
+    // The gateway answers the VNC challenge; being asked means it could not.
+    setStatus("Authentication failed", "failed");
+    rfb.disconnect();
+  });
+  rfb.addEventListener("securityfailure", (ev) => {
+    setStatus("Refused", "failed");
+    showOverlay(`The desktop refused the connection${ev.detail?.reason ? `: ${ev.detail.reason}` : ""}.`);
+  });
+  rfb.addEventListener("clipboard", (ev) => {
+    clipText.value = ev.detail.text;
+    // Also to the local clipboard where the browser allows it (secure context, focused page).
+    navigator.clipboard?.writeText(ev.detail.text).catch(() => {});
+  });
+  rfb.addEventListener("desktopname", (ev) => { document.title = `${ev.detail.name} · VISA`; });
+}
+
+// --- thumbnails: the owner's browser shows the others what the screen looks like ------------
+function scheduleThumbnails() {
+  stopThumbnails();
+  thumbTimers.push(setTimeout(sendThumbnail, THUMB_FIRST_MS));
+  thumbTimers.push(setInterval(sendThumbnail, THUMB_EVERY_MS));
+}
+
+function stopThumbnails() {
+  thumbTimers.forEach((t) => { clearTimeout(t); clearInterval(t); });
+  thumbTimers = [];
+}
+
+export function captureThumbnail() {
+  const source = screen.querySelector("canvas");
+  if (!source || !source.width || !source.height) return Promise.resolve(null);
+  const out = document.createElement("canvas");
+  out.width = THUMB_W;
+  out.height = THUMB_H;
+  const ctx = out.getContext("2d");
+  ctx.fillStyle = "#1b2430";
+  ctx.fillRect(0, 0, THUMB_W, THUMB_H);
+  // Fit the whole screen in the picture, keeping its proportions.
+  const k = Math.min(THUMB_W / source.width, THUMB_H / source.height);
+  const w = source.width * k, h = source.height * k;
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(source, (THUMB_W - w) / 2, (THUMB_H - h) / 2, w, h);
+  return new Promise((resolve) => out.toBlob(resolve, "image/jpeg", 0.72));
+}
+
+async function sendThumbnail() {
+  if (!rfb) return;
+  try {
+    const blob = await captureThumbnail();
+    if (blob) await api("PUT", `/api/instances/${uid}/thumbnail`, blob, { headers: { "Content-Type": "image/jpeg" } });
+  } catch (err) {
+    console.warn("thumbnail not sent", err);
+  }
+}
+
+// --- toolbar -----------------------------------------------------------------------------------
+scaleBtn.addEventListener("click", () => {
+  scaling = !scaling;
+  localStorage.setItem("visa.desktop.scale", scaling ? "1" : "0");
+  applyViewMode();
+});
+clipBtn.addEventListener("click", () => {
+  const open = clipPanel.classList.toggle("hidden") === false;
+  clipBtn.setAttribute("aria-pressed", String(open));
+  if (open) clipText.focus();
+});
+document.getElementById("clipboard-send").addEventListener("click", () => {
+  if (!rfb || session?.view_only) return;
+  rfb.clipboardPasteFrom(clipText.value);
+  toast("Sent to the desktop's clipboard");
+  rfb.focus();
+});
+cadBtn.addEventListener("click", () => { if (rfb && !session?.view_only) rfb.sendCtrlAltDel(); });
+document.getElementById("btn-fullscreen").addEventListener("click", () => {
+  if (document.fullscreenElement) document.exitFullscreen();
+  else document.documentElement.requestFullscreen().catch((err) => toast(err.message, "error"));
+});
+reconnectBtn.addEventListener("click", connect);
+window.addEventListener("beforeunload", () => { if (rfb) rfb.disconnect(); });
+
+// For scripted checks (and curious users in the console).
+window.visaDesktop = { get rfb() { return rfb; }, get session() { return session; }, captureThumbnail, sendThumbnail };
+
+if (bar.dataset.state === "ACTIVE" || bar.dataset.state === "PARTIALLY_ACTIVE") {
+  connect();
+} else {
+  setStatus("Not running", "unavailable");
+  showOverlay("This instance is not running: start it from its page first.");
+}

@@ -1,0 +1,161 @@
+// One instance: live status and progress, actions, sharing and lifetime extension.
+import { api, bindInstanceActions, confirmDialog, onEvent, refreshFragment, toast } from "./app.js";
+
+const root = document.getElementById("instance");
+const uid = root.dataset.uid;
+const status = document.getElementById("status");
+const refresh = () => refreshFragment(status);
+
+bindInstanceActions((action) => {
+  if (action === "delete") location.assign("/");
+  else refresh();
+});
+onEvent("instance", (d) => { if (d.instance?.uid === uid) refresh(); });
+onEvent("instances", (d) => { if (!d.uids.includes(uid)) gone(); });
+onEvent("ready", (d) => { if (d.reconnected) refresh(); });
+onEvent("thumbnail", (d) => {
+  if (d.uid !== uid) return;
+  const img = status.querySelector("img[data-thumb]");
+  if (img) img.src = d.url;
+  else refresh();
+});
+status.addEventListener("gone", gone);
+
+function gone() {
+  status.innerHTML = '<div class="notice warn">This instance has been deleted, or is no longer shared with you. <a href="/">Back to my instances</a></div>';
+}
+
+// --- sharing ---------------------------------------------------------------------------
+const invite = document.getElementById("invite");
+if (invite) {
+  const searchBox = document.getElementById("invite-search");
+  const results = document.getElementById("invite-results");
+  const chosen = document.getElementById("invite-chosen");
+  const submit = document.getElementById("invite-submit");
+  let picked = null;
+  let timer;
+  let seq = 0;
+
+  const pick = (user) => {
+    picked = user;
+    searchBox.value = user.full_name ? `${user.full_name} (${user.username})` : user.username;
+    results.classList.add("hidden");
+    chosen.textContent = `Inviting ${user.username}`;
+    submit.disabled = false;
+  };
+
+  searchBox.addEventListener("input", () => {
+    picked = null;
+    submit.disabled = true;
+    chosen.textContent = "";
+    clearTimeout(timer);
+    const q = searchBox.value.trim();
+    if (q.length < 2) { results.classList.add("hidden"); return; }
+    timer = setTimeout(async () => {
+      const mine = ++seq;
+      try {
+        const found = await api("GET", `/api/users/search?q=${encodeURIComponent(q)}`);
+        if (mine !== seq) return;
+        const users = Array.isArray(found) ? found : found.users || found.results || [];
+        results.replaceChildren(...users.map((u) => {
+          const b = document.createElement("button");
+          b.type = "button";
+          b.dataset.username = u.username;
+          b.textContent = u.full_name ? `${u.full_name} — ${u.username}` : u.username;
+          b.addEventListener("click", () => pick(u));
+          return b;
+        }));
+        if (!users.length) results.replaceChildren(Object.assign(document.createElement("div"), { className: "muted small", textContent: "Nobody found" }));
+        results.classList.remove("hidden");
+      } catch (err) {
+        toast(err.message, "error");
+      }
+    }, 250);
+  });
+
+  invite.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (!picked) return;
+    const role = document.getElementById("invite-role").value;
+    submit.disabled = true;
+    try {
+      await api("POST", `/api/instances/${uid}/members`, { username: picked.username, role });
+      toast(`${picked.username} may now use this instance as ${role.toLowerCase()}`);
+      searchBox.value = "";
+      chosen.textContent = "";
+      picked = null;
+      await reloadMembers();
+    } catch (err) {
+      toast(err.message, "error");
+      submit.disabled = false;
+    }
+  });
+}
+
+document.addEventListener("click", async (ev) => {
+  const btn = ev.target.closest('button[data-action="revoke"]');
+  if (!btn) return;
+  const who = btn.dataset.username;
+  if (!(await confirmDialog({ title: `Remove ${who}?`, text: "Their open desktop connections are closed.", ok: "Remove" }))) return;
+  try {
+    await api("DELETE", `/api/instances/${uid}/members/${encodeURIComponent(who)}`);
+    toast(`${who} removed`);
+    await reloadMembers();
+  } catch (err) {
+    toast(err.message, "error");
+  }
+});
+
+async function reloadMembers() {
+  const box = document.getElementById("members");
+  const data = await api("GET", `/api/instances/${uid}/members`);
+  const members = Array.isArray(data) ? data : data.members || [];
+  box.replaceChildren(...members.map((m) => {
+    const username = m.username || m.user?.username;
+    const full = m.full_name || m.user?.full_name || "";
+    const li = document.createElement("li");
+    li.dataset.member = username;
+    const who = document.createElement("span");
+    who.append(full || username, " ");
+    const small = Object.assign(document.createElement("span"), { className: "muted small", textContent: username });
+    who.append(small);
+    const right = document.createElement("span");
+    right.append(Object.assign(document.createElement("span"), { className: "badge role", textContent: String(m.role).toLowerCase() }));
+    if (m.role !== "OWNER") {
+      const b = Object.assign(document.createElement("button"), { type: "button", className: "btn small danger", textContent: "Remove" });
+      b.dataset.action = "revoke";
+      b.dataset.username = username;
+      right.append(" ", b);
+    }
+    li.append(who, right);
+    return li;
+  }));
+}
+
+// --- lifetime extension ----------------------------------------------------------------------
+const extForm = document.getElementById("extension-form");
+if (extForm) {
+  const until = document.getElementById("ext-until");
+  const pad = (n) => String(n).padStart(2, "0");
+  const local = (d) => `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  const ends = new Date(until.dataset.terminates);
+  until.min = local(new Date(Math.max(Date.now(), ends.getTime())));
+  until.value = local(new Date(ends.getTime() + 7 * 86400000));
+  extForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const when = new Date(until.value);
+    if (Number.isNaN(when.getTime())) { toast("Choose a date", "error"); return; }
+    try {
+      const r = await api("POST", `/api/instances/${uid}/extensions`, {
+        requested_until: when.toISOString(),
+        comment: document.getElementById("ext-comment").value.trim(),
+      });
+      const state = r && r.state ? String(r.state).toLowerCase() : "sent";
+      toast(state === "accepted" ? "Extension accepted" : "Extension requested: you will hear back by email");
+      extForm.reset();
+      refresh();
+    } catch (err) {
+      toast(err.message, "error");
+    }
+  });
+}
