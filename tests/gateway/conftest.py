@@ -207,7 +207,7 @@ def jupyter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter]:
             [
                 sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
                 "--port-retries=0", f"--ServerApp.base_url=/jupyter/{UID}/", f"--ServerApp.root_dir={root}",
-                "--ServerApp.allow_remote_access=True", "--LabApp.news_url=",
+                "--ServerApp.allow_remote_access=True", "--ServerApp.allow_root=True", "--LabApp.news_url=",
                 "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             ],
             env={
