@@ -1,0 +1,190 @@
+"""The authorisation matrix: every endpoint against every kind of actor, on both databases.
+
+Actors (see ``world.py``): the instance's owner (staff), a USER member, a GUEST member, a
+SUPPORT member (IT support), an admin who is not a member, another user, and anonymous.
+
+Expected answers:
+- ``A``: let through (any answer but 401/403/404-for-the-instance, never a 5xx); a domain
+  refusal such as 409 "instance not running" still counts as let through;
+- ``U`` 401, ``F`` 403, ``N`` 404 (the instance is not even visible), ``L`` a redirect to
+  the login page, ``X`` anything but a 5xx (public endpoints).
+
+Adding an endpoint? Add its row to ``FLASK`` (or ``ASGI``): ``test_every_flask_endpoint_has_a_row``
+fails until you do. Path parameters: {uid} the shared instance, {other_uid} another user's
+instance, {member} a USER member's name, {guest} the GUEST's name, {token_id} the owner's
+API token, {requester} a pending support requester.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from tests.auth.world import login, reset, seed
+
+ACTORS = ("owner", "member", "guest", "support", "admin", "other", "anonymous")
+A, U, F, N, L, X = "A", "U", "F", "N", "L", "X"
+
+
+@dataclass(frozen=True)
+class Row:
+    endpoint: str
+    method: str
+    path: str
+    expect: str  # one letter per actor, in ACTORS order
+    json: dict[str, Any] | None = None
+    form: dict[str, str] | None = None
+    why: str = ""
+    kw: dict[str, Any] = field(default_factory=dict)
+
+    def expected(self) -> dict[str, str]:
+        assert len(self.expect) == len(ACTORS), self
+        return dict(zip(ACTORS, self.expect, strict=True))
+
+
+# owner member guest support admin other anonymous
+FLASK: list[Row] = [
+    # public
+    Row("health", "GET", "/health", "XXXXXXX"),
+    Row("ready", "GET", "/health/ready", "XXXXXXX"),
+    Row("auth_pages.login_page", "GET", "/login?next=//evil.example", "XXXXXXX"),
+    Row("auth_pages.login", "POST", "/login", "XXXXXXX", form={"username": "x", "password": "y"}),
+    Row("auth_pages.login_oidc", "GET", "/login/oidc", "XXXXXXX", why="no identity provider: back to /login"),
+    Row("auth_pages.callback", "GET", "/auth/callback?code=x&state=y", "XXXXXXX"),
+    Row("auth_pages.logout_page", "GET", "/logout", "XXXXXXX"),
+    Row("auth_pages.logout", "POST", "/logout", "XXXXXXX"),
+    Row("auth_api.login", "POST", "/api/login", "XXXXXXX", json={"username": "nobody", "password": "wrong"},
+        why="401, then 429 once rate-limited"),
+    Row("auth_api.logout", "POST", "/api/logout", "AAAAAAF", why="no session, no CSRF token"),
+    # the user's own things
+    Row("auth_api.me", "GET", "/api/me", "AAAAAAU"),
+    Row("auth_api.list_tokens", "GET", "/api/tokens", "AAAAAAU"),
+    Row("auth_api.create_token", "POST", "/api/tokens", "AAAAAAU", json={"name": "t"}),
+    Row("auth_api.revoke_token", "DELETE", "/api/tokens/{token_id}", "ANNNNNU", why="only one's own tokens"),
+    Row("users_api.search", "GET", "/api/users/search?q=pe", "AAAAAAU"),
+    Row("catalogue_api.plans", "GET", "/api/plans", "AAAAAAU"),
+    Row("experiments_api.list_experiments", "GET", "/api/experiments", "AAAAAAU"),
+    Row("instances_api.list_instances", "GET", "/api/instances", "AAAAAAU"),
+    Row("instances_api.create_instance", "POST", "/api/instances", "AAAAAAU",
+        json={"name": "new", "plan_id": 0, "experiment_ids": []}, why="plan/experiment checks are domain answers"),
+    # one instance
+    Row("instances_api.get_instance", "GET", "/api/instances/{uid}", "AAAAANU"),
+    Row("instances_api.act", "POST", "/api/instances/{uid}/reboot", "AFFFANU"),
+    Row("instances_api.delete", "DELETE", "/api/instances/{uid}", "AFFFANU"),
+    Row("gateway_api.connect", "POST", "/api/instances/{uid}/connect", "AAAAFNU",
+        why="admins connect as SUPPORT members only (approved by a staff owner)"),
+    Row("thumbnails_api.get", "GET", "/api/instances/{uid}/thumbnail", "AAAAANU"),
+    Row("thumbnails_api.put", "PUT", "/api/instances/{uid}/thumbnail", "AFFFFNU", kw={"data": b"\xff\xd8\xff",
+        "content_type": "image/jpeg"}),
+    # sharing
+    Row("members_api.list_members", "GET", "/api/instances/{uid}/members", "AAAAANU"),
+    Row("members_api.add_member", "POST", "/api/instances/{uid}/members", "AFFFANU",
+        json={"username": "other", "role": "USER"}),
+    Row("members_api.change_role", "PATCH", "/api/instances/{uid}/members/{member}", "AFFFANU", json={"role": "GUEST"}),
+    Row("members_api.change_role", "PUT", "/api/instances/{uid}/members/{member}", "AFFFANU", json={"role": "GUEST"}),
+    Row("members_api.revoke_member", "DELETE", "/api/instances/{uid}/members/{guest}", "AFAFANU",
+        why="a member may leave: the guest removing themselves"),
+    Row("members_api.request_support", "POST", "/api/instances/{uid}/support", "FFFAANU",
+        why="support staff only; support is already a member (409), admin's request waits for the owner"),
+    Row("members_api.pending_support", "GET", "/api/instances/{uid}/support", "AFFFANU"),
+    Row("members_api.answer_support", "POST", "/api/instances/{uid}/support/{requester}/approve", "AFFFANU"),
+    # pages
+    Row("pages.home", "GET", "/", "AAAAAAL"),
+    Row("pages.home_cards", "GET", "/instances/_cards", "AAAAAAU"),
+    Row("pages.create", "GET", "/instances/new", "AAAAAAL"),
+    Row("pages.instance", "GET", "/instances/{uid}", "AAAAANL"),
+    Row("pages.instance_status", "GET", "/instances/{uid}/_status", "AAAAANU"),
+    Row("pages.desktop", "GET", "/instances/{uid}/desktop", "AAAAFNL"),
+    Row("pages.jupyter", "GET", "/instances/{uid}/jupyter", "AFFFFNL"),
+]
+
+NOT_IN_MATRIX = {"static": "files of the front end, public by design"}
+
+
+def _methods(rule) -> set[str]:  # noqa: ANN001
+    return set(rule.methods or ()) - {"HEAD", "OPTIONS"}
+
+
+def test_every_flask_endpoint_has_a_row(app) -> None:  # noqa: ANN001
+    have = {(r.endpoint, r.method) for r in FLASK}
+    missing = sorted(
+        f"{m} {rule.rule} ({rule.endpoint})"
+        for rule in app.url_map.iter_rules() if rule.endpoint not in NOT_IN_MATRIX
+        for m in _methods(rule) if (rule.endpoint, m) not in have
+    )
+    assert not missing, "endpoints with no row in tests/auth/test_matrix.py FLASK: " + ", ".join(missing)
+    stale = sorted(f"{e} {m}" for e, m in have if not any(
+        rule.endpoint == e and m in _methods(rule) for rule in app.url_map.iter_rules()))
+    assert not stale, f"rows for endpoints that no longer exist: {stale}"
+
+
+def _path(row: Row, world) -> str:  # noqa: ANN001
+    return row.path.format(uid=world.uid, other_uid=world.other_uid, member="member", guest="guest",
+                           token_id=world.owner_token_id, requester="helpdesk")
+
+
+def _check(row: Row, who: str, status: int, body: Any, location: str) -> str | None:
+    want = row.expected()[who]
+    if status >= 500:
+        return f"{who}: {status} (server error)"
+    instance_hidden = status == 404 and (not isinstance(body, dict) or "instance" in str(body.get("message", ""))
+                                         or "token" in str(body.get("message", "")))
+    got = {401: U, 403: F}.get(status, N if instance_hidden else A)
+    if 300 <= status < 400:
+        got = L if "/login" in location else A
+    if want == X or got == want:
+        return None
+    if who == "anonymous" and {want, got} == {U, F}:
+        return None  # refused either way: no session (401) or no CSRF token for a session (403)
+    return f"{who}: expected {want}, got {got} ({status} {str(body)[:120]})"
+
+
+def _run(row: Row, app, db, clock, api_client) -> list[str]:  # noqa: ANN001
+    problems = []
+    world = seed(db, clock)
+    dirty = False
+    for who in ACTORS:
+        if dirty:
+            reset(db)  # a state change by one actor must not decide the next one's answer
+            world = seed(db, clock)
+        c = login(api_client, db, who)
+        kw: dict[str, Any] = dict(row.kw)
+        if row.json is not None:
+            kw["json"] = row.json
+        if row.form is not None:
+            kw["data"] = {**row.form, "csrf_token": c.csrf}
+        path = _path(row, world)
+        r = c.get(path, **kw) if row.method == "GET" else getattr(c, row.method.lower())(path, **kw)
+        body = r.get_json(silent=True) if r.is_json else r.get_data(as_text=True)[:200]
+        dirty = row.method != "GET" and r.status_code < 400
+        problem = _check(row, who, r.status_code, body, r.headers.get("Location", ""))
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+@pytest.mark.parametrize("row", FLASK, ids=[f"{r.method} {r.path}" for r in FLASK])
+def test_flask_matrix(row: Row, app, db, clock, api_client) -> None:  # noqa: ANN001
+    problems = _run(row, app, db, clock, api_client)
+    assert not problems, f"{row.method} {row.path}: " + "; ".join(problems)
+
+
+def test_no_cross_user_reads(app, db, clock, api_client) -> None:  # noqa: ANN001
+    """Lists never show another user's things; nobody sees the other user's instance."""
+    world = seed(db, clock)
+    for who in ("owner", "member", "guest", "support", "admin"):
+        c = login(api_client, db, who)
+        uids = [i["uid"] for i in c.get("/api/instances").get_json()]
+        assert world.other_uid not in uids, who
+        if who != "admin":
+            assert c.get(f"/api/instances/{world.other_uid}").status_code in (200, 404)
+        assert c.get("/api/tokens").get_json() == [] or who == "owner"
+        for row in FLASK:
+            if "{uid}" in row.path and row.method == "GET":
+                r = c.get(row.path.replace("{uid}", world.other_uid))
+                allowed = who in ("admin", "support")  # admins and IT support see every instance
+                assert r.status_code < 500, (who, row.path)
+                if not allowed:
+                    assert r.status_code in (302, 401, 403, 404), (who, row.path, r.status_code)
