@@ -39,6 +39,10 @@ def create_app(
         JSON_SORT_KEYS=False,
     )
     app.extensions["visa"] = Services(settings=settings, database=database, clock=clock or system_clock)
+    from visa import logs, metrics
+
+    logs.install(app, json_lines=settings.log_json)  # first: later hooks log with the request id
+    metrics.install(app, database)
     context.install(app)
     errors.install(app)
     security.install(app)
@@ -56,12 +60,19 @@ def create_app(
                 conn.execute(text("SELECT 1"))
         except Exception as exc:  # a readiness probe reports, it does not raise
             return jsonify({"status": "unavailable", "database": str(exc)[:200]}), 503
-        return jsonify({"status": "ok", "database": "ok"})
+        from visa.admin.clouds import cloud_statuses
+
+        # Clouds (short timeout, cached): a cloud down degrades, it does not take the web out of service.
+        clouds = cloud_statuses(app.extensions["visa"])
+        problems = {c.name: c.message for c in clouds if c.status == "unavailable"}
+        return jsonify({"status": "degraded" if problems else "ok", "database": "ok",
+                        "clouds": {c.name: c.status for c in clouds}, "problems": problems})
 
     return app
 
 
 def _register_blueprints(app: Flask) -> None:
+    from visa.admin import register as register_admin
     from visa.auth.api import bp as auth_api
     from visa.auth.pages import bp as auth_pages
     from visa.catalogue.api import bp as catalogue_api
@@ -79,3 +90,4 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(users_api)
     register_pages(app)
     app.register_blueprint(gateway_api)
+    register_admin(app)

@@ -1,0 +1,147 @@
+"""Prometheus metrics, served at ``/metrics``.
+
+Counters and histograms live in the process-wide registry; any part of visa may import and
+update them:
+
+* ``REAPER_ACTIONS.labels(action="stop"|"delete"|"warn", reason="lifetime"|"inactivity").inc()``
+  (the scheduler's lifecycle job);
+* ``GATEWAY_CONNECTIONS.labels(kind="desktop"|"jupyter").inc()`` / ``.dec()`` while a relay is open,
+  ``GATEWAY_CONNECTIONS_TOTAL.labels(kind=...).inc()`` when one opens, and
+  ``GATEWAY_BYTES.labels(kind=..., direction="to_client"|"to_server").inc(n)`` (the gateway);
+* ``observe_active(instance, now)`` when an instance first becomes ACTIVE (the state sync);
+* ``SYNC_DURATION.labels(cloud=...).observe(seconds)`` per sync cycle.
+
+Instances by state are counted from the database at scrape time (one GROUP BY query), so
+every replica reports the same truth without keeping state. Several worker processes: set
+``PROMETHEUS_MULTIPROC_DIR`` (see docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+if TYPE_CHECKING:
+    from visa.db import Database
+    from visa.instances.models import Instance
+
+REQUESTS = Counter("visa_http_requests_total", "HTTP requests", ["endpoint", "method", "status"])
+REQUEST_SECONDS = Histogram(
+    "visa_http_request_duration_seconds", "HTTP request duration", ["endpoint", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+TIME_TO_ACTIVE = Histogram(
+    "visa_instance_time_to_active_seconds", "From creation to first ACTIVE",
+    buckets=(10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200),
+)
+SYNC_DURATION = Histogram(
+    "visa_sync_duration_seconds", "One state-sync cycle of one cloud", ["cloud"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+REAPER_ACTIONS = Counter(
+    "visa_reaper_actions_total", "Lifecycle actions of the scheduler", ["action", "reason"]
+)
+GATEWAY_CONNECTIONS = Gauge(
+    "visa_gateway_connections", "Open gateway connections", ["kind"], multiprocess_mode="livesum"
+)
+GATEWAY_CONNECTIONS_TOTAL = Counter("visa_gateway_connections_opened_total", "Gateway connections opened", ["kind"])
+GATEWAY_BYTES = Counter("visa_gateway_bytes_total", "Bytes relayed by the gateway", ["kind", "direction"])
+
+FIRST_ACTIVE_KEY = "first_active_at"
+
+
+def observe_active(instance: Instance, now: datetime) -> None:
+    """Record time-to-ACTIVE once per instance, at its first ACTIVE, measured from creation.
+
+    The mark is kept in the instance's ``provider_state`` (same transaction as the state
+    change), so restarts, reboots and other processes never count an instance twice.
+    """
+    state = dict(instance.provider_state or {})
+    if FIRST_ACTIVE_KEY in state:
+        return
+    state[FIRST_ACTIVE_KEY] = now.isoformat()
+    instance.provider_state = state
+    elapsed = (now - instance.created_at).total_seconds()
+    if 0 <= elapsed < 24 * 3600:  # older ones predate the mark: not a first start
+        TIME_TO_ACTIVE.observe(elapsed)
+
+
+class InstanceStates(Collector):
+    """Instances by state, read from the database when scraped."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from visa.instances.models import Instance, InstanceState
+
+        family = GaugeMetricFamily("visa_instances", "Instances (not deleted) by state", labels=["state"])
+        try:
+            with self.database.sessionmaker() as s:
+                counts = dict(s.execute(
+                    select(Instance.state, func.count(Instance.id))
+                    .where(Instance.deleted_at.is_(None)).group_by(Instance.state)
+                ).all())
+        except Exception:  # a scrape must not fail because the database blinked
+            return
+        for state in InstanceState:
+            if state != InstanceState.DELETED:
+                family.add_metric([state.value], counts.get(state, 0))
+        yield family
+
+
+def _endpoint() -> str:
+    # The URL rule, not the path: bounded label values whatever users send.
+    rule = request.url_rule
+    return rule.rule if rule is not None else "<unmatched>"
+
+
+def install(app: Flask, database: Database) -> None:
+    scrape = CollectorRegistry(auto_describe=False)
+    scrape.register(InstanceStates(database))
+
+    @app.before_request
+    def _start() -> None:
+        g.metrics_started = time.perf_counter()
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        started = g.pop("metrics_started", None)
+        if started is not None and request.path != "/metrics":
+            endpoint = _endpoint()
+            REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+            REQUEST_SECONDS.labels(endpoint, request.method).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        body = _process_metrics() + generate_latest(scrape)
+        return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0],
+                        headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
+
+
+def _process_metrics() -> bytes:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry: Any = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)

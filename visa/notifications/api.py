@@ -1,0 +1,66 @@
+"""REST: system notifications for users (and their acknowledgement), and admin management."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from visa.admin import schemas as S
+from visa.admin.serialize import notification
+from visa.notifications import service
+from visa.openapi import Ok, doc, respond
+from visa.web.context import current_actor, db_session, services
+from visa.web.io import parse_body
+
+bp = Blueprint("notifications_api", __name__, url_prefix="/api")
+
+
+@bp.get("/notifications")
+@doc("Notifications in force that the caller has not acknowledged (banners and modals)",
+     tags=["notifications"], response=list[S.NotificationOut])
+def active():  # noqa: ANN201
+    return respond([notification(n) for n in service.active_for(current_actor(), db_session(), services().clock)])
+
+
+@bp.post("/notifications/<int:notification_id>/ack")
+@doc("Acknowledge a notification (it is no longer shown to the caller)", tags=["notifications"], response=Ok)
+def ack(notification_id: int):  # noqa: ANN201
+    service.acknowledge(current_actor(), db_session(), services().clock, notification_id)
+    return respond(Ok())
+
+
+@bp.get("/admin/notifications")
+@doc("All notifications, with how many users acknowledged each", tags=["admin", "notifications"],
+     response=list[S.NotificationOut])
+def list_all():  # noqa: ANN201
+    return respond([notification(n, count) for n, count in service.list_all(current_actor(), db_session())])
+
+
+@bp.post("/admin/notifications")
+@doc("Publish a notification", tags=["admin", "notifications"], body=S.NotificationIn,
+     response=S.NotificationOut, status=201)
+def create():  # noqa: ANN201
+    data = parse_body(S.NotificationIn)
+    n = service.create(current_actor(), db_session(), services().clock, **data.model_dump())
+    return respond(notification(n, 0), 201)
+
+
+@bp.get("/admin/notifications/<int:notification_id>")
+@doc("One notification", tags=["admin", "notifications"], response=S.NotificationOut)
+def get(notification_id: int):  # noqa: ANN201
+    return respond(notification(service.get(current_actor(), db_session(), notification_id)))
+
+
+@bp.put("/admin/notifications/<int:notification_id>")
+@doc("Change a notification (users who acknowledged it see it again)", tags=["admin", "notifications"],
+     body=S.NotificationIn, response=S.NotificationOut)
+def update(notification_id: int):  # noqa: ANN201
+    data = parse_body(S.NotificationIn)
+    n = service.update(current_actor(), db_session(), services().clock, notification_id, **data.model_dump())
+    return respond(notification(n, 0))
+
+
+@bp.delete("/admin/notifications/<int:notification_id>")
+@doc("Withdraw a notification", tags=["admin", "notifications"], response=Ok)
+def delete(notification_id: int):  # noqa: ANN201
+    service.delete(current_actor(), db_session(), services().clock, notification_id)
+    return respond(Ok())
