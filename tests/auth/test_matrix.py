@@ -90,6 +90,50 @@ FLASK: list[Row] = [
         why="support staff only; support is already a member (409), admin's request waits for the owner"),
     Row("members_api.pending_support", "GET", "/api/instances/{uid}/support", "AFFFANU"),
     Row("members_api.answer_support", "POST", "/api/instances/{uid}/support/{requester}/approve", "AFFFANU"),
+    # administration: admins only (staff, support and everyone else refused)
+    Row("admin_api.stats", "GET", "/api/admin/stats", "FFFFAFU"),
+    Row("admin_api.clouds", "GET", "/api/admin/clouds", "FFFFAFU"),
+    Row("admin_api.list_users", "GET", "/api/admin/users", "FFFFAFU"),
+    Row("admin_api.get_user", "GET", "/api/admin/users/{member}", "FFFFAFU"),
+    Row("admin_api.grant_role", "POST", "/api/admin/users/{member}/roles", "FFFFAFU",
+        json={"role": "ADMIN"}, why="privilege escalation: only admins grant roles"),
+    Row("admin_api.revoke_role", "DELETE", "/api/admin/users/{member}/roles/ADMIN", "FFFFAFU"),
+    Row("admin_api.set_quota", "PUT", "/api/admin/users/{member}/quota", "FFFFAFU", json={"quota": 5}),
+    Row("admin_api.list_instances", "GET", "/api/admin/instances", "FFFFAFU"),
+    Row("admin_api.get_instance", "GET", "/api/admin/instances/{uid}", "FFFFAFU"),
+    Row("admin_api.instance_userdata", "GET", "/api/admin/instances/{uid}/userdata", "FFFFAFU"),
+    Row("admin_api.instance_action", "POST", "/api/admin/instances/{uid}/actions", "FFFFAFU", json={"action": "reboot"}),
+    Row("admin_api.instance_termination", "PUT", "/api/admin/instances/{uid}/termination", "FFFFAFU",
+        json={"terminates_at": "2026-01-20T00:00:00+00:00"}),
+    Row("admin_api.list_images", "GET", "/api/admin/images", "FFFFAFU"),
+    Row("admin_api.get_image", "GET", "/api/admin/images/desktop", "FFFFAFU"),
+    Row("admin_api.create_image", "POST", "/api/admin/images", "FFFFAFU", json={"name": "desktop2", "environment": "Desktop", "version": "1", "cloud_image": "d", "protocols": [{"protocol": "VNC", "port": 5901}]}),
+    Row("admin_api.put_image", "PUT", "/api/admin/images/desktop", "FFFFAFU", json={"name": "desktop", "environment": "Desktop", "version": "1", "cloud_image": "d", "protocols": [{"protocol": "VNC", "port": 5901}]}),
+    Row("admin_api.hide_image", "DELETE", "/api/admin/images/desktop", "FFFFAFU"),
+    Row("admin_api.list_flavours", "GET", "/api/admin/flavours", "FFFFAFU"),
+    Row("admin_api.get_flavour", "GET", "/api/admin/flavours/esrf.medium", "FFFFAFU"),
+    Row("admin_api.create_flavour", "POST", "/api/admin/flavours", "FFFFAFU", json={"name": "esrf.small", "cores": 1, "memory_gb": 1, "cloud_flavour": "s"}),
+    Row("admin_api.put_flavour", "PUT", "/api/admin/flavours/esrf.medium", "FFFFAFU", json={"name": "esrf.medium", "cores": 1, "memory_gb": 1, "cloud_flavour": "s"}),
+    Row("admin_api.put_flavour_lifetimes", "PUT", "/api/admin/flavours/esrf.medium/lifetimes", "FFFFAFU",
+        json={"lifetimes": [{"hours": 10}]}),
+    Row("admin_api.put_flavour_limits", "PUT", "/api/admin/flavours/esrf.medium/limits", "FFFFAFU", json={}),
+    Row("admin_api.hide_flavour", "DELETE", "/api/admin/flavours/esrf.medium", "FFFFAFU"),
+    Row("admin_api.list_plans", "GET", "/api/admin/plans", "FFFFAFU"),
+    Row("admin_api.create_plan", "POST", "/api/admin/plans", "FFFFAFU", json={"image": "desktop", "flavour": "esrf.medium"}),
+    Row("admin_api.patch_plan", "PATCH", "/api/admin/plans/{plan_id}", "FFFFAFU", json={"enabled": False}),
+    Row("admin_api.delete_plan", "DELETE", "/api/admin/plans/{plan_id}", "FFFFAFU"),
+    Row("audit_api.events", "GET", "/api/admin/audit", "FFFFAFU"),
+    Row("notifications_api.list_all", "GET", "/api/admin/notifications", "FFFFAFU"),
+    Row("notifications_api.get", "GET", "/api/admin/notifications/1", "FFFFAFU"),
+    Row("notifications_api.create", "POST", "/api/admin/notifications", "FFFFAFU", json={"message": "m"}),
+    Row("notifications_api.update", "PUT", "/api/admin/notifications/1", "FFFFAFU", json={"message": "m"}),
+    Row("notifications_api.delete", "DELETE", "/api/admin/notifications/1", "FFFFAFU"),
+    Row("notifications_api.active", "GET", "/api/notifications", "AAAAAAU"),
+    Row("notifications_api.ack", "POST", "/api/notifications/1/ack", "AAAAAAU"),
+    # documentation and monitoring
+    Row("openapi.docs_page", "GET", "/api/docs", "XXXXXXX"),
+    Row("openapi.document_json", "GET", "/api/openapi.json", "XXXXXXX"),
+    Row("metrics", "GET", "/metrics", "XXXXXXX"),
     # pages
     Row("pages.home", "GET", "/", "AAAAAAL"),
     Row("pages.home_cards", "GET", "/instances/_cards", "AAAAAAU"),
@@ -122,7 +166,7 @@ def test_every_flask_endpoint_has_a_row(app) -> None:  # noqa: ANN001
 
 def _path(row: Row, world) -> str:  # noqa: ANN001
     return row.path.format(uid=world.uid, other_uid=world.other_uid, member="member", guest="guest",
-                           token_id=world.owner_token_id, requester="helpdesk")
+                           token_id=world.owner_token_id, requester="helpdesk", plan_id=world.plan_id)
 
 
 def _check(row: Row, who: str, status: int, body: Any, location: str) -> str | None:
