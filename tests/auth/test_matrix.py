@@ -232,3 +232,91 @@ def test_no_cross_user_reads(app, db, clock, api_client) -> None:  # noqa: ANN00
                 assert r.status_code < 500, (who, row.path)
                 if not allowed:
                     assert r.status_code in (302, 401, 403, 404), (who, row.path, r.status_code)
+
+
+# --- Starlette-level routes (visa.asgi): the desktop gateway, the Jupyter proxy, events -----------------
+@dataclass(frozen=True)
+class AsgiRow:
+    kind: str  # "http" or "websocket"
+    path: str
+    expect: str  # as FLASK; "-" = not checked for that actor (with why)
+    why: str = ""
+
+
+ASGI: list[AsgiRow] = [
+    AsgiRow("websocket", "/ws/desktop/{uid}", "FFFFFFF", why="no connect token: refused for everyone"),
+    AsgiRow("websocket", "/ws/desktop/{uid}?token=forged", "FFFFFFF", why="a made-up token"),
+    AsgiRow("http", "/jupyter/{uid}/lab", "ANNNNNU", why="Jupyter: the owner only; others are not told it exists"),
+    AsgiRow("http", "/api/events", "------U", why="an endless stream for logged-in users; covered by its own tests"),
+]
+
+
+def _asgi_client(app):  # noqa: ANN001, ANN202
+    from starlette.testclient import TestClient
+
+    try:
+        from visa.asgi import build_asgi
+    except ImportError as exc:  # pragma: no cover
+        pytest.skip(f"visa.asgi not importable: {exc}")
+    return TestClient(build_asgi(app), base_url="http://127.0.0.1:8080")
+
+
+def _cookie(app, db, who: str) -> dict[str, str]:  # noqa: ANN001
+    if who == "anonymous":
+        return {}
+    from sqlalchemy import select
+
+    from visa.users.models import User
+    from visa.web.context import _session_epoch
+
+    with db.sessionmaker() as s:
+        user = s.scalar(select(User).where(User.username == who))
+        data = {"user_id": user.id, "epoch": _session_epoch(user), "csrf": "t", "_permanent": True}
+    value = app.session_interface.get_signing_serializer(app).dumps(data)
+    return {app.config["SESSION_COOKIE_NAME"]: value}
+
+
+def _asgi_routes(app) -> set[str]:  # noqa: ANN001
+    client = _asgi_client(app)
+    return {getattr(r, "path", "") for r in client.app.routes}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("row", ASGI, ids=[f"{r.kind} {r.path}" for r in ASGI])
+def test_asgi_matrix(row: AsgiRow, app, db, clock) -> None:  # noqa: ANN001
+    from starlette.testclient import WebSocketDenialResponse
+    from starlette.websockets import WebSocketDisconnect
+
+    route = row.path.split("?")[0].replace("{uid}", "{uid}")
+    known = _asgi_routes(app)
+    if not any(route.startswith(p.split("{path")[0].rstrip("/")) and p for p in known if p not in ("", "/")):
+        pytest.skip(f"{row.path}: no such route in visa.asgi yet")
+    world = seed(db, clock)
+    client = _asgi_client(app)
+    problems = []
+    for who, want in zip(ACTORS, row.expect, strict=True):
+        if want == "-":
+            continue
+        client.cookies.clear()
+        for k, v in _cookie(app, db, who).items():
+            client.cookies.set(k, v)
+        path = row.path.format(uid=world.uid)
+        if row.kind == "websocket":
+            got = A
+            try:
+                with client.websocket_connect(path, headers={"Origin": "http://127.0.0.1:8080"}) as ws:
+                    ws.receive_bytes()
+            except WebSocketDenialResponse as exc:
+                got = F if exc.status_code in (401, 403, 404) else f"A ({exc.status_code})"
+            except WebSocketDisconnect as exc:
+                got = F if exc.code in (1008, 4401, 4403, 4404) or exc.code >= 4000 else A
+            except Exception as exc:  # a refused handshake (HTTP answer) surfaces as an error
+                got = F if "403" in str(exc) or "401" in str(exc) or "404" in str(exc) else A
+        else:
+            r = client.get(path, follow_redirects=False)
+            body = r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text[:200]
+            got_problem = _check(Row("asgi", "GET", row.path, row.expect), who, r.status_code, body,
+                                 r.headers.get("location", ""))
+            got = want if got_problem is None else f"? ({got_problem})"
+        if got != want:
+            problems.append(f"{who}: expected {want}, got {got}")
+    assert not problems, f"{row.kind} {row.path}: " + "; ".join(problems)
