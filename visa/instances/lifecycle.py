@@ -71,16 +71,16 @@ def owner_is_staff(now: datetime) -> ColumnElement[bool]:
 
 
 def no_activity_since(t: datetime, untouched: timedelta) -> ColumnElement[bool]:
-    """True when nothing counted as activity at or after ``t``.
+    """True when nothing counted as activity after ``t``.
 
     An open tab counts up to ``untouched`` after the last input: min(last_seen, input +
-    untouched) < t, written without arithmetic on columns so that it is portable.
+    untouched) <= t, written without arithmetic on columns so that it is portable.
     """
     interaction = func.coalesce(Instance.last_interaction_at, Instance.created_at)
     return and_(
-        interaction < t,
-        or_(Instance.last_compute_at.is_(None), Instance.last_compute_at < t),
-        or_(Instance.last_seen_at.is_(None), Instance.last_seen_at < t, interaction < t - untouched),
+        interaction <= t,
+        or_(Instance.last_compute_at.is_(None), Instance.last_compute_at <= t),
+        or_(Instance.last_seen_at.is_(None), Instance.last_seen_at <= t, interaction <= t - untouched),
     )
 
 

@@ -159,15 +159,13 @@ def deliver(factory: sessionmaker[Session], settings: Settings, clock: Clock, *,
                 continue
             key, recipient, rendered = claimed
             outcome = _send(mailer, settings, key, recipient, rendered)
+            values = {"sent_at": clock.now(), "error": None} if outcome is None else {"error": outcome[:2000]}
             with factory.begin() as s:
-                row = s.get(SentEmail, email_id)
-                assert row is not None
-                if outcome is None:
-                    row.sent_at, row.error = clock.now(), None
-                    result.sent.append(key)
-                else:
-                    row.error = outcome[:2000]
-                    (result.retry if outcome.startswith(RETRY) else result.failed).append(key)
+                s.execute(update(SentEmail).where(SentEmail.id == email_id, SentEmail.error == CLAIMED).values(**values))
+            if outcome is None:
+                result.sent.append(key)
+            else:
+                (result.retry if outcome.startswith(RETRY) else result.failed).append(key)
             if outcome is not None and outcome.startswith(RETRY):
                 break  # the server is not taking mail now: the next cycle tries again
     if result.sent or result.retry or result.failed:
@@ -187,7 +185,8 @@ def _claim(factory: sessionmaker[Session], settings: Settings, email_id: int,
         if not claimed:
             return None  # sent, claimed elsewhere, or final
         row = s.get(SentEmail, email_id)
-        assert row is not None
+        if row is None:
+            return None
         try:
             built = _build(s, settings, row.key)
         except Exception as exc:  # a template bug must not block the others

@@ -79,6 +79,7 @@ def _register_blueprints(app: Flask) -> None:
     from visa.experiments.api import bp as experiments_api
     from visa.gateway.api import bp as gateway_api
     from visa.instances.api import bp as instances_api
+    from visa.instances.extensions_api import bp as extensions_api
     from visa.instances.members_api import bp as members_api
     from visa.users.api import bp as users_api
     from visa.web.pages import register as register_pages
@@ -91,3 +92,4 @@ def _register_blueprints(app: Flask) -> None:
     register_pages(app)
     app.register_blueprint(gateway_api)
     register_admin(app)
+    app.register_blueprint(extensions_api)

@@ -1,0 +1,151 @@
+"""Lifetime extensions: the owner asks, an admin accepts (with a date) or refuses, or the
+image's rule accepts at once (``Image.autoaccept_extension``: ALL, STAFF or NONE).
+
+Auto-acceptance goes no further than one maximum lifetime from now (the longest rule for
+the owner's roles on the flavour); a longer request waits for an admin. Accepting moves
+``terminates_at`` and clears the lifetime warning, so a new warning precedes the new date.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from visa.actor import Actor
+from visa.audit.service import record
+from visa.auth.policy import require
+from visa.catalogue.models import AutoAccept
+from visa.catalogue.service import max_lifetime_hours
+from visa.clock import Clock
+from visa.errors import Conflict, InvalidInput, NotFound
+from visa.instances.models import ExtensionRequest, ExtensionState, Instance
+from visa.notify.outbox import enqueue
+from visa.settings import Settings
+from visa.users.models import STAFF_ROLES
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("give a timezone (e.g. 2026-02-01T12:00:00Z)")
+    return value
+
+
+class RequestExtension(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    requested_until: datetime = Field(validation_alias=AliasChoices("requested_until", "until"))
+    comment: str = Field("", max_length=2000)
+
+    @field_validator("requested_until")
+    @classmethod
+    def _tz(cls, value: datetime) -> datetime:
+        return _aware(value)
+
+
+class HandleExtension(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    granted_until: datetime | None = Field(
+        None, validation_alias=AliasChoices("granted_until", "until"),
+        description="Accept until this date (default: the date asked for)",
+    )
+    response: str = Field("", max_length=2000)
+
+    @field_validator("granted_until")
+    @classmethod
+    def _tz(cls, value: datetime | None) -> datetime | None:
+        return _aware(value) if value is not None else None
+
+
+def _auto_limit(instance: Instance, now: datetime, settings: Settings) -> datetime | None:
+    """Until when this instance's image accepts by itself, or None."""
+    rule = instance.plan.image.autoaccept_extension
+    roles = instance.owner.roles_at(now)
+    if rule == AutoAccept.NONE or (rule == AutoAccept.STAFF and not roles & STAFF_ROLES):
+        return None
+    return now + timedelta(hours=max_lifetime_hours(instance.plan.flavour, roles, settings.lifetimes))
+
+
+def request_extension(actor: Actor, session: Session, clock: Clock, settings: Settings, instance: Instance,
+                      data: RequestExtension) -> ExtensionRequest:
+    require(actor, "instance.extend", instance)
+    now = clock.now()
+    if data.requested_until <= instance.terminates_at:
+        raise InvalidInput("ask for a date after the current end of the instance's lifetime", field="until")
+    pending = session.scalar(select(ExtensionRequest.id).where(
+        ExtensionRequest.instance_id == instance.id, ExtensionRequest.state == ExtensionState.PENDING))
+    if pending is not None:
+        raise Conflict("an extension request for this instance is already waiting for an answer")
+    request = ExtensionRequest(
+        instance_id=instance.id, requester_id=actor.id, requested_until=data.requested_until, comment=data.comment,
+        state=ExtensionState.PENDING, created_at=now, response="",
+    )
+    session.add(request)
+    session.flush()
+    record(session, actor, clock, "extension.request", target_type="instance", target_id=instance.uid,
+           request=request.id, until=data.requested_until.isoformat())
+    limit = _auto_limit(instance, now, settings)
+    if limit is not None and data.requested_until <= limit:
+        _accept(actor, session, clock, settings, request, instance, data.requested_until, "accepted automatically")
+    return request
+
+
+def list_extensions(actor: Actor, session: Session, state: ExtensionState | None = ExtensionState.PENDING
+                    ) -> list[ExtensionRequest]:
+    require(actor, "handle_extensions")
+    q = select(ExtensionRequest).order_by(ExtensionRequest.created_at, ExtensionRequest.id)
+    if state is not None:
+        q = q.where(ExtensionRequest.state == state)
+    return list(session.scalars(q))
+
+
+def _pending(session: Session, request_id: int) -> tuple[ExtensionRequest, Instance]:
+    request = session.get(ExtensionRequest, request_id)
+    if request is None:
+        raise NotFound("no such extension request")
+    if request.state != ExtensionState.PENDING:
+        raise Conflict(f"this request has already been {request.state.value.lower()}")
+    instance = session.get(Instance, request.instance_id)
+    if instance is None or instance.deleted_at is not None:
+        raise Conflict("the instance has been deleted")
+    return request, instance
+
+
+def accept_extension(actor: Actor, session: Session, clock: Clock, settings: Settings, request_id: int,
+                     data: HandleExtension) -> ExtensionRequest:
+    require(actor, "handle_extensions")
+    request, instance = _pending(session, request_id)
+    until = data.granted_until or request.requested_until
+    if until <= clock.now() or until <= instance.terminates_at:
+        raise InvalidInput("the new date must be later than now and than the current end", field="until")
+    _accept(actor, session, clock, settings, request, instance, until, data.response)
+    return request
+
+
+def _accept(actor: Actor, session: Session, clock: Clock, settings: Settings, request: ExtensionRequest,
+            instance: Instance, until: datetime, response: str) -> None:
+    now = clock.now()
+    request.state, request.granted_until, request.response = ExtensionState.ACCEPTED, until, response
+    request.handled_by_id, request.handled_at = actor.id, now
+    instance.terminates_at = until
+    instance.lifetime_warned_at = None  # a new warning will precede the new date
+    session.flush()
+    record(session, actor, clock, "extension.accept", target_type="instance", target_id=instance.uid,
+           request=request.id, until=until.isoformat())
+    enqueue(session, clock, settings, "extension_handled", request.id, "ACCEPTED")
+
+
+def refuse_extension(actor: Actor, session: Session, clock: Clock, settings: Settings, request_id: int,
+                     data: HandleExtension) -> ExtensionRequest:
+    require(actor, "handle_extensions")
+    request, instance = _pending(session, request_id)
+    request.state, request.response = ExtensionState.REFUSED, data.response
+    request.handled_by_id, request.handled_at = actor.id, clock.now()
+    session.flush()
+    record(session, actor, clock, "extension.refuse", target_type="instance", target_id=instance.uid,
+           request=request.id)
+    enqueue(session, clock, settings, "extension_handled", request.id, "REFUSED")
+    return request
