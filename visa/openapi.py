@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template_string
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 REF = "#/components/schemas/{model}"
 Q = TypeVar("Q", bound=BaseModel)
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
+# Database ids are 32-bit integers: larger numbers in a path never name anything.
+MAX_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -149,12 +151,15 @@ class InstanceOut(BaseModel):
     comments: str
 
 
+DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
 class CreateInstanceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=100)
-    plan_id: int = Field(ge=1)
-    experiment_ids: list[int] = Field(default_factory=list, max_length=50)
+    plan_id: DbId
+    experiment_ids: list[DbId] = Field(default_factory=list, max_length=50)
     screen_width: int = Field(1280, ge=640, le=7680)
     screen_height: int = Field(800, ge=480, le=4320)
     keyboard_layout: str = Field("en-us", pattern=r"^[a-z]{2,3}(-[a-z0-9]{1,12})?$")
@@ -203,7 +208,7 @@ class PlanOut(BaseModel):
 
 
 class PlansQuery(BaseModel):
-    experiment: list[int] = Field(default_factory=list, description="Experiment ids the machine is for")
+    experiment: list[DbId] = Field(default_factory=list, description="Experiment ids the machine is for")
 
 
 class ExperimentOut(BaseModel):
@@ -364,7 +369,9 @@ def _expand(rule: str) -> list[tuple[str, list[dict[str, Any]]]]:
             values = [v.strip().strip("'\"") for v in (args or "").split(",") if v.strip()]
             results = [(p + literal + v, params) for p, params in results for v in values]
             continue
-        schema: dict[str, Any] = {"type": "integer"} if conv == "int" else {"type": "string"}
+        schema: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": MAX_ID} if conv == "int" else {"type": "string"}
+        for key, value in re.findall(r"(min|max)\s*=\s*(\d+)", args or "") if conv == "int" else ():
+            schema["minimum" if key == "min" else "maximum"] = int(value)
         if conv in (None, "string", "default"):
             schema["pattern"] = "^[^/]+$"
         param = {"name": name, "in": "path", "required": True, "schema": schema}

@@ -11,7 +11,7 @@ from flask import Blueprint
 from visa.admin import schemas as S
 from visa.admin import serialize, service
 from visa.catalogue.schemas import FlavourLimitsSpec, FlavourSpec, ImageSpec
-from visa.openapi import doc, parse_query, respond
+from visa.openapi import MAX_ID, doc, parse_query, respond
 from visa.users import service as users
 from visa.web.context import current_actor, db_session, services
 from visa.web.io import parse_body
@@ -271,7 +271,7 @@ def create_plan():  # noqa: ANN201
     return respond(serialize.plan(plan), 201)
 
 
-@bp.patch("/plans/<int:plan_id>")
+@bp.patch(f"/plans/<int(max={MAX_ID}):plan_id>")
 @doc("Enable, disable or make a plan the preset", tags=["admin", "catalogue"], body=S.PlanPatch,
      response=S.AdminPlanOut, description=CATALOGUE_NOTE)
 def patch_plan(plan_id: int):  # noqa: ANN201
@@ -279,7 +279,7 @@ def patch_plan(plan_id: int):  # noqa: ANN201
     return respond(serialize.plan(plan))
 
 
-@bp.delete("/plans/<int:plan_id>")
+@bp.delete(f"/plans/<int(max={MAX_ID}):plan_id>")
 @doc("Disable a plan (never deleted: instances refer to it)", tags=["admin", "catalogue"], response=S.AdminPlanOut)
 def delete_plan(plan_id: int):  # noqa: ANN201
     return respond(serialize.plan(service.disable_plan(current_actor(), db_session(), services().clock, plan_id)))

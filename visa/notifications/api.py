@@ -7,7 +7,7 @@ from flask import Blueprint
 from visa.admin import schemas as S
 from visa.admin.serialize import notification
 from visa.notifications import service
-from visa.openapi import Ok, doc, respond
+from visa.openapi import MAX_ID, Ok, doc, respond
 from visa.web.context import current_actor, db_session, services
 from visa.web.io import parse_body
 
@@ -21,7 +21,7 @@ def active():  # noqa: ANN201
     return respond([notification(n) for n in service.active_for(current_actor(), db_session(), services().clock)])
 
 
-@bp.post("/notifications/<int:notification_id>/ack")
+@bp.post(f"/notifications/<int(max={MAX_ID}):notification_id>/ack")
 @doc("Acknowledge a notification (it is no longer shown to the caller)", tags=["notifications"], response=Ok)
 def ack(notification_id: int):  # noqa: ANN201
     service.acknowledge(current_actor(), db_session(), services().clock, notification_id)
@@ -44,13 +44,13 @@ def create():  # noqa: ANN201
     return respond(notification(n, 0), 201)
 
 
-@bp.get("/admin/notifications/<int:notification_id>")
+@bp.get(f"/admin/notifications/<int(max={MAX_ID}):notification_id>")
 @doc("One notification", tags=["admin", "notifications"], response=S.NotificationOut)
 def get(notification_id: int):  # noqa: ANN201
     return respond(notification(service.get(current_actor(), db_session(), notification_id)))
 
 
-@bp.put("/admin/notifications/<int:notification_id>")
+@bp.put(f"/admin/notifications/<int(max={MAX_ID}):notification_id>")
 @doc("Change a notification (users who acknowledged it see it again)", tags=["admin", "notifications"],
      body=S.NotificationIn, response=S.NotificationOut)
 def update(notification_id: int):  # noqa: ANN201
@@ -59,7 +59,7 @@ def update(notification_id: int):  # noqa: ANN201
     return respond(notification(n, 0))
 
 
-@bp.delete("/admin/notifications/<int:notification_id>")
+@bp.delete(f"/admin/notifications/<int(max={MAX_ID}):notification_id>")
 @doc("Withdraw a notification", tags=["admin", "notifications"], response=Ok)
 def delete(notification_id: int):  # noqa: ANN201
     service.delete(current_actor(), db_session(), services().clock, notification_id)
