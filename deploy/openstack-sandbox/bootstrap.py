@@ -20,6 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from configs import ADMIN_PASSWORD, DATABASES, KEYSTONE, SERVICE_PASSWORD  # noqa: E402
 
 VISA_PROJECT, VISA_USER, VISA_PASSWORD = "visa", "visa", "visa-sandbox"
+# A project where visa may create nothing: its quota errors are tested for real.
+FULL_PROJECT = "visa-full"
+# A flavour no host can take (it requires a trait nobody has): "No valid host" for real.
+NOHOST_FLAVOUR, NOHOST_TRAIT = "visa.nohost", "CUSTOM_VISA_SANDBOX_NOWHERE"
 NETWORK, SUBNET_CIDR = "visa-net", "127.100.0.0/16"
 IMAGE = "visa-sandbox-image"
 # Name -> (vcpus, ram MB, disk GB); the names match flavours/*.yaml. Disk is not zero:
@@ -118,6 +122,8 @@ def identity() -> None:
         name=VISA_USER, password=VISA_PASSWORD, domain_id="default", default_project_id=project.id
     )
     idn.assign_project_role_to_user(project, user, roles["member"])
+    full = idn.find_project(FULL_PROJECT) or idn.create_project(name=FULL_PROJECT, domain_id="default")
+    idn.assign_project_role_to_user(full, user, roles["member"])
     log("identity ready")
 
 
@@ -153,6 +159,11 @@ def resources() -> None:
         if conn.compute.find_flavor(name) is None:
             conn.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk, is_public=True)
             log(f"flavour {name} created")
+    nohost = conn.compute.find_flavor(NOHOST_FLAVOUR)
+    if nohost is None:
+        nohost = conn.compute.create_flavor(name=NOHOST_FLAVOUR, vcpus=1, ram=256, disk=1, is_public=True)
+        conn.compute.create_flavor_extra_specs(nohost, {f"trait:{NOHOST_TRAIT}": "required"})
+        log(f"flavour {NOHOST_FLAVOUR} created")
     network = conn.network.find_network(NETWORK, project_id=project.id)
     if network is None:
         network = conn.network.create_network(name=NETWORK, project_id=project.id)

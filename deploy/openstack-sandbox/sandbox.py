@@ -127,7 +127,7 @@ def _launch(svc: Service) -> None:
     RUN.mkdir(parents=True, exist_ok=True)
     if svc.port and _port_open(svc.port):
         raise SystemExit(f"port {svc.port} for {svc.name} is taken by another process")
-    env = {**os.environ, **svc.env, "PYTHONPATH": str(PLUGINS)}
+    env = {**os.environ, **svc.env, "PYTHONPATH": str(PLUGINS), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     env.pop("VIRTUAL_ENV", None)
     with open(LOGS / f"{svc.name}.log", "ab") as out:
         proc = subprocess.Popen(
@@ -226,7 +226,7 @@ def status() -> int:
 
 def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
     log(" ".join(str(c) for c in cmd[:4]) + (" ..." if len(cmd) > 4 else ""))
-    full_env = {**os.environ, "PYTHONPATH": str(PLUGINS), **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": str(PLUGINS), "PYTHONWARNINGS": "ignore::DeprecationWarning", **(env or {})}
     full_env.pop("VIRTUAL_ENV", None)
     subprocess.run([str(c) for c in cmd], check=True, env=full_env, stdin=subprocess.DEVNULL)
 
@@ -351,15 +351,17 @@ def start() -> None:
     install()
     py = BIN / "python"
     start_services({"keystone"})
-    if not _step("identity"):
+    # Re-run the API steps when bootstrap.py changed; they only add what is missing.
+    fingerprint = hashlib.sha256((HERE / "bootstrap.py").read_bytes()).hexdigest()
+    if not _step("identity", fingerprint):
         _run(py, HERE / "bootstrap.py", "identity")
-        _mark("identity")
+        _mark("identity", fingerprint)
     start_services()
-    if not _step("resources"):
+    if not _step("resources", fingerprint):
         _run(py, HERE / "bootstrap.py", "wait-compute")
         _run(BIN / "nova-manage", "--config-file", STATE / "etc/nova/nova.conf", "cell_v2", "discover_hosts")
         _run(py, HERE / "bootstrap.py", "resources")
-        _mark("resources")
+        _mark("resources", fingerprint)
     log(f"sandbox up in {time.monotonic() - t0:.1f} s")
     print(credentials_text("--env"))
 

@@ -9,7 +9,7 @@ Config keys (the Cloud row's config; ``password`` may be ``{"env": "VAR"}``):
 * ``name_prefix``: prepended to server names, so operators see visa's servers at a glance;
 * ``timeout`` (seconds per HTTP request, default 30), ``retries`` (of transient failures,
   default 3), ``backoff`` (first delay in seconds, doubled each retry, default 0.5),
-  ``page_size`` (servers per list page, default 1000: Nova's usual maximum);
+  ``page_size`` (servers per list page, default 0: the cloud's own, 1000 on a stock Nova);
 * ``reboot_type``: ``SOFT`` (default) or ``HARD``.
 
 visa recognises its servers by the tag ``visa`` and the metadata key ``visa`` (holding the
@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from keystoneauth1 import exceptions as ksa_exc
 from openstack import exceptions as os_exc
@@ -187,7 +187,7 @@ class OpenStackProvider(Provider):
         self.timeout = float(config.get("timeout", 30))
         self.retries = int(config.get("retries", 3))
         self.backoff = float(config.get("backoff", 0.5))
-        self.page_size = int(config.get("page_size", 1000))
+        self.page_size = int(config.get("page_size", 0))
         self.name_prefix = str(config.get("name_prefix", ""))
         self.network = config.get("network") or None
         self.group_names = list(config.get("security_groups") or [])
@@ -331,13 +331,40 @@ class OpenStackProvider(Provider):
             return None
 
     def list_servers(self) -> list[Server]:
-        # One paginated list; materialised inside the retry so that a failure on page N
-        # starts over instead of returning a partial list (which would look like loss).
-        raws = self._call(
-            "list servers",
-            lambda: list(self.conn.compute.servers(details=True, tags=VISA_TAG, limit=self.page_size)),
-        )
+        # Materialised inside the retry, so that a failure on page N starts over instead
+        # of returning a partial list (which the reconcile would take for lost servers).
+        raws = self._call("list servers", self._list_pages)
         return [to_server(raw, self.network) for raw in raws]
+
+    def _list_pages(self) -> list[Any]:
+        """``GET /servers/detail?tags=visa``, following Nova's next links.
+
+        Paginated by hand: openstacksdk asks for one more (empty) page whenever a limit
+        is given. Here a sync of N servers costs ceil(N / page) requests, one under Nova's
+        page size.
+        """
+        from openstack.compute.v2.server import Server as SdkServer
+
+        compute = self.conn.compute
+        microversion = SdkServer._get_microversion(compute)
+        params: dict[str, Any] = {"tags": VISA_TAG}
+        if self.page_size:
+            params["limit"] = self.page_size
+        url: str | None = "/servers/detail"
+        found: list[Any] = []
+        while url:
+            response = compute.get(url, params=params, microversion=microversion)
+            os_exc.raise_from_response(response)
+            body = response.json()
+            found.extend(SdkServer.existing(connection=self.conn, **raw) for raw in body.get("servers", []))
+            url = None
+            for link in body.get("servers_links", []):
+                if link.get("rel") == "next":
+                    parts = urlsplit(link["href"])
+                    params = dict(parse_qsl(parts.query))
+                    # Keep the path under the endpoint (the link is absolute).
+                    url = "/servers/detail"
+        return found
 
     def _action(self, action: str, server_id: str, run: Callable[[], Any], done: set[InstanceState]) -> None:
         """Run a server action; a conflict is success when the server is already where asked."""

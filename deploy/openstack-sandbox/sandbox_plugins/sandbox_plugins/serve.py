@@ -31,6 +31,8 @@ class _App(BaseApplication):  # type: ignore[misc]
             "proc_name": f"visa-sandbox-{self._name}",
             # One control socket per user by default: several gunicorns would fight over it.
             "control_socket_disable": True,
+            # Nova asks Neutron about a page of servers in one GET with every id in the URL.
+            "limit_request_line": 0,
         }
         for key, value in settings.items():
             self.cfg.set(key, value)
