@@ -1,0 +1,215 @@
+"""Login through a real OIDC server with Keycloak's URL layout (tests/oidc/server.js, npm
+oidc-provider) on loopback: the browser flow, bearer JWTs, refresh and logout."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
+
+import httpx
+import pytest
+
+from visa.settings import OidcSettings, Settings
+
+pytestmark = pytest.mark.integration
+
+HERE = Path(__file__).resolve().parents[1] / "oidc"
+BASE = "http://127.0.0.1:8080"  # the app's base_url; the Flask test client plays the server
+CALLBACK = f"{BASE}/auth/callback"
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[str]:
+    """The OIDC server's base URL (what OidcSettings.server_url names)."""
+    node = shutil.which("node")
+    if node is None or not (HERE / "node_modules" / "oidc-provider").is_dir():
+        reason = "node or tests/oidc/node_modules missing: run scripts/setup.sh"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    env = {**os.environ, "OIDC_PORT": "0", "OIDC_REDIRECTS": CALLBACK, "OIDC_POST_LOGOUT": f"{BASE}/login?logged_out=1"}
+    proc = subprocess.Popen([node, "server.js"], cwd=HERE, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        issuer = None
+        while time.monotonic() < deadline and issuer is None:
+            line = proc.stdout.readline() if proc.stdout else ""
+            if line.startswith("ready "):
+                issuer = line.split()[1]
+            elif not line and proc.poll() is not None:
+                break
+        assert issuer, "the OIDC server did not start"
+        yield issuer.split("/realms/")[0] + "/"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def oidc_app(idp, db, clock, tmp_path):  # noqa: ANN001, ANN201
+    from visa.web.app import create_app
+
+    settings = Settings(
+        data_dir=tmp_path / "data", database_url=db.url, secret_key="test-secret-key", base_url=BASE,
+        oidc=OidcSettings(server_url=idp, realm="visa", client_id="visa", client_secret="visa-secret",
+                          role_claim="realm_access.roles", role_mapping={"visa-admin": "ADMIN"}),
+    )
+    app = create_app(settings, database=db, clock=clock)
+    app.config["TESTING"] = True
+    return app
+
+
+def _follow(browser: httpx.Client, response: httpx.Response) -> httpx.Response:
+    """Follow the provider's redirects until it answers a page or sends us back to visa."""
+    while response.status_code in (302, 303) and not response.headers["location"].startswith(BASE):
+        response = browser.get(urljoin(str(response.url), response.headers["location"]))
+    return response
+
+
+def _sign_in(browser: httpx.Client, page: httpx.Response, username: str, password: str) -> httpx.Response:
+    action = re.search(r'action="([^"]+)"', page.text).group(1)
+    r = browser.post(urljoin(str(page.url), action), data={"username": username, "password": password})
+    return _follow(browser, r)
+
+
+def browser_login(app, username: str, password: str, next_url: str = "/instances/x"):  # noqa: ANN001, ANN201
+    """Drive the real flow: visa -> provider login form -> visa callback. Returns (flask client, browser)."""
+    client = app.test_client()
+    browser = httpx.Client(follow_redirects=False)
+    r = client.get(f"/login/oidc?next={next_url}")
+    assert r.status_code == 303
+    page = _follow(browser, browser.get(r.headers["Location"]))
+    assert page.status_code == 200 and 'name="password"' in page.text
+    back = _sign_in(browser, page, username, password)
+    assert back.headers["location"].startswith(CALLBACK), back.headers.get("location")
+    done = client.get(back.headers["location"][len(BASE):])
+    assert done.status_code == 303, done.get_data(as_text=True)[:300]
+    assert done.headers["Location"] == next_url
+    return client, browser
+
+
+def token_for(idp: str, username: str, password: str, resource: str = "urn:visa:api") -> dict:
+    """Tokens through the code flow, as a script would get them (resource picks the audience)."""
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    realm = f"{idp}realms/visa/protocol/openid-connect"
+    browser = httpx.Client(follow_redirects=False)
+    query = {"client_id": "visa", "response_type": "code", "redirect_uri": CALLBACK, "scope": "openid profile",
+             "state": "s", "code_challenge": challenge, "code_challenge_method": "S256", "resource": resource}
+    page = _follow(browser, browser.get(f"{realm}/auth?{urlencode(query)}"))
+    back = _sign_in(browser, page, username, password)
+    code = parse_qs(urlsplit(back.headers["location"]).query)["code"][0]
+    r = httpx.post(f"{realm}/token", data={"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK,
+                                           "code_verifier": verifier, "client_id": "visa",
+                                           "client_secret": "visa-secret", "resource": resource})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_browser_login_creates_the_user_maps_roles_and_logs_out(oidc_app, idp) -> None:  # noqa: ANN001
+    client, browser = browser_login(oidc_app, "alice", "alice-password")
+    me = client.get("/api/me").get_json()
+    assert me["username"] == "alice" and me["full_name"] == "Alice Liddell" and me["roles"] == []
+    assert client.post("/api/login", json={"username": "alice", "password": "x"}).status_code == 403  # local: off
+
+    admin, _ = browser_login(oidc_app, "sam", "sam-password")
+    assert admin.get("/api/me").get_json()["roles"] == ["ADMIN"]  # visa-admin mapped; visa-staff not mapped
+
+    with client.session_transaction() as s:
+        refresh_token = s["oidc"]["rt"]
+        s["oidc"] = {**s["oidc"], "exp": 0}  # the access token expired: the next request refreshes
+    assert client.get("/api/me").status_code == 200
+    with client.session_transaction() as s:
+        assert s["oidc"]["exp"] > time.time() and s["oidc"]["rt"]
+        refresh_token = s["oidc"]["rt"]
+        csrf = s["csrf"]
+
+    r = client.post("/logout", data={"csrf_token": csrf})
+    assert r.status_code == 303 and r.headers["Location"].startswith(f"{idp}realms/visa/protocol/openid-connect/logout")
+    assert client.get("/api/me").status_code == 401
+    # the provider's session ended too: its refresh token is dead, and a new login asks for the password
+    realm = f"{idp}realms/visa/protocol/openid-connect"
+    dead = httpx.post(f"{realm}/token", data={"grant_type": "refresh_token", "refresh_token": refresh_token,
+                                              "client_id": "visa", "client_secret": "visa-secret"})
+    assert dead.status_code == 400
+    again = client.get("/login/oidc")
+    page = _follow(browser, browser.get(again.headers["Location"]))
+    assert 'name="password"' in page.text
+
+
+def test_session_ends_when_the_provider_session_ends(oidc_app, idp) -> None:  # noqa: ANN001
+    client, _ = browser_login(oidc_app, "bob", "bob-password")
+    with client.session_transaction() as s:
+        rt = s["oidc"]["rt"]
+    # the user logs out of the provider elsewhere (Keycloak's back-channel logout)
+    r = httpx.post(f"{idp}realms/visa/protocol/openid-connect/logout",
+                   data={"refresh_token": rt, "client_id": "visa", "client_secret": "visa-secret"})
+    assert r.status_code == 204
+    assert client.get("/api/me").status_code == 200  # until the access token's expiry...
+    with client.session_transaction() as s:
+        s["oidc"] = {**s["oidc"], "exp": 0}
+    assert client.get("/api/me").status_code == 401  # ...then the refresh fails and the session ends
+
+
+def test_callback_refuses_forged_state_and_replay(oidc_app) -> None:  # noqa: ANN001
+    client = oidc_app.test_client()
+    browser = httpx.Client(follow_redirects=False)
+    r = client.get("/login/oidc")
+    page = _follow(browser, browser.get(r.headers["Location"]))
+    back = _sign_in(browser, page, "alice", "alice-password")
+    url = back.headers["location"][len(BASE):]
+    forged = re.sub(r"state=[^&]+", "state=forged", url)
+    assert client.get(forged).status_code == 400  # state mismatch (and the flow is spent)
+    assert client.get(url).status_code == 400  # no login in progress any more
+    assert client.get("/api/me").status_code == 401
+    other = oidc_app.test_client()  # a callback in a browser that never started a login
+    assert other.get(url).status_code == 400 and other.get("/api/me").status_code == 401
+
+
+def test_bearer_access_tokens(oidc_app, idp, monkeypatch) -> None:  # noqa: ANN001
+    from jwcrypto import jwk, jwt
+
+    from visa.auth import oidc
+
+    c = oidc_app.test_client()
+    good = token_for(idp, "alice", "alice-password")["access_token"]
+    r = c.get("/api/me", headers={"Authorization": f"Bearer {good}"})
+    assert r.status_code == 200 and r.get_json()["username"] == "alice"
+    assert c.get("/api/instances", headers={"Authorization": f"Bearer {good}"}).status_code == 200
+
+    wrong_aud = token_for(idp, "alice", "alice-password", "urn:other:api")["access_token"]
+    assert c.get("/api/me", headers={"Authorization": f"Bearer {wrong_aud}"}).status_code == 401
+
+    # same claims and key id, signed with another key
+    header = json.loads(base64.urlsafe_b64decode(good.split(".")[0] + "=="))
+    claims = json.loads(base64.urlsafe_b64decode(good.split(".")[1] + "=="))
+    other_key = jwk.JWK.generate(kty="RSA", size=2048, kid=header.get("kid"))
+    forged = jwt.JWT(header={"alg": "RS256", "kid": header.get("kid")}, claims=claims)
+    forged.make_signed_token(other_key)
+    assert c.get("/api/me", headers={"Authorization": f"Bearer {forged.serialize()}"}).status_code == 401
+    # unsigned ("alg": "none") and HMAC with the public key as secret
+    none = base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=").decode() + "." + good.split(".")[1] + "."
+    assert c.get("/api/me", headers={"Authorization": f"Bearer {none}"}).status_code == 401
+    hs = jwt.JWT(header={"alg": "HS256"}, claims=claims)
+    hs.make_signed_token(jwk.JWK(kty="oct", k=base64.urlsafe_b64encode(b"k" * 32).decode()))
+    assert c.get("/api/me", headers={"Authorization": f"Bearer {hs.serialize()}"}).status_code == 401
+    # an ID token is not an access token, even with our audience
+    id_token = token_for(idp, "alice", "alice-password")["id_token"]
+    assert c.get("/api/me", headers={"Authorization": f"Bearer {id_token}"}).status_code == 401
+
+    monkeypatch.setattr(oidc, "LEEWAY", 0)
+    short = token_for(idp, "alice", "alice-password", "urn:visa:short")["access_token"]
+    assert c.get("/api/me", headers={"Authorization": f"Bearer {short}"}).status_code == 200
+    time.sleep(3.1)
+    assert c.get("/api/me", headers={"Authorization": f"Bearer {short}"}).status_code == 401  # expired
