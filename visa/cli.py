@@ -160,11 +160,32 @@ def run(host: str | None, port: int | None, workers: int) -> None:
 
     settings = _settings()
     _database()  # refuse to start on an old schema, with the command that fixes it
+    from visa.admin.checks import check_all
+
+    problems = [f for f in check_all(settings) if f.level != "ok"]
+    for finding in problems:
+        click.echo(str(finding), err=True)
+    if any(f.level == "error" for f in problems):
+        raise click.ClickException("invalid configuration (see above; `visa check-config` checks it)")
     uvicorn.run(
         "visa.asgi:create_asgi_app", factory=True, host=host or settings.host, port=port or settings.port,
         workers=workers, log_level="info", ws_per_message_deflate=False,
     )
 
+
+@main.command("check-config")
+@click.option("--probe-clouds", is_flag=True, help="Also ask every enabled cloud for its limits (10 s timeout)")
+def check_config(probe_clouds: bool) -> None:
+    """Validate the configuration: settings, data directory, database schema, clouds."""
+    from visa.admin.checks import check_all
+
+    findings = check_all(_settings(), probe_clouds=probe_clouds)
+    for finding in findings:
+        click.echo(str(finding))
+    errors = sum(f.level == "error" for f in findings)
+    click.echo(f"{errors} error(s), {sum(f.level == 'warning' for f in findings)} warning(s)")
+    if errors:
+        sys.exit(2)
 
 # --- catalogue ------------------------------------------------------------------------------
 

@@ -139,6 +139,9 @@ def sync_cloud(services: Services, cloud_name: str, *, only_unstable: bool = Fal
             for inst in s.scalars(select(Instance).where(Instance.id.in_(provider_delete_ids))):
                 soft_delete(inst, services.clock.now())
     result.seconds = time.perf_counter() - started
+    from visa.metrics import SYNC_DURATION
+
+    SYNC_DURATION.labels(cloud=cloud_name).observe(result.seconds)
     if result.changed or result.deleted:
         log.info("sync %s: %d servers, %d changed, %d deleted", cloud_name, result.servers,
                  len(result.changed), len(result.deleted))
@@ -150,6 +153,10 @@ def _set_state(inst: Instance, state: InstanceState, now, result: SyncResult) ->
         result.changed[inst.uid] = f"{inst.state.value}->{state.value}"
         inst.state = state
         inst.state_changed_at = now
+        if state == InstanceState.ACTIVE:
+            from visa.metrics import observe_active
+
+            observe_active(inst, now)  # time to first ACTIVE (once per instance)
 
 
 def sync_all(services: Services, *, only_unstable: bool = False) -> list[SyncResult]:

@@ -1,0 +1,71 @@
+"""`visa check-config` and the same checks before `visa run`: clear findings, exit status 2 on errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from visa.cli import main
+from visa.db import Database
+from visa.settings import get_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def cli(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    monkeypatch.setenv("VISA_DATABASE_URL", db.url)
+    monkeypatch.setenv("VISA_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("VISA_CONFIG", raising=False)
+    get_settings.cache_clear()
+
+    def run(*args: str):  # noqa: ANN202
+        get_settings.cache_clear()
+        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+        assert "Traceback" not in result.output
+        return result
+
+    yield run
+    get_settings.cache_clear()
+
+
+def test_check_config_reports_and_fails_on_errors(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    assert cli("init").exit_code == 0
+    r = cli("check-config")
+    assert r.exit_code == 0, r.output
+    assert "ok      database" in r.output and "ok      cloud local: local" in r.output
+
+    config = tmp_path / "cloud.json"
+    config.write_text(json.dumps({"auth": {"password": {"env": "VISA_TEST_NO_SUCH_SECRET"}}}))
+    assert cli("clouds", "add", "remote", "--kind", "local", "--config", str(config)).exit_code == 0
+    r = cli("check-config")
+    assert r.exit_code == 2 and "cloud remote: secrets not in the environment: auth.password" in r.output
+    r = cli("run", "--port", "1")
+    assert r.exit_code == 1 and "invalid configuration" in r.output  # refused before serving
+    monkeypatch.setenv("VISA_TEST_NO_SUCH_SECRET", "s3cret")
+    assert cli("check-config").exit_code == 0
+
+    monkeypatch.setenv("VISA_BASE_URL", "javascript:alert(1)")
+    r = cli("check-config")
+    assert r.exit_code == 2 and "base_url" in r.output
+
+
+def test_bad_settings_file_is_named(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    bad = tmp_path / "visa.toml"
+    bad.write_text("port = 'eighty'\n")
+    monkeypatch.setenv("VISA_CONFIG", str(bad))
+    r = cli("check-config")
+    assert r.exit_code != 0 and "port" in r.output and "invalid configuration" in r.output
+
+
+def test_the_production_example_is_valid(cli, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("VISA_CONFIG", str(ROOT / "deploy/visa.example.toml"))
+    monkeypatch.delenv("VISA_DATABASE_URL")
+    from visa.settings import Settings
+
+    settings = Settings()
+    assert settings.database_url and settings.database_url.startswith("postgresql")
+    assert settings.log_json and settings.session_cookie_secure and settings.oidc.server_url

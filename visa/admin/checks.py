@@ -1,0 +1,142 @@
+"""Configuration checks run by ``visa check-config`` and before ``visa run`` starts serving.
+
+Each check says what is wrong and what to do about it. Errors stop ``visa run``; warnings
+are printed and the service starts.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from sqlalchemy import select
+
+from visa.settings import Settings
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Literal["ok", "warning", "error"]
+    subject: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level:7} {self.subject}: {self.message}"
+
+
+def _url(value: str, subject: str, schemes: tuple[str, ...] = ("http", "https")) -> Finding | None:
+    parsed = urlparse(value)
+    if parsed.scheme not in schemes or not parsed.netloc:
+        return Finding("error", subject, f"{value[:100]!r} is not an {'/'.join(schemes)} URL")
+    return None
+
+
+def _env_secrets(config: dict[str, Any], path: str = "") -> list[str]:
+    missing = []
+    for key, value in config.items():
+        if isinstance(value, dict) and set(value) == {"env"}:
+            if not os.environ.get(str(value["env"])):
+                missing.append(f"{path}{key} (from ${value['env']})")
+        elif isinstance(value, dict):
+            missing += _env_secrets(value, f"{path}{key}.")
+    return missing
+
+
+def check_settings(settings: Settings) -> list[Finding]:
+    """Checks that need nothing but the settings."""
+    out: list[Finding] = []
+    data = settings.data_dir
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=data):
+            pass
+        out.append(Finding("ok", "data_dir", str(data.resolve())))
+    except OSError as exc:
+        out.append(Finding("error", "data_dir", f"{data} is not writable: {exc.strerror or exc}"))
+    out.append(_url(settings.base_url, "base_url") or Finding("ok", "base_url", settings.base_url))
+    production = not settings.sqlalchemy_url.startswith("sqlite")
+    if urlparse(settings.base_url).scheme == "https" and not settings.session_cookie_secure:
+        out.append(Finding("warning", "session_cookie_secure",
+                           "base_url is https: set session_cookie_secure = true so cookies never travel in clear"))
+    if production and not settings.secret_key:
+        out.append(Finding("warning", "secret_key", "unset with PostgreSQL: every process must sign sessions "
+                           "with the same key; set VISA_SECRET_KEY (or secret_key in the TOML file)"))
+    elif settings.secret_key and len(settings.secret_key) < 32:
+        out.append(Finding("warning", "secret_key", "shorter than 32 characters"))
+    if settings.oidc.server_url:
+        problem = _url(settings.oidc.server_url, "oidc.server_url")
+        out.append(problem or Finding("ok", "oidc", f"{settings.oidc.server_url} realm {settings.oidc.realm}"))
+        if not settings.oidc.client_secret:
+            out.append(Finding("warning", "oidc.client_secret", "unset: only a public client can log users in"))
+    elif production and settings.uses_local_accounts:
+        out.append(Finding("warning", "oidc", "no identity provider: users log in with local accounts"))
+    if settings.smtp.enabled:
+        if settings.smtp.ssl and settings.smtp.starttls:
+            out.append(Finding("error", "smtp", "choose ssl or starttls, not both"))
+        else:
+            out.append(Finding("ok", "smtp", f"{settings.smtp.host}:{settings.smtp.port}"))
+    else:
+        out.append(Finding("warning", "smtp", "disabled: users are not warned by email before deletions"))
+    if settings.scheduler.lease_seconds <= settings.scheduler.unstable_sync_seconds:
+        out.append(Finding("warning", "scheduler.lease_seconds",
+                           "not longer than a sync period: leadership may flap between processes"))
+    return out
+
+
+def check_database(settings: Settings, *, probe_clouds: bool = False) -> list[Finding]:
+    """Checks that read the database: schema revision, configured clouds (and, if asked, ask them)."""
+    from visa.clouds.models import Cloud
+    from visa.clouds.registry import provider_class
+    from visa.db import Database
+    from visa.migrate import SchemaOutOfDate, require_head
+
+    out: list[Finding] = []
+    kwargs: dict[str, Any] = {}
+    if not settings.sqlalchemy_url.startswith("sqlite"):
+        kwargs["connect_args"] = {"connect_timeout": 5}
+    database = Database(settings.sqlalchemy_url, **kwargs)
+    try:
+        try:
+            require_head(database.engine)
+        except SchemaOutOfDate as exc:
+            return [Finding("error", "database", str(exc))]
+        except Exception as exc:
+            return [Finding("error", "database", f"cannot connect: {str(exc).splitlines()[0][:200]}")]
+        out.append(Finding("ok", "database", f"{database.engine.url.render_as_string(hide_password=True)} at head"))
+        with database.sessionmaker() as s:
+            clouds = list(s.scalars(select(Cloud).order_by(Cloud.name)))
+        names = {c.name for c in clouds}
+        if settings.default_cloud not in names:
+            out.append(Finding("warning", "default_cloud", f"{settings.default_cloud!r} is not registered "
+                               "(`visa init` registers the local cloud; `visa clouds add` others)"))
+        for cloud in clouds:
+            try:
+                provider_class(cloud.kind)
+            except Exception as exc:
+                out.append(Finding("error", f"cloud {cloud.name}", f"kind {cloud.kind!r}: {exc}"))
+                continue
+            missing = _env_secrets(cloud.config or {})
+            if missing and cloud.enabled:
+                out.append(Finding("error", f"cloud {cloud.name}", "secrets not in the environment: " + ", ".join(missing)))
+            else:
+                out.append(Finding("ok", f"cloud {cloud.name}", f"{cloud.kind}{'' if cloud.enabled else ' (disabled)'}"))
+        if probe_clouds:
+            from visa.admin.clouds import cloud_statuses
+            from visa.services import Services
+
+            services = Services(settings=settings, database=database)
+            for status in cloud_statuses(services, timeout=10, max_age=0):
+                if status.status == "unavailable":
+                    out.append(Finding("error", f"cloud {status.name}", f"does not answer: {status.message}"))
+                elif status.status == "ok":
+                    out.append(Finding("ok", f"cloud {status.name}", "answers"))
+    finally:
+        database.dispose()
+    return out
+
+
+def check_all(settings: Settings, *, probe_clouds: bool = False) -> list[Finding]:
+    return check_settings(settings) + check_database(settings, probe_clouds=probe_clouds)
