@@ -78,6 +78,12 @@ FLASK: list[Row] = [
     Row("thumbnails_api.get", "GET", "/api/instances/{uid}/thumbnail", "AAAAANU"),
     Row("thumbnails_api.put", "PUT", "/api/instances/{uid}/thumbnail", "AFFFFNU", kw={"data": b"\xff\xd8\xff",
         "content_type": "image/jpeg"}),
+    # lifetime extensions
+    Row("extensions_api.request_extension", "POST", "/api/instances/{uid}/extensions", "AFFFANU",
+        json={"requested_until": "2026-03-01T00:00:00+00:00"}),
+    Row("extensions_api.list_extensions", "GET", "/api/extensions", "FFFFAFU", why="the admins' queue"),
+    Row("extensions_api.handle_extension", "POST", "/api/extensions/1/accept", "FFFFAFU", json={},
+        why="admins only (request 1 need not exist: a 404 for the admin is a domain answer)"),
     # sharing
     Row("members_api.list_members", "GET", "/api/instances/{uid}/members", "AAAAANU"),
     Row("members_api.add_member", "POST", "/api/instances/{uid}/members", "AFFFANU",
