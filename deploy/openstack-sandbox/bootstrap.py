@@ -142,6 +142,12 @@ def wait_compute(timeout: float = 180) -> None:
     raise SystemExit("nova-compute did not come up; see state/log/nova-compute.log")
 
 
+def quota(conn, project_id: str, **limits: int) -> None:  # type: ignore[no-untyped-def]
+    # Raw PUT: the SDK's cloud layer drops zero values.
+    response = conn.compute.put(f"/os-quota-sets/{project_id}", json={"quota_set": limits})
+    response.raise_for_status()
+
+
 def resources() -> None:
     conn = admin()
     project = conn.identity.find_project(VISA_PROJECT)
@@ -182,10 +188,11 @@ def resources() -> None:
     # The project's default security group is created on first use.
     if not list(conn.network.security_groups(project_id=project.id, name="default")):
         conn.network.create_security_group(name="default", project_id=project.id)
-    conn.set_compute_quotas(project.id, instances=-1, cores=-1, ram=-1)
+    quota(conn, project.id, instances=-1, cores=-1, ram=-1)
     conn.set_network_quotas(
         project.id, port=-1, network=-1, subnet=-1, security_group=-1, security_group_rule=-1
     )
+    quota(conn, conn.identity.find_project(FULL_PROJECT).id, instances=0)
     log("image, flavours, network and quotas ready")
 
 

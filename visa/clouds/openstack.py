@@ -4,7 +4,8 @@ Config keys (the Cloud row's config; ``password`` may be ``{"env": "VAR"}``):
 
 * ``auth_url``, ``username``, ``password``, ``project_name``, ``user_domain_name`` and
   ``project_domain_name`` (default ``Default``), ``region_name``: the credentials;
-* ``network``: name or id of the network servers are attached to (none: the cloud decides);
+* ``network``: name or id of the network servers are attached to; ``auto`` (the default:
+  the project's only network) or ``none`` as Nova understands them;
 * ``security_groups``: names given to every server (default none: the project's default);
 * ``name_prefix``: prepended to server names, so operators see visa's servers at a glance;
 * ``timeout`` (seconds per HTTP request, default 30), ``retries`` (of transient failures,
@@ -271,7 +272,10 @@ class OpenStackProvider(Provider):
             "tags": [VISA_TAG],
             "user_data": base64.b64encode(spec.user_data.encode()).decode() if spec.user_data else None,
         }
-        if self.network:
+        if self.network in (None, "auto", "none"):
+            # Nova's own words: the project's only network (or one made for it), or none.
+            attrs["networks"] = self.network or "auto"
+        else:
             net_id = self._resolve(
                 "network", self.network, lambda r: c.network.find_network(r, ignore_missing=True)
             )
