@@ -127,7 +127,12 @@ def _launch(svc: Service) -> None:
     RUN.mkdir(parents=True, exist_ok=True)
     if svc.port and _port_open(svc.port):
         raise SystemExit(f"port {svc.port} for {svc.name} is taken by another process")
-    env = {**os.environ, **svc.env, "PYTHONPATH": str(PLUGINS), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    env = {
+        **os.environ,
+        **svc.env,
+        "PYTHONPATH": str(PLUGINS),
+        "PYTHONWARNINGS": "ignore::DeprecationWarning",
+    }
     env.pop("VIRTUAL_ENV", None)
     with open(LOGS / f"{svc.name}.log", "ab") as out:
         proc = subprocess.Popen(
@@ -226,7 +231,12 @@ def status() -> int:
 
 def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
     log(" ".join(str(c) for c in cmd[:4]) + (" ..." if len(cmd) > 4 else ""))
-    full_env = {**os.environ, "PYTHONPATH": str(PLUGINS), "PYTHONWARNINGS": "ignore::DeprecationWarning", **(env or {})}
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(PLUGINS),
+        "PYTHONWARNINGS": "ignore::DeprecationWarning",
+        **(env or {}),
+    }
     full_env.pop("VIRTUAL_ENV", None)
     subprocess.run([str(c) for c in cmd], check=True, env=full_env, stdin=subprocess.DEVNULL)
 
