@@ -165,7 +165,7 @@ function showError(message) {
 }
 
 function screenSize() {
-  const v = document.getElementById("screen").value;
+  const v = document.getElementById("screen-size").value;
   if (v !== "fit") return v.split("x").map(Number);
   const clamp = (x, lo, hi) => Math.min(hi, Math.max(lo, x));
   // The desktop page has a slim bar on top: leave room for it.

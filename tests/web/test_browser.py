@@ -1,0 +1,328 @@
+"""The scientist's browser, end to end, in a real headless Chromium against a real visa
+(uvicorn, the local cloud with real desktops and JupyterLab, SQLite in a fresh data dir).
+
+Log in, create an instance for an experiment, watch its progress move live, open the
+desktop and see the real VNC server's pixels, type into it, open JupyterLab, share it with a
+colleague who sees it view-only, delete it. Screenshots of each page: tests/artifacts/browser/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = ROOT / "tests" / "artifacts" / "browser"
+VISA = str(Path(sys.executable).with_name("visa"))
+
+
+@dataclass
+class Site:
+    url: str
+    data_dir: Path
+    env: dict[str, str]
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    r = subprocess.run([VISA, *args], env=env, capture_output=True, text=True, timeout=120, input=stdin)
+    assert r.returncode == 0, f"visa {' '.join(args)}: {r.stdout}{r.stderr}"
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    pytest.importorskip("playwright")
+    subprocess.run([str(ROOT / "scripts" / "build-web.sh")], check=True, capture_output=True, timeout=300)
+
+    data = tmp_path_factory.mktemp("visa-browser")
+    # `visa init` points the local cloud's data mounts at <data dir>/facility.
+    facility = data / "var" / "facility"
+    raw = facility / "visitor" / "ev280" / "id21"
+    raw.mkdir(parents=True)
+    (raw / "scan_0001.h5").write_text("raw data")
+    (facility / "processed" / "ev280" / "id21").mkdir(parents=True)
+    port = _free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("VISA_")},
+        "VISA_DATA_DIR": str(data / "var"),
+        "VISA_SECRET_KEY": "browser-test-secret",
+        "VISA_BASE_URL": f"http://127.0.0.1:{port}",
+        # Follow moving instances closely; the periodic jobs are not under test here.
+        "VISA_SCHEDULER__UNSTABLE_SYNC_SECONDS": "1",
+        "VISA_SCHEDULER__ENABLED_IN_WEB": "false",
+    }
+    _cli(env, "init")
+    _cli(env, "catalogue", "apply", str(ROOT / "flavours"), str(ROOT / "images"))
+    experiments = data / "experiments.json"
+    experiments.write_text(json.dumps([
+        {"id": "ev280-id21-1", "proposal": "ev280", "proposal_title": "Trace elements in Roman glass",
+         "instrument": "id21", "start_date": "2026-11-20", "end_date": "2026-11-23", "title": "XRF mapping",
+         "members": [{"username": "alice", "full_name": "Alice Martin"}]},
+        {"id": "ma9012-id16a-1", "proposal": "ma9012", "proposal_title": "Battery cathodes",
+         "instrument": "id16a", "start_date": "2025-03-02", "end_date": "2025-03-05", "title": "Nano-tomography",
+         "members": [{"username": "alice"}]},
+    ]))
+    _cli(env, "experiments", "import", str(experiments))
+    _cli(env, "users", "passwd", "alice", stdin="alice-password\nalice-password\n")
+    _cli(env, "users", "add", "bob", "--full-name", "Bob Durand", "--password", "bob-password")
+
+    log = data / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([VISA, "run", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "visa did not answer in 60 s:\n" + log.read_text()[-3000:]
+            time.sleep(0.3)
+        yield Site(url=url, data_dir=data / "var", env=env, log=log)
+    finally:
+        _stop(proc)
+        _delete_local_sessions(data / "var")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def _delete_local_sessions(data_dir: Path) -> None:
+    """Whatever the test left running on the local cloud is stopped and removed."""
+    from visa.clouds.registry import make_provider
+
+    root = data_dir / "local-instances"
+    if not root.exists():
+        return
+    provider = make_provider("local", "local", {"root_dir": str(root)})
+    try:
+        for server in provider.list_servers():
+            provider.delete(server.id)
+    finally:
+        provider.close()
+
+
+@pytest.fixture(scope="module")
+def browser(site: Site) -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def shot(page, name: str) -> None:  # noqa: ANN001
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def login(browser, site: Site, username: str):  # noqa: ANN001, ANN201
+    ctx = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=site.url)
+    page = ctx.new_page()
+    page.set_default_timeout(20_000)
+    page.goto("/")
+    assert "/login" in page.url  # anonymous: sent to log in, and back
+    page.fill("#username", username)
+    page.fill("#password", f"{username}-password")
+    page.click("#login-form button[type=submit]")
+    page.wait_for_url(f"{site.url}/")
+    return ctx, page
+
+
+SCREEN_STATS = """() => {
+  const c = document.querySelector('#screen canvas');
+  if (!c || !c.width) return null;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const colours = new Set();
+  let lit = 0, n = 0;
+  for (let i = 0; i < d.length; i += 4 * 31) {
+    const v = (d[i] << 16) | (d[i + 1] << 8) | d[i + 2];
+    colours.add(v); n++;
+    if (d[i] + d[i + 1] + d[i + 2] > 60) lit++;
+  }
+  return {width: c.width, height: c.height, colours: colours.size, lit: lit / n};
+}"""
+
+
+def _find(root: Path, name: str, timeout: float) -> Path | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [p for p in (root / "local-instances").glob(f"*/home/{name}")]
+        if found:
+            return found[0]
+        time.sleep(0.25)
+    return None
+
+
+def test_the_scientists_day(site: Site, browser) -> None:  # noqa: ANN001
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    alice_ctx, page = login(browser, site, "alice")
+    page.wait_for_selector('[data-testid="no-instances"]')
+    shot(page, "01-home-empty")
+
+    # --- the wizard: experiment, environment, size, name ---------------------------------------
+    page.click('[data-testid="new-instance"]')
+    page.wait_for_url("**/instances/new")
+    assert page.locator("[data-experiment]").count() == 2
+    page.select_option("#exp-year", "2025")
+    assert page.locator("[data-experiment]:visible").count() == 1
+    page.select_option("#exp-year", "")
+    page.fill("#exp-search", "ev280")
+    assert page.locator("[data-experiment]:visible").count() == 1
+    page.click('[data-experiment] >> text=ev280')
+    page.click('#environments [data-image="desktop"]')
+    flavours = page.locator("#flavours [data-plan]")
+    flavours.first.wait_for()
+    names = flavours.all_inner_texts()
+    assert any("esrf.medium" in n for n in names)
+    assert not any("a40" in n for n in names), names  # GPU flavours are limited to other instruments/roles
+    page.click('#flavours [data-plan] >> text=esrf.medium')
+    page.fill("#name", "XRF maps of ev280")
+    page.select_option("#screen-size", "1280x800")
+    shot(page, "02-create-wizard")
+    page.click('[data-testid="create"]')
+    page.wait_for_url(re.compile(r"/instances/[0-9a-f]+$"))
+    uid = page.url.rstrip("/").rsplit("/", 1)[1]
+
+    # --- progress, pushed by the server: no reload -----------------------------------------------
+    page.evaluate("window.__samePage = true")
+    page.wait_for_selector('[data-testid="progress"] [data-step="requested"][data-status="done"]')
+    shot(page, "03-progress")
+    seen: list[tuple[str, ...]] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        statuses = tuple(page.eval_on_selector_all('[data-testid="progress"] li', "els => els.map(e => e.dataset.status)"))
+        if statuses and (not seen or seen[-1] != statuses):
+            seen.append(statuses)
+            if "current" in statuses and len(seen) == 2:
+                shot(page, "04-progress-moving")
+        if page.get_attribute('[data-testid="status-card"]', "data-state") == "ACTIVE":
+            break
+        assert "failed" not in statuses, page.inner_text('[data-testid="status-card"]') + site.log.read_text()[-2000:]
+        time.sleep(0.2)
+    assert page.get_attribute('[data-testid="status-card"]', "data-state") == "ACTIVE", seen
+    assert page.evaluate("window.__samePage") is True
+    assert len(seen) >= 2 and seen[-1] == ("done",) * 5, seen
+    page.wait_for_selector('[data-testid="open-desktop"]')
+    shot(page, "05-ready")
+
+    # --- the desktop: real pixels, typing ----------------------------------------------------------
+    page.click('[data-testid="open-desktop"]')
+    page.wait_for_url("**/desktop")
+    page.wait_for_selector('body[data-desktop="connected"]', state="attached", timeout=30_000)
+    connected_at = time.monotonic()
+    stats = None
+    for _ in range(50):
+        stats = page.evaluate(SCREEN_STATS)
+        if stats and stats["colours"] >= 4 and stats["lit"] > 0.05:
+            break
+        time.sleep(0.2)
+    assert stats and stats["colours"] >= 4 and stats["lit"] > 0.05, stats
+    assert page.evaluate("window.visaDesktop.rfb.viewOnly") is False
+    shot(page, "06-desktop")
+    canvas = page.locator("#screen canvas")
+    canvas.click(position={"x": 300, "y": 200})  # into the xterm the session opens at +40+40
+    page.keyboard.type("echo typed in the browser > ~/typed-by-alice.txt")
+    page.keyboard.press("Enter")
+    typed = _find(site.data_dir, "typed-by-alice.txt", 15)
+    assert typed is not None and typed.read_text().strip() == "typed in the browser"
+    shot(page, "07-desktop-typed")
+    # The owner's browser sends a thumbnail 10 s after connecting.
+    with page.expect_response(lambda r: r.url.endswith(f"/api/instances/{uid}/thumbnail") and r.request.method == "PUT",
+                              timeout=max(1, 20 - (time.monotonic() - connected_at)) * 1000) as put:
+        pass
+    assert put.value.status == 200, put.value.text()
+    thumb = alice_ctx.request.get(f"/api/instances/{uid}/thumbnail")
+    assert thumb.status == 200 and thumb.body()[:3] == b"\xff\xd8\xff" and len(thumb.body()) < 200 * 1024
+
+    # --- JupyterLab ---------------------------------------------------------------------------------
+    page.goto(f"/instances/{uid}/jupyter")
+    frame = page.frame_locator('[data-testid="jupyter-frame"]')
+    frame.locator(".jp-LauncherCard").first.wait_for(timeout=90_000)
+    shot(page, "08-jupyterlab")
+
+    # --- sharing with a colleague, view only -------------------------------------------------------------
+    page.goto(f"/instances/{uid}")
+    page.fill('[data-testid="invite-search"]', "bob")
+    page.click('#invite-results button[data-username="bob"]')
+    page.select_option("#invite-role", "GUEST")
+    page.click('[data-testid="invite-submit"]')
+    page.wait_for_selector('#members [data-member="bob"]')
+    shot(page, "09-shared")
+
+    bob_ctx, bob = login(browser, site, "bob")
+    card = bob.locator(f'[data-testid="instance-card"][data-uid="{uid}"]')
+    card.wait_for()
+    assert "guest" in card.inner_text().lower()
+    assert card.locator("img[data-thumb]").count() == 1  # the owner's thumbnail
+    shot(bob, "10-bob-home")
+    bob.goto(f"/instances/{uid}/desktop")
+    bob.wait_for_selector('body[data-desktop="connected"]', state="attached", timeout=30_000)
+    assert bob.evaluate("window.visaDesktop.rfb.viewOnly") is True
+    assert "view only" in bob.inner_text('[data-testid="role-badge"]')
+    stats = bob.evaluate(SCREEN_STATS)
+    for _ in range(50):
+        if stats and stats["colours"] >= 4:
+            break
+        time.sleep(0.2)
+        stats = bob.evaluate(SCREEN_STATS)
+    assert stats and stats["colours"] >= 4, stats
+    bob.locator("#screen canvas").click(position={"x": 300, "y": 200})
+    bob.keyboard.type("echo typed by bob > ~/typed-by-bob.txt")
+    bob.keyboard.press("Enter")
+    shot(bob, "11-bob-desktop-view-only")
+    assert _find(site.data_dir, "typed-by-bob.txt", 3) is None  # a guest's keys never reach the desktop
+
+    # --- delete, with confirmation; the colleague's list follows -----------------------------------------
+    bob.goto("/")
+    page.goto(f"/instances/{uid}")
+    page.click(f'button[data-action="delete"][data-uid="{uid}"]')
+    page.wait_for_selector("#confirm-dialog[open]")
+    shot(page, "12-delete-confirm")
+    page.click('#confirm-dialog button[value="ok"]')
+    page.wait_for_url(f"{site.url}/")
+    page.wait_for_selector('[data-testid="no-instances"]', timeout=60_000)
+    bob.wait_for_selector('[data-testid="no-instances"]', timeout=30_000)  # live, without reload
+    shot(page, "13-deleted")
+    bob_ctx.close()
+    alice_ctx.close()
