@@ -1,0 +1,74 @@
+"""deploy/: nginx accepts its configuration, the Keycloak realm gives visa's roles, units use async workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from visa.users.models import Role
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+
+
+def _need(tool: str) -> str:
+    path = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is required in CI (deploy/system-packages.txt)")
+        pytest.skip(f"no {tool}")
+    return path
+
+
+def test_nginx_accepts_the_configuration(tmp_path: Path) -> None:
+    nginx, openssl = _need("nginx"), _need("openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=visa.test",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    conf = (DEPLOY / "nginx/visa.conf").read_text()
+    conf = conf.replace("/etc/ssl/visa/fullchain.pem", str(cert)).replace("/etc/ssl/visa/privkey.pem", str(key))
+    (tmp_path / "visa.conf").write_text(conf)
+    temp = "\n".join(f"  {d}_temp_path {tmp_path}/{d};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n  access_log {tmp_path}/access.log;\n{temp}\n  include {tmp_path}/visa.conf;\n}}\n"
+    )
+    r = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"),
+                        "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "syntax is ok" in r.stderr and "test is successful" in r.stderr
+    # What the configuration must do for visa, not only parse.
+    for needle in ("location /ws/", "location /jupyter/", "location = /api/events", "proxy_buffering off",
+                   "proxy_read_timeout 8h", "$http_upgrade", "X-Request-ID", "deny all"):
+        assert needle in conf, needle
+
+
+def test_keycloak_realm_roles_map_to_visa_roles() -> None:
+    realm = json.loads((DEPLOY / "keycloak/visa-realm.json").read_text())
+    client_roles = {r["name"] for r in realm["roles"]["client"]["visa"]}
+    example = tomllib.loads((DEPLOY / "visa.example.toml").read_text())
+    mapping = example["oidc"]["role_mapping"]
+    assert set(mapping) == client_roles
+    assert {Role(v) for v in mapping.values()} == set(Role)
+    client = next(c for c in realm["clients"] if c["clientId"] == example["oidc"]["client_id"])
+    assert client["redirectUris"] == [example["base_url"] + "/auth/callback"]
+    assert example["oidc"]["role_claim"] == "resource_access.visa.roles"
+
+
+def test_units_and_container_use_async_workers() -> None:
+    web = (DEPLOY / "systemd/visa-web.service").read_text()
+    assert "-k uvicorn.workers.UvicornWorker" in web and "'visa.asgi:create_asgi_app()'" in web
+    assert "ExecStart=/opt/visa/.venv/bin/visa scheduler" in (DEPLOY / "systemd/visa-scheduler.service").read_text()
+    assert "uvicorn.workers.UvicornWorker" in (DEPLOY / "container/Containerfile").read_text()
+
+
+def test_the_asgi_factory_is_importable_as_the_units_name_it() -> None:
+    from visa.asgi import create_asgi_app
+
+    assert callable(create_asgi_app)
