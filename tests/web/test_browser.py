@@ -34,6 +34,12 @@ ARTIFACTS = ROOT / "tests" / "artifacts" / "browser"
 VISA = str(Path(sys.executable).with_name("visa"))
 
 
+def _serve(port: int) -> list[str]:
+    """What `visa run` serves, with the event loop a clean install has (asyncio: uvloop is optional)."""
+    return [sys.executable, "-m", "uvicorn", "visa.asgi:create_asgi_app", "--factory", "--loop", "asyncio",
+            "--host", "127.0.0.1", "--port", str(port), "--ws-per-message-deflate", "false"]
+
+
 @dataclass
 class Site:
     url: str
@@ -95,7 +101,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
     log = data / "server.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([VISA, "run", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(_serve(port), env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
