@@ -173,6 +173,21 @@ def run(host: str | None, port: int | None, workers: int) -> None:
     )
 
 
+@main.command()
+@click.option("--no-worker", is_flag=True, help="Do not carry out instance commands in this process")
+def scheduler(no_worker: bool) -> None:
+    """Run the periodic jobs (state sync, activity, lifetimes, emails, clean-up) when this process
+    holds the leader lease; any number may run, one leads at a time."""
+    import logging
+
+    from visa.scheduler.runner import Runner
+    from visa.services import Services
+
+    settings = _settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Runner(Services(settings=settings, database=_database()), worker=not no_worker).run_forever()
+
+
 @main.command("check-config")
 @click.option("--probe-clouds", is_flag=True, help="Also ask every enabled cloud for its limits (10 s timeout)")
 def check_config(probe_clouds: bool) -> None:

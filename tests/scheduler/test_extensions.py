@@ -86,9 +86,9 @@ def test_accepted_extension_moves_the_deletion(services: Services, world, clock:
     while clock.now() < start + timedelta(days=8):
         clock.advance(hours=1)
         r = lifecycle.run(services)
-        for i in r.lifetime_warned:
+        for _i in r.lifetime_warned:
             events.setdefault("warned", clock.now())
-        for i in r.deleted:
+        for _i in r.deleted:
             events.setdefault("deleted", clock.now())
     assert events == {"warned": granted - timedelta(hours=48), "deleted": granted}
     assert len(inbox.wait_for(4)) == 4  # first warning, accepted, second warning, deleted

@@ -23,6 +23,7 @@ email row written in the same transaction carries a unique key.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -181,9 +182,14 @@ def cycle(actor: Actor, session: Session, clock: Clock, settings: Settings, *, l
     return result
 
 
-def run(services: Services) -> CycleResult:
-    """The scheduler job: one cycle in one transaction, emails sent after the commit."""
+def run(services: Services, guard: Callable[[Session], None] | None = None) -> CycleResult:
+    """The scheduler job: one cycle in one transaction, emails sent after the commit.
+
+    ``guard`` (the leader lease's check) runs first in the same transaction.
+    """
     with services.database.unit_of_work() as s:
+        if guard is not None:
+            guard(s)
         result = cycle(SYSTEM, s, services.clock, services.settings)
     if result.deleted or result.lifetime_warned or result.inactivity_warned or result.cancelled:
         log.info("lifecycle: %s", result)

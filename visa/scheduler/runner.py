@@ -1,0 +1,184 @@
+"""The scheduler: periodic jobs, run by whichever visa process holds the leader lease.
+
+Every process that may lead runs a :class:`Runner`: it tries to take the lease every
+``lease_seconds / 3``; while it holds it, an APScheduler ``BackgroundScheduler`` runs the
+jobs (each with its period from ``settings.scheduler``); when it loses it, the jobs stop.
+
+Jobs:
+
+* ``sync`` — the state of every instance from one list call per cloud (``instances.sync``);
+  instances in moving states are followed faster by the command worker, or here
+  (``sync-unstable``) when this process has no worker.
+* ``activity`` — the SSH activity probe of running machines (``instances.activity``).
+* ``lifecycle`` — warnings and deletions (``instances.lifecycle``), fenced by the lease.
+* ``outbox`` — emails not sent yet (a crash between a decision and its email).
+* ``cleanup`` — orphan servers, expired role grants and connect tokens (``scheduler.cleanup``).
+
+``visa scheduler`` runs a Runner (and a command worker) on its own; ``visa run`` runs one in
+the served process when ``scheduler.enabled_in_web``: see :func:`start_in_background`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+import visa.models  # noqa: F401  (every model mapped before the first query)
+from visa.scheduler.lease import Lease, LeaseLost
+from visa.services import Services
+
+log = logging.getLogger(__name__)
+
+OUTBOX_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    seconds: int
+    run: Callable[[], object]
+
+
+class Runner:
+    def __init__(self, services: Services, *, worker: bool = False, unstable_sync: bool | None = None,
+                 lease: Lease | None = None) -> None:
+        self.services = services
+        cfg = services.settings.scheduler
+        self.lease = lease or Lease(services.database, services.clock, cfg.lease_seconds)
+        self.poll_seconds = cfg.lease_seconds / 3
+        self.with_worker = worker
+        self.unstable_sync = worker is False if unstable_sync is None else unstable_sync
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._scheduler: BackgroundScheduler | None = None
+        self._worker = None
+        self._jobs: list[Job] | None = None
+
+    # --- the jobs ---------------------------------------------------------------------------
+
+    def jobs(self) -> list[Job]:
+        if self._jobs is None:
+            from visa.instances import lifecycle
+            from visa.instances.activity import ActivityProbe
+            from visa.instances.sync import sync_all
+            from visa.notify.outbox import deliver
+            from visa.scheduler.cleanup import Cleanup
+
+            svc, cfg = self.services, self.services.settings.scheduler
+            probe, cleanup = ActivityProbe(svc), Cleanup(svc)
+            jobs = [
+                Job("sync", cfg.sync_seconds, lambda: sync_all(svc)),
+                Job("activity", cfg.activity_seconds, probe.run),
+                Job("lifecycle", cfg.lifecycle_seconds, lambda: lifecycle.run(svc, guard=self.lease.check)),
+                Job("outbox", OUTBOX_SECONDS, lambda: deliver(svc.database.sessionmaker, svc.settings, svc.clock)),
+                Job("cleanup", cfg.cleanup_seconds, cleanup.run),
+            ]
+            if self.unstable_sync:
+                jobs.insert(1, Job("sync-unstable", cfg.unstable_sync_seconds,
+                                   lambda: sync_all(svc, only_unstable=True)))
+            self._jobs = jobs
+        return self._jobs
+
+    def _guarded(self, job: Job) -> Callable[[], None]:
+        def run() -> None:
+            if not self.lease.held():
+                log.info("job %s skipped: this process does not hold the lease", job.name)
+                return
+            try:
+                job.run()
+            except LeaseLost as exc:
+                log.warning("job %s stopped: %s", job.name, exc)
+            except Exception:  # one failed cycle must not stop the scheduler
+                log.exception("job %s failed", job.name)
+
+        return run
+
+    # --- leading --------------------------------------------------------------------------
+
+    @property
+    def leading(self) -> bool:
+        return self._scheduler is not None
+
+    def _lead(self) -> None:
+        scheduler = BackgroundScheduler(timezone=UTC, job_defaults={
+            "coalesce": True, "max_instances": 1, "misfire_grace_time": None,
+        })
+        now = datetime.now(UTC)
+        for job in self.jobs():
+            scheduler.add_job(self._guarded(job), "interval", seconds=job.seconds, id=job.name, name=job.name,
+                              next_run_time=now)
+        scheduler.start()
+        self._scheduler = scheduler
+        log.info("scheduler: %s leads (%s)", self.lease.holder, ", ".join(f"{j.name}/{j.seconds}s" for j in self.jobs()))
+
+    def _follow(self, wait: bool = False) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=wait)
+            self._scheduler = None
+            log.info("scheduler: %s no longer leads", self.lease.holder)
+
+    def tick(self) -> bool:
+        """One round of the election; True when this process leads afterwards."""
+        try:
+            holds = self.lease.acquire()
+        except Exception:  # the database may be away for a while: stop acting, try again
+            log.exception("scheduler lease could not be renewed")
+            holds = False
+        if holds and not self.leading:
+            self._lead()
+        elif not holds and self.leading:
+            self._follow()
+        return holds
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.tick()
+            self._stop.wait(self.poll_seconds)
+
+    # --- process life -----------------------------------------------------------------------
+
+    def start(self) -> Runner:
+        if self.with_worker:
+            from visa.instances.worker import Worker
+
+            self._worker = Worker(self.services)
+            self._worker.start()
+        self._thread = threading.Thread(target=self._loop, name="visa-scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._follow(wait=True)
+        try:
+            self.lease.release()
+        except Exception:
+            log.exception("scheduler lease could not be released")
+        if self._worker is not None:
+            self._worker.stop()
+
+    def run_forever(self) -> None:
+        """Until SIGTERM or SIGINT (``visa scheduler``)."""
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
+        self.start()
+        log.info("scheduler process %s started", self.lease.holder)
+        try:
+            while not done.wait(1):
+                pass
+        finally:
+            self.stop()
+
+
+def start_in_background(services: Services) -> Runner:
+    """For the served process (``visa.asgi`` lifespan), which runs its own command worker."""
+    return Runner(services, worker=False, unstable_sync=False).start()
