@@ -37,6 +37,7 @@ fi
 if [[ -x scripts/build-web.sh ]]; then
   scripts/build-web.sh
 fi
+scripts/build-apidocs.sh  # admin pages' assets and Swagger UI for /api/docs
 
 # The OIDC server the login tests start (npm oidc-provider, Keycloak's URL layout).
 if [[ ! -d tests/oidc/node_modules ]] && command -v npm >/dev/null 2>&1; then

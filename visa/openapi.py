@@ -553,5 +553,11 @@ def parse_query(model: type[Q]) -> Q:
         if name not in request.args:
             continue
         origin = getattr(info.annotation, "__origin__", None)
-        data[name] = request.args.getlist(name) if origin is list else request.args.get(name)
+        # Empty values are absent: that is what an untouched field of a filter form sends.
+        if origin is list:
+            values = [v for v in request.args.getlist(name) if v != ""]
+            if values:
+                data[name] = values
+        elif request.args.get(name, "") != "":
+            data[name] = request.args.get(name)
     return model.model_validate(data)

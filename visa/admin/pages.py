@@ -1,7 +1,163 @@
-"""Admin pages (placeholder until the views land)."""
+"""Admin pages: dashboard, instances, catalogue, users, notifications, audit.
+
+Views read through the admin services and hand the documented models (as dicts) to the
+templates; every change goes through ``/api/admin`` from the page script, so the rules and
+the CSRF check are those of the API.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, current_app, redirect, render_template, request
+from jinja2 import TemplateNotFound
+
+from visa.actor import Actor
+from visa.admin import schemas as S
+from visa.admin import serialize, service
+from visa.auth.policy import require
+from visa.instances.models import InstanceState
+from visa.notifications import service as notifications
+from visa.openapi import parse_query
+from visa.users.models import Role
+from visa.web.context import current_actor, db_session, services
 
 bp = Blueprint("admin_pages", __name__, url_prefix="/admin")
+
+SECTIONS = [
+    ("admin_pages.dashboard", "Dashboard"), ("admin_pages.instances", "Instances"),
+    ("admin_pages.catalogue", "Catalogue"), ("admin_pages.users", "Users"),
+    ("admin_pages.notifications", "Notifications"), ("admin_pages.audit", "Audit log"),
+]
+
+
+def admin_page(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Anonymous visitors log in first; others need the policy's ``action`` (403 otherwise)."""
+
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            actor = current_actor(required=False)
+            if actor is None:
+                from visa.web.pages import login_url
+
+                return redirect(login_url())
+            require(actor, action)
+            return view(actor, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def _base_template() -> str:
+    """The site's base.html when it offers a ``content`` block, else a standalone one."""
+    env = current_app.jinja_env
+    try:
+        if "content" in env.get_template("base.html").blocks:
+            return "base.html"
+    except TemplateNotFound:
+        pass
+    return "admin/_standalone.html"
+
+
+def _render(template: str, **context: Any) -> str:
+    return render_template(template, admin_base=_base_template(), sections=SECTIONS, **context)
+
+
+def _pages(total: int, q: S.PageQuery) -> dict[str, Any]:
+    last = max(1, -(-total // q.per_page))
+    args = request.args.to_dict(flat=False)
+
+    def url(page: int) -> str:
+        from urllib.parse import urlencode
+
+        return "?" + urlencode({**args, "page": [str(page)]}, doseq=True)
+
+    return {"page": q.page, "last": last, "total": total,
+            "prev": url(q.page - 1) if q.page > 1 else None, "next": url(q.page + 1) if q.page < last else None}
+
+
+@bp.get("/")
+@admin_page("view_all_instances")
+def dashboard(actor: Actor):  # noqa: ANN201
+    svc = services()
+    stats = S.StatsOut(**service.stats(actor, db_session(), svc.clock, svc)).model_dump(mode="json")
+    return _render("admin/dashboard.html", title="Dashboard", stats=stats)
+
+
+@bp.get("/instances")
+@admin_page("view_all_instances")
+def instances(actor: Actor):  # noqa: ANN201
+    q = parse_query(S.InstanceQuery)
+    s, clock = db_session(), services().clock
+    items, total = service.list_instances(actor, s, q)
+    rows = [serialize.admin_instance(i, actor, clock).model_dump(mode="json") for i in items]
+    return _render("admin/instances.html", title="Instances", rows=rows, q=q, pages=_pages(total, q),
+                   states=[st.value for st in InstanceState], sorts=S.INSTANCE_SORTS)
+
+
+@bp.get("/instances/<uid>")
+@admin_page("view_all_instances")
+def instance(actor: Actor, uid: str):  # noqa: ANN201
+    s, clock = db_session(), services().clock
+    inst = service.get_instance(actor, s, uid)
+    detail = serialize.instance_detail(
+        inst, actor, clock, service.instance_commands(actor, s, inst), service.instance_history(actor, s, inst)
+    ).model_dump(mode="json")
+    try:
+        user_data, user_data_error = service.render_userdata(actor, s, clock, uid, audit=False), None
+    except Exception as exc:  # a preview that cannot render says why, the page still shows
+        user_data, user_data_error = None, str(getattr(exc, "message", exc))[:300]
+    from visa.instances.models import CommandAction
+    from visa.instances.service import ALLOWED_FROM
+
+    can = {a.value.lower(): inst.state in ALLOWED_FROM[a] for a in ALLOWED_FROM}
+    can["delete"] = inst.deleted_at is None and inst.state != InstanceState.DELETING
+    return _render("admin/instance.html", title=f"Instance {inst.name}", i=detail, user_data=user_data,
+                   user_data_error=user_data_error, can=can, deleted=inst.deleted_at is not None,
+                   actions=[a.value.lower() for a in (CommandAction.REBOOT, CommandAction.STOP, CommandAction.START)])
+
+
+@bp.get("/catalogue")
+@admin_page("manage_catalogue")
+def catalogue(actor: Actor):  # noqa: ANN201
+    s = db_session()
+    flavours = [
+        S.FlavourOut(id=f.id, instances=n, memory_mb=f.memory_mb, **spec.model_dump(exclude={"memory_gb"})).model_dump(mode="json")
+        for f, spec, n in service.list_flavours(actor, s)
+    ]
+    clouds = service.cloud_names(s)
+    images = [serialize.image(i, clouds).model_dump(mode="json") for i in service.list_images(actor, s)]
+    plans = [serialize.plan(p).model_dump(mode="json") for p in service.list_plans(actor, s)]
+    return _render("admin/catalogue.html", title="Catalogue", flavours=flavours, images=images, plans=plans,
+                   roles=[r.value for r in Role], cloud_names=sorted(clouds.values()))
+
+
+@bp.get("/users")
+@admin_page("manage_users")
+def users(actor: Actor):  # noqa: ANN201
+    q = parse_query(S.UserQuery)
+    found, total, counts = service.list_users(actor, db_session(), services().clock, q)
+    rows = [serialize.user(u, counts.get(u.id, 0)).model_dump(mode="json") for u in found]
+    return _render("admin/users.html", title="Users", rows=rows, q=q, pages=_pages(total, q),
+                   roles=[r.value for r in Role])
+
+
+@bp.get("/notifications", endpoint="notifications")
+@admin_page("manage_notifications")
+def notifications_page(actor: Actor):  # noqa: ANN201
+    rows = [serialize.notification(n, c).model_dump(mode="json") for n, c in notifications.list_all(actor, db_session())]
+    return _render("admin/notifications.html", title="Notifications", rows=rows)
+
+
+@bp.get("/audit")
+@admin_page("view_audit")
+def audit(actor: Actor):  # noqa: ANN201
+    q = parse_query(S.AuditQuery)
+    items, total = service.audit_events(actor, db_session(), q)
+    rows = [serialize.audit(e).model_dump(mode="json") for e in items]
+    return _render("admin/audit.html", title="Audit log", rows=rows, q=q, pages=_pages(total, q))
+

@@ -157,13 +157,17 @@ def change_termination(
     return instance
 
 
-def render_userdata(actor: Actor, session: Session, clock: Clock, uid: str) -> str:
-    """What the machine receives at boot, as rendered now, with its secrets masked."""
+def render_userdata(actor: Actor, session: Session, clock: Clock, uid: str, *, audit: bool = True) -> str:
+    """What the machine receives at boot, as rendered now, with its secrets masked.
+
+    Reads through the API are audited; the instance page's preview is part of viewing it.
+    """
     instance = get_instance(actor, session, uid)
     from visa.provisioning.operator import render_for_operator
 
     text = render_for_operator(session, instance.uid)
-    record(session, actor, clock, "instance.userdata.view", target_type="instance", target_id=uid)
+    if audit:
+        record(session, actor, clock, "instance.userdata.view", target_type="instance", target_id=uid)
     return text
 
 

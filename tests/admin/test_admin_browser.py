@@ -1,0 +1,239 @@
+"""The admin pages in a real headless Chromium against a real visa (uvicorn, SQLite, local cloud).
+
+An admin creates a flavour limited to a role and a plan on it; a user gets the plan once
+given the role (GET /api/plans as that user); the admin reboots an instance, moves its
+termination date and deletes it, and finds it all in the audit log.
+Screenshots: tests/artifacts/admin/.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = ROOT / "tests" / "artifacts" / "admin"
+VISA = str(Path(sys.executable).with_name("visa"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    r = subprocess.run([VISA, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"visa {' '.join(args)}: {r.stdout}{r.stderr}"
+    return r.stdout
+
+
+def _seed_instance(data_dir: Path) -> str:
+    """An ACTIVE instance of alice's, written straight to the database (no machine behind it)."""
+    from sqlalchemy import select
+
+    import visa.models  # noqa: F401
+    from tests.admin.world import make_instance
+    from visa.catalogue.models import Plan
+    from visa.clock import system_clock
+    from visa.clouds.models import Cloud
+    from visa.db import Database
+    from visa.users.models import User
+
+    database = Database(f"sqlite:///{(data_dir / 'visa.db').resolve()}")
+    with database.unit_of_work() as s:
+        alice = s.scalar(select(User).where(User.username == "alice"))
+        plan = s.scalar(select(Plan).where(Plan.preset.is_(True)))
+        cloud = s.scalar(select(Cloud).where(Cloud.name == "local"))
+        uid = make_instance(s, system_clock, alice, plan, cloud, name="alice-analysis").uid
+    database.dispose()
+    return uid
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    pytest.importorskip("playwright")
+    subprocess.run([str(ROOT / "scripts" / "build-apidocs.sh")], check=True, capture_output=True, timeout=300)
+    if (ROOT / "scripts" / "build-web.sh").exists():
+        subprocess.run([str(ROOT / "scripts" / "build-web.sh")], check=True, capture_output=True, timeout=300)
+    data = tmp_path_factory.mktemp("visa-admin") / "var"
+    port = _free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("VISA_")},
+        "VISA_DATA_DIR": str(data), "VISA_SECRET_KEY": "admin-browser-test-secret",
+        "VISA_BASE_URL": f"http://127.0.0.1:{port}", "VISA_SCHEDULER__ENABLED_IN_WEB": "false",
+    }
+    _cli(env, "init")
+    _cli(env, "catalogue", "apply", str(ROOT / "flavours"), str(ROOT / "images"))
+    _cli(env, "users", "add", "root", "--full-name", "Ada Admin", "--password", "root-password", "--role", "ADMIN")
+    _cli(env, "users", "add", "alice", "--full-name", "Alice Martin", "--password", "alice-password")
+    uid = _seed_instance(data)
+    log = data / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "visa.asgi:create_asgi_app", "--factory", "--loop", "asyncio",
+             "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+        yield url, uid
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def browser():  # noqa: ANN201
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def _context(browser, url: str, username: str):  # noqa: ANN001, ANN202
+    ctx = browser.new_context(base_url=url, viewport={"width": 1400, "height": 1000})
+    r = ctx.request.post("/api/login", data={"username": username, "password": f"{username}-password"})
+    assert r.ok, r.text()
+    return ctx
+
+
+def _plans(ctx) -> list[str]:  # noqa: ANN001
+    r = ctx.request.get("/api/plans")
+    assert r.ok, r.text()
+    return [f"{p['image']['name']}/{p['flavour']['name']}" for p in r.json()]
+
+
+def _shot(page, name: str) -> None:  # noqa: ANN001
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_flavour_limited_to_a_role_reaches_the_user(site, browser) -> None:  # noqa: ANN001
+    url, _ = site
+    admin, alice = _context(browser, url, "root"), _context(browser, url, "alice")
+    page = admin.new_page()
+    page.goto("/admin/")
+    assert page.get_by_test_id("total-instances").inner_text() == "1"
+    _shot(page, "dashboard")
+
+    page.goto("/admin/catalogue")
+    form = page.get_by_test_id("new-flavour")
+    form.locator("input[name=name]").fill("esrf.test.big")
+    form.locator("input[name=cores]").fill("8")
+    form.locator("input[name=memory_gb]").fill("16")
+    form.locator("input[name=cloud_flavour]").fill("m1.big")
+    form.locator("input[name='limits.roles'][value=STAFF]").check()
+    form.locator("input[name=lifetime_hours]").fill("72")
+    form.get_by_role("button", name="Create flavour").click()
+    page.wait_for_selector("tr[data-flavour='esrf.test.big']")
+    row = page.locator("tr[data-flavour='esrf.test.big']")
+    assert "8 cores, 16.0 GB" in row.inner_text() and "everyone: 72 h" in row.inner_text()
+    assert row.locator("input[value=STAFF]").is_checked()
+
+    plan = page.get_by_test_id("new-plan")
+    plan.locator("select[name=image]").select_option("desktop")
+    plan.locator("select[name=flavour]").select_option("esrf.test.big")
+    plan.get_by_role("button", name="Create plan").click()
+    page.wait_for_selector("tr[data-plan='desktop/esrf.test.big']")
+    _shot(page, "catalogue")
+    # A bad entry is refused with the field named, as a bad file would be.
+    form = page.get_by_test_id("new-flavour")
+    form.locator("input[name=name]").fill("esrf.broken")
+    form.locator("input[name=cores]").fill("2")
+    form.locator("input[name=memory_gb]").fill("4")
+    form.locator("input[name=cloud_flavour]").fill("m1.small")
+    form.locator("select[name=cloud]").evaluate("s => { s.add(new Option('nowhere', 'nowhere')); s.value = 'nowhere'; }")
+    form.get_by_role("button", name="Create flavour").click()
+    page.wait_for_function("document.querySelector(\"[data-testid=new-flavour] .form-error\").textContent.includes('cloud')")
+
+    assert "desktop/esrf.test.big" not in _plans(alice)  # alice is not STAFF
+    page.goto("/admin/users?q=alice")
+    row = page.locator("tr[data-user=alice]")
+    row.locator("select[name=role]").select_option("STAFF")
+    row.get_by_role("button", name="Grant").click()
+    page.wait_for_selector("tr[data-user=alice] .chip:has-text('STAFF')")
+    _shot(page, "users")
+    alice_plans = _plans(alice)
+    assert "desktop/esrf.test.big" in alice_plans
+    plans = alice.request.get("/api/plans").json()
+    assert next(p for p in plans if p["flavour"]["name"] == "esrf.test.big")["max_lifetime_hours"] >= 72
+
+    # Limits changed on the page: open to all.
+    page.goto("/admin/catalogue")
+    row = page.locator("tr[data-flavour='esrf.test.big']")
+    row.locator("input[value=STAFF]").uncheck()
+    page.get_by_test_id("save-limits-esrf.test.big").click()
+    page.wait_for_selector(".admin-message:has-text('Saved')")
+    assert not page.locator("tr[data-flavour='esrf.test.big'] input[value=STAFF]").is_checked()
+
+
+def test_admin_acts_on_an_instance(site, browser) -> None:  # noqa: ANN001
+    url, uid = site
+    admin = _context(browser, url, "root")
+    page = admin.new_page()
+    page.on("dialog", lambda d: d.accept())
+    page.goto("/admin/instances?owner=alice")
+    page.get_by_role("link", name="alice-analysis").click()
+    page.wait_for_url(f"**/admin/instances/{uid}")
+    assert page.get_by_test_id("state").inner_text() == "ACTIVE"
+    assert "#cloud-config" in page.get_by_test_id("userdata").inner_text()
+    assert "alice" in page.get_by_test_id("members").inner_text()
+    _shot(page, "instance")
+
+    page.get_by_test_id("action-reboot").click()
+    page.wait_for_selector("[data-testid=commands] td:has-text('REBOOT')")
+    assert "root" in page.get_by_test_id("commands").inner_text()
+
+    from datetime import UTC, datetime
+
+    new = (datetime.now(UTC) + timedelta(days=20)).replace(second=0, microsecond=0)
+    page.locator("input[name=terminates_at]").fill(new.strftime("%Y-%m-%dT%H:%M"))
+    page.locator("input[name=reason]").fill("beamtime moved")
+    page.get_by_test_id("set-termination").click()
+    page.wait_for_selector(f"[data-testid=terminates-at]:has-text('{new.strftime('%Y-%m-%d %H:%M')}')")
+
+    page.get_by_test_id("action-delete").click()
+    page.wait_for_selector("[data-testid=commands] td:has-text('DELETE')")
+    _shot(page, "instance-after")
+    state = admin.request.get(f"/api/admin/instances/{uid}").json()["state"]
+    assert state in ("DELETING", "DELETED")
+
+    page.goto(f"/admin/audit?target_id={uid}")
+    text = page.get_by_test_id("audit").inner_text()
+    for action in ("instance.reboot", "instance.termination", "instance.delete"):
+        assert action in text, action
+    assert "beamtime moved" in text
+    _shot(page, "audit")

@@ -1,0 +1,33 @@
+"""Admin pages render for admins, refuse others, and show what the services say."""
+
+from __future__ import annotations
+
+from tests.admin.world import build
+
+
+def _login(api_client, username: str):  # noqa: ANN001, ANN202
+    c = api_client()
+    assert c.login(username, f"{username}-password").status_code == 200
+    return c
+
+
+def test_pages_for_admins_only(db, clock, api_client) -> None:  # noqa: ANN001
+    world = build(db, clock)
+    admin = _login(api_client, "root")
+    a1 = world.uids["a1"]
+    for url, needle in (("/admin/", "By state"), ("/admin/instances", "first"),
+                        ("/admin/instances?state=&owner=alice&sort=name", "second"),
+                        (f"/admin/instances/{a1}", "#cloud-config"), ("/admin/catalogue", "esrf.medium"),
+                        ("/admin/users?q=ali", "alice@example.org"), ("/admin/notifications", "New notification"),
+                        ("/admin/audit", "Audit log")):
+        r = admin.get(url)
+        assert r.status_code == 200, (url, r.status_code, r.get_data(as_text=True)[:300])
+        assert needle in r.get_data(as_text=True), url
+    page = admin.get(f"/admin/instances/{a1}").get_data(as_text=True)
+    assert 'data-testid="action-reboot"' in page and "alice" in page
+    user = _login(api_client, "alice")
+    assert user.get("/admin/").status_code == 403
+    assert user.get(f"/admin/instances/{a1}").status_code == 403
+    anonymous = api_client().get("/admin/users")
+    assert anonymous.status_code == 302 and "/login?next=/admin/users" in anonymous.headers["Location"]
+    assert admin.get("/admin/instances?sort=nonsense").status_code == 400
