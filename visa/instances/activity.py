@@ -39,7 +39,7 @@ from visa.settings import Settings
 
 log = logging.getLogger(__name__)
 
-COMPUTE_CORES = 0.3  # average cores used by the owner's processes that count as computing
+COMPUTE_CORES = 0.15  # average cores used by the owner's processes that count as computing (idle desktops: ~0.02)
 PROBE_COMMAND = "visa-probe"
 SSH_TIMEOUT = 10.0
 RUNNING = (InstanceState.ACTIVE, InstanceState.PARTIALLY_ACTIVE)
