@@ -148,6 +148,14 @@ FLASK: list[Row] = [
     Row("pages.instance_status", "GET", "/instances/{uid}/_status", "AAAAANU"),
     Row("pages.desktop", "GET", "/instances/{uid}/desktop", "AAAAFNL"),
     Row("pages.jupyter", "GET", "/instances/{uid}/jupyter", "AFFFFNL"),
+    # admin pages: only admins; anonymous visitors are sent to log in
+    Row("admin_pages.dashboard", "GET", "/admin/", "FFFFAFL"),
+    Row("admin_pages.instances", "GET", "/admin/instances", "FFFFAFL"),
+    Row("admin_pages.instance", "GET", "/admin/instances/{uid}", "FFFFAFL"),
+    Row("admin_pages.catalogue", "GET", "/admin/catalogue", "FFFFAFL"),
+    Row("admin_pages.users", "GET", "/admin/users", "FFFFAFL"),
+    Row("admin_pages.notifications", "GET", "/admin/notifications", "FFFFAFL"),
+    Row("admin_pages.audit", "GET", "/admin/audit", "FFFFAFL"),
 ]
 
 NOT_IN_MATRIX = {"static": "files of the front end, public by design"}
