@@ -240,3 +240,38 @@ def test_event_stream_pushes_state_list_and_thumbnail_changes(world, db, app, cl
     assert b"secret" not in changed
     assert thumb.startswith(b"event: thumbnail\n") and f"/api/instances/{world.uid}/thumbnail?v=".encode() in thumb
     assert gone == b'event: instances\ndata: {"uids":[]}\n\n'
+
+
+def test_event_streams_are_short_and_end_when_the_session_does(world, db, app, api_client, monkeypatch) -> None:  # noqa: ANN001
+    from visa.web import events
+
+    monkeypatch.setattr(events, "POLL_SECONDS", 0.01)
+    monkeypatch.setattr(events, "MAX_STREAM_SECONDS", 0.2)
+    stream = events.EventStream(app)
+    c = _logged_in(api_client, "alice")
+    cookie = c.client.get_cookie("visa_session").value
+
+    async def connected() -> bool:
+        return False
+
+    request = SimpleNamespace(cookies={"visa_session": cookie}, is_disconnected=lambda: connected())
+
+    async def drain(user_stream: events.UserStream) -> list[bytes]:
+        return [chunk async for chunk in stream.events(user_stream, request)]
+
+    ident = stream.identify(request)
+    chunks = asyncio.run(asyncio.wait_for(drain(events.UserStream(stream.services, *ident)), 5))
+    assert chunks[0].startswith(b"retry:") and chunks[1].startswith(b"event: ready")  # then it ends on its own
+    assert b'"versions":{"' in chunks[1]
+
+    # A password change (the session epoch) ends a stream at its next check.
+    monkeypatch.setattr(events, "MAX_STREAM_SECONDS", 5)
+    monkeypatch.setattr(events, "RECHECK_SECONDS", 0.0)
+    from werkzeug.security import generate_password_hash
+
+    from visa.users.models import User
+
+    with db.unit_of_work() as s:
+        s.scalar(select(User).where(User.username == "alice")).password_hash = generate_password_hash("new-pw")
+    chunks = asyncio.run(asyncio.wait_for(drain(events.UserStream(stream.services, *ident)), 5))
+    assert chunks[-1].startswith(b"event: logout")

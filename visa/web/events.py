@@ -6,12 +6,14 @@ picture). The stream polls the database with one cheap query every ``POLL_SECOND
 worker thread, so it works across any number of processes without a message broker. It
 authenticates with the Flask session cookie, and re-checks it every ``RECHECK_SECONDS``:
 a logout elsewhere or a password change ends the stream. Streams end after
-``MAX_STREAM_SECONDS``; browsers reconnect on their own (``retry``).
+``MAX_STREAM_SECONDS``; browsers reconnect on their own (``retry``) and compare the
+per-instance versions of the ``ready`` event with what they last saw.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -40,7 +42,9 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.5
 HEARTBEAT_SECONDS = 15.0
 RECHECK_SECONDS = 30.0
-MAX_STREAM_SECONDS = 600.0
+# Short streams, because an open stream holds up a graceful server shutdown until it ends;
+# the browser reconnects after RETRY_MS and the "ready" versions tell it what it missed.
+MAX_STREAM_SECONDS = 60.0
 RETRY_MS = 3000
 
 # uid -> (state, state_changed_at, last command finished_at, thumbnail updated_at)
@@ -98,6 +102,12 @@ class UserStream:
             return out
 
 
+def version(row: tuple[str, datetime | None, datetime | None, datetime | None]) -> str:
+    """A short tag of what the pages show of an instance (state and progress), to spot changes."""
+    state, changed, finished, _thumb = row
+    return hashlib.blake2s(f"{state}|{changed}|{finished}".encode(), digest_size=6).hexdigest()
+
+
 def diff(old: Snapshot, new: Snapshot) -> tuple[bool, list[str], list[str]]:
     """(list changed, uids whose state or progress changed, uids with a new thumbnail)."""
     list_changed = old.keys() != new.keys()
@@ -146,7 +156,7 @@ class EventStream:
         started = last_beat = last_check = time.monotonic()
         snap = await to_thread.run_sync(stream.snapshot)
         yield f"retry: {RETRY_MS}\n\n".encode()
-        yield sse("ready", {"uids": sorted(snap)})
+        yield sse("ready", {"uids": sorted(snap), "versions": {u: version(r) for u, r in snap.items()}})
         while time.monotonic() - started < MAX_STREAM_SECONDS:
             await asyncio.sleep(POLL_SECONDS)
             if await request.is_disconnected():
@@ -168,7 +178,8 @@ class EventStream:
                 yield sse("instances", {"uids": sorted(new)})
             if changed:
                 for item in await to_thread.run_sync(stream.describe, changed):
-                    yield sse("instance", item)
+                    uid = item["instance"]["uid"]
+                    yield sse("instance", {**item, "version": version(new[uid]) if uid in new else None})
             for uid in thumbs:
                 at = new[uid][3]
                 yield sse("thumbnail", {"uid": uid, "updated_at": at.isoformat() if at else None,

@@ -90,6 +90,7 @@ export function confirmDialog({ title, text = "", ok = "Confirm", danger = true 
 const handlers = new Map();
 let source = null;
 let connections = 0;
+let known = null; // uid -> version, as last told by the server
 
 export function onEvent(name, fn) {
   if (!handlers.has(name)) handlers.set(name, []);
@@ -108,8 +109,20 @@ function openEvents() {
   for (const name of ["instance", "instances", "thumbnail", "ready", "logout"]) {
     source.addEventListener(name, (ev) => {
       const data = ev.data ? JSON.parse(ev.data) : {};
-      if (name === "ready") data.reconnected = connections++ > 0;
       if (name === "logout") { goLogin(); return; }
+      if (name === "ready") {
+        // Streams are short; after a reconnect, say "stale" only if something changed meanwhile.
+        data.reconnected = connections++ > 0;
+        const versions = data.versions || {};
+        const changed = known !== null && (Object.keys(known).length !== Object.keys(versions).length
+          || Object.entries(versions).some(([uid, v]) => known[uid] !== v));
+        known = versions;
+        if (changed) dispatch("stale", data);
+      }
+      if (name === "instance" && known && data.instance) known[data.instance.uid] = data.version;
+      if (name === "instances" && known) {
+        known = Object.fromEntries(data.uids.map((uid) => [uid, known[uid]]));
+      }
       dispatch(name, data);
     });
   }

@@ -7,7 +7,7 @@ const refresh = () => refreshFragment(list);
 bindInstanceActions(refresh);
 onEvent("instances", refresh);
 onEvent("instance", refresh);
-onEvent("ready", (d) => { if (d.reconnected) refresh(); });
+onEvent("stale", refresh);
 onEvent("thumbnail", ({ uid, url }) => {
   const img = list.querySelector(`img[data-thumb="${CSS.escape(uid)}"]`);
   if (img) img.src = url;

@@ -12,7 +12,7 @@ bindInstanceActions((action) => {
 });
 onEvent("instance", (d) => { if (d.instance?.uid === uid) refresh(); });
 onEvent("instances", (d) => { if (!d.uids.includes(uid)) gone(); });
-onEvent("ready", (d) => { if (d.reconnected) refresh(); });
+onEvent("stale", (d) => { if (d.uids.includes(uid)) refresh(); else gone(); });
 onEvent("thumbnail", (d) => {
   if (d.uid !== uid) return;
   const img = status.querySelector("img[data-thumb]");
