@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import time
 
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from visa.errors import VisaError
@@ -31,10 +32,19 @@ CLOSE_IDLE = 4408  # no keyboard or mouse for settings.lifetimes.untouched_tab_h
 
 class DesktopSession:
     def __init__(
-        self, gateway: Gateway, websocket: WebSocket, grant: service.Grant, upstream: Upstream
+        self,
+        gateway: Gateway,
+        receive: Receive,
+        send: Send,
+        grant: service.Grant,
+        upstream: Upstream,
+        server_init: bytes,
     ) -> None:
         self.gateway = gateway
-        self.websocket = websocket
+        # The raw ASGI channels: the relay's per-message path goes through no wrapper.
+        self.receive = receive
+        self.send = send
+        self.server_init = server_init
         self.grant = grant
         self.upstream = upstream
         self.filter = ClientFilter(view_only=grant.view_only)
@@ -44,7 +54,7 @@ class DesktopSession:
         self.close_reason = ""
 
     async def _receive(self) -> bytes | None:
-        message = await self.websocket.receive()
+        message = await self.receive()
         if message["type"] == "websocket.disconnect":
             return None
         data = message.get("bytes")
@@ -53,7 +63,7 @@ class DesktopSession:
         return data  # type: ignore[no-any-return]
 
     async def _send(self, data: bytes) -> None:
-        await self.websocket.send({"type": "websocket.send", "bytes": data})
+        await self.send({"type": "websocket.send", "bytes": data})
 
     async def handshake(self) -> BrowserReader:
         reader = BrowserReader(self._receive)
@@ -61,11 +71,9 @@ class DesktopSession:
             await browser_handshake(reader, self._send, self.server_init)
         return reader
 
-    server_init: bytes = b""
-
     async def server_to_browser(self) -> None:
         upstream = self.upstream
-        send = self.websocket.send
+        send = self.send
         while (data := await upstream.read_chunk()) is not None:
             await send({"type": "websocket.send", "bytes": data})
         self.close_code, self.close_reason = CLOSE_NORMAL, "the desktop closed the connection"
@@ -142,7 +150,18 @@ class DesktopSession:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def desktop_endpoint(gateway: Gateway, websocket: WebSocket) -> None:
+class DesktopEndpoint:
+    """The ASGI app of ``/ws/desktop/{uid}``."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await desktop(self.gateway, scope, receive, send)
+
+
+async def desktop(gateway: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+    websocket = WebSocket(scope, receive, send)
     uid = websocket.path_params["uid"]
     token = websocket.query_params.get("token", "")
     if not same_origin(websocket.headers, gateway.services.settings.base_url):
@@ -168,15 +187,16 @@ async def desktop_endpoint(gateway: Gateway, websocket: WebSocket) -> None:
             return
         wanted = websocket.scope.get("subprotocols") or []
         await websocket.accept(subprotocol="binary" if "binary" in wanted else None)
-        session = DesktopSession(gateway, websocket, grant, upstream)
-        session.server_init = server_init
+        session = DesktopSession(gateway, receive, send, grant, upstream, server_init)
         try:
             reader = await session.handshake()
             await session.run(reader)
         except (RfbError, TimeoutError) as exc:
             session.close_code, session.close_reason = CLOSE_PROTOCOL, str(exc)[:120] or "handshake timed out"
         with contextlib.suppress(Exception):  # the browser may be gone already
-            await websocket.close(session.close_code, session.close_reason)
+            await send(
+                {"type": "websocket.close", "code": session.close_code, "reason": session.close_reason}
+            )
     finally:
         if upstream is not None:
             upstream.close()

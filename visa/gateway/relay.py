@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import socket
 
 # Read no more from the VNC server while this much waits for the browser.
 HIGH_WATER = 4 * 1024 * 1024
 LOW_WATER = 1024 * 1024
 # Largest websocket message made by joining queued chunks.
-MAX_MESSAGE = 1024 * 1024
+MAX_MESSAGE = 256 * 1024
 
 
 class UpstreamClosed(ConnectionError):
@@ -42,11 +43,11 @@ class Upstream(asyncio.Protocol):
     # ------------------------------------------------------------------ protocol callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are no asyncio.Transport subclass
         sock = transport.get_extra_info("socket")
-        if sock is not None:  # asyncio sets it too; keyboard latency matters more than packets
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock is not None:  # the loops set it too; keyboard latency matters more than packets
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         if self._relaying:

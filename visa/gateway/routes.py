@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 from flask import Flask
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from visa.gateway.common import Gateway, GatewayConfig
-from visa.gateway.desktop import desktop_endpoint
+from visa.gateway.desktop import DesktopEndpoint
 from visa.gateway.jupyter import JupyterProxy
 
 HTTP_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -18,7 +16,7 @@ def gateway_routes(flask_app: Flask, config: GatewayConfig | None = None) -> lis
     gateway = Gateway(flask_app, config)
     jupyter = JupyterProxy(gateway)
     return [
-        WebSocketRoute("/ws/desktop/{uid}", partial(desktop_endpoint, gateway)),
+        WebSocketRoute("/ws/desktop/{uid}", DesktopEndpoint(gateway)),
         Route("/jupyter/{uid}", jupyter.root, methods=HTTP_METHODS),
         Route("/jupyter/{uid}/{path:path}", jupyter.http, methods=HTTP_METHODS),
         WebSocketRoute("/jupyter/{uid}/{path:path}", jupyter.websocket),
