@@ -20,7 +20,8 @@ from visa.db import Base, Database
 from visa.migrate import upgrade
 
 PG_URL = os.environ.get("VISA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-BACKENDS = ["sqlite", "postgresql"]
+# PostgreSQL is an external server: its half of every DB test belongs to the integration tier.
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
 
 
 def _pg_available() -> bool:
