@@ -1,0 +1,83 @@
+"""Clean-up: orphan servers reported then deleted after the grace period; expired grants and tokens."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from tests.scheduler.conftest import add_instance
+from visa.clock import FrozenClock
+from visa.clouds.base import Provider, Server, ServerSpec
+from visa.instances.models import ConnectToken, InstanceState, MemberRole
+from visa.scheduler.cleanup import Cleanup
+from visa.services import Services
+from visa.users.models import Role, RoleGrant
+
+
+class FakeCloud(Provider):
+    kind = "fake"
+
+    def __init__(self, servers: list[Server]) -> None:
+        super().__init__("local", {})
+        self.servers = {s.id: s for s in servers}
+        self.deleted: list[str] = []
+
+    def create(self, spec: ServerSpec) -> Server:
+        raise NotImplementedError
+
+    def get(self, server_id: str) -> Server | None:
+        return self.servers.get(server_id)
+
+    def list_servers(self) -> list[Server]:
+        return list(self.servers.values())
+
+    def start(self, server_id: str) -> None: ...
+
+    def stop(self, server_id: str) -> None: ...
+
+    def reboot(self, server_id: str) -> None: ...
+
+    def delete(self, server_id: str) -> None:
+        self.servers.pop(server_id, None)
+        self.deleted.append(server_id)
+
+
+def test_orphans_grants_and_tokens(services: Services, world, clock: FrozenClock) -> None:  # noqa: ANN001
+    now = clock.now()
+    with services.database.unit_of_work() as s:
+        known = add_instance(s, clock, world, cloud_server_id="srv-known")
+        waiting = add_instance(s, clock, world, state=InstanceState.BUILDING)  # create answered, id not stored yet
+        gone = add_instance(s, clock, world, cloud_server_id="srv-of-deleted", deleted_at=now,
+                            state=InstanceState.DELETED)
+        s.add(RoleGrant(user_id=world["alice"], role=Role.GUEST, granted_at=now - timedelta(days=9),
+                        expires_at=now - timedelta(days=1)))
+        s.add(RoleGrant(user_id=world["alice"], role=Role.STAFF, granted_at=now, expires_at=now + timedelta(days=1)))
+        for age in (10, 40, 3600):
+            s.add(ConnectToken(token_hash=f"h{age}", instance_id=known.id, user_id=world["alice"],
+                               role=MemberRole.OWNER, created_at=now - timedelta(seconds=age),
+                               expires_at=now - timedelta(seconds=age) + timedelta(seconds=30)))
+        waiting_uid, gone_uid = waiting.uid, gone.uid
+    cloud = FakeCloud([
+        Server("srv-known", "visa-1", InstanceState.ACTIVE),
+        Server("srv-waiting", "visa-2", InstanceState.BUILDING, instance_uid=waiting_uid),
+        Server("srv-of-deleted", "visa-3", InstanceState.STOPPED, instance_uid=gone_uid,
+               created_at=now - timedelta(days=3)),
+        Server("srv-stray", "visa-4", InstanceState.ACTIVE, instance_uid="nobody"),  # no creation time
+    ])
+    services.set_provider("local", cloud)
+    cleanup = Cleanup(services)
+
+    r = cleanup.run()
+    assert r.grants == 1 and r.tokens == 2
+    assert sorted(r.orphans["local"]) == ["srv-of-deleted", "srv-stray"]
+    assert r.removed == {"local": ["srv-of-deleted"]}  # older than the grace period
+    with services.database.sessionmaker() as s:
+        assert s.scalar(select(func.count(RoleGrant.id))) == 3  # the running grants (and the world's) stay
+        assert s.scalar(select(func.count(ConnectToken.id))) == 1
+
+    clock.advance(hours=23)
+    assert cleanup.run().removed == {}  # reported, not yet deleted
+    clock.advance(hours=1)
+    assert cleanup.run().removed == {"local": ["srv-stray"]}
+    assert sorted(cloud.servers) == ["srv-known", "srv-waiting"]
