@@ -35,8 +35,8 @@ VISA = str(Path(sys.executable).with_name("visa"))
 
 
 def _serve(port: int) -> list[str]:
-    """What `visa run` serves, with the event loop a clean install has (asyncio: uvloop is optional)."""
-    return [sys.executable, "-m", "uvicorn", "visa.asgi:create_asgi_app", "--factory", "--loop", "asyncio",
+    """What `visa run` serves, as it serves it."""
+    return [sys.executable, "-m", "uvicorn", "visa.asgi:create_asgi_app", "--factory",
             "--host", "127.0.0.1", "--port", str(port), "--ws-per-message-deflate", "false"]
 
 
