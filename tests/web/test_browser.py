@@ -287,8 +287,16 @@ def test_the_scientists_day(site: Site, browser) -> None:  # noqa: ANN001
     frame.locator(".jp-LauncherCard").first.wait_for(timeout=90_000)
     shot(page, "08-jupyterlab")
 
-    # --- sharing with a colleague, view only -------------------------------------------------------------
+    # --- a longer lifetime, asked for ------------------------------------------------------------------
     page.goto(f"/instances/{uid}")
+    page.fill("#ext-comment", "the reconstruction of the last scans runs until next week")
+    with page.expect_response(lambda r: r.url.endswith(f"/api/instances/{uid}/extensions")) as ext:
+        page.click("#extension-form button[type=submit]")
+    assert ext.value.status == 201, ext.value.text()
+    assert ext.value.json()["state"] in ("PENDING", "ACCEPTED")
+    page.wait_for_selector(".toast >> text=Extension")
+
+    # --- sharing with a colleague, view only -------------------------------------------------------------
     page.fill('[data-testid="invite-search"]', "bob")
     page.click('#invite-results button[data-username="bob"]')
     page.select_option("#invite-role", "GUEST")
