@@ -116,8 +116,15 @@ def serve_gateway(database_url: str, data_dir: str, port: int) -> None:
     app = create_app(settings)
     # The same assembly as visa.asgi: gateway routes first, the Flask app for the rest.
     asgi = Starlette(routes=[*gateway_routes(app), Mount("/", app=WSGIMiddleware(app, workers=4))])
+    ws = os.environ.get("BENCH_WS", "visa.gateway.wsprotocol:RelayWebSocketProtocol")
     uvicorn.run(
-        asgi, host="127.0.0.1", port=port, log_level="warning", lifespan="off", ws_per_message_deflate=False
+        asgi,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        ws_per_message_deflate=False,
+        ws=ws,
     )
 
 

@@ -276,7 +276,12 @@ def live(app, db, clock) -> Iterator[Live]:  # noqa: ANN001
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        asgi, log_level="warning", lifespan="off", ws_per_message_deflate=False, timeout_graceful_shutdown=2
+        asgi,
+        log_level="warning",
+        lifespan="off",
+        ws_per_message_deflate=False,
+        timeout_graceful_shutdown=2,
+        ws="visa.gateway.wsprotocol:RelayWebSocketProtocol",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from visa.actor import Actor, actor_for
@@ -193,3 +193,13 @@ def jupyter_target(session: Session, clock: Clock, user_id: int, epoch: str | No
     if instance is None or not allowed(actor, "instance.jupyter", instance):
         raise NotFound("no such instance")
     return target_for(instance, Protocol.JUPYTER)
+
+
+def purge_connect_tokens(session: Session, clock: Clock) -> int:
+    """Delete spent and expired connect tokens (a scheduler job's work); returns how many."""
+    result = session.execute(
+        delete(ConnectToken).where(
+            or_(ConnectToken.used_at.is_not(None), ConnectToken.expires_at <= clock.now())
+        )
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
