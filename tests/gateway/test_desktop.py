@@ -221,3 +221,18 @@ def test_the_desktop_down_is_a_clear_refusal(live: Live, world: World) -> None:
     with live.db.unit_of_work() as s:
         s.get(Instance, world.instance.id).provider_state = {"ports": {"VNC": 9, "JUPYTER": 9}}
     assert _refused(live, _token(live, "owner")["url"]) == 502
+
+
+def test_spent_and_expired_tokens_are_purged(live: Live, world: World) -> None:
+    from visa.gateway.service import purge_connect_tokens
+
+    used = _token(live, "owner")["url"]
+    with _open(live, used) as ws:
+        WsRfb(ws).handshake()
+    _token(live, "owner")  # still valid: kept
+    with live.db.unit_of_work() as s:
+        assert purge_connect_tokens(s, live.clock) == 1
+    live.clock.advance(seconds=31)
+    with live.db.unit_of_work() as s:
+        assert purge_connect_tokens(s, live.clock) == 1
+        assert s.scalar(select(ConnectToken)) is None
