@@ -294,6 +294,44 @@ class UserBrief(BaseModel):
     full_name: str
 
 
+
+class ExtensionInstance(BaseModel):
+    uid: str
+    name: str
+    owner: str
+    terminates_at: datetime
+
+
+class ExtensionOut(BaseModel):
+    id: int
+    state: Literal["PENDING", "ACCEPTED", "REFUSED"]
+    requested_until: datetime
+    granted_until: datetime | None
+    comment: str
+    response: str
+    created_at: datetime
+    handled_at: datetime | None
+    instance: ExtensionInstance | None = None
+
+
+class ExtensionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requested_until: datetime = Field(description="With a time zone")
+    comment: str = Field("", max_length=2000)
+
+
+class ExtensionDecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    granted_until: datetime | None = Field(None, description="Accept until this date (default: the date asked for)")
+    response: str = Field("", max_length=2000)
+
+
+class ExtensionQuery(BaseModel):
+    state: Literal["PENDING", "ACCEPTED", "REFUSED", "ALL"] = "PENDING"
+
+
 KNOWN: dict[str, Doc] = {
     "auth_api.login": Doc("Log in with a local account", ("auth",), body=LoginIn, response=MeOut, auth=False),
     "auth_api.logout": Doc("Log out (ends the cookie session)", ("auth",), response=Ok, auth=False),
@@ -346,6 +384,18 @@ KNOWN: dict[str, Doc] = {
                                       response=SupportOut),
     "users_api.search": Doc("Find users to share with (username and full name only)", ("sharing",),
                             query=UserSearchQuery, response=list[UserBrief]),
+    "extensions_api.request_extension": Doc(
+        "Ask for a longer lifetime (accepted at once where the image's rule says so)", ("extensions",),
+        body=ExtensionIn, response=ExtensionOut, status=201,
+    ),
+    "extensions_api.list_extensions": Doc(
+        "Extension requests to handle (admins): pending by default", ("extensions", "admin"),
+        query=ExtensionQuery, response=list[ExtensionOut],
+    ),
+    "extensions_api.handle_extension": Doc(
+        "Accept (optionally until another date) or refuse an extension request", ("extensions", "admin"),
+        body=ExtensionDecisionIn, response=ExtensionOut,
+    ),
 }
 
 # Streams never end: they are documented but marked so that test generators leave them alone.

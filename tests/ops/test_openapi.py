@@ -18,7 +18,7 @@ from tests.admin.world import bearer, build
 
 schemathesis = pytest.importorskip("schemathesis")
 
-EXAMPLES = int(os.environ.get("VISA_FUZZ_EXAMPLES", "8"))
+EXAMPLES = int(os.environ.get("VISA_FUZZ_EXAMPLES", "6"))
 
 
 def test_every_api_route_is_in_the_document(app) -> None:  # noqa: ANN001
