@@ -29,7 +29,7 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("vis
 access_log = logging.getLogger("visa.access")
 
 # Attributes every LogRecord has: anything else was passed with ``extra=`` and is kept.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "request_id"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "request_id", "color_message"}
 
 
 def truncate(value: Any, limit: int = MAX_VALUE) -> Any:
