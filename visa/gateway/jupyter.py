@@ -161,13 +161,15 @@ class JupyterProxy:
             out_headers = [(k, v) for k, v in out_headers if k.lower() != "location"]
             out_headers.append(("location", location[len(origin) :] or "/"))
         content_type = upstream.headers.get("content-type", "")
-        if content_type.startswith("text/html"):
+        length = upstream.headers.get("content-length", "")
+        if content_type.startswith("text/html") and not (length.isdigit() and int(length) > MAX_HTML):
             # Pages carry JupyterLab's page config, with the token in it: remove it.
+            # (Larger HTML is a user's file download, passed through untouched.)
             try:
                 body = await upstream.aread()
             finally:
                 await upstream.aclose()
-            body = body.replace(target.secret.encode(), b"") if len(body) <= MAX_HTML else b""
+            body = body.replace(target.secret.encode(), b"")
             out_headers = [
                 (k, v) for k, v in out_headers if k.lower() not in ("content-length", "content-encoding")
             ]
