@@ -27,17 +27,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, func, not_, or_, select, update
+from sqlalchemy.orm import Session, selectinload
 
 from visa.actor import SYSTEM, Actor
 from visa.clock import Clock
 from visa.instances.models import CommandAction, Instance, InstanceState
 from visa.instances.service import request_action
-from visa.notify.outbox import enqueue
+from visa.notify.outbox import enqueue_many
 from visa.services import Services
 from visa.settings import LifetimeSettings, Settings
-from visa.users.models import STAFF_ROLES, RoleGrant
+from visa.users.models import STAFF_ROLES, RoleGrant, User
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,11 @@ def live() -> ColumnElement[bool]:
 
 
 def owner_is_staff(now: datetime) -> ColumnElement[bool]:
-    return exists().where(
-        RoleGrant.user_id == Instance.owner_id,
-        RoleGrant.role.in_(STAFF_ROLES),
-        or_(RoleGrant.expires_at.is_(None), RoleGrant.expires_at > now),
+    # Uncorrelated: both databases evaluate the (small) set of staff once, not once per instance.
+    return Instance.owner_id.in_(
+        select(RoleGrant.user_id).where(
+            RoleGrant.role.in_(STAFF_ROLES), or_(RoleGrant.expires_at.is_(None), RoleGrant.expires_at > now)
+        )
     )
 
 
@@ -111,6 +112,16 @@ def _ids(session: Session, where: ColumnElement[bool], limit: int) -> list[int]:
     return list(session.scalars(select(Instance.id).where(where).order_by(Instance.id).limit(limit)))
 
 
+def _load(session: Session, ids: list[int]) -> list[Instance]:
+    if not ids:
+        return []
+    return list(session.scalars(
+        select(Instance).where(Instance.id.in_(ids)).order_by(Instance.id)
+        .options(selectinload(Instance.owner).selectinload(User.grants))  # roles, for the emails
+        .execution_options(populate_existing=True)
+    ).unique())
+
+
 def _mark(session: Session, where: ColumnElement[bool], limit: int, **values: object) -> list[int]:
     """Set ``values`` on up to ``limit`` instances matching ``where``; the ids that changed.
 
@@ -152,11 +163,10 @@ def cycle(actor: Actor, session: Session, clock: Clock, settings: Settings, *, l
     idle = and_(live(), Instance.inactivity_warned_at.is_not(None),
                 Instance.inactivity_warned_at <= now - inactivity_notice, idle_at(now, now, lt))
     for reason, where in (("lifetime", expired), ("inactivity", idle)):
-        for instance_id in _ids(session, where, limit - len(result.deleted)):
-            instance = session.get(Instance, instance_id)
-            assert instance is not None
+        due = _ids(session, where, limit - len(result.deleted))
+        for instance in _load(session, due):
             request_action(actor, session, clock, instance, CommandAction.DELETE)
-            result.deleted[instance_id] = reason
+            result.deleted[instance.id] = reason
             log.info("instance %s (%s) deleted: %s", instance.uid, instance.owner.username, reason)
 
     # Warnings.
@@ -169,16 +179,18 @@ def cycle(actor: Actor, session: Session, clock: Clock, settings: Settings, *, l
         limit, inactivity_warned_at=now,
     )
     session.flush()
-    session.expire_all()  # the UPDATEs bypassed the identity map
+    # The UPDATEs bypassed the identity map: refresh, in one query, the instances emails speak of.
+    # (Held in a variable: the identity map keeps only weak references.)
+    loaded = _load(session, result.lifetime_warned + result.inactivity_warned + list(result.deleted))
 
     if send:
         stamp = now.isoformat()
-        for instance_id in result.lifetime_warned:
-            enqueue(session, clock, settings, "lifetime_warning", instance_id, stamp, wait=True)
-        for instance_id in result.inactivity_warned:
-            enqueue(session, clock, settings, "inactivity_warning", instance_id, stamp, wait=True)
-        for instance_id, reason in result.deleted.items():
-            enqueue(session, clock, settings, "instance_deleted", instance_id, reason, wait=True)
+        enqueue_many(session, clock, settings, [
+            *(("lifetime_warning", i, stamp) for i in result.lifetime_warned),
+            *(("inactivity_warning", i, stamp) for i in result.inactivity_warned),
+            *(("instance_deleted", i, reason) for i, reason in result.deleted.items()),
+        ], wait=True)
+    del loaded
     return result
 
 

@@ -93,25 +93,39 @@ def enqueue(session: Session, clock: Clock, settings: Settings, kind_name: str, 
     Returns None when the event was already recorded, or has no recipient. ``wait``: send
     in the committing thread (jobs) rather than in a background thread (requests).
     """
-    key = event_key(kind_name, object_id, stamp)
-    if session.scalar(select(SentEmail.id).where(SentEmail.key == key)) is not None:
-        return None
-    built = _build(session, settings, key)
-    if built is None:
-        return None
-    recipient, rendered = built
-    if not recipient:
-        log.info("email %s not recorded: no address", key)
-        return None
-    row = SentEmail(key=key, recipient=recipient, subject=rendered.subject, created_at=clock.now())
-    session.add(row)
+    rows = enqueue_many(session, clock, settings, [(kind_name, object_id, stamp)], wait=wait)
+    return rows[0] if rows else None
+
+
+def enqueue_many(session: Session, clock: Clock, settings: Settings, events: list[tuple[str, int, str]], *,
+                 wait: bool = False) -> list[SentEmail]:
+    """``enqueue`` for many events at once: one query for the keys already recorded, one insert."""
+    if not events:
+        return []
+    keys = [event_key(*e) for e in events]
+    seen = set(session.scalars(select(SentEmail.key).where(SentEmail.key.in_(keys))))
+    rows = []
+    for key in dict.fromkeys(keys):
+        if key in seen:
+            continue
+        built = _build(session, settings, key)
+        if built is None:
+            continue
+        recipient, rendered = built
+        if not recipient:
+            log.info("email %s not recorded: no address", key)
+            continue
+        rows.append(SentEmail(key=key, recipient=recipient, subject=rendered.subject, created_at=clock.now()))
+    if not rows:
+        return []
+    session.add_all(rows)
     session.flush()
     pending = session.info.setdefault("visa_outbox", [])
     if not pending:
         factory = sessionmaker(session.get_bind(), expire_on_commit=False)
         after_commit(session, lambda: _after_commit(factory, settings, clock, pending, wait))
-    pending.append(row.id)
-    return row
+    pending.extend(r.id for r in rows)
+    return rows
 
 
 def _after_commit(factory: sessionmaker[Session], settings: Settings, clock: Clock, ids: list[int],
