@@ -177,7 +177,7 @@ def test_flavour_limited_to_a_role_reaches_the_user(site, browser) -> None:  # n
     form.locator("input[name=cloud_flavour]").fill("m1.small")
     form.locator("select[name=cloud]").evaluate("s => { s.add(new Option('nowhere', 'nowhere')); s.value = 'nowhere'; }")
     form.get_by_role("button", name="Create flavour").click()
-    page.wait_for_function("(document.querySelector('[data-testid=new-flavour] .form-error')?.textContent || '').includes('cloud')")
+    page.wait_for_selector("[data-testid=new-flavour] .form-error:has-text('cloud')")
 
     assert "desktop/esrf.test.big" not in _plans(alice)  # alice is not STAFF
     page.goto("/admin/users?q=alice")
