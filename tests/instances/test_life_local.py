@@ -119,3 +119,14 @@ def test_lost_machine_becomes_error_and_create_failure_is_readable(local) -> Non
     sync_cloud(services, "local", probe_timeout=1)
     inst = _state(services.database, uid)
     assert inst.state == InstanceState.ERROR and "no longer has" in inst.error_message
+
+
+def test_a_command_left_running_by_a_dead_process_is_carried_out(local) -> None:  # noqa: ANN001
+    services, uid = local
+    from visa.instances.executor import claim_pending
+
+    assert claim_pending(services) != []  # this "process" dies here, its command RUNNING
+    assert run_pending_commands(services) == 0
+    services.clock.advance(minutes=11)
+    assert run_pending_commands(services) == 1
+    assert _state(services.database, uid).cloud_server_id == uid

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TypeVar
 
 from sqlalchemy import select, update
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRIES = 3
+# A command still RUNNING this long after it was claimed was left by a process that died.
+STALE_CLAIM = timedelta(minutes=10)
 # Cloud states in which a machine may be deleted at once (no shutdown needed first).
 DELETABLE = frozenset({InstanceState.STOPPED, InstanceState.ERROR, InstanceState.DELETED})
 
@@ -42,9 +45,28 @@ def with_retries(call: Callable[[], T], *, attempts: int = RETRIES, base_delay: 
     raise AssertionError("unreachable")
 
 
+def release_stale_claims(services: Services) -> int:
+    """Give back commands whose process died while carrying them out (all our actions are idempotent)."""
+    cutoff = services.clock.now() - STALE_CLAIM
+    with services.database.unit_of_work() as s:
+        result = s.execute(
+            update(InstanceCommand)
+            .where(
+                InstanceCommand.state == CommandState.RUNNING,
+                (InstanceCommand.claimed_at.is_(None)) | (InstanceCommand.claimed_at < cutoff),
+            )
+            .values(state=CommandState.PENDING, claimed_at=None)
+        )
+        count = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if count:
+        log.warning("released %d command(s) left running by a process that died", count)
+    return count
+
+
 def claim_pending(services: Services, limit: int = 20) -> list[int]:
     """Claim up to ``limit`` pending commands for this process."""
     claimed: list[int] = []
+    release_stale_claims(services)
     with services.database.unit_of_work() as s:
         ids = s.scalars(
             select(InstanceCommand.id).where(InstanceCommand.state == CommandState.PENDING)
@@ -55,7 +77,7 @@ def claim_pending(services: Services, limit: int = 20) -> list[int]:
             result = s.execute(
                 update(InstanceCommand)
                 .where(InstanceCommand.id == cid, InstanceCommand.state == CommandState.PENDING)
-                .values(state=CommandState.RUNNING)
+                .values(state=CommandState.RUNNING, claimed_at=services.clock.now())
             )
             if result.rowcount:  # type: ignore[attr-defined]
                 claimed.append(cid)

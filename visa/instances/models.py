@@ -165,6 +165,8 @@ class InstanceCommand(Base):
     state: Mapped[CommandState] = mapped_column(enum_column(CommandState), index=True)
     message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # When a process took it: a RUNNING command claimed long ago belongs to a process that died.
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
