@@ -170,6 +170,7 @@ def run(host: str | None, port: int | None, workers: int) -> None:
     uvicorn.run(
         "visa.asgi:create_asgi_app", factory=True, host=host or settings.host, port=port or settings.port,
         workers=workers, log_level="info", ws_per_message_deflate=False,
+        ws="visa.gateway.wsprotocol:RelayWebSocketProtocol",  # the desktop relay's tuned websocket
         # Event streams end on their own within a minute; do not hold a restart for them.
         timeout_graceful_shutdown=5,
     )
