@@ -130,3 +130,23 @@ def test_a_command_left_running_by_a_dead_process_is_carried_out(local) -> None:
     services.clock.advance(minutes=11)
     assert run_pending_commands(services) == 1
     assert _state(services.database, uid).cloud_server_id == uid
+
+
+def test_a_computing_local_session_is_seen_as_active_without_a_browser(local) -> None:  # noqa: ANN001
+    from visa.instances.activity import ActivityProbe
+
+    services, uid = local
+    run_pending_commands(services)
+    assert _sync_until(services, uid, InstanceState.ACTIVE).state == InstanceState.ACTIVE
+    probe = ActivityProbe(services, sample_gap=1.0)
+    idle = probe.run()
+    assert idle.probed == 1 and idle.failed == {} and idle.computing == []
+    assert _state(services.database, uid).last_compute_at is None
+
+    provider = services.provider("local")
+    started = provider.exec_in_session(uid, ["sh", "-c", "timeout 6 sh -c 'while :; do :; done' >/dev/null 2>&1 &"])
+    assert started.returncode == 0
+    time.sleep(1.5)
+    busy = probe.run()
+    assert busy.failed == {} and len(busy.computing) == 1
+    assert _state(services.database, uid).last_compute_at == services.clock.now()

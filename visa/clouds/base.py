@@ -148,5 +148,14 @@ class Provider(abc.ABC):
     def limits(self) -> CloudLimits:
         return CloudLimits()
 
+    def activity_report(self, server_id: str) -> dict[str, Any] | None:
+        """What the machine says of its use, when the provider can read it without SSH.
+
+        Same fields as the SSH probe's report: ``x_idle_ms`` (or None), ``load``,
+        ``cpu_count`` and ``processes`` ([{"pid", "command", "cpu_seconds"}], the user's
+        own processes). None (the default): the scheduler asks the machine over SSH.
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Release connections and background resources."""

@@ -288,6 +288,39 @@ class LocalProvider(Provider):
             argv, env=env, cwd=env["HOME"], capture_output=True, timeout=timeout, input=input, check=False
         )
 
+    # The session's own plumbing: its CPU is not the user's computation.
+    _PLUMBING = frozenset({"Xtigervnc", "Xvfb", "x11vnc", "openbox", "xsetroot", "setxkbmap"})
+
+    def activity_report(self, server_id: str) -> dict[str, Any] | None:
+        """Activity without SSH: X idle time through the session, CPU of its processes from /proc."""
+        instance_dir = self._existing_dir(server_id)
+        supervisor = self._supervisor(instance_dir)
+        if supervisor is None:
+            return None
+        record = self._record(instance_dir)
+        x_idle = None
+        if "VNC" in (record.get("protocols") or {}):
+            out = self.exec_in_session(server_id, ["xprintidle"], timeout=5)
+            if out.returncode == 0 and out.stdout.strip().isdigit():
+                x_idle = int(out.stdout.strip())
+        mnt_ns = _mnt_ns(supervisor[0]) if record.get("mount_mode") == "namespace" else None
+        tick = os.sysconf("SC_CLK_TCK")
+        processes = []
+        for pid in session.session_pids(instance_dir, mnt_ns):
+            if pid == supervisor[0]:
+                continue
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            if name in self._PLUMBING:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            processes.append({"pid": pid, "command": name, "cpu_seconds": (int(fields[11]) + int(fields[12])) / tick})
+        return {"x_idle_ms": x_idle, "load": list(os.getloadavg()), "cpu_count": os.cpu_count() or 1,
+                "processes": processes}
+
     def instance_dir(self, server_id: str) -> Path:
         return self.root / server_id
 

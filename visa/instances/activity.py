@@ -32,6 +32,7 @@ import paramiko
 from sqlalchemy import or_, select, update
 
 from visa.clouds.models import Cloud
+from visa.errors import VisaError
 from visa.instances import probe_keys
 from visa.instances.models import Instance, InstanceState
 from visa.services import Services
@@ -83,6 +84,8 @@ class Target:
     uid: str
     host: str
     port: int
+    # Set when the cloud reads activity itself (``Provider.activity_report``) instead of SSH.
+    cloud: str | None = None
 
 
 class _RememberHostKey(paramiko.MissingHostKeyPolicy):
@@ -130,6 +133,26 @@ class SshReader:
 Reader = Callable[[Target, int, float], list[Report]]
 
 
+class ProviderReader:
+    """Reads reports through the cloud's provider (the local cloud has no SSH to its sessions)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def __call__(self, target: Target, count: int, gap: float) -> list[Report]:
+        assert target.cloud is not None
+        provider = self.services.provider(target.cloud)
+        reports = []
+        for i in range(count):
+            if i:
+                time.sleep(gap)
+            data = provider.activity_report(target.uid)
+            if data is None:
+                raise ValueError("the cloud gives no activity report for this machine")
+            reports.append(Report.parse(json.dumps(data), time.monotonic()))
+        return reports
+
+
 @dataclass
 class Observation:
     instance_id: int
@@ -155,6 +178,7 @@ class ActivityProbe:
         self.sample_gap = sample_gap
         self.workers = workers
         self._last: dict[int, Report] = {}
+        self._provider_reader = ProviderReader(services)
 
     @property
     def reader(self) -> Reader:
@@ -163,25 +187,29 @@ class ActivityProbe:
         return self._reader
 
     def targets(self) -> list[Target]:
-        """Running machines that have an SSH port (clouds other than the local one: port 22)."""
+        """Running machines: over SSH (port 22 unless the cloud says otherwise), or through the
+        local cloud, whose sessions the provider reads itself."""
         with self.services.database.sessionmaker() as s:
             rows = s.execute(
-                select(Instance.id, Instance.uid, Instance.address, Instance.provider_state, Cloud.kind)
+                select(Instance.id, Instance.uid, Instance.address, Instance.provider_state, Cloud.kind, Cloud.name)
                 .join(Cloud, Cloud.id == Instance.cloud_id)
                 .where(Instance.deleted_at.is_(None), Instance.state.in_(RUNNING), Instance.address.is_not(None))
             ).all()
         found = []
-        for instance_id, uid, address, state, kind in rows:
+        for instance_id, uid, address, state, kind, cloud in rows:
             port = ((state or {}).get("ports") or {}).get("ssh") or (22 if kind != "local" else None)
             if port:
                 found.append(Target(instance_id, uid, address, int(port)))
+            elif kind == "local":
+                found.append(Target(instance_id, uid, address, 0, cloud=cloud))
         return found
 
     def observe(self, target: Target) -> Observation:
         previous = self._last.get(target.instance_id)
         max_age = 3 * self.services.settings.scheduler.activity_seconds
         fresh = previous is not None and time.monotonic() - previous.taken_at < max_age
-        reports = self.reader(target, 1 if fresh else 2, self.sample_gap)
+        reader = self._provider_reader if target.cloud else self.reader
+        reports = reader(target, 1 if fresh else 2, self.sample_gap)
         before, after = (previous, reports[-1]) if fresh else (reports[0], reports[-1])
         assert before is not None
         self._last[target.instance_id] = after
@@ -201,7 +229,7 @@ class ActivityProbe:
         def one(t: Target) -> Observation | None:
             try:
                 return self.observe(t)
-            except (TimeoutError, OSError, paramiko.SSHException, ValueError, KeyError) as exc:
+            except (TimeoutError, OSError, paramiko.SSHException, ValueError, KeyError, VisaError) as exc:
                 result.failed[t.instance_id] = str(exc) or type(exc).__name__
                 log.info("activity probe of %s failed: %s", t.uid, result.failed[t.instance_id])
                 return None
