@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 swagger=web/apidocs/node_modules/swagger-ui-dist
 if [[ ! -f $swagger/swagger-ui-bundle.js ]]; then
   if command -v npm >/dev/null; then
-    npm ci --prefix web/apidocs --no-audit --no-fund --loglevel=error
+    # --ignore-scripts: swagger-ui-dist pulls a telemetry package whose install script calls home.
+    SCARF_ANALYTICS=false npm ci --prefix web/apidocs --ignore-scripts --no-audit --no-fund --loglevel=error
   else
     echo "build-apidocs: npm is missing: /api/docs falls back to its plain list of operations" >&2
   fi
