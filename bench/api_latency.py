@@ -1,7 +1,7 @@
 """REST API latency on a large PostgreSQL: 10,000 users and 100,000 instances.
 
     python -m bench.api_latency                      # seed, serve, load, report, drop the database
-    python -m bench.api_latency --seconds 20 --concurrency 16
+    python -m bench.api_latency --seconds 20 --concurrency 1,16
     python -m bench.api_latency --keep               # keep the database (its name is printed)
 
 Measured from a second process (an httpx load generator with N concurrent connections)
@@ -323,7 +323,8 @@ def _free_port() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10, help="load per endpoint (default 10)")
-    parser.add_argument("--concurrency", type=int, default=8, help="concurrent connections (default 8)")
+    parser.add_argument("--concurrency", default="1,8",
+                        help="concurrent connections, one run per value (default 1,8: alone, then under load)")
     parser.add_argument("--keep", action="store_true", help="keep the database")
     args = parser.parse_args(argv)
 
@@ -367,31 +368,22 @@ def main(argv: list[str] | None = None) -> int:
                 info["admin_token"],
             ),
         ]
-        results = {}
+        results: dict[str, dict[int, Any]] = {}
+        levels = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
         for label, path, token in cases:
-            out = ctx.Queue()
-            loader = ctx.Process(
-                target=_load_process, args=(base + path, token, args.seconds, args.concurrency, out)
-            )
-            loader.start()
-            result = out.get(timeout=args.seconds + 120)
-            loader.join(30)
-            results[label] = result
-            print(
-                f"{label}\n    p50 {result['p50_ms']} ms · p99 {result['p99_ms']} ms · {result['rps']} req/s · "
-                f"{result['requests']} requests, {result['errors']} errors · SQL statements per request: "
-                f"{result['queries_per_request']}",
-                flush=True,
-            )
-        print(
-            json.dumps(
-                {"concurrency": args.concurrency, "seconds": args.seconds, **info, "results": results},
-                default=str,
-                indent=1,
-            )
-            .replace(info["admin_token"], "…")
-            .replace(info["user_token"], "…")
-        )
+            print(label, flush=True)
+            for concurrency in levels:
+                out = ctx.Queue()
+                loader = ctx.Process(target=_load_process, args=(base + path, token, args.seconds, concurrency, out))
+                loader.start()
+                result = out.get(timeout=args.seconds + 120)
+                loader.join(30)
+                results.setdefault(label, {})[concurrency] = result
+                print(f"    {concurrency:>3} connection(s): p50 {result['p50_ms']} ms · p99 {result['p99_ms']} ms · "
+                      f"{result['rps']} req/s · {result['requests']} requests, {result['errors']} errors · "
+                      f"SQL statements per request: {result['queries_per_request']}", flush=True)
+        report = json.dumps({"seconds": args.seconds, **info, "results": results}, default=str, indent=1)
+        print(report.replace(info["admin_token"], "…").replace(info["user_token"], "…"))
     finally:
         if server is not None:
             server.terminate()
