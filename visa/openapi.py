@@ -22,16 +22,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template_string
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from visa.types import MAX_ID, DbId
+
 REF = "#/components/schemas/{model}"
 Q = TypeVar("Q", bound=BaseModel)
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
-# Database ids are 32-bit integers: larger numbers in a path never name anything.
-MAX_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -150,8 +150,6 @@ class InstanceOut(BaseModel):
     last_seen_at: datetime | None
     comments: str
 
-
-DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 class CreateInstanceIn(BaseModel):

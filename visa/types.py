@@ -1,10 +1,11 @@
-"""Column types shared by the models."""
+"""Column and input types shared by the models and the schemas."""
 
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
 from sqlalchemy import JSON, Enum
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -22,3 +23,9 @@ def enum_column(enum_cls: type[enum.Enum], length: int = 32) -> Enum:
 
 
 JsonDict: Any = JSON().with_variant(JSONB(), "postgresql")
+
+
+# Database ids are 32-bit integers: larger numbers never name anything, so input refuses them
+# up front instead of letting the database overflow.
+MAX_ID = 2**31 - 1
+DbId = Annotated[int, Field(ge=1, le=MAX_ID)]

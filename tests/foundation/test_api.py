@@ -51,6 +51,9 @@ def test_bad_input_is_a_json_400_naming_the_field(db, clock, api_client) -> None
         ({"name": "x", "plan_id": plan_id, "keyboard_layout": "$(reboot)"}, "keyboard_layout"),
         ({"name": "x", "plan_id": plan_id, "experiment_ids": [exp_id], "root": True}, "root"),
         ({"name": "x" * 101, "plan_id": plan_id}, "name"),
+        # past the database's 32-bit ids: refused up front, not overflowed in SQL
+        ({"name": "x", "plan_id": 2**31}, "plan_id"),
+        ({"name": "x", "plan_id": plan_id, "experiment_ids": [2**40]}, "experiment_ids.0"),
     ]
     for body, field in cases:
         r = c.post("/api/instances", json=body)
@@ -61,6 +64,10 @@ def test_bad_input_is_a_json_400_naming_the_field(db, clock, api_client) -> None
     r = c.post("/api/instances", json={"name": "x" * 2_000_000, "plan_id": 1})
     assert r.status_code == 413 and r.is_json
     assert c.get("/api/nothing-here").status_code == 404
+    # every <int:...> route is bounded to the ids the database can hold
+    for path in ("/api/tokens/99999999999999999999", "/api/notifications/4294967296/ack"):
+        r = c.delete(path) if "tokens" in path else c.post(path)
+        assert r.status_code == 404 and r.is_json, (path, r.status_code)
 
 
 def test_csrf_is_required_for_cookie_sessions(db, clock, api_client) -> None:  # noqa: ANN001

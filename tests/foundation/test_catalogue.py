@@ -82,6 +82,7 @@ BAD = {
     "unknown flavour": ("images/bliss.yaml", "flavour: esrf.large}", "flavour: esrf.huge}", "entry 'bliss': field 'plans.1.flavour': unknown flavour 'esrf.huge'"),
     "duplicate name": ("flavours/esrf.large.yaml", "name: esrf.large", "name: esrf.medium", "field 'name': duplicate flavour name"),
     "negative size": ("flavours/esrf.large.yaml", "memory_gb: 16", "memory_gb: -16", "entry 'esrf.large': field 'memory_gb'"),
+    "no memory after rounding to MB": ("flavours/esrf.large.yaml", "memory_gb: 16", "memory_gb: 0.0001", "entry 'esrf.large': field 'memory_gb': Value error, must be at least 1 MB"),
     "oversized string": ("images/bliss.yaml", 'version: "2.1"', 'version: "' + "9" * 500 + '"', "entry 'bliss': field 'version'"),
     "unknown key": ("images/bliss.yaml", "icon: bliss", "icon: bliss\nflavor: oops", "entry 'bliss': field 'flavor'"),
     "broken yaml": ("images/bliss.yaml", "icon: bliss", "icon: [bliss", "not valid YAML"),

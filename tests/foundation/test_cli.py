@@ -49,6 +49,8 @@ def test_init_catalogue_experiments_and_users(cli, db: Database, tmp_path: Path)
     assert cli("users", "grant", "dora", "GUEST", "--until", "2099-01-01").exit_code == 0
     r = cli("users", "quota", "dora", "-5")
     assert r.exit_code == 2 and "invalid quota" in r.output
+    r = cli("users", "quota", "dora", str(2**40))  # past the column: refused, not a database error
+    assert r.exit_code == 2 and "invalid quota" in r.output
     r = cli("users", "add", "Not A Name")
     assert r.exit_code == 2 and "invalid username" in r.output
     r = cli("users", "grant", "nobody", "ADMIN")

@@ -12,6 +12,7 @@ from visa.instances.models import CommandAction, InstanceState
 from visa.notifications.models import NotificationKind, NotificationLevel
 from visa.openapi import InstanceOut
 from visa.users.models import Role
+from visa.users.service import MAX_QUOTA
 
 T = TypeVar("T")
 
@@ -158,7 +159,7 @@ class GrantIn(_In):
 
 
 class QuotaIn(_In):
-    quota: int = Field(ge=-1, le=10_000, description="Instances; -1 = unlimited")
+    quota: int = Field(ge=-1, le=MAX_QUOTA, description="Instances; -1 = unlimited")
 
 
 # --- catalogue --------------------------------------------------------------------------------

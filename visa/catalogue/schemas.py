@@ -51,6 +51,13 @@ class FlavourSpec(_Strict):
     limits: FlavourLimitsSpec = Field(default_factory=FlavourLimitsSpec)
     lifetimes: list[LifetimeSpec] = Field(default_factory=list)
 
+    @field_validator("memory_gb")
+    @classmethod
+    def _at_least_one_megabyte(cls, value: float) -> float:
+        if round(value * 1024) < 1:  # stored in MB: less would become a flavour with no memory
+            raise ValueError("must be at least 1 MB (0.001 GB)")
+        return value
+
     @model_validator(mode="after")
     def _one_lifetime_per_role(self) -> FlavourSpec:
         roles = [lt.role for lt in self.lifetimes]

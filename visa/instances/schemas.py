@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from visa.types import DbId
+
 
 class CreateInstance(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     name: str = Field(min_length=1, max_length=100)
-    plan_id: int = Field(ge=1)
-    experiment_ids: list[int] = Field(default_factory=list, max_length=50)
+    plan_id: DbId
+    experiment_ids: list[DbId] = Field(default_factory=list, max_length=50)
     screen_width: int = Field(1280, ge=640, le=7680)
     screen_height: int = Field(800, ge=480, le=4320)
     keyboard_layout: str = Field("en-us", pattern=r"^[a-z]{2,3}(-[a-z0-9]{1,12})?$")

@@ -31,9 +31,13 @@ def validate_username(username: str) -> str:
     return username
 
 
+MAX_QUOTA = 10_000  # instances per user; the admin API's bound too
+
+
 def validate_quota(quota: int) -> int:
-    if not isinstance(quota, int) or isinstance(quota, bool) or quota < -1:
-        raise InvalidInput(f"invalid quota {quota!r}: a whole number >= 0, or -1 for unlimited", field="quota")
+    if not isinstance(quota, int) or isinstance(quota, bool) or not -1 <= quota <= MAX_QUOTA:
+        raise InvalidInput(f"invalid quota {quota!r}: a whole number from 0 to {MAX_QUOTA}, or -1 for unlimited",
+                           field="quota")
     return quota
 
 

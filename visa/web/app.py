@@ -6,12 +6,22 @@ from datetime import timedelta
 
 from flask import Flask, jsonify
 from sqlalchemy import text
+from werkzeug.routing import IntegerConverter, Map
 
 from visa.clock import Clock, system_clock
 from visa.db import Database
 from visa.services import Services
 from visa.settings import Settings, get_settings
+from visa.types import MAX_ID
 from visa.web import context, csrf, errors, security
+
+
+class DbIdConverter(IntegerConverter):
+    """`<int:...>` in every route: a number past the 32-bit ids is a 404, not a database overflow."""
+
+    def __init__(self, map: Map, *args: object, **kwargs: object) -> None:  # noqa: A002
+        kwargs.setdefault("max", MAX_ID)
+        super().__init__(map, *args, **kwargs)
 
 
 def create_app(
@@ -28,6 +38,7 @@ def create_app(
 
         require_head(database.engine)
     app = Flask(__name__, template_folder="../templates", static_folder="../static", static_url_path="/static")
+    app.url_map.converters["int"] = DbIdConverter
     app.config.update(
         SECRET_KEY=settings.resolved_secret_key(),
         SESSION_COOKIE_HTTPONLY=True,

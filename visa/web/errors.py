@@ -6,6 +6,7 @@ import logging
 
 from flask import Flask, jsonify, render_template, request
 from pydantic import ValidationError
+from sqlalchemy.exc import DataError
 from werkzeug.exceptions import HTTPException
 
 from visa.errors import VisaError, http_status
@@ -52,6 +53,13 @@ def install(app: Flask) -> None:
     def _http(exc: HTTPException):  # noqa: ANN202
         name = (exc.name or "error").lower().replace(" ", "_")
         return _respond({"error": name, "message": exc.description or exc.name}, exc.code or 500)
+
+    @app.errorhandler(DataError)
+    @app.errorhandler(OverflowError)
+    def _out_of_range(exc: Exception):  # noqa: ANN202
+        # Input checks bound every number; this is the backstop when the database still refuses a value.
+        log.warning("value refused by the database on %s %s: %s", request.method, request.path[:200], exc)
+        return _respond({"error": "invalid_input", "message": "a value in the request is out of range"}, 400)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):  # noqa: ANN202
