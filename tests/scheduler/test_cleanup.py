@@ -57,6 +57,8 @@ def test_orphans_grants_and_tokens(services: Services, world, clock: FrozenClock
             s.add(ConnectToken(token_hash=f"h{age}", instance_id=known.id, user_id=world["alice"],
                                role=MemberRole.OWNER, created_at=now - timedelta(seconds=age),
                                expires_at=now - timedelta(seconds=age) + timedelta(seconds=30)))
+        s.add(ConnectToken(token_hash="spent", instance_id=known.id, user_id=world["alice"],  # used once: done
+                           role=MemberRole.OWNER, created_at=now, used_at=now, expires_at=now + timedelta(seconds=20)))
         waiting_uid, gone_uid = waiting.uid, gone.uid
     cloud = FakeCloud([
         Server("srv-known", "visa-1", InstanceState.ACTIVE),
@@ -69,7 +71,7 @@ def test_orphans_grants_and_tokens(services: Services, world, clock: FrozenClock
     cleanup = Cleanup(services)
 
     r = cleanup.run()
-    assert r.grants == 1 and r.tokens == 2
+    assert r.grants == 1 and r.tokens == 3
     assert sorted(r.orphans["local"]) == ["srv-of-deleted", "srv-stray"]
     assert r.removed == {"local": ["srv-of-deleted"]}  # older than the grace period
     with services.database.sessionmaker() as s:

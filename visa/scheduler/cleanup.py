@@ -12,12 +12,13 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from visa.clouds.models import Cloud
 from visa.clouds.reconcile import reconcile
 from visa.errors import CloudError
-from visa.instances.models import ConnectToken, Instance
+from visa.gateway.service import purge_connect_tokens
+from visa.instances.models import Instance
 from visa.services import Services
 from visa.users.service import purge_expired_grants
 
@@ -39,11 +40,9 @@ class Cleanup:
 
     def run(self) -> CleanupResult:
         result = CleanupResult()
-        now = self.services.clock.now()
         with self.services.database.unit_of_work() as s:
             result.grants = purge_expired_grants(s, self.services.clock)
-            result.tokens = int(s.execute(  # type: ignore[attr-defined]
-                delete(ConnectToken).where(ConnectToken.expires_at < now)).rowcount or 0)
+            result.tokens = purge_connect_tokens(s, self.services.clock)
             clouds = list(s.scalars(select(Cloud.name).where(Cloud.enabled.is_(True))))
         for name in clouds:
             try:
