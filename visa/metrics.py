@@ -3,11 +3,10 @@
 Counters and histograms live in the process-wide registry; any part of visa may import and
 update them:
 
-* ``REAPER_ACTIONS.labels(action="stop"|"delete"|"warn", reason="lifetime"|"inactivity").inc()``
+* ``REAPER_ACTIONS.labels(action="delete"|"warn", reason="lifetime"|"inactivity").inc()``
   (the scheduler's lifecycle job);
-* ``GATEWAY_CONNECTIONS.labels(kind="desktop"|"jupyter").inc()`` / ``.dec()`` while a relay is open,
-  ``GATEWAY_CONNECTIONS_TOTAL.labels(kind=...).inc()`` when one opens, and
-  ``GATEWAY_BYTES.labels(kind=..., direction="to_client"|"to_server").inc(n)`` (the gateway);
+* ``RelayMeter(kind)`` around a gateway relay (``kind`` "desktop" or "jupyter"): the open
+  connections gauge, the connections counter and the bytes relayed each way;
 * ``observe_active(instance, now)`` when an instance first becomes ACTIVE (the state sync);
 * ``SYNC_DURATION.labels(cloud=...).observe(seconds)`` per sync cycle.
 
@@ -65,6 +64,35 @@ GATEWAY_CONNECTIONS_TOTAL = Counter("visa_gateway_connections_opened_total", "Ga
 GATEWAY_BYTES = Counter("visa_gateway_bytes_total", "Bytes relayed by the gateway", ["kind", "direction"])
 
 FIRST_ACTIVE_KEY = "first_active_at"
+
+
+class RelayMeter:
+    """One gateway connection, metered: open while inside ``with``, bytes added up as they pass.
+
+    The relay adds to two plain integers per message; the counters are updated by ``flush``
+    (at the end, and periodically by the relay's watcher), off the per-message path.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.to_client = 0
+        self.to_server = 0
+
+    def __enter__(self) -> RelayMeter:
+        GATEWAY_CONNECTIONS_TOTAL.labels(kind=self.kind).inc()
+        GATEWAY_CONNECTIONS.labels(kind=self.kind).inc()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+        GATEWAY_CONNECTIONS.labels(kind=self.kind).dec()
+
+    def flush(self) -> None:
+        to_client, to_server, self.to_client, self.to_server = self.to_client, self.to_server, 0, 0
+        if to_client:
+            GATEWAY_BYTES.labels(kind=self.kind, direction="to_client").inc(to_client)
+        if to_server:
+            GATEWAY_BYTES.labels(kind=self.kind, direction="to_server").inc(to_server)
 
 
 def observe_active(instance: Instance, now: datetime) -> None:

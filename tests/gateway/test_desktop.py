@@ -7,6 +7,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import delete, select
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
@@ -134,7 +135,13 @@ def test_refuses_cross_site_websockets(live: Live, world: World) -> None:
 # ---------------------------------------------------------------- the relay
 
 
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def test_owner_gets_the_desktop_with_security_none(live: Live, world: World) -> None:
+    opened = _sample("visa_gateway_connections_opened_total", kind="desktop")
+    sent = _sample("visa_gateway_bytes_total", kind="desktop", direction="to_client")
     with _open(live, _token(live, "owner")["url"]) as ws:
         assert ws.subprotocol == "binary"
         rfb = WsRfb(ws)
@@ -144,6 +151,13 @@ def test_owner_gets_the_desktop_with_security_none(live: Live, world: World) -> 
         # Root window colour plus the terminal's: a real, non-blank framebuffer.
         assert distinct_colours(screen) >= 3
         assert screen.count(b"\0\0\0\0") < len(screen) // 8
+        assert _sample("visa_gateway_connections", kind="desktop") >= 1
+    # The relay is metered: one connection more, at least the framebuffer's bytes to the browser.
+    assert _sample("visa_gateway_connections_opened_total", kind="desktop") == opened + 1
+    deadline = time.monotonic() + 5
+    while _sample("visa_gateway_bytes_total", kind="desktop", direction="to_client") - sent < len(screen):
+        assert time.monotonic() < deadline, "relayed bytes not counted"
+        time.sleep(0.05)
 
 
 def test_guest_keys_never_reach_the_desktop(live: Live, world: World, vnc: Vnc) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select, update
 
 from tests.factories import actor, make_experiment, make_flavour, make_plan
@@ -55,6 +56,8 @@ def test_idle_instance_is_warned_then_deleted_on_time(services: Services, world,
                                                       inbox: Inbox) -> None:
     start = clock.now()
     iid = _new(services, world)
+    reaped = {a: REGISTRY.get_sample_value("visa_reaper_actions_total", {"action": a, "reason": "inactivity"}) or 0
+              for a in ("warn", "delete")}
     events = _run_until(services, clock, timedelta(days=2, hours=23), timedelta(hours=1))
     events += _run_until(services, clock, timedelta(days=1, hours=2), STEP)
     kinds = [(k, i) for k, i, _ in events]
@@ -65,6 +68,9 @@ def test_idle_instance_is_warned_then_deleted_on_time(services: Services, world,
     assert start + timedelta(days=4) <= deleted_at < start + timedelta(days=4) + 2 * STEP
     inst = _instance(services, iid)
     assert inst.state == InstanceState.DELETING
+    for action in ("warn", "delete"):  # each decision counted once, for the operators' dashboards
+        assert REGISTRY.get_sample_value(
+            "visa_reaper_actions_total", {"action": action, "reason": "inactivity"}) == reaped[action] + 1
     messages = inbox.wait_for(2)
     assert sorted(m["X-Visa-Event"].split(":")[0] for m in messages) == ["inactivity_warning", "instance_deleted"]
     warning = inbox.of_kind("inactivity_warning")[0]

@@ -22,6 +22,7 @@ from visa.gateway import service
 from visa.gateway.common import Gateway, error_body, log, refuse, same_origin
 from visa.gateway.relay import Upstream, UpstreamClosed, open_upstream
 from visa.gateway.rfb import BrowserReader, ClientFilter, RfbError, browser_handshake, server_handshake
+from visa.metrics import RelayMeter
 
 CLOSE_NORMAL = 1000
 CLOSE_PROTOCOL = 1002
@@ -52,6 +53,7 @@ class DesktopSession:
         self.last_input = time.monotonic()
         self.close_code = CLOSE_NORMAL
         self.close_reason = ""
+        self.meter = RelayMeter("desktop")
 
     async def _receive(self) -> bytes | None:
         message = await self.receive()
@@ -74,8 +76,10 @@ class DesktopSession:
     async def server_to_browser(self) -> None:
         upstream = self.upstream
         send = self.send
+        meter = self.meter
         while (data := await upstream.read_chunk()) is not None:
             await send({"type": "websocket.send", "bytes": data})
+            meter.to_client += len(data)
         self.close_code, self.close_reason = CLOSE_NORMAL, "the desktop closed the connection"
 
     async def browser_to_server(self, pending: bytes) -> None:
@@ -87,6 +91,7 @@ class DesktopSession:
                 out = flt.feed(data)
                 if out:
                     await self.upstream.write(out)
+                    self.meter.to_server += len(out)
                 if flt.interacted:
                     self.last_input = time.monotonic()
             data = await self._receive()
@@ -98,6 +103,7 @@ class DesktopSession:
         idle_limit = self.gateway.services.settings.lifetimes.untouched_tab_hours * 3600
         while True:
             await asyncio.sleep(config.activity_seconds)
+            self.meter.flush()
             interacted, self.filter.interacted = self.filter.interacted, False
             seen, self.seen = self.seen, False
             now = self.gateway.now()
@@ -189,8 +195,9 @@ async def desktop(gateway: Gateway, scope: Scope, receive: Receive, send: Send) 
         await websocket.accept(subprotocol="binary" if "binary" in wanted else None)
         session = DesktopSession(gateway, receive, send, grant, upstream, server_init)
         try:
-            reader = await session.handshake()
-            await session.run(reader)
+            with session.meter:
+                reader = await session.handshake()
+                await session.run(reader)
         except (RfbError, TimeoutError) as exc:
             session.close_code, session.close_reason = CLOSE_PROTOCOL, str(exc)[:120] or "handshake timed out"
         with contextlib.suppress(Exception):  # the browser may be gone already

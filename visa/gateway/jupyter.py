@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from visa.errors import Unauthorized, VisaError
 from visa.gateway import service
 from visa.gateway.common import Gateway, error_body, log, refuse, same_origin
+from visa.metrics import RelayMeter
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Per-hop headers (RFC 9110 7.6.1) and those the proxy sets itself.
@@ -231,11 +232,12 @@ class JupyterProxy:
             return
         try:
             await websocket.accept(subprotocol=upstream.subprotocol)
-            await self._relay(websocket, upstream, target.instance_id)
+            with RelayMeter("jupyter") as meter:
+                await self._relay(websocket, upstream, target.instance_id, meter)
         finally:
             await upstream.close()
 
-    async def _relay(self, websocket: WebSocket, upstream: Any, instance_id: int) -> None:
+    async def _relay(self, websocket: WebSocket, upstream: Any, instance_id: int, meter: RelayMeter) -> None:
         code, reason = 1000, ""
 
         async def to_upstream() -> None:
@@ -244,7 +246,12 @@ class JupyterProxy:
                 if message["type"] == "websocket.disconnect":
                     return
                 data = message.get("bytes")
-                await upstream.send(data if data is not None else message.get("text", ""))
+                if data is None:
+                    data = message.get("text", "")
+                    meter.to_server += len(data.encode())
+                else:
+                    meter.to_server += len(data)
+                await upstream.send(data)
                 self.gateway.spawn(self.gateway.note_activity(instance_id))
 
         async def to_browser() -> None:
@@ -253,8 +260,10 @@ class JupyterProxy:
                 async for data in upstream:
                     if isinstance(data, bytes):
                         await websocket.send_bytes(data)
+                        meter.to_client += len(data)
                     else:
                         await websocket.send_text(data)
+                        meter.to_client += len(data.encode())
             except ConnectionClosed:
                 pass
             if upstream.close_code is not None and upstream.close_code not in (1005, 1006):

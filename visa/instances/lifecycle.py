@@ -34,6 +34,7 @@ from visa.actor import SYSTEM, Actor
 from visa.clock import Clock
 from visa.instances.models import CommandAction, Instance, InstanceState
 from visa.instances.service import request_action
+from visa.metrics import REAPER_ACTIONS
 from visa.notify.outbox import enqueue_many
 from visa.services import Services
 from visa.settings import LifetimeSettings, Settings
@@ -203,6 +204,16 @@ def run(services: Services, guard: Callable[[Session], None] | None = None) -> C
         if guard is not None:
             guard(s)
         result = cycle(SYSTEM, s, services.clock, services.settings)
+    _count(result)
     if result.deleted or result.lifetime_warned or result.inactivity_warned or result.cancelled:
         log.info("lifecycle: %s", result)
     return result
+
+
+def _count(result: CycleResult) -> None:
+    """The decisions of a committed cycle, for ``visa_reaper_actions_total``."""
+    for reason in result.deleted.values():
+        REAPER_ACTIONS.labels(action="delete", reason=reason).inc()
+    for reason, warned in (("lifetime", result.lifetime_warned), ("inactivity", result.inactivity_warned)):
+        if warned:
+            REAPER_ACTIONS.labels(action="warn", reason=reason).inc(len(warned))
