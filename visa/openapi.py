@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeVar
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template_string
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from visa.instances.schemas import CreateInstance
 from visa.types import MAX_ID, DbId
 
 REF = "#/components/schemas/{model}"
@@ -150,19 +151,6 @@ class InstanceOut(BaseModel):
     last_seen_at: datetime | None
     comments: str
 
-
-
-class CreateInstanceIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=100)
-    plan_id: DbId
-    experiment_ids: list[DbId] = Field(default_factory=list, max_length=50)
-    screen_width: int = Field(1280, ge=640, le=7680)
-    screen_height: int = Field(800, ge=480, le=4320)
-    keyboard_layout: str = Field("en-us", pattern=r"^[a-z]{2,3}(-[a-z0-9]{1,12})?$")
-    lifetime_hours: int | None = Field(None, ge=1, le=24 * 365)
-    comments: str = Field("", max_length=2000)
 
 
 class LoginIn(BaseModel):
@@ -344,7 +332,7 @@ KNOWN: dict[str, Doc] = {
     ),
     "instances_api.create_instance": Doc(
         "Ask for a new instance (returns at once, in BUILDING)", ("instances",),
-        body=CreateInstanceIn, response=InstanceOut, status=201,
+        body=CreateInstance, response=InstanceOut, status=201,
     ),
     "instances_api.get_instance": Doc("One instance", ("instances",), response=InstanceOut),
     "instances_api.act": Doc("Start, stop or reboot an instance", ("instances",), response=InstanceOut, status=202),

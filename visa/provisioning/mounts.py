@@ -58,11 +58,22 @@ def _open_data_experiments(requested: Iterable[Experiment | Proposal], now: date
     return experiments
 
 
-def _source(template: str, proposal: str, beamline: str, kind: str, field: str) -> str:
-    source = template.format(proposal=proposal, beamline=beamline)
+def _place(experiment: Experiment) -> tuple[str, str]:
+    """(proposal, beamline) as path components: refused if a name could escape its directory."""
+    return (
+        names.path_component(experiment.proposal.identifier, "proposal"),
+        names.path_component(experiment.instrument.name, "beamline"),
+    )
+
+
+def _mount(site: ProvisioningSettings, template_field: str, root: str, place: tuple[str, str],
+           *, read_only: bool) -> MountSpec:
+    proposal, beamline = place
+    kind = site.mount_type
+    source = getattr(site, template_field).format(proposal=proposal, beamline=beamline)
     if kind == "bind":
-        names.absolute_path(source, field)
-    return source
+        names.absolute_path(source, template_field)
+    return MountSpec(source=source, target=f"{root}/{proposal}/{beamline}", read_only=read_only, kind=kind)
 
 
 def data_mounts(
@@ -73,7 +84,6 @@ def data_mounts(
     open_data: Sequence[Experiment | Proposal] = (),
 ) -> list[DataMount]:
     """Every data mount of the instance, member experiments first, in a stable order."""
-    kind = site.mount_type
     owner_id = instance.owner_id
     mounts: list[DataMount] = []
     seen: set[tuple[str, str]] = set()
@@ -87,41 +97,22 @@ def data_mounts(
                 experiment.id,
             )
             continue
-        proposal = names.path_component(experiment.proposal.identifier, "proposal")
-        beamline = names.path_component(experiment.instrument.name, "beamline")
-        if (proposal, beamline) in seen:
+        place = _place(experiment)
+        if place in seen:
             continue
-        seen.add((proposal, beamline))
-        raw = MountSpec(
-            source=_source(site.raw_mount_template, proposal, beamline, kind, "raw_mount_template"),
-            target=f"{site.data_root}/{proposal}/{beamline}",
-            read_only=True,
-            kind=kind,
-        )
-        processed = MountSpec(
-            source=_source(
-                site.processed_mount_template, proposal, beamline, kind, "processed_mount_template"
-            ),
-            target=f"{site.processed_root}/{proposal}/{beamline}",
-            read_only=False,
-            kind=kind,
-        )
-        mounts.append(DataMount(raw, proposal, beamline, "raw"))
-        mounts.append(DataMount(processed, proposal, beamline, "processed"))
+        seen.add(place)
+        raw = _mount(site, "raw_mount_template", site.data_root, place, read_only=True)
+        processed = _mount(site, "processed_mount_template", site.processed_root, place, read_only=False)
+        mounts.append(DataMount(raw, *place, "raw"))
+        mounts.append(DataMount(processed, *place, "processed"))
 
     for experiment in sorted(_open_data_experiments(open_data, now), key=lambda e: e.id):
-        proposal = names.path_component(experiment.proposal.identifier, "proposal")
-        beamline = names.path_component(experiment.instrument.name, "beamline")
-        if (proposal, beamline) in seen:
+        place = _place(experiment)
+        if place in seen:
             continue
-        seen.add((proposal, beamline))
-        raw = MountSpec(
-            source=_source(site.raw_mount_template, proposal, beamline, kind, "raw_mount_template"),
-            target=f"{site.data_root}/{proposal}/{beamline}",
-            read_only=True,
-            kind=kind,
-        )
-        mounts.append(DataMount(raw, proposal, beamline, "open"))
+        seen.add(place)
+        mounts.append(DataMount(_mount(site, "raw_mount_template", site.data_root, place, read_only=True),
+                                *place, "open"))
     return mounts
 
 
