@@ -109,11 +109,19 @@ def services() -> list[Service]:
 def _pid(svc: Service) -> int | None:
     try:
         pid = int((RUN / f"{svc.name}.pid").read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    # A recycled pid belongs to someone else: only trust ours (gunicorn retitles itself).
-    return pid if str(STATE).encode() in cmdline or f"visa-sandbox-{svc.name}".encode() in cmdline else None
+    # A recycled pid belongs to someone else: only trust ours. gunicorn retitles itself, and a
+    # read in the middle of that sees neither title: look again before saying no.
+    for attempt in range(3):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        if str(STATE).encode() in cmdline or f"visa-sandbox-{svc.name}".encode() in cmdline:
+            return pid
+        time.sleep(0.05 * (attempt + 1))
+    return None
 
 
 def _port_open(port: int) -> bool:
@@ -122,7 +130,7 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _launch(svc: Service) -> None:
+def _launch(svc: Service) -> subprocess.Popen[bytes]:
     LOGS.mkdir(parents=True, exist_ok=True)
     RUN.mkdir(parents=True, exist_ok=True)
     if svc.port and _port_open(svc.port):
@@ -145,12 +153,14 @@ def _launch(svc: Service) -> None:
         )
     (RUN / f"{svc.name}.pid").write_text(str(proc.pid))
     log(f"started {svc.name} (pid {proc.pid})")
+    return proc
 
 
-def _wait_http(svc: Service, timeout: float = 120) -> None:
+def _wait_http(svc: Service, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _pid(svc) is None:
+        # Our own child: poll() is the truth (its cmdline may be mid-retitle by gunicorn).
+        if proc.poll() is not None:
             raise SystemExit(f"{svc.name} exited; see {LOGS / (svc.name + '.log')}")
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{svc.port}/", timeout=5)
@@ -167,15 +177,14 @@ def start_services(names: set[str] | None = None) -> None:
     started = []
     for svc in chosen:
         if _pid(svc) is None:
-            _launch(svc)
-            started.append(svc)
-    for svc in started:
+            started.append((svc, _launch(svc)))
+    for svc, proc in started:
         if svc.port:
-            _wait_http(svc)
+            _wait_http(svc, proc)
     if started:
         time.sleep(1)  # the daemons die early when their configuration is wrong
-        for svc in started:
-            if _pid(svc) is None:
+        for svc, proc in started:
+            if proc.poll() is not None:
                 raise SystemExit(f"{svc.name} exited; see {LOGS / (svc.name + '.log')}")
 
 

@@ -8,39 +8,18 @@ Screenshots: tests/artifacts/admin/.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.browser import ROOT, chromium, cli, free_port, require_chromium, served, visa_env
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = ROOT / "tests" / "artifacts" / "admin"
-VISA = str(Path(sys.executable).with_name("visa"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cli(env: dict[str, str], *args: str) -> str:
-    r = subprocess.run([VISA, *args], env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, f"visa {' '.join(args)}: {r.stdout}{r.stderr}"
-    return r.stdout
 
 
 def _seed_instance(data_dir: Path) -> str:
@@ -67,60 +46,26 @@ def _seed_instance(data_dir: Path) -> str:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed (apt-get install chromium)")
-    pytest.importorskip("playwright")
+    require_chromium()
     subprocess.run([str(ROOT / "scripts" / "build-apidocs.sh")], check=True, capture_output=True, timeout=300)
     if (ROOT / "scripts" / "build-web.sh").exists():
         subprocess.run([str(ROOT / "scripts" / "build-web.sh")], check=True, capture_output=True, timeout=300)
     data = tmp_path_factory.mktemp("visa-admin") / "var"
-    port = _free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("VISA_")},
-        "VISA_DATA_DIR": str(data), "VISA_SECRET_KEY": "admin-browser-test-secret",
-        "VISA_BASE_URL": f"http://127.0.0.1:{port}", "VISA_SCHEDULER__ENABLED_IN_WEB": "false",
-    }
-    _cli(env, "init")
-    _cli(env, "catalogue", "apply", str(ROOT / "flavours"), str(ROOT / "images"))
-    _cli(env, "users", "add", "root", "--full-name", "Ada Admin", "--password", "root-password", "--role", "ADMIN")
-    _cli(env, "users", "add", "alice", "--full-name", "Alice Martin", "--password", "alice-password")
+    port = free_port()
+    env = visa_env(data, port, VISA_SECRET_KEY="admin-browser-test-secret", VISA_SCHEDULER__ENABLED_IN_WEB="false")
+    cli(env, "init")
+    cli(env, "catalogue", "apply", str(ROOT / "flavours"), str(ROOT / "images"))
+    cli(env, "users", "add", "root", "--full-name", "Ada Admin", "--password", "root-password", "--role", "ADMIN")
+    cli(env, "users", "add", "alice", "--full-name", "Alice Martin", "--password", "alice-password")
     uid = _seed_instance(data)
-    log = data / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "visa.asgi:create_asgi_app", "--factory", "--loop", "asyncio",
-             "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.3)
+    with served(env, port, data / "server.log") as url:
         yield url, uid
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
 def browser():  # noqa: ANN201
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def _context(browser, url: str, username: str):  # noqa: ANN001, ANN202

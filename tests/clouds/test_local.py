@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.clouds.rfb import RfbAuthFailed, RfbClient, vnc_auth_response
+from tests.processes import pids_with_env
 from visa.clouds import local_session
 from visa.clouds.base import MountSpec, Server, ServerSpec
 from visa.clouds.local import LocalProvider
@@ -68,17 +69,7 @@ def _wait_state(provider: LocalProvider, server_id: str, timeout: float = 45) ->
 def _leftovers(root: Path) -> list[int]:
     """Processes of any session under ``root`` (by the marker they all inherit)."""
     prefix = f"{local_session.MARKER_ENV}={root}/".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(item.startswith(prefix) for item in env) and local_session.pid_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
+    return [pid for pid in pids_with_env(lambda item: item.startswith(prefix)) if local_session.pid_alive(pid)]
 
 
 def _cleanup(provider: LocalProvider) -> None:

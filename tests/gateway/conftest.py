@@ -36,6 +36,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from tests.factories import make_cloud, make_flavour, make_image, make_plan, make_user
+from tests.processes import pids_with_env
 from visa.catalogue.models import Protocol
 from visa.gateway.common import GatewayConfig
 from visa.gateway.routes import gateway_routes
@@ -70,17 +71,7 @@ def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 
 
 def _marked(root: Path) -> list[int]:
     wanted = f"{MARKER}={root}".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if wanted in env:
-            found.append(int(entry.name))
-    return found
+    return pids_with_env(wanted.__eq__)
 
 
 class Processes:

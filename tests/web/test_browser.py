@@ -9,35 +9,21 @@ colleague who sees it view-only, delete it. Screenshots of each page: tests/arti
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.browser import ROOT, chromium, cli, free_port, require_chromium, served, visa_env
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = ROOT / "tests" / "artifacts" / "browser"
-VISA = str(Path(sys.executable).with_name("visa"))
-
-
-def _serve(port: int) -> list[str]:
-    """What `visa run` serves, as it serves it."""
-    return [sys.executable, "-m", "uvicorn", "visa.asgi:create_asgi_app", "--factory",
-            "--host", "127.0.0.1", "--port", str(port), "--ws-per-message-deflate", "false"]
 
 
 @dataclass
@@ -48,23 +34,9 @@ class Site:
     log: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    r = subprocess.run([VISA, *args], env=env, capture_output=True, text=True, timeout=120, input=stdin)
-    assert r.returncode == 0, f"visa {' '.join(args)}: {r.stdout}{r.stderr}"
-    return r.stdout
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed (apt-get install chromium)")
-    pytest.importorskip("playwright")
+    require_chromium()
     subprocess.run([str(ROOT / "scripts" / "build-web.sh")], check=True, capture_output=True, timeout=300)
 
     data = tmp_path_factory.mktemp("visa-browser")
@@ -74,18 +46,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     raw.mkdir(parents=True)
     (raw / "scan_0001.h5").write_text("raw data")
     (facility / "processed" / "ev280" / "id21").mkdir(parents=True)
-    port = _free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("VISA_")},
-        "VISA_DATA_DIR": str(data / "var"),
-        "VISA_SECRET_KEY": "browser-test-secret",
-        "VISA_BASE_URL": f"http://127.0.0.1:{port}",
+    port = free_port()
+    env = visa_env(
+        data / "var", port, VISA_SECRET_KEY="browser-test-secret",
         # Follow moving instances closely; the periodic jobs are not under test here.
-        "VISA_SCHEDULER__UNSTABLE_SYNC_SECONDS": "1",
-        "VISA_SCHEDULER__ENABLED_IN_WEB": "false",
-    }
-    _cli(env, "init")
-    _cli(env, "catalogue", "apply", str(ROOT / "flavours"), str(ROOT / "images"))
+        VISA_SCHEDULER__UNSTABLE_SYNC_SECONDS="1", VISA_SCHEDULER__ENABLED_IN_WEB="false",
+    )
+    cli(env, "init")
+    cli(env, "catalogue", "apply", str(ROOT / "flavours"), str(ROOT / "images"))
     experiments = data / "experiments.json"
     experiments.write_text(json.dumps([
         {"id": "ev280-id21-1", "proposal": "ev280", "proposal_title": "Trace elements in Roman glass",
@@ -95,41 +63,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
          "instrument": "id16a", "start_date": "2025-03-02", "end_date": "2025-03-05", "title": "Nano-tomography",
          "members": [{"username": "alice"}]},
     ]))
-    _cli(env, "experiments", "import", str(experiments))
-    _cli(env, "users", "passwd", "alice", stdin="alice-password\nalice-password\n")
-    _cli(env, "users", "add", "bob", "--full-name", "Bob Durand", "--password", "bob-password")
+    cli(env, "experiments", "import", str(experiments))
+    cli(env, "users", "passwd", "alice", stdin="alice-password\nalice-password\n")
+    cli(env, "users", "add", "bob", "--full-name", "Bob Durand", "--password", "bob-password")
 
     log = data / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(_serve(port), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "visa did not answer in 60 s:\n" + log.read_text()[-3000:]
-            time.sleep(0.3)
-        yield Site(url=url, data_dir=data / "var", env=env, log=log)
+        with served(env, port, log) as url:
+            yield Site(url=url, data_dir=data / "var", env=env, log=log)
     finally:
-        _stop(proc)
         _delete_local_sessions(data / "var")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
 
 
 def _delete_local_sessions(data_dir: Path) -> None:
@@ -149,12 +92,8 @@ def _delete_local_sessions(data_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def browser(site: Site) -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def shot(page, name: str) -> None:  # noqa: ANN001
