@@ -117,7 +117,7 @@ class Instance(Base):
     # The per-instance desktop secret (VNC password); never logged nor sent to another user.
     secret: Mapped[str] = mapped_column(String(64))
     provider_state: Mapped[dict[str, Any]] = mapped_column(JsonDict, default=dict)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)  # the admin list's default order
     terminates_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_interaction_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
