@@ -279,3 +279,35 @@ def test_the_scientists_day(site: Site, browser) -> None:  # noqa: ANN001
     shot(page, "13-deleted")
     bob_ctx.close()
     alice_ctx.close()
+
+
+def test_announcements_are_read_then_dismissed(site: Site, browser) -> None:  # noqa: ANN001
+    """An announcement an administrator published: a modal to acknowledge, a banner to dismiss."""
+    from datetime import UTC, datetime
+
+    import visa.models  # noqa: F401
+    from visa.db import Database
+    from visa.notifications.models import NotificationKind, NotificationLevel, SystemNotification
+
+    database = Database(f"sqlite:///{site.data_dir / 'visa.db'}")
+    with database.unit_of_work() as s:
+        for message, kind in (("Maintenance on Monday from 8:00", NotificationKind.BANNER),
+                              ("GPU instances are back", NotificationKind.MODAL)):
+            s.add(SystemNotification(message=message, kind=kind, level=NotificationLevel.WARNING,
+                                     created_at=datetime.now(UTC)))
+    database.dispose()
+
+    ctx, page = login(browser, site, "bob")
+    modal = page.locator("dialog[data-modal-notice]")
+    modal.wait_for(state="visible")
+    assert "GPU instances are back" in modal.inner_text()
+    shot(page, "20-announcement-modal")
+    modal.get_by_role("button", name="Understood").click()
+    modal.wait_for(state="detached")
+    banner = page.locator(".notice.warning")
+    assert "Maintenance on Monday" in banner.inner_text()
+    banner.get_by_role("button", name="Dismiss").click()
+    banner.wait_for(state="detached")
+    page.reload()
+    assert page.locator("[data-notice]").count() == 0  # acknowledged for good, not only hidden
+    ctx.close()

@@ -106,6 +106,31 @@ def test_home_lists_instances_with_state_lifetime_and_csrf(world, api_client) ->
     assert 'data-testid="no-instances"' in empty
 
 
+def test_announcements_show_on_pages_until_dismissed(world, db, clock, api_client) -> None:  # noqa: ANN001
+    from visa.notifications import service as notifications
+    from visa.notifications.models import NotificationKind, NotificationLevel
+
+    with db.unit_of_work() as s:
+        admin = make_user(s, clock, "root", roles=(Role.ADMIN,))
+        banner = notifications.create(actor(admin, clock), s, clock, message="Maintenance <b>Monday</b> 8:00",
+                                      level=NotificationLevel.WARNING, kind=NotificationKind.BANNER).id
+        modal = notifications.create(actor(admin, clock), s, clock, message="New GPU flavours",
+                                     level=NotificationLevel.INFO, kind=NotificationKind.MODAL).id
+        notifications.create(actor(admin, clock), s, clock, message="Not yet", level=NotificationLevel.INFO,
+                             kind=NotificationKind.BANNER, active_from=clock.now() + timedelta(days=1))
+    c = _logged_in(api_client, "alice")
+    html = c.get("/").get_data(as_text=True)
+    assert f'class="notice warning" role="status" data-notice="{banner}"' in html
+    assert "Maintenance &lt;b&gt;Monday&lt;/b&gt; 8:00" in html  # the message is text, never markup
+    assert f'data-notice="{modal}" data-modal-notice' in html and "Not yet" not in html
+    assert c.post(f"/api/notifications/{banner}/ack").status_code == 200
+    html = c.get("/instances/new").get_data(as_text=True)
+    assert f'data-notice="{banner}"' not in html and f'data-notice="{modal}"' in html
+    # Dismissed by alice only; the login page shows nothing to anonymous visitors.
+    assert f'data-notice="{banner}"' in _logged_in(api_client, "bob").get("/").get_data(as_text=True)
+    assert "data-notice" not in api_client().get("/login").get_data(as_text=True)
+
+
 def test_create_wizard_offers_experiments_and_no_experiment_only_to_allowed_roles(world, api_client) -> None:  # noqa: ANN001
     html = _logged_in(api_client, "alice").get("/instances/new").get_data(as_text=True)
     assert html.count("data-experiment=") == 2

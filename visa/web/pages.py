@@ -21,6 +21,8 @@ from visa.experiments.service import experiments_of
 from visa.instances import progress, service, thumbnails
 from visa.instances.models import CommandAction, Instance, InstanceState
 from visa.instances.serialize import instance_dict
+from visa.notifications import service as notifications
+from visa.notifications.models import SystemNotification
 from visa.web.context import current_actor, db_session, services
 
 bp = Blueprint("pages", __name__)
@@ -207,7 +209,15 @@ def memory(mb: int) -> str:
 
 @bp.app_context_processor
 def _globals() -> dict[str, Any]:
-    return {"me": current_actor(required=False) if request else None}
+    me = current_actor(required=False) if request else None
+    return {"me": me, "notices": _notices(me)}
+
+
+def _notices(me: Actor | None) -> list[SystemNotification]:
+    """What administrators announced and this user has not dismissed: banners and modals."""
+    if me is None or me.user is None or request.path.startswith("/api/"):
+        return []
+    return notifications.active_for(me, db_session(), services().clock)
 
 
 def register(app: Flask) -> None:

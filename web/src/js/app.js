@@ -198,3 +198,28 @@ function tickLifetimes() {
   }
 }
 setInterval(tickLifetimes, 30000);
+
+// --- announcements -------------------------------------------------------------------------
+// Banners and modals are rendered by the server; dismissing one is remembered for this user.
+async function dismissNotice(id) {
+  try {
+    await api("POST", `/api/notifications/${encodeURIComponent(id)}/ack`);
+  } catch (err) {
+    toast(err.message, "error");
+    return;
+  }
+  for (const el of document.querySelectorAll(`[data-notice="${CSS.escape(id)}"]`)) {
+    if (el.tagName === "DIALOG" && el.open) el.close();
+    el.remove();
+  }
+}
+
+document.addEventListener("click", (ev) => {
+  const button = ev.target.closest("[data-dismiss-notice]");
+  if (button) dismissNotice(button.dataset.dismissNotice);
+});
+for (const dialog of document.querySelectorAll("dialog[data-modal-notice]")) {
+  dialog.addEventListener("cancel", (ev) => ev.preventDefault()); // read it, then say so
+  dialog.showModal();
+  break; // one at a time: the next one shows on the next page
+}
