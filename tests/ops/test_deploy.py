@@ -72,3 +72,22 @@ def test_the_asgi_factory_is_importable_as_the_units_name_it() -> None:
     from visa.asgi import create_asgi_app
 
     assert callable(create_asgi_app)
+
+
+@pytest.mark.integration
+def test_the_container_web_stage_builds_from_a_clean_copy(tmp_path: Path) -> None:
+    """What the Containerfile's web stage does, without a container engine (none runs here):
+    the two build scripts and web/ alone, without node_modules, produce every served asset."""
+    text = (DEPLOY / "container/Containerfile").read_text()
+    assert "COPY web ./web" in text and "RUN scripts/build-web.sh && scripts/build-apidocs.sh" in text
+    assert "COPY --from=web /src/visa/static ./visa/static" in text
+    (tmp_path / "scripts").mkdir()
+    for script in ("build-web.sh", "build-apidocs.sh"):
+        shutil.copy2(ROOT / "scripts" / script, tmp_path / "scripts" / script)
+    shutil.copytree(ROOT / "web", tmp_path / "web", ignore=shutil.ignore_patterns("node_modules"))
+    for script in ("build-web.sh", "build-apidocs.sh"):
+        subprocess.run([str(tmp_path / "scripts" / script)], check=True, capture_output=True, timeout=600)
+    static = tmp_path / "visa" / "static"
+    for asset in ("js/app.js", "css/visa.css", "vendor/novnc/core/rfb.js", "admin",
+                  "vendor/swagger-ui/swagger-ui-bundle.js"):
+        assert (static / asset).exists(), asset
