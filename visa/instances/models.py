@@ -96,6 +96,14 @@ instance_experiments = Table(
     Column("experiment_id", ForeignKey("experiments.id", ondelete="RESTRICT"), primary_key=True, index=True),
 )
 
+# Others' experiments whose embargo had ended, asked for at creation: raw data mounted read-only.
+instance_open_data = Table(
+    "instance_open_data",
+    Base.metadata,
+    Column("instance_id", ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True),
+    Column("experiment_id", ForeignKey("experiments.id", ondelete="RESTRICT"), primary_key=True, index=True),
+)
+
 
 class Instance(Base):
     __tablename__ = "instances"
@@ -131,6 +139,7 @@ class Instance(Base):
     plan: Mapped[Plan] = relationship(lazy="joined")
     cloud: Mapped[Cloud] = relationship(lazy="joined")
     experiments: Mapped[list[Experiment]] = relationship(secondary=instance_experiments, lazy="selectin")
+    open_data_experiments: Mapped[list[Experiment]] = relationship(secondary=instance_open_data, lazy="selectin")
     members: Mapped[list[InstanceMember]] = relationship(
         back_populates="instance", cascade="all, delete-orphan", lazy="selectin"
     )
