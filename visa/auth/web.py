@@ -38,7 +38,8 @@ def limits() -> Limits:
 
 
 def client_ip() -> str | None:
-    # Behind a proxy, deployments wrap the app with ProxyFix so remote_addr is the client.
+    # Behind nginx, uvicorn (proxy headers, --forwarded-allow-ips) has already put the client from
+    # X-Forwarded-For into the ASGI scope, which is what remote_addr reads.
     return request.remote_addr
 
 
