@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeVar
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template_string
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from visa.experiments.schemas import ExperimentOut
 from visa.instances.schemas import CreateInstance
 from visa.types import MAX_ID, DbId
 
@@ -141,6 +142,7 @@ class InstanceOut(BaseModel):
     plan: PlanBrief
     protocols: list[str]
     experiments: list[ExperimentBrief]
+    open_data: list[ExperimentBrief] = Field(description="Others' experiments whose embargo has ended: raw data, read-only")
     cloud: str
     screen: Screen
     keyboard_layout: str
@@ -195,18 +197,6 @@ class PlanOut(BaseModel):
 
 class PlansQuery(BaseModel):
     experiment: list[DbId] = Field(default_factory=list, description="Experiment ids the machine is for")
-
-
-class ExperimentOut(BaseModel):
-    id: int
-    external_id: str
-    title: str | None
-    proposal: str
-    proposal_title: str | None
-    instrument: str
-    start_date: str
-    end_date: str
-    open_data: bool
 
 
 class ConnectOut(BaseModel):

@@ -66,6 +66,8 @@ FLASK: list[Row] = [
     Row("users_api.search", "GET", "/api/users/search?q=pe", "AAAAAAU"),
     Row("catalogue_api.plans", "GET", "/api/plans", "AAAAAAU"),
     Row("experiments_api.list_experiments", "GET", "/api/experiments", "AAAAAAU"),
+    Row("experiments_api.open_data", "GET", "/api/experiments/open-data?q=ev&limit=5", "AAAAAAU",
+        why="open data is public once its embargo has ended: any logged-in user"),
     Row("instances_api.list_instances", "GET", "/api/instances", "AAAAAAU"),
     Row("instances_api.create_instance", "POST", "/api/instances", "AAAAAAU",
         json={"name": "new", "plan_id": 0, "experiment_ids": []}, why="plan/experiment checks are domain answers"),

@@ -118,6 +118,7 @@ POLICY: dict[str, list[Rule]] = {
     "handle_extensions": [System(), ADMIN],
     "manage_notifications": [System(), ADMIN],
     "create_instance": [AnyUser()],
+    "search_open_data": [AnyUser()],  # embargo over: the data is public
     "create_instance_without_experiment": [System(), HasRole(Role.ADMIN, Role.STAFF, Role.GUEST)],
     # instance actions
     "instance.view": [System(), ADMIN, Member(), SupportFor()],

@@ -1,4 +1,4 @@
-"""The user office's export, as visa reads it (JSON or CSV)."""
+"""The user office's export, as visa reads it (JSON or CSV), and experiments as the API shows them."""
 
 from __future__ import annotations
 
@@ -60,3 +60,26 @@ class ExperimentSpec(BaseModel):
         if self.end_date < self.start_date:
             raise ValueError("end_date is before start_date")
         return self
+
+
+class ExperimentOut(BaseModel):
+    """An experiment as ``GET /api/experiments`` and the open-data search show it (never its members)."""
+
+    id: int
+    external_id: str
+    title: str | None
+    proposal: str
+    proposal_title: str | None
+    instrument: str
+    start_date: str
+    end_date: str
+    open_data: bool
+    public_at: datetime | None = Field(description="When the proposal's embargo ends (or ended)")
+
+
+class OpenDataQuery(BaseModel):
+    model_config = ConfigDict(str_strip_whitespace=True)
+
+    q: str = Field("", max_length=100, description="Part of a proposal, an experiment id or a title")
+    instrument: str | None = Field(None, pattern=IDENT, description="Instrument name, exactly")
+    limit: int = Field(20, ge=1, le=50, description="How many, newest open data first")

@@ -32,6 +32,10 @@ def instance_dict(instance: Instance, actor: Actor, clock: Clock) -> dict[str, A
             {"id": e.id, "external_id": e.external_id, "proposal": e.proposal.identifier, "instrument": e.instrument.name}
             for e in instance.experiments
         ],
+        "open_data": [
+            {"id": e.id, "external_id": e.external_id, "proposal": e.proposal.identifier, "instrument": e.instrument.name}
+            for e in instance.open_data_experiments
+        ],
         "cloud": instance.cloud.name,
         "screen": {"width": instance.screen_width, "height": instance.screen_height},
         "keyboard_layout": instance.keyboard_layout,

@@ -8,7 +8,7 @@ after the transaction commits.
 from __future__ import annotations
 
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -21,7 +21,7 @@ from visa.catalogue.service import max_lifetime_hours, plans_for
 from visa.clock import Clock
 from visa.clouds.models import Cloud
 from visa.db import after_commit
-from visa.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
+from visa.errors import Conflict, Forbidden, InvalidInput, NotFound, QuotaExceeded
 from visa.experiments.models import Experiment
 from visa.instances.models import (
     CommandAction,
@@ -82,6 +82,36 @@ def _experiments_for(session: Session, actor: Actor, ids: list[int]) -> list[Exp
     return [found[i] for i in dict.fromkeys(ids)]
 
 
+def _open_data_for(
+    session: Session, actor: Actor, ids: list[int], attached: list[Experiment], now: datetime
+) -> list[Experiment]:
+    """Experiments of any proposal whose embargo has ended at ``now``: anyone may ask for them.
+
+    One already attached as the user's own experiment is left out: it is mounted as such.
+    """
+    attached_ids = {e.id for e in attached}
+    wanted = [i for i in dict.fromkeys(ids) if i not in attached_ids]
+    if not wanted:
+        return []
+    found = {e.id: e for e in session.scalars(select(Experiment).where(Experiment.id.in_(wanted)))}
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise InvalidInput(f"unknown experiment(s): {missing}", field="open_data_ids")
+    closed = [found[i] for i in wanted if not found[i].proposal.is_open_data(now)]
+    if closed:
+        # Only the ids sent and their release dates: the facility publishes when data opens.
+        reasons = [
+            f"experiment {e.id} is under embargo until {e.proposal.public_at:%Y-%m-%d}"
+            if e.proposal.public_at else f"experiment {e.id} has no release date"
+            for e in closed
+        ]
+        hint = ""
+        if actor.id is not None and any(actor.id in {m.id for m in e.members} for e in closed):
+            hint = " (experiments you are a member of go in experiment_ids)"
+        raise Forbidden("not open data yet: " + "; ".join(reasons) + hint, field="open_data_ids")
+    return [found[i] for i in wanted]
+
+
 def _cloud_for(session: Session, plan: Plan, settings: Settings) -> Cloud:
     cloud_id = plan.flavour.cloud_id or plan.image.cloud_id
     if cloud_id is not None:
@@ -103,7 +133,11 @@ def create_instance(
     require(actor, "create_instance")
     assert actor.user is not None
     owner = actor.user
+    now = clock.now()
     experiments = _experiments_for(session, actor, data.experiment_ids)
+    open_data = _open_data_for(session, actor, data.open_data_ids, experiments, now)
+    # Open data is extra: it neither stands in for an experiment of one's own nor widens the
+    # plans (sizes limited to an instrument stay with that instrument's users).
     if not experiments:
         require(actor, "create_instance_without_experiment")
     plan = next((p for p in plans_for(session, actor, experiments) if p.id == data.plan_id), None)
@@ -112,7 +146,6 @@ def create_instance(
     check_quota(session, owner)
     cloud = _cloud_for(session, plan, settings)
 
-    now = clock.now()
     max_hours = max_lifetime_hours(plan.flavour, actor.roles, settings.lifetimes)
     hours = min(data.lifetime_hours or max_hours, max_hours)
     instance = Instance(
@@ -133,13 +166,15 @@ def create_instance(
         terminates_at=now + timedelta(hours=hours),
         last_seen_at=now,
         experiments=experiments,
+        open_data_experiments=open_data,
     )
     instance.members.append(InstanceMember(user=owner, role=MemberRole.OWNER, created_at=now))
     session.add(instance)
     session.flush()
     _command(session, actor, clock, instance, CommandAction.CREATE)
     record(session, actor, clock, "instance.create", target_type="instance", target_id=instance.uid,
-           plan=plan.id, experiments=[e.external_id for e in experiments])
+           plan=plan.id, experiments=[e.external_id for e in experiments],
+           open_data=[e.external_id for e in open_data])
     return instance
 
 

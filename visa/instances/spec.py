@@ -15,16 +15,20 @@ from visa.settings import Settings
 def server_spec(instance: Instance, settings: Settings, now: datetime, probe_public_key: str | None = None) -> ServerSpec:
     site = site_for_instance(instance, settings.provisioning)
     image, flavour = instance.plan.image, instance.plan.flavour
+    # The renderer checks the embargo again: if it was brought back, the create fails rather than mount it.
+    open_data = instance.open_data_experiments
     return ServerSpec(
         name=f"{settings.instance_name_prefix}-{instance.id}",
         instance_uid=instance.uid,
         image_ref=image.cloud_image_ref,
         flavour_ref=flavour.cloud_flavour_ref,
-        user_data=render_user_data(instance, site=site, now=now, probe_public_key=probe_public_key),
+        user_data=render_user_data(
+            instance, site=site, now=now, probe_public_key=probe_public_key, open_data=open_data
+        ),
         secret=instance.secret,
         metadata=render_metadata(instance),
         protocols={p.protocol.value: p.port for p in image.protocols},
-        mounts=tuple(instance_mounts(instance, site=site, now=now)),
+        mounts=tuple(instance_mounts(instance, site=site, now=now, open_data=open_data)),
         screen_width=instance.screen_width,
         screen_height=instance.screen_height,
         keyboard_layout=instance.keyboard_layout,

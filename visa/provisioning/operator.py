@@ -19,7 +19,10 @@ def render_for_operator(session: Session, uid: str) -> str:
     instance = session.scalars(select(Instance).where(Instance.uid == uid)).first()
     if instance is None:
         raise NotFound(f"no instance {uid[:40]!r}", field="uid")
-    text = render_user_data(instance, site=site_for_instance(instance), now=datetime.now(UTC), mask_secrets=True)
+    text = render_user_data(
+        instance, site=site_for_instance(instance), now=datetime.now(UTC), mask_secrets=True,
+        open_data=instance.open_data_experiments,
+    )
     if instance.secret and instance.secret in text:  # the masking must never miss one
         raise AssertionError("a secret survived masking")
     return text
