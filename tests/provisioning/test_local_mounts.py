@@ -15,10 +15,10 @@ import yaml
 
 from tests.provisioning.cloudinit import cloud_config_part
 from tests.provisioning.factories import NOW, make_experiment, make_image, make_instance, make_user
-from visa.clouds.base import ServerSpec
 from visa.instances.models import InstanceState
-from visa.provisioning import instance_mounts, render_user_data
-from visa.settings import ProvisioningSettings
+from visa.instances.spec import server_spec
+from visa.provisioning import instance_mounts
+from visa.settings import ProvisioningSettings, Settings
 
 local = pytest.importorskip(
     "visa.clouds.local", reason="visa/clouds/local.py (LocalProvider) is not in the tree yet"
@@ -46,30 +46,24 @@ def test_rendered_mounts_on_the_local_provider(session, tmp_path: Path) -> None:
         raw.mkdir(parents=True)
         (raw / "scan_0001.h5").write_text(f"frames of {exp.proposal.identifier}")
         (sources / "processed" / exp.proposal.identifier / exp.instrument.name).mkdir(parents=True)
+    # Open data reaches the provider the way the executor builds it: stored on the instance,
+    # turned into ServerSpec.mounts by server_spec.
     instance = make_instance(
-        session, owner, make_image(session, "desktop", []), [mine, theirs], uid=f"t{tag}"
+        session, owner, make_image(session, "desktop", []), [mine, theirs], uid=f"t{tag}",
+        open_data_experiments=[public],
     )
-
+    spec = server_spec(instance, Settings(data_dir=tmp_path / "data", provisioning=site), NOW)
     mounts = instance_mounts(instance, site=site, now=NOW, open_data=[public])
+    assert spec.mounts == tuple(mounts)
     assert all(m.kind == "bind" for m in mounts)
+    assert [m.read_only for m in mounts if m.target == f"/data/visitor/hc{tag}/id11"] == [True]
     # The provider applies exactly what the user-data would put in fstab.
-    fstab = yaml.safe_load(
-        cloud_config_part(render_user_data(instance, site=site, now=NOW, open_data=[public]))
-    )
+    fstab = yaml.safe_load(cloud_config_part(spec.user_data))
     assert [(m[0], m[1], "ro" in m[3].split(",")) for m in fstab["mounts"]] == [
         (m.source, m.target, m.read_only) for m in mounts
     ]
 
     provider = local.LocalProvider("local", {"root_dir": str(tmp_path / "instances")})
-    spec = ServerSpec(
-        name=f"visa-{instance.uid}",
-        instance_uid=instance.uid,
-        image_ref="local",
-        flavour_ref="local",
-        user_data="",
-        secret=instance.secret,
-        mounts=tuple(mounts),
-    )
     try:
         provider.create(spec)
         deadline = time.monotonic() + 45
