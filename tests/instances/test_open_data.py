@@ -168,6 +168,7 @@ def test_search_finds_only_open_data(world, api_client) -> None:  # noqa: ANN001
     assert found("?q=HC43") == ["hc4321"]
     assert found("?q=Proposal+ev") == ["ev100"]  # proposal titles too
     assert found("?q=%25") == [] and found("?q=_") == []  # LIKE wildcards are plain characters
+    assert found("?q=BM05") == ["ev100"]  # instruments too
     assert found("?instrument=bm05") == ["ev100"]
     assert found("?instrument=id16a") == []
     assert found("?limit=1") == ["hc4321"]

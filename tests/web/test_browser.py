@@ -46,6 +46,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     raw.mkdir(parents=True)
     (raw / "scan_0001.h5").write_text("raw data")
     (facility / "processed" / "ev280" / "id21").mkdir(parents=True)
+    (facility / "visitor" / "hc4321" / "id11").mkdir(parents=True)  # open data: carol's, embargo over
     port = free_port()
     env = visa_env(
         data / "var", port, VISA_SECRET_KEY="browser-test-secret",
@@ -62,6 +63,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         {"id": "ma9012-id16a-1", "proposal": "ma9012", "proposal_title": "Battery cathodes",
          "instrument": "id16a", "start_date": "2025-03-02", "end_date": "2025-03-05", "title": "Nano-tomography",
          "members": [{"username": "alice"}]},
+        {"id": "hc4321-id11-1", "proposal": "hc4321", "proposal_title": "Pigments of old masters",
+         "public_at": "2024-06-01T00:00:00+00:00", "instrument": "id11", "start_date": "2021-05-10",
+         "end_date": "2021-05-12", "title": "Powder diffraction", "members": [{"username": "carol"}]},
     ]))
     cli(env, "experiments", "import", str(experiments))
     cli(env, "users", "passwd", "alice", stdin="alice-password\nalice-password\n")
@@ -162,12 +166,19 @@ def test_the_scientists_day(site: Site, browser) -> None:  # noqa: ANN001
     assert any("esrf.medium" in n for n in names)
     assert not any("a40" in n for n in names), names  # GPU flavours are limited to other instruments/roles
     page.click('#flavours [data-plan] >> text=esrf.medium')
+    # Open data of someone else's proposal: chosen, and kept while the search changes.
+    page.click('#open-list [data-open] >> text=hc4321')
+    with page.expect_response(lambda r: "/api/experiments/open-data" in r.url and "q=zz" in r.url):
+        page.fill("#open-search", "zz")
+    page.wait_for_function("document.querySelectorAll('#open-list [data-open] input:checked').length === 1")
+    assert "1 open data, read-only" in page.inner_text('[data-testid="summary"]')
     page.fill("#name", "XRF maps of ev280")
     page.select_option("#screen-size", "1280x800")
     shot(page, "02-create-wizard")
     page.click('[data-testid="create"]')
     page.wait_for_url(re.compile(r"/instances/[0-9a-f]+$"))
     uid = page.url.rstrip("/").rsplit("/", 1)[1]
+    assert "hc4321 · id11" in page.inner_text('[data-testid="open-data"]')
 
     # --- progress, pushed by the server: no reload -----------------------------------------------
     page.evaluate("window.__samePage = true")

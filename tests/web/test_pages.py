@@ -144,6 +144,33 @@ def test_create_wizard_offers_experiments_and_no_experiment_only_to_allowed_role
     assert "data-experiment=" not in staff
 
 
+def test_wizard_offers_open_data_and_pages_mark_it_read_only(world, db, clock, settings, api_client) -> None:  # noqa: ANN001
+    c = _logged_in(api_client, "alice")
+    html = c.get("/instances/new").get_data(as_text=True)
+    # The section the script fills from /api/experiments/open-data; no inline code (CSP).
+    assert 'id="step-open-data"' in html and 'id="open-search"' in html and 'id="open-list"' in html
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html)
+    assert not re.search(r"\sstyle=|\son[a-z]+=", html)
+    assert "Open data" not in c.get(f"/instances/{world.uid}").get_data(as_text=True)
+
+    with db.unit_of_work() as s:
+        public = make_experiment(s, members=[], proposal="hc4321", instrument="id11",
+                                 public_at=clock.now() - timedelta(days=30))
+        alice = s.scalar(select(Instance).where(Instance.uid == world.uid)).owner
+        uid = service.create_instance(
+            actor(alice, clock), s, clock, settings,
+            CreateInstance(name="open look", plan_id=world.plan_id, experiment_ids=[world.exp_id],
+                           open_data_ids=[public.id]),
+        ).uid
+        make_user(s, clock, "root", password="root-pw", roles=(Role.ADMIN,))
+    page = c.get(f"/instances/{uid}").get_data(as_text=True)
+    assert re.search(r'data-testid="open-data"><span class="spec">hc4321 · id11</span>', page)
+    assert "open data, read-only" in page
+    assert "hc4321 · id11 <span class=\"muted small\">(read-only)</span>" in c.get("/instances/_cards").get_data(as_text=True)
+    admin = _logged_in(api_client, "root").get(f"/admin/instances/{uid}").get_data(as_text=True)
+    assert "Open data (read-only)" in admin and "<td>hc4321</td>" in admin
+
+
 def test_progress_steps_follow_state_and_commands(world, db, api_client) -> None:  # noqa: ANN001
     c = _logged_in(api_client, "alice")
     page = lambda: c.get(f"/instances/{world.uid}").get_data(as_text=True)  # noqa: E731

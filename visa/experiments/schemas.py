@@ -80,6 +80,6 @@ class ExperimentOut(BaseModel):
 class OpenDataQuery(BaseModel):
     model_config = ConfigDict(str_strip_whitespace=True)
 
-    q: str = Field("", max_length=100, description="Part of a proposal, an experiment id or a title")
+    q: str = Field("", max_length=100, description="Part of a proposal, an experiment id, a title or an instrument")
     instrument: str | None = Field(None, pattern=IDENT, description="Instrument name, exactly")
     limit: int = Field(20, ge=1, le=50, description="How many, newest open data first")

@@ -39,7 +39,7 @@ def search_open_data(actor: Actor, session: Session, clock: Clock, query: OpenDa
     if query.q:
         stmt = stmt.where(or_(
             *(c.icontains(query.q, autoescape=True)
-              for c in (Proposal.identifier, Proposal.title, Experiment.external_id, Experiment.title))
+              for c in (Proposal.identifier, Proposal.title, Experiment.external_id, Experiment.title, Instrument.name))
         ))
     if query.instrument:
         stmt = stmt.where(Instrument.name == query.instrument)

@@ -1,5 +1,6 @@
-// The create wizard: experiments -> environment -> size -> name and screen.
+// The create wizard: experiments (and, optionally, open data) -> environment -> size -> name and screen.
 // Sizes come from GET /api/plans for the chosen experiments: the server decides what is allowed.
+// Open data (other proposals whose embargo ended) is found with GET /api/experiments/open-data.
 import { api, ApiError } from "./app.js";
 
 const form = document.getElementById("wizard");
@@ -14,8 +15,14 @@ const nameInput = document.getElementById("name");
 const createBtn = document.getElementById("create");
 const summary = document.getElementById("summary");
 const errorBox = document.getElementById("form-error");
+const openSearch = document.getElementById("open-search");
+const openList = document.getElementById("open-list");
+const openNone = document.getElementById("open-none");
 
-const state = { plans: [], image: null, planId: null, nameTouched: false, fetchSeq: 0 };
+const state = { plans: [], image: null, planId: null, nameTouched: false, fetchSeq: 0, openSeq: 0 };
+// Open data by id: as last found, and as chosen (kept while the search changes).
+const openFound = new Map();
+const openChosen = new Map();
 
 const selectedExperiments = () =>
   [...form.querySelectorAll('input[name="experiment"]:checked')].map((el) => Number(el.value));
@@ -99,6 +106,53 @@ function renderFlavours() {
   }
 }
 
+function openRow(e) {
+  const box = el("input", { type: "checkbox", name: "open-data", value: String(e.id) });
+  box.checked = openChosen.has(e.id);
+  const since = e.public_at ? e.public_at.slice(0, 10) : "";
+  return el("label", { class: `experiment${box.checked ? " selected" : ""}`, "data-open": String(e.id) },
+    box,
+    el("span", {}, el("span", { class: "what" }, `${e.proposal} · ${e.instrument}`), el("br"),
+      el("span", { class: "title" }, e.title || e.proposal_title || "")),
+    el("span", { class: "when" }, "public since", el("br"), since));
+}
+
+// Chosen ones first, whatever the search; one's own experiments are picked above instead.
+function renderOpenData(found) {
+  const mine = (id) => !!list?.querySelector(`[data-experiment="${id}"]`);
+  for (const e of found) openFound.set(e.id, e);
+  const rows = [...openChosen.values(), ...found.filter((e) => !openChosen.has(e.id) && !mine(e.id))];
+  openList.replaceChildren(...rows.map(openRow), openNone);
+  openNone.textContent = openSearch.value.trim() ? "No open data matches this search." : "No open data yet.";
+  openNone.classList.toggle("hidden", rows.length > 0);
+}
+
+async function searchOpenData() {
+  const seq = ++state.openSeq;
+  const q = openSearch.value.trim();
+  try {
+    const found = await api("GET", `/api/experiments/open-data?limit=20${q ? `&q=${encodeURIComponent(q)}` : ""}`);
+    if (seq === state.openSeq) renderOpenData(found); // a newer search won otherwise
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+let openTimer;
+openSearch.addEventListener("input", () => {
+  clearTimeout(openTimer);
+  openTimer = setTimeout(searchOpenData, 250);
+});
+openList.addEventListener("change", (ev) => {
+  const row = ev.target.closest("[data-open]");
+  if (!row) return;
+  const id = Number(row.dataset.open);
+  if (ev.target.checked) openChosen.set(id, openFound.get(id));
+  else openChosen.delete(id);
+  row.classList.toggle("selected", ev.target.checked);
+  update();
+});
+
 const selectionMade = () => selectedExperiments().length > 0 || (noExperiment && noExperiment.checked);
 
 async function loadPlans() {
@@ -153,9 +207,11 @@ function update() {
   createBtn.disabled = !ready;
   const plan = state.plans.find((p) => p.id === state.planId);
   const n = selectedExperiments().length;
+  const open = openChosen.size;
   summary.textContent = plan
     ? `${plan.image.environment} on ${plan.flavour.name} (${plan.flavour.cores} cores, ${memory(plan.flavour.memory_mb)})`
       + (n ? ` · ${n} experiment${n > 1 ? "s" : ""}` : " · no experiment")
+      + (open ? ` · ${open} open data, read-only` : "")
     : "Choose experiments, an environment and a size.";
 }
 
@@ -218,6 +274,7 @@ form.addEventListener("submit", async (ev) => {
       name: nameInput.value.trim(),
       plan_id: state.planId,
       experiment_ids: selectedExperiments(),
+      open_data_ids: [...openChosen.keys()],
       screen_width, screen_height,
       keyboard_layout: document.getElementById("keyboard").value,
     });
@@ -237,3 +294,4 @@ if (boxes.length === 1) {
 }
 filterExperiments();
 loadPlans();
+searchOpenData();
