@@ -142,7 +142,7 @@ class InstanceOut(BaseModel):
     plan: PlanBrief
     protocols: list[str]
     experiments: list[ExperimentBrief]
-    open_data: list[ExperimentBrief] = Field(description="Others' experiments whose embargo has ended: raw data, read-only")
+    open_data: list[ExperimentBrief] = Field(description="Asked for as open data (embargo ended): raw data, read-only")
     cloud: str
     screen: Screen
     keyboard_layout: str
