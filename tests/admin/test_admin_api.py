@@ -132,6 +132,7 @@ def test_flavour_limited_to_a_role_reaches_the_user(client, world) -> None:  # n
     # The same validation as the catalogue files, naming the field.
     for bad, field in (({**flavour, "name": "Bad Name"}, "name"), ({**flavour, "cores": 0}, "cores"),
                        ({**flavour, "limits": {"roles": ["EMPEROR"]}}, "limits.roles.0"),
+                       ({**flavour, "memory_gb": 0.0001}, "memory_gb"),  # 0 MB once stored
                        ({**flavour, "cloud": "nowhere", "name": "x.y"}, None), ({**flavour, "extra": 1}, "extra")):
         r = client.post("/api/admin/flavours", json=bad, headers=h)
         assert r.status_code == 400, bad

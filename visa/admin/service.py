@@ -357,8 +357,6 @@ def save_flavour(actor: Actor, session: Session, clock: Clock, spec: FlavourSpec
     require(actor, "manage_catalogue")
     if name is not None and name != spec.name:
         raise InvalidInput("a flavour cannot be renamed: the name in the body must match the URL", field="name")
-    if spec.memory_mb < 1:  # memory_gb > 0 may still round to 0 MB
-        raise InvalidInput("memory_gb: at least 1 MB", field="memory_gb")
     existing = session.scalar(select(Flavour).where(Flavour.name == spec.name))
     if create and existing is not None:
         from visa.errors import Conflict
