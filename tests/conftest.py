@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -157,3 +158,25 @@ class ApiClient:
 def api_client(app):  # noqa: ANN001, ANN201
     """Make a new logged-out API client: ``api_client()``."""
     return lambda: ApiClient(app)
+
+
+@pytest.fixture
+def cli(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """``visa`` commands in this process on the test database; settings read afresh for each."""
+    from click.testing import CliRunner
+
+    from visa.cli import main
+    from visa.settings import get_settings
+
+    monkeypatch.setenv("VISA_DATABASE_URL", db.url)
+    monkeypatch.setenv("VISA_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("VISA_CONFIG", raising=False)
+
+    def run(*args: str):  # noqa: ANN202
+        get_settings.cache_clear()
+        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+        assert "Traceback" not in result.output
+        return result
+
+    yield run
+    get_settings.cache_clear()

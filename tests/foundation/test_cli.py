@@ -17,23 +17,6 @@ from visa.users.models import User
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def cli(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    monkeypatch.setenv("VISA_DATABASE_URL", db.url)
-    monkeypatch.setenv("VISA_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.delenv("VISA_CONFIG", raising=False)
-    get_settings.cache_clear()
-    runner = CliRunner()
-
-    def run(*args: str):  # noqa: ANN202
-        result = runner.invoke(main, list(args), catch_exceptions=False)
-        assert "Traceback" not in result.output
-        return result
-
-    yield run
-    get_settings.cache_clear()
-
-
 def test_init_catalogue_experiments_and_users(cli, db: Database, tmp_path: Path) -> None:  # noqa: ANN001
     assert cli("init").exit_code == 0
     r = cli("catalogue", "apply", "--dry-run", str(ROOT / "flavours"), str(ROOT / "images"))

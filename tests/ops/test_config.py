@@ -6,30 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
-from visa.cli import main
-from visa.db import Database
-from visa.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def cli(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    monkeypatch.setenv("VISA_DATABASE_URL", db.url)
-    monkeypatch.setenv("VISA_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.delenv("VISA_CONFIG", raising=False)
-    get_settings.cache_clear()
-
-    def run(*args: str):  # noqa: ANN202
-        get_settings.cache_clear()
-        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-        assert "Traceback" not in result.output
-        return result
-
-    yield run
-    get_settings.cache_clear()
 
 
 def test_check_config_reports_and_fails_on_errors(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
