@@ -25,10 +25,11 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template_string
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
+from visa.auth.schemas import LoginForm, NewToken
 from visa.experiments.schemas import ExperimentOut
-from visa.instances.schemas import CreateInstance
+from visa.instances.schemas import CreateInstance, HandleExtension, NewMember, RequestExtension, RoleChange
 from visa.types import MAX_ID, DbId
 
 REF = "#/components/schemas/{model}"
@@ -155,11 +156,6 @@ class InstanceOut(BaseModel):
 
 
 
-class LoginIn(BaseModel):
-    username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=1024)
-
-
 class MeOut(BaseModel):
     username: str
     full_name: str
@@ -227,32 +223,11 @@ class NewTokenOut(TokenOut):
     token: str = Field(description="The secret value, shown once")
 
 
-class NewTokenIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=100)
-    scopes: str = Field("api", max_length=100, description="'api' (read and write) or 'api:read' (GET only)")
-    expires_in_days: int = Field(90, ge=1, le=365)
-
-
 class MemberOut(BaseModel):
     username: str
     full_name: str
     role: str
     since: datetime
-
-
-class NewMemberIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    username: str = Field(min_length=1, max_length=64)
-    role: Literal["USER", "GUEST"] = "USER"
-
-
-class RoleChangeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    role: Literal["USER", "GUEST"]
 
 
 class SupportOut(BaseModel):
@@ -290,26 +265,12 @@ class ExtensionOut(BaseModel):
     instance: ExtensionInstance | None = None
 
 
-class ExtensionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    requested_until: datetime = Field(description="With a time zone")
-    comment: str = Field("", max_length=2000)
-
-
-class ExtensionDecisionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    granted_until: datetime | None = Field(None, description="Accept until this date (default: the date asked for)")
-    response: str = Field("", max_length=2000)
-
-
 class ExtensionQuery(BaseModel):
     state: Literal["PENDING", "ACCEPTED", "REFUSED", "ALL"] = "PENDING"
 
 
 KNOWN: dict[str, Doc] = {
-    "auth_api.login": Doc("Log in with a local account", ("auth",), body=LoginIn, response=MeOut, auth=False),
+    "auth_api.login": Doc("Log in with a local account", ("auth",), body=LoginForm, response=MeOut, auth=False),
     "auth_api.logout": Doc("Log out (ends the cookie session)", ("auth",), response=Ok, auth=False),
     "auth_api.me": Doc("Who am I", ("auth",), response=MeOut),
     "catalogue_api.plans": Doc(
@@ -342,13 +303,13 @@ KNOWN: dict[str, Doc] = {
                                 response=list[TokenOut]),
     "auth_api.create_token": Doc(
         "Create a personal API token (from a logged-in session); its value is shown once", ("auth",),
-        body=NewTokenIn, response=NewTokenOut, status=201,
+        body=NewToken, response=NewTokenOut, status=201,
     ),
     "auth_api.revoke_token": Doc("Revoke one of the caller's tokens", ("auth",), response=TokenOut),
     "members_api.list_members": Doc("An instance's members", ("sharing",), response=list[MemberOut]),
-    "members_api.add_member": Doc("Share an instance with a user", ("sharing",), body=NewMemberIn,
+    "members_api.add_member": Doc("Share an instance with a user", ("sharing",), body=NewMember,
                                   response=MemberOut, status=201),
-    "members_api.change_role": Doc("Change a member's role", ("sharing",), body=RoleChangeIn, response=MemberOut),
+    "members_api.change_role": Doc("Change a member's role", ("sharing",), body=RoleChange, response=MemberOut),
     "members_api.revoke_member": Doc("Remove a member", ("sharing",), status=204),
     "members_api.request_support": Doc(
         "Support staff ask to join an instance (joined at once, or pending the owner's approval)", ("sharing",),
@@ -362,7 +323,7 @@ KNOWN: dict[str, Doc] = {
                             query=UserSearchQuery, response=list[UserBrief]),
     "extensions_api.request_extension": Doc(
         "Ask for a longer lifetime (accepted at once where the image's rule says so)", ("extensions",),
-        body=ExtensionIn, response=ExtensionOut, status=201,
+        body=RequestExtension, response=ExtensionOut, status=201,
     ),
     "extensions_api.list_extensions": Doc(
         "Extension requests to handle (admins): pending by default", ("extensions", "admin"),
@@ -370,7 +331,7 @@ KNOWN: dict[str, Doc] = {
     ),
     "extensions_api.handle_extension": Doc(
         "Accept (optionally until another date) or refuse an extension request", ("extensions", "admin"),
-        body=ExtensionDecisionIn, response=ExtensionOut,
+        body=HandleExtension, response=ExtensionOut,
     ),
 }
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from flask import Blueprint, jsonify
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from visa.auth import tokens, web
 from visa.auth.login import local_login
+from visa.auth.schemas import LoginForm, NewToken
 from visa.errors import Forbidden
 from visa.users.models import ApiToken, User
 from visa.web.context import current_actor, db_session, login_session, services
@@ -17,24 +17,6 @@ from visa.web.csrf import csrf_token
 from visa.web.io import parse_body
 
 bp = Blueprint("auth_api", __name__)
-
-MAX_TOKEN_DAYS = 365
-
-
-class LoginForm(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=1024)
-
-
-class NewToken(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=100)
-    scopes: str = Field("api", max_length=100, description="'api' (read and write) or 'api:read' (GET only)")
-    expires_in_days: int = Field(90, ge=1, le=MAX_TOKEN_DAYS)
-
 
 @bp.post("/api/login")
 def login():  # noqa: ANN201

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -22,42 +21,10 @@ from visa.catalogue.service import max_lifetime_hours
 from visa.clock import Clock
 from visa.errors import Conflict, InvalidInput, NotFound
 from visa.instances.models import ExtensionRequest, ExtensionState, Instance
+from visa.instances.schemas import HandleExtension, RequestExtension
 from visa.notify.outbox import enqueue
 from visa.settings import Settings
 from visa.users.models import STAFF_ROLES
-
-
-def _aware(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        raise ValueError("give a timezone (e.g. 2026-02-01T12:00:00Z)")
-    return value
-
-
-class RequestExtension(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-    requested_until: datetime = Field(validation_alias=AliasChoices("requested_until", "until"))
-    comment: str = Field("", max_length=2000)
-
-    @field_validator("requested_until")
-    @classmethod
-    def _tz(cls, value: datetime) -> datetime:
-        return _aware(value)
-
-
-class HandleExtension(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-    granted_until: datetime | None = Field(
-        None, validation_alias=AliasChoices("granted_until", "until"),
-        description="Accept until this date (default: the date asked for)",
-    )
-    response: str = Field("", max_length=2000)
-
-    @field_validator("granted_until")
-    @classmethod
-    def _tz(cls, value: datetime | None) -> datetime | None:
-        return _aware(value) if value is not None else None
 
 
 def _auto_limit(instance: Instance, now: datetime, settings: Settings) -> datetime | None:

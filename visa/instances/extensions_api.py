@@ -9,6 +9,7 @@ from flask import Blueprint, jsonify, request
 from visa.errors import InvalidInput
 from visa.instances import extensions, service
 from visa.instances.models import ExtensionRequest, ExtensionState, Instance
+from visa.instances.schemas import HandleExtension, RequestExtension
 from visa.web.context import current_actor, db_session, services
 from visa.web.io import parse_body
 
@@ -40,7 +41,7 @@ def request_extension(uid: str):  # noqa: ANN201
     s, svc = db_session(), services()
     instance = service.get_instance(actor, s, uid)
     req = extensions.request_extension(actor, s, svc.clock, svc.settings, instance,
-                                       parse_body(extensions.RequestExtension))
+                                       parse_body(RequestExtension))
     return jsonify(extension_dict(req, instance)), 201
 
 
@@ -59,7 +60,7 @@ def list_extensions():  # noqa: ANN201
 def handle_extension(request_id: int, decision: str):  # noqa: ANN201
     actor = current_actor()
     s, svc = db_session(), services()
-    data = parse_body(extensions.HandleExtension)
+    data = parse_body(HandleExtension)
     handle = extensions.accept_extension if decision == "accept" else extensions.refuse_extension
     req = handle(actor, s, svc.clock, svc.settings, request_id, data)
     return jsonify(extension_dict(req, s.get(Instance, req.instance_id)))

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from flask import Blueprint, jsonify
-from pydantic import BaseModel, ConfigDict, Field
 
 from visa.instances import service, sharing
 from visa.instances.models import InstanceMember
+from visa.instances.schemas import NewMember, RoleChange
 from visa.web.context import current_actor, db_session, services
 from visa.web.io import parse_body
 
 bp = Blueprint("members_api", __name__, url_prefix="/api/instances/<uid>")
-
-
-class NewMember(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    username: str = Field(min_length=1, max_length=64)
-    role: Literal["USER", "GUEST"] = "USER"
-
-
-class RoleChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    role: Literal["USER", "GUEST"]
 
 
 def member_dict(m: InstanceMember) -> dict[str, object]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from datetime import datetime
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from visa.types import DbId
 
@@ -22,3 +25,49 @@ class CreateInstance(BaseModel):
     keyboard_layout: str = Field("en-us", pattern=r"^[a-z]{2,3}(-[a-z0-9]{1,12})?$")
     lifetime_hours: int | None = Field(None, ge=1, le=24 * 365, description="Shorter than the maximum, if wished")
     comments: str = Field("", max_length=2000)
+
+
+class NewMember(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=64)
+    role: Literal["USER", "GUEST"] = "USER"
+
+
+class RoleChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["USER", "GUEST"]
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("give a timezone (e.g. 2026-02-01T12:00:00Z)")
+    return value
+
+
+class RequestExtension(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    requested_until: datetime = Field(validation_alias=AliasChoices("requested_until", "until"))
+    comment: str = Field("", max_length=2000)
+
+    @field_validator("requested_until")
+    @classmethod
+    def _tz(cls, value: datetime) -> datetime:
+        return _aware(value)
+
+
+class HandleExtension(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    granted_until: datetime | None = Field(
+        None, validation_alias=AliasChoices("granted_until", "until"),
+        description="Accept until this date (default: the date asked for)",
+    )
+    response: str = Field("", max_length=2000)
+
+    @field_validator("granted_until")
+    @classmethod
+    def _tz(cls, value: datetime | None) -> datetime | None:
+        return _aware(value) if value is not None else None
