@@ -48,7 +48,12 @@ def log(message: str) -> None:
     print(f"[sandbox] {message}", file=sys.stderr, flush=True)
 
 
-def databases(pg_url: str) -> None:
+def databases(pg_url: str, fresh: bool = False) -> None:
+    """The services' databases; ``fresh`` drops those a sandbox elsewhere left first.
+
+    The databases only make sense with the state directory that filled them (keystone's keys,
+    nova's compute node identity, glance's image files): a new state directory starts anew.
+    """
     import psycopg2
 
     dsn = pg_url.replace("postgresql+psycopg2://", "postgresql://")
@@ -57,6 +62,11 @@ def databases(pg_url: str) -> None:
     with conn.cursor() as cur:
         cur.execute("SELECT datname FROM pg_database")
         have = {row[0] for row in cur.fetchall()}
+        if fresh:
+            for name in sorted(have & set(DATABASES)):
+                cur.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+                log(f"dropped database {name}, left by an earlier sandbox")
+            have -= set(DATABASES)
         for name in DATABASES:
             if name not in have:
                 cur.execute(f'CREATE DATABASE "{name}"')
@@ -199,7 +209,7 @@ def resources() -> None:
 def main() -> None:
     step = sys.argv[1]
     if step == "databases":
-        databases(sys.argv[2])
+        databases(sys.argv[2], fresh="--fresh" in sys.argv[3:])
     elif step == "neutron-tables":
         neutron_tables(sys.argv[2])
     elif step == "identity":

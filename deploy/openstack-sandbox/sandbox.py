@@ -296,7 +296,12 @@ def install_venv() -> None:
 
 def install_databases() -> None:
     py = BIN / "python"
-    _run(py, HERE / "bootstrap.py", "databases", PG)
+    # A new state directory starts from new databases: an earlier sandbox's (another checkout,
+    # a destroyed state) would not match its keys and node identity. (A state directory from
+    # before this marker has filled the databases itself: they are its own.)
+    owned = _step("databases") or any(_step(f"{s}-db") for s in ("keystone", "glance", "placement", "nova", "neutron"))
+    _run(py, HERE / "bootstrap.py", "databases", PG, *([] if owned else ["--fresh"]))
+    _mark("databases")
     etc = STATE / "etc"
     if not _step("keystone-db"):
         kconf = ["--config-file", etc / "keystone/keystone.conf"]
