@@ -16,8 +16,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from tests.factories import empty_database
 from visa.clock import FrozenClock
-from visa.db import Base, Database
+from visa.db import Database
 from visa.migrate import upgrade
 
 PG_URL = os.environ.get("VISA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -81,13 +82,7 @@ def db(request: pytest.FixtureRequest, _migrated: dict[str, Database]) -> Iterat
     """A migrated database on each backend, emptied after the test."""
     database = _database_for(request.param, request, _migrated)
     yield database
-    with database.engine.begin() as conn:
-        if database.engine.dialect.name == "postgresql":
-            names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-        else:
-            for table in reversed(Base.metadata.sorted_tables):
-                conn.execute(table.delete())
+    empty_database(database)
 
 
 @pytest.fixture

@@ -10,7 +10,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.security import generate_password_hash
 
-from tests.factories import actor, make_cloud, make_experiment, make_flavour, make_image, make_plan, make_user
+from tests.factories import (
+    actor,
+    empty_database,
+    make_cloud,
+    make_experiment,
+    make_flavour,
+    make_image,
+    make_plan,
+    make_user,
+)
 from visa.audit.service import record
 from visa.auth.tokens import create_api_token
 from visa.clock import Clock
@@ -93,17 +102,7 @@ def login(api_client, db, name: str):  # noqa: ANN001, ANN201
 
 def reset(db) -> None:  # noqa: ANN001
     """Empty every table (as the db fixture does after a test)."""
-    from sqlalchemy import text
-
-    from visa.db import Base
-
-    with db.engine.begin() as conn:
-        if db.engine.dialect.name == "postgresql":
-            names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-        else:
-            for table in reversed(Base.metadata.sorted_tables):
-                conn.execute(table.delete())
+    empty_database(db)
 
 
 __all__ = ["PASSWORD", "PEOPLE", "World", "login", "reset", "seed"]
