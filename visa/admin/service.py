@@ -25,7 +25,7 @@ from visa.catalogue.models import Flavour, Image, Plan
 from visa.catalogue.schemas import FlavourLimitsSpec, FlavourSpec, GpuSpec, ImageSpec, LifetimeSpec
 from visa.clock import Clock
 from visa.clouds.models import Cloud
-from visa.errors import InvalidInput, NotFound
+from visa.errors import Conflict, InvalidInput, NotFound
 from visa.instances import service as instances
 from visa.instances.models import (
     CommandAction,
@@ -343,6 +343,23 @@ def _instances_by(session: Session, column: Any) -> dict[int, int]:
     return {int(k): int(n) for k, n in rows}
 
 
+def _to_save(session: Session, model: type[Flavour] | type[Image], what: str, spec_name: str,
+             url_name: str | None, *, create: bool) -> Any:
+    """The catalogue entry a save replaces (None when creating), after the checks both kinds share.
+
+    ``what`` names the kind with its article ("a flavour", "an image").
+    """
+    kind = what.split(" ", 1)[1]
+    if url_name is not None and url_name != spec_name:
+        raise InvalidInput(f"{what} cannot be renamed: the name in the body must match the URL", field="name")
+    existing = session.scalar(select(model).where(model.name == spec_name))
+    if create and existing is not None:
+        raise Conflict(f"{kind} {spec_name!r} already exists", field="name")
+    if not create and existing is None:
+        raise NotFound(f"no {kind} {spec_name!r}", field="name")
+    return existing
+
+
 def get_flavour(actor: Actor, session: Session, name: str) -> Flavour:
     require(actor, "manage_catalogue")
     flavour = session.scalar(select(Flavour).where(Flavour.name == name))
@@ -355,15 +372,7 @@ def save_flavour(actor: Actor, session: Session, clock: Clock, spec: FlavourSpec
                  create: bool = False) -> tuple[Flavour, Diff]:
     """Create or replace a flavour from a catalogue entry, validated and applied like the files."""
     require(actor, "manage_catalogue")
-    if name is not None and name != spec.name:
-        raise InvalidInput("a flavour cannot be renamed: the name in the body must match the URL", field="name")
-    existing = session.scalar(select(Flavour).where(Flavour.name == spec.name))
-    if create and existing is not None:
-        from visa.errors import Conflict
-
-        raise Conflict(f"flavour {spec.name!r} already exists", field="name")
-    if not create and existing is None:
-        raise NotFound(f"no flavour {spec.name!r}", field="name")
+    existing = _to_save(session, Flavour, "a flavour", spec.name, name, create=create)
     clouds = _cloud_ids(session, Catalogue(flavours=[Sourced(spec, "api")], images=[]))
     diff = Diff()
     flavour = _apply_flavour(session, spec, existing, clouds, {}, diff)
@@ -412,15 +421,7 @@ def save_image(actor: Actor, session: Session, clock: Clock, spec: ImageSpec, *,
                create: bool = False) -> tuple[Image, Diff]:
     """Create or replace an image; its ``plans`` (when given) become the image's plans, as in the files."""
     require(actor, "manage_catalogue")
-    if name is not None and name != spec.name:
-        raise InvalidInput("an image cannot be renamed: the name in the body must match the URL", field="name")
-    existing = session.scalar(select(Image).where(Image.name == spec.name))
-    if create and existing is not None:
-        from visa.errors import Conflict
-
-        raise Conflict(f"image {spec.name!r} already exists", field="name")
-    if not create and existing is None:
-        raise NotFound(f"no image {spec.name!r}", field="name")
+    existing = _to_save(session, Image, "an image", spec.name, name, create=create)
     flavours = {f.name: f for f in session.scalars(select(Flavour).where(Flavour.name.in_([p.flavour for p in spec.plans])))}
     unknown = [p.flavour for p in spec.plans if p.flavour not in flavours]
     if unknown:
@@ -481,8 +482,6 @@ def create_plan(actor: Actor, session: Session, clock: Clock, data: PlanIn) -> P
     flavour = get_flavour(actor, session, data.flavour)
     plan = session.scalar(select(Plan).where(Plan.image_id == image.id, Plan.flavour_id == flavour.id))
     if plan is not None:
-        from visa.errors import Conflict
-
         raise Conflict(f"plan {data.image}/{data.flavour} already exists (id {plan.id})", field="flavour")
     plan = Plan(image=image, flavour=flavour, preset=False, enabled=data.enabled)
     session.add(plan)
