@@ -1,12 +1,15 @@
 """What the browser tests share: a real visa served by uvicorn, its CLI, and Debian's Chromium.
 
 Chromium is the Debian package (never a browser downloaded by Playwright), started with the
-flags a closed network needs.
+flags a closed network needs. Every page it opens is watched: a console error, an uncaught
+exception or a Content-Security-Policy violation fails the test that was running (see
+``tests/conftest.py``), unless the test said it expects that very message (``allow_errors``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -90,12 +93,76 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(5)
 
 
+# What the pages said that the running test did not expect, and what it expects.
+ERRORS: list[str] = []
+_ALLOWED: list[re.Pattern[str]] = []
+# Violations are reported by the page itself as well: not every one reaches the console.
+_REPORT_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (e) => {
+  console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`);
+}, true);
+"""
+
+
+def allow_errors(*patterns: str) -> None:
+    """Messages (regular expressions) the running test provokes on purpose."""
+    _ALLOWED.extend(re.compile(p) for p in patterns)
+
+
+def _note(text: str) -> None:
+    if not any(p.search(text) for p in _ALLOWED):
+        ERRORS.append(text)
+
+
+def _watch_page(page: Any) -> None:
+    def console(message: Any) -> None:
+        if message.type in ("error", "assert"):
+            where = (message.location or {}).get("url", "")
+            _note(f"console {message.type} on {page.url}: {message.text} ({where})")
+
+    page.on("console", console)
+    page.on("pageerror", lambda error: _note(f"uncaught error on {page.url}: {error}"))
+
+
+def _watch_context(context: Any) -> Any:
+    context.add_init_script(_REPORT_VIOLATIONS)
+    context.on("page", _watch_page)
+    return context
+
+
+def begin_test() -> None:
+    ERRORS.clear()
+    _ALLOWED.clear()
+
+
+def end_test() -> None:
+    """Fails the running test if a page reported an error it did not expect."""
+    found = list(ERRORS)
+    begin_test()
+    if found:
+        pytest.fail("the browser reported errors:\n" + "\n".join(found), pytrace=False)
+
+
 @contextmanager
 def chromium() -> Iterator[Any]:
+    """Chromium, whose every context and page is watched for errors."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        new_context = browser.new_context
+
+        def watched_context(*args: Any, **kwargs: Any) -> Any:
+            return _watch_context(new_context(*args, **kwargs))
+
+        def watched_page(*args: Any, **kwargs: Any) -> Any:
+            context = watched_context(*args, **kwargs)
+            page = context.new_page()
+            page.on("close", lambda _page: context.close())
+            return page
+
+        browser.new_context = watched_context
+        browser.new_page = watched_page
         try:
             yield browser
         finally:

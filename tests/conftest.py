@@ -8,6 +8,7 @@ the end. Where no server answers, PostgreSQL cases are skipped outside CI and fa
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,18 @@ from visa.migrate import upgrade
 PG_URL = os.environ.get("VISA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 # PostgreSQL is an external server: its half of every DB test belongs to the integration tier.
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):  # noqa: ANN201
+    """A browser test fails on any console error or CSP violation its pages reported."""
+    browser = sys.modules.get("tests.browser")
+    if browser is not None:
+        browser.begin_test()
+    result = yield
+    if browser is not None:
+        browser.end_test()
+    return result
 
 
 def _pg_available() -> bool:

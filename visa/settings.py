@@ -9,13 +9,15 @@ setup: SQLite in the data directory, the local provider and local accounts.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -168,6 +170,12 @@ class Settings(BaseSettings):
     default_quota: int = Field(2, ge=-1, description="Instances per user; -1 = unlimited")
     default_cloud: str = Field("local", description="Name of the cloud new instances go to")
     connect_token_seconds: int = Field(30, ge=1)
+    user_content_domain: str | None = Field(
+        None,
+        description="Domain that serves instances' web content (JupyterLab), one host per instance: "
+        "<uid>.<domain>[:port]. Never visa's host nor a parent of it; best a registrable domain of its "
+        "own. Default: instances.localhost with base_url's port (browsers resolve it to loopback)",
+    )
     max_request_bytes: int = Field(1_000_000, ge=1024)
     session_cookie_secure: bool = False
     local_accounts: bool | None = Field(None, description="Default: on unless OIDC is configured")
@@ -184,6 +192,42 @@ class Settings(BaseSettings):
         if value and value.split(":", 1)[0].split("+", 1)[0] not in {"sqlite", "postgresql"}:
             raise ValueError("database_url must be a sqlite:// or postgresql:// URL")
         return value
+
+    @field_validator("user_content_domain")
+    @classmethod
+    def _plain_domain(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower().rstrip(".")
+        host, _, port = value.partition(":")
+        labels = host.split(".")
+        if (
+            len(labels) < 2
+            or not all(re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", label) for label in labels)
+            or (port and not (port.isdigit() and 0 < int(port) < 65536))
+        ):
+            raise ValueError("must be a domain name with an optional port, like visa-content.example.org")
+        return value
+
+    @model_validator(mode="after")
+    def _content_apart_from_visa(self) -> Settings:
+        visa_host = (urlsplit(self.base_url).hostname or "").lower()
+        content = self.content_domain.split(":", 1)[0]
+        if visa_host == content or visa_host.endswith("." + content):
+            raise ValueError("user_content_domain must not be visa's host nor a parent domain of it")
+        return self
+
+    @property
+    def content_domain(self) -> str:
+        """The user-content domain, with a port when browsers need one."""
+        if self.user_content_domain:
+            return self.user_content_domain
+        port = urlsplit(self.base_url).port
+        return "instances.localhost" + (f":{port}" if port else "")
+
+    def user_content_origin(self, uid: str) -> str:
+        """Where the web content of instance ``uid`` is served: an origin that is not visa's."""
+        return f"{urlsplit(self.base_url).scheme}://{uid}.{self.content_domain}"
 
     @classmethod
     def settings_customise_sources(

@@ -2,7 +2,8 @@
 
 * ``vnc``: a real Xtigervnc (VncAuth with the instance secret) with an xterm that writes
   every key it receives to a file, so a test can see what reached the desktop;
-* ``jupyter``: a real JupyterLab under ``/jupyter/<uid>/`` with the secret as token;
+* ``jupyter``: a real JupyterLab under ``/jupyter/<uid>/`` with the secret as token, with an
+  attacker's page planted in it (``/jupyter/<uid>/static/attack.html``);
 * ``live``: the ASGI app (gateway + Flask) served by uvicorn on a loopback port in a thread,
   so browsers' real websockets are used.
 
@@ -48,6 +49,7 @@ UID = "gw0000000001"
 OTHER_UID = "gw0000000002"
 PASSWORD = "correct horse battery"
 MARKER = "VISA_GATEWAY_TEST_PROCESS"
+PLANTED = Path(__file__).parent / "planted"
 
 
 def free_port() -> int:
@@ -193,6 +195,12 @@ def jupyter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter]:
     root = tmp_path_factory.mktemp("jupyter")
     procs = Processes(root)
     try:
+        # What a member with a shell can do to the owner's Jupyter: serve a page of their own
+        # (the user's Jupyter configuration lives in the instance's home).
+        (root / "config").mkdir()
+        (root / "config" / "jupyter_server_config.py").write_text(
+            f"c.ServerApp.extra_static_paths = [{str(PLANTED)!r}]\n"
+        )
         port = free_port()
         proc = procs.start(
             [
@@ -249,23 +257,47 @@ class Live:
             client.headers["X-CSRF-Token"] = r.json()["csrf_token"]
             yield client
 
+    def content(self, uid: str = "") -> str:
+        """The user-content host of instance ``uid`` (Host header value)."""
+        return f"{uid or UID}.instances.localhost:{self.base.rsplit(':', 1)[1]}"
+
+    @contextlib.contextmanager
+    def open_lab(self, client: httpx.Client, uid: str = "", path: str = "lab") -> Iterator[httpx.Client]:
+        """Follow visa's way into the lab: a client of the user-content host with its cookie.
+        (httpx connects to 127.0.0.1 and names the host in the Host header: no DNS needed.)"""
+        r = client.get(f"/jupyter/{uid or UID}/{path}")
+        assert r.status_code == 303, r.text
+        location = httpx.URL(r.headers["location"])
+        assert location.host == self.content(uid).split(":")[0], location
+        with self.http(headers={"Host": self.content(uid)}) as lab:
+            answer = lab.get(location.raw_path.decode())
+            assert answer.status_code == 303, answer.text
+            yield lab
+
     def cookie_header(self, client: httpx.Client) -> str:
         return "; ".join(f"{k}={v}" for k, v in client.cookies.items())
 
 
 GATEWAY_CONFIG = GatewayConfig(
-    activity_seconds=0.3, connect_timeout=5, handshake_timeout=10, auth_cache_seconds=0
+    activity_seconds=0.3,
+    connect_timeout=5,
+    handshake_timeout=10,
+    auth_cache_seconds=0,
+    ws_max_bytes=1024 * 1024,
 )
 
 
 @pytest.fixture
 def live(app, db, clock) -> Iterator[Live]:  # noqa: ANN001
-    asgi = Starlette(
-        routes=[*gateway_routes(app, GATEWAY_CONFIG), Mount("/", app=WSGIMiddleware(app, workers=4))]
-    )
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
+    # Instances' web content on <uid>.instances.localhost:<port>, visa on 127.0.0.1:<port>.
+    app.extensions["visa"].settings.base_url = f"http://127.0.0.1:{port}"
+    app.extensions["visa"].settings.user_content_domain = f"instances.localhost:{port}"
+    asgi = Starlette(
+        routes=[*gateway_routes(app, GATEWAY_CONFIG), Mount("/", app=WSGIMiddleware(app, workers=4))]
+    )
     config = uvicorn.Config(
         asgi,
         log_level="warning",

@@ -1,10 +1,15 @@
-"""REST: a one-time token to open an instance's desktop."""
+"""REST: a one-time token to open an instance's desktop; the way to an instance's JupyterLab."""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from urllib.parse import urlencode
 
+from flask import Blueprint, jsonify, redirect, request, session
+
+from visa.errors import Forbidden, NotFound, Unauthorized
 from visa.gateway import service
+from visa.gateway.common import session_binding
+from visa.gateway.jupyter import LOGIN_PATH
 from visa.instances import service as instances
 from visa.web.context import current_actor, db_session, services
 
@@ -18,7 +23,10 @@ def connect(uid: str):  # noqa: ANN201
     svc = services()
     instance = instances.get_instance(actor, s, uid)
     seconds = svc.settings.connect_token_seconds
-    token, role, view_only = service.issue_connect_token(actor, s, svc.clock, instance, seconds)
+    # A browser's token is spent only by a websocket of the same browser session.
+    bearer = request.headers.get("Authorization", "")[:7].lower() == "bearer "
+    binding = "" if bearer else session_binding(session)
+    token, role, view_only = service.issue_connect_token(actor, s, svc.clock, instance, seconds, binding)
     body = {
         "url": f"/ws/desktop/{uid}?token={token}",
         "expires_in": seconds,
@@ -27,3 +35,36 @@ def connect(uid: str):  # noqa: ANN201
     }
     # A token must not linger in a cache.
     return jsonify(body), 200, {"Cache-Control": "no-store"}
+
+
+# ``/jupyter/<uid>/...`` on visa's own host serves no instance content: it sends the owner,
+# with a one-time token, to the instance's host on the user-content domain.
+lab = Blueprint("gateway_jupyter", __name__)
+
+
+@lab.get("/jupyter/<uid>", defaults={"rest": ""})
+@lab.get("/jupyter/<uid>/", defaults={"rest": ""})
+@lab.get("/jupyter/<uid>/<path:rest>")
+def jupyter(uid: str, rest: str):  # noqa: ANN201
+    actor = current_actor(required=False)
+    if actor is None:
+        if "text/html" in request.headers.get("Accept", ""):
+            return redirect("/login?" + urlencode({"next": request.full_path.rstrip("?")}), 303)
+        raise Unauthorized("log in first")
+    s = db_session()
+    svc = services()
+    instance = instances.get_instance(actor, s, uid)
+    try:
+        token = service.issue_jupyter_token(actor, s, svc.clock, instance, svc.settings.connect_token_seconds)
+    except Forbidden as exc:  # JupyterLab is the owner's: others learn nothing of it
+        raise NotFound("no such instance") from exc
+    wanted = f"/jupyter/{uid}/{rest}" + (
+        f"?{request.query_string.decode('latin-1')}" if request.query_string else ""
+    )
+    url = f"{svc.settings.user_content_origin(uid)}{LOGIN_PATH}?" + urlencode(
+        {"token": token, "next": wanted}
+    )
+    response = redirect(url, 303)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response

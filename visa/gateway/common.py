@@ -4,9 +4,10 @@ threads, throttled activity, same-origin checks and refusals before a websocket 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 
 from anyio import to_thread
 from flask import Flask
+from itsdangerous import BadSignature
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
@@ -35,6 +37,8 @@ class GatewayConfig:
     handshake_timeout: float = 10.0
     # How long a Jupyter request may reuse the answer to "may this session use this Jupyter".
     auth_cache_seconds: float = 5.0
+    # Largest websocket message relayed from or to a Jupyter server (bytes).
+    ws_max_bytes: int = 32 * 1024 * 1024
 
 
 class Gateway:
@@ -46,6 +50,20 @@ class Gateway:
         self.services: Services = flask_app.extensions["visa"]
         self._last_write: dict[int, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.session_cookie: str = flask_app.config["SESSION_COOKIE_NAME"]
+        self._session_max_age = int(flask_app.permanent_session_lifetime.total_seconds())
+        self._serializer = flask_app.session_interface.get_signing_serializer(flask_app)  # type: ignore[attr-defined]
+
+    def browser_session(self, cookies: Mapping[str, str]) -> dict[str, Any] | None:
+        """The contents of visa's session cookie, when it is valid and still fresh."""
+        cookie = cookies.get(self.session_cookie)
+        if not cookie or self._serializer is None:
+            return None
+        try:
+            data = self._serializer.loads(cookie, max_age=self._session_max_age)
+        except BadSignature:
+            return None
+        return data if isinstance(data, dict) else None
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run bookkeeping beside a request without making it wait."""
@@ -80,6 +98,14 @@ class Gateway:
             await self.db(service.record_activity, instance_id, now, now if interaction else None)
         except Exception:  # activity is best effort; the session goes on
             log.exception("could not record activity of instance %s", instance_id)
+
+
+def session_binding(session_data: Mapping[str, Any] | None) -> str:
+    """What ties a connect token to the browser session that asked for it: a digest of the
+    session's CSRF secret, which lives as long as the session and travels only in its cookie.
+    Empty for a caller without a browser session (an API token)."""
+    value = session_data.get("csrf") if session_data else None
+    return hashlib.sha256(value.encode()).hexdigest() if isinstance(value, str) and value else ""
 
 
 def same_origin(headers: Headers, base_url: str) -> bool:

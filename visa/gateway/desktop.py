@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket
 
 from visa.errors import VisaError
 from visa.gateway import service
-from visa.gateway.common import Gateway, error_body, log, refuse, same_origin
+from visa.gateway.common import Gateway, error_body, log, refuse, same_origin, session_binding
 from visa.gateway.relay import Upstream, UpstreamClosed, open_upstream
 from visa.gateway.rfb import BrowserReader, ClientFilter, RfbError, browser_handshake, server_handshake
 from visa.metrics import RelayMeter
@@ -170,11 +170,15 @@ async def desktop(gateway: Gateway, scope: Scope, receive: Receive, send: Send) 
     websocket = WebSocket(scope, receive, send)
     uid = websocket.path_params["uid"]
     token = websocket.query_params.get("token", "")
+    # Checked before the token is looked at: a cross-site page cannot spend it.
     if not same_origin(websocket.headers, gateway.services.settings.base_url):
         await refuse(websocket, 403, {"error": "forbidden", "message": "cross-site websocket"})
         return
+    binding = session_binding(gateway.browser_session(websocket.cookies))
     try:
-        grant: service.Grant = await gateway.db(service.consume_connect_token, gateway.clock, uid, token)
+        grant: service.Grant = await gateway.db(
+            service.consume_connect_token, gateway.clock, uid, token, binding
+        )
     except VisaError as exc:
         body, status = error_body(exc)
         await refuse(websocket, 403 if status == 401 and token else status, body)

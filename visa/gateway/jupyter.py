@@ -1,37 +1,54 @@
-"""``/jupyter/<uid>/...``: the owner's JupyterLab, proxied (HTTP and websockets).
+"""The owner's JupyterLab, served from an origin that is not visa's (HTTP and websockets).
 
-The visa session cookie authenticates the browser; the gateway adds ``Authorization: token
-<secret>`` towards JupyterLab, which runs with the same ``/jupyter/<uid>/`` base URL, and
-removes the secret from the pages JupyterLab renders (its page config carries the token).
-Cookies other than visa's pass through, so JupyterLab's own ``_xsrf`` cookie works.
+An instance's web content is written by whoever has a shell in it, so it never runs on
+visa's origin, where it could read visa's pages and CSRF token. Each instance has a host
+of its own under the user-content domain, ``<uid>.<settings.content_domain>``:
 
-Because JupyterLab skips its XSRF check for token-authenticated requests, the proxy itself
-refuses cross-site writes and websockets (Origin / Sec-Fetch-Site).
+1. ``/jupyter/<uid>/...`` on visa's host (``visa.gateway.api``) checks the visa session,
+   issues a one-time token and redirects to ``<uid>.<domain>/_visa/login?token=...``.
+2. That host spends the token and sets a cookie of its own: host-only, HttpOnly, SameSite=Lax,
+   Secure over https, signed, naming the user and the instance.
+3. Requests under ``/jupyter/<uid>/`` on that host are proxied to JupyterLab (which runs with
+   that base URL) with ``Authorization: token <secret>`` added; the secret is removed from
+   the pages JupyterLab renders (its page config carries the token).
+
+The proxy forwards no cookie of visa's, drops any Set-Cookie that is not host-only for the
+instance's host, streams every body, bounds websocket messages, refuses cross-origin writes
+and websockets (JupyterLab skips its XSRF check for token-authenticated requests) and
+closes a websocket whose user lost access. Nothing else is served on a user-content host.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import urlsplit
 
 import httpx
-from itsdangerous import BadSignature
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Host, Route, Router, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from visa.errors import Unauthorized, VisaError
+from visa.errors import NotFound, Unauthorized, VisaError
 from visa.gateway import service
-from visa.gateway.common import Gateway, error_body, log, refuse, same_origin
+from visa.gateway.common import Gateway, error_body, log, refuse
 from visa.metrics import RelayMeter
 
+LAB_COOKIE = "visa_lab"
+LOGIN_PATH = "/_visa/login"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+HTTP_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # Per-hop headers (RFC 9110 7.6.1) and those the proxy sets itself.
 HOP_HEADERS = frozenset(
     {
@@ -44,19 +61,89 @@ HOP_HEADERS = frozenset(
 RESPONSE_DROP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authenticate"}
 )
-MAX_HTML = 32 * 1024 * 1024
+# The lab may frame itself (JupyterLab does); nothing else may frame it.
+CONTENT_CSP = "frame-ancestors 'self'"
+CLOSE_REVOKED = 4403
 CACHE_LIMIT = 4096
+_UID = re.compile(r"^[a-z0-9]{1,64}$")
+
+
+@dataclass(frozen=True)
+class LabSession:
+    """Who a user-content cookie speaks for, and the Jupyter they may reach."""
+
+    user_id: int
+    epoch: str
+    target: service.Target
+
+
+def instance_cookie(set_cookie: str, reserved: frozenset[str]) -> bool:
+    """Whether an upstream Set-Cookie may reach the browser: host-only (no Domain attribute,
+    which could reach visa or other instances) and not one of the names the gateway uses."""
+    name = set_cookie.split("=", 1)[0].strip()
+    attributes = [a.strip().lower() for a in set_cookie.split(";")[1:]]
+    return name not in reserved and not any(a.split("=", 1)[0].strip() == "domain" for a in attributes)
+
+
+def lab_cookies(cookie_header: str) -> list[str]:
+    """Every value the browser sent for the lab cookie: a parent-domain cookie of the same
+    name (set by another instance's script) must not hide the genuine one."""
+    values = []
+    for part in cookie_header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == LAB_COOKIE and value:
+            values.append(value)
+    return values
+
+
+async def scrub(chunks: AsyncIterator[bytes], secret: bytes) -> AsyncIterator[bytes]:
+    """The stream without ``secret``, holding back only as many bytes as could start it."""
+    keep = max(len(secret) - 1, 0)
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        while secret and secret in pending:
+            pending = pending.replace(secret, b"")
+        if len(pending) > keep:
+            cut = len(pending) - keep
+            yield pending[:cut]
+            pending = pending[cut:]
+    if pending:
+        yield pending
 
 
 class JupyterProxy:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         app = gateway.flask_app
-        self.cookie_name: str = app.config["SESSION_COOKIE_NAME"]
+        self.settings = gateway.services.settings
         self.max_age = int(app.permanent_session_lifetime.total_seconds())
-        self._serializer = app.session_interface.get_signing_serializer(app)  # type: ignore[attr-defined]
+        self.https = self.settings.base_url.startswith("https://")
+        self._signer = URLSafeTimedSerializer(str(app.secret_key), salt="visa-user-content")
+        self._reserved = frozenset({LAB_COOKIE, gateway.session_cookie})
         self._client: httpx.AsyncClient | None = None
-        self._cache: dict[tuple[str, str], tuple[float, service.Target]] = {}
+        self._cache: dict[tuple[str, str], tuple[float, LabSession]] = {}
+
+    def routes(self) -> list[BaseRoute]:
+        """The user-content hosts: their own router, which serves nothing of visa's."""
+        domain = self.settings.content_domain.split(":", 1)[0]
+        content = Router(
+            routes=[
+                Route(LOGIN_PATH, self.login, methods=["GET"]),
+                Route("/jupyter/{uid}", self.root, methods=HTTP_METHODS),
+                Route("/jupyter/{uid}/{path:path}", self.http, methods=HTTP_METHODS),
+                WebSocketRoute("/jupyter/{uid}/{path:path}", self.websocket),
+            ],
+            default=self.not_found,
+        )
+        return [Host("{host_uid}." + domain, app=content)]
+
+    async def not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await WebSocket(scope, receive, send).close(code=1008)
+            return
+        response = JSONResponse({"error": "not_found", "message": "nothing here"}, status_code=404)
+        await response(scope, receive, send)
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -70,43 +157,115 @@ class JupyterProxy:
             )
         return self._client
 
+    # ------------------------------------------------------------------ the upstream connection
+
+    @staticmethod
+    def upstream_origin(target: service.Target) -> str:
+        """JupyterLab's own origin, as it sees its requests (Origin, Referer, Location)."""
+        return f"http://{target.host}:{target.port}"
+
+    @staticmethod
+    def upstream_url(target: service.Target, path_and_query: str, ws: bool = False) -> str:
+        return f"{'ws' if ws else 'http'}://{target.host}:{target.port}{path_and_query}"
+
     # ------------------------------------------------------------------ authentication
 
-    async def target(self, cookies: dict[str, str], uid: str) -> service.Target:
-        """Jupyter of ``uid`` for this browser's visa session, or Unauthorized / NotFound."""
-        cookie = cookies.get(self.cookie_name)
-        if not cookie or self._serializer is None:
-            raise Unauthorized("log in first")
-        key = (cookie, uid)
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
+    def _host_uid(self, scope_params: dict[str, Any]) -> str:
+        uid = str(scope_params.get("host_uid", ""))
+        if not _UID.match(uid) or scope_params.get("uid", uid) != uid:
+            raise NotFound("no such instance")
+        return uid
+
+    async def lab_session(self, cookie_header: str, uid: str) -> LabSession:
+        """The Jupyter of ``uid`` for this browser's lab cookie, or Unauthorized / NotFound."""
+        for value in lab_cookies(cookie_header):
+            key = (value, uid)
+            cached = self._cache.get(key)
+            if cached is not None and cached[0] > time.monotonic():
+                return cached[1]
+            try:
+                data = self._signer.loads(value, max_age=self.max_age)
+            except BadSignature:
+                continue
+            if (
+                not isinstance(data, dict)
+                or data.get("uid") != uid
+                or not isinstance(data.get("user_id"), int)
+            ):
+                continue
+            target = await self.gateway.db(
+                service.jupyter_target, self.gateway.clock, data["user_id"], data.get("epoch"), uid
+            )
+            lab = LabSession(data["user_id"], str(data.get("epoch")), target)
+            if len(self._cache) > CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = (time.monotonic() + self.gateway.config.auth_cache_seconds, lab)
+            return lab
+        raise Unauthorized("open JupyterLab from visa")
+
+    def same_origin(self, headers: Any) -> bool:
+        """A browser request from a page of this very host (not another instance's, not visa's)."""
+        site = headers.get("sec-fetch-site")
+        if site is not None and site not in ("same-origin", "none"):
+            return False
+        origin = headers.get("origin")
+        return origin is None or urlsplit(origin).netloc.lower() == headers.get("host", "").lower()
+
+    def _refusal(self, request: Request, exc: VisaError) -> Response:
+        body, status = error_body(exc)
+        if status == 401 and request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+            # Back to visa, which checks its own session and sends a fresh one-time link.
+            again = self.settings.base_url.rstrip("/") + request.url.path
+            if request.url.query:
+                again += "?" + request.url.query
+            return RedirectResponse(again, status_code=303)
+        return JSONResponse(body, status_code=status)
+
+    async def login(self, request: Request) -> Response:
+        """Spend a one-time token from visa; answer with this host's own cookie."""
         try:
-            data = self._serializer.loads(cookie, max_age=self.max_age)
-        except BadSignature as exc:
-            raise Unauthorized("log in first") from exc
-        user_id = data.get("user_id") if isinstance(data, dict) else None
-        if not isinstance(user_id, int):
-            raise Unauthorized("log in first")
-        target = await self.gateway.db(
-            service.jupyter_target, self.gateway.clock, user_id, data.get("epoch"), uid
+            uid = self._host_uid(request.path_params)
+        except VisaError as exc:
+            body, status = error_body(exc)
+            return JSONResponse(body, status_code=status)
+        token = request.query_params.get("token", "")
+        wanted = request.query_params.get("next", "")
+        lab = f"/jupyter/{uid}/"
+        if not wanted.startswith(lab) or any(c in wanted for c in "\\\r\n"):
+            wanted = lab + "lab"
+        try:
+            user_id, epoch = await self.gateway.db(
+                service.consume_jupyter_token, self.gateway.clock, uid, token
+            )
+        except VisaError as exc:
+            body, status = error_body(exc)
+            return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
+        response = RedirectResponse(wanted, status_code=303)
+        response.set_cookie(
+            LAB_COOKIE,
+            self._signer.dumps({"user_id": user_id, "uid": uid, "epoch": epoch}),
+            max_age=self.max_age,
+            path="/",
+            secure=self.https,
+            httponly=True,
+            samesite="lax",
         )
-        if len(self._cache) > CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[key] = (time.monotonic() + self.gateway.config.auth_cache_seconds, target)
-        return target  # type: ignore[no-any-return]
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
 
     def _upstream_headers(self, headers: Any, target: service.Target, origin: str, ws: bool = False) -> list:
         out = [(k, v) for k, v in headers.items() if k.lower() not in HOP_HEADERS]
         if ws:  # the websocket client library makes its own handshake headers
             out = [(k, v) for k, v in out if not k.lower().startswith("sec-websocket")]
+        # The instance's own cookies only: nothing the gateway or visa uses goes upstream.
         cookies = [
-            c
+            c.strip()
             for c in headers.get("cookie", "").split(";")
-            if c.strip() and c.split("=", 1)[0].strip() != self.cookie_name
+            if c.strip() and c.split("=", 1)[0].strip() not in self._reserved
         ]
         if cookies:
-            out.append(("cookie", ";".join(cookies).strip()))
+            out.append(("cookie", "; ".join(cookies)))
         out.append(("authorization", f"token {target.secret}"))
         # Already checked to be ours: say so in JupyterLab's terms (its host, not ours).
         if "origin" in headers:
@@ -116,38 +275,32 @@ class JupyterProxy:
             out.append(("referer", origin + (path[path.find("/") :] if "/" in path else "/")))
         return out
 
-    def _refusal(self, request: Request, exc: VisaError) -> Response:
-        body, status = error_body(exc)
-        if status == 401 and request.method == "GET" and "text/html" in request.headers.get("accept", ""):
-            return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
-        return JSONResponse(body, status_code=status)
-
     # ------------------------------------------------------------------ HTTP
 
     async def root(self, request: Request) -> Response:
         return RedirectResponse(f"/jupyter/{request.path_params['uid']}/", status_code=307)
 
     async def http(self, request: Request) -> Response:
-        uid = request.path_params["uid"]
         try:
-            target = await self.target(request.cookies, uid)
+            uid = self._host_uid(request.path_params)
+            lab = await self.lab_session(request.headers.get("cookie", ""), uid)
         except VisaError as exc:
             return self._refusal(request, exc)
-        if request.method not in SAFE_METHODS and not same_origin(
-            request.headers, self.gateway.services.settings.base_url
-        ):
+        if request.method not in SAFE_METHODS and not self.same_origin(request.headers):
             return JSONResponse({"error": "forbidden", "message": "cross-site request"}, status_code=403)
+        target = lab.target
         self.gateway.spawn(self.gateway.note_activity(target.instance_id))
 
-        origin = f"http://{target.host}:{target.port}"
+        origin = self.upstream_origin(target)
         raw_path = request.scope.get("raw_path") or request.url.path.encode()
-        url = origin + raw_path.decode("latin-1")
-        if request.url.query:
-            url += "?" + request.url.query
+        path = raw_path.decode("latin-1") + (f"?{request.url.query}" if request.url.query else "")
         headers = self._upstream_headers(request.headers, target, origin)
         has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
         upstream_request = self.client.build_request(
-            request.method, url, headers=headers, content=request.stream() if has_body else None
+            request.method,
+            self.upstream_url(target, path),
+            headers=headers,
+            content=request.stream() if has_body else None,
         )
         try:
             upstream = await self.client.send(upstream_request, stream=True)
@@ -157,64 +310,54 @@ class JupyterProxy:
                 {"error": "unavailable", "message": "Jupyter does not answer"}, status_code=502
             )
 
-        out_headers = [(k, v) for k, v in upstream.headers.multi_items() if k.lower() not in RESPONSE_DROP]
-        if (location := upstream.headers.get("location")) and location.startswith(origin):
-            out_headers = [(k, v) for k, v in out_headers if k.lower() != "location"]
-            out_headers.append(("location", location[len(origin) :] or "/"))
-        content_type = upstream.headers.get("content-type", "")
-        length = upstream.headers.get("content-length", "")
-        if content_type.startswith("text/html") and not (length.isdigit() and int(length) > MAX_HTML):
-            # Pages carry JupyterLab's page config, with the token in it: remove it.
-            # (Larger HTML is a user's file download, passed through untouched.)
-            try:
-                body = await upstream.aread()
-            finally:
-                await upstream.aclose()
-            body = body.replace(target.secret.encode(), b"")
-            out_headers = [
-                (k, v) for k, v in out_headers if k.lower() not in ("content-length", "content-encoding")
-            ]
-            response: Response = Response(body, status_code=upstream.status_code)
-        else:
-            response = StreamingResponse(
-                upstream.aiter_raw(),
-                status_code=upstream.status_code,
-                background=BackgroundTask(upstream.aclose),
-            )
-        response.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out_headers]
-        if isinstance(response, Response) and not isinstance(response, StreamingResponse):
-            response.raw_headers.append((b"content-length", str(len(response.body)).encode()))
+        html = upstream.headers.get("content-type", "").startswith("text/html")
+        out_headers: list[tuple[str, str]] = []
+        for key, value in upstream.headers.multi_items():
+            name = key.lower()
+            if name in RESPONSE_DROP or (name == "set-cookie" and not instance_cookie(value, self._reserved)):
+                continue
+            if html and name in ("content-length", "content-encoding"):
+                continue  # the body is decoded and changed on the way
+            if name == "location" and value.startswith(origin):
+                value = value[len(origin) :] or "/"
+            out_headers.append((name, value))
+        out_headers.append(("content-security-policy", CONTENT_CSP))
+        # Pages carry JupyterLab's page config, with the token in it: removed, streaming.
+        body = scrub(upstream.aiter_bytes(), target.secret.encode()) if html else upstream.aiter_raw()
+        response = StreamingResponse(
+            body, status_code=upstream.status_code, background=BackgroundTask(upstream.aclose)
+        )
+        response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out_headers]
         return response
 
     # ------------------------------------------------------------------ websockets
 
     async def websocket(self, websocket: WebSocket) -> None:
-        uid = websocket.path_params["uid"]
-        if not same_origin(websocket.headers, self.gateway.services.settings.base_url):
+        if not self.same_origin(websocket.headers):
             await refuse(websocket, 403, {"error": "forbidden", "message": "cross-site websocket"})
             return
         try:
-            target = await self.target(websocket.cookies, uid)
+            uid = self._host_uid(websocket.path_params)
+            lab = await self.lab_session(websocket.headers.get("cookie", ""), uid)
         except VisaError as exc:
             body, status = error_body(exc)
             await refuse(websocket, status, body)
             return
+        target = lab.target
         self.gateway.spawn(self.gateway.note_activity(target.instance_id))
 
-        origin = f"http://{target.host}:{target.port}"
+        origin = self.upstream_origin(target)
         raw_path = websocket.scope.get("raw_path") or websocket.url.path.encode()
-        url = f"ws://{target.host}:{target.port}" + raw_path.decode("latin-1")
-        if websocket.url.query:
-            url += "?" + websocket.url.query
+        path = raw_path.decode("latin-1") + (f"?{websocket.url.query}" if websocket.url.query else "")
         headers = self._upstream_headers(websocket.headers, target, origin, ws=True)
         wanted = websocket.scope.get("subprotocols") or []
         try:
             upstream = await ws_connect(
-                url,
+                self.upstream_url(target, path, ws=True),
                 additional_headers=headers,
                 subprotocols=wanted or None,
                 compression=None,
-                max_size=None,
+                max_size=self.gateway.config.ws_max_bytes,
                 ping_interval=None,
                 open_timeout=self.gateway.config.connect_timeout,
                 user_agent_header=None,
@@ -233,14 +376,28 @@ class JupyterProxy:
         try:
             await websocket.accept(subprotocol=upstream.subprotocol)
             with RelayMeter("jupyter") as meter:
-                await self._relay(websocket, upstream, target.instance_id, meter)
+                await self._relay(websocket, upstream, lab, uid, meter)
         finally:
             await upstream.close()
 
-    async def _relay(self, websocket: WebSocket, upstream: Any, instance_id: int, meter: RelayMeter) -> None:
+    async def _still_allowed(self, lab: LabSession, uid: str) -> bool:
+        try:
+            await self.gateway.db(service.jupyter_target, self.gateway.clock, lab.user_id, lab.epoch, uid)
+        except VisaError:
+            return False
+        except Exception:  # the database may be briefly away; the kernel goes on
+            log.exception("access check failed for the jupyter of instance %s", lab.target.instance_id)
+        return True
+
+    async def _relay(
+        self, websocket: WebSocket, upstream: Any, lab: LabSession, uid: str, meter: RelayMeter
+    ) -> None:
         code, reason = 1000, ""
+        instance_id = lab.target.instance_id
+        limit = self.gateway.config.ws_max_bytes
 
         async def to_upstream() -> None:
+            nonlocal code, reason
             while True:
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":
@@ -248,9 +405,11 @@ class JupyterProxy:
                 data = message.get("bytes")
                 if data is None:
                     data = message.get("text", "")
-                    meter.to_server += len(data.encode())
-                else:
-                    meter.to_server += len(data)
+                size = len(data) if isinstance(data, bytes) else len(data.encode())
+                if size > limit:
+                    code, reason = 1009, "message too big"
+                    return
+                meter.to_server += size
                 await upstream.send(data)
                 self.gateway.spawn(self.gateway.note_activity(instance_id))
 
@@ -264,12 +423,28 @@ class JupyterProxy:
                     else:
                         await websocket.send_text(data)
                         meter.to_client += len(data.encode())
-            except ConnectionClosed:
-                pass
+            except ConnectionClosed as exc:
+                if exc.sent is not None and exc.sent.code == 1009:  # the instance sent too much at once
+                    code, reason = 1009, "message too big"
+                    return
             if upstream.close_code is not None and upstream.close_code not in (1005, 1006):
                 code, reason = upstream.close_code, upstream.close_reason or ""
 
-        tasks = [asyncio.create_task(to_upstream()), asyncio.create_task(to_browser())]
+        async def watch() -> None:
+            """A member removed, a password changed or an instance stopped ends the socket."""
+            nonlocal code, reason
+            while True:
+                await asyncio.sleep(self.gateway.config.activity_seconds)
+                if not await self._still_allowed(lab, uid):
+                    code, reason = CLOSE_REVOKED, "access withdrawn"
+                    log.info("closing jupyter websocket of instance %s: access withdrawn", instance_id)
+                    return
+
+        tasks = [
+            asyncio.create_task(to_upstream()),
+            asyncio.create_task(to_browser()),
+            asyncio.create_task(watch()),
+        ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -28,8 +28,13 @@ from visa.users.models import User
 CONNECTABLE_STATES = frozenset({InstanceState.ACTIVE, InstanceState.PARTIALLY_ACTIVE})
 
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+def hash_token(token: str, binding: str = "", purpose: str = "desktop") -> str:
+    """What is stored of a one-time token. The purpose and the browser session it was issued to
+    are part of the hash: a Jupyter token opens no desktop, and a desktop token presented from
+    another browser session matches no row."""
+    if purpose == "desktop" and not binding:
+        return hashlib.sha256(token.encode()).hexdigest()
+    return hashlib.sha256(f"{purpose}\0{binding}\0{token}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -82,10 +87,12 @@ def connect_role(actor: Actor, instance: Instance) -> MemberRole:
 
 
 def issue_connect_token(
-    actor: Actor, session: Session, clock: Clock, instance: Instance, seconds: int
+    actor: Actor, session: Session, clock: Clock, instance: Instance, seconds: int, binding: str = ""
 ) -> tuple[str, MemberRole, bool]:
     """A one-time desktop token for this actor and instance; only its hash is stored.
 
+    ``binding`` names the browser session that asks (``common.session_binding``; empty for
+    an API token): only a websocket from that session can spend the token.
     Returns the token, the connection's role and whether it is view only."""
     require(actor, "instance.connect", instance)
     if actor.scopes is not None and "api" not in actor.scopes:
@@ -98,7 +105,7 @@ def issue_connect_token(
     role = connect_role(actor, instance)
     session.add(
         ConnectToken(
-            token_hash=hash_token(token),
+            token_hash=hash_token(token, binding),
             instance_id=instance.id,
             user_id=actor.user.id,
             role=role,
@@ -119,16 +126,7 @@ def issue_connect_token(
     return token, role, not allowed(actor, "instance.input", instance)
 
 
-def consume_connect_token(session: Session, clock: Clock, uid: str, token: str) -> Grant:
-    """Spend a token on the desktop of instance ``uid``; raises Unauthorized when it is
-    unknown, used, expired or for another instance, Forbidden when the user lost access."""
-    if not token:
-        raise Unauthorized("no connect token")
-    now = clock.now()
-    instance = _live_instance(session, uid)
-    if instance is None:
-        raise Unauthorized("invalid connect token")
-    token_hash = hash_token(token)
+def _spend(session: Session, now: datetime, instance: Instance, token_hash: str) -> ConnectToken:
     # One UPDATE decides: two sockets racing with the same token cannot both win.
     spent = session.execute(
         update(ConnectToken)
@@ -145,6 +143,20 @@ def consume_connect_token(session: Session, clock: Clock, uid: str, token: str) 
         raise Unauthorized("invalid connect token")
     row = session.scalar(select(ConnectToken).where(ConnectToken.token_hash == token_hash))
     assert row is not None
+    return row
+
+
+def consume_connect_token(session: Session, clock: Clock, uid: str, token: str, binding: str = "") -> Grant:
+    """Spend a token on the desktop of instance ``uid`` from the browser session ``binding``;
+    raises Unauthorized when it is unknown, used, expired, for another instance or issued to
+    another browser session, Forbidden when the user lost access."""
+    if not token:
+        raise Unauthorized("no connect token")
+    now = clock.now()
+    instance = _live_instance(session, uid)
+    if instance is None:
+        raise Unauthorized("invalid connect token")
+    row = _spend(session, now, instance, hash_token(token, binding))
     user = session.get(User, row.user_id)
     actor = actor_for(user, now) if user is not None and user.active else None
     if actor is None or not allowed(actor, "instance.connect", instance):
@@ -178,6 +190,47 @@ def record_activity(session: Session, instance_id: int, seen: datetime, interact
     if interaction is not None:
         values["last_interaction_at"] = interaction
     session.execute(update(Instance).where(Instance.id == instance_id).values(**values))
+
+
+def issue_jupyter_token(
+    actor: Actor, session: Session, clock: Clock, instance: Instance, seconds: int
+) -> str:
+    """A one-time token that the instance's user-content host exchanges for a cookie of its own."""
+    require(actor, "instance.jupyter", instance)
+    if actor.user is None:
+        raise Forbidden("the system does not open JupyterLab")
+    target_for(instance, Protocol.JUPYTER)
+    token = secrets.token_urlsafe(32)
+    now = clock.now()
+    session.add(
+        ConnectToken(
+            token_hash=hash_token(token, purpose="jupyter"),
+            instance_id=instance.id,
+            user_id=actor.user.id,
+            role=MemberRole.OWNER,
+            created_at=now,
+            expires_at=now + timedelta(seconds=seconds),
+        )
+    )
+    session.flush()
+    return token
+
+
+def consume_jupyter_token(session: Session, clock: Clock, uid: str, token: str) -> tuple[int, str]:
+    """Spend a Jupyter token on instance ``uid``: the user's id and session epoch, or Unauthorized."""
+    from visa.web.context import _session_epoch  # one definition of a session's validity
+
+    instance = _live_instance(session, uid) if token else None
+    if instance is None:
+        raise Unauthorized("invalid or expired link: open JupyterLab from visa again")
+    try:
+        row = _spend(session, clock.now(), instance, hash_token(token, purpose="jupyter"))
+    except Unauthorized as exc:
+        raise Unauthorized("invalid or expired link: open JupyterLab from visa again") from exc
+    user = session.get(User, row.user_id)
+    if user is None or not user.active:
+        raise Unauthorized("log in first")
+    return user.id, _session_epoch(user)
 
 
 def jupyter_target(session: Session, clock: Clock, user_id: int, epoch: str | None, uid: str) -> Target:

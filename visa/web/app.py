@@ -89,6 +89,7 @@ def _register_blueprints(app: Flask) -> None:
     from visa.catalogue.api import bp as catalogue_api
     from visa.experiments.api import bp as experiments_api
     from visa.gateway.api import bp as gateway_api
+    from visa.gateway.api import lab as gateway_jupyter
     from visa.instances.api import bp as instances_api
     from visa.instances.extensions_api import bp as extensions_api
     from visa.instances.members_api import bp as members_api
@@ -102,5 +103,6 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(users_api)
     register_pages(app)
     app.register_blueprint(gateway_api)
+    app.register_blueprint(gateway_jupyter)
     register_admin(app)
     app.register_blueprint(extensions_api)

@@ -183,7 +183,8 @@ def jupyter(actor: Actor, uid: str):  # noqa: ANN201
     inst = service.get_instance(actor, db_session(), uid)
     if not allowed(actor, "instance.jupyter", inst):
         abort(403, "JupyterLab is open to the owner only")
-    return render_template("jupyter.html", i=_view(actor, inst))
+    # The lab runs on an origin of its own, in its own tab: never framed in visa's pages.
+    return redirect(f"/jupyter/{inst.uid}/lab", 303)
 
 
 @bp.app_template_filter("duration")
