@@ -24,23 +24,39 @@ def world(live: Live, vnc: Vnc) -> World:
     return make_world(live.db, live.clock, vnc_port=vnc.port)
 
 
+# A token opens the desktop only from the browser session that asked for it: its cookie.
+SESSIONS: dict[str, str] = {}
+
+
+def _token_in(url: str) -> str:
+    return parse_qs(urlsplit(url).query).get("token", [""])[0]
+
+
 def _token(live: Live, username: str, uid: str = UID) -> dict:
     with live.login(username) as client:
         r = client.post(f"/api/instances/{uid}/connect")
         assert r.status_code == 200, r.text
         assert r.headers["Cache-Control"] == "no-store"
+        SESSIONS[_token_in(r.json()["url"])] = live.cookie_header(client)
         return r.json()  # type: ignore[no-any-return]
 
 
-def _open(live: Live, url: str):  # noqa: ANN202
+def _open(live: Live, url: str, cookie: str | None = None, **kwargs):  # noqa: ANN003, ANN202
+    cookie = SESSIONS.get(_token_in(url), "") if cookie is None else cookie
     return connect(
-        live.ws_base + url, subprotocols=["binary"], open_timeout=10, max_size=None, compression=None
+        live.ws_base + url,
+        subprotocols=["binary"],
+        open_timeout=10,
+        max_size=None,
+        compression=None,
+        additional_headers={"Cookie": cookie} if cookie else None,
+        **kwargs,
     )
 
 
-def _refused(live: Live, url: str) -> int:
+def _refused(live: Live, url: str, cookie: str | None = None) -> int:
     with pytest.raises(InvalidStatus) as info:
-        _open(live, url).close()
+        _open(live, url, cookie).close()
     return info.value.response.status_code
 
 
@@ -58,7 +74,8 @@ def test_connect_answers_a_one_time_url_and_no_secret(live: Live, world: World) 
     # Stored hashed, bound to the user and the instance, valid 30 s.
     with live.db.unit_of_work() as s:
         row = s.scalar(select(ConnectToken))
-        assert row.token_hash == hashlib.sha256(token.encode()).hexdigest() != token
+        assert len(row.token_hash) == 64 and token not in row.token_hash
+        assert row.token_hash != hashlib.sha256(token.encode()).hexdigest()  # bound to the session
         assert (row.user_id, row.instance_id) == (world.owner.id, world.instance.id)
         assert (row.expires_at - row.created_at).total_seconds() == 30 and row.used_at is None
 
@@ -114,6 +131,51 @@ def test_refuses_a_token_for_another_instance(live: Live, world: World) -> None:
     assert _refused(live, f"/ws/desktop/{OTHER_UID}?token={token}") == 403
     # The same token is still good where it belongs: it was not spent by the wrong door.
     with _open(live, f"/ws/desktop/{UID}?token={token}") as ws:
+        WsRfb(ws).handshake()
+
+
+def test_a_token_opens_only_from_the_browser_session_that_asked(live: Live, world: World) -> None:
+    url = _token(live, "owner")["url"]
+    with live.login("owner") as thief:  # the same user, another browser session
+        assert _refused(live, url, cookie=live.cookie_header(thief)) == 403
+    assert _refused(live, url, cookie="") == 403  # no session at all
+    with live.login("stranger") as stranger:
+        assert _refused(live, url, cookie=live.cookie_header(stranger)) == 403
+    # None of them spent it: its own session still opens the desktop.
+    with _open(live, url) as ws:
+        WsRfb(ws).handshake()
+
+
+def test_an_api_token_caller_gets_a_token_for_a_client_without_session(live: Live, world: World) -> None:
+    with live.login("owner") as client:
+        r = client.post("/api/tokens", json={"name": "script"})
+        assert r.status_code == 201, r.text
+        api_token = r.json()["token"]
+    with live.http(headers={"Authorization": f"Bearer {api_token}"}) as script:
+        r = script.post(f"/api/instances/{UID}/connect")
+        assert r.status_code == 200, r.text
+        url = r.json()["url"]
+    with live.login("owner") as browser:  # a browser session cannot spend it
+        assert _refused(live, url, cookie=live.cookie_header(browser)) == 403
+    with _open(live, url, cookie="") as ws:
+        WsRfb(ws).handshake()
+
+
+def test_a_cross_site_websocket_is_refused_before_the_token_is_spent(live: Live, world: World) -> None:
+    url = _token(live, "owner")["url"]
+    for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        origin = headers.pop("Origin", None)
+        with pytest.raises(InvalidStatus) as info:
+            connect(
+                live.ws_base + url,
+                origin=origin,  # type: ignore[arg-type]
+                additional_headers={"Cookie": SESSIONS[_token_in(url)], **headers},
+                open_timeout=10,
+            ).close()
+        assert info.value.response.status_code == 403
+    with live.db.unit_of_work() as s:
+        assert s.scalar(select(ConnectToken)).used_at is None
+    with _open(live, url) as ws:
         WsRfb(ws).handshake()
 
 
