@@ -38,6 +38,29 @@ def truncate(value: Any, limit: int = MAX_VALUE) -> Any:
     return value
 
 
+# One-time tokens travel in some URLs (the desktop websocket, the user-content login):
+# uvicorn logs a websocket's path with its query string, so every line is cleaned.
+_SECRET_PARAM = re.compile(r"([?&;](?:token|_xsrf)=)[^&\s\"';]+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    return _SECRET_PARAM.sub(r"\1[redacted]", text) if "=" in text else text
+
+
+class RedactFilter(logging.Filter):
+    """Removes token values from URLs in a line before any handler writes it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: the formatter shows it as it is
+            return True
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
@@ -86,6 +109,7 @@ def configure(json_lines: bool, level: int = logging.INFO, *, force: bool = Fals
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else PlainFormatter())
+    handler.addFilter(RedactFilter())
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -232,9 +232,11 @@ def test_the_scientists_day(site: Site, browser) -> None:  # noqa: ANN001
     assert thumb.status == 200 and thumb.body()[:3] == b"\xff\xd8\xff" and len(thumb.body()) < 200 * 1024
 
     # --- JupyterLab ---------------------------------------------------------------------------------
+    # On the instance's own host of the user-content domain, never on visa's origin.
     page.goto(f"/instances/{uid}/jupyter")
-    frame = page.frame_locator('[data-testid="jupyter-frame"]')
-    frame.locator(".jp-LauncherCard").first.wait_for(timeout=90_000)
+    port = site.url.rsplit(":", 1)[1]
+    page.wait_for_url(f"http://{uid}.instances.localhost:{port}/jupyter/{uid}/lab", timeout=60_000)
+    page.locator(".jp-LauncherCard").first.wait_for(timeout=90_000)
     shot(page, "08-jupyterlab")
 
     # --- a longer lifetime, asked for ------------------------------------------------------------------
