@@ -32,7 +32,9 @@ def test_nginx_accepts_the_configuration(tmp_path: Path) -> None:
     subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=visa.test",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
     conf = (DEPLOY / "nginx/visa.conf").read_text()
-    conf = conf.replace("/etc/ssl/visa/fullchain.pem", str(cert)).replace("/etc/ssl/visa/privkey.pem", str(key))
+    for kind in ("visa", "visa-content"):
+        conf = conf.replace(f"/etc/ssl/{kind}/fullchain.pem", str(cert)).replace(f"/etc/ssl/{kind}/privkey.pem", str(key))
+    conf = conf.replace("/var/log/nginx/", f"{tmp_path}/")
     (tmp_path / "visa.conf").write_text(conf)
     temp = "\n".join(f"  {d}_temp_path {tmp_path}/{d};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     (tmp_path / "nginx.conf").write_text(
@@ -44,9 +46,11 @@ def test_nginx_accepts_the_configuration(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "syntax is ok" in r.stderr and "test is successful" in r.stderr
     # What the configuration must do for visa, not only parse.
-    for needle in ("location /ws/", "location /jupyter/", "location = /api/events", "proxy_buffering off",
-                   "proxy_read_timeout 8h", "$http_upgrade", "X-Request-ID", "deny all"):
+    for needle in ("location /ws/", "location = /api/events", "proxy_buffering off",
+                   "proxy_read_timeout 8h", "$http_upgrade", "X-Request-ID", "deny all",
+                   "server_name *.visa-content.example.org;", '"$request_method $uri $server_protocol"'):
         assert needle in conf, needle
+    assert "$request_uri" not in conf.split("log_format", 1)[1].split(";", 1)[0]  # no query strings logged
 
 
 def test_keycloak_realm_roles_map_to_visa_roles() -> None:
