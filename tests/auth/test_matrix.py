@@ -150,6 +150,8 @@ FLASK: list[Row] = [
     Row("pages.instance_status", "GET", "/instances/{uid}/_status", "AAAAANU"),
     Row("pages.desktop", "GET", "/instances/{uid}/desktop", "AAAAFNL"),
     Row("pages.jupyter", "GET", "/instances/{uid}/jupyter", "AFFFFNL"),
+    # the owner is sent to the lab's own host with a one-time link; others are not told it exists
+    Row("gateway_jupyter.jupyter", "GET", "/jupyter/{uid}/lab", "ANNNNNU"),
     # admin pages: only admins; anonymous visitors are sent to log in
     Row("admin_pages.dashboard", "GET", "/admin/", "FFFFAFL"),
     Row("admin_pages.instances", "GET", "/admin/instances", "FFFFAFL"),
@@ -262,7 +264,6 @@ class AsgiRow:
 ASGI: list[AsgiRow] = [
     AsgiRow("websocket", "/ws/desktop/{uid}", "FFFFFFF", why="no connect token: refused for everyone"),
     AsgiRow("websocket", "/ws/desktop/{uid}?token=forged", "FFFFFFF", why="a made-up token"),
-    AsgiRow("http", "/jupyter/{uid}/lab", "ANNNNNU", why="Jupyter: the owner only; others are not told it exists"),
     AsgiRow("http", "/api/events", "------U", why="an endless stream for logged-in users; covered by its own tests"),
 ]
 

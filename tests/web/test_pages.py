@@ -216,7 +216,8 @@ def test_members_see_what_their_role_allows_and_strangers_nothing(world, db, api
 
     owner = _logged_in(api_client, "alice").get(f"/instances/{world.uid}").get_data(as_text=True)
     assert 'id="invite"' in owner and 'id="extension-form"' in owner and 'data-username="bob"' in owner
-    assert _logged_in(api_client, "alice").get(f"/instances/{world.uid}/jupyter").status_code == 200
+    lab = _logged_in(api_client, "alice").get(f"/instances/{world.uid}/jupyter")
+    assert lab.status_code == 303 and lab.headers["location"] == f"/jupyter/{world.uid}/lab"  # its own tab
 
     carol = _logged_in(api_client, "carol")
     for path in (f"/instances/{world.uid}", f"/instances/{world.uid}/desktop", f"/instances/{world.uid}/_status"):
