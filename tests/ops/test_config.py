@@ -47,3 +47,23 @@ def test_the_production_example_is_valid(cli, monkeypatch: pytest.MonkeyPatch) -
     settings = Settings()
     assert settings.database_url and settings.database_url.startswith("postgresql")
     assert settings.log_json and settings.session_cookie_secure and settings.oidc.server_url
+    assert settings.user_content_origin("abc123") == "https://abc123.visa-content.example.org"
+
+
+def test_the_user_content_domain_is_apart_from_visa() -> None:
+    from pydantic import ValidationError
+
+    from visa.settings import Settings
+
+    embedded = Settings(base_url="http://127.0.0.1:8080")
+    assert embedded.user_content_origin("abc123") == "http://abc123.instances.localhost:8080"
+    assert Settings(user_content_domain="Lab.Example.NET:8443").content_domain == "lab.example.net:8443"
+    for bad, base in (
+        ("visa.example.org", "https://visa.example.org"),  # visa's own host
+        ("example.org", "https://visa.example.org"),  # a parent: its cookies would reach visa
+        ("https://x.example.net", "https://visa.example.org"),
+        ("localhost", "https://visa.example.org"),  # one label
+        ("x.example.net/path", "https://visa.example.org"),
+    ):
+        with pytest.raises(ValidationError, match="user_content_domain|domain name"):
+            Settings(base_url=base, user_content_domain=bad)
