@@ -67,3 +67,17 @@ def test_the_user_content_domain_is_apart_from_visa() -> None:
     ):
         with pytest.raises(ValidationError, match="user_content_domain|domain name"):
             Settings(base_url=base, user_content_domain=bad)
+
+
+def test_check_config_asks_for_a_user_content_domain_off_this_machine(tmp_path: Path) -> None:
+    from visa.admin.checks import check_settings
+    from visa.settings import Settings
+
+    def finding(**kw: str):  # noqa: ANN202
+        found = check_settings(Settings(data_dir=tmp_path, **kw))
+        return next(f for f in found if f.subject == "user_content_domain")
+
+    assert finding(base_url="http://127.0.0.1:8080").level == "ok"
+    assert finding(base_url="https://visa.example.org").level == "warning"
+    chosen = finding(base_url="https://visa.example.org", user_content_domain="lab.example.net")
+    assert chosen.level == "ok" and "lab.example.net" in chosen.message

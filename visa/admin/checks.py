@@ -45,6 +45,9 @@ def _env_secrets(config: dict[str, Any], path: str = "") -> list[str]:
     return missing
 
 
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 def check_settings(settings: Settings) -> list[Finding]:
     """Checks that need nothing but the settings."""
     out: list[Finding] = []
@@ -61,6 +64,12 @@ def check_settings(settings: Settings) -> list[Finding]:
     if urlparse(settings.base_url).scheme == "https" and not settings.session_cookie_secure:
         out.append(Finding("warning", "session_cookie_secure",
                            "base_url is https: set session_cookie_secure = true so cookies never travel in clear"))
+    if settings.user_content_domain is None and urlparse(settings.base_url).hostname not in LOOPBACK_NAMES:
+        out.append(Finding("warning", "user_content_domain",
+                           f"unset: JupyterLab is sent to <uid>.{settings.content_domain}, which only browsers "
+                           "on this machine reach; set a domain of its own with a wildcard DNS record"))
+    else:
+        out.append(Finding("ok", "user_content_domain", f"<uid>.{settings.content_domain}"))
     if production and not settings.secret_key:
         out.append(Finding("warning", "secret_key", "unset with PostgreSQL: every process must sign sessions "
                            "with the same key; set VISA_SECRET_KEY (or secret_key in the TOML file)"))
