@@ -203,13 +203,18 @@ class JupyterProxy:
             return lab
         raise Unauthorized("open JupyterLab from visa")
 
-    def same_origin(self, headers: Any) -> bool:
+    def same_origin(self, headers: Any, uid: str) -> bool:
         """A browser request from a page of this very host (not another instance's, not visa's)."""
         site = headers.get("sec-fetch-site")
         if site is not None and site not in ("same-origin", "none"):
             return False
         origin = headers.get("origin")
-        return origin is None or urlsplit(origin).netloc.lower() == headers.get("host", "").lower()
+        if origin is None:
+            return True
+        # The Host a proxy in front passes may lack the public port: the configured origin counts.
+        return urlsplit(origin).netloc.lower() == headers.get("host", "").lower() or (
+            origin.rstrip("/").lower() == self.settings.user_content_origin(uid)
+        )
 
     def _refusal(self, request: Request, exc: VisaError) -> Response:
         body, status = error_body(exc)
@@ -286,7 +291,7 @@ class JupyterProxy:
             lab = await self.lab_session(request.headers.get("cookie", ""), uid)
         except VisaError as exc:
             return self._refusal(request, exc)
-        if request.method not in SAFE_METHODS and not self.same_origin(request.headers):
+        if request.method not in SAFE_METHODS and not self.same_origin(request.headers, uid):
             return JSONResponse({"error": "forbidden", "message": "cross-site request"}, status_code=403)
         target = lab.target
         self.gateway.spawn(self.gateway.note_activity(target.instance_id))
@@ -333,11 +338,16 @@ class JupyterProxy:
     # ------------------------------------------------------------------ websockets
 
     async def websocket(self, websocket: WebSocket) -> None:
-        if not self.same_origin(websocket.headers):
+        try:
+            uid = self._host_uid(websocket.path_params)
+        except VisaError as exc:
+            body, status = error_body(exc)
+            await refuse(websocket, status, body)
+            return
+        if not self.same_origin(websocket.headers, uid):
             await refuse(websocket, 403, {"error": "forbidden", "message": "cross-site websocket"})
             return
         try:
-            uid = self._host_uid(websocket.path_params)
             lab = await self.lab_session(websocket.headers.get("cookie", ""), uid)
         except VisaError as exc:
             body, status = error_body(exc)
