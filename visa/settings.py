@@ -53,6 +53,15 @@ class OidcSettings(BaseModel):
     role_claim: str | None = Field(None, description="Claim holding roles, e.g. realm_access.roles")
     role_mapping: dict[str, str] = Field(default_factory=dict, description="token role -> visa role")
     verify_tls: bool = True
+    refresh_seconds: int = Field(
+        300, ge=10, le=86400,
+        description="A session is refreshed at the provider at least this often: its roles are read again, "
+        "and it ends if the provider ended it",
+    )
+    token_scope: str = Field(
+        "visa:tokens", min_length=1, max_length=100, pattern=r"^[!#-\[\]-~]+$",
+        description="Scope an OIDC access token must carry to create long-lived API tokens",
+    )
 
 
 class SchedulerSettings(BaseModel):

@@ -117,7 +117,18 @@ def token_for(idp: str, username: str, password: str, resource: str = "urn:visa:
     return r.json()
 
 
-def test_browser_login_creates_the_user_maps_roles_and_logs_out(oidc_app, idp) -> None:  # noqa: ANN001
+def _row(db, client):  # noqa: ANN001, ANN202
+    """The server-side session of a test client's cookie."""
+    from visa.users.models import LoginSession
+    from visa.users.service import _sid_hash
+
+    with client.session_transaction() as s:
+        sid = s.get("sid")
+    with db.sessionmaker() as s:
+        return s.get(LoginSession, _sid_hash(sid)) if sid else None
+
+
+def test_browser_login_creates_the_user_maps_roles_and_logs_out(oidc_app, idp, db, clock) -> None:  # noqa: ANN001
     client, browser = browser_login(oidc_app, "alice", "alice-password")
     me = client.get("/api/me").get_json()
     assert me["username"] == "alice" and me["full_name"] == "Alice Liddell" and me["roles"] == []
@@ -126,14 +137,18 @@ def test_browser_login_creates_the_user_maps_roles_and_logs_out(oidc_app, idp) -
     admin, _ = browser_login(oidc_app, "sam", "sam-password")
     assert admin.get("/api/me").get_json()["roles"] == ["ADMIN"]  # visa-admin mapped; visa-staff not mapped
 
+    # The refresh token stays on the server: the cookie holds a session id, nothing of the provider's.
+    first = _row(db, client)
+    assert first.method == "oidc" and first.refresh_token
     with client.session_transaction() as s:
-        refresh_token = s["oidc"]["rt"]
-        s["oidc"] = {**s["oidc"], "exp": 0}  # the access token expired: the next request refreshes
-    assert client.get("/api/me").status_code == 200
-    with client.session_transaction() as s:
-        assert s["oidc"]["exp"] > time.time() and s["oidc"]["rt"]
-        refresh_token = s["oidc"]["rt"]
+        assert set(s) <= {"user_id", "sid", "epoch", "csrf", "_permanent"}
         csrf = s["csrf"]
+    assert first.refresh_token not in client.get_cookie("visa_session").value
+    clock.advance(seconds=oidc_app.extensions["visa"].settings.oidc.refresh_seconds)  # the next request refreshes
+    assert client.get("/api/me").status_code == 200
+    refreshed = _row(db, client)
+    assert refreshed.refresh_at > clock.now() and refreshed.refresh_token
+    refresh_token = refreshed.refresh_token
 
     r = client.post("/logout", data={"csrf_token": csrf})
     assert r.status_code == 303 and r.headers["Location"].startswith(f"{idp}realms/visa/protocol/openid-connect/logout")
@@ -148,18 +163,17 @@ def test_browser_login_creates_the_user_maps_roles_and_logs_out(oidc_app, idp) -
     assert 'name="password"' in page.text
 
 
-def test_session_ends_when_the_provider_session_ends(oidc_app, idp) -> None:  # noqa: ANN001
+def test_session_ends_when_the_provider_session_ends(oidc_app, idp, db, clock) -> None:  # noqa: ANN001
     client, _ = browser_login(oidc_app, "bob", "bob-password")
-    with client.session_transaction() as s:
-        rt = s["oidc"]["rt"]
+    rt = _row(db, client).refresh_token
     # the user logs out of the provider elsewhere (Keycloak's back-channel logout)
     r = httpx.post(f"{idp}realms/visa/protocol/openid-connect/logout",
                    data={"refresh_token": rt, "client_id": "visa", "client_secret": "visa-secret"})
     assert r.status_code == 204
-    assert client.get("/api/me").status_code == 200  # until the access token's expiry...
-    with client.session_transaction() as s:
-        s["oidc"] = {**s["oidc"], "exp": 0}
+    assert client.get("/api/me").status_code == 200  # until the next refresh...
+    clock.advance(seconds=oidc_app.extensions["visa"].settings.oidc.refresh_seconds)
     assert client.get("/api/me").status_code == 401  # ...then the refresh fails and the session ends
+    assert _row(db, client) is None
 
 
 def test_callback_refuses_forged_state_and_replay(oidc_app) -> None:  # noqa: ANN001

@@ -25,7 +25,7 @@ def login():  # noqa: ANN201
         raise Forbidden("local accounts are switched off: log in with the identity provider")
     form = parse_body(LoginForm)
     user = local_login(db_session(), svc, web.limits(), form.username, form.password, web.client_ip())
-    login_session(user)
+    login_session(user, "local")
     return jsonify({**_me(user), "csrf_token": csrf_token()})
 
 
