@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
@@ -99,13 +100,14 @@ def browser_login(app, username: str, password: str, next_url: str = "/instances
     return client, browser
 
 
-def token_for(idp: str, username: str, password: str, resource: str = "urn:visa:api") -> dict:
+def token_for(idp: str, username: str, password: str, resource: str = "urn:visa:api",
+              scope: str = "openid profile") -> dict:
     """Tokens through the code flow, as a script would get them (resource picks the audience)."""
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     realm = f"{idp}realms/visa/protocol/openid-connect"
     browser = httpx.Client(follow_redirects=False)
-    query = {"client_id": "visa", "response_type": "code", "redirect_uri": CALLBACK, "scope": "openid profile",
+    query = {"client_id": "visa", "response_type": "code", "redirect_uri": CALLBACK, "scope": scope,
              "state": "s", "code_challenge": challenge, "code_challenge_method": "S256", "resource": resource}
     page = _follow(browser, browser.get(f"{realm}/auth?{urlencode(query)}"))
     back = _sign_in(browser, page, username, password)
@@ -227,3 +229,51 @@ def test_bearer_access_tokens(oidc_app, idp, monkeypatch) -> None:  # noqa: ANN0
     assert c.get("/api/me", headers={"Authorization": f"Bearer {short}"}).status_code == 200
     time.sleep(3.1)
     assert c.get("/api/me", headers={"Authorization": f"Bearer {short}"}).status_code == 401  # expired
+
+
+def _set_roles(idp: str, user: str, roles: list[str]) -> None:
+    r = httpx.post(f"{idp.rstrip('/')}/test/roles", params={"user": user, "roles": ",".join(roles)})
+    assert r.status_code == 204
+
+
+def test_a_role_removed_at_the_provider_stops_within_one_refresh_period(oidc_app, idp, db, clock) -> None:  # noqa: ANN001
+    from visa.users.models import User
+
+    period = oidc_app.extensions["visa"].settings.oidc.refresh_seconds
+    admin, _ = browser_login(oidc_app, "sam", "sam-password")
+    assert admin.get("/api/me").get_json()["roles"] == ["ADMIN"]
+    assert admin.get("/api/admin/users").status_code == 200
+    due = _row(db, admin).refresh_at
+    assert 0 < (due - clock.now()).total_seconds() <= period
+    try:
+        _set_roles(idp, "sam", ["visa-staff"])  # visa-admin taken away in the provider
+        clock.set(due - timedelta(seconds=1))
+        assert admin.get("/api/admin/users").status_code == 200  # not re-read yet: within the period
+        clock.set(due)
+        assert admin.get("/api/admin/users").status_code == 403
+        assert admin.get("/api/me").get_json()["roles"] == []
+        with db.sessionmaker() as s:
+            assert s.query(User).filter_by(username="sam").one().idp_roles == ""
+        _set_roles(idp, "sam", ["visa-admin", "visa-staff"])  # and given back
+        clock.advance(seconds=period)
+        assert admin.get("/api/me").get_json()["roles"] == ["ADMIN"]
+    finally:
+        _set_roles(idp, "sam", ["visa-admin", "visa-staff"])
+
+
+def test_an_oidc_token_mints_api_tokens_only_with_the_scope_for_it(oidc_app, idp, db) -> None:  # noqa: ANN001
+    c = oidc_app.test_client()
+    plain = token_for(idp, "alice", "alice-password")["access_token"]
+    auth = {"Authorization": f"Bearer {plain}"}
+    assert c.get("/api/me", headers=auth).status_code == 200  # a good token for the API...
+    r = c.post("/api/tokens", headers=auth, json={"name": "from a script"})
+    assert r.status_code == 403, r.get_json()  # ...but not for a long-lived successor
+    assert c.get("/api/tokens", headers=auth).get_json() == []
+
+    scoped = token_for(idp, "alice", "alice-password", scope="openid profile visa:tokens")["access_token"]
+    r = c.post("/api/tokens", headers={"Authorization": f"Bearer {scoped}"}, json={"name": "from a script"})
+    assert r.status_code == 201, r.get_json()
+    api_token = r.get_json()["token"]
+    # an API token never mints another, whatever its scope
+    r = c.post("/api/tokens", headers={"Authorization": f"Bearer {api_token}"}, json={"name": "successor"})
+    assert r.status_code == 403

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from visa.actor import SYSTEM, Actor
 from visa.auth.logsafe import clip
+from visa.auth.policy import MINT_TOKENS
 from visa.clock import Clock
 from visa.errors import Unauthorized
 from visa.settings import OidcSettings
@@ -292,4 +293,8 @@ def actor_from_access_token(session: Session, services: Any, value: str, ip: str
     user = user_from_claims(session, services.clock, claims, settings.default_quota)
     now = services.clock.now()
     roles = frozenset(user.roles_at(now)) | roles_from_claims(claims, settings.oidc)
-    return Actor(user=user, roles=roles, name=user.username, ip=ip, scopes=None)
+    granted = claims.get("scope")
+    scopes = set(granted.split()[:100]) if isinstance(granted, str) else set()
+    idp_scopes = frozenset({MINT_TOKENS}) if settings.oidc.token_scope in scopes else frozenset()
+    return Actor(user=user, roles=roles, name=user.username, ip=ip, scopes=None, credential="oidc_token",
+                 idp_scopes=idp_scopes)
