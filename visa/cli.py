@@ -353,6 +353,26 @@ def users_passwd(username: str) -> None:
     click.echo("password changed")
 
 
+@users.command("link")
+@click.argument("username")
+@click.argument("subject")
+@click.option("--issuer", help="Default: the configured identity provider's realm")
+@friendly
+def users_link(username: str, subject: str, issuer: str | None) -> None:
+    """Link an existing account to an identity (the provider's subject): logins through the
+    provider are matched by issuer and subject, never by name."""
+    from visa.users import service
+
+    settings = _settings()
+    if issuer is None:
+        if not settings.oidc.server_url:
+            raise click.ClickException("no identity provider configured: give --issuer")
+        issuer = f"{settings.oidc.server_url.rstrip('/')}/realms/{settings.oidc.realm}"
+    with _database().unit_of_work() as s:
+        service.link_identity(s, SYSTEM, system_clock, service.get_user(s, username), issuer, subject)
+    click.echo(f"{username}: linked to {subject} at {issuer}")
+
+
 @users.command("list")
 def users_list() -> None:
     from visa.users.models import User

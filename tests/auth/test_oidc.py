@@ -277,3 +277,19 @@ def test_an_oidc_token_mints_api_tokens_only_with_the_scope_for_it(oidc_app, idp
     # an API token never mints another, whatever its scope
     r = c.post("/api/tokens", headers={"Authorization": f"Bearer {api_token}"}, json={"name": "successor"})
     assert r.status_code == 403
+
+
+def test_a_first_login_does_not_take_over_a_local_account_of_the_same_name(oidc_app, db, clock) -> None:  # noqa: ANN001
+    from tests.factories import make_user
+    from visa.users.models import Role, User
+
+    with db.unit_of_work() as s:
+        make_user(s, clock, "alice", password="local-pw", roles=(Role.ADMIN,))
+    client, _ = browser_login(oidc_app, "alice", "alice-password")
+    me = client.get("/api/me").get_json()
+    assert me["username"] == "alice-2" and me["roles"] == []  # a distinct account, nothing inherited
+    again, _ = browser_login(oidc_app, "alice", "alice-password")
+    assert again.get("/api/me").get_json()["username"] == "alice-2"
+    with db.sessionmaker() as s:
+        local = s.query(User).filter_by(username="alice").one()
+        assert local.external_id is None

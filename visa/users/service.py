@@ -174,6 +174,24 @@ def revoke_sessions(session: Session, actor: Actor, clock: Clock, user: User) ->
     return ended
 
 
+def link_identity(session: Session, actor: Actor, clock: Clock, user: User, issuer: str, subject: str) -> None:
+    """An administrator links an account to an identity provider's identity (issuer and subject):
+    the only way an existing account comes to be used through the provider."""
+    require(actor, "manage_users")
+    if not 0 < len(issuer) <= 255:
+        raise InvalidInput("issuer must be 1-255 characters", field="issuer")
+    if not 0 < len(subject) <= 255:
+        raise InvalidInput("subject must be 1-255 characters", field="subject")
+    if user.external_id is not None:
+        raise Conflict(f"{user.username} is already linked to an identity", field="username")
+    other = session.scalar(select(User).where(User.identity_issuer == issuer, User.external_id == subject))
+    if other is not None:
+        raise Conflict(f"that identity already has the account {other.username}", field="subject")
+    user.identity_issuer, user.external_id = issuer, subject
+    record(session, actor, clock, "user.identity.link", target_type="user", target_id=user.id,
+           issuer=issuer, subject=subject)
+
+
 def set_active(session: Session, actor: Actor, clock: Clock, user: User, active: bool) -> None:
     """Deactivate (logged out everywhere, tokens and logins refused) or reactivate an account."""
     require(actor, "manage_users")
