@@ -243,6 +243,8 @@ def test_a_role_removed_at_the_provider_stops_within_one_refresh_period(oidc_app
     admin, _ = browser_login(oidc_app, "sam", "sam-password")
     assert admin.get("/api/me").get_json()["roles"] == ["ADMIN"]
     assert admin.get("/api/admin/users").status_code == 200
+    with db.sessionmaker() as s:
+        assert s.query(User).filter_by(username="sam").one().idp_roles == "ADMIN"  # what others see of sam
     due = _row(db, admin).refresh_at
     assert 0 < (due - clock.now()).total_seconds() <= period
     try:
