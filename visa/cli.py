@@ -33,7 +33,7 @@ def _settings() -> Settings:
 
 def _database(check: bool = True) -> Database:
     settings = _settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.private_data_dir()
     database = Database(settings.sqlalchemy_url)
     if check:
         from visa.migrate import SchemaOutOfDate, require_head

@@ -32,6 +32,8 @@ def create_app(
     check_schema: bool = True,
 ) -> Flask:
     settings = settings or get_settings()
+    if database is None and not settings.database_url:
+        settings.private_data_dir()  # before SQLite creates its file in it
     database = database or Database(settings.sqlalchemy_url)
     if check_schema:
         from visa.migrate import require_head
