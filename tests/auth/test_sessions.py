@@ -107,3 +107,16 @@ def test_the_event_stream_checks_the_server_session(app, db: Database, clock, ap
     assert ident is not None and events.UserStream(stream.services, *ident).session_valid()
     assert alice.post("/api/logout").status_code == 200
     assert not events.UserStream(stream.services, *ident).session_valid()
+
+
+def test_a_session_ends_after_its_lifetime_and_is_purged(app, db: Database, clock, api_client, monkeypatch) -> None:  # noqa: ANN001
+    from datetime import UTC, datetime, timedelta
+
+    _people(db, clock)
+    alice = api_client()
+    assert alice.login("alice", "alice-pw").status_code == 200
+    later = datetime.now(UTC) + users.SESSION_LIFETIME + timedelta(minutes=1)
+    monkeypatch.setattr(users, "_wall", lambda: later)
+    assert alice.get("/api/me").status_code == 401
+    with db.unit_of_work() as s:
+        assert users.purge_expired_sessions(s) == 1

@@ -6,7 +6,7 @@ import hashlib
 import re
 import secrets
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -114,7 +114,13 @@ def set_password(session: Session, actor: Actor, clock: Clock, user: User, passw
     record(session, actor, clock, "user.password", target_type="user", target_id=user.id, sessions_ended=ended)
 
 
-SESSION_LIFETIME = timedelta(hours=12)  # also the cookie's lifetime
+# Also the cookie's lifetime. Both are wall-clock time (the cookie's signature carries its age),
+# whatever clock the service runs on.
+SESSION_LIFETIME = timedelta(hours=12)
+
+
+def _wall() -> datetime:
+    return datetime.now(UTC)
 
 
 def _sid_hash(sid: str) -> str:
@@ -130,7 +136,7 @@ def open_login_session(
     roles = " ".join(sorted(r.value for r in idp_roles))
     row = LoginSession(
         id_hash=_sid_hash(sid), user_id=user.id, method=method, created_at=now, last_seen_at=now,
-        expires_at=now + SESSION_LIFETIME, ip=ip[:64] if ip else None, refresh_token=refresh_token,
+        expires_at=_wall() + SESSION_LIFETIME, ip=ip[:64] if ip else None, refresh_token=refresh_token,
         refresh_at=refresh_at, idp_roles=roles,
     )
     session.add(row)
@@ -140,12 +146,12 @@ def open_login_session(
     return row, sid
 
 
-def live_login_session(session: Session, sid: object, user_id: object, now: datetime) -> LoginSession | None:
+def live_login_session(session: Session, sid: object, user_id: object) -> LoginSession | None:
     """The session a cookie names, if it has not ended (logout, revocation, expiry)."""
     if not isinstance(sid, str) or not sid or len(sid) > 128 or not isinstance(user_id, int):
         return None
     row = session.get(LoginSession, _sid_hash(sid))
-    if row is None or row.user_id != user_id or row.expires_at <= now:
+    if row is None or row.user_id != user_id or row.expires_at <= _wall():
         return None
     return row
 
@@ -155,8 +161,8 @@ def end_login_session(session: Session, sid: object) -> None:
         session.execute(delete(LoginSession).where(LoginSession.id_hash == _sid_hash(sid)))
 
 
-def purge_expired_sessions(session: Session, clock: Clock) -> int:
-    result = session.execute(delete(LoginSession).where(LoginSession.expires_at <= clock.now()))
+def purge_expired_sessions(session: Session) -> int:
+    result = session.execute(delete(LoginSession).where(LoginSession.expires_at <= _wall()))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 

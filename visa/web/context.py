@@ -65,7 +65,7 @@ def _session_epoch(user: User) -> str:
 def session_user(s: Session, data: Mapping[str, Any], now: datetime) -> tuple[User, LoginSession] | None:
     """The user and login session of a decoded session cookie, while it has not ended.
     The one check of a cookie: pages, the API and the event stream use it."""
-    row = users.live_login_session(s, data.get("sid"), data.get("user_id"), now)
+    row = users.live_login_session(s, data.get("sid"), data.get("user_id"))
     if row is None:
         return None
     user = s.get(User, row.user_id)
