@@ -353,6 +353,41 @@ def users_passwd(username: str) -> None:
     click.echo("password changed")
 
 
+@users.command("logout")
+@click.argument("username")
+@friendly
+def users_logout(username: str) -> None:
+    """End every login session of the user, in every browser (a stolen cookie stops working)."""
+    from visa.users import service
+
+    with _database().unit_of_work() as s:
+        ended = service.revoke_sessions(s, SYSTEM, system_clock, service.get_user(s, username))
+    click.echo(f"{username}: {ended} session(s) ended")
+
+
+@users.command("deactivate")
+@click.argument("username")
+@friendly
+def users_deactivate(username: str) -> None:
+    """Refuse the account's logins and tokens, and end its sessions."""
+    from visa.users import service
+
+    with _database().unit_of_work() as s:
+        service.set_active(s, SYSTEM, system_clock, service.get_user(s, username), False)
+    click.echo(f"{username}: deactivated")
+
+
+@users.command("activate")
+@click.argument("username")
+@friendly
+def users_activate(username: str) -> None:
+    from visa.users import service
+
+    with _database().unit_of_work() as s:
+        service.set_active(s, SYSTEM, system_clock, service.get_user(s, username), True)
+    click.echo(f"{username}: active")
+
+
 @users.command("link")
 @click.argument("username")
 @click.argument("subject")

@@ -120,3 +120,19 @@ def test_a_session_ends_after_its_lifetime_and_is_purged(app, db: Database, cloc
     assert alice.get("/api/me").status_code == 401
     with db.unit_of_work() as s:
         assert users.purge_expired_sessions(s) == 1
+
+
+def test_the_cli_ends_sessions_and_deactivates(app, db: Database, clock, api_client, cli) -> None:  # noqa: ANN001
+    _people(db, clock)
+    alice = api_client()
+    assert alice.login("alice", "alice-pw").status_code == 200
+    r = cli("users", "logout", "alice")
+    assert r.exit_code == 0 and "1 session(s) ended" in r.output
+    assert alice.get("/api/me").status_code == 401
+    assert alice.login("alice", "alice-pw").status_code == 200
+    assert cli("users", "deactivate", "alice").exit_code == 0
+    assert alice.get("/api/me").status_code == 401 and alice.login("alice", "alice-pw").status_code == 401
+    assert cli("users", "activate", "alice").exit_code == 0
+    assert alice.login("alice", "alice-pw").status_code == 200
+    r = cli("users", "logout", "nobody")
+    assert r.exit_code == 2 and "nobody" in r.output
