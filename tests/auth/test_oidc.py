@@ -295,3 +295,25 @@ def test_a_first_login_does_not_take_over_a_local_account_of_the_same_name(oidc_
     with db.sessionmaker() as s:
         local = s.query(User).filter_by(username="alice").one()
         assert local.external_id is None
+
+
+def test_roles_unconfirmed_while_the_provider_is_down_stop_counting(oidc_app, db, clock, monkeypatch) -> None:  # noqa: ANN001
+    from visa.auth.oidc import OidcClient
+
+    period = timedelta(seconds=oidc_app.extensions["visa"].settings.oidc.refresh_seconds)
+    admin, _ = browser_login(oidc_app, "sam", "sam-password")
+    assert admin.get("/api/admin/users").status_code == 200
+    due = _row(db, admin).refresh_at
+
+    def unreachable(self, refresh_token):  # noqa: ANN001, ANN202
+        # Double: the provider's outage. The real server is shared by this module's tests, so it stays up.
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(OidcClient, "refresh", unreachable)
+    clock.set(due)
+    assert admin.get("/api/admin/users").status_code == 200  # a short outage: the session and roles go on
+    clock.set(due + period)
+    assert admin.get("/api/admin/users").status_code == 403  # unconfirmed for a whole period: dropped
+    assert admin.get("/api/me").status_code == 200  # the session itself goes on
+    monkeypatch.undo()
+    assert admin.get("/api/admin/users").status_code == 200  # the provider answers again: confirmed

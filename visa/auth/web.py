@@ -116,8 +116,15 @@ def _refresh_oidc_session() -> None:
         _end(id_hash, "the identity provider ended it")
         return
     except OSError as exc:
-        # The provider is down: keep the session and its roles, try again on a later request.
+        # The provider is down: keep the session, try again on a later request. Its roles, though,
+        # count only while confirmed: unconfirmed for a whole period more, they are dropped.
         log.warning("token refresh failed, will retry: %s", clip(str(exc), 200))
+        period = timedelta(seconds=svc.settings.oidc.refresh_seconds)
+        if row.idp_roles and row.refresh_at is not None and svc.clock.now() - row.refresh_at >= period:
+            log.warning("roles from the identity provider of user %s dropped until it answers", clip(user_id))
+            _write_apart(lambda s: s.execute(
+                update(LoginSession).where(LoginSession.id_hash == id_hash).values(idp_roles="")))
+            _forget_resolved()
         return
     names = " ".join(sorted(r.value for r in roles))
     values = {"refresh_token": tokens.get("refresh_token") or row.refresh_token,
@@ -127,10 +134,15 @@ def _refresh_oidc_session() -> None:
         s.execute(update(LoginSession).where(LoginSession.id_hash == id_hash).values(**values)),
         s.execute(update(User).where(User.id == user_id).values(idp_roles=names)),
     ))
+    _forget_resolved()
+
+
+def _forget_resolved() -> None:
+    # The actor is resolved again, from the row just written (with the roles just read).
     db = g.get("db_session")
     if db is not None:
         db.expire_all()
-    g.pop("actor", None)  # resolved again, with the roles just read
+    g.pop("actor", None)
     g.pop("login_session", None)
 
 
