@@ -53,7 +53,7 @@ def check_settings(settings: Settings) -> list[Finding]:
     out: list[Finding] = []
     data = settings.data_dir
     try:
-        data.mkdir(parents=True, exist_ok=True)
+        settings.private_data_dir()
         with tempfile.NamedTemporaryFile(dir=data):
             pass
         out.append(Finding("ok", "data_dir", str(data.resolve())))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from visa.catalogue.schemas import NAME, FlavourLimitsSpec, GpuSpec, LifetimeSpec
 from visa.instances.models import CommandAction, InstanceState
@@ -156,6 +156,10 @@ class AdminUserOut(BaseModel):
 class GrantIn(_In):
     role: Role
     expires_at: datetime | None = Field(None, description="Required for GUEST; absent: no expiry")
+
+
+class ActiveIn(_In):
+    active: StrictBool = Field(description="false: the account is deactivated and logged out everywhere")
 
 
 class QuotaIn(_In):
