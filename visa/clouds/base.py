@@ -60,6 +60,9 @@ class ServerSpec:
     screen_height: int = 800
     keyboard_layout: str = "en-us"
     owner_username: str = ""
+    # The owner's unix identity at the facility, when known (a local session runs as it).
+    owner_uid: int | None = None
+    owner_gid: int | None = None
     cores: int = 1
     memory_mb: int = 1024
 
@@ -75,6 +78,9 @@ class Server:
     # Where each protocol answers when it is not the image's port on ``address``
     # (the local provider runs many desktops on one host).
     ports: dict[str, int] = field(default_factory=dict)
+    # Protocols that answer on a unix socket of this host instead (the local provider's
+    # sandboxed sessions have no network): protocol -> socket path.
+    sockets: dict[str, str] = field(default_factory=dict)
     instance_uid: str | None = None
     fault: str | None = None
     created_at: datetime | None = None

@@ -23,11 +23,10 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
-from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from visa.errors import Unauthorized, VisaError
-from visa.gateway import service
+from visa.gateway import relay, service
 from visa.gateway.common import Gateway, error_body, log, refuse, same_origin
 from visa.metrics import RelayMeter
 
@@ -62,9 +61,10 @@ class JupyterProxy:
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
             # No read timeout: kernels and downloads may take long; connects must not.
+            limits = httpx.Limits(max_connections=256, max_keepalive_connections=32)
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(None, connect=self.gateway.config.connect_timeout),
-                limits=httpx.Limits(max_connections=256, max_keepalive_connections=32),
+                transport=relay.UpstreamTransport(limits),  # TCP or the session's unix socket
                 follow_redirects=False,
                 trust_env=False,
             )
@@ -139,7 +139,7 @@ class JupyterProxy:
             return JSONResponse({"error": "forbidden", "message": "cross-site request"}, status_code=403)
         self.gateway.spawn(self.gateway.note_activity(target.instance_id))
 
-        origin = f"http://{target.host}:{target.port}"
+        origin = relay.http_origin(target)
         raw_path = request.scope.get("raw_path") or request.url.path.encode()
         url = origin + raw_path.decode("latin-1")
         if request.url.query:
@@ -201,15 +201,16 @@ class JupyterProxy:
             return
         self.gateway.spawn(self.gateway.note_activity(target.instance_id))
 
-        origin = f"http://{target.host}:{target.port}"
+        origin = relay.http_origin(target)
         raw_path = websocket.scope.get("raw_path") or websocket.url.path.encode()
-        url = f"ws://{target.host}:{target.port}" + raw_path.decode("latin-1")
+        url = relay.ws_origin(target) + raw_path.decode("latin-1")
         if websocket.url.query:
             url += "?" + websocket.url.query
         headers = self._upstream_headers(websocket.headers, target, origin, ws=True)
         wanted = websocket.scope.get("subprotocols") or []
         try:
-            upstream = await ws_connect(
+            upstream = await relay.ws_connect(
+                target,
                 url,
                 additional_headers=headers,
                 subprotocols=wanted or None,
