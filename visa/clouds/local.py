@@ -219,12 +219,12 @@ class LocalProvider(Provider):
         if unknown:
             raise CloudError(f"the local cloud cannot serve {', '.join(sorted(unknown))}")
         isolation = self.isolation_report()
+        tools = self._check_programs(spec.protocols, isolation)
         if isolation.mode == "none" and spec.owner_username not in isolation.operators:
             raise CloudError(
                 "this local cloud cannot isolate sessions, so it serves only its operator "
                 f"({', '.join(isolation.operators) or 'nobody'}): {'; '.join(isolation.reasons)}"
             )
-        tools = self._check_programs(spec.protocols, isolation)
         final = self.root / spec.instance_uid
         if len(str(final / session.RUN_DIR / session.SOCKETS["JUPYTER"])) > UNIX_PATH_MAX:
             raise CloudError(f"root_dir {self.root} is too long for the sessions' unix sockets")

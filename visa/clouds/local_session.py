@@ -48,6 +48,7 @@ SECRET_FILE = "secret"
 VNC_PASSWORD_FILE = "vncpasswd"
 XAUTHORITY_FILE = "Xauthority"
 DISPLAY_FILE = "display"
+FAULT_FILE = "fault"
 INSIDE_FILE = "session.json"
 SOCKETS = {"VNC": "vnc.sock", "JUPYTER": "jupyter.sock"}
 # Where the sandbox sees the run directory and this script.
@@ -408,6 +409,8 @@ def run_inside(spec_path: Path) -> int:
             time.sleep(0.25)
     except Exception as exc:
         session.note(f"fault: {exc}")
+        with contextlib.suppress(OSError):
+            (session.run_dir / FAULT_FILE).write_text(str(exc)[:200])
         session.stop(1.0)
         return 1
     session.stop(TEARDOWN_GRACE)
@@ -438,6 +441,8 @@ class Supervisor:
         self.log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor: {message}\n".encode())
 
     def start_sandbox(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / RUN_DIR / FAULT_FILE).unlink()
         """bwrap, born in the session's cgroups: everything in the sandbox is counted there."""
         cgroups = [Path(p) / "cgroup.procs" for p in self.spec.get("cgroups", [])]
 
@@ -466,9 +471,18 @@ class Supervisor:
     def check(self) -> None:
         if self.sandbox is not None:
             if self.sandbox.poll() is not None:
-                raise RuntimeError(f"the session's sandbox exited with code {self.sandbox.returncode}")
+                raise RuntimeError(f"the session's sandbox exited with code {self.sandbox.returncode}" + self._fault())
         else:
             self.session.check_children()
+
+    def _fault(self) -> str:
+        """What the session said went wrong: its own file, so printable text, bounded."""
+        try:
+            with open(self.dir / RUN_DIR / FAULT_FILE, "rb", opener=_no_follow) as handle:
+                text = handle.read(200).decode(errors="replace")
+        except OSError:
+            return ""
+        return ": " + "".join(c for c in text if c.isprintable())
 
     def wait_ready(self) -> None:
         sockets = self.session.sockets()
@@ -520,6 +534,10 @@ class Supervisor:
             return
         self.session.stop(1.0)
         kill_session(self.dir, None, TEARDOWN_GRACE)
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
 
 
 def pid_ns_of_child(parent: int) -> tuple[int, str] | None:
