@@ -452,14 +452,24 @@ class Supervisor:
 
         argv = self.spec["sandbox_argv"]
         self._note("starting sandbox " + " ".join(argv))
-        self.sandbox = subprocess.Popen(
-            argv,
-            env=self.session.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=self.log,
-            preexec_fn=join_cgroups,  # noqa: PLW1509 - only file writes between fork and exec
-        )
+        # The options (host paths) go through a pipe: the sandbox's pid 1 is bwrap, whose
+        # command line its processes can read.
+        split = argv.index("--")
+        read_fd, write_fd = os.pipe()
+        os.write(write_fd, b"".join(arg.encode() + b"\0" for arg in argv[1:split]))
+        os.close(write_fd)
+        try:
+            self.sandbox = subprocess.Popen(
+                [argv[0], "--args", str(read_fd), *argv[split:]],
+                env={k: self.session.env[k] for k in ("PATH", "LANG", MARKER_ENV)},
+                stdin=subprocess.DEVNULL,
+                stdout=self.log,
+                stderr=self.log,
+                pass_fds=(read_fd,),
+                preexec_fn=join_cgroups,  # noqa: PLW1509 - only file writes between fork and exec
+            )
+        finally:
+            os.close(read_fd)
         # The sandbox's pid namespace names every process of the session, however they detach.
         deadline = time.monotonic() + 10
         while (ns := pid_ns_of_child(self.sandbox.pid)) is None:
