@@ -163,5 +163,11 @@ class Provider(abc.ABC):
         """
         return None
 
+    def isolation(self) -> tuple[bool, str] | None:
+        """For a cloud that runs sessions on visa's own machine: whether they are fully
+        isolated (from visa and each other, limits enforced) and how, or why not.
+        None (the default): every server is a machine of its own."""
+        return None
+
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Release connections and background resources."""

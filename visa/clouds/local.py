@@ -61,7 +61,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from visa.clouds import local_session as session
 from visa.clouds.base import CloudLimits, Provider, Server, ServerSpec
@@ -136,17 +136,27 @@ class LocalConfig(BaseModel):
     stop_timeout: float = Field(5, gt=0)
     provisioning: dict[str, Any] = Field(default_factory=dict, description="Read by visa.provisioning")
 
-    @model_validator(mode="after")
-    def _check(self) -> LocalConfig:
-        low, high = self.uid_range
-        if not MIN_SESSION_UID <= low <= high:
-            raise ValueError(f"uid_range must be [low, high] with {MIN_SESSION_UID} <= low <= high")
-        if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,15}", self.account_prefix):
-            raise ValueError("account_prefix must be a short lower-case unix name prefix")
-        for path in self.sandbox_paths:
+    @field_validator("uid_range")
+    @classmethod
+    def _uid_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not MIN_SESSION_UID <= value[0] <= value[1]:
+            raise ValueError(f"must be [low, high] with {MIN_SESSION_UID} <= low <= high")
+        return value
+
+    @field_validator("account_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,15}", value):
+            raise ValueError("must be a short lower-case unix name prefix")
+        return value
+
+    @field_validator("sandbox_paths")
+    @classmethod
+    def _paths(cls, value: list[str]) -> list[str]:
+        for path in value:
             if not path.startswith("/") or os.path.normpath(path) != path or path == "/":
-                raise ValueError(f"sandbox_paths: {path!r} is not a normalised absolute path below /")
-        return self
+                raise ValueError(f"{path!r} is not a normalised absolute path below /")
+        return value
 
 
 @dataclass(frozen=True)
@@ -396,6 +406,10 @@ class LocalProvider(Provider):
         )
 
     # ------------------------------------------------------------------ isolation
+
+    def isolation(self) -> tuple[bool, str]:
+        report = self.isolation_report()
+        return report.mode == "sandbox" and report.cgroups, report.summary()
 
     def isolation_report(self) -> Isolation:
         """What this machine lets visa enforce (probed once per process and configuration)."""
