@@ -66,7 +66,9 @@ def _wait_state(provider: LocalProvider, server_id: str, timeout: float = 45) ->
         assert server is not None
         if server.state not in (InstanceState.BUILDING, InstanceState.STOPPING):
             return server
-        assert time.monotonic() < deadline, f"{server_id} still {server.state}"
+        if time.monotonic() > deadline:
+            log = provider.instance_dir(server_id) / local_session.LOG_FILE
+            raise AssertionError(f"{server_id} still {server.state}: {log.read_text()[-2000:]}")
         time.sleep(0.1)
 
 
@@ -328,7 +330,8 @@ def test_stop_start_reboot_delete_and_a_restarted_visa(provider: LocalProvider) 
     again.stop("life")  # idempotent
 
     provider.start("life")
-    assert _wait_state(provider, "life").state == InstanceState.ACTIVE
+    started = _wait_state(provider, "life")
+    assert started.state == InstanceState.ACTIVE, started.fault
     provider.start("life")  # idempotent
     with RfbClient(provider.get("life").sockets["VNC"]) as client:  # type: ignore[union-attr]
         client.handshake(SECRET)

@@ -321,6 +321,32 @@ def test_cores_and_processes_are_bounded_by_cgroups(world: World) -> None:
         assert int((pids / "pids.max").read_text()) == world.provider.settings.pids_max
 
 
+def test_a_socket_swapped_for_a_symlink_never_leads_the_gateway_elsewhere(world: World, tmp_path: Path) -> None:
+    """alice replaces her Jupyter socket with a symlink to a host service's unix socket (as
+    if it were docker.sock): visa still reaches her JupyterLab, and the host service no one."""
+    host_socket = tmp_path / "host-service.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(host_socket))
+    listener.listen(4)
+    listener.settimeout(0.5)
+    swap = world.provider.exec_in_session(
+        world.alice.id, ["sh", "-c", f"rm {local_session.SANDBOX_RUN}/jupyter.sock && "
+                         f"ln -s {host_socket} {local_session.SANDBOX_RUN}/jupyter.sock"]
+    )  # fmt: skip
+    assert swap.returncode == 0, swap.stderr
+    try:
+        run_link = world.provider.instance_dir(world.alice.id) / local_session.RUN_DIR / "jupyter.sock"
+        assert run_link.is_symlink()  # the attack is in place
+        transport = httpx.HTTPTransport(uds=world.alice.sockets["JUPYTER"])
+        with httpx.Client(transport=transport, base_url="http://session", timeout=10) as client:
+            status = client.get("/jupyter/alice1/api/status", headers={"Authorization": f"token {ALICE_SECRET}"})
+        assert status.status_code == 200 and "kernels" in status.json()
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    finally:
+        listener.close()
+
+
 # ---------------------------------------------------------------- where visa cannot isolate
 
 

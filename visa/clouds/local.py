@@ -236,7 +236,7 @@ class LocalProvider(Provider):
                 f"({', '.join(isolation.operators) or 'nobody'}): {'; '.join(isolation.reasons)}"
             )
         final = self.root / spec.instance_uid
-        if len(str(final / session.RUN_DIR / session.SOCKETS["JUPYTER"])) > UNIX_PATH_MAX:
+        if len(str(final / session.SOCKETS_DIR / session.SOCKETS["JUPYTER"])) > UNIX_PATH_MAX:
             raise CloudError(f"root_dir {self.root} is too long for the sessions' unix sockets")
         for mount in spec.mounts:
             if mount.kind != "bind":
@@ -778,13 +778,13 @@ class LocalProvider(Provider):
             state = InstanceState.ERROR
             fault = status.get("fault") or "the session ended unexpectedly"
         created = record.get("created_at")
-        run_dir = instance_dir / session.RUN_DIR
+        published = instance_dir / session.SOCKETS_DIR
         return Server(
             id=instance_dir.name,
             name=record["name"],
             state=state,
             address="127.0.0.1",
-            sockets={p: str(run_dir / session.SOCKETS[p]) for p in record["protocols"] if p in session.SOCKETS},
+            sockets={p: str(published / session.SOCKETS[p]) for p in record["protocols"] if p in session.SOCKETS},
             instance_uid=record["instance_uid"],
             fault=fault,
             created_at=datetime.fromisoformat(created) if created else None,

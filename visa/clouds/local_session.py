@@ -28,6 +28,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -51,6 +52,8 @@ DISPLAY_FILE = "display"
 FAULT_FILE = "fault"
 INSIDE_FILE = "session.json"
 SOCKETS = {"VNC": "vnc.sock", "JUPYTER": "jupyter.sock"}
+# visa's links to the session's sockets, in a directory the session never sees.
+SOCKETS_DIR = "sockets"
 # Where the sandbox sees the run directory and this script.
 SANDBOX_RUN = "/run/visa"
 SANDBOX_SCRIPT = "/run/visa-session.py"
@@ -68,7 +71,9 @@ TEARDOWN_GRACE = 3.0
 def write_json(path: Path, data: dict[str, Any], mode: int = 0o600) -> None:
     """Atomic write, so a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # never write through whatever another left there
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "w") as out:
         out.write(json.dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, path)
@@ -198,13 +203,55 @@ def xkb_layout(keyboard_layout: str) -> tuple[str, str]:
     return country, ""
 
 
+def read_session_file(path: Path, limit: int) -> str:
+    """A small file the session wrote: never through a symlink, never blocking on a FIFO
+    it put there; '' if it is not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return os.read(fd, limit).decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
 def read_display(run_dir: Path) -> int | None:
     """The display number the session wrote (its own file: parse, never trust)."""
-    try:
-        text = (run_dir / DISPLAY_FILE).read_text()[:8].strip()
-    except OSError:
-        return None
+    text = read_session_file(run_dir / DISPLAY_FILE, 8).strip()
     return int(text) if text.isdigit() else None
+
+
+def publish_socket(run_dir: Path, sockets_dir: Path, name: str, uid: int) -> bool:
+    """Hard-link the socket the session made in its ``run`` directory into visa's own
+    ``sockets`` directory, which the session cannot change: the gateway connects there, so
+    a symlink the session puts in place of its socket (to PostgreSQL's, another session's
+    or any host service's) is never followed by visa. True once published."""
+    final = sockets_dir / name
+    if final.exists():
+        return True
+    source = run_dir / name
+    try:
+        info = os.lstat(source)
+    except OSError:
+        return False
+    if not stat.S_ISSOCK(info.st_mode) or info.st_uid != uid:
+        return False
+    tmp = sockets_dir / f".{name}.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        os.link(source, tmp, follow_symlinks=False)
+        linked = os.lstat(tmp)
+        if (linked.st_ino, linked.st_dev) != (info.st_ino, info.st_dev) or not stat.S_ISSOCK(linked.st_mode):
+            os.unlink(tmp)  # swapped between the two looks
+            return False
+        os.replace(tmp, final)
+    except OSError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- the session's programs
@@ -250,9 +297,6 @@ class Session:
         )
         (self.critical if critical else self.others)[name] = proc
         return proc
-
-    def sockets(self) -> list[str]:
-        return [str(self.run_dir / SOCKETS[p]) for p in self.spec["protocols"] if p in SOCKETS]
 
     def start(self) -> None:
         protocols = self.spec["protocols"]
@@ -487,20 +531,21 @@ class Supervisor:
 
     def _fault(self) -> str:
         """What the session said went wrong: its own file, so printable text, bounded."""
-        try:
-            with open(self.dir / RUN_DIR / FAULT_FILE, "rb", opener=_no_follow) as handle:
-                text = handle.read(200).decode(errors="replace")
-        except OSError:
-            return ""
-        return ": " + "".join(c for c in text if c.isprintable())
+        text = read_session_file(self.dir / RUN_DIR / FAULT_FILE, 200)
+        return (": " + "".join(c for c in text if c.isprintable())) if text else ""
 
     def wait_ready(self) -> None:
-        sockets = self.session.sockets()
+        names = [SOCKETS[p] for p in self.spec["protocols"] if p in SOCKETS]
+        run_dir, published = self.dir / RUN_DIR, self.dir / SOCKETS_DIR
+        uid = (self.spec.get("account") or {}).get("uid", os.getuid())
         deadline = time.monotonic() + READY_TIMEOUT
         while not self.stopping:
             self.check()
-            if all(socket_open(path, 0.2) for path in sockets):
-                display = read_display(self.dir / RUN_DIR)
+            display = read_display(run_dir)
+            if all(
+                publish_socket(run_dir, published, name, uid) and socket_open(str(published / name), 0.2)
+                for name in names
+            ) and (display is not None or "VNC" not in self.spec["protocols"]):
                 self._save(phase="running", ready_at=time.time(), display=display)
                 self._note(f"ready in {time.time() - self.status['started_at']:.2f} s")
                 return
@@ -512,6 +557,15 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         self._save()
+        # Links of an earlier run name sockets that no longer exist.
+        published = self.dir / SOCKETS_DIR
+        published.mkdir(mode=0o700, exist_ok=True)
+        for stale in published.iterdir():
+            stale.unlink()
+        # And the session's own sockets of that run, before they could be published again.
+        for name in (*SOCKETS.values(), DISPLAY_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.dir / RUN_DIR / name)
         try:
             if self.sandboxed:
                 self.start_sandbox()
@@ -544,10 +598,6 @@ class Supervisor:
             return
         self.session.stop(1.0)
         kill_session(self.dir, None, TEARDOWN_GRACE)
-
-
-def _no_follow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)
 
 
 def pid_ns_of_child(parent: int) -> tuple[int, str] | None:
