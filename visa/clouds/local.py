@@ -101,6 +101,7 @@ SANDBOX_ETC = (
 )  # fmt: skip
 SANDBOX_HOME = "/home"
 UNIX_PATH_MAX = 107
+NS_GET_PARENT = 0xB702  # ioctl on a namespace fd: its parent user namespace (linux/nsfs.h)
 
 
 class LocalConfig(BaseModel):
@@ -688,34 +689,47 @@ class LocalProvider(Provider):
         if display is not None:
             env["DISPLAY"] = f":{display}"
         cgroups = [Path(p) / "cgroup.procs" for p in record.get("cgroups") or []]
+        fds: list[int] = []
         if sandboxed:
             target = status.get("sandbox_pid")
             if not target or session.pid_ns_of(int(target)) != status.get("pid_ns"):
                 raise CloudError(f"session {server_id} has no sandbox running")
             acct = record["account"]
-            enter = ["nsenter", f"--target={target}", "--mount", "--uts", "--ipc", "--net", "--pid",
-                     "--root", "--wd"]  # fmt: skip
+            namespaces = ["--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd"]
             if _is_root():
-                enter += ["--", "setpriv", "--reuid", str(acct["uid"]), "--regid", str(acct["gid"]),
-                          "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]  # fmt: skip
+                drop = ["setpriv", "--reuid", str(acct["uid"]), "--regid", str(acct["gid"]), "--clear-groups",
+                        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]  # fmt: skip
+                argv = ["nsenter", f"--target={target}", *namespaces, "--", *drop, "--", *argv]
             else:
-                enter[2:2] = ["--user", "--preserve-credentials"]
-            argv = [*enter, "--", *argv]
+                # bwrap's namespaces belong to its outer user namespace, its processes live in
+                # an inner one: enter the outer to join them, then the inner to be the session.
+                inner = os.open(f"/proc/{target}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+                fds = [inner, fcntl.ioctl(inner, NS_GET_PARENT)]
+                argv = [
+                    "nsenter", f"--target={target}", f"--user=/proc/self/fd/{fds[1]}", "--preserve-credentials",
+                    *namespaces, "--", "nsenter", f"--user=/proc/self/fd/{inner}", "--preserve-credentials", "--",
+                    "setpriv", "--inh-caps=-all", "--no-new-privs", "--", *argv,
+                ]  # fmt: skip
 
         def join_cgroups() -> None:
             for procs in cgroups:
                 procs.write_text(f"{os.getpid()}\n")
 
-        return subprocess.run(
-            argv,
-            env=env,
-            cwd=None if sandboxed else env["HOME"],
-            capture_output=True,
-            timeout=timeout,
-            input=input,
-            check=False,
-            preexec_fn=join_cgroups if cgroups else None,  # noqa: PLW1509 - file writes only
-        )
+        try:
+            return subprocess.run(
+                argv,
+                env=env,
+                cwd=None if sandboxed else env["HOME"],
+                capture_output=True,
+                timeout=timeout,
+                input=input,
+                check=False,
+                pass_fds=tuple(fds),
+                preexec_fn=join_cgroups if cgroups else None,  # noqa: PLW1509 - file writes only
+            )
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     # The session's own plumbing: its CPU is not the user's computation.
     _PLUMBING = frozenset({"Xtigervnc", "Xvfb", "x11vnc", "openbox", "xsetroot", "setxkbmap", "bwrap"})
