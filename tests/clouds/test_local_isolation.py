@@ -443,3 +443,39 @@ def test_killing_the_supervisor_takes_the_sandbox_with_it(tmp_path: Path) -> Non
             time.sleep(0.05)
     finally:
         _cleanup(prov)
+
+
+def test_a_session_allowed_outside_still_never_reaches_the_host(world: World, tmp_path: Path) -> None:
+    """network = "outside": the session gets slirp4netns' NAT (an interface of its own), but
+    neither its loopback nor the NAT's host address (10.0.2.2) leads to the host's services."""
+    if not shutil.which("slirp4netns"):
+        pytest.skip("slirp4netns missing")
+    prov = LocalProvider("local", {"root_dir": str(tmp_path / "net"), "network": "outside"})
+    if prov.isolation_report().mode != "sandbox":
+        pytest.skip(prov.isolation_report().summary())
+    probe = (
+        "import socket, sys\n"
+        "print('tap0' in [n for _, n in socket.if_nameindex()])\n"
+        "for host in ('127.0.0.1', '10.0.2.2'):\n"
+        "    for port in (5432, int(sys.argv[1])):\n"
+        "        try:\n"
+        "            socket.create_connection((host, port), 2).close(); print('CONNECTED', host, port)\n"
+        "        except OSError:\n"
+        "            print('REFUSED', host, port)\n"
+    )
+    try:
+        prov.create(_spec("outside", {}, owner_username="iso-alice"))
+        assert _wait_state(prov, "outside").state == InstanceState.ACTIVE
+        deadline = time.monotonic() + 10
+        while True:
+            out = prov.exec_in_session("outside", ["python3", "-c", probe, str(world.host_port)]).stdout.decode()
+            if out.startswith("True") or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)  # slirp4netns configures tap0 just after the sandbox starts
+        lines = out.splitlines()
+        assert lines[0] == "True", out
+        assert all(line.startswith("REFUSED") for line in lines[1:]) and len(lines) == 5, out
+        with socket.create_connection(("127.0.0.1", world.host_port), timeout=5) as conn:
+            assert conn.recv(64) == b"host-service\n"
+    finally:
+        _cleanup(prov)

@@ -85,6 +85,7 @@ PACKAGES = {
     "setpriv": "util-linux",
     "nsenter": "util-linux",
     "useradd": "passwd",
+    "slirp4netns": "slirp4netns",
     "groupadd": "passwd",
 }
 # Nice to have: the session starts without them, with a warning.
@@ -116,8 +117,10 @@ class LocalConfig(BaseModel):
         "auto", description="auto: sandbox each session where the machine allows; none: operator only"
     )
     isolate_mounts: bool | None = Field(None, description="Old name: false is isolation = none")
-    network: Literal["none"] = Field(
-        "none", description="What a sandboxed session reaches: none (its own loopback only)"
+    network: Literal["none", "outside"] = Field(
+        "none",
+        description="What a sandboxed session reaches: none (its own loopback only), or outside "
+        "(through slirp4netns, as a VM behind NAT; never the host's loopback)",
     )
     uid_range: tuple[int, int] = Field(
         (200000, 299999), description="uids for accounts made for users without uid_number"
@@ -170,11 +173,12 @@ class Isolation:
     cgroups: bool
     reasons: tuple[str, ...] = ()
     operators: tuple[str, ...] = field(default_factory=tuple)
+    network: str = "without network"
 
     def summary(self) -> str:
         if self.mode == "sandbox":
             who = "its owner's own unix account" if self.accounts else "visa's uid in a user namespace"
-            text = f"sessions run in a bubblewrap sandbox as {who}, without network"
+            text = f"sessions run in a bubblewrap sandbox as {who}, {self.network}"
             text += "; cores and memory enforced by cgroups" if self.cgroups else ""
         else:
             text = "sessions are not isolated: only " + (", ".join(self.operators) or "nobody") + " is served"
@@ -300,6 +304,7 @@ class LocalProvider(Provider):
                 "tools": tools,
                 "jupyter_command": self.jupyter_command,
                 "jupyter_allow_origin": self.jupyter_allow_origin,
+                "network": self.settings.network if isolation.mode == "sandbox" else "host",
             }
             if isolation.mode == "sandbox":
                 record["account"] = self._sandbox_account(account)
@@ -415,7 +420,7 @@ class LocalProvider(Provider):
     def isolation_report(self) -> Isolation:
         """What this machine lets visa enforce (probed once per process and configuration)."""
         cfg = self.settings
-        key = (self.isolate, self.path, cfg.cgroup_root, tuple(cfg.operator_usernames or ()), os.geteuid())
+        key = (self.isolate, self.path, cfg.cgroup_root, tuple(cfg.operator_usernames or ()), cfg.network, os.geteuid())
         cached = self._isolation_cache.get(key)
         if cached is not None:
             return cached
@@ -447,7 +452,12 @@ class LocalProvider(Provider):
                 reasons.append(f"cores and memory are not enforced: {problem}")
             else:
                 cgroups = True
-        report = Isolation(mode, accounts, cgroups, tuple(reasons), operators)
+        network = "without network"
+        if self.settings.network == "outside":
+            network = "reaching the outside network through slirp4netns (not the host's loopback)"
+            if shutil.which("slirp4netns", path=self.path) is None:
+                reasons.append("network = outside needs slirp4netns (`apt-get install slirp4netns`)")
+        report = Isolation(mode, accounts, cgroups, tuple(reasons), operators, network)
         self._isolation_cache[key] = report
         if reasons:
             self._warn_once("local cloud: " + report.summary())
@@ -607,6 +617,8 @@ class LocalProvider(Provider):
         (etc / "group").write_text(f"root:x:0:\n{acct['name']}:x:{acct['gid']}:\nnogroup:x:65534:\n")
         (etc / "hostname").write_text(f"{record['name']}\n")
         (etc / "hosts").write_text(f"127.0.0.1\tlocalhost {record['name']}\n::1\tlocalhost\n")
+        # slirp4netns answers DNS at 10.0.2.3; without network there is nothing to resolve.
+        (etc / "resolv.conf").write_text("nameserver 10.0.2.3\n" if record.get("network") == "outside" else "")
         for child in etc.iterdir():
             child.chmod(0o644)
 
@@ -636,7 +648,7 @@ class LocalProvider(Provider):
         for name in SANDBOX_ETC:
             bind("--ro-bind-try", f"/etc/{name}", f"/etc/{name}")
         etc = instance_dir / "etc"
-        for name in ("passwd", "group", "hostname", "hosts"):
+        for name in ("passwd", "group", "hostname", "hosts", "resolv.conf"):
             bind("--ro-bind", str(etc / name), f"/etc/{name}")
         out += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--dir",
                 "/tmp/.X11-unix", "--perms", "1777", "--tmpfs", "/var/tmp"]  # fmt: skip
@@ -882,6 +894,7 @@ class LocalProvider(Provider):
             required += ["openbox", "xterm"]
         if isolation.mode == "sandbox":
             required += ["bwrap", "nsenter"] + (["setpriv"] if _is_root() else [])
+            required += ["slirp4netns"] if self.settings.network == "outside" else []
         missing = [prog for prog in required if shutil.which(prog, path=self.path) is None]
         if missing:
             packages = sorted({PACKAGES[prog] for prog in missing})

@@ -473,6 +473,7 @@ class Supervisor:
         self.log = open(instance_dir / LOG_FILE, "ab", buffering=0)  # noqa: SIM115 - lives as long as the session
         self.sandboxed = self.spec["isolation"] == "sandbox"
         self.sandbox: subprocess.Popen[bytes] | None = None
+        self.slirp: subprocess.Popen[bytes] | None = None
         self.session = Session(
             self.spec, instance_dir / HOME_DIR, instance_dir / RUN_DIR, str(instance_dir), self.log
         )
@@ -521,11 +522,22 @@ class Supervisor:
                 raise RuntimeError(f"the sandbox did not start (exit {self.sandbox.poll()})")
             time.sleep(0.01)
         self._save(sandbox_pid=ns[0], pid_ns=ns[1])
+        if self.spec.get("network") == "outside":
+            # User-mode NAT into the sandbox's namespace; its 10.0.2.2 is not the host's loopback.
+            self.slirp = subprocess.Popen(
+                ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", str(ns[0]), "tap0"],
+                env={"PATH": self.spec["path"]},
+                stdin=subprocess.DEVNULL,
+                stdout=self.log,
+                stderr=self.log,
+            )
 
     def check(self) -> None:
         if self.sandbox is not None:
             if self.sandbox.poll() is not None:
                 raise RuntimeError(f"the session's sandbox exited with code {self.sandbox.returncode}" + self._fault())
+            if self.slirp is not None and self.slirp.poll() is not None:
+                raise RuntimeError(f"slirp4netns, the session's network, exited with code {self.slirp.returncode}")
         else:
             self.session.check_children()
 
@@ -590,6 +602,10 @@ class Supervisor:
         self.stopping = True
 
     def _teardown(self) -> None:
+        if self.slirp is not None:
+            self.slirp.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.slirp.wait(timeout=2)
         if self.sandbox is not None:
             kill_session(self.dir, self.status.get("pid_ns"), TEARDOWN_GRACE)
             self.sandbox.kill()  # its init's death takes the whole pid namespace
