@@ -255,6 +255,8 @@ class CloudOut(BaseModel):
     enabled: bool
     status: Literal["ok", "unavailable", "disabled"]
     message: str | None
+    isolated: bool | None = Field(None, description="Sessions on visa's own machine: fully isolated or not")
+    isolation: str | None = Field(None, description="How they are isolated, or why not")
     usage: CloudUsage
 
 
