@@ -11,8 +11,11 @@ in turn, the order rotating), against the same X server:
   6, the client doing VncAuth), TigerVNC's default options;
 * ``visa as it was``: the gateway of ``--baseline-ref`` (visa/ extracted from git) and the
   desktop page's former fixed levels (quality 6, compression 2);
-* ``visa tuned``: this tree's gateway, the desktop page's link adaptation
-  (web/src/js/desktop-link.js) and the server options of visa.clouds.vnc_options.
+* ``visa tuned``: this tree's gateway and the desktop page's link adaptation
+  (web/src/js/desktop-link.js).
+
+Every peer gets TigerVNC's default server options (set with vncconfig before it runs, so a
+variant can be tried by changing ``Peer.server_options``).
 
 Workloads, on one connection per peer and profile:
 
@@ -526,8 +529,6 @@ def _pct(values: list[float], q: float) -> float:
 async def run(args: argparse.Namespace) -> None:
     from playwright.async_api import async_playwright
 
-    from visa.clouds.vnc_options import TUNED_TIGERVNC_OPTIONS
-
     websockify = shutil.which("websockify") or str(Path(sys.executable).parent / "websockify")
     tmp = Path(tempfile.mkdtemp(prefix="visa-bench-desktop-"))
     procs: list[subprocess.Popen] = []
@@ -574,7 +575,7 @@ async def run(args: argparse.Namespace) -> None:
             Peer("visa as it was (q6/c2)", base_port, "/bench/page.html?quality=6&compression=2",
                  lambda: [gateways["base"].pid], defaults, tokens[:half], f"/ws/desktop/{uid}"),
             Peer("visa tuned", tuned_port, "/bench/page.html?tuned=1",
-                 lambda: [gateways["tuned"].pid], dict(TUNED_TIGERVNC_OPTIONS), tokens[half:], f"/ws/desktop/{uid}"),
+                 lambda: [gateways["tuned"].pid], defaults, tokens[half:], f"/ws/desktop/{uid}"),
         ]  # fmt: skip
         results: dict[tuple[str, str], dict[str, Phase]] = {}
         started = time.monotonic()
