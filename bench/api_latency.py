@@ -323,11 +323,8 @@ def _free_port() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10, help="load per endpoint (default 10)")
-    parser.add_argument(
-        "--concurrency",
-        default="1,8",
-        help="concurrent connections, one run per value (default 1,8: alone, then under load)",
-    )
+    parser.add_argument("--concurrency", default="1,8",
+                        help="concurrent connections, one run per value (default 1,8: alone, then under load)")
     parser.add_argument("--keep", action="store_true", help="keep the database")
     args = parser.parse_args(argv)
 
@@ -377,19 +374,14 @@ def main(argv: list[str] | None = None) -> int:
             print(label, flush=True)
             for concurrency in levels:
                 out = ctx.Queue()
-                loader = ctx.Process(
-                    target=_load_process, args=(base + path, token, args.seconds, concurrency, out)
-                )
+                loader = ctx.Process(target=_load_process, args=(base + path, token, args.seconds, concurrency, out))
                 loader.start()
                 result = out.get(timeout=args.seconds + 120)
                 loader.join(30)
                 results.setdefault(label, {})[concurrency] = result
-                print(
-                    f"    {concurrency:>3} connection(s): p50 {result['p50_ms']} ms · p99 {result['p99_ms']} ms · "
-                    f"{result['rps']} req/s · {result['requests']} requests, {result['errors']} errors · "
-                    f"SQL statements per request: {result['queries_per_request']}",
-                    flush=True,
-                )
+                print(f"    {concurrency:>3} connection(s): p50 {result['p50_ms']} ms · p99 {result['p99_ms']} ms · "
+                      f"{result['rps']} req/s · {result['requests']} requests, {result['errors']} errors · "
+                      f"SQL statements per request: {result['queries_per_request']}", flush=True)
         report = json.dumps({"seconds": args.seconds, **info, "results": results}, default=str, indent=1)
         print(report.replace(info["admin_token"], "…").replace(info["user_token"], "…"))
     finally:
