@@ -215,6 +215,10 @@ def test_the_scientists_day(site: Site, browser) -> None:  # noqa: ANN001
         time.sleep(0.2)
     assert stats and stats["colours"] >= 4 and stats["lit"] > 0.05, stats
     assert page.evaluate("window.visaDesktop.rfb.viewOnly") is False
+    # The encoding levels follow the measured link: a loopback round trip is short, so
+    # compression drops to 1 (the page used a fixed 2 before), still or in motion.
+    page.wait_for_function("window.visaDesktop.rfb.compressionLevel === 1", timeout=10_000)
+    assert page.evaluate("window.visaDesktop.rfb.qualityLevel") in (4, 6, 7, 8)
     shot(page, "06-desktop")
     canvas = page.locator("#screen canvas")
     canvas.click(position={"x": 300, "y": 200})  # into the xterm the session opens at +40+40

@@ -17,8 +17,8 @@ const CLASSES = [
   { maxRtt: Infinity, still: { quality: 4, compression: 5 }, motion: { quality: 1, compression: 3 } }, // poor
 ];
 // The stream is "moving" above this many bytes per second, "still" again below the second.
-const MOTION_BPS = 300_000;
-const STILL_BPS = 60_000;
+const MOTION_BPS = 150_000;
+const STILL_BPS = 40_000;
 const WINDOW_MS = 1000;
 
 export function levelsFor(rttMs, moving = false) {
