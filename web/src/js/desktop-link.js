@@ -20,6 +20,11 @@ const CLASSES = [
 const MOTION_BPS = 150_000;
 const STILL_BPS = 40_000;
 const WINDOW_MS = 1000;
+// The round trip is probed again this often, and the best of the last few probes counts: a
+// probe answered while the page was busy decoding reads long, the next ones correct it, and
+// a link that got worse (a laptop moving away from the access point) is noticed in a minute.
+const PROBE_EVERY_MS = 15_000;
+const PROBES_KEPT = 4;
 
 export function levelsFor(rttMs, moving = false) {
   const cls = CLASSES.find((c) => rttMs < c.maxRtt);
@@ -55,11 +60,16 @@ export function tuneForLink(rfb, { probeUrl = location.href } = {}) {
   };
   rfb.qualityLevel = tuner.quality;
   rfb.compressionLevel = tuner.compression;
-  probeRtt(probeUrl).then((rtt) => {
+  const probes = [];
+  const probe = () => probeRtt(probeUrl).then((rtt) => {
     if (rtt === null) return;
-    tuner.rtt = rtt;
+    probes.push(rtt);
+    if (probes.length > PROBES_KEPT) probes.shift();
+    tuner.rtt = Math.min(...probes);
     apply();
   });
+  probe();
+  const prober = setInterval(probe, PROBE_EVERY_MS);
 
   // Bytes from the server per second, counted on noVNC's websocket.
   let received = 0;
@@ -78,7 +88,7 @@ export function tuneForLink(rfb, { probeUrl = location.href } = {}) {
       apply();
     }, WINDOW_MS);
   });
-  tuner.stop = () => clearInterval(timer);
+  tuner.stop = () => { clearInterval(timer); clearInterval(prober); };
   rfb.addEventListener("disconnect", () => tuner.stop());
   return tuner;
 }
