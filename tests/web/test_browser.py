@@ -216,8 +216,9 @@ def test_the_scientists_day(site: Site, browser) -> None:  # noqa: ANN001
     assert stats and stats["colours"] >= 4 and stats["lit"] > 0.05, stats
     assert page.evaluate("window.visaDesktop.rfb.viewOnly") is False
     # The encoding levels follow the measured link: a loopback round trip is short, so
-    # compression drops to 1 (the page used a fixed 2 before), still or in motion.
-    page.wait_for_function("window.visaDesktop.rfb.compressionLevel === 1", timeout=10_000)
+    # compression drops to 1 (the page used a fixed 2 before), still or in motion; a first
+    # probe slowed by a busy machine is corrected by the next, 15 s later.
+    page.wait_for_function("window.visaDesktop.rfb.compressionLevel === 1", timeout=25_000)
     assert page.evaluate("window.visaDesktop.rfb.qualityLevel") in (4, 6, 7, 8)
     shot(page, "06-desktop")
     canvas = page.locator("#screen canvas")
