@@ -27,7 +27,8 @@ Workloads, on one connection per peer and profile:
   second in the page.
 
 Bytes per second are counted by the shaper (both directions), gateway CPU from /proc for
-the relay's processes (websockify's forks included) over each workload.
+the relay's processes (websockify's forks included) over each workload. With
+``BENCH_SHOTS=DIR`` the page is photographed before and after each peer's workloads.
 """
 
 from __future__ import annotations
