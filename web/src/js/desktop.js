@@ -2,6 +2,7 @@
 // and does the VNC authentication itself, so no password ever reaches the browser.
 import RFB from "../vendor/novnc/core/rfb.js";
 import { api, toast } from "./app.js";
+import { tuneForLink } from "./desktop-link.js";
 
 const bar = document.getElementById("desktop");
 const uid = bar.dataset.uid;
@@ -62,8 +63,8 @@ async function connect() {
   rfb.viewOnly = !!session.view_only;
   rfb.focusOnClick = true;
   rfb.background = "#0f141b";
-  rfb.qualityLevel = 6;
-  rfb.compressionLevel = 2;
+  // JPEG quality and compression from the measured link, adapted to what the screen shows.
+  tuneForLink(rfb, { probeUrl: "/health" });
   applyViewMode();
   const role = (session.role || "").toLowerCase();
   document.getElementById("role-badge").textContent = session.view_only ? `${role} · view only` : role;
