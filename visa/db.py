@@ -50,8 +50,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+POOL_OPTIONS = ("pool_size", "max_overflow", "pool_timeout", "pool_recycle")
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
+        for name in POOL_OPTIONS:  # SQLite's pools take none of them: connections are files
+            kwargs.pop(name, None)
         kwargs.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
         engine = create_engine(url, **kwargs)
 

@@ -32,7 +32,7 @@ def create_app(
     check_schema: bool = True,
 ) -> Flask:
     settings = settings or get_settings()
-    database = database or Database(settings.sqlalchemy_url)
+    database = database or Database(settings.sqlalchemy_url, **settings.engine_options())
     if check_schema:
         from visa.migrate import require_head
 
