@@ -200,14 +200,14 @@ def gateway(host: str | None, port: int | None, workers: int) -> None:
 @click.option("--no-worker", is_flag=True, help="Do not carry out instance commands in this process")
 def scheduler(no_worker: bool) -> None:
     """Run the periodic jobs (state sync, activity, lifetimes, emails, clean-up) when this process
-    holds the leader lease; any number may run, one leads at a time."""
-    import logging
-
+    holds the leader lease; any number may run, one leads at a time. /metrics and /health on
+    scheduler.metrics_port."""
+    from visa import logs
     from visa.scheduler.runner import Runner
     from visa.services import Services
 
     settings = _settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_json)  # the web's format: JSON lines when log_json
     Runner(Services(settings=settings, database=_database()), worker=not no_worker).run_forever()
 
 
