@@ -1,7 +1,7 @@
 """Runs every benchmark in turn: ``python -m bench [NAME ...]`` (``make bench``).
 
 Each prints its figures side by side with the peer or the reference's way it is compared to.
-Names: gateway, lifecycle, api_latency, sync_calls (the last needs the OpenStack sandbox:
+Names: gateway, lifecycle, api_latency, reconnect, sync_calls (the last needs the OpenStack sandbox:
 deploy/openstack-sandbox/sandbox.sh start).
 """
 
@@ -14,6 +14,7 @@ BENCHES = {
     "gateway": [],
     "lifecycle": [],
     "api_latency": [],
+    "reconnect": [],
     "sync_calls": ["--sizes", "100", "--extrapolate", "1000,5000"],
 }
 

@@ -116,7 +116,8 @@ async function connect() {
 
 // --- reconnecting: a socket that drops (a gateway restarted, a network blip) comes back by
 // itself with a fresh one-time token; the user sees "Reconnecting…", not a dead screen. -------
-const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000, 3000, 5000, 5000, 10000, 10000, 10000];
+// Steps of a second while a restarted gateway comes back (a few seconds), then slower.
+const RECONNECT_DELAYS_MS = [250, 500, 1000, 1000, 1000, 1000, 1000, 2000, 2000, 3000, 5000, 10000, 10000, 10000];
 const reconnect = { attempt: 0, timer: null, refused: false };
 
 function retryable(err) {
