@@ -187,8 +187,12 @@ class Runner:
         cfg = self.services.settings.scheduler
         server = None
         if cfg.metrics_port:
-            server = observe.MetricsServer(self.services, lambda: self.alive, cfg.metrics_host,
-                                           cfg.metrics_port).start()
+            try:
+                server = observe.MetricsServer(self.services, lambda: self.alive, cfg.metrics_host,
+                                               cfg.metrics_port).start()
+            except OSError as exc:  # the jobs matter more than their metrics: run, and say so
+                log.error("scheduler metrics not served on %s:%d: %s (set scheduler.metrics_port apart "
+                          "for each scheduler on a host, or 0)", cfg.metrics_host, cfg.metrics_port, exc)
         self.start()
         log.info("scheduler process %s started", self.lease.holder)
         try:
