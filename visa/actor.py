@@ -14,6 +14,8 @@ class Actor:
     name: str = "system"
     ip: str | None = None
     scopes: frozenset[str] | None = None  # None: a full session; else an API token's scopes
+    credential: str = "session"  # how the request proved who it is: session, api_token or oidc_token
+    idp_scopes: frozenset[str] = frozenset()  # what an identity provider's access token was granted
 
     @property
     def is_system(self) -> bool:

@@ -33,7 +33,7 @@ def _settings() -> Settings:
 
 def _database(check: bool = True) -> Database:
     settings = _settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.private_data_dir()
     database = Database(settings.sqlalchemy_url, **settings.engine_options())
     if check:
         from visa.migrate import SchemaOutOfDate, require_head
@@ -371,6 +371,61 @@ def users_passwd(username: str) -> None:
     with _database().unit_of_work() as s:
         service.set_password(s, SYSTEM, system_clock, service.get_user(s, username), password)
     click.echo("password changed")
+
+
+@users.command("logout")
+@click.argument("username")
+@friendly
+def users_logout(username: str) -> None:
+    """End every login session of the user, in every browser (a stolen cookie stops working)."""
+    from visa.users import service
+
+    with _database().unit_of_work() as s:
+        ended = service.revoke_sessions(s, SYSTEM, system_clock, service.get_user(s, username))
+    click.echo(f"{username}: {ended} session(s) ended")
+
+
+@users.command("deactivate")
+@click.argument("username")
+@friendly
+def users_deactivate(username: str) -> None:
+    """Refuse the account's logins and tokens, and end its sessions."""
+    from visa.users import service
+
+    with _database().unit_of_work() as s:
+        service.set_active(s, SYSTEM, system_clock, service.get_user(s, username), False)
+    click.echo(f"{username}: deactivated")
+
+
+@users.command("activate")
+@click.argument("username")
+@friendly
+def users_activate(username: str) -> None:
+    from visa.users import service
+
+    with _database().unit_of_work() as s:
+        service.set_active(s, SYSTEM, system_clock, service.get_user(s, username), True)
+    click.echo(f"{username}: active")
+
+
+@users.command("link")
+@click.argument("username")
+@click.argument("subject")
+@click.option("--issuer", help="Default: the configured identity provider's realm")
+@friendly
+def users_link(username: str, subject: str, issuer: str | None) -> None:
+    """Link an existing account to an identity (the provider's subject): logins through the
+    provider are matched by issuer and subject, never by name."""
+    from visa.users import service
+
+    settings = _settings()
+    if issuer is None:
+        if not settings.oidc.server_url:
+            raise click.ClickException("no identity provider configured: give --issuer")
+        issuer = f"{settings.oidc.server_url.rstrip('/')}/realms/{settings.oidc.realm}"
+    with _database().unit_of_work() as s:
+        service.link_identity(s, SYSTEM, system_clock, service.get_user(s, username), issuer, subject)
+    click.echo(f"{username}: linked to {subject} at {issuer}")
 
 
 @users.command("list")

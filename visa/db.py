@@ -8,6 +8,7 @@ queued with ``after_commit`` (cloud calls, emails) only once the data is safe.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -53,10 +54,26 @@ class UTCDateTime(TypeDecorator[datetime]):
 POOL_OPTIONS = ("pool_size", "max_overflow", "pool_timeout", "pool_recycle")
 
 
+def _private_sqlite_file(url: str) -> None:
+    """Create a SQLite database file 0600 before SQLite does (it would follow the umask, 0644):
+    its journal and WAL files take the database file's mode."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        fd = os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except (FileExistsError, FileNotFoundError):
+        return  # there already, or its directory is missing (SQLite will say so)
+    os.close(fd)
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         for name in POOL_OPTIONS:  # SQLite's pools take none of them: connections are files
             kwargs.pop(name, None)
+        _private_sqlite_file(url)
         kwargs.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
         engine = create_engine(url, **kwargs)
 

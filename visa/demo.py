@@ -61,6 +61,25 @@ def prepare_demo(settings: Settings, database: Database) -> list[str]:
                 if role not in user.roles_at(system_clock.now()):
                     users.grant_role(s, SYSTEM, system_clock, user, role)
     _facility_data(settings, experiments_file)
+    out.append(_local_cloud_for_demo(settings, database))
     out.append("demo accounts: " + ", ".join(f"{u} / {p}" for u, p, _ in DEMO_USERS))
     out.append(f"open http://{settings.host}:{settings.port}/")
     return out
+
+
+def _local_cloud_for_demo(settings: Settings, database: Database) -> str:
+    """Where the local cloud cannot isolate sessions it serves only its operator: in the
+    demo that is ``scientist``, the account the README logs in with."""
+    from visa.clouds.local import LocalProvider
+    from visa.clouds.models import Cloud
+
+    with database.unit_of_work() as s:
+        cloud = s.scalar(select(Cloud).where(Cloud.name == "local", Cloud.kind == "local"))
+        if cloud is None:
+            return "local cloud: not registered"
+        defaults = {"root_dir": str((settings.data_dir / "local-instances").resolve())}
+        provider = LocalProvider(cloud.name, {**defaults, **cloud.config})
+        if provider.isolation_report().mode == "none" and "operator_usernames" not in cloud.config:
+            cloud.config = {**cloud.config, "operator_usernames": ["scientist"]}
+            provider = LocalProvider(cloud.name, {**defaults, **cloud.config})
+        return f"local cloud: {provider.isolation_report().summary()}"

@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
+# An absolute path, not inside a URL (no word character, ':' or '/' just before it).
+_HOST_PATH = re.compile(r"(?<![\w:/.~-])/(?:[\w.@+,=-]+/)*([\w.@+,=-]+)/?")
+
+
+def without_host_paths(text: str) -> str:
+    """A message for users: host paths (``/var/lib/visa/local-instances/…/home``) say how the
+    machine is laid out and are no user's business: only their last part is kept (``…/home``).
+    The full text belongs in the log."""
+    return _HOST_PATH.sub(lambda m: f"…/{m.group(1)}", text)
+
 
 class VisaError(Exception):
     """Base of every error a user may be shown."""
@@ -55,6 +67,11 @@ class CloudError(VisaError):
     """A cloud refused or failed an operation; ``transient`` ones may be retried."""
 
     code = "cloud_error"
+
+    def to_dict(self) -> dict[str, object]:
+        body = super().to_dict()
+        body["message"] = without_host_paths(self.message)
+        return body
 
     def __init__(self, message: str, *, transient: bool = False, **details: object) -> None:
         super().__init__(message, **details)

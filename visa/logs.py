@@ -129,7 +129,7 @@ def configure(json_lines: bool, level: int = logging.INFO, *, force: bool = Fals
 
 def _request_id() -> str:
     given = request.headers.get(REQUEST_ID_HEADER, "")
-    return given if _VALID_ID.match(given) else uuid.uuid4().hex
+    return given if _VALID_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 def install(app: Flask, *, json_lines: bool) -> None:

@@ -22,7 +22,7 @@ from visa.instances.models import (
 )
 from visa.notifications.models import NotificationAck, SentEmail, SystemNotification
 from visa.scheduler.models import SchedulerLease
-from visa.users.models import ApiToken, RoleGrant, User
+from visa.users.models import ApiToken, LoginSession, RoleGrant, User
 
 __all__ = [
     "ApiToken",
@@ -42,6 +42,7 @@ __all__ = [
     "InstanceMember",
     "InstanceThumbnail",
     "Instrument",
+    "LoginSession",
     "NotificationAck",
     "Plan",
     "Proposal",

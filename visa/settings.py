@@ -55,6 +55,15 @@ class OidcSettings(BaseModel):
     role_claim: str | None = Field(None, description="Claim holding roles, e.g. realm_access.roles")
     role_mapping: dict[str, str] = Field(default_factory=dict, description="token role -> visa role")
     verify_tls: bool = True
+    refresh_seconds: int = Field(
+        300, ge=10, le=86400,
+        description="A session is refreshed at the provider at least this often: its roles are read again, "
+        "and it ends if the provider ended it",
+    )
+    token_scope: str = Field(
+        "visa:tokens", min_length=1, max_length=100, pattern=r"^[!#-\[\]-~]+$",
+        description="Scope an OIDC access token must carry to create long-lived API tokens",
+    )
 
 
 class SchedulerSettings(BaseModel):
@@ -290,16 +299,45 @@ class Settings(BaseSettings):
             return self.local_accounts
         return not self.oidc.server_url
 
+    def private_data_dir(self) -> Path:
+        """The data directory, made if need be, readable by visa's own account only (0700)."""
+        return private_dir(self.data_dir)
+
     def resolved_secret_key(self) -> str:
-        """The configured key, or one generated once and kept in the data directory."""
+        """The configured key, or one generated once and kept in the data directory (0600 from
+        its creation: never readable by others, not even for an instant)."""
         if self.secret_key:
             return self.secret_key
-        path = self.data_dir / "secret_key"
-        if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(48))
-            path.chmod(0o600)
+        path = self.private_data_dir() / "secret_key"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            _tighten(path, 0o600)
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(48))
         return path.read_text().strip()
+
+
+def _tighten(path: Path, mode: int) -> None:
+    # Made by an older version or by hand: take away what others could read, if it is ours.
+    st = path.lstat()
+    if st.st_uid == os.geteuid() and st.st_mode & 0o777 & ~mode:
+        path.chmod(st.st_mode & mode)
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only visa's account can enter: created 0700 (parents as usual),
+    an existing one of ours tightened."""
+    if path.is_dir():
+        _tighten(path, 0o700)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        _tighten(path, 0o700)
+    return path
 
 
 class _TomlSource(PydanticBaseSettingsSource):

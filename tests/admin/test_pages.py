@@ -31,3 +31,16 @@ def test_pages_for_admins_only(db, clock, api_client) -> None:  # noqa: ANN001
     anonymous = api_client().get("/admin/users")
     assert anonymous.status_code == 302 and "/login?next=/admin/users" in anonymous.headers["Location"]
     assert admin.get("/admin/instances?sort=nonsense").status_code == 400
+
+
+def test_the_dashboard_says_how_the_local_cloud_isolates(db, clock, api_client) -> None:  # noqa: ANN001
+    from visa.admin.clouds import clear_cache
+    from visa.clouds.local import LocalProvider
+
+    build(db, clock)
+    clear_cache()
+    page = _login(api_client, "root").get("/admin/").get_data(as_text=True)
+    isolated, how = LocalProvider("local", {"root_dir": "/nonexistent"}).isolation()
+    assert 'data-testid="isolation-local"' in page and "Isolation: " in page
+    assert how.split(" (")[0] in page.replace("&#39;", "'")
+    assert ('class="muted" data-testid="isolation-local"' in page) == isolated

@@ -107,6 +107,8 @@ FLASK: list[Row] = [
         json={"role": "ADMIN"}, why="privilege escalation: only admins grant roles"),
     Row("admin_api.revoke_role", "DELETE", "/api/admin/users/{member}/roles/ADMIN", "FFFFAFU"),
     Row("admin_api.set_quota", "PUT", "/api/admin/users/{member}/quota", "FFFFAFU", json={"quota": 5}),
+    Row("admin_api.set_active", "PUT", "/api/admin/users/{member}/active", "FFFFAFU", json={"active": False}),
+    Row("admin_api.revoke_sessions", "DELETE", "/api/admin/users/{member}/sessions", "FFFFAFU"),
     Row("admin_api.list_instances", "GET", "/api/admin/instances", "FFFFAFU"),
     Row("admin_api.get_instance", "GET", "/api/admin/instances/{uid}", "FFFFAFU"),
     Row("admin_api.instance_userdata", "GET", "/api/admin/instances/{uid}/userdata", "FFFFAFU"),
@@ -281,14 +283,18 @@ def _asgi_client(app):  # noqa: ANN001, ANN202
 def _cookie(app, db, who: str) -> dict[str, str]:  # noqa: ANN001
     if who == "anonymous":
         return {}
+    from datetime import UTC, datetime
+
     from sqlalchemy import select
 
     from visa.users.models import User
+    from visa.users.service import open_login_session
     from visa.web.context import _session_epoch
 
-    with db.sessionmaker() as s:
+    with db.unit_of_work() as s:
         user = s.scalar(select(User).where(User.username == who))
-        data = {"user_id": user.id, "epoch": _session_epoch(user), "csrf": "t", "_permanent": True}
+        _, sid = open_login_session(s, user, datetime.now(UTC), method="local")
+        data = {"user_id": user.id, "epoch": _session_epoch(user), "sid": sid, "csrf": "t", "_permanent": True}
     value = app.session_interface.get_signing_serializer(app).dumps(data)
     return {app.config["SESSION_COOKIE_NAME"]: value}
 

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
@@ -99,13 +100,14 @@ def browser_login(app, username: str, password: str, next_url: str = "/instances
     return client, browser
 
 
-def token_for(idp: str, username: str, password: str, resource: str = "urn:visa:api") -> dict:
+def token_for(idp: str, username: str, password: str, resource: str = "urn:visa:api",
+              scope: str = "openid profile") -> dict:
     """Tokens through the code flow, as a script would get them (resource picks the audience)."""
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     realm = f"{idp}realms/visa/protocol/openid-connect"
     browser = httpx.Client(follow_redirects=False)
-    query = {"client_id": "visa", "response_type": "code", "redirect_uri": CALLBACK, "scope": "openid profile",
+    query = {"client_id": "visa", "response_type": "code", "redirect_uri": CALLBACK, "scope": scope,
              "state": "s", "code_challenge": challenge, "code_challenge_method": "S256", "resource": resource}
     page = _follow(browser, browser.get(f"{realm}/auth?{urlencode(query)}"))
     back = _sign_in(browser, page, username, password)
@@ -117,7 +119,18 @@ def token_for(idp: str, username: str, password: str, resource: str = "urn:visa:
     return r.json()
 
 
-def test_browser_login_creates_the_user_maps_roles_and_logs_out(oidc_app, idp) -> None:  # noqa: ANN001
+def _row(db, client):  # noqa: ANN001, ANN202
+    """The server-side session of a test client's cookie."""
+    from visa.users.models import LoginSession
+    from visa.users.service import _sid_hash
+
+    with client.session_transaction() as s:
+        sid = s.get("sid")
+    with db.sessionmaker() as s:
+        return s.get(LoginSession, _sid_hash(sid)) if sid else None
+
+
+def test_browser_login_creates_the_user_maps_roles_and_logs_out(oidc_app, idp, db, clock) -> None:  # noqa: ANN001
     client, browser = browser_login(oidc_app, "alice", "alice-password")
     me = client.get("/api/me").get_json()
     assert me["username"] == "alice" and me["full_name"] == "Alice Liddell" and me["roles"] == []
@@ -126,14 +139,18 @@ def test_browser_login_creates_the_user_maps_roles_and_logs_out(oidc_app, idp) -
     admin, _ = browser_login(oidc_app, "sam", "sam-password")
     assert admin.get("/api/me").get_json()["roles"] == ["ADMIN"]  # visa-admin mapped; visa-staff not mapped
 
+    # The refresh token stays on the server: the cookie holds a session id, nothing of the provider's.
+    first = _row(db, client)
+    assert first.method == "oidc" and first.refresh_token
     with client.session_transaction() as s:
-        refresh_token = s["oidc"]["rt"]
-        s["oidc"] = {**s["oidc"], "exp": 0}  # the access token expired: the next request refreshes
-    assert client.get("/api/me").status_code == 200
-    with client.session_transaction() as s:
-        assert s["oidc"]["exp"] > time.time() and s["oidc"]["rt"]
-        refresh_token = s["oidc"]["rt"]
+        assert set(s) <= {"user_id", "sid", "epoch", "csrf", "_permanent"}
         csrf = s["csrf"]
+    assert first.refresh_token not in client.get_cookie("visa_session").value
+    clock.advance(seconds=oidc_app.extensions["visa"].settings.oidc.refresh_seconds)  # the next request refreshes
+    assert client.get("/api/me").status_code == 200
+    refreshed = _row(db, client)
+    assert refreshed.refresh_at > clock.now() and refreshed.refresh_token
+    refresh_token = refreshed.refresh_token
 
     r = client.post("/logout", data={"csrf_token": csrf})
     assert r.status_code == 303 and r.headers["Location"].startswith(f"{idp}realms/visa/protocol/openid-connect/logout")
@@ -148,18 +165,17 @@ def test_browser_login_creates_the_user_maps_roles_and_logs_out(oidc_app, idp) -
     assert 'name="password"' in page.text
 
 
-def test_session_ends_when_the_provider_session_ends(oidc_app, idp) -> None:  # noqa: ANN001
+def test_session_ends_when_the_provider_session_ends(oidc_app, idp, db, clock) -> None:  # noqa: ANN001
     client, _ = browser_login(oidc_app, "bob", "bob-password")
-    with client.session_transaction() as s:
-        rt = s["oidc"]["rt"]
+    rt = _row(db, client).refresh_token
     # the user logs out of the provider elsewhere (Keycloak's back-channel logout)
     r = httpx.post(f"{idp}realms/visa/protocol/openid-connect/logout",
                    data={"refresh_token": rt, "client_id": "visa", "client_secret": "visa-secret"})
     assert r.status_code == 204
-    assert client.get("/api/me").status_code == 200  # until the access token's expiry...
-    with client.session_transaction() as s:
-        s["oidc"] = {**s["oidc"], "exp": 0}
+    assert client.get("/api/me").status_code == 200  # until the next refresh...
+    clock.advance(seconds=oidc_app.extensions["visa"].settings.oidc.refresh_seconds)
     assert client.get("/api/me").status_code == 401  # ...then the refresh fails and the session ends
+    assert _row(db, client) is None
 
 
 def test_callback_refuses_forged_state_and_replay(oidc_app) -> None:  # noqa: ANN001
@@ -213,3 +229,91 @@ def test_bearer_access_tokens(oidc_app, idp, monkeypatch) -> None:  # noqa: ANN0
     assert c.get("/api/me", headers={"Authorization": f"Bearer {short}"}).status_code == 200
     time.sleep(3.1)
     assert c.get("/api/me", headers={"Authorization": f"Bearer {short}"}).status_code == 401  # expired
+
+
+def _set_roles(idp: str, user: str, roles: list[str]) -> None:
+    r = httpx.post(f"{idp.rstrip('/')}/test/roles", params={"user": user, "roles": ",".join(roles)})
+    assert r.status_code == 204
+
+
+def test_a_role_removed_at_the_provider_stops_within_one_refresh_period(oidc_app, idp, db, clock) -> None:  # noqa: ANN001
+    from visa.users.models import User
+
+    period = oidc_app.extensions["visa"].settings.oidc.refresh_seconds
+    admin, _ = browser_login(oidc_app, "sam", "sam-password")
+    assert admin.get("/api/me").get_json()["roles"] == ["ADMIN"]
+    assert admin.get("/api/admin/users").status_code == 200
+    with db.sessionmaker() as s:
+        assert s.query(User).filter_by(username="sam").one().idp_roles == "ADMIN"  # what others see of sam
+    due = _row(db, admin).refresh_at
+    assert 0 < (due - clock.now()).total_seconds() <= period
+    try:
+        _set_roles(idp, "sam", ["visa-staff"])  # visa-admin taken away in the provider
+        clock.set(due - timedelta(seconds=1))
+        assert admin.get("/api/admin/users").status_code == 200  # not re-read yet: within the period
+        clock.set(due)
+        assert admin.get("/api/admin/users").status_code == 403
+        assert admin.get("/api/me").get_json()["roles"] == []
+        with db.sessionmaker() as s:
+            assert s.query(User).filter_by(username="sam").one().idp_roles == ""
+        _set_roles(idp, "sam", ["visa-admin", "visa-staff"])  # and given back
+        clock.advance(seconds=period)
+        assert admin.get("/api/me").get_json()["roles"] == ["ADMIN"]
+    finally:
+        _set_roles(idp, "sam", ["visa-admin", "visa-staff"])
+
+
+def test_an_oidc_token_mints_api_tokens_only_with_the_scope_for_it(oidc_app, idp, db) -> None:  # noqa: ANN001
+    c = oidc_app.test_client()
+    plain = token_for(idp, "alice", "alice-password")["access_token"]
+    auth = {"Authorization": f"Bearer {plain}"}
+    assert c.get("/api/me", headers=auth).status_code == 200  # a good token for the API...
+    r = c.post("/api/tokens", headers=auth, json={"name": "from a script"})
+    assert r.status_code == 403, r.get_json()  # ...but not for a long-lived successor
+    assert c.get("/api/tokens", headers=auth).get_json() == []
+
+    scoped = token_for(idp, "alice", "alice-password", scope="openid profile visa:tokens")["access_token"]
+    r = c.post("/api/tokens", headers={"Authorization": f"Bearer {scoped}"}, json={"name": "from a script"})
+    assert r.status_code == 201, r.get_json()
+    api_token = r.get_json()["token"]
+    # an API token never mints another, whatever its scope
+    r = c.post("/api/tokens", headers={"Authorization": f"Bearer {api_token}"}, json={"name": "successor"})
+    assert r.status_code == 403
+
+
+def test_a_first_login_does_not_take_over_a_local_account_of_the_same_name(oidc_app, db, clock) -> None:  # noqa: ANN001
+    from tests.factories import make_user
+    from visa.users.models import Role, User
+
+    with db.unit_of_work() as s:
+        make_user(s, clock, "alice", password="local-pw", roles=(Role.ADMIN,))
+    client, _ = browser_login(oidc_app, "alice", "alice-password")
+    me = client.get("/api/me").get_json()
+    assert me["username"] == "alice-2" and me["roles"] == []  # a distinct account, nothing inherited
+    again, _ = browser_login(oidc_app, "alice", "alice-password")
+    assert again.get("/api/me").get_json()["username"] == "alice-2"
+    with db.sessionmaker() as s:
+        local = s.query(User).filter_by(username="alice").one()
+        assert local.external_id is None
+
+
+def test_roles_unconfirmed_while_the_provider_is_down_stop_counting(oidc_app, db, clock, monkeypatch) -> None:  # noqa: ANN001
+    from visa.auth.oidc import OidcClient
+
+    period = timedelta(seconds=oidc_app.extensions["visa"].settings.oidc.refresh_seconds)
+    admin, _ = browser_login(oidc_app, "sam", "sam-password")
+    assert admin.get("/api/admin/users").status_code == 200
+    due = _row(db, admin).refresh_at
+
+    def unreachable(self, refresh_token):  # noqa: ANN001, ANN202
+        # Double: the provider's outage. The real server is shared by this module's tests, so it stays up.
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(OidcClient, "refresh", unreachable)
+    clock.set(due)
+    assert admin.get("/api/admin/users").status_code == 200  # a short outage: the session and roles go on
+    clock.set(due + period)
+    assert admin.get("/api/admin/users").status_code == 403  # unconfirmed for a whole period: dropped
+    assert admin.get("/api/me").status_code == 200  # the session itself goes on
+    monkeypatch.undo()
+    assert admin.get("/api/admin/users").status_code == 200  # the provider answers again: confirmed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -28,6 +28,7 @@ from visa.instances.models import Instance, InstanceMember, MemberRole
 from visa.instances.schemas import CreateInstance
 from visa.settings import Settings
 from visa.users.models import Role, User
+from visa.users.service import open_login_session
 from visa.web.context import _session_epoch
 
 PASSWORD = "correct-horse-battery"
@@ -90,12 +91,13 @@ def login(api_client, db, name: str):  # noqa: ANN001, ANN201
     c = api_client()
     if name == "anonymous":
         return c
-    with db.sessionmaker() as s:
+    with db.unit_of_work() as s:
         user = s.scalar(select(User).where(User.username == name))
         epoch = _session_epoch(user)
         user_id = user.id
+        _, sid = open_login_session(s, user, datetime.now(UTC), method="local")
     with c.client.session_transaction() as sess:
-        sess["user_id"], sess["epoch"], sess["csrf"] = user_id, epoch, "test-csrf"
+        sess["user_id"], sess["epoch"], sess["sid"], sess["csrf"] = user_id, epoch, sid, "test-csrf"
     c.csrf = "test-csrf"
     return c
 

@@ -38,8 +38,14 @@ class Framebuffer:
 
 
 class RfbClient:
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, where: int | str, timeout: float = 5.0) -> None:
+        """A loopback TCP port, or the path of a unix socket (the local cloud's sessions)."""
+        if isinstance(where, str):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(where)
+        else:
+            self.sock = socket.create_connection(("127.0.0.1", where), timeout=timeout)
 
     def close(self) -> None:
         self.sock.close()

@@ -1,4 +1,4 @@
-"""The local provider with real processes: TigerVNC/Xvfb desktops, JupyterLab, mount namespaces.
+"""The local provider with real processes: TigerVNC/Xvfb desktops, JupyterLab, sandboxes.
 
 Needs the Debian packages of deploy/system-packages.txt and JupyterLab; skipped without
 them outside CI (where their absence is a failure). Every fixture deletes what it created
@@ -7,17 +7,18 @@ and checks that no process of its sessions is left.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.clouds.rfb import RfbAuthFailed, RfbClient, vnc_auth_response
@@ -29,6 +30,8 @@ from visa.errors import CloudError
 from visa.instances.models import InstanceState
 
 SECRET = "Xk4-pw9z-long-secret"
+# Sessions run as this user's unix account (made on demand when the tests run as root).
+OWNER = "lc-alice"
 
 _missing = [
     p for p in ("Xtigervnc", "vncpasswd", "Xvfb", "x11vnc", "openbox", "xterm") if not shutil.which(p)
@@ -50,6 +53,7 @@ def _spec(uid: str, protocols: dict[str, int], **kwargs: object) -> ServerSpec:
         "protocols": protocols,
         "screen_width": 1024,
         "screen_height": 768,
+        "owner_username": OWNER,
     }
     base.update(kwargs)
     return ServerSpec(**base)  # type: ignore[arg-type]
@@ -62,7 +66,9 @@ def _wait_state(provider: LocalProvider, server_id: str, timeout: float = 45) ->
         assert server is not None
         if server.state not in (InstanceState.BUILDING, InstanceState.STOPPING):
             return server
-        assert time.monotonic() < deadline, f"{server_id} still {server.state}"
+        if time.monotonic() > deadline:
+            log = provider.instance_dir(server_id) / local_session.LOG_FILE
+            raise AssertionError(f"{server_id} still {server.state}: {log.read_text()[-2000:]}")
         time.sleep(0.1)
 
 
@@ -133,7 +139,7 @@ def desktop(root: Path, data: dict[str, Path]) -> Iterator[tuple[LocalProvider, 
 
 def test_vnc_auth_with_the_secret_and_a_nonblank_screen(desktop: tuple[LocalProvider, Server]) -> None:
     _, server = desktop
-    with RfbClient(server.ports["VNC"]) as client:
+    with RfbClient(server.sockets["VNC"]) as client:
         fb = client.handshake(SECRET)
         assert (fb.width, fb.height) == (1024, 768)
         # The background, openbox's decorations and the xterm take a moment to paint.
@@ -148,18 +154,33 @@ def test_vnc_auth_with_the_secret_and_a_nonblank_screen(desktop: tuple[LocalProv
 
 def test_vnc_refuses_a_wrong_secret(desktop: tuple[LocalProvider, Server]) -> None:
     _, server = desktop
-    with RfbClient(server.ports["VNC"]) as client, pytest.raises(RfbAuthFailed):
+    with RfbClient(server.sockets["VNC"]) as client, pytest.raises(RfbAuthFailed):
         client.handshake("not-the-secret")
 
 
-def test_vnc_listens_on_loopback_only(desktop: tuple[LocalProvider, Server]) -> None:
+def _listening_tcp(pid: int) -> list[str]:
+    """TCP sockets a process's network namespace listens on."""
+    rows = []
+    for name in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            rows += [line.split() for line in Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]]
+    return [row[1] for row in rows if row[3] == "0A"]
+
+
+def test_desktop_and_jupyter_answer_on_unix_sockets_only(desktop: tuple[LocalProvider, Server]) -> None:
     prov, server = desktop
-    port = server.ports["VNC"]
-    table = Path("/proc/net/tcp").read_text() + Path("/proc/net/tcp6").read_text()
-    rows = [line.split() for line in table.splitlines() if ":" in line.split()[0]]
-    listening = [row[1].split(":")[0] for row in rows if row[3] == "0A" and row[1].endswith(f":{port:04X}")]
-    loopback = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1, ::1
-    assert listening and set(listening) <= loopback, listening
+    assert set(server.sockets) == {"VNC", "JUPYTER"} and not server.ports
+    for path in server.sockets.values():
+        info = os.stat(path)
+        assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600, path
+    if server.provider_state["isolation"] == "sandbox":
+        # The session's programs (not its supervisor outside) have a network namespace of
+        # their own, where nothing listens on TCP.
+        pids = [p for p in _leftovers(prov.root) if local_session.pid_ns_of(p) is not None]
+        assert len(pids) >= 4  # bwrap's init, the session, Xtigervnc, JupyterLab...
+        own = os.readlink("/proc/self/ns/net")
+        assert all(os.readlink(f"/proc/{pid}/ns/net") != own for pid in pids)
+        assert all(_listening_tcp(pid) == [] for pid in pids)
 
 
 def test_des_response_agrees_with_tigervnc() -> None:
@@ -187,36 +208,29 @@ def test_xkb_layout_names() -> None:
 # ---------------------------------------------------------------- JupyterLab
 
 
-def _http(url: str, token: str | None = None) -> int:
-    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
+def _http(server: Server, path: str, token: str | None = None, method: str = "GET") -> int:
+    """A request to the session's JupyterLab, over its unix socket."""
+    headers = {"Authorization": f"token {token}"} if token else {}
+    transport = httpx.HTTPTransport(uds=server.sockets["JUPYTER"])
+    with httpx.Client(transport=transport, base_url="http://session", timeout=20) as client:
+        content = b"{}" if method == "POST" else None
+        return client.request(method, path, headers=headers, content=content).status_code
 
 
 def test_jupyter_answers_under_its_base_url_with_the_token(desktop: tuple[LocalProvider, Server]) -> None:
     _, server = desktop
-    base = f"http://127.0.0.1:{server.ports['JUPYTER']}/jupyter/desk1"
-    assert _http(f"{base}/api/status", SECRET) == 200
-    assert _http(f"{base}/lab?token={SECRET}") == 200
-    assert _http(f"{base}/api/status") == 403
-    assert _http(f"{base}/api/status", "wrong-token") == 403
-    assert _http(f"http://127.0.0.1:{server.ports['JUPYTER']}/api/status", SECRET) == 404
+    base = "/jupyter/desk1"
+    assert _http(server, f"{base}/api/status", SECRET) == 200
+    assert _http(server, f"{base}/lab?token={SECRET}") == 200
+    assert _http(server, f"{base}/api/status") == 403
+    assert _http(server, f"{base}/api/status", "wrong-token") == 403
+    assert _http(server, "/api/status", SECRET) == 404
 
 
 def test_jupyter_kernels_belong_to_the_session(desktop: tuple[LocalProvider, Server]) -> None:
     """Kernels run in sessions of their own; the session's teardown must still find them."""
     prov, server = desktop
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{server.ports['JUPYTER']}/jupyter/desk1/api/kernels",
-        data=b"{}",
-        method="POST",
-        headers={"Authorization": f"token {SECRET}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=20) as response:
-        assert response.status == 201
+    assert _http(server, "/jupyter/desk1/api/kernels", SECRET, method="POST") == 201
     deadline = time.monotonic() + 20
     while not any(b"ipykernel" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _leftovers(prov.root)):
         assert time.monotonic() < deadline, "no kernel process"
@@ -237,14 +251,14 @@ def test_data_is_read_only_at_the_target_inside_the_session(
     desktop: tuple[LocalProvider, Server], root: Path
 ) -> None:
     prov, server = desktop
-    assert server.provider_state["mount_mode"] == "namespace"
+    assert server.provider_state["mount_mode"] == "sandbox"
     target = f"/data/visitor/ev280-{root.name}/id21"
     read = prov.exec_in_session(server.id, ["cat", f"{target}/scan_0001.h5"])
     assert read.returncode == 0 and read.stdout == b"frames"
     write = prov.exec_in_session(server.id, ["touch", f"{target}/new"])
     assert write.returncode != 0 and b"Read-only file system" in write.stderr
-    # Outside the session the target is an empty mount point, not the data.
-    assert not Path(target, "scan_0001.h5").exists()
+    # Outside the session the target does not exist: the sandbox made it.
+    assert not Path(target).exists()
 
 
 def test_writable_mount_is_writable(
@@ -258,13 +272,15 @@ def test_writable_mount_is_writable(
 
 
 def test_symlink_fallback_is_recorded(provider: LocalProvider, root: Path, data: dict[str, Path]) -> None:
-    prov = LocalProvider("local", {"root_dir": str(provider.root), "isolate_mounts": False})
+    prov = LocalProvider(
+        "local", {"root_dir": str(provider.root), "isolation": "none", "operator_usernames": [OWNER]}
+    )
     target = "/data/visitor/ev999/id00"
     prov.create(_spec("links", {}, mounts=(MountSpec(str(data["raw"]), target, True, "bind"),)))
     server = _wait_state(prov, "links")
     assert server.state == InstanceState.ACTIVE
     assert server.provider_state["mount_mode"] == "symlinks"
-    assert "not read-only" in server.provider_state["limitations"][0]
+    assert any("not read-only" in text for text in server.provider_state["limitations"])
     link = provider.root / "links" / "mounts" / target.lstrip("/")
     assert (link / "scan_0001.h5").read_text() == "frames"
     assert not Path(target).exists()
@@ -305,7 +321,7 @@ def test_stop_start_reboot_delete_and_a_restarted_visa(provider: LocalProvider) 
     again = LocalProvider("local", {"root_dir": str(provider.root)})
     [seen] = again.list_servers()
     assert (seen.id, seen.state, seen.instance_uid) == ("life", InstanceState.ACTIVE, "life")
-    port = seen.ports["VNC"]
+    vnc_socket = seen.sockets["VNC"]
 
     again.stop("life")
     stopped = provider.get("life")
@@ -314,15 +330,16 @@ def test_stop_start_reboot_delete_and_a_restarted_visa(provider: LocalProvider) 
     again.stop("life")  # idempotent
 
     provider.start("life")
-    assert _wait_state(provider, "life").state == InstanceState.ACTIVE
+    started = _wait_state(provider, "life")
+    assert started.state == InstanceState.ACTIVE, started.fault
     provider.start("life")  # idempotent
-    with RfbClient(provider.get("life").ports["VNC"]) as client:  # type: ignore[union-attr]
+    with RfbClient(provider.get("life").sockets["VNC"]) as client:  # type: ignore[union-attr]
         client.handshake(SECRET)
 
     before = local_session.read_pid_file(instance_dir)
     provider.reboot("life")
     server = _wait_state(provider, "life")
-    assert server.state == InstanceState.ACTIVE and server.ports["VNC"] == port
+    assert server.state == InstanceState.ACTIVE and server.sockets["VNC"] == vnc_socket
     assert local_session.read_pid_file(instance_dir) != before
 
     provider.delete("life")
@@ -345,7 +362,7 @@ def test_a_crashed_session_is_an_error_and_can_be_started_again(provider: LocalP
     while (server := provider.get("crash")) and server.state != InstanceState.ERROR:
         assert time.monotonic() < deadline, server
         time.sleep(0.1)
-    assert server is not None and "xserver exited" in (server.fault or "")
+    assert server is not None and "xserver exited" in (server.fault or ""), server.fault
     assert not _leftovers(provider.root)
 
     provider.start("crash")
@@ -380,10 +397,10 @@ def test_x11vnc_desktop(root: Path) -> None:
         prov.create(_spec("xv", {"VNC": 5900}))
         server = _wait_state(prov, "xv")
         assert server.state == InstanceState.ACTIVE, server.fault
-        with RfbClient(server.ports["VNC"]) as client:
+        with RfbClient(server.sockets["VNC"]) as client:
             fb = client.handshake(SECRET)
             assert (fb.width, fb.height) == (1024, 768)
-        with RfbClient(server.ports["VNC"]) as client, pytest.raises(RfbAuthFailed):
+        with RfbClient(server.sockets["VNC"]) as client, pytest.raises(RfbAuthFailed):
             client.handshake("wrong")
     finally:
         _cleanup(prov)
@@ -405,7 +422,7 @@ def test_missing_package_names_the_install_command(
                 prov.create(_spec("nopkg", {"VNC": 5900}))
             assert "apt-get install" in caught.value.message
             assert "tigervnc-standalone-server" in caught.value.message and "openbox" in caught.value.message
-    warnings = [r for r in caplog.records if "apt-get install" in r.getMessage()]
+    warnings = [r for r in caplog.records if "apt-get install openbox" in r.getMessage()]
     assert len(warnings) == 1
     assert prov.list_servers() == []
 

@@ -86,7 +86,7 @@ def test_create_to_active_stop_start_delete(local) -> None:  # noqa: ANN001
     assert run_pending_commands(services) == 1
     inst = _state(db, uid)
     assert inst.cloud_server_id == uid and inst.address == "127.0.0.1"
-    assert inst.provider_state["ports"]["VNC"] > 0
+    assert inst.provider_state["sockets"]["VNC"].endswith(f"/{uid}/sockets/vnc.sock")
     inst = _sync_until(services, uid, InstanceState.ACTIVE)
     assert inst.state == InstanceState.ACTIVE, inst.error_message
 

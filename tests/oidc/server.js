@@ -15,6 +15,9 @@
 // Access tokens are JWTs (resource indicators): resource urn:visa:api (aud "visa", the
 // default), urn:visa:short (aud "visa", valid 2 s) and urn:other:api (aud "other").
 // Users: alice/alice-password, bob/bob-password, sam/sam-password (realm role visa-admin).
+// Scope visa:tokens (asked for like any scope) is granted to access tokens of every resource.
+// POST /test/roles?user=<name>&roles=<comma-separated> changes a user's realm roles from now
+// on (the next token or refresh carries them), as an administrator would in Keycloak.
 
 import http from 'node:http';
 import { URL } from 'node:url';
@@ -83,7 +86,7 @@ async function start() {
       introspection: `${OIDC}/token/introspect`,
       revocation: `${OIDC}/revoke`,
     },
-    scopes: ['openid', 'profile', 'email', 'offline_access'],
+    scopes: ['openid', 'profile', 'email', 'offline_access', 'visa:tokens'],
     claims: {
       openid: ['sub'],
       profile: ['name', 'preferred_username', 'realm_access'],
@@ -121,7 +124,7 @@ async function start() {
         getResourceServerInfo: async (_ctx, resource) => {
           const info = RESOURCES[resource];
           if (!info) throw new errors.InvalidTarget();
-          return { scope: 'openid profile email', accessTokenFormat: 'jwt', ...info };
+          return { scope: 'openid profile email visa:tokens', accessTokenFormat: 'jwt', ...info };
         },
       },
     },
@@ -213,6 +216,14 @@ async function start() {
   server.on('request', async (req, res) => {
     try {
       const url = new URL(req.url, issuer);
+      if (url.pathname === '/test/roles' && req.method === 'POST') {
+        const user = USERS[url.searchParams.get('user')];
+        if (!user) return send(res, 404, 'no such user');
+        // in place: bySub's entries share this array
+        user.roles.splice(0, user.roles.length, ...(url.searchParams.get('roles') || '').split(',').filter(Boolean));
+        res.writeHead(204);
+        return res.end();
+      }
       if (!url.pathname.startsWith(PREFIX)) return send(res, 404, 'not found');
       const rest = url.pathname.slice(PREFIX.length);
       const m = rest.match(/^\/login-actions\/([\w-]+)(?:\/(login))?$/);

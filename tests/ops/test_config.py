@@ -15,12 +15,14 @@ def test_check_config_reports_and_fails_on_errors(cli, tmp_path: Path, monkeypat
     r = cli("check-config")
     assert r.exit_code == 0, r.output
     assert "ok      database" in r.output and "ok      cloud local: local" in r.output
+    # What the local cloud enforces on this machine is said either way.
+    assert "cloud local isolation: sessions " in r.output
 
     config = tmp_path / "cloud.json"
-    config.write_text(json.dumps({"auth": {"password": {"env": "VISA_TEST_NO_SUCH_SECRET"}}}))
+    config.write_text(json.dumps({"provisioning": {"auth": {"password": {"env": "VISA_TEST_NO_SUCH_SECRET"}}}}))
     assert cli("clouds", "add", "remote", "--kind", "local", "--config", str(config)).exit_code == 0
     r = cli("check-config")
-    assert r.exit_code == 2 and "cloud remote: secrets not in the environment: auth.password" in r.output
+    assert r.exit_code == 2 and "cloud remote: secrets not in the environment: provisioning.auth.password" in r.output
     r = cli("run", "--port", "1")
     assert r.exit_code == 1 and "invalid configuration" in r.output  # refused before serving
     monkeypatch.setenv("VISA_TEST_NO_SUCH_SECRET", "s3cret")
@@ -81,3 +83,18 @@ def test_check_config_asks_for_a_user_content_domain_off_this_machine(tmp_path: 
     assert finding(base_url="https://visa.example.org").level == "warning"
     chosen = finding(base_url="https://visa.example.org", user_content_domain="lab.example.net")
     assert chosen.level == "ok" and "lab.example.net" in chosen.message
+
+
+def test_check_config_says_when_the_local_cloud_cannot_isolate(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    assert cli("init").exit_code == 0
+    config = tmp_path / "cloud.json"
+    config.write_text(json.dumps({"isolation": "none", "operator_usernames": ["op"]}))
+    assert cli("clouds", "add", "bare", "--kind", "local", "--config", str(config)).exit_code == 0
+    r = cli("check-config")
+    assert r.exit_code == 0, r.output
+    assert "warning cloud bare isolation: sessions are not isolated: only op is served" in r.output
+    assert "isolation is off in the cloud's config" in r.output
+    config.write_text(json.dumps({"uid_range": [0, 10]}))
+    assert cli("clouds", "add", "typo", "--kind", "local", "--config", str(config)).exit_code == 0
+    r = cli("check-config")
+    assert r.exit_code == 2 and "cloud typo: local cloud config uid_range" in r.output

@@ -35,17 +35,20 @@ def _fresh_cloud_cache():  # noqa: ANN202
     clear_cache()
 
 
-def test_health_and_readiness(app, db, clock, tmp_path) -> None:  # noqa: ANN001
+def test_health_and_readiness(app, db, clock, tmp_path, api_client) -> None:  # noqa: ANN001
+    from tests.auth.world import login
+
     build(db, clock)
-    c = app.test_client()
+    c = login(api_client, db, "root").client  # an administrator's browser session
+    admin: dict[str, str] = {}
     assert c.get("/health").get_json() == {"status": "ok"}
-    r = c.get("/health/ready")
+    r = c.get("/health/ready", headers=admin)
     assert r.status_code == 200 and r.get_json()["clouds"] == {"local": "ok"}, r.get_json()
     services = app.extensions["visa"]
     services.set_provider("local", SlowCloud("local", {"root_dir": str(tmp_path)}))
     clear_cache()
     started = time.monotonic()
-    r = c.get("/health/ready")
+    r = c.get("/health/ready", headers=admin)
     assert time.monotonic() - started < 4  # a slow cloud costs the short timeout, not its own time
     body = r.get_json()
     assert r.status_code == 200 and body["status"] == "degraded" and body["clouds"] == {"local": "unavailable"}
@@ -54,7 +57,24 @@ def test_health_and_readiness(app, db, clock, tmp_path) -> None:  # noqa: ANN001
     assert time.monotonic() - started < 0.5  # cached: a load balancer polling does not reach the cloud
     services.set_provider("local", BrokenCloud("local", {"root_dir": str(tmp_path)}))
     clear_cache()
-    assert "keystone says no" in c.get("/health/ready").get_json()["problems"]["local"]
+    assert "keystone says no" in c.get("/health/ready", headers=admin).get_json()["problems"]["local"]
+    # Anyone else learns up or down, not why: the cloud's and the database's words stay in the log.
+    for other in (app.test_client(), login(api_client, db, "alice").client):
+        r = other.get("/health/ready")
+        assert r.status_code == 200 and r.get_json() == {"status": "degraded", "database": "ok"}
+
+
+def test_readiness_hides_the_database_error(clock, tmp_path) -> None:  # noqa: ANN001
+    from visa.db import Database
+    from visa.settings import Settings
+    from visa.web.app import create_app
+
+    secret = tmp_path / "no-such-dir" / "secret-name.db"
+    broken = Database(f"sqlite:///{secret}")
+    other = create_app(Settings(data_dir=tmp_path, secret_key="k"), database=broken, clock=clock, check_schema=False)
+    r = other.test_client().get("/health/ready")
+    assert r.status_code == 503 and r.get_json() == {"status": "unavailable", "database": "unavailable"}
+    assert "secret-name" not in r.get_data(as_text=True)
 
 
 def test_metrics(app, db, clock) -> None:  # noqa: ANN001

@@ -71,8 +71,8 @@ def test_rendered_mounts_on_the_local_provider(session, tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "session did not start"
             time.sleep(0.1)
         assert server is not None and server.state == InstanceState.ACTIVE, server and server.fault
-        if server.provider_state.get("mount_mode") != "namespace":
-            pytest.skip(f"no mount namespace here: {server.provider_state.get('limitations')}")
+        if server.provider_state.get("mount_mode") != "sandbox":
+            pytest.skip(f"no sandbox here: {server.provider_state.get('limitations')}")
 
         def run(*argv: str) -> tuple[int, str]:
             done = provider.exec_in_session(instance.uid, list(argv))

@@ -143,6 +143,24 @@ def set_quota(username: str):  # noqa: ANN201
     return respond(_user_out(username))
 
 
+@bp.put("/users/<username>/active")
+@doc("Deactivate (logged out everywhere, logins and tokens refused) or reactivate an account",
+     tags=["admin"], body=S.ActiveIn, response=S.AdminUserOut)
+def set_active(username: str):  # noqa: ANN201
+    actor, data, s = current_actor(), parse_body(S.ActiveIn), db_session()
+    users.set_active(s, actor, services().clock, users.get_user(s, username), data.active)
+    return respond(_user_out(username))
+
+
+@bp.delete("/users/<username>/sessions")
+@doc("Log the user out everywhere: every browser session of theirs ends now",
+     tags=["admin"], response=S.AdminUserOut)
+def revoke_sessions(username: str):  # noqa: ANN201
+    actor, s = current_actor(), db_session()
+    users.revoke_sessions(s, actor, services().clock, users.get_user(s, username))
+    return respond(_user_out(username))
+
+
 # --- catalogue: flavours ----------------------------------------------------------------------
 
 

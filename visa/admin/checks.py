@@ -53,7 +53,7 @@ def check_settings(settings: Settings) -> list[Finding]:
     out: list[Finding] = []
     data = settings.data_dir
     try:
-        data.mkdir(parents=True, exist_ok=True)
+        settings.private_data_dir()
         with tempfile.NamedTemporaryFile(dir=data):
             pass
         out.append(Finding("ok", "data_dir", str(data.resolve())))
@@ -132,6 +132,8 @@ def check_database(settings: Settings, *, probe_clouds: bool = False) -> list[Fi
                 out.append(Finding("error", f"cloud {cloud.name}", "secrets not in the environment: " + ", ".join(missing)))
             else:
                 out.append(Finding("ok", f"cloud {cloud.name}", f"{cloud.kind}{'' if cloud.enabled else ' (disabled)'}"))
+            if cloud.kind == "local" and cloud.enabled:  # other kinds are asked with --probe-clouds only
+                out.append(_local_isolation(settings, cloud.name, cloud.config or {}))
         if probe_clouds:
             from visa.admin.clouds import cloud_statuses
             from visa.services import Services
@@ -145,6 +147,19 @@ def check_database(settings: Settings, *, probe_clouds: bool = False) -> list[Fi
     finally:
         database.dispose()
     return out
+
+
+def _local_isolation(settings: Settings, name: str, config: dict[str, Any]) -> Finding:
+    """What the local cloud can enforce on this machine: sandbox, own accounts, cgroups."""
+    from visa.clouds.local import LocalProvider
+    from visa.errors import InvalidInput
+
+    config = {"root_dir": str((settings.data_dir / "local-instances").resolve()), **config}
+    try:
+        isolated, how = LocalProvider(name, config).isolation()
+    except InvalidInput as exc:
+        return Finding("error", f"cloud {name}", exc.message)
+    return Finding("ok" if isolated else "warning", f"cloud {name} isolation", how)
 
 
 def check_all(settings: Settings, *, probe_clouds: bool = False) -> list[Finding]:

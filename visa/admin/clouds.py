@@ -35,6 +35,9 @@ class CloudStatus:
     ok: bool
     message: str | None
     limits: CloudLimits | None
+    # Sessions on visa's own machine: whether they are isolated, and how or why not.
+    isolated: bool | None = None
+    isolation: str | None = None
 
     @property
     def status(self) -> str:
@@ -45,10 +48,13 @@ class CloudStatus:
 
 def _probe(services: Services, cloud: Cloud) -> CloudStatus:
     try:
-        limits = services.provider(cloud.name).limits()
+        provider = services.provider(cloud.name)
+        limits = provider.limits()
+        isolation = provider.isolation()
     except Exception as exc:  # a probe reports, it does not raise
         return CloudStatus(cloud.name, cloud.kind, True, False, str(exc)[:200] or type(exc).__name__, None)
-    return CloudStatus(cloud.name, cloud.kind, True, True, None, limits)
+    isolated, how = isolation if isolation is not None else (None, None)
+    return CloudStatus(cloud.name, cloud.kind, True, True, None, limits, isolated, how)
 
 
 def cloud_statuses(

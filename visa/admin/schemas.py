@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from visa.catalogue.schemas import NAME, FlavourLimitsSpec, GpuSpec, LifetimeSpec
 from visa.instances.models import CommandAction, InstanceState
@@ -158,6 +158,10 @@ class GrantIn(_In):
     expires_at: datetime | None = Field(None, description="Required for GUEST; absent: no expiry")
 
 
+class ActiveIn(_In):
+    active: StrictBool = Field(description="false: the account is deactivated and logged out everywhere")
+
+
 class QuotaIn(_In):
     quota: int = Field(ge=-1, le=MAX_QUOTA, description="Instances; -1 = unlimited")
 
@@ -251,6 +255,8 @@ class CloudOut(BaseModel):
     enabled: bool
     status: Literal["ok", "unavailable", "disabled"]
     message: str | None
+    isolated: bool | None = Field(None, description="Sessions on visa's own machine: fully isolated or not")
+    isolation: str | None = Field(None, description="How they are isolated, or why not")
     usage: CloudUsage
 
 

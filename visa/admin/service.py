@@ -249,6 +249,7 @@ def _cloud_dict(c: CloudStatus, used: dict[str, int]) -> dict[str, Any]:
     lim = c.limits
     return {
         "name": c.name, "kind": c.kind, "enabled": c.enabled, "status": c.status, "message": c.message,
+        "isolated": c.isolated, "isolation": c.isolation,
         "usage": {
             "max_instances": lim.max_instances if lim else None,
             "max_cores": lim.max_cores if lim else None,

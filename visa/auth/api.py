@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from visa.auth import tokens, web
 from visa.auth.login import local_login
+from visa.auth.policy import require
 from visa.auth.schemas import LoginForm, NewToken
 from visa.errors import Forbidden
 from visa.users.models import ApiToken, User
@@ -25,7 +26,7 @@ def login():  # noqa: ANN201
         raise Forbidden("local accounts are switched off: log in with the identity provider")
     form = parse_body(LoginForm)
     user = local_login(db_session(), svc, web.limits(), form.username, form.password, web.client_ip())
-    login_session(user)
+    login_session(user, "local")
     return jsonify({**_me(user), "csrf_token": csrf_token()})
 
 
@@ -74,9 +75,7 @@ def list_tokens():  # noqa: ANN201
 @bp.post("/api/tokens")
 def create_token():  # noqa: ANN201
     actor = current_actor()
-    if actor.scopes is not None:
-        # A leaked token must not be able to mint itself an unrevoked successor.
-        raise Forbidden("API tokens are created from a logged-in session, not with another token")
+    require(actor, "api_token.create")  # before the body or the rate limit: a refusal costs nothing
     data = parse_body(NewToken)
     key = ("token", actor.id)
     limits = web.limits()

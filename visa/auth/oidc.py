@@ -6,8 +6,8 @@
   fetched again when an unknown key id appears, at most every 30 s), from the realm's
   issuer, for our audience (``OidcSettings.audience``, default the client id), not expired.
   With Keycloak, add an audience mapper to the client so its access tokens name it.
-- Users are created on first login (matched by the token's ``sub``; an account imported
-  with the same username and no identity yet is linked to it). Roles come from the
+- Users are found by the token's issuer and subject, never by name, and created on first
+  login (see ``user_from_claims`` for a name already taken). Roles come from the
   database, plus, when ``OidcSettings.role_claim`` is set, the token's roles that
   ``role_mapping`` maps to a visa role (unmapped token roles never count).
 
@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from visa.actor import SYSTEM, Actor
 from visa.auth.logsafe import clip
+from visa.auth.policy import MINT_TOKENS
 from visa.clock import Clock
 from visa.errors import Unauthorized
 from visa.settings import OidcSettings
@@ -255,27 +256,39 @@ def roles_from_claims(claims: dict[str, Any], settings: OidcSettings) -> frozens
 
 
 def user_from_claims(session: Session, clock: Clock, claims: dict[str, Any], default_quota: int = 2) -> User:
-    """The account of a validated token's subject, created on first login."""
+    """The account of a validated token's identity (issuer and subject), created on first login.
+
+    Never found by name: a first login whose ``preferred_username`` is already taken (a local
+    account, an imported one, or another provider's) gets an account of its own, named with a
+    suffix (``alice-2``); an administrator links an existing account explicitly
+    (``visa users link``)."""
+    issuer = str(claims.get("iss") or "")[:255]
     sub = str(claims["sub"])[:255]
-    username = str(claims.get("preferred_username") or "").lower()
+    if not issuer:
+        raise Unauthorized("token without issuer")
     full_name = str(claims.get("name") or "")[:200]
     email = claims.get("email") if isinstance(claims.get("email"), str) and len(claims["email"]) <= 254 else None
-    user = session.scalar(select(User).where(User.external_id == sub))
+    user = session.scalar(select(User).where(User.identity_issuer == issuer, User.external_id == sub))
     if user is None:
+        # Linked before issuers were recorded (one provider was configured): that subject's account.
+        user = session.scalar(select(User).where(User.identity_issuer.is_(None), User.external_id == sub))
+        if user is not None:
+            user.identity_issuer = issuer
+    if user is None:
+        wanted = str(claims.get("preferred_username") or "").lower()
         try:
-            validate_username(username)
+            validate_username(wanted)
         except Exception as exc:
-            raise Unauthorized(f"your account name {clip(username, 40)!r} cannot be used here") from exc
-        user = session.scalar(select(User).where(User.username == username))
-        if user is not None and user.external_id not in (None, sub):
-            log.warning("login refused: username %s belongs to another identity", clip(username))
-            raise Unauthorized("this account is linked to another identity: contact support")
-        if user is None:
-            user = create_user(
-                session, SYSTEM, clock, username=username, full_name=full_name,
-                email=email if email and "@" in email else None, external_id=sub, default_quota=default_quota,
-            )
-        user.external_id = sub
+            raise Unauthorized(f"your account name {clip(wanted, 40)!r} cannot be used here") from exc
+        username = _free_username(session, wanted)
+        if username != wanted:
+            log.warning("first login of %s at %s: the name %s is taken, the new account is %s",
+                        clip(sub), clip(issuer), clip(wanted), clip(username))
+        user = create_user(
+            session, SYSTEM, clock, username=username, full_name=full_name,
+            email=email if email and "@" in email else None, external_id=sub, default_quota=default_quota,
+        )
+        user.identity_issuer = issuer
     if not user.active:
         raise Unauthorized("this account is disabled")
     if full_name and user.full_name != full_name:
@@ -285,6 +298,18 @@ def user_from_claims(session: Session, clock: Clock, claims: dict[str, Any], def
     return user
 
 
+def _free_username(session: Session, wanted: str) -> str:
+    """``wanted``, or the first of ``wanted-2``, ``wanted-3``... that no account has."""
+    if session.scalar(select(User.id).where(User.username == wanted)) is None:
+        return wanted
+    for n in range(2, 1000):
+        suffix = f"-{n}"
+        candidate = wanted[: 32 - len(suffix)] + suffix
+        if session.scalar(select(User.id).where(User.username == candidate)) is None:
+            return candidate
+    raise Unauthorized("no free account name for you: contact support")
+
+
 def actor_from_access_token(session: Session, services: Any, value: str, ip: str | None = None) -> Actor:
     """The actor of a bearer access token issued by the configured realm."""
     settings = services.settings
@@ -292,4 +317,8 @@ def actor_from_access_token(session: Session, services: Any, value: str, ip: str
     user = user_from_claims(session, services.clock, claims, settings.default_quota)
     now = services.clock.now()
     roles = frozenset(user.roles_at(now)) | roles_from_claims(claims, settings.oidc)
-    return Actor(user=user, roles=roles, name=user.username, ip=ip, scopes=None)
+    granted = claims.get("scope")
+    scopes = set(granted.split()[:100]) if isinstance(granted, str) else set()
+    idp_scopes = frozenset({MINT_TOKENS}) if settings.oidc.token_scope in scopes else frozenset()
+    return Actor(user=user, roles=roles, name=user.username, ip=ip, scopes=None, credential="oidc_token",
+                 idp_scopes=idp_scopes)

@@ -17,7 +17,7 @@ from visa.auth import web
 from visa.auth.login import audit_failure, local_login, record_login, record_logout
 from visa.auth.logsafe import clip
 from visa.errors import InvalidInput, RateLimited, Unauthorized, VisaError
-from visa.web.context import current_actor, db_session, login_session, services
+from visa.web.context import current_actor, current_login, db_session, login_session, logout_session, services
 from visa.web.csrf import csrf_token
 
 bp = Blueprint("auth_pages", __name__)
@@ -64,7 +64,7 @@ def login():  # noqa: ANN201
         return _login_page(exc.message, 429, next_url)
     except Unauthorized:
         return _login_page("Wrong username or password.", 401, next_url)
-    login_session(user)
+    login_session(user, "local")
     return redirect(next_url, 303)
 
 
@@ -85,7 +85,7 @@ def login_oidc():  # noqa: ANN201
 
 @bp.get("/auth/callback")
 def callback():  # noqa: ANN201
-    from visa.auth.oidc import client_for, roles_from_claims, user_from_claims
+    from visa.auth.oidc import client_for, user_from_claims
 
     svc = services()
     settings = svc.settings
@@ -123,19 +123,11 @@ def callback():  # noqa: ANN201
         audit_failure(svc, "login.failure", "(oidc)", ip, clip(exc.message, 120), method="oidc")
         return _login_page(exc.message if isinstance(exc, Unauthorized | InvalidInput) else "Login failed.", 401)
     # Roles in the access token (Keycloak puts realm roles there), else in the ID token.
-    role_claims = claims
-    if settings.oidc.role_claim:
-        try:
-            role_claims = client.validate(str(tokens.get("access_token", "")))
-        except VisaError:
-            role_claims = claims
-    roles = sorted(r.value for r in roles_from_claims(role_claims, settings.oidc))
+    roles = web.claim_roles(client, tokens, fallback=claims)
     record_login(s, svc, user, ip, "oidc")
-    login_session(user)
-    session["oidc"] = {
-        "rt": tokens.get("refresh_token") or "", "exp": time.time() + int(tokens.get("expires_in", 300)),
-        "roles": roles,
-    }
+    # The refresh token stays on the server, in the session's row: the cookie holds only its id.
+    login_session(user, "oidc", refresh_token=str(tokens.get("refresh_token") or "") or None,
+                  refresh_at=web.refresh_at(tokens.get("expires_in", 300)), idp_roles=roles)
     return redirect(flow.get("next") or "/", 303)
 
 
@@ -156,14 +148,15 @@ def end_session() -> str:
 
     svc = services()
     actor = current_actor(required=False)
-    data = session.get("oidc")
-    record_logout(db_session(), svc, actor, "oidc" if data else "local")
-    session.clear()
+    row = current_login()
+    method, refresh_token = (row.method, row.refresh_token) if row is not None else ("local", None)
+    record_logout(db_session(), svc, actor, method)
+    logout_session()  # the row goes: the cookie, or a copy of it, opens nothing any more
     done = url_for("auth_pages.login_page", logged_out=1)
-    if not isinstance(data, dict) or not svc.settings.oidc.server_url:
+    if method != "oidc" or not svc.settings.oidc.server_url:
         return done
     client = client_for(svc.settings.oidc)
-    if data.get("rt"):
-        client.end_session(str(data["rt"]))
+    if refresh_token:
+        client.end_session(refresh_token)
     return client.end_session_url(svc.settings.base_url.rstrip("/") + done) or done
 

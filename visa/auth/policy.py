@@ -54,6 +54,32 @@ class AnyUser(Rule):
 
 
 @dataclass(frozen=True)
+class Interactive(Rule):
+    """A user logged in through a browser session, not a token of any kind."""
+
+    def allows(self, actor: Actor, target: Any) -> bool:
+        return actor.user is not None and actor.credential == "session"
+
+
+# What an identity provider's access token may be granted for (``Actor.idp_scopes``); the
+# provider's own scope name for each is a setting (``oidc.token_scope``).
+MINT_TOKENS = "tokens:create"
+
+
+@dataclass(frozen=True)
+class IdpScope(Rule):
+    """A user whose identity provider's access token carries this grant."""
+
+    scope: str
+
+    def allows(self, actor: Actor, target: Any) -> bool:
+        return actor.user is not None and actor.credential == "oidc_token" and self.scope in actor.idp_scopes
+
+    def __repr__(self) -> str:
+        return f"IdpScope({self.scope})"
+
+
+@dataclass(frozen=True)
 class Member(Rule):
     """A member of the instance, with one of the given member roles (any, if none given)."""
 
@@ -118,6 +144,9 @@ POLICY: dict[str, list[Rule]] = {
     "handle_extensions": [System(), ADMIN],
     "manage_notifications": [System(), ADMIN],
     "create_instance": [AnyUser()],
+    # A long-lived API token: from a browser session, or from a provider's token granted the
+    # scope for it; never from another API token (a leaked one must not mint an unrevoked successor).
+    "api_token.create": [Interactive(), IdpScope(MINT_TOKENS)],
     "search_open_data": [AnyUser()],  # embargo over: the data is public
     "create_instance_without_experiment": [System(), HasRole(Role.ADMIN, Role.STAFF, Role.GUEST)],
     # instance actions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import secrets
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor, actor_for
 from visa.audit.service import record
+from visa.auth.policy import require
 from visa.clock import Clock
 from visa.errors import InvalidInput, NotFound, Unauthorized
 from visa.users.models import ApiToken, User
@@ -31,6 +33,7 @@ def create_api_token(
     """Return the stored token and its secret value, shown once."""
     if actor.user is None:
         raise Unauthorized("log in first")
+    require(actor, "api_token.create")
     if not name or len(name) > 100:
         raise InvalidInput("token name must be 1-100 characters", field="name")
     wanted = frozenset(scopes.split())
@@ -71,7 +74,8 @@ def actor_from_api_token(session: Session, clock: Clock, value: str, ip: str | N
     if user is None or not user.active:
         raise Unauthorized("invalid token")
     token.last_used_at = now
-    return actor_for(user, now, ip=ip, scopes=frozenset(token.scopes.split()))
+    actor = actor_for(user, now, ip=ip, scopes=frozenset(token.scopes.split()))
+    return dataclasses.replace(actor, credential="api_token")
 
 
 def actor_from_bearer(session: Session, services, value: str, ip: str | None = None) -> Actor:  # noqa: ANN001

@@ -1,27 +1,29 @@
 """Request hooks of identity: OIDC session refresh and roles, API token scopes, helpers.
 
 Installed with the ``auth_pages`` blueprint (``before_app_request``), after the CSRF check.
-- A session opened through the identity provider keeps its refresh token; once the access
-  token it came with expires, it is refreshed. If the provider refuses (the user logged
-  out elsewhere, was disabled, or the session expired), the visa session ends.
-- Roles mapped from the provider's token claims are added to the session's actor.
+- A session opened through the identity provider keeps its refresh token on the server (the
+  login session's row; never in the cookie). At least every ``oidc.refresh_seconds``, and
+  before the access token expires, it is refreshed: the provider's roles are read again (a
+  role removed there stops counting here), and if the provider refuses (the user logged out
+  elsewhere, was disabled, or the session expired), the visa session ends.
 - API tokens work on ``/api/`` only, and ``api:read`` tokens only for safe methods.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import time
+from datetime import timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app, g, request, session
+from sqlalchemy import delete, update
 
 from visa.auth.login import Limits
 from visa.auth.logsafe import clip
 from visa.errors import Forbidden, Unauthorized
-from visa.users.models import Role
-from visa.web.context import current_actor, services
+from visa.users.models import LoginSession, Role, User
+from visa.web.context import current_actor, current_login, services
 
 log = logging.getLogger(__name__)
 
@@ -59,41 +61,97 @@ def _bearer() -> bool:
     return request.headers.get("Authorization", "")[:7].lower() == "bearer "
 
 
+def refresh_at(expires_in: Any) -> Any:
+    """When a session whose access token lives ``expires_in`` seconds is next refreshed."""
+    svc = services()
+    try:
+        lifetime = max(int(expires_in) - REFRESH_MARGIN, 0)
+    except (TypeError, ValueError):
+        lifetime = 0
+    return svc.clock.now() + timedelta(seconds=min(lifetime, svc.settings.oidc.refresh_seconds))
+
+
+def claim_roles(client: Any, tokens: dict[str, Any], fallback: dict[str, Any] | None = None) -> frozenset[Role]:
+    """The visa roles in a token response: Keycloak puts realm roles in the access token."""
+    from visa.auth.oidc import roles_from_claims
+
+    settings = services().settings.oidc
+    if not settings.role_claim:
+        return frozenset()
+    try:
+        claims = client.validate(str(tokens.get("access_token", "")))
+    except Unauthorized:
+        if fallback is None:
+            log.warning("refreshed access token not readable: the provider's roles are dropped")
+            return frozenset()
+        claims = fallback
+    return roles_from_claims(claims, settings)
+
+
+def _write_apart(fn: Any) -> None:
+    # Its own transaction: a refresh token the provider rotated, or a session it ended, must be
+    # stored even when this request then fails (and its own transaction is rolled back).
+    with services().database.unit_of_work() as s:
+        fn(s)
+
+
 def _refresh_oidc_session() -> None:
     from visa.auth.oidc import client_for
 
-    data = session.get("oidc")
-    if not isinstance(data, dict) or time.time() < float(data.get("exp", 0)) - REFRESH_MARGIN:
+    row = current_login()
+    if row is None or row.method != "oidc":
         return
-    settings = services().settings
-    if not settings.oidc.server_url:
-        session.clear()
+    svc = services()
+    if row.refresh_at is not None and svc.clock.now() < row.refresh_at:
         return
-    client = client_for(settings.oidc)
+    id_hash, user_id = row.id_hash, row.user_id
+    if not svc.settings.oidc.server_url or not row.refresh_token:
+        _end(id_hash, "no identity provider to refresh with")
+        return
+    client = client_for(svc.settings.oidc)
     try:
-        tokens = client.refresh(str(data.get("rt", "")))
+        tokens = client.refresh(row.refresh_token)
+        roles = claim_roles(client, tokens)
     except Unauthorized:
-        log.info("identity provider session of user %s ended: logging out", clip(session.get("user_id")))
-        session.clear()
+        _end(id_hash, "the identity provider ended it")
         return
     except OSError as exc:
-        # The provider is down: keep the session, try again on a later request.
+        # The provider is down: keep the session, try again on a later request. Its roles, though,
+        # count only while confirmed: unconfirmed for a whole period more, they are dropped.
         log.warning("token refresh failed, will retry: %s", clip(str(exc), 200))
+        period = timedelta(seconds=svc.settings.oidc.refresh_seconds)
+        if row.idp_roles and row.refresh_at is not None and svc.clock.now() - row.refresh_at >= period:
+            log.warning("roles from the identity provider of user %s dropped until it answers", clip(user_id))
+            _write_apart(lambda s: s.execute(
+                update(LoginSession).where(LoginSession.id_hash == id_hash).values(idp_roles="")))
+            _forget_resolved()
         return
-    data = {**data, "rt": tokens.get("refresh_token") or data.get("rt"),
-            "exp": time.time() + int(tokens.get("expires_in", 300))}
-    session["oidc"] = data
+    names = " ".join(sorted(r.value for r in roles))
+    values = {"refresh_token": tokens.get("refresh_token") or row.refresh_token,
+              "refresh_at": refresh_at(tokens.get("expires_in", 300)), "idp_roles": names,
+              "last_seen_at": svc.clock.now()}
+    _write_apart(lambda s: (
+        s.execute(update(LoginSession).where(LoginSession.id_hash == id_hash).values(**values)),
+        s.execute(update(User).where(User.id == user_id).values(idp_roles=names)),
+    ))
+    _forget_resolved()
 
 
-def _apply_claim_roles() -> None:
-    data = session.get("oidc")
-    if _bearer() or not isinstance(data, dict) or not data.get("roles"):
-        return
-    actor = current_actor(required=False)
-    if actor is None or actor.user is None:
-        return
-    extra = frozenset(Role(r) for r in data["roles"] if r in Role.__members__)
-    g.actor = dataclasses.replace(actor, roles=actor.roles | extra)
+def _forget_resolved() -> None:
+    # The actor is resolved again, from the row just written (with the roles just read).
+    db = g.get("db_session")
+    if db is not None:
+        db.expire_all()
+    g.pop("actor", None)
+    g.pop("login_session", None)
+
+
+def _end(id_hash: str, why: str) -> None:
+    log.info("session of user %s ended: %s", clip(session.get("user_id")), why)
+    _write_apart(lambda s: s.execute(delete(LoginSession).where(LoginSession.id_hash == id_hash)))
+    session.clear()
+    g.actor = None
+    g.pop("login_session", None)
 
 
 def _enforce_token_scopes() -> None:
@@ -111,7 +169,6 @@ def _enforce_token_scopes() -> None:
 def before_request() -> None:
     if request.endpoint == "static":
         return
-    if "oidc" in session:
+    if "sid" in session and not _bearer():
         _refresh_oidc_session()
-        _apply_claim_roles()
     _enforce_token_scopes()

@@ -60,6 +60,9 @@ class ServerSpec:
     screen_height: int = 800
     keyboard_layout: str = "en-us"
     owner_username: str = ""
+    # The owner's unix identity at the facility, when known (a local session runs as it).
+    owner_uid: int | None = None
+    owner_gid: int | None = None
     cores: int = 1
     memory_mb: int = 1024
 
@@ -75,6 +78,9 @@ class Server:
     # Where each protocol answers when it is not the image's port on ``address``
     # (the local provider runs many desktops on one host).
     ports: dict[str, int] = field(default_factory=dict)
+    # Protocols that answer on a unix socket of this host instead (the local provider's
+    # sandboxed sessions have no network): protocol -> socket path.
+    sockets: dict[str, str] = field(default_factory=dict)
     instance_uid: str | None = None
     fault: str | None = None
     created_at: datetime | None = None
@@ -155,6 +161,12 @@ class Provider(abc.ABC):
         ``cpu_count`` and ``processes`` ([{"pid", "command", "cpu_seconds"}], the user's
         own processes). None (the default): the scheduler asks the machine over SSH.
         """
+        return None
+
+    def isolation(self) -> tuple[bool, str] | None:
+        """For a cloud that runs sessions on visa's own machine: whether they are fully
+        isolated (from visa and each other, limits enforced) and how, or why not.
+        None (the default): every server is a machine of its own."""
         return None
 
     def close(self) -> None:  # noqa: B027 (optional hook)

@@ -1,49 +1,67 @@
 """The local provider: visa's embedded default cloud, one session on this machine per instance.
 
 An instance is a directory ``<root_dir>/<instance uid>`` (``root_dir`` defaults to
-``<data_dir>/local-instances``) holding its spec, secret, home, logs and pid file, and a
-supervisor process (:mod:`visa.clouds.local_session`) that runs
+``<data_dir>/local-instances``, mode 0700) holding its spec, status, logs and pid file, the
+session's ``home`` and its ``run`` directory, and a supervisor process
+(:mod:`visa.clouds.local_session`) that runs
 
 * a desktop when the spec asks for ``VNC``: TigerVNC's ``Xtigervnc`` (X and VNC server in
   one, VncAuth with the instance secret) or ``Xvfb`` + ``x11vnc``, openbox and an xterm;
 * JupyterLab when it asks for ``JUPYTER``, under ``/jupyter/<uid>/`` with the secret as token;
 
-each on a free loopback port, reported in ``Server.ports``. When visa runs as root the
-session lives in a private mount namespace, where the experiment data are bind-mounted at
-the targets a VM would have (read-only unless the mount says otherwise); elsewhere they are
-symlinks under the instance directory, and ``provider_state`` says so.
+each listening on a unix socket in ``run/``, reported in ``Server.sockets`` (no TCP port).
+
+Isolation (:meth:`LocalProvider.isolation_report`): everything inside a session is
+hostile, so where it can visa runs each session in a bubblewrap sandbox
+
+* as the owner's own unix account: when visa is root it creates one on demand (the user's
+  ``uid_number``/``gid_number`` when set, else the next free uid of ``uid_range``), the way
+  JupyterHub's ``LocalAuthenticator`` creates system users; as another user, with user
+  namespaces, every sandbox runs as visa's own uid, mapped;
+* seeing only the system's programs (``/usr``, a few files of ``/etc``, a private ``/tmp``),
+  its home, its ``run`` directory and the mounts of its spec (raw data read-only,
+  processed writable) at the targets a VM would have; not visa's data directory, nor
+  other sessions;
+* in new pid, IPC, UTS and network namespaces (only a loopback of its own: the host's
+  database, cloud APIs and other sessions' sockets are out of reach), with no capabilities
+  and ``no_new_privs``;
+* in cgroups that enforce the flavour's cores and memory and bound its processes, where the
+  machine lets visa make them (``cgroup_root``).
+
+Where it cannot (not root and no user namespaces, no bubblewrap, or ``isolation = "none"``)
+the session runs as visa's own user with its data as symlinks, and the cloud serves only
+``operator_usernames`` (default: the unix name visa runs as): anyone else's create is refused.
 
 Everything the provider knows is on disk, so a restarted visa lists, stops and deletes the
-sessions an earlier one started. States: supervisor starting -> BUILDING, ports answering
+sessions an earlier one started. States: supervisor starting -> BUILDING, sockets answering
 -> ACTIVE, stopped by us or by a reboot of the host -> STOPPED, anything else that ended ->
-ERROR with the fault.
-
-Config keys (the Cloud row's config): ``root_dir``, ``path`` (PATH for the session and for
-finding its programs), ``vnc_server`` (``tigervnc`` or ``x11vnc``), ``isolate_mounts``
-(default true), ``jupyter_command`` (argv, default this Python's ``-m jupyterlab``),
-``jupyter_allow_origin`` (default ``*``: the token guards it, the port is loopback only),
-``max_instances``, ``stop_timeout`` (seconds, default 5).
-
-Limits: the session runs as visa's own user, and the flavour's cores and memory are
-accounted in :meth:`LocalProvider.limits` but not enforced.
+ERROR with the fault. The config keys are the fields of :class:`LocalConfig`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import getpass
+import grp
+import hashlib
 import logging
 import os
+import pwd
 import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from visa.clouds import local_session as session
 from visa.clouds.base import CloudLimits, Provider, Server, ServerSpec
@@ -63,13 +81,115 @@ PACKAGES = {
     "xterm": "xterm",
     "xsetroot": "x11-xserver-utils",
     "setxkbmap": "x11-xkb-utils",
-    "unshare": "util-linux",
+    "bwrap": "bubblewrap",
+    "setpriv": "util-linux",
     "nsenter": "util-linux",
-    "mount": "mount",
+    "useradd": "passwd",
+    "slirp4netns": "slirp4netns",
+    "groupadd": "passwd",
 }
 # Nice to have: the session starts without them, with a warning.
 OPTIONAL_PROGRAMS = ("xsetroot", "setxkbmap")
 _UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# The lowest uid a session may run as, whatever the user's record says: never a system account.
+MIN_SESSION_UID = 1000
+# The files of /etc a desktop, a shell and JupyterLab read; nothing else of the host's /etc.
+SANDBOX_ETC = (
+    "alternatives", "bash.bashrc", "ca-certificates", "ca-certificates.conf", "fonts", "inputrc",
+    "jupyter", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "locale.alias", "localtime", "mime.types",
+    "nsswitch.conf", "profile", "profile.d", "python3", "ssl", "terminfo", "timezone", "vim", "X11", "xdg",
+)  # fmt: skip
+SANDBOX_HOME = "/home"
+UNIX_PATH_MAX = 107
+NS_GET_PARENT = 0xB702  # ioctl on a namespace fd: its parent user namespace (linux/nsfs.h)
+
+
+class LocalConfig(BaseModel):
+    """The local cloud's settings (the Cloud row's ``config``), validated at construction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root_dir: str | None = Field(None, description="Instance directories; default <data_dir>/local-instances")
+    path: str | None = Field(None, description="PATH of the sessions and for finding their programs")
+    vnc_server: Literal["tigervnc", "x11vnc"] = "tigervnc"
+    isolation: Literal["auto", "none"] = Field(
+        "auto", description="auto: sandbox each session where the machine allows; none: operator only"
+    )
+    isolate_mounts: bool | None = Field(None, description="Old name: false is isolation = none")
+    network: Literal["none", "outside"] = Field(
+        "none",
+        description="What a sandboxed session reaches: none (its own loopback only), or outside "
+        "(through slirp4netns, as a VM behind NAT; never the host's loopback)",
+    )
+    uid_range: tuple[int, int] = Field(
+        (200000, 299999), description="uids for accounts made for users without uid_number"
+    )
+    account_prefix: str = Field("visa-", description="Unix account of user U: <prefix>U")
+    operator_usernames: list[str] | None = Field(
+        None, description="Who is served without isolation; default: the unix name visa runs as"
+    )
+    cgroup_root: str = Field("/sys/fs/cgroup", description="Where the cgroup controllers are mounted")
+    pids_max: int = Field(2048, ge=16, description="Processes and threads per session")
+    sandbox_paths: list[str] = Field(
+        default_factory=list, description="More host directories sessions see read-only (software)"
+    )
+    jupyter_command: list[str] | None = Field(None, description="argv; default this Python's -m jupyterlab")
+    jupyter_allow_origin: str = "*"
+    max_instances: int | None = Field(None, ge=0)
+    stop_timeout: float = Field(5, gt=0)
+    provisioning: dict[str, Any] = Field(default_factory=dict, description="Read by visa.provisioning")
+
+    @field_validator("uid_range")
+    @classmethod
+    def _uid_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not MIN_SESSION_UID <= value[0] <= value[1]:
+            raise ValueError(f"must be [low, high] with {MIN_SESSION_UID} <= low <= high")
+        return value
+
+    @field_validator("account_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,15}", value):
+            raise ValueError("must be a short lower-case unix name prefix")
+        return value
+
+    @field_validator("sandbox_paths")
+    @classmethod
+    def _paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.startswith("/") or os.path.normpath(path) != path or path == "/":
+                raise ValueError(f"{path!r} is not a normalised absolute path below /")
+        return value
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """How this machine runs sessions: ``sandbox`` (bubblewrap, with own ``accounts`` when
+    root) or ``none`` (visa's own user, operator only), and what is not enforced, why."""
+
+    mode: Literal["sandbox", "none"]
+    accounts: bool
+    cgroups: bool
+    reasons: tuple[str, ...] = ()
+    operators: tuple[str, ...] = field(default_factory=tuple)
+    network: str = "without network"
+
+    def summary(self) -> str:
+        if self.mode == "sandbox":
+            who = "its owner's own unix account" if self.accounts else "visa's uid in a user namespace"
+            text = f"sessions run in a bubblewrap sandbox as {who}, {self.network}"
+            text += "; cores and memory enforced by cgroups" if self.cgroups else ""
+        else:
+            text = "sessions are not isolated: only " + (", ".join(self.operators) or "nobody") + " is served"
+        return text + ("" if not self.reasons else " (" + "; ".join(self.reasons) + ")")
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
 
 
 class LocalProvider(Provider):
@@ -77,25 +197,30 @@ class LocalProvider(Provider):
 
     # Reported once per process, not at every create of every instance.
     _warned: ClassVar[set[str]] = set()
+    _isolation_cache: ClassVar[dict[tuple[Any, ...], Isolation]] = {}
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
-        root = config.get("root_dir")
+        try:
+            self.settings = LocalConfig.model_validate(config)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(p) for p in error["loc"]) or "config"
+            raise InvalidInput(f"local cloud config {where}: {error['msg']}", field=where) from None
+        cfg = self.settings
+        root = cfg.root_dir
         if not root:
             from visa.settings import get_settings
 
-            root = get_settings().data_dir / "local-instances"
+            root = str(get_settings().data_dir / "local-instances")
         self.root = Path(root).resolve()
-        self.path = str(config.get("path") or os.environ.get("PATH") or DEFAULT_PATH)
-        self.vnc_server = str(config.get("vnc_server", "tigervnc"))
-        if self.vnc_server not in ("tigervnc", "x11vnc"):
-            raise InvalidInput("vnc_server must be tigervnc or x11vnc", field="vnc_server")
-        self.jupyter_command = list(config.get("jupyter_command") or [sys.executable, "-m", "jupyterlab"])
-        self.jupyter_allow_origin = str(config.get("jupyter_allow_origin", "*"))
-        self.stop_timeout = float(config.get("stop_timeout", 5))
-        self.max_instances = config.get("max_instances")
-        self.isolate = bool(config.get("isolate_mounts", True))
-        self._namespace_ok: bool | None = None
+        self.path = str(cfg.path or os.environ.get("PATH") or DEFAULT_PATH)
+        self.vnc_server = cfg.vnc_server
+        self.jupyter_command = list(cfg.jupyter_command or [sys.executable, "-m", "jupyterlab"])
+        self.jupyter_allow_origin = cfg.jupyter_allow_origin
+        self.stop_timeout = cfg.stop_timeout
+        self.max_instances = cfg.max_instances
+        self.isolate = cfg.isolation == "auto" and cfg.isolate_mounts is not False
 
     # ------------------------------------------------------------------ contract
 
@@ -108,7 +233,16 @@ class LocalProvider(Provider):
         unknown = set(spec.protocols) - {"VNC", "JUPYTER"}
         if unknown:
             raise CloudError(f"the local cloud cannot serve {', '.join(sorted(unknown))}")
-        tools = self._check_programs(spec.protocols)
+        isolation = self.isolation_report()
+        tools = self._check_programs(spec.protocols, isolation)
+        if isolation.mode == "none" and spec.owner_username not in isolation.operators:
+            raise CloudError(
+                "this local cloud cannot isolate sessions, so it serves only its operator "
+                f"({', '.join(isolation.operators) or 'nobody'}): {'; '.join(isolation.reasons)}"
+            )
+        final = self.root / spec.instance_uid
+        if len(str(final / session.SOCKETS_DIR / session.SOCKETS["JUPYTER"])) > UNIX_PATH_MAX:
+            raise CloudError(f"root_dir {self.root} is too long for the sessions' unix sockets")
         for mount in spec.mounts:
             if mount.kind != "bind":
                 raise CloudError(
@@ -119,30 +253,39 @@ class LocalProvider(Provider):
                 not mount.target.startswith("/")
                 or os.path.normpath(mount.target) != mount.target
                 or mount.target == "/"
+                or mount.target.split("/")[1] in ("proc", "dev", "tmp", "run", "usr", "etc", "home")
             ):
                 raise CloudError(f"mount target {mount.target!r} must be a normalised absolute path below /")
+        account = self._account(spec) if isolation.accounts else None
+        for mount in spec.mounts:
             if not mount.read_only:
                 # A processed-data area is made on first use, as the facility's storage would.
                 Path(mount.source).mkdir(parents=True, exist_ok=True)
+                if account is not None:
+                    self._grant_processed(Path(mount.source), account)
             if not Path(mount.source).is_dir():
                 raise CloudError(f"data directory {mount.source} does not exist on this host")
-        mount_mode, limitation = self._mount_mode(spec)
 
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         staging = self.root / f".creating-{spec.instance_uid}-{secrets.token_hex(4)}"
         staging.mkdir(mode=0o700)
         try:
-            final = self.root / spec.instance_uid
-            (staging / session.HOME_DIR).mkdir()
-            self._write_secret(staging, spec.secret, "VNC" in spec.protocols)
-            session.write_xauthority(staging / session.XAUTHORITY_FILE, secrets.token_bytes(16))
-            created_dirs = self._prepare_mounts(staging, final, spec, mount_mode)
+            run_dir = staging / session.RUN_DIR
+            for directory in (staging / session.HOME_DIR, run_dir):
+                directory.mkdir(mode=0o700)
+            self._write_secret(run_dir, spec.secret, "VNC" in spec.protocols)
+            session.write_xauthority(run_dir / session.XAUTHORITY_FILE, secrets.token_bytes(16))
+            mount_mode = "sandbox" if isolation.mode == "sandbox" else ("symlinks" if spec.mounts else "none")
+            if mount_mode == "symlinks":
+                self._make_symlinks(staging, spec)
+            limitations = list(isolation.reasons)
+            if mount_mode == "symlinks":
+                limitations.append("not isolated: data are symlinks under the instance directory, not read-only")
             record = {
                 "name": spec.name,
                 "instance_uid": spec.instance_uid,
                 "created_at": datetime.now(UTC).isoformat(),
                 "protocols": dict(spec.protocols),
-                "ports": {protocol: _free_port() for protocol in spec.protocols},
                 "screen_width": spec.screen_width,
                 "screen_height": spec.screen_height,
                 "keyboard_layout": spec.keyboard_layout,
@@ -153,15 +296,23 @@ class LocalProvider(Provider):
                 "mounts": [
                     {"source": m.source, "target": m.target, "read_only": m.read_only} for m in spec.mounts
                 ],
+                "isolation": isolation.mode,
                 "mount_mode": mount_mode,
-                "limitations": [limitation] if limitation else [],
-                "created_dirs": created_dirs,
+                "limitations": limitations,
                 "vnc_server": self.vnc_server,
                 "path": self.path,
                 "tools": tools,
                 "jupyter_command": self.jupyter_command,
                 "jupyter_allow_origin": self.jupyter_allow_origin,
+                "network": self.settings.network if isolation.mode == "sandbox" else "host",
             }
+            if isolation.mode == "sandbox":
+                record["account"] = self._sandbox_account(account)
+                record["home"] = f"{SANDBOX_HOME}/{record['account']['name']}"
+                self._write_etc(staging, record)
+                if account is not None:
+                    for path in (staging / session.HOME_DIR, run_dir, *run_dir.iterdir()):
+                        os.chown(path, account.uid, account.gid, follow_symlinks=False)
             session.write_json(staging / session.INSTANCE_FILE, record)
             os.rename(staging, final)  # atomic: list_servers never sees half an instance
         except OSError as exc:
@@ -200,15 +351,12 @@ class LocalProvider(Provider):
         if self._supervisor(instance_dir) is not None:
             return
         record = self._record(instance_dir)
-        record["tools"] = self._check_programs(record["protocols"])
-        # Another program may have taken a port while the session was stopped.
-        for protocol, port in record["ports"].items():
-            if not _port_free(port):
-                record["ports"][protocol] = _free_port()
+        record["tools"] = self._check_programs(record["protocols"], self.isolation_report())
         session.write_json(instance_dir / session.INSTANCE_FILE, record)
         (instance_dir / session.STOPPED_FILE).unlink(missing_ok=True)
-        # A supervisor killed from outside (OOM, kill -9) may leave its children holding the ports.
-        session.kill_session(instance_dir, None, grace=1.0)
+        # A supervisor killed from outside (OOM, kill -9) may leave its children behind.
+        status = session.read_json(instance_dir / session.STATUS_FILE) or {}
+        session.kill_session(instance_dir, status.get("pid_ns"), grace=1.0)
         self._remove_stale_x_lock(instance_dir)
         self._launch(instance_dir)
 
@@ -218,7 +366,6 @@ class LocalProvider(Provider):
             return
         (instance_dir / session.STOPPED_FILE).touch()
         supervisor = self._supervisor(instance_dir)
-        mnt_ns = _mnt_ns(supervisor[0]) if supervisor else None
         if supervisor is not None:
             pid, start = supervisor
             _kill(pid, signal.SIGTERM)  # it tears the session down and says so in status.json
@@ -226,7 +373,12 @@ class LocalProvider(Provider):
             while session.pid_alive(pid, start) and time.monotonic() < deadline:
                 time.sleep(0.05)
         # Whatever outlived the supervisor (or a supervisor killed with -9) goes now.
-        session.kill_session(instance_dir, mnt_ns, grace=1.0)
+        status = session.read_json(instance_dir / session.STATUS_FILE) or {}
+        session.kill_session(instance_dir, status.get("pid_ns"), grace=1.0)
+        for cgroup in self._cgroup_dirs(server_id):
+            _kill_cgroup(cgroup)
+            with contextlib.suppress(OSError):
+                cgroup.rmdir()
         self._remove_stale_x_lock(instance_dir)
 
     def reboot(self, server_id: str) -> None:
@@ -239,9 +391,7 @@ class LocalProvider(Provider):
         if not _UID_RE.match(server_id) or not instance_dir.is_dir():
             return
         self.stop(server_id)
-        record = self._record(instance_dir)
         shutil.rmtree(instance_dir, ignore_errors=True)
-        self._remove_created_dirs(record.get("created_dirs", []))
 
     def limits(self) -> CloudLimits:
         used_instances = used_cores = used_memory = 0
@@ -261,35 +411,340 @@ class LocalProvider(Provider):
             used_memory_mb=used_memory,
         )
 
+    # ------------------------------------------------------------------ isolation
+
+    def isolation(self) -> tuple[bool, str]:
+        report = self.isolation_report()
+        return report.mode == "sandbox" and report.cgroups, report.summary()
+
+    def isolation_report(self) -> Isolation:
+        """What this machine lets visa enforce (probed once per process and configuration)."""
+        cfg = self.settings
+        key = (self.isolate, self.path, cfg.cgroup_root, tuple(cfg.operator_usernames or ()), cfg.network, os.geteuid())
+        cached = self._isolation_cache.get(key)
+        if cached is not None:
+            return cached
+        operators = tuple(cfg.operator_usernames if cfg.operator_usernames is not None else [_login_name()])
+        reasons: list[str] = []
+        mode: Literal["sandbox", "none"] = "none"
+        accounts = False
+        bwrap = shutil.which("bwrap", path=self.path)
+        if not self.isolate:
+            reasons.append("isolation is off in the cloud's config")
+        elif bwrap is None:
+            reasons.append("bubblewrap is not installed (`apt-get install bubblewrap`)")
+        elif _is_root():
+            missing = [p for p in ("setpriv", "nsenter", "useradd", "groupadd") if not shutil.which(p, path=self.path)]
+            if missing:
+                reasons.append(f"{', '.join(missing)} missing (`apt-get install util-linux passwd`)")
+            elif self._probe_bwrap(bwrap, userns=False):
+                mode, accounts = "sandbox", True
+            else:
+                reasons.append("bubblewrap cannot make namespaces here")
+        elif self._probe_bwrap(bwrap, userns=True):
+            mode = "sandbox"
+        else:
+            reasons.append("not root and no unprivileged user namespaces: bubblewrap cannot run")
+        cgroups = False
+        if mode == "sandbox":
+            problem = self._cgroup_problem()
+            if problem:
+                reasons.append(f"cores and memory are not enforced: {problem}")
+            else:
+                cgroups = True
+        network = "without network"
+        if self.settings.network == "outside":
+            network = "reaching the outside network through slirp4netns (not the host's loopback)"
+            if shutil.which("slirp4netns", path=self.path) is None:
+                reasons.append("network = outside needs slirp4netns (`apt-get install slirp4netns`)")
+        report = Isolation(mode, accounts, cgroups, tuple(reasons), operators, network)
+        self._isolation_cache[key] = report
+        if reasons:
+            self._warn_once("local cloud: " + report.summary())
+        return report
+
+    def _probe_bwrap(self, bwrap: str, *, userns: bool) -> bool:
+        argv = [bwrap, *(["--unshare-user"] if userns else []), "--unshare-pid", "--unshare-net",
+                "--unshare-ipc", "--ro-bind", "/usr", "/usr", *_usr_links(), "--", "true"]  # fmt: skip
+        try:
+            return subprocess.run(argv, capture_output=True, timeout=10, check=False).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+
+    def _cgroup_problem(self) -> str | None:
+        """None when visa can make a session's cgroups and set its limits."""
+        base = Path(self.settings.cgroup_root)
+        if (base / "cgroup.controllers").exists():  # v2
+            controllers = set((base / "cgroup.controllers").read_text().split())
+            if not {"memory", "cpu", "pids"} <= controllers:
+                return f"cgroup v2 at {base} lacks {sorted({'memory', 'cpu', 'pids'} - controllers)}"
+            parent = base / "visa"
+        else:
+            for controller in ("memory", "cpu", "pids"):
+                if not (base / controller / "cgroup.procs").exists():
+                    return f"no cgroup v1 {controller} controller under {base}"
+            parent = base / "memory" / "visa"
+        try:
+            parent.mkdir(exist_ok=True)
+        except OSError as exc:
+            return f"cannot create {parent}: {exc.strerror}"
+        if not os.access(parent, os.W_OK):
+            return f"{parent} is not writable"
+        return None
+
+    def _cgroup_dirs(self, server_id: str) -> list[Path]:
+        base = Path(self.settings.cgroup_root)
+        if (base / "cgroup.controllers").exists():
+            return [base / "visa" / server_id]
+        return [base / controller / "visa" / server_id for controller in ("memory", "cpu", "pids")]
+
+    def _make_cgroups(self, server_id: str, record: dict[str, Any]) -> list[str]:
+        """The session's cgroups with the flavour's limits; the supervisor starts bwrap in them."""
+        dirs = self._cgroup_dirs(server_id)
+        memory = int(record["memory_mb"]) * 1024 * 1024
+        period = 100_000
+        quota = max(1, int(record["cores"])) * period
+        pids = self.settings.pids_max
+        v2 = len(dirs) == 1
+        if v2:
+            parent = dirs[0].parent
+            parent.mkdir(exist_ok=True)
+            with contextlib.suppress(OSError):
+                (parent / "cgroup.subtree_control").write_text("+memory +cpu +pids")
+        for cgroup in dirs:
+            cgroup.parent.mkdir(exist_ok=True)
+            cgroup.mkdir(exist_ok=True)
+        if v2:
+            (dirs[0] / "memory.max").write_text(str(memory))
+            with contextlib.suppress(OSError):
+                (dirs[0] / "memory.swap.max").write_text("0")
+            (dirs[0] / "cpu.max").write_text(f"{quota} {period}")
+            (dirs[0] / "pids.max").write_text(str(pids))
+        else:
+            mem, cpu, pid = dirs
+            (mem / "memory.limit_in_bytes").write_text(str(memory))
+            with contextlib.suppress(OSError):  # only when swap accounting is on
+                (mem / "memory.memsw.limit_in_bytes").write_text(str(memory))
+            (cpu / "cpu.cfs_period_us").write_text(str(period))
+            (cpu / "cpu.cfs_quota_us").write_text(str(quota))
+            (pid / "pids.max").write_text(str(pids))
+        return [str(d) for d in dirs]
+
+    # ------------------------------------------------------------------ accounts
+
+    def account_name(self, username: str) -> str:
+        """``<prefix><username>``, made a valid unix name; a name that had to change gets a
+        hash suffix, so two visa users never share an account."""
+        wanted = self.settings.account_prefix + username
+        clean = re.sub(r"[^a-z0-9_-]", "-", wanted.lower())[:32]
+        if clean != wanted or not _ACCOUNT_RE.match(clean):
+            digest = hashlib.sha256(username.encode()).hexdigest()[:6]
+            clean = clean[:25].rstrip("-") + "-" + digest
+        return clean
+
+    def _account(self, spec: ServerSpec) -> Account:
+        """The owner's unix account, created now if it does not exist."""
+        if not spec.owner_username:
+            raise CloudError("the session has no owner to run as")
+        name = self.account_name(spec.owner_username)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with _locked(self.root / ".accounts.lock"):
+            for _attempt in range(5):
+                account = self._existing_account(name, spec)
+                if account is not None:
+                    return account
+                uid = spec.owner_uid if spec.owner_uid is not None else self._free_id()
+                gid = spec.owner_gid if spec.owner_gid is not None else uid
+                if uid < MIN_SESSION_UID or gid < MIN_SESSION_UID:
+                    raise CloudError(f"{spec.owner_username}'s uid/gid is below {MIN_SESSION_UID}: refused")
+                try:
+                    grp.getgrgid(gid)
+                except KeyError:
+                    _run_admin(["groupadd", "-g", str(gid), name], self.path)
+                _run_admin(
+                    ["useradd", "-u", str(uid), "-g", str(gid), "-M", "-N", "-d", f"{SANDBOX_HOME}/{name}",
+                     "-s", "/bin/bash", "-c", f"visa session user {spec.owner_username}"[:60], name],
+                    self.path,
+                )  # fmt: skip
+            raise CloudError(f"could not create the unix account {name}")
+
+    def _existing_account(self, name: str, spec: ServerSpec) -> Account | None:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            if spec.owner_uid is None:
+                return None
+            try:
+                entry = pwd.getpwuid(spec.owner_uid)  # the facility's account for this uid
+            except KeyError:
+                return None
+        if spec.owner_uid is not None and entry.pw_uid != spec.owner_uid:
+            raise CloudError(f"unix account {name} has uid {entry.pw_uid}, not the user's {spec.owner_uid}")
+        if entry.pw_uid < MIN_SESSION_UID:
+            raise CloudError(f"unix account {entry.pw_name} is a system account: refused")
+        gid = spec.owner_gid if spec.owner_gid is not None else entry.pw_gid
+        return Account(entry.pw_name, entry.pw_uid, gid)
+
+    def _free_id(self) -> int:
+        low, high = self.settings.uid_range
+        used = {p.pw_uid for p in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
+        for candidate in range(low, high + 1):
+            if candidate not in used:
+                return candidate
+        raise CloudError(f"no free uid left in the local cloud's uid_range {low}-{high}")
+
+    def _sandbox_account(self, account: Account | None) -> dict[str, Any]:
+        if account is not None:
+            return {"name": account.name, "uid": account.uid, "gid": account.gid}
+        return {"name": _login_name(), "uid": os.getuid(), "gid": os.getgid()}
+
+    def _grant_processed(self, path: Path, account: Account) -> None:
+        """A processed area visa or root made goes to the first session user who writes it."""
+        info = path.stat()
+        if info.st_uid == 0:
+            os.chown(path, account.uid, account.gid)
+
+    def _write_etc(self, staging: Path, record: dict[str, Any]) -> None:
+        """passwd and group naming only the session's account, and a hostname."""
+        acct = record["account"]
+        etc = staging / "etc"
+        etc.mkdir()
+        (etc / "passwd").write_text(
+            "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+            f"{acct['name']}:x:{acct['uid']}:{acct['gid']}::{record['home']}:/bin/bash\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        )
+        (etc / "group").write_text(f"root:x:0:\n{acct['name']}:x:{acct['gid']}:\nnogroup:x:65534:\n")
+        (etc / "hostname").write_text(f"{record['name']}\n")
+        (etc / "hosts").write_text(f"127.0.0.1\tlocalhost {record['name']}\n::1\tlocalhost\n")
+        # slirp4netns answers DNS at 10.0.2.3; without network there is nothing to resolve.
+        (etc / "resolv.conf").write_text("nameserver 10.0.2.3\n" if record.get("network") == "outside" else "")
+        for child in etc.iterdir():
+            child.chmod(0o644)
+
     # ------------------------------------------------------------------ helpers for callers and tests
+
+    def sandbox_argv(self, instance_dir: Path, record: dict[str, Any], argv: list[str]) -> list[str]:
+        """bwrap and its arguments to run ``argv`` as the session's account in its sandbox."""
+        acct = record["account"]
+        home = record["home"]
+        bwrap = shutil.which("bwrap", path=self.path) or "bwrap"
+        out = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+               "--unshare-net", "--unshare-cgroup-try", "--hostname", record["name"][:63]]  # fmt: skip
+        root = _is_root()
+        if not root:
+            out += ["--unshare-user", "--uid", str(acct["uid"]), "--gid", str(acct["gid"]), "--cap-drop", "ALL"]
+        made: set[str] = set()
+
+        def bind(option: str, source: str, target: str) -> None:
+            # bwrap makes missing parents 0700 (root's): made 0755 first, so the account traverses them.
+            for parent in reversed(Path(target).parents[:-1]):
+                if str(parent) not in made:
+                    made.add(str(parent))
+                    out.extend(["--perms", "0755", "--dir", str(parent)])
+            out.extend([option, source, target])
+
+        out += ["--ro-bind", "/usr", "/usr", *_usr_links()]
+        for name in SANDBOX_ETC:
+            bind("--ro-bind-try", f"/etc/{name}", f"/etc/{name}")
+        etc = instance_dir / "etc"
+        for name in ("passwd", "group", "hostname", "hosts", "resolv.conf"):
+            bind("--ro-bind", str(etc / name), f"/etc/{name}")
+        out += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--dir",
+                "/tmp/.X11-unix", "--perms", "1777", "--tmpfs", "/var/tmp"]  # fmt: skip
+        for path in self._software_paths():
+            bind("--ro-bind", path, path)
+        bind("--bind", str(instance_dir / session.HOME_DIR), home)
+        bind("--bind", str(instance_dir / session.RUN_DIR), session.SANDBOX_RUN)
+        bind("--ro-bind", session.__file__, session.SANDBOX_SCRIPT)
+        for mount in record["mounts"]:
+            bind("--ro-bind" if mount["read_only"] else "--bind", mount["source"], mount["target"])
+        out += ["--chdir", home, "--"]
+        if root:
+            out += ["setpriv", "--reuid", str(acct["uid"]), "--regid", str(acct["gid"]), "--clear-groups",
+                    "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]  # fmt: skip
+        return out + argv
+
+    def _software_paths(self) -> list[str]:
+        """Python's prefixes (JupyterLab runs from them) and configured extras, when outside /usr."""
+        paths = [*self.settings.sandbox_paths]
+        for prefix in (sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(self.jupyter_command[0]))):
+            for candidate in (prefix, os.path.realpath(prefix)):
+                if candidate and candidate != "/" and not candidate.startswith("/usr/"):
+                    paths.append(candidate)
+        unique: list[str] = []
+        for path in paths:
+            if path not in unique and os.path.isdir(path):
+                unique.append(path)
+        return unique
 
     def exec_in_session(
         self, server_id: str, argv: list[str], *, timeout: float = 30, input: bytes | None = None
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run a command as part of a running session: in its mount namespace, with its
-        DISPLAY and HOME (activity probes such as ``xprintidle`` use this too)."""
+        """Run a command as part of a running session, the way its own programs run: in its
+        sandbox and cgroups, as its account, with its DISPLAY and HOME (activity probes such
+        as ``xprintidle`` use this too)."""
         instance_dir = self._existing_dir(server_id)
-        supervisor = self._supervisor(instance_dir)
-        if supervisor is None:
+        if self._supervisor(instance_dir) is None:
             raise CloudError(f"session {server_id} is not running")
         record = self._record(instance_dir)
         status = session.read_json(instance_dir / session.STATUS_FILE) or {}
+        sandboxed = record.get("isolation") == "sandbox"
+        run_dir = Path(session.SANDBOX_RUN) if sandboxed else instance_dir / session.RUN_DIR
         env = {
             "PATH": self.path,
-            "HOME": str(instance_dir / session.HOME_DIR),
-            "XAUTHORITY": str(instance_dir / session.XAUTHORITY_FILE),
+            "HOME": record["home"] if sandboxed else str(instance_dir / session.HOME_DIR),
+            "XAUTHORITY": str(run_dir / session.XAUTHORITY_FILE),
             session.MARKER_ENV: str(instance_dir),
         }
-        if status.get("display") is not None:
-            env["DISPLAY"] = f":{status['display']}"
-        if record["mount_mode"] == "namespace":
-            argv = ["nsenter", f"--target={supervisor[0]}", "--mount", "--", *argv]
-        return subprocess.run(
-            argv, env=env, cwd=env["HOME"], capture_output=True, timeout=timeout, input=input, check=False
-        )
+        display = session.read_display(instance_dir / session.RUN_DIR)
+        if display is not None:
+            env["DISPLAY"] = f":{display}"
+        cgroups = [Path(p) / "cgroup.procs" for p in record.get("cgroups") or []]
+        fds: list[int] = []
+        if sandboxed:
+            target = status.get("sandbox_pid")
+            if not target or session.pid_ns_of(int(target)) != status.get("pid_ns"):
+                raise CloudError(f"session {server_id} has no sandbox running")
+            acct = record["account"]
+            namespaces = ["--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd"]
+            if _is_root():
+                drop = ["setpriv", "--reuid", str(acct["uid"]), "--regid", str(acct["gid"]), "--clear-groups",
+                        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]  # fmt: skip
+                argv = ["nsenter", f"--target={target}", *namespaces, "--", *drop, "--", *argv]
+            else:
+                # bwrap's namespaces belong to its outer user namespace, its processes live in
+                # an inner one: enter the outer to join them, then the inner to be the session.
+                inner = os.open(f"/proc/{target}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+                fds = [inner, fcntl.ioctl(inner, NS_GET_PARENT)]
+                argv = [
+                    "nsenter", f"--target={target}", f"--user=/proc/self/fd/{fds[1]}", "--preserve-credentials",
+                    *namespaces, "--", "nsenter", f"--user=/proc/self/fd/{inner}", "--preserve-credentials", "--",
+                    "setpriv", "--inh-caps=-all", "--no-new-privs", "--", *argv,
+                ]  # fmt: skip
+
+        def join_cgroups() -> None:
+            for procs in cgroups:
+                procs.write_text(f"{os.getpid()}\n")
+
+        try:
+            return subprocess.run(
+                argv,
+                env=env,
+                cwd=None if sandboxed else env["HOME"],
+                capture_output=True,
+                timeout=timeout,
+                input=input,
+                check=False,
+                pass_fds=tuple(fds),
+                preexec_fn=join_cgroups if cgroups else None,  # noqa: PLW1509 - file writes only
+            )
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     # The session's own plumbing: its CPU is not the user's computation.
-    _PLUMBING = frozenset({"Xtigervnc", "Xvfb", "x11vnc", "openbox", "xsetroot", "setxkbmap"})
+    _PLUMBING = frozenset({"Xtigervnc", "Xvfb", "x11vnc", "openbox", "xsetroot", "setxkbmap", "bwrap"})
 
     def activity_report(self, server_id: str) -> dict[str, Any] | None:
         """Activity without SSH: X idle time through the session, CPU of its processes from /proc."""
@@ -298,15 +753,15 @@ class LocalProvider(Provider):
         if supervisor is None:
             return None
         record = self._record(instance_dir)
+        status = session.read_json(instance_dir / session.STATUS_FILE) or {}
         x_idle = None
         if "VNC" in (record.get("protocols") or {}):
             out = self.exec_in_session(server_id, ["xprintidle"], timeout=5)
             if out.returncode == 0 and out.stdout.strip().isdigit():
                 x_idle = int(out.stdout.strip())
-        mnt_ns = _mnt_ns(supervisor[0]) if record.get("mount_mode") == "namespace" else None
         tick = os.sysconf("SC_CLK_TCK")
         processes = []
-        for pid in session.session_pids(instance_dir, mnt_ns):
+        for pid in session.session_pids(instance_dir, status.get("pid_ns")):
             if pid == supervisor[0]:
                 continue
             try:
@@ -349,18 +804,21 @@ class LocalProvider(Provider):
             state = InstanceState.ERROR
             fault = status.get("fault") or "the session ended unexpectedly"
         created = record.get("created_at")
+        published = instance_dir / session.SOCKETS_DIR
         return Server(
             id=instance_dir.name,
             name=record["name"],
             state=state,
             address="127.0.0.1",
-            ports=dict(record["ports"]),
+            sockets={p: str(published / session.SOCKETS[p]) for p in record["protocols"] if p in session.SOCKETS},
             instance_uid=record["instance_uid"],
             fault=fault,
             created_at=datetime.fromisoformat(created) if created else None,
             provider_state={
                 "dir": str(instance_dir),
                 "display": status.get("display"),
+                "isolation": record.get("isolation", "none"),
+                "account": (record.get("account") or {}).get("name"),
                 "mount_mode": record["mount_mode"],
                 "limitations": record.get("limitations", []),
                 "vnc_server": record.get("vnc_server"),
@@ -370,9 +828,22 @@ class LocalProvider(Provider):
     def _launch(self, instance_dir: Path) -> None:
         """Start the supervisor; it forks away, so this waits only for its first half."""
         record = self._record(instance_dir)
+        if record.get("isolation") == "sandbox":
+            inside = {**record, "marker": str(instance_dir)}
+            session.write_json(instance_dir / session.RUN_DIR / session.INSIDE_FILE, inside, mode=0o644)
+            python = shutil.which("python3", path="/usr/bin") or sys.executable
+            record["sandbox_argv"] = self.sandbox_argv(
+                instance_dir, record,
+                [python, "-I", session.SANDBOX_SCRIPT, "--inside", f"{session.SANDBOX_RUN}/{session.INSIDE_FILE}"],
+            )  # fmt: skip
+            record["cgroups"] = []
+            if self.isolation_report().cgroups:
+                try:
+                    record["cgroups"] = self._make_cgroups(instance_dir.name, record)
+                except OSError as exc:
+                    raise CloudError(f"cannot set the session's cgroup limits: {exc.strerror}") from exc
+            session.write_json(instance_dir / session.INSTANCE_FILE, record)
         argv = [sys.executable, "-I", session.__file__, str(instance_dir)]
-        if record["mount_mode"] == "namespace":
-            argv = ["unshare", "--mount", "--propagation", "private", "--", *argv]
         (instance_dir / session.PID_FILE).unlink(missing_ok=True)
         (instance_dir / session.STATUS_FILE).unlink(missing_ok=True)
         env = {
@@ -414,15 +885,16 @@ class LocalProvider(Provider):
             raise CloudError(f"no local instance {server_id!r}")
         return instance_dir
 
-    def _check_programs(self, protocols: dict[str, int]) -> dict[str, bool]:
+    def _check_programs(self, protocols: dict[str, int], isolation: Isolation) -> dict[str, bool]:
         """Which optional tools exist; a missing required one is a CloudError naming the
         package to install, and a warning logged once."""
         required: list[str] = []
         if "VNC" in protocols:
             required += ["Xtigervnc", "vncpasswd"] if self.vnc_server == "tigervnc" else ["Xvfb", "x11vnc"]
             required += ["openbox", "xterm"]
-        if self.isolate and _is_root():
-            required += ["unshare", "nsenter", "mount"]
+        if isolation.mode == "sandbox":
+            required += ["bwrap", "nsenter"] + (["setpriv"] if _is_root() else [])
+            required += ["slirp4netns"] if self.settings.network == "outside" else []
         missing = [prog for prog in required if shutil.which(prog, path=self.path) is None]
         if missing:
             packages = sorted({PACKAGES[prog] for prog in missing})
@@ -461,73 +933,16 @@ class LocalProvider(Provider):
             self._warned.add(message)
             log.warning("%s", message)
 
-    def _mount_mode(self, spec: ServerSpec) -> tuple[str, str | None]:
-        if not spec.mounts:
-            return "none", None
-        if not self.isolate:
-            return (
-                "symlinks",
-                "mount isolation is off: data are symlinks under the instance directory, not read-only",
-            )
-        if not _is_root():
-            return "symlinks", "not root: data are symlinks under the instance directory, not read-only"
-        if not self._namespace_works():
-            return "symlinks", "mount namespaces unavailable: data are symlinks, not read-only"
-        return "namespace", None
-
-    def _namespace_works(self) -> bool:
-        if self._namespace_ok is None:
-            try:
-                probe = subprocess.run(
-                    ["unshare", "--mount", "--propagation", "private", "true"],
-                    env={"PATH": self.path},
-                    capture_output=True,
-                    timeout=10,
-                    check=False,
-                )
-                self._namespace_ok = probe.returncode == 0
-            except (OSError, subprocess.TimeoutExpired):
-                self._namespace_ok = False
-            if not self._namespace_ok:
-                self._warn_once("unshare --mount failed: local sessions see their data through symlinks")
-        return self._namespace_ok
-
-    def _prepare_mounts(self, staging: Path, final: Path, spec: ServerSpec, mode: str) -> list[str]:
-        """Mount points for the namespace (made on the host: returns those we created, to
-        remove on delete), or the symlinks of the fallback."""
-        created: list[str] = []
+    def _make_symlinks(self, staging: Path, spec: ServerSpec) -> None:
+        """Without a sandbox the data are symlinks under the instance directory."""
         for mount in spec.mounts:
-            if mode == "namespace":
-                missing = []
-                path = Path(mount.target)
-                while not path.exists():
-                    missing.append(str(path))
-                    path = path.parent
-                Path(mount.target).mkdir(parents=True, exist_ok=True)
-                created += [p for p in reversed(missing) if p not in created]
-            else:
-                link = staging / session.SYMLINK_DIR / mount.target.lstrip("/")
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(mount.source)
-        return created
+            link = staging / session.SYMLINK_DIR / mount.target.lstrip("/")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(mount.source)
 
-    def _remove_created_dirs(self, created: list[str]) -> None:
-        """Remove the empty mount points we made, unless another instance still uses them:
-        removing a directory that is a mount point elsewhere would detach that mount."""
-        in_use: set[str] = set()
-        for entry in self.root.iterdir() if self.root.is_dir() else []:
-            other = session.read_json(entry / session.INSTANCE_FILE) or {}
-            in_use.update(other.get("created_dirs", []))
-            in_use.update(m["target"] for m in other.get("mounts", []))
-        for path in sorted(created, key=len, reverse=True):
-            if path in in_use or any(p.startswith(path + "/") for p in in_use):
-                continue
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
-
-    def _write_secret(self, instance_dir: Path, secret: str, vnc: bool) -> None:
-        fd = os.open(instance_dir / session.SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
+    def _write_secret(self, run_dir: Path, secret: str, vnc: bool) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        with os.fdopen(os.open(run_dir / session.SECRET_FILE, flags, 0o600), "w") as out:
             out.write(secret)
         if not vnc:
             return
@@ -542,15 +957,15 @@ class LocalProvider(Provider):
         )
         if result.returncode or len(result.stdout) != 8:
             raise CloudError(f"vncpasswd failed: {result.stderr.decode(errors='replace').strip()}")
-        fd = os.open(instance_dir / session.VNC_PASSWORD_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
+        with os.fdopen(os.open(run_dir / session.VNC_PASSWORD_FILE, flags, 0o600), "wb") as out:
             out.write(result.stdout)
 
     def _remove_stale_x_lock(self, instance_dir: Path) -> None:
-        """An X server killed with -9 leaves its lock and socket behind."""
-        status = session.read_json(instance_dir / session.STATUS_FILE) or {}
-        display = status.get("display")
-        if display is None:
+        """An X server killed with -9 leaves its lock and socket behind (outside a sandbox,
+        whose /tmp is its own)."""
+        record = session.read_json(instance_dir / session.INSTANCE_FILE) or {}
+        display = session.read_display(instance_dir / session.RUN_DIR)
+        if display is None or record.get("isolation") == "sandbox":
             return
         lock = Path(f"/tmp/.X{display}-lock")
         try:
@@ -562,19 +977,50 @@ class LocalProvider(Provider):
             Path(f"/tmp/.X11-unix/X{display}").unlink(missing_ok=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _usr_links() -> list[str]:
+    """/bin, /lib... as the host has them: symlinks into /usr (merged /usr) or bound."""
+    out: list[str] = []
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = Path("/" + name)
+        if path.is_symlink():
+            out += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            out += ["--ro-bind", str(path), str(path)]
+    return out
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
+def _run_admin(argv: list[str], path: str) -> None:
+    """useradd/groupadd; 'already exists' (another visa made it) is for the caller's retry."""
+    result = subprocess.run(argv, env={"PATH": path}, capture_output=True, timeout=30, check=False)
+    if result.returncode not in (0, 4, 9):  # 4: id in use, 9: name in use: look again
+        raise CloudError(f"{argv[0]} failed: {result.stderr.decode(errors='replace').strip()[:200]}")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            sock.bind(("127.0.0.1", port))
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _kill_cgroup(cgroup: Path) -> None:
+    try:
+        pids = [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return
+    for pid in pids:
+        _kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        try:
+            if not (cgroup / "cgroup.procs").read_text().strip():
+                return
         except OSError:
-            return False
-    return True
+            return
+        time.sleep(0.02)
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -582,17 +1028,15 @@ def _kill(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def _mnt_ns(pid: int) -> str | None:
-    """The session's mount namespace, when it is not ours (then it names every process of it)."""
-    try:
-        theirs = os.readlink(f"/proc/{pid}/ns/mnt")
-        return theirs if theirs != os.readlink("/proc/self/ns/mnt") else None
-    except OSError:
-        return None
-
-
 def _is_root() -> bool:
     return os.geteuid() == 0
+
+
+def _login_name() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return getpass.getuser()
 
 
 def _host_memory_mb() -> int | None:

@@ -1,13 +1,20 @@
-"""The supervisor of one local session: run as a script, inside the session's mount namespace.
+"""The supervisor of one local session, and the session itself: run as a script.
 
-The local provider starts ``python local_session.py <instance dir>`` (through ``unshare``
-when it can). The script forks once so the supervisor is no child of the visa process (a
-restarted visa must not matter, and no zombie is left behind), writes its pid, bind-mounts
-the experiment data, starts the desktop and JupyterLab, and then watches them:
+The local provider starts ``python local_session.py <instance dir>``. The script forks once
+so the supervisor is no child of the visa process (a restarted visa must not matter, and no
+zombie is left behind), writes its pid, and then
 
-* ``status.json`` says ``starting`` until every port answers, then ``running``;
-* a critical process (X/VNC server, JupyterLab) that exits is a fault: the supervisor tears
-  the session down and records ``failed`` with the reason;
+* in a sandbox (``isolation`` ``sandbox``): puts ``bwrap`` in the session's cgroups and runs
+  this same script inside it (``--inside``) as the session's unix account, where it starts
+  the desktop and JupyterLab; the supervisor stays outside, as visa's user, and watches;
+* without (``isolation`` ``none``, the operator's own sessions only): starts them itself.
+
+Either way the desktop and JupyterLab listen on unix sockets in the session's ``run``
+directory, never on TCP, and
+
+* ``status.json`` says ``starting`` until every socket answers, then ``running``;
+* a critical process (the sandbox, X/VNC server, JupyterLab) that exits is a fault: the
+  supervisor tears the session down and records ``failed`` with the reason;
 * SIGTERM (from ``stop``) tears the session down and records ``stopped``.
 
 Stdlib only and importable, so the provider shares the file names and helpers below
@@ -21,6 +28,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -32,14 +40,25 @@ INSTANCE_FILE = "instance.json"
 STATUS_FILE = "status.json"
 PID_FILE = "supervisor.pid"
 STOPPED_FILE = "stopped"
-SECRET_FILE = "secret"
-VNC_PASSWORD_FILE = "vncpasswd"
-XAUTHORITY_FILE = "Xauthority"
 LOG_FILE = "session.log"
 HOME_DIR = "home"
 SYMLINK_DIR = "mounts"
+# The session's own directory (its account owns it): secrets it needs, its sockets.
+RUN_DIR = "run"
+SECRET_FILE = "secret"
+VNC_PASSWORD_FILE = "vncpasswd"
+XAUTHORITY_FILE = "Xauthority"
+DISPLAY_FILE = "display"
+FAULT_FILE = "fault"
+INSIDE_FILE = "session.json"
+SOCKETS = {"VNC": "vnc.sock", "JUPYTER": "jupyter.sock"}
+# visa's links to the session's sockets, in a directory the session never sees.
+SOCKETS_DIR = "sockets"
+# Where the sandbox sees the run directory and this script.
+SANDBOX_RUN = "/run/visa"
+SANDBOX_SCRIPT = "/run/visa-session.py"
 # Every process of a session inherits this variable: how stop finds kernels and shells
-# that left the supervisor's process group.
+# that left the supervisor's process group (without a sandbox; with one, its pid namespace).
 MARKER_ENV = "VISA_LOCAL_SESSION"
 
 READY_TIMEOUT = 60.0
@@ -49,10 +68,14 @@ TEARDOWN_GRACE = 3.0
 # ---------------------------------------------------------------- helpers shared with the provider
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any], mode: int = 0o600) -> None:
     """Atomic write, so a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # never write through whatever another left there
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, path)
 
 
@@ -89,8 +112,9 @@ def read_pid_file(instance_dir: Path) -> tuple[int, int] | None:
         return None
 
 
-def session_pids(instance_dir: Path, mnt_ns: str | None = None) -> list[int]:
-    """Every live process that belongs to the session: by marker, or by mount namespace."""
+def session_pids(instance_dir: Path, pid_ns: str | None = None) -> list[int]:
+    """Every live process of the session: in its pid namespace (a sandbox's processes cannot
+    leave it), or carrying its marker (a session without one)."""
     marker = f"{MARKER_ENV}={instance_dir}".encode()
     own = os.getpid()
     found = []
@@ -99,7 +123,7 @@ def session_pids(instance_dir: Path, mnt_ns: str | None = None) -> list[int]:
             continue
         pid = int(entry.name)
         try:
-            if mnt_ns and os.readlink(f"/proc/{pid}/ns/mnt") == mnt_ns:
+            if pid_ns and os.readlink(f"/proc/{pid}/ns/pid") == pid_ns:
                 found.append(pid)
                 continue
             if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
@@ -109,16 +133,25 @@ def session_pids(instance_dir: Path, mnt_ns: str | None = None) -> list[int]:
     return [pid for pid in found if pid_alive(pid)]
 
 
-def kill_session(instance_dir: Path, mnt_ns: str | None, grace: float) -> None:
+def pid_ns_of(pid: int) -> str | None:
+    """A process's pid namespace, when it is not ours (a sandbox's)."""
+    try:
+        theirs = os.readlink(f"/proc/{pid}/ns/pid")
+        return theirs if theirs != os.readlink("/proc/self/ns/pid") else None
+    except OSError:
+        return None
+
+
+def kill_session(instance_dir: Path, pid_ns: str | None, grace: float) -> None:
     """SIGTERM every process of the session, then SIGKILL what is left after ``grace``."""
-    pids = session_pids(instance_dir, mnt_ns)
+    pids = session_pids(instance_dir, pid_ns)
     for pid in pids:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while pids and time.monotonic() < deadline:
         time.sleep(0.05)
         pids = [pid for pid in pids if pid_alive(pid)]
-    for pid in session_pids(instance_dir, mnt_ns):
+    for pid in session_pids(instance_dir, pid_ns):
         _signal(pid, signal.SIGKILL)
 
 
@@ -135,9 +168,11 @@ def boot_id() -> str:
         return ""
 
 
-def port_open(port: int, timeout: float = 0.5) -> bool:
+def socket_open(path: str, timeout: float = 0.5) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
             return True
     except OSError:
         return False
@@ -151,7 +186,7 @@ def write_xauthority(path: Path, cookie: bytes) -> None:
         return struct.pack(">H", len(value)) + value
 
     entry = struct.pack(">H", 0xFFFF) + field(b"") + field(b"") + field(b"MIT-MAGIC-COOKIE-1") + field(cookie)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(entry)
 
@@ -168,42 +203,89 @@ def xkb_layout(keyboard_layout: str) -> tuple[str, str]:
     return country, ""
 
 
-# ---------------------------------------------------------------- the supervisor
+def read_session_file(path: Path, limit: int) -> str:
+    """A small file the session wrote: never through a symlink, never blocking on a FIFO
+    it put there; '' if it is not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return os.read(fd, limit).decode(errors="replace")
+    finally:
+        os.close(fd)
 
 
-class Supervisor:
-    def __init__(self, instance_dir: Path) -> None:
-        self.dir = instance_dir
-        self.spec: dict[str, Any] = json.loads((instance_dir / INSTANCE_FILE).read_text())
-        self.status: dict[str, Any] = {"phase": "starting", "started_at": time.time(), "boot_id": boot_id()}
+def read_display(run_dir: Path) -> int | None:
+    """The display number the session wrote (its own file: parse, never trust)."""
+    text = read_session_file(run_dir / DISPLAY_FILE, 8).strip()
+    return int(text) if text.isdigit() else None
+
+
+def publish_socket(run_dir: Path, sockets_dir: Path, name: str, uid: int) -> bool:
+    """Hard-link the socket the session made in its ``run`` directory into visa's own
+    ``sockets`` directory, which the session cannot change: the gateway connects there, so
+    a symlink the session puts in place of its socket (to PostgreSQL's, another session's
+    or any host service's) is never followed by visa. True once published."""
+    final = sockets_dir / name
+    if final.exists():
+        return True
+    source = run_dir / name
+    try:
+        info = os.lstat(source)
+    except OSError:
+        return False
+    if not stat.S_ISSOCK(info.st_mode) or info.st_uid != uid:
+        return False
+    tmp = sockets_dir / f".{name}.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        os.link(source, tmp, follow_symlinks=False)
+        linked = os.lstat(tmp)
+        if (linked.st_ino, linked.st_dev) != (info.st_ino, info.st_dev) or not stat.S_ISSOCK(linked.st_mode):
+            os.unlink(tmp)  # swapped between the two looks
+            return False
+        os.replace(tmp, final)
+    except OSError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- the session's programs
+
+
+class Session:
+    """Starts and watches the desktop and JupyterLab: inside the sandbox as the session's
+    account, or in the supervisor itself without one. ``home`` and ``run`` are the paths
+    as these programs see them."""
+
+    def __init__(self, spec: dict[str, Any], home: Path, run: Path, marker: str, log: Any) -> None:
+        self.spec = spec
+        self.home = home
+        self.run_dir = run
+        self.log = log
         self.critical: dict[str, subprocess.Popen[bytes]] = {}
         self.others: dict[str, subprocess.Popen[bytes]] = {}
-        self.stopping = False
-        self.log = open(instance_dir / LOG_FILE, "ab", buffering=0)  # noqa: SIM115 - lives as long as the session
-        self.env = self._base_env()
-
-    def _base_env(self) -> dict[str, str]:
-        home = str(self.dir / HOME_DIR)
-        env = {
-            "PATH": self.spec["path"],
-            "HOME": home,
-            "USER": self.spec.get("owner_username") or "visa",
+        user = (spec.get("account") or {}).get("name") or spec.get("owner_username") or "visa"
+        self.env = {
+            "PATH": spec["path"],
+            "HOME": str(home),
+            "USER": user,
+            "LOGNAME": user,
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "SHELL": "/bin/bash",
-            "XAUTHORITY": str(self.dir / XAUTHORITY_FILE),
-            MARKER_ENV: str(self.dir),
+            "XAUTHORITY": str(run / XAUTHORITY_FILE),
+            MARKER_ENV: marker,
         }
-        return env
 
-    def _save(self, **changes: Any) -> None:
-        self.status.update(changes)
-        write_json(self.dir / STATUS_FILE, self.status)
+    def note(self, message: str) -> None:
+        self.log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} session: {message}\n".encode())
 
-    def _note(self, message: str) -> None:
-        self.log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor: {message}\n".encode())
-
-    def _spawn(self, name: str, argv: list[str], *, critical: bool, **kwargs: Any) -> subprocess.Popen[bytes]:
-        self._note("starting " + " ".join(argv))
+    def spawn(self, name: str, argv: list[str], *, critical: bool, **kwargs: Any) -> subprocess.Popen[bytes]:
+        self.note("starting " + " ".join(argv))
         proc = subprocess.Popen(
             argv,
             env=kwargs.pop("env", self.env),
@@ -216,49 +298,48 @@ class Supervisor:
         (self.critical if critical else self.others)[name] = proc
         return proc
 
-    # -- steps
-
-    def mount_data(self) -> None:
-        """Bind the experiment data at the paths a VM would have; read-only unless asked.
-
-        We are alone in a private mount namespace (unshare), so none of this is seen
-        outside the session and it all goes away with its last process."""
-        if self.spec["mount_mode"] != "namespace":
-            return
-        for mount in self.spec["mounts"]:
-            target = mount["target"]
-            subprocess.run(["mount", "--bind", mount["source"], target], check=True, capture_output=True)
-            if mount["read_only"]:
-                subprocess.run(["mount", "-o", "remount,bind,ro", target], check=True, capture_output=True)
+    def start(self) -> None:
+        protocols = self.spec["protocols"]
+        if "VNC" in protocols:
+            self.start_display()
+            self.start_desktop_apps()
+        if "JUPYTER" in protocols:
+            self.start_jupyter()
 
     def start_display(self) -> int:
         spec = self.spec
         width, height = spec["screen_width"], spec["screen_height"]
-        xauth = str(self.dir / XAUTHORITY_FILE)
+        xauth = str(self.run_dir / XAUTHORITY_FILE)
+        vnc_socket = str(self.run_dir / SOCKETS["VNC"])
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(vnc_socket)  # left by a server killed with -9
         read_fd, write_fd = os.pipe()
         common = ["-displayfd", str(write_fd), "-auth", xauth, "-nolisten", "tcp"]
+        password = str(self.run_dir / VNC_PASSWORD_FILE)
         if spec["vnc_server"] == "tigervnc":
-            # Xtigervnc is X server and VNC server in one process.
+            # Xtigervnc is X server and VNC server in one process; RFB on a unix socket only.
             argv = [
                 "Xtigervnc", *common,
                 "-geometry", f"{width}x{height}", "-depth", "24",
-                "-rfbport", str(spec["ports"]["VNC"]), "-interface", "127.0.0.1", "-localhost=1",
-                "-SecurityTypes", "VncAuth", "-PasswordFile", str(self.dir / VNC_PASSWORD_FILE),
+                "-rfbport", "-1", "-rfbunixpath", vnc_socket, "-rfbunixmode", "0600",
+                "-SecurityTypes", "VncAuth", "-PasswordFile", password,
                 "-AlwaysShared=1", "-desktop", spec["name"],
             ]  # fmt: skip
         else:
             argv = ["Xvfb", *common, "-screen", "0", f"{width}x{height}x24"]
-        self._spawn("xserver", argv, critical=True, pass_fds=(write_fd,))
+        self.spawn("xserver", argv, critical=True, pass_fds=(write_fd,))
         os.close(write_fd)
         display = self._read_display(read_fd)
         self.env["DISPLAY"] = f":{display}"
-        self._save(display=display)
+        fd = os.open(self.run_dir / DISPLAY_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"{display}\n")
         if spec["vnc_server"] == "x11vnc":
-            self._spawn(
+            self.spawn(
                 "vnc",
                 [
                     "x11vnc", "-display", f":{display}", "-auth", xauth,
-                    "-rfbport", str(spec["ports"]["VNC"]), "-localhost", "-rfbauth", str(self.dir / VNC_PASSWORD_FILE),
+                    "-rfbport", "0", "-unixsock", vnc_socket, "-rfbauth", password,
                     "-forever", "-shared", "-quiet", "-noxdamage",
                 ],
                 critical=True,
@@ -296,11 +377,11 @@ class Supervisor:
             argv = ["setxkbmap", layout] + (["-variant", variant] if variant else [])
             result = subprocess.run(argv, env=self.env, capture_output=True, timeout=10)
             if result.returncode:
-                self._note(f"keyboard layout {spec['keyboard_layout']!r} not applied: {result.stderr!r}")
+                self.note(f"keyboard layout {spec['keyboard_layout']!r} not applied: {result.stderr!r}")
         if tools.get("xsetroot"):
             subprocess.run(["xsetroot", "-solid", "#2f4f6f"], env=self.env, capture_output=True, timeout=10)
-        self._spawn("wm", ["openbox"], critical=False)
-        self._spawn(
+        self.spawn("wm", ["openbox"], critical=False)
+        self.spawn(
             "terminal",
             ["xterm", "-geometry", "100x30+40+40", "-bg", "#fdf6e3", "-fg", "#073642", "-T", spec["name"]],
             critical=False,
@@ -310,14 +391,17 @@ class Supervisor:
         spec = self.spec
         env = dict(self.env)
         # The token goes through the environment, not argv, which every local user can read.
-        env["JUPYTER_TOKEN"] = (self.dir / SECRET_FILE).read_text()
-        env["JUPYTER_CONFIG_DIR"] = str(self.dir / HOME_DIR / ".jupyter")
-        env["JUPYTER_RUNTIME_DIR"] = str(self.dir / "jupyter-runtime")
+        env["JUPYTER_TOKEN"] = (self.run_dir / SECRET_FILE).read_text()
+        env["JUPYTER_CONFIG_DIR"] = str(self.home / ".jupyter")
+        env["JUPYTER_RUNTIME_DIR"] = str(self.run_dir / "jupyter-runtime")
+        jupyter_socket = str(self.run_dir / SOCKETS["JUPYTER"])
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(jupyter_socket)
         argv = [
             *spec["jupyter_command"],
-            "--no-browser", "--ip=127.0.0.1", f"--port={spec['ports']['JUPYTER']}", "--port-retries=0",
+            "--no-browser", f"--ServerApp.sock={jupyter_socket}", "--ServerApp.sock_mode=0600",
             f"--ServerApp.base_url=/jupyter/{spec['instance_uid']}/",
-            f"--ServerApp.root_dir={self.dir / HOME_DIR}",
+            f"--ServerApp.root_dir={self.home}",
             # Reached through visa's reverse proxy, whose Host and Origin are not ours.
             "--ServerApp.allow_remote_access=True",
             f"--ServerApp.allow_origin={spec['jupyter_allow_origin']}",
@@ -325,20 +409,7 @@ class Supervisor:
             "--LabApp.news_url=",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         ]  # fmt: skip
-        self._spawn("jupyter", argv, critical=True, env=env)
-
-    def wait_ready(self) -> None:
-        ports = list(self.spec["ports"].values())
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not self.stopping:
-            self.check_children()
-            if all(port_open(port, 0.2) for port in ports):
-                self._save(phase="running", ready_at=time.time())
-                self._note(f"ready in {time.time() - self.status['started_at']:.2f} s")
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"ports {ports} did not answer within {READY_TIMEOUT:.0f} s")
-            time.sleep(0.1)
+        self.spawn("jupyter", argv, critical=True, env=env)
 
     def check_children(self) -> None:
         for name, proc in self.critical.items():
@@ -346,33 +417,179 @@ class Supervisor:
                 raise RuntimeError(f"{name} exited with code {proc.returncode}")
         for name, proc in list(self.others.items()):
             if proc.poll() is not None:
-                self._note(f"{name} exited with code {proc.returncode}")
+                self.note(f"{name} exited with code {proc.returncode}")
                 del self.others[name]
+
+    def stop(self, grace: float) -> None:
+        procs = [*self.critical.values(), *self.others.values()]
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                proc.terminate()
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace)
+            with contextlib.suppress(OSError):
+                proc.kill()
+
+
+def run_inside(spec_path: Path) -> int:
+    """The session in its sandbox: start the programs, exit when a critical one ends (the
+    supervisor outside sees the sandbox end and records the fault)."""
+    spec = json.loads(spec_path.read_text())
+    stopping = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    os.umask(0o077)
+    log = open(sys.stdout.fileno(), "wb", buffering=0, closefd=False)  # noqa: SIM115 - the sandbox's log
+    session = Session(spec, Path(spec["home"]), Path(SANDBOX_RUN), spec["marker"], log)
+    try:
+        session.start()
+        while not stopping:
+            session.check_children()
+            time.sleep(0.25)
+    except Exception as exc:
+        session.note(f"fault: {exc}")
+        with contextlib.suppress(OSError):
+            (session.run_dir / FAULT_FILE).write_text(str(exc)[:200])
+        session.stop(1.0)
+        return 1
+    session.stop(TEARDOWN_GRACE)
+    return 0
+
+
+# ---------------------------------------------------------------- the supervisor
+
+
+class Supervisor:
+    def __init__(self, instance_dir: Path) -> None:
+        self.dir = instance_dir
+        self.spec: dict[str, Any] = json.loads((instance_dir / INSTANCE_FILE).read_text())
+        self.status: dict[str, Any] = {"phase": "starting", "started_at": time.time(), "boot_id": boot_id()}
+        self.stopping = False
+        self.log = open(instance_dir / LOG_FILE, "ab", buffering=0)  # noqa: SIM115 - lives as long as the session
+        self.sandboxed = self.spec["isolation"] == "sandbox"
+        self.sandbox: subprocess.Popen[bytes] | None = None
+        self.slirp: subprocess.Popen[bytes] | None = None
+        self.session = Session(
+            self.spec, instance_dir / HOME_DIR, instance_dir / RUN_DIR, str(instance_dir), self.log
+        )
+
+    def _save(self, **changes: Any) -> None:
+        self.status.update(changes)
+        write_json(self.dir / STATUS_FILE, self.status)
+
+    def _note(self, message: str) -> None:
+        self.log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor: {message}\n".encode())
+
+    def start_sandbox(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / RUN_DIR / FAULT_FILE).unlink()
+        """bwrap, born in the session's cgroups: everything in the sandbox is counted there."""
+        cgroups = [Path(p) / "cgroup.procs" for p in self.spec.get("cgroups", [])]
+
+        def join_cgroups() -> None:
+            for procs in cgroups:
+                procs.write_text(f"{os.getpid()}\n")
+
+        argv = self.spec["sandbox_argv"]
+        self._note("starting sandbox " + " ".join(argv))
+        # The options (host paths) go through a pipe: the sandbox's pid 1 is bwrap, whose
+        # command line its processes can read.
+        split = argv.index("--")
+        read_fd, write_fd = os.pipe()
+        os.write(write_fd, b"".join(arg.encode() + b"\0" for arg in argv[1:split]))
+        os.close(write_fd)
+        try:
+            self.sandbox = subprocess.Popen(
+                [argv[0], "--args", str(read_fd), *argv[split:]],
+                env={k: self.session.env[k] for k in ("PATH", "LANG", MARKER_ENV)},
+                stdin=subprocess.DEVNULL,
+                stdout=self.log,
+                stderr=self.log,
+                pass_fds=(read_fd,),
+                preexec_fn=join_cgroups,  # noqa: PLW1509 - only file writes between fork and exec
+            )
+        finally:
+            os.close(read_fd)
+        # The sandbox's pid namespace names every process of the session, however they detach.
+        deadline = time.monotonic() + 10
+        while (ns := pid_ns_of_child(self.sandbox.pid)) is None:
+            if self.sandbox.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the sandbox did not start (exit {self.sandbox.poll()})")
+            time.sleep(0.01)
+        self._save(sandbox_pid=ns[0], pid_ns=ns[1])
+        if self.spec.get("network") == "outside":
+            # User-mode NAT into the sandbox's namespace; its 10.0.2.2 is not the host's loopback.
+            self.slirp = subprocess.Popen(
+                ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", str(ns[0]), "tap0"],
+                env={"PATH": self.spec["path"]},
+                stdin=subprocess.DEVNULL,
+                stdout=self.log,
+                stderr=self.log,
+            )
+
+    def check(self) -> None:
+        if self.sandbox is not None:
+            if self.sandbox.poll() is not None:
+                raise RuntimeError(f"the session's sandbox exited with code {self.sandbox.returncode}" + self._fault())
+            if self.slirp is not None and self.slirp.poll() is not None:
+                raise RuntimeError(f"slirp4netns, the session's network, exited with code {self.slirp.returncode}")
+        else:
+            self.session.check_children()
+
+    def _fault(self) -> str:
+        """What the session said went wrong: its own file, so printable text, bounded."""
+        text = read_session_file(self.dir / RUN_DIR / FAULT_FILE, 200)
+        return (": " + "".join(c for c in text if c.isprintable())) if text else ""
+
+    def wait_ready(self) -> None:
+        names = [SOCKETS[p] for p in self.spec["protocols"] if p in SOCKETS]
+        run_dir, published = self.dir / RUN_DIR, self.dir / SOCKETS_DIR
+        uid = (self.spec.get("account") or {}).get("uid", os.getuid())
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not self.stopping:
+            self.check()
+            display = read_display(run_dir)
+            if all(
+                publish_socket(run_dir, published, name, uid) and socket_open(str(published / name), 0.2)
+                for name in names
+            ) and (display is not None or "VNC" not in self.spec["protocols"]):
+                self._save(phase="running", ready_at=time.time(), display=display)
+                self._note(f"ready in {time.time() - self.status['started_at']:.2f} s")
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{', '.join(self.spec['protocols'])} did not answer within {READY_TIMEOUT:.0f} s")
+            time.sleep(0.1)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         self._save()
+        # Links of an earlier run name sockets that no longer exist.
+        published = self.dir / SOCKETS_DIR
+        published.mkdir(mode=0o700, exist_ok=True)
+        for stale in published.iterdir():
+            stale.unlink()
+        # And the session's own sockets of that run, before they could be published again.
+        for name in (*SOCKETS.values(), DISPLAY_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.dir / RUN_DIR / name)
         try:
-            self.mount_data()
-            protocols = self.spec["ports"]
-            if "VNC" in protocols:
-                self.start_display()
-                self.start_desktop_apps()
-            if "JUPYTER" in protocols:
-                self.start_jupyter()
+            if self.sandboxed:
+                self.start_sandbox()
+            else:
+                self.session.start()
             self.wait_ready()
             while not self.stopping:
-                self.check_children()
+                self.check()
                 time.sleep(0.25)
         except Exception as exc:  # the fault is the session's, reported through status.json
             if not self.stopping:
-                detail = (
-                    exc.stderr.decode(errors="replace").strip()
-                    if isinstance(exc, subprocess.CalledProcessError)
-                    else ""
-                )
-                fault = f"{exc} {detail}".strip()
+                fault = str(exc)
                 self._note(f"fault: {fault}")
                 self._teardown()
                 self._save(phase="failed", fault=fault, ended_at=time.time())
@@ -385,13 +602,39 @@ class Supervisor:
         self.stopping = True
 
     def _teardown(self) -> None:
-        kill_session(self.dir, None, TEARDOWN_GRACE)
-        for proc in (*self.critical.values(), *self.others.values()):
+        if self.slirp is not None:
+            self.slirp.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=1)
+                self.slirp.wait(timeout=2)
+        if self.sandbox is not None:
+            kill_session(self.dir, self.status.get("pid_ns"), TEARDOWN_GRACE)
+            self.sandbox.kill()  # its init's death takes the whole pid namespace
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.sandbox.wait(timeout=2)
+            return
+        self.session.stop(1.0)
+        kill_session(self.dir, None, TEARDOWN_GRACE)
+
+
+def pid_ns_of_child(parent: int) -> tuple[int, str] | None:
+    """bwrap forks the sandbox's init: its pid and pid namespace, once it exists."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
+            ns = pid_ns_of(int(entry.name))
+            if ns is not None:
+                return int(entry.name), ns
+    return None
 
 
 def main(argv: list[str]) -> int:
+    if argv[1] == "--inside":
+        return run_inside(Path(argv[2]))
     instance_dir = Path(argv[1]).resolve()
     # Fork once: the parent (waited for by the provider) records the child's pid and exits,
     # so the supervisor is reparented away from visa and outlives it.

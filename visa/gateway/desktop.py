@@ -188,7 +188,9 @@ async def desktop(gateway: Gateway, scope: Scope, receive: Receive, send: Send) 
     upstream: Upstream | None = None
     try:
         try:
-            upstream = await open_upstream(grant.target.host, grant.target.port, config.connect_timeout)
+            upstream = await open_upstream(
+                grant.target.host, grant.target.port, config.connect_timeout, grant.target.socket
+            )
             async with asyncio.timeout(config.handshake_timeout):
                 server_init = await server_handshake(upstream, grant.target.secret)
         except (OSError, TimeoutError, RfbError) as exc:

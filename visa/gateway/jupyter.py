@@ -37,11 +37,10 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 from starlette.routing import BaseRoute, Host, Route, Router, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
-from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from visa.errors import NotFound, Unauthorized, VisaError
-from visa.gateway import service
+from visa.gateway import relay, service
 from visa.gateway.common import Gateway, error_body, log, refuse
 from visa.metrics import RelayMeter
 
@@ -149,9 +148,10 @@ class JupyterProxy:
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
             # No read timeout: kernels and downloads may take long; connects must not.
+            limits = httpx.Limits(max_connections=256, max_keepalive_connections=32)
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(None, connect=self.gateway.config.connect_timeout),
-                limits=httpx.Limits(max_connections=256, max_keepalive_connections=32),
+                transport=relay.UpstreamTransport(limits),  # TCP or the session's unix socket
                 follow_redirects=False,
                 trust_env=False,
             )
@@ -162,11 +162,11 @@ class JupyterProxy:
     @staticmethod
     def upstream_origin(target: service.Target) -> str:
         """JupyterLab's own origin, as it sees its requests (Origin, Referer, Location)."""
-        return f"http://{target.host}:{target.port}"
+        return relay.http_origin(target)
 
     @staticmethod
     def upstream_url(target: service.Target, path_and_query: str, ws: bool = False) -> str:
-        return f"{'ws' if ws else 'http'}://{target.host}:{target.port}{path_and_query}"
+        return (relay.ws_origin(target) if ws else relay.http_origin(target)) + path_and_query
 
     # ------------------------------------------------------------------ authentication
 
@@ -362,7 +362,8 @@ class JupyterProxy:
         headers = self._upstream_headers(websocket.headers, target, origin, ws=True)
         wanted = websocket.scope.get("subprotocols") or []
         try:
-            upstream = await ws_connect(
+            upstream = await relay.ws_connect(
+                target,
                 self.upstream_url(target, path, ws=True),
                 additional_headers=headers,
                 subprotocols=wanted or None,

@@ -1,4 +1,5 @@
-"""The TCP side of the desktop relay, built for throughput.
+"""The upstream side of the gateway: the desktop relay's connection, built for throughput,
+and how HTTP and websockets reach an instance's TCP port or unix socket.
 
 An ``asyncio.Protocol`` rather than streams: in relay mode the bytes objects the event
 loop reads (up to 256 KB each) go to the websocket as they are, without the copies a
@@ -12,7 +13,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import socket
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect, unix_connect
 
 # Read no more from the VNC server while this much waits for the browser.
 HIGH_WATER = 4 * 1024 * 1024
@@ -26,7 +32,7 @@ class UpstreamClosed(ConnectionError):
 
 
 class Upstream(asyncio.Protocol):
-    """One TCP connection: exact reads during a handshake, whole chunks once relaying."""
+    """One connection (TCP or unix socket): exact reads during a handshake, whole chunks once relaying."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -142,8 +148,69 @@ class Upstream(asyncio.Protocol):
             self.transport.close()
 
 
-async def open_upstream(host: str, port: int, timeout: float = 5.0) -> Upstream:
+async def open_upstream(host: str, port: int, timeout: float = 5.0, socket_path: str | None = None) -> Upstream:
+    """Connect to host:port, or to the unix socket ``socket_path`` when the target has one."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
-        _, protocol = await loop.create_connection(Upstream, host, port)
+        if socket_path:
+            _, protocol = await loop.create_unix_connection(Upstream, socket_path)
+        else:
+            _, protocol = await loop.create_connection(Upstream, host, port)
     return protocol
+
+
+# ---------------------------------------------------------------------- HTTP and websockets
+
+# Unix-socket upstreams get a made-up host name (RFC 6761 ``.invalid``: never resolved) that
+# the transport maps back to the socket, so one client serves TCP and socket targets alike.
+_SOCKET_HOSTS: dict[str, str] = {}
+SOCKET_DOMAIN = ".socket.invalid"
+
+
+def http_origin(target: Any) -> str:
+    """``http://host:port`` of a target, or the made-up origin of its unix socket."""
+    if not target.socket:
+        return f"http://{target.host}:{target.port}"
+    host = hashlib.sha256(target.socket.encode()).hexdigest()[:24] + SOCKET_DOMAIN
+    if len(_SOCKET_HOSTS) > 4096:
+        _SOCKET_HOSTS.clear()  # targets are looked up again at the next request
+    _SOCKET_HOSTS[host] = target.socket
+    return f"http://{host}"
+
+
+def ws_origin(target: Any) -> str:
+    return "ws" + http_origin(target)[4:]
+
+
+class UpstreamTransport(httpx.AsyncBaseTransport):
+    """TCP for ordinary hosts, one pooled unix-socket transport per socket host."""
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        self._limits = limits
+        self._tcp = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+        self._sockets: dict[str, httpx.AsyncHTTPTransport] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if not host.endswith(SOCKET_DOMAIN):
+            return await self._tcp.handle_async_request(request)
+        path = _SOCKET_HOSTS.get(host)
+        if path is None:
+            raise httpx.ConnectError(f"no socket for {host}", request=request)
+        transport = self._sockets.get(path)
+        if transport is None:
+            transport = self._sockets[path] = httpx.AsyncHTTPTransport(uds=path, limits=self._limits)
+        return await transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._tcp.aclose()
+        for transport in self._sockets.values():
+            await transport.aclose()
+        self._sockets.clear()
+
+
+async def ws_connect(target: Any, url: str, **kwargs: Any) -> ClientConnection:
+    """A websocket to the target: over its unix socket when it has one."""
+    if target.socket:
+        return await unix_connect(target.socket, url, **kwargs)
+    return await connect(url, **kwargs)

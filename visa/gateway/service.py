@@ -45,9 +45,12 @@ class Target:
     host: str
     port: int
     secret: str
+    # A unix socket of this host, when the protocol answers there rather than at host:port.
+    socket: str | None = None
 
     def __repr__(self) -> str:  # never print the secret
-        return f"Target(instance={self.instance_id}, {self.host}:{self.port})"
+        where = self.socket or f"{self.host}:{self.port}"
+        return f"Target(instance={self.instance_id}, {where})"
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,15 @@ def _live_instance(session: Session, uid: str) -> Instance | None:
 
 
 def target_for(instance: Instance, protocol: Protocol) -> Target:
-    """The address and port of one protocol: the provider's port if it reported one (the local
-    cloud runs many desktops on one host), otherwise the image's port on the instance address."""
+    """Where one protocol answers: the provider's unix socket or port if it reported one (the
+    local cloud runs many sessions on one host), otherwise the image's port on the instance address."""
     if instance.state not in CONNECTABLE_STATES:
         raise Conflict(f"the instance is {instance.state.value}, not running")
     if not instance.address:
         raise Conflict("the instance has no address yet")
+    sockets = (instance.provider_state or {}).get("sockets") or {}
+    if (path := sockets.get(protocol.value)) is not None:
+        return Target(instance.id, instance.address, 0, instance.secret, socket=str(path))
     ports = (instance.provider_state or {}).get("ports") or {}
     port = ports.get(protocol.value)
     if port is None:

@@ -123,6 +123,9 @@ def store_server(instance: Instance, server: Server, now) -> None:  # noqa: ANN0
     state = dict(instance.provider_state or {})
     if server.ports:
         state["ports"] = dict(server.ports)
+    if server.sockets:
+        state["sockets"] = dict(server.sockets)
+        state.pop("ports", None)
     if server.provider_state:
         state["cloud"] = server.provider_state
     instance.provider_state = state

@@ -16,9 +16,10 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from visa.db import Base, UTCDateTime
+from visa.errors import without_host_paths
 from visa.types import JsonDict, enum_column
 
 if TYPE_CHECKING:
@@ -144,6 +145,11 @@ class Instance(Base):
         back_populates="instance", cascade="all, delete-orphan", lazy="selectin"
     )
 
+    @validates("error_message")
+    def _public_error(self, _key: str, value: str | None) -> str | None:
+        # Shown to the owner and members: cloud and session faults name host paths, which stay in the log.
+        return without_host_paths(value)[:2000] if value else value
+
     def __repr__(self) -> str:
         return f"<Instance {self.uid} {self.state}>"
 
@@ -177,6 +183,10 @@ class InstanceCommand(Base):
     # When a process took it: a RUNNING command claimed long ago belongs to a process that died.
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    @validates("message")
+    def _public_message(self, _key: str, value: str | None) -> str | None:
+        return without_host_paths(value)[:2000] if value else value
 
 
 class ExtensionRequest(Base):

@@ -20,6 +20,26 @@ def port_open(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
         return False
 
 
+def socket_open(path: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            return True
+    except OSError:
+        return False
+
+
+def answers(instance: Instance, protocol: Protocol | str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether the protocol accepts connections: on the provider's unix socket or at its endpoint."""
+    name = protocol.value if isinstance(protocol, Protocol) else protocol
+    path = ((instance.provider_state or {}).get("sockets") or {}).get(name)
+    if path:
+        return socket_open(str(path), timeout)
+    where = endpoint(instance, name)
+    return where is not None and port_open(*where, timeout=timeout)
+
+
 def endpoint(instance: Instance, protocol: Protocol | str) -> tuple[str, int] | None:
     """Where a protocol of the instance answers: the provider's port if it gave one, else the image's."""
     name = protocol.value if isinstance(protocol, Protocol) else protocol
@@ -37,13 +57,10 @@ def ready_state(instance: Instance, timeout: float = PROBE_TIMEOUT) -> InstanceS
         return InstanceState.ACTIVE
     main = Protocol.VNC if Protocol.VNC in required else required[0]
     ordered = [main] + [p for p in required if p != main]
-    answers = []
-    for proto in ordered:
-        where = endpoint(instance, proto)
-        answers.append(where is not None and port_open(*where, timeout=timeout))
-    if not answers[0]:
+    answered = [answers(instance, proto, timeout) for proto in ordered]
+    if not answered[0]:
         return InstanceState.STARTING
-    return InstanceState.ACTIVE if all(answers) else InstanceState.PARTIALLY_ACTIVE
+    return InstanceState.ACTIVE if all(answered) else InstanceState.PARTIALLY_ACTIVE
 
 
 def probe_all(instances: Iterable[Instance], timeout: float = PROBE_TIMEOUT, workers: int = 32) -> dict[int, InstanceState]:

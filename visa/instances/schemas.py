@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
+from visa.provisioning.names import KEYBOARD_NAMES
 from visa.types import DbId
 
 
@@ -22,9 +23,16 @@ class CreateInstance(BaseModel):
     )
     screen_width: int = Field(1280, ge=640, le=7680)
     screen_height: int = Field(800, ge=480, le=4320)
-    keyboard_layout: str = Field("en-us", pattern=r"^[a-z]{2,3}(-[a-z0-9]{1,12})?$")
+    keyboard_layout: str = Field("en-us", max_length=32, description="One of the layouts the create page offers")
     lifetime_hours: int | None = Field(None, ge=1, le=24 * 365, description="Shorter than the maximum, if wished")
     comments: str = Field("", max_length=2000)
+
+    @field_validator("keyboard_layout")
+    @classmethod
+    def _offered_layout(cls, value: str) -> str:
+        if value not in KEYBOARD_NAMES:
+            raise ValueError(f"unknown keyboard layout; one of {', '.join(sorted(KEYBOARD_NAMES))}")
+        return value
 
 
 class NewMember(BaseModel):

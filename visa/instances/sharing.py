@@ -100,7 +100,10 @@ def _role(value: str | MemberRole, allowed_roles: frozenset[MemberRole]) -> Memb
 
 
 def _owner_is_staff(instance: Instance, now: datetime) -> bool:
-    return bool(instance.owner.roles_at(now) & STAFF_ROLES)
+    # Staff by a grant here or by the identity provider's claims (as last read at their login or
+    # refresh): either way their machine may hold what support must not see unasked.
+    owner = instance.owner
+    return bool((owner.roles_at(now) | owner.idp_roles_set()) & STAFF_ROLES)
 
 
 def list_members(actor: Actor, session: Session, instance: Instance) -> list[InstanceMember]:
@@ -219,6 +222,9 @@ def answer_support_request(actor: Actor, session: Session, clock: Clock, instanc
     if username not in {p["username"] for p in pending_support_requests(actor, session, clock, instance)}:
         raise NotFound(f"no pending support request from {username!r}", field="username")
     user = _user(session, username)
+    if approve and user.id == actor.id:
+        # An administrator may answer for the owner, but not let themselves in: that is the owner's call.
+        raise Forbidden("you cannot approve your own support request: the owner decides")
     action = "instance.support.approve" if approve else "instance.support.deny"
     record(session, actor, clock, action, target_type="instance", target_id=instance.uid, username=user.username)
     if not approve:

@@ -33,6 +33,8 @@ def server_spec(instance: Instance, settings: Settings, now: datetime, probe_pub
         screen_height=instance.screen_height,
         keyboard_layout=instance.keyboard_layout,
         owner_username=instance.owner.username,
+        owner_uid=instance.owner.uid_number,
+        owner_gid=instance.owner.gid_number,
         cores=flavour.cores,
         memory_mb=flavour.memory_mb,
     )

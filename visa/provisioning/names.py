@@ -83,6 +83,18 @@ def ssh_public_key(value: object, field: str = "probe_public_key") -> str:
     return value.strip()
 
 
+# The layouts the create page offers and the API accepts for new instances: each renders with
+# ``keyboard`` below (a test checks every one), so nothing is offered that is then refused.
+KEYBOARD_LAYOUTS: tuple[tuple[str, str], ...] = (
+    ("en-us", "English (US)"), ("en-gb", "English (UK)"), ("fr-fr", "French"), ("de-de", "German"),
+    ("it-it", "Italian"), ("es-es", "Spanish"), ("fr-ch", "Swiss French"), ("de-ch", "Swiss German"),
+    ("fr-be", "Belgian"), ("nl-nl", "Dutch"), ("pt-pt", "Portuguese"), ("sv-se", "Swedish"),
+    ("da-dk", "Danish"), ("nb-no", "Norwegian"), ("fi-fi", "Finnish"), ("pl-pl", "Polish"),
+    ("cs-cz", "Czech"), ("ja-jp", "Japanese"), ("fr-ca", "French (Canada)"),
+)
+KEYBOARD_NAMES = frozenset(name for name, _ in KEYBOARD_LAYOUTS)
+
+
 def keyboard(value: object, field: str = "keyboard_layout") -> tuple[str, str]:
     """``en-us``, ``fr-fr-azerty``, ``fr-ch-qwertz``… -> XKB (layout, variant)."""
     match = _KEYBOARD.fullmatch(value) if isinstance(value, str) else None
@@ -93,7 +105,7 @@ def keyboard(value: object, field: str = "keyboard_layout") -> tuple[str, str]:
         return "ch", "fr"  # Swiss French; plain "ch" is Swiss German
     if country == "ca" and language == "fr":
         return "ca", "fr"
-    return country, ""
+    return country, ""  # XKB names layouts by country (us, gb, de, ch, cz, jp...)
 
 
 def screen(width: object, height: object) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from visa.errors import CloudError
 from visa.gateway.service import purge_connect_tokens
 from visa.instances.models import Instance
 from visa.services import Services
-from visa.users.service import purge_expired_grants
+from visa.users.service import purge_expired_grants, purge_expired_sessions
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 class CleanupResult:
     grants: int = 0
     tokens: int = 0
+    sessions: int = 0  # login sessions past their lifetime
     orphans: dict[str, list[str]] = field(default_factory=dict)  # cloud -> orphan server ids seen
     removed: dict[str, list[str]] = field(default_factory=dict)  # cloud -> server ids deleted
 
@@ -43,6 +44,7 @@ class Cleanup:
         with self.services.database.unit_of_work() as s:
             result.grants = purge_expired_grants(s, self.services.clock)
             result.tokens = purge_connect_tokens(s, self.services.clock)
+            result.sessions = purge_expired_sessions(s)
             clouds = list(s.scalars(select(Cloud.name).where(Cloud.enabled.is_(True))))
         for name in clouds:
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from visa.db import Base, UTCDateTime
@@ -24,17 +24,25 @@ class Role(enum.StrEnum):
 
 STAFF_ROLES = frozenset({Role.ADMIN, Role.STAFF})
 
+# Python code matches it with fullmatch: its $ alone would also match before a trailing "\n".
 USERNAME_PATTERN = r"^[a-z_][a-z0-9_.-]{0,31}$"
 
 
 class User(Base):
     __tablename__ = "users"
+    # An identity is the provider's subject within its issuer: two providers may reuse a subject.
+    __table_args__ = (UniqueConstraint("identity_issuer", "external_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(32), unique=True)
     full_name: Mapped[str] = mapped_column(String(200), default="")
     email: Mapped[str | None] = mapped_column(String(254))
-    external_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    external_id: Mapped[str | None] = mapped_column(String(255))  # the identity provider's subject
+    identity_issuer: Mapped[str | None] = mapped_column(String(255))
+    # Roles the identity provider's claims gave at the last login or refresh (space separated):
+    # what others see of this user (staff status for the owner-consent rule); the user's own
+    # requests use their session's roles, which a refresh re-reads.
+    idp_roles: Mapped[str] = mapped_column(String(255), default="")
     uid_number: Mapped[int | None] = mapped_column(Integer)
     gid_number: Mapped[int | None] = mapped_column(Integer)
     home_path: Mapped[str | None] = mapped_column(String(255))
@@ -51,6 +59,9 @@ class User(Base):
     def roles_at(self, when: datetime) -> set[Role]:
         """Roles in force at ``when``: expired grants no longer count."""
         return {g.role for g in self.grants if g.expires_at is None or g.expires_at > when}
+
+    def idp_roles_set(self) -> set[Role]:
+        return {Role(r) for r in self.idp_roles.split() if r in Role.__members__}
 
     def __repr__(self) -> str:
         return f"<User {self.id} {self.username!r}>"
@@ -93,3 +104,28 @@ class ApiToken(Base):
 
     def __repr__(self) -> str:
         return f"<ApiToken {self.prefix}… user={self.user_id}>"
+
+
+class LoginSession(Base):
+    """A browser's login, held on the server: the cookie carries only its id, so ending the row
+    (logout, password change, deactivation, an administrator's revocation) ends it everywhere.
+    Only a hash of the id is stored, and the identity provider's refresh token stays here."""
+
+    __tablename__ = "login_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(String(16))  # local | oidc
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    refresh_token: Mapped[str | None] = mapped_column(Text)
+    refresh_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # next refresh at the provider
+    idp_roles: Mapped[str] = mapped_column(String(255), default="")
+
+    def idp_roles_set(self) -> set[Role]:
+        return {Role(r) for r in self.idp_roles.split() if r in Role.__members__}
+
+    def __repr__(self) -> str:
+        return f"<LoginSession {self.id_hash[:8]}… user={self.user_id} {self.method}>"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
-from datetime import datetime
+import secrets
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -14,14 +17,14 @@ from visa.audit.service import record
 from visa.auth.policy import require
 from visa.clock import Clock
 from visa.errors import Conflict, InvalidInput, NotFound
-from visa.users.models import USERNAME_PATTERN, Role, RoleGrant, User
+from visa.users.models import USERNAME_PATTERN, LoginSession, Role, RoleGrant, User
 
 _USERNAME = re.compile(USERNAME_PATTERN)
 MIN_PASSWORD = 8
 
 
 def validate_username(username: str) -> str:
-    if not isinstance(username, str) or not _USERNAME.match(username):
+    if not isinstance(username, str) or not _USERNAME.fullmatch(username):
         shown = username[:40] + "…" if isinstance(username, str) and len(username) > 40 else username
         raise InvalidInput(
             f"invalid username {shown!r}: 1-32 characters, lowercase letters, digits, '_', '.', '-', "
@@ -107,7 +110,104 @@ def set_password(session: Session, actor: Actor, clock: Clock, user: User, passw
     if len(password) < MIN_PASSWORD:
         raise InvalidInput(f"password shorter than {MIN_PASSWORD} characters", field="password")
     user.password_hash = generate_password_hash(password)
-    record(session, actor, clock, "user.password", target_type="user", target_id=user.id)
+    ended = end_sessions(session, user)
+    record(session, actor, clock, "user.password", target_type="user", target_id=user.id, sessions_ended=ended)
+
+
+# Also the cookie's lifetime. Both are wall-clock time (the cookie's signature carries its age),
+# whatever clock the service runs on.
+SESSION_LIFETIME = timedelta(hours=12)
+
+
+def _wall() -> datetime:
+    return datetime.now(UTC)
+
+
+def _sid_hash(sid: str) -> str:
+    return hashlib.sha256(sid.encode()).hexdigest()
+
+
+def open_login_session(
+    session: Session, user: User, now: datetime, *, method: str, ip: str | None = None,
+    refresh_token: str | None = None, refresh_at: datetime | None = None, idp_roles: Iterable[Role] = (),
+) -> tuple[LoginSession, str]:
+    """A new login session and its secret id (for the cookie; only its hash is stored)."""
+    sid = secrets.token_urlsafe(32)
+    roles = " ".join(sorted(r.value for r in idp_roles))
+    row = LoginSession(
+        id_hash=_sid_hash(sid), user_id=user.id, method=method, created_at=now, last_seen_at=now,
+        expires_at=_wall() + SESSION_LIFETIME, ip=ip[:64] if ip else None, refresh_token=refresh_token,
+        refresh_at=refresh_at, idp_roles=roles,
+    )
+    session.add(row)
+    if method == "oidc":
+        user.idp_roles = roles
+    session.flush()
+    return row, sid
+
+
+def live_login_session(session: Session, sid: object, user_id: object) -> LoginSession | None:
+    """The session a cookie names, if it has not ended (logout, revocation, expiry)."""
+    if not isinstance(sid, str) or not sid or len(sid) > 128 or not isinstance(user_id, int):
+        return None
+    row = session.get(LoginSession, _sid_hash(sid))
+    if row is None or row.user_id != user_id or row.expires_at <= _wall():
+        return None
+    return row
+
+
+def end_login_session(session: Session, sid: object) -> None:
+    if isinstance(sid, str) and sid and len(sid) <= 128:
+        session.execute(delete(LoginSession).where(LoginSession.id_hash == _sid_hash(sid)))
+
+
+def purge_expired_sessions(session: Session) -> int:
+    result = session.execute(delete(LoginSession).where(LoginSession.expires_at <= _wall()))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def end_sessions(session: Session, user: User) -> int:
+    """End every login session of the user, in every browser; how many there were."""
+    result = session.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def revoke_sessions(session: Session, actor: Actor, clock: Clock, user: User) -> int:
+    """An administrator logs the user out everywhere (a stolen cookie stops working)."""
+    require(actor, "manage_users")
+    ended = end_sessions(session, user)
+    record(session, actor, clock, "user.sessions.revoke", target_type="user", target_id=user.id, ended=ended)
+    return ended
+
+
+def link_identity(session: Session, actor: Actor, clock: Clock, user: User, issuer: str, subject: str) -> None:
+    """An administrator links an account to an identity provider's identity (issuer and subject):
+    the only way an existing account comes to be used through the provider."""
+    require(actor, "manage_users")
+    if not 0 < len(issuer) <= 255:
+        raise InvalidInput("issuer must be 1-255 characters", field="issuer")
+    if not 0 < len(subject) <= 255:
+        raise InvalidInput("subject must be 1-255 characters", field="subject")
+    if user.external_id is not None:
+        raise Conflict(f"{user.username} is already linked to an identity", field="username")
+    other = session.scalar(select(User).where(User.identity_issuer == issuer, User.external_id == subject))
+    if other is not None:
+        raise Conflict(f"that identity already has the account {other.username}", field="subject")
+    user.identity_issuer, user.external_id = issuer, subject
+    record(session, actor, clock, "user.identity.link", target_type="user", target_id=user.id,
+           issuer=issuer, subject=subject)
+
+
+def set_active(session: Session, actor: Actor, clock: Clock, user: User, active: bool) -> None:
+    """Deactivate (logged out everywhere, tokens and logins refused) or reactivate an account."""
+    require(actor, "manage_users")
+    if not active and actor.id == user.id:
+        raise Conflict("you cannot deactivate your own account", field="active")
+    old = user.active
+    user.active = active
+    ended = 0 if active else end_sessions(session, user)
+    record(session, actor, clock, "user.active", target_type="user", target_id=user.id, old=old, new=active,
+           sessions_ended=ended)
 
 
 def check_password(user: User, password: str) -> bool:

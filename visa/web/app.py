@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from flask import Flask, jsonify
@@ -10,10 +11,13 @@ from werkzeug.routing import IntegerConverter, Map
 
 from visa.clock import Clock, system_clock
 from visa.db import Database
+from visa.errors import VisaError
 from visa.services import Services
 from visa.settings import Settings, get_settings
 from visa.types import MAX_ID
 from visa.web import context, csrf, errors, security
+
+log = logging.getLogger(__name__)
 
 
 class DbIdConverter(IntegerConverter):
@@ -32,6 +36,8 @@ def create_app(
     check_schema: bool = True,
 ) -> Flask:
     settings = settings or get_settings()
+    if database is None and not settings.database_url:
+        settings.private_data_dir()  # before SQLite creates its file in it
     database = database or Database(settings.sqlalchemy_url, **settings.engine_options())
     if check_schema:
         from visa.migrate import require_head
@@ -66,20 +72,37 @@ def create_app(
 
     @app.get("/health/ready")
     def ready():  # noqa: ANN202
+        # Anyone (a load balancer) learns up or down; why, only an administrator or the log:
+        # database and cloud errors name hosts, ports, paths and accounts.
+        body: dict[str, object]
         try:
             with database.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:  # a readiness probe reports, it does not raise
-            return jsonify({"status": "unavailable", "database": str(exc)[:200]}), 503
-        from visa.admin.clouds import cloud_statuses
+            log.warning("readiness: database unavailable: %s", str(exc)[:500])
+            body, status = {"status": "unavailable", "database": "unavailable"}, 503
+        else:
+            from visa.admin.clouds import cloud_statuses
 
-        # Clouds (short timeout, cached): a cloud down degrades, it does not take the web out of service.
-        clouds = cloud_statuses(app.extensions["visa"])
-        problems = {c.name: c.message for c in clouds if c.status == "unavailable"}
-        return jsonify({"status": "degraded" if problems else "ok", "database": "ok",
-                        "clouds": {c.name: c.status for c in clouds}, "problems": problems})
+            # Clouds (short timeout, cached): a cloud down degrades, it does not take the web out of service.
+            clouds = cloud_statuses(app.extensions["visa"])
+            problems = {c.name: c.message for c in clouds if c.status == "unavailable"}
+            for name, message in problems.items():
+                log.warning("readiness: cloud %s unavailable: %s", name, str(message)[:500])
+            body, status = {"status": "degraded" if problems else "ok", "database": "ok"}, 200
+            if _is_admin():
+                body.update(clouds={c.name: c.status for c in clouds}, problems=problems)
+        return jsonify(body), status
 
     return app
+
+
+def _is_admin() -> bool:
+    try:
+        actor = context.current_actor(required=False)
+    except VisaError:  # a bad token: anonymous here
+        return False
+    return actor is not None and actor.user is not None and actor.is_admin
 
 
 def _register_blueprints(app: Flask) -> None:

@@ -6,13 +6,18 @@ a successful response and rolled back on any error, then after-commit actions ru
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
 from flask import Flask, current_app, g, request, session
 from sqlalchemy.orm import Session
 
-from visa.actor import Actor, actor_for
+from visa.actor import Actor
 from visa.errors import Unauthorized
 from visa.services import Services
-from visa.users.models import User
+from visa.users import service as users
+from visa.users.models import LoginSession, Role, User
 
 
 def services() -> Services:
@@ -40,26 +45,66 @@ def _resolve_actor() -> Actor | None:
     header = request.headers.get("Authorization", "")
     if header[:7].lower() == "bearer ":
         return actor_from_bearer(db_session(), services(), header[7:].strip(), ip=request.remote_addr)
-    user_id = session.get("user_id")
-    if user_id is None:
+    if session.get("user_id") is None:
         return None
-    user = db_session().get(User, user_id)
-    if user is None or not user.active or session.get("epoch") != _session_epoch(user):
+    found = session_user(db_session(), session, now)
+    if found is None:
         session.clear()
         return None
-    return actor_for(user, now, ip=request.remote_addr)
+    user, row = found
+    g.login_session = row
+    roles = frozenset(user.roles_at(now)) | frozenset(row.idp_roles_set())
+    return Actor(user=user, roles=roles, name=user.username, ip=request.remote_addr)
 
 
 def _session_epoch(user: User) -> str:
-    # Sessions die when the password or the account changes.
+    # Belt and braces next to the session row: a changed password or account ends its sessions.
     return (user.password_hash or "")[-12:] + str(user.active)
 
 
-def login_session(user: User) -> None:
+def session_user(s: Session, data: Mapping[str, Any], now: datetime) -> tuple[User, LoginSession] | None:
+    """The user and login session of a decoded session cookie, while it has not ended.
+    The one check of a cookie: pages, the API and the event stream use it."""
+    row = users.live_login_session(s, data.get("sid"), data.get("user_id"))
+    if row is None:
+        return None
+    user = s.get(User, row.user_id)
+    if user is None or not user.active or data.get("epoch") != _session_epoch(user):
+        return None
+    return user, row
+
+
+def current_login() -> LoginSession | None:
+    """The server-side session of this browser request (None: anonymous or a bearer token)."""
+    current_actor(required=False)
+    return g.get("login_session")
+
+
+def login_session(user: User, method: str = "local", *, refresh_token: str | None = None,
+                  refresh_at: datetime | None = None, idp_roles: Iterable[Role] = ()) -> LoginSession:
+    """Open a server-side session for the user; the cookie carries only its id. A session this
+    browser had before ends (no fixation, no orphan)."""
+    users.end_login_session(db_session(), session.get("sid"))
     session.clear()
+    row, sid = users.open_login_session(
+        db_session(), user, services().clock.now(), method=method, ip=request.remote_addr,
+        refresh_token=refresh_token, refresh_at=refresh_at, idp_roles=idp_roles,
+    )
     session["user_id"] = user.id
+    session["sid"] = sid
     session["epoch"] = _session_epoch(user)
     session.permanent = True
+    g.pop("actor", None)
+    g.login_session = row
+    return row
+
+
+def logout_session() -> None:
+    """End this browser's session on the server (a copied cookie stops working too)."""
+    users.end_login_session(db_session(), session.get("sid"))
+    session.clear()
+    g.pop("actor", None)
+    g.pop("login_session", None)
 
 
 def install(app: Flask) -> None:

@@ -35,7 +35,7 @@ from visa.instances.models import Instance, InstanceCommand, InstanceMember, Ins
 from visa.instances.serialize import instance_dict
 from visa.services import Services
 from visa.users.models import User
-from visa.web.context import _session_epoch
+from visa.web.context import session_user
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,12 @@ class UserStream:
     services: Services
     user_id: int
     epoch: str
+    sid: str = ""
 
     def session_valid(self) -> bool:
+        data = {"user_id": self.user_id, "epoch": self.epoch, "sid": self.sid}
         with self.services.database.sessionmaker() as s:
-            user = s.get(User, self.user_id)
-            return user is not None and user.active and _session_epoch(user) == self.epoch
+            return session_user(s, data, self.services.clock.now()) is not None
 
     def snapshot(self) -> Snapshot:
         """The one query per poll: the user's instances with what may have changed on them."""
@@ -124,8 +125,8 @@ class EventStream:
     def services(self) -> Services:
         return self.flask_app.extensions["visa"]  # type: ignore[no-any-return]
 
-    def identify(self, request: Request) -> tuple[int, str] | None:
-        """(user id, session epoch) from the Flask session cookie, or None."""
+    def identify(self, request: Request) -> tuple[int, str, str] | None:
+        """(user id, session epoch, session id) from the Flask session cookie, or None."""
         app = self.flask_app
         cookie = request.cookies.get(app.config["SESSION_COOKIE_NAME"])
         if not cookie:
@@ -137,10 +138,10 @@ class EventStream:
             data = serializer.loads(cookie, max_age=int(app.permanent_session_lifetime.total_seconds()))
         except Exception:  # bad signature, expired, garbage: anonymous
             return None
-        user_id, epoch = data.get("user_id"), data.get("epoch")
-        if not isinstance(user_id, int) or not isinstance(epoch, str):
+        user_id, epoch, sid = data.get("user_id"), data.get("epoch"), data.get("sid")
+        if not isinstance(user_id, int) or not isinstance(epoch, str) or not isinstance(sid, str):
             return None
-        return user_id, epoch
+        return user_id, epoch, sid
 
     async def endpoint(self, request: Request) -> Response:
         ident = self.identify(request)

@@ -23,17 +23,12 @@ from visa.instances.models import CommandAction, Instance, InstanceState
 from visa.instances.serialize import instance_dict
 from visa.notifications import service as notifications
 from visa.notifications.models import SystemNotification
+from visa.provisioning.names import KEYBOARD_LAYOUTS
 from visa.web.context import current_actor, db_session, services
 
 bp = Blueprint("pages", __name__)
 
 RUNNING = frozenset({InstanceState.ACTIVE, InstanceState.PARTIALLY_ACTIVE})
-KEYBOARD_LAYOUTS = [
-    ("en-us", "English (US)"), ("en-gb", "English (UK)"), ("fr", "French"), ("de", "German"),
-    ("it", "Italian"), ("es", "Spanish"), ("ch-fr", "Swiss French"), ("ch-de", "Swiss German"),
-    ("be", "Belgian"), ("nl", "Dutch"), ("pt", "Portuguese"), ("sv", "Swedish"), ("da", "Danish"),
-    ("no", "Norwegian"), ("fi", "Finnish"), ("pl", "Polish"), ("cz", "Czech"), ("jp", "Japanese"),
-]
 SCREEN_SIZES = [(1280, 800), (1440, 900), (1600, 900), (1680, 1050), (1920, 1080), (1920, 1200), (2560, 1440)]
 STATE_LABELS = {s: s.value.replace("_", " ").capitalize() for s in InstanceState}
 

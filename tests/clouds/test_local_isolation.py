@@ -1,0 +1,481 @@
+"""Attacks from inside a real local session, as its user: through its own xterm (keys typed
+into the session's X display), its JupyterLab terminal (the terminals REST and websocket
+API, over the session's unix socket, as the gateway reaches it) and commands run in its
+sandbox the way its own programs run. Each attack must fail, and each has a positive
+control (the granted data are readable, processed is writable, a host service answers the
+test itself), so no check can pass by the attack being broken.
+
+Two sessions share the module: alice's (the attacker: one experiment, raw and processed)
+and bob's (the victim: another experiment, its own secret). Their instance directories live
+under a data directory laid out like visa's, with a ``secret_key`` and a ``visa.db``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.clouds.test_local import _cleanup, _spec, _wait_state
+from visa.clouds import local_session
+from visa.clouds.base import MountSpec, Server
+from visa.clouds.local import LocalProvider
+from visa.errors import CloudError
+from visa.gateway import relay
+from visa.gateway.service import Target
+from visa.instances.models import InstanceState
+
+ALICE_SECRET = "alice-Secret-0123456789"
+BOB_SECRET = "bob-Secret-9876543210-x"
+KEY = "the-secret-key-of-visa-0123456789abcdef"
+
+if not shutil.which("xdotool"):
+    if os.environ.get("CI"):
+        raise RuntimeError("CI lacks xdotool: deploy/system-packages.txt is not installed")
+    pytest.skip("xdotool missing", allow_module_level=True)
+
+
+@dataclass
+class World:
+    provider: LocalProvider
+    alice: Server
+    bob: Server
+    data_dir: Path
+    facility: Path
+    host_port: int
+
+    @property
+    def files(self) -> dict[str, Path]:
+        """Host paths an attacker would go for, by what they are."""
+        bob_dir = self.provider.instance_dir(self.bob.id)
+        return {
+            "secret_key": self.data_dir / "secret_key",
+            "database": self.data_dir / "visa.db",
+            "bob_secret": bob_dir / local_session.RUN_DIR / local_session.SECRET_FILE,
+            "bob_secret_old_layout": bob_dir / "secret",
+            "bob_instance": bob_dir / local_session.INSTANCE_FILE,
+            "bob_raw_on_host": self.facility / "visitor" / "ev-bob" / "id00" / "bob.h5",
+            "bob_raw_at_target": Path("/data/visitor/ev-bob/id00/bob.h5"),
+        }
+
+
+def _host_service() -> tuple[socket.socket, int]:
+    """A loopback TCP service of the host (like PostgreSQL, the cloud APIs, metrics)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.sendall(b"host-service\n")
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, int(server.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    base = tmp_path_factory.mktemp("isolation")
+    data_dir = base / "var"
+    data_dir.mkdir(mode=0o700)
+    (data_dir / "secret_key").write_text(KEY)
+    (data_dir / "visa.db").write_text("SQLite format 3 -- users, sessions, secrets")
+    facility = base / "facility"
+    for owner in ("alice", "bob"):
+        raw = facility / "visitor" / f"ev-{owner}" / "id00"
+        raw.mkdir(parents=True)
+        (raw / f"{owner}.h5").write_text(f"frames of {owner}")
+    # A session's cores and memory come from its flavour: alice's is small.
+    provider = LocalProvider("local", {"root_dir": str(data_dir / "local-instances")})
+    server, port = _host_service()
+    try:
+        provider.create(
+            _spec("alice1", {"VNC": 5900, "JUPYTER": 8888}, secret=ALICE_SECRET, owner_username="iso-alice",
+                  memory_mb=512, cores=1, mounts=(
+                      MountSpec(str(facility / "visitor/ev-alice/id00"), "/data/visitor/ev-alice/id00", True, "bind"),
+                      MountSpec(str(facility / "processed/ev-alice/id00"), "/data/processed/ev-alice/id00", False,
+                                "bind"),
+                  ))
+        )  # fmt: skip
+        provider.create(
+            _spec("bob1", {"VNC": 5900, "JUPYTER": 8888}, secret=BOB_SECRET, owner_username="iso-bob", mounts=(
+                MountSpec(str(facility / "visitor/ev-bob/id00"), "/data/visitor/ev-bob/id00", True, "bind"),
+            ))
+        )  # fmt: skip
+        alice, bob = _wait_state(provider, "alice1"), _wait_state(provider, "bob1")
+        assert alice.state == bob.state == InstanceState.ACTIVE, (alice.fault, bob.fault)
+        yield World(provider, alice, bob, data_dir, facility, port)
+    finally:
+        server.close()
+        _cleanup(provider)
+
+
+def _home(world: World) -> Path:
+    return world.provider.instance_dir(world.alice.id) / local_session.HOME_DIR
+
+
+def _probe_script(world: World) -> str:
+    """Shell that tries every read, write, connection and kill, one line of verdict each."""
+    lines = []
+    for name, path in world.files.items():
+        lines.append(f"head -c1 {shlex.quote(str(path))} >/dev/null 2>&1 && echo READ {name} || echo DENIED {name}")
+    lines.append("head -c1 /data/visitor/ev-alice/id00/alice.h5 >/dev/null 2>&1 && echo READ granted_raw "
+                 "|| echo DENIED granted_raw")  # fmt: skip
+    for name, target in (("raw_new", "/data/visitor/ev-alice/id00/new"), ("raw_existing", "/data/visitor/ev-alice/id00/alice.h5")):
+        lines.append(f"(echo x >> {target}) 2>/dev/null && echo WROTE {name} || echo DENIED {name}")
+    lines.append("(echo x > /data/processed/ev-alice/id00/out.txt) 2>/dev/null && echo WROTE processed "
+                 "|| echo DENIED processed")  # fmt: skip
+    for name, port in (("database_port", 5432), ("host_service", world.host_port)):
+        lines.append(f"(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo CONNECTED {name} || echo REFUSED {name}")
+    bob_sockets = world.bob.sockets.values() or [f"/nonexistent/{p}" for p in ("vnc", "jupyter")]
+    for proto, path in zip(("bob_vnc", "bob_jupyter"), bob_sockets, strict=False):
+        lines.append(
+            f"python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])' "
+            f"{shlex.quote(path)} 2>/dev/null && echo CONNECTED {proto} || echo REFUSED {proto}"
+        )
+    supervisor = local_session.read_pid_file(world.provider.instance_dir(world.alice.id))
+    assert supervisor is not None
+    for name, pid in (("test_process", os.getpid()), ("supervisor", supervisor[0]), ("sandbox_init", 1)):
+        lines.append(f"kill -9 {pid} 2>/dev/null && echo KILLED {name} || echo DENIED {name}")
+    return "\n".join(lines) + "\n"
+
+
+def _verdicts(text: str) -> dict[str, str]:
+    """``VERDICT name`` lines; anything else the shell said fails the test, shown whole."""
+    rows = [line.split() for line in text.splitlines() if line.strip()]
+    assert all(len(row) == 2 for row in rows), text
+    return {name: verdict for verdict, name in rows}
+
+
+EXPECTED = {
+    "secret_key": "DENIED", "database": "DENIED", "bob_secret": "DENIED", "bob_secret_old_layout": "DENIED",
+    "bob_instance": "DENIED", "bob_raw_on_host": "DENIED", "bob_raw_at_target": "DENIED",
+    "granted_raw": "READ", "raw_new": "DENIED", "raw_existing": "DENIED", "processed": "WROTE",
+    "database_port": "REFUSED", "host_service": "REFUSED", "bob_vnc": "REFUSED", "bob_jupyter": "REFUSED",
+    "test_process": "DENIED", "supervisor": "DENIED", "sandbox_init": "DENIED",
+}  # fmt: skip
+
+
+def _check(verdicts: dict[str, str]) -> None:
+    assert verdicts == EXPECTED
+
+
+def _write_script(world: World, name: str) -> str:
+    """The attack script, put in alice's home as she could have typed it (path inside the session)."""
+    home = _home(world)
+    script = home / name
+    script.write_text(_probe_script(world))
+    account = world.alice.provider_state.get("account")
+    if account and os.geteuid() == 0:
+        entry = json.loads((home.parent / local_session.INSTANCE_FILE).read_text())["account"]
+        os.chown(script, entry["uid"], entry["gid"])
+    inside_home = json.loads((home.parent / local_session.INSTANCE_FILE).read_text()).get("home") or str(home)
+    return f"{inside_home}/{name}"
+
+
+def _wait_file(path: Path, marker: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text() if path.exists() else ""
+        if marker in text:
+            return text
+        assert time.monotonic() < deadline, f"no {marker!r} in {path}: {text!r}"
+        time.sleep(0.1)
+
+
+# ---------------------------------------------------------------- through the session's own xterm
+
+
+def test_attacks_typed_into_the_sessions_xterm_fail(world: World) -> None:
+    prov = world.provider
+    script = _write_script(world, "attack.sh")
+    command = f"bash {script} > ~/xterm-verdicts.txt 2>&1; echo END >> ~/xterm-verdicts.txt\n"
+    typed = prov.exec_in_session(
+        world.alice.id,
+        ["xdotool", "search", "--sync", "--class", "xterm", "windowactivate", "--sync", "%1", "sleep", "0.5",
+         "type", "--delay", "2", command],
+        timeout=60,
+    )  # fmt: skip
+    assert typed.returncode == 0, typed.stderr
+    text = _wait_file(_home(world) / "xterm-verdicts.txt", "END", timeout=60)
+    _check(_verdicts(text.replace("END", "")))
+    # The xterm's shell really is the session's account, not visa's.
+    whoami = prov.exec_in_session(world.alice.id, ["id", "-u"])
+    assert int(whoami.stdout) != os.geteuid() or os.geteuid() != 0
+    assert os.kill(os.getpid(), 0) is None  # still here
+    assert prov.get(world.alice.id).state == InstanceState.ACTIVE  # type: ignore[union-attr]
+    assert (world.facility / "processed/ev-alice/id00/out.txt").read_text() == "x\n"
+    assert (world.facility / "visitor/ev-alice/id00/alice.h5").read_text() == "frames of alice"
+
+
+# ---------------------------------------------------------------- through its Jupyter terminal
+
+
+async def _terminal_run(server: Server, secret: str, command: str, end: str) -> str:
+    """Open a JupyterLab terminal over the session's unix socket (as the gateway does) and type."""
+    target = Target(0, "127.0.0.1", 0, secret, socket=server.sockets["JUPYTER"])
+    base = f"/jupyter/{server.id}"
+    headers = {"Authorization": f"token {secret}"}
+    limits = httpx.Limits(max_connections=4)
+    async with httpx.AsyncClient(transport=relay.UpstreamTransport(limits), timeout=20) as client:
+        created = await client.post(relay.http_origin(target) + f"{base}/api/terminals", headers=headers)
+        assert created.status_code == 200, created.text
+        name = created.json()["name"]
+    url = relay.ws_origin(target) + f"{base}/terminals/websocket/{name}"
+    output = ""
+    async with asyncio.timeout(60):
+        async with await relay.ws_connect(target, url, additional_headers=headers) as ws:
+            await ws.send(json.dumps(["stdin", command + "\r"]))
+            while end not in output:
+                message = json.loads(await ws.recv())
+                if message[0] == "stdout":
+                    output += message[1]
+    return output
+
+
+def test_attacks_from_the_jupyter_terminal_fail(world: World) -> None:
+    script = _write_script(world, "attack2.sh")
+    out = asyncio.run(
+        _terminal_run(world.alice, ALICE_SECRET, f"bash {script} > ~/jupyter-verdicts.txt 2>&1; echo FIN''ISHED", "FINISHED")
+    )
+    assert "FINISHED" in out
+    _check(_verdicts((_home(world) / "jupyter-verdicts.txt").read_text()))
+
+
+def test_a_jupyter_terminal_runs_as_the_sessions_account(world: World) -> None:
+    out = asyncio.run(_terminal_run(world.alice, ALICE_SECRET, "echo ID=$(id -u)=D''I", "=DI"))
+    uid = int(out.split("ID=")[-1].split("=DI")[0])
+    if os.geteuid() == 0:
+        record = json.loads((world.provider.instance_dir("alice1") / local_session.INSTANCE_FILE).read_text())
+        assert uid == record["account"]["uid"] >= 1000
+
+
+def test_the_other_sessions_jupyter_refuses_alices_secret(world: World) -> None:
+    """Even given the socket (the gateway's, not the session's, to reach), a secret opens one session."""
+    transport = httpx.HTTPTransport(uds=world.bob.sockets["JUPYTER"])
+    with httpx.Client(transport=transport, base_url="http://session", timeout=10) as client:
+        assert client.get("/jupyter/bob1/api/status", headers={"Authorization": f"token {ALICE_SECRET}"}).status_code == 403
+        assert client.get("/jupyter/bob1/api/status", headers={"Authorization": f"token {BOB_SECRET}"}).status_code == 200
+
+
+# ---------------------------------------------------------------- run in the sandbox like its own programs
+
+
+def test_the_sandbox_sees_only_its_own_things(world: World) -> None:
+    run = world.provider.exec_in_session
+    listing = run(world.alice.id, ["sh", "-c", "ls -a / /home /run; cat /etc/passwd"]).stdout.decode()
+    assert "visa-iso-alice" in listing and "iso-bob" not in listing
+    # No process of the host (this test, the supervisors) or of bob's session is visible.
+    processes = run(world.alice.id, ["ps", "-e", "-o", "args="]).stdout.decode()
+    assert "Xtigervnc" in processes and "jupyterlab" in processes
+    assert "pytest" not in processes and "bob1" not in processes and str(world.data_dir) + " " not in processes
+    caps = run(world.alice.id, ["grep", "-E", "^(CapEff|CapBnd|NoNewPrivs)", "/proc/self/status"]).stdout.decode()
+    assert "CapEff:\t0000000000000000" in caps and "CapBnd:\t0000000000000000" in caps and "NoNewPrivs:\t1" in caps
+    # The host service answers the host: the refusal inside is the namespace, not a dead port.
+    with socket.create_connection(("127.0.0.1", world.host_port), timeout=5) as conn:
+        assert conn.recv(64) == b"host-service\n"
+
+
+def test_memory_beyond_the_flavour_is_refused(world: World) -> None:
+    """alice's flavour has 512 MB: 1 GB more is killed, 64 MB is fine."""
+    if not world.provider.isolation_report().cgroups:
+        pytest.skip(f"no cgroups here: {world.provider.isolation_report().reasons}")
+    grab = "import sys; b = bytearray(int(sys.argv[1]) * 2**20); b[::4096] = b'x' * len(b[::4096]); print('ok')"
+    small = world.provider.exec_in_session(world.alice.id, ["python3", "-c", grab, "64"], timeout=60)
+    assert small.returncode == 0 and small.stdout == b"ok\n", small.stderr
+    big = world.provider.exec_in_session(world.alice.id, ["python3", "-c", grab, "1024"], timeout=60)
+    assert big.returncode != 0 and b"ok" not in big.stdout
+    assert world.provider.get(world.alice.id).state == InstanceState.ACTIVE  # type: ignore[union-attr]
+
+
+def test_cores_and_processes_are_bounded_by_cgroups(world: World) -> None:
+    report = world.provider.isolation_report()
+    if not report.cgroups:
+        pytest.skip(f"no cgroups here: {report.reasons}")
+    record = json.loads((world.provider.instance_dir("alice1") / local_session.INSTANCE_FILE).read_text())
+    dirs = [Path(p) for p in record["cgroups"]]
+    sandbox_pid = json.loads((world.provider.instance_dir("alice1") / local_session.STATUS_FILE).read_text())["sandbox_pid"]
+    for cgroup in dirs:
+        assert str(sandbox_pid) in (cgroup / "cgroup.procs").read_text().split()
+    if len(dirs) == 3:
+        memory, cpu, pids = dirs
+        assert int((memory / "memory.limit_in_bytes").read_text()) == 512 * 2**20
+        assert int((cpu / "cpu.cfs_quota_us").read_text()) == int((cpu / "cpu.cfs_period_us").read_text())
+        assert int((pids / "pids.max").read_text()) == world.provider.settings.pids_max
+
+
+def test_a_socket_swapped_for_a_symlink_never_leads_the_gateway_elsewhere(world: World, tmp_path: Path) -> None:
+    """alice replaces her Jupyter socket with a symlink to a host service's unix socket (as
+    if it were docker.sock): visa still reaches her JupyterLab, and the host service no one."""
+    host_socket = tmp_path / "host-service.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(host_socket))
+    listener.listen(4)
+    listener.settimeout(0.5)
+    swap = world.provider.exec_in_session(
+        world.alice.id, ["sh", "-c", f"rm {local_session.SANDBOX_RUN}/jupyter.sock && "
+                         f"ln -s {host_socket} {local_session.SANDBOX_RUN}/jupyter.sock"]
+    )  # fmt: skip
+    assert swap.returncode == 0, swap.stderr
+    try:
+        run_link = world.provider.instance_dir(world.alice.id) / local_session.RUN_DIR / "jupyter.sock"
+        assert run_link.is_symlink()  # the attack is in place
+        transport = httpx.HTTPTransport(uds=world.alice.sockets["JUPYTER"])
+        with httpx.Client(transport=transport, base_url="http://session", timeout=10) as client:
+            status = client.get("/jupyter/alice1/api/status", headers={"Authorization": f"token {ALICE_SECRET}"})
+        assert status.status_code == 200 and "kernels" in status.json()
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    finally:
+        listener.close()
+
+
+# ---------------------------------------------------------------- where visa cannot isolate
+
+
+def test_without_isolation_only_the_operator_is_served(tmp_path: Path) -> None:
+    prov = LocalProvider("local", {"root_dir": str(tmp_path / "i"), "isolation": "none", "operator_usernames": ["op"]})
+    report = prov.isolation_report()
+    assert report.mode == "none" and "isolation is off" in report.summary() and "only op" in report.summary()
+    with pytest.raises(CloudError, match="serves only its operator"):
+        prov.create(_spec("refused", {}, owner_username="someone-else"))
+    assert prov.get("refused") is None
+    try:
+        prov.create(_spec("served", {}, owner_username="op"))
+        assert _wait_state(prov, "served").state == InstanceState.ACTIVE
+    finally:
+        _cleanup(prov)
+
+
+def test_no_bubblewrap_means_no_isolation(tmp_path: Path) -> None:
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for prog in ("Xtigervnc", "vncpasswd", "openbox", "xterm", "nsenter", "setpriv"):
+        if (found := shutil.which(prog)) is not None:
+            (tools / prog).symlink_to(found)
+    prov = LocalProvider("local", {"root_dir": str(tmp_path / "i"), "path": str(tools)})
+    report = prov.isolation_report()
+    assert report.mode == "none" and "bubblewrap is not installed" in report.summary()
+    with pytest.raises(CloudError, match="cannot isolate"):
+        prov.create(_spec("nobwrap", {}, owner_username="not-the-operator"))
+
+
+def test_the_config_is_validated(tmp_path: Path) -> None:
+    from visa.errors import InvalidInput
+
+    for bad, field in (
+        ({"uid_range": [10, 20]}, "uid_range"),
+        ({"network": "host"}, "network"),
+        ({"isolation": "maybe"}, "isolation"),
+        ({"sandbox_paths": ["relative"]}, "sandbox_paths"),
+        ({"no_such_key": 1}, "no_such_key"),
+    ):
+        with pytest.raises(InvalidInput) as caught:
+            LocalProvider("local", {"root_dir": str(tmp_path), **bad})
+        assert field in str(caught.value.message) or field in str(getattr(caught.value, "field", ""))
+
+
+def test_account_names_are_unix_names_of_their_own() -> None:
+    prov = LocalProvider("local", {"root_dir": "/nonexistent"})
+    assert prov.account_name("alice") == "visa-alice"
+    odd = prov.account_name("Alice.Smith@example.org")
+    assert odd.startswith("visa-alice-smith") and odd != prov.account_name("alice.smith@example.org")
+    assert len(prov.account_name("x" * 200)) <= 32
+
+
+def test_a_users_uid_number_is_used_and_a_system_uid_refused(world: World, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("accounts are made only when visa runs as root")
+    prov = LocalProvider("local", {"root_dir": str(tmp_path / "u")})
+    try:
+        with pytest.raises(CloudError, match="below 1000|system account"):
+            prov.create(_spec("sysuid", {}, owner_username="iso-root-like", owner_uid=0, owner_gid=0))
+        import pwd
+
+        uid = next(u for u in range(271000, 272000) if not _uid_taken(u))
+        prov.create(_spec("withuid", {}, owner_username=f"iso-uid-{uid}", owner_uid=uid, owner_gid=uid))
+        assert _wait_state(prov, "withuid").state == InstanceState.ACTIVE
+        assert pwd.getpwnam(prov.account_name(f"iso-uid-{uid}")).pw_uid == uid
+        assert int(prov.exec_in_session("withuid", ["id", "-u"]).stdout) == uid
+    finally:
+        _cleanup(prov)
+
+
+def _uid_taken(uid: int) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        return False
+
+
+def test_killing_the_supervisor_takes_the_sandbox_with_it(tmp_path: Path) -> None:
+    prov = LocalProvider("local", {"root_dir": str(tmp_path / "k")})
+    try:
+        prov.create(_spec("orphan", {}, owner_username="iso-alice"))
+        assert _wait_state(prov, "orphan").state == InstanceState.ACTIVE
+        found = local_session.read_pid_file(prov.instance_dir("orphan"))
+        assert found is not None
+        os.kill(found[0], signal.SIGKILL)
+        status = json.loads((prov.instance_dir("orphan") / local_session.STATUS_FILE).read_text())
+        deadline = time.monotonic() + 10
+        while local_session.session_pids(prov.instance_dir("orphan"), status.get("pid_ns")):
+            assert time.monotonic() < deadline, "the sandbox outlived its supervisor"
+            time.sleep(0.05)
+    finally:
+        _cleanup(prov)
+
+
+def test_a_session_allowed_outside_still_never_reaches_the_host(world: World, tmp_path: Path) -> None:
+    """network = "outside": the session gets slirp4netns' NAT (an interface of its own), but
+    neither its loopback nor the NAT's host address (10.0.2.2) leads to the host's services."""
+    if not shutil.which("slirp4netns"):
+        pytest.skip("slirp4netns missing")
+    prov = LocalProvider("local", {"root_dir": str(tmp_path / "net"), "network": "outside"})
+    if prov.isolation_report().mode != "sandbox":
+        pytest.skip(prov.isolation_report().summary())
+    probe = (
+        "import socket, sys\n"
+        "print('tap0' in [n for _, n in socket.if_nameindex()])\n"
+        "for host in ('127.0.0.1', '10.0.2.2'):\n"
+        "    for port in (5432, int(sys.argv[1])):\n"
+        "        try:\n"
+        "            socket.create_connection((host, port), 2).close(); print('CONNECTED', host, port)\n"
+        "        except OSError:\n"
+        "            print('REFUSED', host, port)\n"
+    )
+    try:
+        prov.create(_spec("outside", {}, owner_username="iso-alice"))
+        assert _wait_state(prov, "outside").state == InstanceState.ACTIVE
+        deadline = time.monotonic() + 10
+        while True:
+            out = prov.exec_in_session("outside", ["python3", "-c", probe, str(world.host_port)]).stdout.decode()
+            if out.startswith("True") or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)  # slirp4netns configures tap0 just after the sandbox starts
+        lines = out.splitlines()
+        assert lines[0] == "True", out
+        assert all(line.startswith("REFUSED") for line in lines[1:]) and len(lines) == 5, out
+        with socket.create_connection(("127.0.0.1", world.host_port), timeout=5) as conn:
+            assert conn.recv(64) == b"host-service\n"
+    finally:
+        _cleanup(prov)
