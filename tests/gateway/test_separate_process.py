@@ -2,7 +2,8 @@
 visa's uvicorn-worker class) and one separate `visa gateway`, behind the shipped nginx
 configuration, on PostgreSQL. A desktop open in Chromium survives the kill of the gateway
 process: the gateway is started again and the page reconnects by itself, with a fresh
-connect token, to the same instance."""
+connect token, to the same instance; a member removed meanwhile is refused once and the page
+stops trying."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import delete
 
 from tests.gateway.conftest import PASSWORD, UID, Processes, Vnc, free_port, make_world, wait_port
 from visa.clock import system_clock
+from visa.instances.models import InstanceMember
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -75,12 +78,24 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
         time.sleep(0.2)
 
 
+def _log_in(page, base: str, username: str) -> None:  # noqa: ANN001
+    page.goto("/login")
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_url(f"{base}/")
+
+
+def _connect_requests(access_log: Path) -> int:
+    return sum("/connect " in line for line in access_log.read_text().splitlines())
+
+
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)
 def test_a_desktop_survives_the_kill_of_the_gateway(db, vnc: Vnc, tmp_path: Path) -> None:  # noqa: ANN001
     from tests.browser import allow_errors, chromium, require_chromium
 
     require_chromium()
-    make_world(db, system_clock, vnc_port=vnc.port)
+    world = make_world(db, system_clock, vnc_port=vnc.port)
     port, webs, gw = free_port(), [free_port(), free_port()], free_port()
     base = f"https://127.0.0.1:{port}"
     env = {
@@ -116,11 +131,7 @@ def test_a_desktop_survives_the_kill_of_the_gateway(db, vnc: Vnc, tmp_path: Path
             ctx = browser.new_context(base_url=base, ignore_https_errors=True, viewport={"width": 1024, "height": 700})
             page = ctx.new_page()
             page.set_default_timeout(30_000)
-            page.goto("/login")
-            page.fill("#username", "owner")
-            page.fill("#password", PASSWORD)
-            page.click("#login-form button[type=submit]")
-            page.wait_for_url(f"{base}/")
+            _log_in(page, base, "owner")
             page.goto(f"/instances/{UID}/desktop")
             page.evaluate("""() => {
                 window.__states = [];
@@ -144,6 +155,28 @@ def test_a_desktop_survives_the_kill_of_the_gateway(db, vnc: Vnc, tmp_path: Path
             assert "reconnecting" in states and not {"disconnected", "failed"} & set(states), states
             assert page.url.endswith(f"/instances/{UID}/desktop")
             assert page.is_hidden("#btn-reconnect")
+
+            # A member removed meanwhile is not let back in: the page asks once, is refused,
+            # and stops trying (the Reconnect button, no loop of attempts).
+            guest_ctx = browser.new_context(base_url=base, ignore_https_errors=True)
+            guest = guest_ctx.new_page()
+            guest.set_default_timeout(30_000)
+            _log_in(guest, base, "guest")
+            guest.goto(f"/instances/{UID}/desktop")
+            guest.wait_for_selector('body[data-desktop="connected"]', state="attached")
+            with db.unit_of_work() as s:
+                s.execute(delete(InstanceMember).where(InstanceMember.user_id == world.guest.id))
+            os.killpg(gateway.pid, signal.SIGKILL)
+            gateway.wait(10)
+            gateway = procs.start(gateway_argv, env=env)
+            _wait_http(f"http://127.0.0.1:{gw}/health", gateway)
+            guest.wait_for_selector('body[data-desktop="failed"]', state="attached", timeout=15_000)
+            guest.wait_for_selector("#btn-reconnect", state="visible")
+            page.wait_for_selector('body[data-desktop="connected"]', state="attached", timeout=5_000)  # the owner is back
+            tries = _connect_requests(tmp_path / "access.log")
+            time.sleep(3)  # longer than the next retry step would be
+            assert _connect_requests(tmp_path / "access.log") == tries
+            guest_ctx.close()
             ctx.close()
     finally:
         procs.stop()
