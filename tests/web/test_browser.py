@@ -221,7 +221,12 @@ def test_the_scientists_day(site: Site, browser) -> None:  # noqa: ANN001
     page.keyboard.type("echo typed in the browser > ~/typed-by-alice.txt")
     page.keyboard.press("Enter")
     typed = _find(site.data_dir, "typed-by-alice.txt", 15)
-    assert typed is not None and typed.read_text().strip() == "typed in the browser"
+    assert typed is not None
+    # The shell creates the file before echo writes into it: wait for the line, not the name.
+    deadline = time.monotonic() + 5
+    while not typed.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert typed.read_text().strip() == "typed in the browser"
     shot(page, "07-desktop-typed")
     # The owner's browser sends a thumbnail 10 s after connecting.
     with page.expect_response(lambda r: r.url.endswith(f"/api/instances/{uid}/thumbnail") and r.request.method == "PUT",
