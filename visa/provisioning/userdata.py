@@ -136,7 +136,9 @@ def _cvmfs(repositories: list[str], site: ProvisioningSettings) -> tuple[list[di
             files.append(
                 {"path": f"{keys_dir}/{domain}.pub", "permissions": "0644", "content": conf.public_key}
             )
-    commands = [["cvmfs_config", "setup", "noautofs"], ["systemctl", "restart", "autofs"]]
+    files.append({"path": f"{LIBEXEC}/cvmfs-setup", "permissions": "0755", "content": _file("cvmfs-setup.sh")})
+    # Reported and skipped when the image has no client: the boot carries on.
+    commands = [[f"{LIBEXEC}/cvmfs-setup"]]
     return files, commands
 
 

@@ -21,6 +21,10 @@ apt-get install -y --no-install-recommends \
     tigervnc-standalone-server tigervnc-tools xauth util-linux x11-xkb-utils x11-utils \
     xprintidle dbus-x11 dbus-daemon fonts-dejavu-core \
     $DESKTOP_BROWSER $session_packages
+# The openbox session opens a terminal where the owner sees it first (others bring their own).
+if [ "$DESKTOP_SESSION" = openbox ]; then
+    printf '%s\n' 'xterm -geometry 100x30+40+40 &' >> /etc/xdg/openbox/autostart
+fi
 # visa starts the desktop itself (visa-desktop.service): no display manager.
 systemctl disable lightdm.service 2>/dev/null || true
 systemctl set-default multi-user.target
