@@ -68,6 +68,64 @@ region_name = RegionOne
 """
 
 
+# The facility's data tree the real sandbox exports over NFS (nfs-ganesha, user space):
+# proposal -> (beamline, owner uid). Raw data is the owner's, read-only for others of the
+# proposal; the processed area is writable by the owner. The VMs see it at
+# ``<BRIDGE_ADDRESS>:/facility/{visitor,processed}/<proposal>/<beamline>``.
+FACILITY_PROPOSALS = {"ev280": ("id21", 21001), "ma9012": ("id16a", 21002)}
+
+
+def _ganesha(data: Path) -> str:
+    return f"""NFS_CORE_PARAM {{
+    Protocols = 4;
+    Bind_addr = {BRIDGE_ADDRESS};
+    NFS_Port = 2049;
+    Enable_RQUOTA = false;
+    Enable_NLM = false;
+}}
+NFSV4 {{
+    Graceless = true;
+    RecoveryBackend = fs;
+}}
+NFS_KRB5 {{ Active_krb5 = false; }}
+EXPORT {{
+    Export_Id = 1;
+    Path = {data / "facility"};
+    Pseudo = /facility;
+    Access_Type = RW;
+    Squash = Root_Squash;
+    SecType = sys;
+    Protocols = 4;
+    Transports = TCP;
+    FSAL {{ Name = VFS; }}
+}}
+"""
+
+
+def facility_tree(data: Path) -> None:
+    """The exported tree: one directory per proposal and beamline, owned by its proposal's uid."""
+    import os as _os
+
+    root = data / "facility"
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    for kind in ("visitor", "processed"):
+        (root / kind).mkdir(exist_ok=True)
+        (root / kind).chmod(0o755)
+    for proposal, (beamline, uid) in FACILITY_PROPOSALS.items():
+        raw = root / "visitor" / proposal / beamline
+        processed = root / "processed" / proposal / beamline
+        for path in (raw, processed):
+            path.mkdir(parents=True, exist_ok=True)
+        scan = raw / "scan_0001.h5"
+        if not scan.exists():
+            scan.write_text(f"raw data of {proposal}\n")
+        for path in (raw.parent, raw, scan, processed.parent, processed):
+            _os.chown(path, uid, uid)
+        for path, mode in ((raw.parent, 0o750), (raw, 0o750), (scan, 0o640), (processed.parent, 0o750), (processed, 0o770)):
+            path.chmod(mode)
+
+
 def _privsep(venv: Path, etc: Path) -> str:
     """The services run as root already: privsep's helpers start directly, not through sudo."""
     sections = ("nova_sys_admin", "vif_plug_linux_bridge_privileged", "vif_plug_ovs_privileged")
@@ -108,6 +166,11 @@ vif_plugging_timeout = 0
             'log_outputs = "3:stderr"\n'
         )
         (etc / "libvirt/virtlogd.conf").write_text('log_outputs = "3:stderr"\n')
+        (etc / "ganesha").mkdir(parents=True, exist_ok=True)
+        (etc / "ganesha/ganesha.conf").write_text(_ganesha(data))
+        for sub in ("ganesha", "ganesha/recovery"):
+            (data / sub).mkdir(parents=True, exist_ok=True)
+        facility_tree(data)
     common = f"""
 [DEFAULT]
 debug = false

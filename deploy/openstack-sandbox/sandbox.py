@@ -69,6 +69,7 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     argv: tuple[str, ...] = ()
     socket: str | None = None  # a unix socket that exists once the service is up
+    address: str = "127.0.0.1"
 
     def command(self) -> list[str]:
         if self.argv:
@@ -104,6 +105,9 @@ def real_services() -> list[Service]:
         Service("libvirtd", argv=("libvirtd", "-f", str(etc / "libvirt/libvirtd.conf"), "-p", str(RUN / "libvirtd.real.pid")),
                 socket="/run/libvirt/libvirt-sock"),
         Service("tapbridge", argv=(str(BIN / "python"), "-m", "sandbox_plugins.tapbridge", configs.BRIDGE)),
+        Service("nfs-ganesha", 2049, argv=("ganesha.nfsd", "-F", "-f", str(etc / "ganesha/ganesha.conf"),
+                                           "-L", str(LOGS / "nfs-ganesha.log"), "-p", str(RUN / "ganesha.real.pid")),
+                address=configs.BRIDGE_ADDRESS),
     ]
 
 
@@ -174,16 +178,16 @@ def _pid(svc: Service) -> int | None:
     return None
 
 
-def _port_open(port: int) -> bool:
+def _port_open(port: int, address: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((address, port)) == 0
 
 
 def _launch(svc: Service) -> subprocess.Popen[bytes]:
     LOGS.mkdir(parents=True, exist_ok=True)
     RUN.mkdir(parents=True, exist_ok=True)
-    if svc.port and _port_open(svc.port):
+    if svc.port and _port_open(svc.port, svc.address):
         raise SystemExit(f"port {svc.port} for {svc.name} is taken by another process")
     env = {
         **os.environ,
@@ -227,7 +231,7 @@ def _wait_listening(svc: Service, proc: subprocess.Popen[bytes], timeout: float 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"{svc.name} exited; see {LOGS / (svc.name + '.log')}")
-        if (svc.socket and Path(svc.socket).exists()) or (svc.port and not svc.socket and _port_open(svc.port)):
+        if (svc.socket and Path(svc.socket).exists()) or (svc.port and not svc.socket and _port_open(svc.port, svc.address)):
             return
         if not svc.socket and not svc.port:
             return  # nothing to wait for
@@ -296,7 +300,7 @@ def status() -> int:
     down = 0
     for svc in services():
         pid = _pid(svc)
-        answering = "" if svc.port is None else (" port open" if _port_open(svc.port) else " port closed")
+        answering = "" if svc.port is None else (" port open" if _port_open(svc.port, svc.address) else " port closed")
         print(f"{svc.name:16} {'running' if pid else 'stopped':8} {pid or '':>7}{answering}")
         down += pid is None
     return 3 if down else 0
@@ -451,7 +455,7 @@ def start() -> None:
             (rabbit / sub).mkdir(parents=True, exist_ok=True)
         (rabbit / "enabled_plugins").write_text("[].\n")
         Path("/run/libvirt").mkdir(parents=True, exist_ok=True)
-        start_services({"rabbitmq", "virtlogd", "libvirtd", "tapbridge"})
+        start_services({"rabbitmq", "virtlogd", "libvirtd", "tapbridge", "nfs-ganesha"})
     py = BIN / "python"
     start_services({"keystone"})
     # Re-run the API steps when bootstrap.py changed; they only add what is missing.
@@ -561,10 +565,17 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     cmd, args = argv[0], argv[1:]
+    if REAL and cmd == "facility":
+        data = STATE / "data/facility"
+        print(json.dumps({"visitor": str(data / "visitor"), "processed": str(data / "processed")}))
+        return 0
     if REAL and cmd in ("install", "start", "stop", "status", "kill", "destroy"):
-        if cmd in ("stop", "destroy") and not Path(f"/run/netns/{NETNS}").exists():
+        if cmd in ("stop", "destroy", "status", "kill") and not Path(f"/run/netns/{NETNS}").exists():
             if cmd == "destroy":
                 destroy()
+            if cmd == "status":
+                print(f"network namespace {NETNS} absent: nothing runs")
+                return 3
             return 0
         if cmd in ("install", "start") and os.environ.get("VISA_OS_SANDBOX_IN_NETNS") != NETNS:
             STATE.mkdir(parents=True, exist_ok=True)
