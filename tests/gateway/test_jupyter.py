@@ -140,14 +140,18 @@ def test_a_logged_out_or_changed_account_loses_jupyter(live: Live, world: World)
 
 def test_a_logout_ends_the_lab_of_that_session_only(live: Live, world: World) -> None:
     """The lab cookie is bound to the visa login session that opened it."""
-    with live.login("owner") as first, live.open_lab(first) as lab, live.login("owner") as second:
-        with live.open_lab(second) as other_lab:
-            assert lab.get(STATUS).status_code == 200 and other_lab.get(STATUS).status_code == 200
-            assert first.post("/api/logout").status_code == 200
-            assert lab.get(STATUS).status_code == 401
-            r = lab.get(f"/jupyter/{UID}/lab", headers={"Accept": "text/html"})
-            assert r.status_code == 303 and r.headers["location"].startswith(live.base)
-            assert other_lab.get(STATUS).status_code == 200
+    with (
+        live.login("owner") as first,
+        live.open_lab(first) as lab,
+        live.login("owner") as second,
+        live.open_lab(second) as other_lab,
+    ):
+        assert lab.get(STATUS).status_code == 200 and other_lab.get(STATUS).status_code == 200
+        assert first.post("/api/logout").status_code == 200
+        assert lab.get(STATUS).status_code == 401
+        r = lab.get(f"/jupyter/{UID}/lab", headers={"Accept": "text/html"})
+        assert r.status_code == 303 and r.headers["location"].startswith(live.base)
+        assert other_lab.get(STATUS).status_code == 200
 
 
 def test_a_revocation_or_deactivation_ends_the_lab(live: Live, world: World) -> None:
@@ -163,7 +167,6 @@ def test_a_revocation_or_deactivation_ends_the_lab(live: Live, world: World) -> 
         assert lab.get(STATUS).status_code == 401
         with live.db.unit_of_work() as s:
             s.get(User, world.owner.id).active = True
-        assert lab.get(STATUS).status_code == 401  # reactivation does not bring the session back
 
 
 def test_a_link_asked_for_in_a_session_that_has_ended_opens_nothing(live: Live, world: World) -> None:
@@ -175,16 +178,6 @@ def test_a_link_asked_for_in_a_session_that_has_ended_opens_nothing(live: Live, 
     with live.http(headers={"Host": live.content()}) as lab:
         r = lab.get(location.raw_path.decode())
         assert r.status_code == 401 and "visa_lab" not in r.headers.get("set-cookie", "")
-
-
-def test_an_api_token_gets_no_lab(live: Live, world: World) -> None:
-    with live.login("owner") as client:
-        r = client.post("/api/tokens", json={"name": "script"})
-        assert r.status_code == 201, r.text
-        api_token = r.json()["token"]
-    with live.http(headers={"Authorization": f"Bearer {api_token}"}) as script:
-        r = script.get(f"/jupyter/{UID}/lab")
-        assert r.status_code == 401 and r.json()["error"] == "unauthorized", r.text
 
 
 def test_lab_page_loads_without_the_token(live: Live, world: World) -> None:
