@@ -145,6 +145,9 @@ class ProvisioningSettings(BaseModel):
         "/cvmfs/software.esrf.fr/containers", description="Container images Apptainer users are pointed to"
     )
     packages: list[str] = Field(default_factory=list, description="Packages installed at boot on every machine")
+    boot_timeout_seconds: int = Field(
+        1200, ge=60, description="A machine the cloud runs whose desktop has not answered after this long: ERROR"
+    )
 
     @field_validator("mount_type")
     @classmethod
