@@ -14,6 +14,7 @@ import click
 from pydantic import ValidationError
 from sqlalchemy import select
 
+import visa.models  # noqa: F401  (every mapped class known before the first query)
 from visa.actor import SYSTEM
 from visa.clock import system_clock
 from visa.db import Database
