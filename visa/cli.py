@@ -491,7 +491,7 @@ def instances_list(show_all: bool) -> None:
 @friendly
 def instances_render_userdata(uid: str) -> None:
     """Print what an instance receives at boot (secrets masked)."""
-    from visa.provisioning.operator import render_for_operator
+    from visa.instances.spec import render_for_operator
 
     with _database().sessionmaker() as s:
         click.echo(render_for_operator(s, uid))
