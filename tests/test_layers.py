@@ -13,7 +13,7 @@ Layers, lowest first (the names are packages or top-level modules of ``visa``):
 3. ``instances``;
 4. ``auth``, ``web``, ``gateway``, the mail (``notify`` / ``mail``), the banners (``notifications`` /
    ``announcements``) and ``openapi``;
-5. ``admin``, ``scheduler``, ``cli``, ``asgi``, ``demo``, the migrations, ``visa.models`` (it imports
+5. ``admin``, ``scheduler``, ``cli``, ``asgi`` and ``serving``, ``demo``, the migrations, ``visa.models`` (it imports
    every feature's models to fill the metadata) and ``visa.web.app`` (the factory that assembles
    every feature's blueprints).
 
@@ -46,7 +46,7 @@ LAYERS: list[set[str]] = [
     {"experiments", "catalogue", "provisioning", "services"},
     {"instances"},
     {"auth", "web", "gateway", "notify", "mail", "notifications", "announcements", "openapi"},
-    {"admin", "scheduler", "cli", "asgi", "demo", "migrations", "models"},
+    {"admin", "scheduler", "cli", "asgi", "serving", "demo", "migrations", "models"},
 ]
 HTTP_LAYER, SCHEDULER_LAYER, TOP_LAYER = 4, 5, 5
 # Modules placed by what they do rather than by their package.
