@@ -93,7 +93,8 @@ EXPORT {{
     Path = {data / "facility"};
     Pseudo = /facility;
     Access_Type = RW;
-    Squash = Root_Squash;
+    # The VMs mount as root: squashed, it could not look up a proposal directory (0750).
+    Squash = No_Root_Squash;
     SecType = sys;
     Protocols = 4;
     Transports = TCP;

@@ -195,7 +195,8 @@ def build(env: str) -> Path:
                 "kernel": "vmlinuz",
                 "initrd": "initrd.img",
                 # Direct kernel boot: Glance's os_command_line property.
-                "command_line": "root=LABEL=visa-root ro console=ttyS0 console=tty0",
+                # The serial console last: it is /dev/console, the log the cloud keeps.
+                "command_line": "root=LABEL=visa-root ro console=tty0 console=ttyS0",
                 "built_seconds": round(time.monotonic() - started),
             },
             indent=2,

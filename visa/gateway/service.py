@@ -22,6 +22,7 @@ from visa.catalogue.models import Protocol
 from visa.clock import Clock
 from visa.errors import Conflict, Forbidden, NotFound, Unauthorized
 from visa.instances.models import ConnectToken, Instance, InstanceState, MemberRole
+from visa.users import service as users
 from visa.users.models import User
 
 # A desktop or Jupyter answers in these states (PARTIALLY_ACTIVE: the desktop is up).
@@ -97,8 +98,8 @@ def issue_connect_token(
 ) -> tuple[str, MemberRole, bool]:
     """A one-time desktop token for this actor and instance; only its hash is stored.
 
-    ``binding`` names the browser session that asks (``common.session_binding``; empty for
-    an API token): only a websocket from that session can spend the token.
+    ``binding`` is the stored id of the login session that asks (empty for an API token):
+    only a websocket from that session, while it lasts, can spend the token.
     Returns the token, the connection's role and whether it is view only."""
     require(actor, "instance.connect", instance)
     if actor.scopes is not None and "api" not in actor.scopes:
@@ -162,6 +163,8 @@ def consume_connect_token(session: Session, clock: Clock, uid: str, token: str, 
     instance = _live_instance(session, uid)
     if instance is None:
         raise Unauthorized("invalid connect token")
+    if binding and users.live_login_session_by_hash(session, binding) is None:
+        raise Unauthorized("invalid connect token")  # the session that asked has ended: not spent
     row = _spend(session, now, instance, hash_token(token, binding))
     user = session.get(User, row.user_id)
     actor = actor_for(user, now) if user is not None and user.active else None
@@ -199,18 +202,23 @@ def record_activity(session: Session, instance_id: int, seen: datetime, interact
 
 
 def issue_jupyter_token(
-    actor: Actor, session: Session, clock: Clock, instance: Instance, seconds: int
+    actor: Actor, session: Session, clock: Clock, instance: Instance, seconds: int, login: str
 ) -> str:
-    """A one-time token that the instance's user-content host exchanges for a cookie of its own."""
+    """A one-time token that the instance's user-content host exchanges for a cookie of its own.
+
+    ``login`` is the stored id of the visa login session that asks: the token names it (it is a
+    hash, no credential) and is bound to it, and the lab lasts only as long as that session."""
     require(actor, "instance.jupyter", instance)
     if actor.user is None:
         raise Forbidden("the system does not open JupyterLab")
+    if users.live_login_session_by_hash(session, login, actor.user.id) is None:
+        raise Unauthorized("open JupyterLab from a browser session of visa")
     target_for(instance, Protocol.JUPYTER)
-    token = secrets.token_urlsafe(32)
+    token = secrets.token_urlsafe(32)  # no "." in it
     now = clock.now()
     session.add(
         ConnectToken(
-            token_hash=hash_token(token, purpose="jupyter"),
+            token_hash=hash_token(token, login, purpose="jupyter"),
             instance_id=instance.id,
             user_id=actor.user.id,
             role=MemberRole.OWNER,
@@ -219,33 +227,50 @@ def issue_jupyter_token(
         )
     )
     session.flush()
-    return token
+    return f"{token}.{login}"
 
 
-def consume_jupyter_token(session: Session, clock: Clock, uid: str, token: str) -> tuple[int, str]:
-    """Spend a Jupyter token on instance ``uid``: the user's id and session epoch, or Unauthorized."""
+@dataclass(frozen=True)
+class LabLogin:
+    """Whom a spent Jupyter token speaks for: the user, their session epoch and login session."""
+
+    user_id: int
+    epoch: str
+    login: str
+
+
+def consume_jupyter_token(session: Session, clock: Clock, uid: str, token: str) -> LabLogin:
+    """Spend a Jupyter token on instance ``uid`` while the login session that asked for it lasts,
+    or Unauthorized."""
     from visa.web.context import _session_epoch  # one definition of a session's validity
 
-    instance = _live_instance(session, uid) if token else None
-    if instance is None:
-        raise Unauthorized("invalid or expired link: open JupyterLab from visa again")
+    invalid = "invalid or expired link: open JupyterLab from visa again"
+    secret, _, login = token.partition(".")
+    instance = _live_instance(session, uid) if secret and login else None
+    if instance is None or users.live_login_session_by_hash(session, login) is None:
+        raise Unauthorized(invalid)
     try:
-        row = _spend(session, clock.now(), instance, hash_token(token, purpose="jupyter"))
+        row = _spend(session, clock.now(), instance, hash_token(secret, login, purpose="jupyter"))
     except Unauthorized as exc:
-        raise Unauthorized("invalid or expired link: open JupyterLab from visa again") from exc
+        raise Unauthorized(invalid) from exc
     user = session.get(User, row.user_id)
     if user is None or not user.active:
         raise Unauthorized("log in first")
-    return user.id, _session_epoch(user)
+    return LabLogin(user.id, _session_epoch(user), login)
 
 
-def jupyter_target(session: Session, clock: Clock, user_id: int, epoch: str | None, uid: str) -> Target:
-    """The Jupyter server of instance ``uid`` for the user of a session cookie: Unauthorized
-    if the session is no longer valid, NotFound for anyone but the instance's owner."""
+def jupyter_target(
+    session: Session, clock: Clock, user_id: int, epoch: str | None, login: str | None, uid: str
+) -> Target:
+    """The Jupyter server of instance ``uid`` for the user of a lab cookie: Unauthorized once the
+    login session it came from has ended (logout, revocation, expiry, password change,
+    deactivation), NotFound for anyone but the instance's owner."""
     from visa.web.context import _session_epoch  # one definition of a session's validity
 
     user = session.get(User, user_id)
     if user is None or not user.active or epoch != _session_epoch(user):
+        raise Unauthorized("log in first")
+    if users.live_login_session_by_hash(session, login, user_id) is None:
         raise Unauthorized("log in first")
     instance = _live_instance(session, uid)
     actor = actor_for(user, clock.now())
