@@ -306,6 +306,21 @@ def test_a_revoked_member_is_disconnected(live: Live, world: World) -> None:
         assert ws.close_code == 4403
 
 
+def test_an_open_desktop_closes_when_its_login_session_ends(live: Live, world: World) -> None:
+    with live.login("owner") as client:
+        r = client.post(f"/api/instances/{UID}/connect")
+        assert r.status_code == 200, r.text
+        with _open(live, r.json()["url"], cookie=live.cookie_header(client)) as ws:
+            rfb = WsRfb(ws)
+            rfb.handshake()
+            rfb.screen()
+            assert client.post("/api/logout").status_code == 200
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    ws.recv(timeout=5)
+            assert ws.close_code == 4403
+
+
 def test_the_desktop_down_is_a_clear_refusal(live: Live, world: World) -> None:
     with live.db.unit_of_work() as s:
         s.get(Instance, world.instance.id).provider_state = {"ports": {"VNC": 9, "JUPYTER": 9}}

@@ -63,6 +63,9 @@ class Grant:
     role: MemberRole
     view_only: bool
     target: Target
+    # The login session the token was bound to ("" for an API token's client): when it ends
+    # (logout, revocation), the open desktop ends with it.
+    login: str = ""
 
 
 def _live_instance(session: Session, uid: str) -> Instance | None:
@@ -177,15 +180,21 @@ def consume_connect_token(session: Session, clock: Clock, uid: str, token: str, 
         role=connect_role(actor, instance),
         view_only=not allowed(actor, "instance.input", instance),
         target=target_for(instance, Protocol.VNC),
+        login=binding,
     )
 
 
-def check_access(session: Session, clock: Clock, user_id: int, instance_id: int, action: str) -> bool | None:
-    """Whether the user may still do ``action`` on the instance: None if not at all any more,
-    else whether ``instance.input`` is still allowed (False: view only)."""
+def check_access(
+    session: Session, clock: Clock, user_id: int, instance_id: int, action: str, login: str = ""
+) -> bool | None:
+    """Whether the user may still do ``action`` on the instance: None if not at all any more
+    (or the login session ``login`` has ended), else whether ``instance.input`` is still
+    allowed (False: view only)."""
     instance = session.get(Instance, instance_id)
     user = session.get(User, user_id)
     if instance is None or instance.deleted_at is not None or user is None or not user.active:
+        return None
+    if login and users.live_login_session_by_hash(session, login) is None:
         return None
     actor = actor_for(user, clock.now())
     if not allowed(actor, action, instance):
