@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from visa.catalogue.schemas import NAME, FlavourLimitsSpec, GpuSpec, LifetimeSpec
 from visa.instances.models import CommandAction, InstanceState
+from visa.instances.schemas import InstanceOut
 from visa.notifications.models import NotificationKind, NotificationLevel
-from visa.openapi import InstanceOut
+from visa.types import Timestamp
 from visa.users.models import Role
 from visa.users.service import MAX_QUOTA
 
@@ -56,8 +57,8 @@ class InstanceQuery(PageQuery):
 
 
 class AdminInstanceOut(InstanceOut):
-    state_changed_at: datetime | None
-    deleted_at: datetime | None
+    state_changed_at: Timestamp | None
+    deleted_at: Timestamp | None
     cloud_server_id: str | None
     address: str | None
     members: list[MemberOut]
@@ -75,13 +76,13 @@ class CommandOut(BaseModel):
     state: str
     actor: str | None
     message: str | None
-    created_at: datetime
-    finished_at: datetime | None
+    created_at: Timestamp
+    finished_at: Timestamp | None
 
 
 class AuditOut(BaseModel):
     id: int
-    at: datetime
+    at: Timestamp
     actor: str
     action: str
     target_type: str | None
@@ -104,7 +105,7 @@ class InstanceDetailOut(AdminInstanceOut):
     experiments_detail: list[ExperimentDetail]
     commands: list[CommandOut]
     history: list[AuditOut]
-    last_interaction_at: datetime | None
+    last_interaction_at: Timestamp | None
     owner_email: str | None
 
 
@@ -136,8 +137,8 @@ class UserQuery(PageQuery):
 
 class GrantOut(BaseModel):
     role: Role
-    expires_at: datetime | None
-    granted_at: datetime
+    expires_at: Timestamp | None
+    granted_at: Timestamp
 
 
 class AdminUserOut(BaseModel):
@@ -149,8 +150,8 @@ class AdminUserOut(BaseModel):
     instance_quota: int
     instances: int
     roles: list[GrantOut]
-    created_at: datetime
-    last_login_at: datetime | None
+    created_at: Timestamp
+    last_login_at: Timestamp | None
 
 
 class GrantIn(_In):
@@ -288,9 +289,9 @@ class NotificationOut(BaseModel):
     message: str
     level: NotificationLevel
     kind: NotificationKind
-    active_from: datetime | None
-    active_until: datetime | None
-    created_at: datetime
+    active_from: Timestamp | None
+    active_until: Timestamp | None
+    created_at: Timestamp
     acknowledged: int | None = Field(None, description="How many users acknowledged it (admin view)")
 
 

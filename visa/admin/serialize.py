@@ -8,7 +8,7 @@ from visa.audit.models import AuditEvent
 from visa.catalogue.models import Image, Plan
 from visa.clock import Clock
 from visa.instances.models import Instance, InstanceCommand
-from visa.instances.serialize import instance_dict
+from visa.instances.serialize import instance_out
 from visa.notifications.models import SystemNotification
 from visa.users.models import User
 
@@ -18,7 +18,7 @@ def admin_instance(instance: Instance, actor: Actor, clock: Clock) -> S.AdminIns
 
 
 def _admin_fields(instance: Instance, actor: Actor, clock: Clock) -> dict:
-    d = instance_dict(instance, actor, clock)
+    d = instance_out(instance, actor, clock).model_dump()
     d.update(
         state_changed_at=instance.state_changed_at,
         deleted_at=instance.deleted_at,

@@ -49,6 +49,16 @@ def plans_for(session: Session, actor: Actor, experiments: Iterable[Experiment])
     return [p for p in plans if flavour_allowed(p.flavour, actor.roles, experiments)]
 
 
+def offered_plans(actor: Actor, session: Session, experiment_ids: Iterable[int]) -> list[Plan]:
+    """The plans this actor may pick for the experiments named by id; experiments they do not belong to
+    count for nothing (admins excepted)."""
+    ids = list(experiment_ids)
+    experiments = list(session.scalars(select(Experiment).where(Experiment.id.in_(ids)))) if ids else []
+    if not actor.is_admin:
+        experiments = [e for e in experiments if actor.id in {m.id for m in e.members}]
+    return plans_for(session, actor, experiments)
+
+
 def _default_lifetime(role: Role | None, defaults: LifetimeSettings) -> int:
     return defaults.staff_max_hours if role in STAFF_ROLES else defaults.user_max_hours
 
