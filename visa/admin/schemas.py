@@ -7,10 +7,10 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from visa.announcements.models import NotificationKind, NotificationLevel
 from visa.catalogue.schemas import NAME, FlavourLimitsSpec, GpuSpec, LifetimeSpec
 from visa.instances.models import CommandAction, InstanceState
 from visa.instances.schemas import InstanceOut
-from visa.notifications.models import NotificationKind, NotificationLevel
 from visa.types import Timestamp
 from visa.users.models import Role
 from visa.users.service import MAX_QUOTA

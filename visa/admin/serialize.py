@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from visa.actor import Actor
 from visa.admin import schemas as S
+from visa.announcements.models import SystemNotification
 from visa.audit.models import AuditEvent
 from visa.catalogue.models import Image, Plan
 from visa.clock import Clock
 from visa.instances.models import Instance, InstanceCommand
 from visa.instances.serialize import instance_out
-from visa.notifications.models import SystemNotification
 from visa.users.models import User
 
 

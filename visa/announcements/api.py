@@ -6,7 +6,7 @@ from flask import Blueprint
 
 from visa.admin import schemas as S
 from visa.admin.serialize import notification
-from visa.notifications import service
+from visa.announcements import service
 from visa.openapi import MAX_ID, Ok, doc, respond
 from visa.web.context import current_actor, db_session, services
 from visa.web.io import parse_body
