@@ -11,9 +11,9 @@ from datetime import timedelta
 import pytest
 
 from tests.admin.world import build
-from visa.admin.clouds import clear_cache
 from visa.clouds.base import CloudLimits
 from visa.clouds.local import LocalProvider
+from visa.clouds.service import clear_cache
 from visa.logs import JsonFormatter, RequestIdFilter
 
 

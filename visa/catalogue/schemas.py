@@ -139,3 +139,18 @@ class PlanOut(BaseModel):
 
 class PlansQuery(BaseModel):
     experiment: list[DbId] = Field(default_factory=list, description="Experiment ids the machine is for")
+
+
+# --- plans edited through the API ---------------------------------------------------------------
+
+
+class PlanIn(_Strict):
+    image: str = Field(pattern=NAME)
+    flavour: str = Field(pattern=NAME)
+    preset: bool = False
+    enabled: bool = True
+
+
+class PlanPatch(_Strict):
+    preset: bool | None = None
+    enabled: bool | None = None

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
+from visa.instances.models import InstanceState
+from visa.paging import PageQuery
 from visa.provisioning.names import KEYBOARD_NAMES
 from visa.types import DbId, Timestamp
 
@@ -249,3 +251,24 @@ class ExtensionOut(BaseModel):
 class ExtensionQuery(BaseModel):
     state: Literal["PENDING", "ACCEPTED", "REFUSED", "ALL"] = "PENDING"
 
+
+# --- everyone's instances (administrators) --------------------------------------------------
+
+INSTANCE_SORTS = ("created_at", "terminates_at", "state_changed_at", "last_seen_at", "name", "state", "owner")
+
+InstanceSort = Literal[
+    "created_at", "-created_at", "terminates_at", "-terminates_at", "state_changed_at", "-state_changed_at",
+    "last_seen_at", "-last_seen_at", "name", "-name", "state", "-state", "owner", "-owner",
+]
+
+
+
+class InstanceQuery(PageQuery):
+    state: list[InstanceState] = Field(default_factory=list, description="Any of these states")
+    owner: str | None = Field(None, max_length=64, description="Owner's username")
+    image: str | None = Field(None, max_length=64, description="Image name")
+    flavour: str | None = Field(None, max_length=64, description="Flavour name")
+    cloud: str | None = Field(None, max_length=64, description="Cloud name")
+    q: str | None = Field(None, max_length=100, description="Part of the name or uid")
+    deleted: bool = Field(False, description="Include deleted instances")
+    sort: InstanceSort = "-created_at"
