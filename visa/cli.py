@@ -458,16 +458,20 @@ def clouds_list() -> None:
             click.echo(f"{c.name:16} {c.kind:10} {'enabled' if c.enabled else 'disabled'}")
 
 
+def _set_cloud_enabled(name: str, enabled: bool) -> None:
+    from visa.clouds.service import set_cloud_enabled
+
+    with _database().unit_of_work() as s:
+        set_cloud_enabled(SYSTEM, s, system_clock, name, enabled)
+    click.echo(f"cloud {name} {'enabled' if enabled else 'disabled'}")
+
+
 @clouds.command("enable")
 @click.argument("name")
 @friendly
 def clouds_enable(name: str) -> None:
     """Let a cloud take new instances again."""
-    from visa.clouds.service import set_cloud_enabled
-
-    with _database().unit_of_work() as s:
-        set_cloud_enabled(SYSTEM, s, system_clock, name, True)
-    click.echo(f"cloud {name} enabled")
+    _set_cloud_enabled(name, True)
 
 
 @clouds.command("disable")
@@ -475,11 +479,7 @@ def clouds_enable(name: str) -> None:
 @friendly
 def clouds_disable(name: str) -> None:
     """Give a cloud no new instances (those it has keep running)."""
-    from visa.clouds.service import set_cloud_enabled
-
-    with _database().unit_of_work() as s:
-        set_cloud_enabled(SYSTEM, s, system_clock, name, False)
-    click.echo(f"cloud {name} disabled")
+    _set_cloud_enabled(name, False)
 
 
 # --- instances ------------------------------------------------------------------------------
