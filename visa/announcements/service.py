@@ -7,11 +7,11 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy.orm import Session
 
 from visa.actor import Actor
+from visa.announcements.models import NotificationAck, SystemNotification
 from visa.audit.service import record
 from visa.auth.policy import require
 from visa.clock import Clock
 from visa.errors import InvalidInput, NotFound, Unauthorized
-from visa.notifications.models import NotificationAck, SystemNotification
 
 
 def _check_window(active_from, active_until) -> None:  # noqa: ANN001
