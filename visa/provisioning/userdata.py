@@ -48,6 +48,7 @@ MASK = "********"
 LIBEXEC = "/usr/local/libexec/visa"
 ENV_FILE = "/etc/visa/instance.env"
 SECRET_FILE = "/etc/visa/desktop.secret"
+MOUNTS_FILE = "/etc/visa/mounts"
 JUPYTER_CONFIG = "/etc/visa/jupyter_server_config.json"
 _TIMEZONE = re.compile(r"[A-Za-z_+-]+(/[A-Za-z0-9_+-]+){0,2}")
 # Values of instance.env are read by sh and by systemd alike: keep them unquoted-safe.
@@ -227,6 +228,7 @@ def _build(
         {"path": ENV_FILE, "permissions": "0644", "content": _env_file(env)},
         {"path": f"{LIBEXEC}/x-idle", "permissions": "0755", "content": _file("x-idle.sh")},
         {"path": f"{LIBEXEC}/probe", "permissions": "0755", "content": _file("probe.py")},
+        {"path": f"{LIBEXEC}/step", "permissions": "0755", "content": _file("step.sh")},
     ]
     runcmd: list[Any] = []
     packages = list(dict.fromkeys([*site.packages, *options.packages]))
@@ -263,7 +265,7 @@ def _build(
                 "content": _unit("visa desktop (VNC)", username, f"{LIBEXEC}/desktop"),
             },
         ]
-        runcmd.append([f"{LIBEXEC}/setup-desktop"])
+        runcmd.append([f"{LIBEXEC}/step", "desktop-setup", f"{LIBEXEC}/setup-desktop"])
         services.append("visa-desktop.service")
     if jupyter_port:
         jupyter_config = {
@@ -291,11 +293,17 @@ def _build(
     # Data first, services last: a port that answers means everything above is in place.
     # (cloud-init's mounts module made the mount points and wrote fstab; mount again in
     # case the network came late, it is a no-op for what is already mounted.)
+    # Each step that fails says so on the console ("visa: FAILED <step>: ..."), which visa reads
+    # (visa.provisioning.report) to end the start in a clear state.
     if mounts:
-        runcmd.append(["mount", "-a"])
+        write_files += [
+            {"path": MOUNTS_FILE, "permissions": "0644", "content": "".join(f"{m.spec.target}\n" for m in mounts)},
+            {"path": f"{LIBEXEC}/mount-data", "permissions": "0755", "content": _file("mount-data.sh")},
+        ]
+        runcmd.append([f"{LIBEXEC}/mount-data"])
     if services:
         runcmd.append(["systemctl", "daemon-reload"])
-        runcmd.append(["systemctl", "enable", "--now", *services])
+        runcmd.append([f"{LIBEXEC}/step", "desktop-start", "systemctl", "enable", "--now", *services])
 
     config: dict[str, Any] = {"timezone": site.timezone, "ssh_pwauth": False, "disable_root": True}
     if host_key is not None:
