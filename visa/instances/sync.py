@@ -215,6 +215,9 @@ def sync_cloud(services: Services, cloud_name: str, *, only_unstable: bool = Fal
 
     SYNC_DURATION.labels(cloud=cloud_name).observe(result.seconds)
     if result.changed or result.deleted:
+        from visa.instances import changes
+
+        changes.notify()  # after the commit: the streams read the new state
         log.info("sync %s: %d servers, %d changed, %d deleted", cloud_name, result.servers,
                  len(result.changed), len(result.deleted))
     return result
