@@ -8,7 +8,8 @@ On the local cloud (real desktop sessions on this machine), with visa's worker r
 * ``cloud_active``: the provider first reports the server ACTIVE (session started);
 * ``vnc_answers``: the desktop's socket or port first accepts a connection (the programs
   are up: everything before this is the programs starting);
-* ``visa_active``: visa's own state becomes ACTIVE (what the browser's event stream sends).
+* ``visa_active``: visa's own state becomes ACTIVE (what the browser's event stream sends);
+* ``first_pixels``: an RFB client (VncAuth with the instance's secret) has read the screen.
 
 visa's part is ``visa_active - vnc_answers`` (goal: under 1 s). Both worker behaviours run
 side by side: ``follow`` (after a command, the moving instances are synced every
@@ -30,6 +31,7 @@ from typing import Any
 from sqlalchemy import select
 
 import visa.models  # noqa: F401
+from tests.clouds.rfb import RfbClient
 from tests.factories import actor, make_experiment, make_flavour, make_image, make_plan, make_user
 from visa.catalogue.models import Protocol
 from visa.clock import SystemClock
@@ -51,6 +53,17 @@ def _instance(db: Database, uid: str) -> Instance | None:
         return s.scalar(select(Instance).where(Instance.uid == uid))
 
 
+def _pixels(inst: Instance, started: float) -> float | None:
+    """Seconds from the create until one full screen was read over RFB."""
+    path = ((inst.provider_state or {}).get("sockets") or {}).get("VNC")
+    where = path or (readiness.endpoint(inst, Protocol.VNC) or (None, None))[1]
+    if where is None:
+        return None
+    with RfbClient(where) as client:
+        client.read_screen(client.handshake(inst.secret))
+    return time.perf_counter() - started
+
+
 def one_run(services: Services, plan_id: int, exp_id: int, owner_id: int, n: int,
             timeout: float = 120) -> dict[str, float | None]:
     from visa.users.models import User
@@ -66,7 +79,8 @@ def one_run(services: Services, plan_id: int, exp_id: int, owner_id: int, n: int
         uid = inst.uid
     started = time.perf_counter()
     wake()
-    marks: dict[str, float | None] = {"cloud_active": None, "vnc_answers": None, "visa_active": None}
+    marks: dict[str, float | None] = {"cloud_active": None, "vnc_answers": None, "visa_active": None,
+                                      "first_pixels": None}
     provider = services.provider("local")
     while time.perf_counter() - started < timeout and marks["visa_active"] is None:
         now = time.perf_counter() - started
@@ -82,6 +96,7 @@ def one_run(services: Services, plan_id: int, exp_id: int, owner_id: int, n: int
                 marks["vnc_answers"] = time.perf_counter() - started
             if current.state == InstanceState.ACTIVE:
                 marks["visa_active"] = now
+                marks["first_pixels"] = _pixels(current, started)
         time.sleep(TICK)
     with services.database.unit_of_work() as s:
         inst = s.scalar(select(Instance).where(Instance.uid == uid))
@@ -149,6 +164,7 @@ def _summary(samples: list[dict[str, float | None]]) -> dict[str, Any]:
         "cloud_active_s": median("cloud_active"),
         "vnc_answers_s": median("vnc_answers"),
         "visa_active_s": median("visa_active"),
+        "first_pixels_s": median("first_pixels"),
         "visa_part_s": round(statistics.median(visa_part), 3) if visa_part else None,
         "visa_part_max_s": round(max(visa_part), 3) if visa_part else None,
         "samples": samples,
