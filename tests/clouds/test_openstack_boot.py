@@ -23,6 +23,7 @@ from visa.instances.executor import run_pending_commands
 from visa.instances.models import CommandAction, Instance, InstanceState
 from visa.instances.schemas import CreateInstance
 from visa.instances.sync import sync_cloud
+from visa.provisioning import report
 from visa.services import Services
 from visa.settings import Settings
 
@@ -82,6 +83,11 @@ def test_a_desktop_that_never_answers_ends_in_error_not_starting(on_sandbox) -> 
     assert run_pending_commands(services) == 1
     inst = _sync_until_cloud_active(services, uid)
     assert inst.state == InstanceState.STARTING, inst.error_message  # the cloud runs it, the desktop is silent
+    # Nova's console output (the fake hypervisor's is a fixed text) says nothing failed.
+    provider = services.provider("sandbox")
+    console = provider.boot_report(inst.cloud_server_id)
+    assert isinstance(console, str) and console and report.failures(console) == []
+    assert provider.boot_report("00000000-0000-0000-0000-000000000000") is None  # no such server
     services.clock.advance(seconds=timeout - 30)
     sync_cloud(services, "sandbox", probe_timeout=0.5)
     assert _state(services.database, uid).state == InstanceState.STARTING  # booting may take this long

@@ -276,6 +276,11 @@ def scenario(tmp: Path, creds: dict[str, Any], processed: Path) -> None:
         servers = [s for s in conn.compute.servers() if (s.metadata or {}).get("visa_uid") == uid]
         assert len(servers) == 1 and servers[0].status == "ACTIVE"
         address = next(iter(servers[0].addresses.values()))[0]["addr"]
+        # Every boot step (the data mounts too) went through: the console has no failure marker.
+        from visa.provisioning import report as boot_report
+
+        console = conn.compute.get_server_console_output(servers[0], length=200)["output"]
+        assert boot_report.failures(console) == [], console[-4000:]
         _shot(page, "02-ready")
 
         # --- the desktop through visa's gateway: pixels, and keys reach the xterm -------------------

@@ -150,3 +150,21 @@ def test_a_computing_local_session_is_seen_as_active_without_a_browser(local) ->
     busy = probe.run()
     assert busy.failed == {} and len(busy.computing) == 1
     assert _state(services.database, uid).last_compute_at == services.clock.now()
+
+
+def test_the_worker_follows_an_instance_it_just_created_until_its_desktop_answers(local) -> None:  # noqa: ANN001
+    from visa.instances.worker import Worker, wake
+
+    services, uid = local
+    # The usual sync of moving instances is a minute apart here: only the close following
+    # after the create can make it ACTIVE before the wait below gives up.
+    worker = Worker(services, sync_seconds=60.0)
+    worker.start()
+    try:
+        wake()
+        deadline = time.monotonic() + 40
+        while _state(services.database, uid).state != InstanceState.ACTIVE and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        worker.stop()
+    assert _state(services.database, uid).state == InstanceState.ACTIVE

@@ -87,3 +87,40 @@ def test_a_planted_directory_symlink_does_not_hand_a_root_directory_to_the_owner
     _setup_desktop(tmp_path, owner)
     assert target.stat().st_uid == 0 and target.stat().st_mode & 0o777 == 0o755
     assert list(target.iterdir()) == []
+
+
+def test_a_failing_step_says_so_in_the_words_visa_reads() -> None:
+    from visa.provisioning import report
+
+    step = str(ROOT / "visa/provisioning/files/step.sh")
+    ok = subprocess.run(["sh", step, "desktop-start", "true"], capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and report.failures(ok.stderr) == []
+    failed = subprocess.run(["sh", step, "desktop-setup", "sh", "-c", "exit 3"], capture_output=True, text=True,
+                            timeout=30)
+    assert failed.returncode == 3  # cloud-init still sees the failure
+    (found,) = report.failures(failed.stderr)
+    assert (found.step, found.reason, found.fatal) == ("desktop-setup", "sh exited with status 3", True)
+
+
+def test_data_that_did_not_mount_are_named_and_the_boot_carries_on(tmp_path: Path) -> None:
+    from visa.provisioning import report
+
+    # `mount` itself is replaced: this test must not mount the test machine's own fstab
+    # entries; the real mounts are exercised on a real VM (tests/clouds/test_real_vm.py).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mount").write_text("#!/bin/sh\necho 'mount.nfs: access denied by server' >&2\nexit 32\n")
+    (bin_dir / "mount").chmod(0o755)
+    missing = tmp_path / "data" / "ev280"
+    missing.mkdir(parents=True)
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"{missing}\n")
+    source = (ROOT / "visa/provisioning/files/mount-data.sh").read_text()
+    assert "/etc/visa/mounts" in source
+    script = tmp_path / "mount-data"
+    script.write_text(source.replace("/etc/visa/mounts", str(mounts)))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr  # the desktop still starts after it
+    (found,) = report.failures(done.stderr)
+    assert found.step == "data-mount" and not found.fatal and str(missing) in found.reason

@@ -100,7 +100,8 @@ def test_every_image_renders_valid_cloud_config(
 
     protocols = {p["protocol"]: p["port"] for p in IMAGES[image_name]["protocols"]}
     enable = config["runcmd"][-1]
-    assert enable[:3] == ["systemctl", "enable", "--now"]
+    # Run through the step wrapper, which says on the console when it fails.
+    assert enable[:5] == ["/usr/local/libexec/visa/step", "desktop-start", "systemctl", "enable", "--now"]
     assert ("visa-desktop.service" in enable) == ("VNC" in protocols)
     assert ("visa-jupyter.service" in enable) == ("JUPYTER" in protocols)
     env = files["/etc/visa/instance.env"]["content"]

@@ -295,6 +295,39 @@ def test_event_stream_pushes_state_list_and_thumbnail_changes(world, db, app, cl
     assert gone == b'event: instances\ndata: {"uids":[]}\n\n'
 
 
+def test_a_state_change_by_this_process_s_worker_reaches_the_stream_at_once(world, db, app, api_client,  # noqa: ANN001
+                                                                          monkeypatch) -> None:
+    from visa.instances import changes
+    from visa.web import events
+
+    monkeypatch.setattr(events, "POLL_SECONDS", 60.0)  # the poll alone would not see it in time
+    stream = events.EventStream(app)
+    alice = _logged_in(api_client, "alice")
+    cookie = alice.client.get_cookie("visa_session").value
+
+    async def is_disconnected() -> bool:
+        return False
+
+    request = SimpleNamespace(cookies={"visa_session": cookie}, is_disconnected=is_disconnected)
+    ident = stream.identify(request)
+    assert ident is not None
+
+    async def run() -> bytes:
+        gen = stream.events(events.UserStream(stream.services, *ident), request)
+        await gen.__anext__(), await gen.__anext__()  # retry, ready
+        pending = asyncio.ensure_future(gen.__anext__())
+        await asyncio.sleep(0.1)  # the stream is waiting now
+        _set(db, world.uid, InstanceState.ACTIVE, CommandState.DONE)
+        await asyncio.get_running_loop().run_in_executor(None, changes.notify)  # as the worker's sync does
+        try:
+            return await asyncio.wait_for(pending, 10)
+        finally:
+            await gen.aclose()
+
+    changed = asyncio.run(run())
+    assert changed.startswith(b"event: instance\n") and b'"state":"ACTIVE"' in changed
+
+
 def test_event_streams_are_short_and_end_when_the_session_does(world, db, app, api_client, monkeypatch) -> None:  # noqa: ANN001
     from visa.web import events
 

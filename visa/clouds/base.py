@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 # Metadata key and tag by which visa recognises its own servers in a shared cloud.
 VISA_TAG = "visa"
+# How much of a machine's console ``boot_report`` asks for, and returns at most.
+REPORT_LINES = 200
+REPORT_MAX_CHARS = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,17 @@ class Provider(abc.ABC):
         Same fields as the SSH probe's report: ``x_idle_ms`` (or None), ``load``,
         ``cpu_count`` and ``processes`` ([{"pid", "command", "cpu_seconds"}], the user's
         own processes). None (the default): the scheduler asks the machine over SSH.
+        """
+        return None
+
+    def boot_report(self, server_id: str) -> str | None:
+        """The tail of what the machine printed while booting (its console), or None.
+
+        Read for instances still starting, to find the boot scripts' ``visa: FAILED <step>:
+        <reason>`` lines (:mod:`visa.provisioning.report`). Edge cases: None (the default)
+        when the cloud cannot say, or the server is gone; only the tail, at most
+        ``REPORT_MAX_CHARS`` characters; may raise :class:`visa.errors.CloudError`, which
+        callers treat as "nothing to report". The text comes from the machine: hostile.
         """
         return None
 

@@ -34,7 +34,16 @@ from urllib.parse import parse_qsl, urlsplit
 from keystoneauth1 import exceptions as ksa_exc
 from openstack import exceptions as os_exc
 
-from visa.clouds.base import VISA_TAG, CatalogueItem, CloudLimits, Provider, Server, ServerSpec
+from visa.clouds.base import (
+    REPORT_LINES,
+    REPORT_MAX_CHARS,
+    VISA_TAG,
+    CatalogueItem,
+    CloudLimits,
+    Provider,
+    Server,
+    ServerSpec,
+)
 from visa.errors import CloudError
 from visa.states import InstanceState
 
@@ -333,6 +342,19 @@ class OpenStackProvider(Provider):
             return self.conn.compute.get_server(server_id)
         except os_exc.NotFoundException:
             return None
+
+    def boot_report(self, server_id: str) -> str | None:
+        """The tail of the server's console log (Nova's ``os-getConsoleOutput``)."""
+
+        def read() -> str | None:
+            try:
+                answer = self.conn.compute.get_server_console_output(server_id, length=REPORT_LINES)
+            except os_exc.NotFoundException:
+                return None
+            output = (answer or {}).get("output") if isinstance(answer, dict) else None
+            return None if output is None else str(output)[-REPORT_MAX_CHARS:]
+
+        return self._call("read console", read, retry=False)
 
     def list_servers(self) -> list[Server]:
         # Materialised inside the retry, so that a failure on page N starts over instead

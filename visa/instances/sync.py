@@ -21,6 +21,7 @@ from visa.errors import CloudError
 from visa.instances.executor import DELETABLE, soft_delete, store_server, with_retries
 from visa.instances.models import Instance, InstanceState
 from visa.instances.readiness import PROBE_TIMEOUT, probe_all
+from visa.provisioning import report
 from visa.services import Services
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,36 @@ BOOT_TIMEOUT_MESSAGE = (
 )
 
 
+# A starting machine's console is read at most this often (per process): it is the tail of a
+# log, a cloud API call, so only for instances still starting and not every cycle.
+BOOT_REPORT_SECONDS = 10.0
+_last_report: dict[int, float] = {}
+_MOUNT_MESSAGE_START = report.summary([report.StepFailure("data-mount", "")]).split("(", 1)[0]
+_FAILED_MESSAGE_START = report.summary([report.StepFailure("boot", "")]).split("(", 1)[0]
+
+
+def _boot_failures(provider, inst: Instance, *, answered: bool) -> list[report.StepFailure]:  # noqa: ANN001
+    """What the starting machine's console says failed. Read once when its desktop first
+    answers (the boot scripts start the desktop last), else at most every BOOT_REPORT_SECONDS."""
+    if inst.state != InstanceState.STARTING or not inst.cloud_server_id:
+        return []
+    now = time.monotonic()
+    if not answered and now - _last_report.get(inst.id, float("-inf")) < BOOT_REPORT_SECONDS:
+        return []
+    _last_report[inst.id] = now
+    if len(_last_report) > 10_000:  # instances long gone
+        _last_report.clear()
+    try:
+        return report.failures(provider.boot_report(inst.cloud_server_id))
+    except CloudError as exc:
+        log.info("console of instance %s not read: %s", inst.uid, exc.message)
+        return []
+
+
 def _timed_out_before(inst: Instance) -> bool:
-    return (inst.error_message or "").startswith(BOOT_TIMEOUT_MESSAGE.split("{", 1)[0])
+    """In ERROR because its boot timed out or reported a failed step."""
+    message = inst.error_message or ""
+    return message.startswith(BOOT_TIMEOUT_MESSAGE.split("{", 1)[0]) or message.startswith(_FAILED_MESSAGE_START)
 
 
 def _boot_timed_out(inst: Instance, now, timeout_seconds: int) -> bool:  # noqa: ANN001
@@ -139,7 +168,22 @@ def sync_cloud(services: Services, cloud_name: str, *, only_unstable: bool = Fal
         boot_timeout = services.settings.provisioning.boot_timeout_seconds
         for inst_id, state in probe_all(to_probe, timeout=probe_timeout).items():
             inst = next(i for i in to_probe if i.id == inst_id)
-            if state == InstanceState.ACTIVE:
+            answered = state != InstanceState.STARTING
+            failed = _boot_failures(provider, inst, answered=answered)
+            if failed and answered:
+                # The desktop works: usable, with what failed said (e.g. data not mounted).
+                inst.error_message = report.summary(failed)
+                log.warning("instance %s started with failed steps: %s", inst.uid, inst.error_message)
+                state = InstanceState.PARTIALLY_ACTIVE
+            elif any(f.fatal for f in failed):
+                # A step the desktop needs failed: say so now rather than after the boot timeout.
+                inst.error_message = report.summary(failed)
+                log.warning("instance %s: boot failed: %s", inst.uid, inst.error_message)
+                state = InstanceState.ERROR
+            elif state == InstanceState.ACTIVE and (inst.error_message or "").startswith(_MOUNT_MESSAGE_START) \
+                    and inst.state == InstanceState.PARTIALLY_ACTIVE:
+                continue  # its data are still not mounted: it keeps its message
+            elif state == InstanceState.ACTIVE:
                 inst.error_message = None
             elif state == InstanceState.STARTING and inst.state == InstanceState.ERROR and _timed_out_before(inst):
                 continue  # still silent: it stays in ERROR with its message
@@ -171,6 +215,9 @@ def sync_cloud(services: Services, cloud_name: str, *, only_unstable: bool = Fal
 
     SYNC_DURATION.labels(cloud=cloud_name).observe(result.seconds)
     if result.changed or result.deleted:
+        from visa.instances import changes
+
+        changes.notify()  # after the commit: the streams read the new state
         log.info("sync %s: %d servers, %d changed, %d deleted", cloud_name, result.servers,
                  len(result.changed), len(result.deleted))
     return result

@@ -18,6 +18,10 @@ from visa.services import Services
 log = logging.getLogger(__name__)
 
 commands_queued = threading.Event()
+# After it ran a command (create, start, reboot), the worker follows the moving instances
+# closely for a while: a local desktop answers within seconds, and the user is watching.
+FOLLOW_SECONDS = 30.0
+FOLLOW_INTERVAL = 0.25
 
 
 def wake() -> None:
@@ -25,10 +29,13 @@ def wake() -> None:
 
 
 class Worker:
-    def __init__(self, services: Services, *, poll_seconds: float = 2.0, sync_seconds: float | None = None) -> None:
+    def __init__(self, services: Services, *, poll_seconds: float = 2.0, sync_seconds: float | None = None,
+                 follow_seconds: float = FOLLOW_SECONDS) -> None:
         self.services = services
         self.poll_seconds = poll_seconds
         self.sync_seconds = sync_seconds or float(services.settings.scheduler.unstable_sync_seconds)
+        self.follow_seconds = follow_seconds
+        self._follow_until = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -46,16 +53,23 @@ class Worker:
         run_pending_commands(self.services)
         sync_all(self.services, only_unstable=True)
 
+    def interval(self, now: float) -> tuple[float, float]:
+        """(wait for a command, time between syncs): short while following, else the usual."""
+        if now < self._follow_until:
+            return FOLLOW_INTERVAL, FOLLOW_INTERVAL
+        return self.poll_seconds, self.sync_seconds
+
     def _run(self) -> None:
         last_sync = 0.0
         while not self._stop.is_set():
-            commands_queued.wait(self.poll_seconds)
+            commands_queued.wait(self.interval(time.monotonic())[0])
             commands_queued.clear()
             if self._stop.is_set():
                 break
             try:
-                run_pending_commands(self.services)
-                if time.monotonic() - last_sync >= self.sync_seconds:
+                if run_pending_commands(self.services):
+                    self._follow_until = time.monotonic() + self.follow_seconds
+                if time.monotonic() - last_sync >= self.interval(time.monotonic())[1]:
                     last_sync = time.monotonic()
                     sync_all(self.services, only_unstable=True)
             except Exception:  # keep going: the next cycle may succeed

@@ -47,6 +47,7 @@ MASK = "********"
 LIBEXEC = "/usr/local/libexec/visa"
 ENV_FILE = "/etc/visa/instance.env"
 SECRET_FILE = "/etc/visa/desktop.secret"
+MOUNTS_FILE = "/etc/visa/mounts"
 JUPYTER_CONFIG = "/etc/visa/jupyter_server_config.json"
 _TIMEZONE = re.compile(r"[A-Za-z_+-]+(/[A-Za-z0-9_+-]+){0,2}")
 # Values of instance.env are read by sh and by systemd alike: keep them unquoted-safe.
@@ -254,6 +255,7 @@ def _environment(
         {"path": ENV_FILE, "permissions": "0644", "content": _env_file(env)},
         {"path": f"{LIBEXEC}/x-idle", "permissions": "0755", "content": _file("x-idle.sh")},
         {"path": f"{LIBEXEC}/probe", "permissions": "0755", "content": _file("probe.py")},
+        {"path": f"{LIBEXEC}/step", "permissions": "0755", "content": _file("step.sh")},
     ]
 
 
@@ -291,7 +293,7 @@ def _desktop(v: _Checked, parts: _Parts) -> None:
             "content": _unit("visa desktop (VNC)", v.username, f"{LIBEXEC}/desktop"),
         },
     ]
-    parts.runcmd.append([f"{LIBEXEC}/setup-desktop"])
+    parts.runcmd.append([f"{LIBEXEC}/step", "desktop-setup", f"{LIBEXEC}/setup-desktop"])
     parts.services.append("visa-desktop.service")
 
 
@@ -324,11 +326,17 @@ def _start(mounts: list[DataMount], parts: _Parts) -> None:
     """Data first, services last: a port that answers means everything above is in place."""
     # (cloud-init's mounts module made the mount points and wrote fstab; mount again in
     # case the network came late, it is a no-op for what is already mounted.)
+    # Each step that fails says so on the console ("visa: FAILED <step>: ..."), which visa reads
+    # (visa.provisioning.report) to end the start in a clear state.
     if mounts:
-        parts.runcmd.append(["mount", "-a"])
+        parts.write_files += [
+            {"path": MOUNTS_FILE, "permissions": "0644", "content": "".join(f"{m.spec.target}\n" for m in mounts)},
+            {"path": f"{LIBEXEC}/mount-data", "permissions": "0755", "content": _file("mount-data.sh")},
+        ]
+        parts.runcmd.append([f"{LIBEXEC}/mount-data"])
     if parts.services:
         parts.runcmd.append(["systemctl", "daemon-reload"])
-        parts.runcmd.append(["systemctl", "enable", "--now", *parts.services])
+        parts.runcmd.append([f"{LIBEXEC}/step", "desktop-start", "systemctl", "enable", "--now", *parts.services])
 
 
 def _host_key(config: dict[str, Any], host_key: tuple[str, str] | None, mask_secrets: bool) -> None:

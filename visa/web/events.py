@@ -12,7 +12,6 @@ per-instance versions of the ``ready`` event with what they last saw.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -29,7 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from visa.actor import actor_for
-from visa.instances import progress
+from visa.instances import changes, progress
 from visa.instances.models import Instance, InstanceCommand, InstanceMember, InstanceThumbnail
 from visa.instances.schemas import InstanceEvent, InstancesEvent, ReadyEvent, ThumbnailEvent
 from visa.instances.serialize import instance_out
@@ -160,7 +159,7 @@ class EventStream:
         yield f"retry: {RETRY_MS}\n\n".encode()
         yield sse("ready", ReadyEvent(uids=sorted(snap), versions={u: version(r) for u, r in snap.items()}))
         while time.monotonic() - started < MAX_STREAM_SECONDS:
-            await asyncio.sleep(POLL_SECONDS)
+            await changes.wait(POLL_SECONDS)  # sooner when this process's worker moved one
             if await request.is_disconnected():
                 return
             now = time.monotonic()

@@ -1,0 +1,182 @@
+"""Time from create to a desktop that answers, split into the programs' part and visa's.
+
+    python -m bench.boot [--runs 3]
+
+On the local cloud (real desktop sessions on this machine), with visa's worker running as in
+``visa run``. For each create the bench watches, every 20 ms and beside visa:
+
+* ``cloud_active``: the provider first reports the server ACTIVE (session started);
+* ``vnc_answers``: the desktop's socket or port first accepts a connection (the programs
+  are up: everything before this is the programs starting);
+* ``visa_active``: visa's own state becomes ACTIVE (what the browser's event stream sends);
+* ``first_pixels``: an RFB client (VncAuth with the instance's secret) has read the screen.
+
+visa's part is ``visa_active - vnc_answers`` (goal: under 1 s). Both worker behaviours run
+side by side: ``follow`` (after a command, the moving instances are synced every
+``FOLLOW_INTERVAL``) and ``no-follow`` (a sync every ``unstable_sync_seconds``, as before).
+The event stream adds up to its ``POLL_SECONDS`` on top (visa/web/events.py).
+The real-VM figures come from tests/clouds/test_real_vm.py (deploy/openstack-sandbox/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+import visa.models  # noqa: F401
+from tests.clouds.rfb import RfbClient
+from tests.factories import actor, make_experiment, make_flavour, make_image, make_plan, make_user
+from visa.catalogue.models import Protocol
+from visa.clock import SystemClock
+from visa.clouds.models import Cloud
+from visa.db import Database
+from visa.instances import readiness, service
+from visa.instances.models import CommandAction, Instance, InstanceState
+from visa.instances.schemas import CreateInstance
+from visa.instances.worker import FOLLOW_INTERVAL, Worker, wake
+from visa.migrate import upgrade
+from visa.services import Services
+from visa.settings import Settings
+
+TICK = 0.02
+
+
+def _instance(db: Database, uid: str) -> Instance | None:
+    with db.sessionmaker() as s:
+        return s.scalar(select(Instance).where(Instance.uid == uid))
+
+
+def _pixels(inst: Instance, started: float) -> float | None:
+    """Seconds from the create until one full screen was read over RFB."""
+    path = ((inst.provider_state or {}).get("sockets") or {}).get("VNC")
+    where = path or (readiness.endpoint(inst, Protocol.VNC) or (None, None))[1]
+    if where is None:
+        return None
+    with RfbClient(where) as client:
+        client.read_screen(client.handshake(inst.secret))
+    return time.perf_counter() - started
+
+
+def one_run(services: Services, plan_id: int, exp_id: int, owner_id: int, n: int,
+            timeout: float = 120) -> dict[str, float | None]:
+    from visa.users.models import User
+
+    clock = services.clock
+    with services.database.unit_of_work() as s:
+        owner = s.get(User, owner_id)
+        inst = service.create_instance(
+            actor(owner, clock), s, clock, services.settings,
+            CreateInstance(name=f"bench {n}", plan_id=plan_id, experiment_ids=[exp_id], screen_width=1024,
+                           screen_height=768),
+        )
+        uid = inst.uid
+    started = time.perf_counter()
+    wake()
+    marks: dict[str, float | None] = {"cloud_active": None, "vnc_answers": None, "visa_active": None,
+                                      "first_pixels": None}
+    provider = services.provider("local")
+    while time.perf_counter() - started < timeout and marks["visa_active"] is None:
+        now = time.perf_counter() - started
+        current = _instance(services.database, uid)
+        if current is not None and current.cloud_server_id:
+            if marks["cloud_active"] is None:
+                server = provider.get(current.cloud_server_id)
+                if server is not None and server.state == InstanceState.ACTIVE:
+                    marks["cloud_active"] = now
+            if marks["vnc_answers"] is None and current.provider_state and readiness.answers(
+                current, Protocol.VNC, timeout=0.2
+            ):
+                marks["vnc_answers"] = time.perf_counter() - started
+            if current.state == InstanceState.ACTIVE:
+                marks["visa_active"] = now
+                marks["first_pixels"] = _pixels(current, started)
+        time.sleep(TICK)
+    with services.database.unit_of_work() as s:
+        inst = s.scalar(select(Instance).where(Instance.uid == uid))
+        service.request_action(actor(inst.owner, clock), s, clock, inst, CommandAction.DELETE)
+    wake()
+    return marks
+
+
+def run(runs: int) -> dict[str, Any]:
+    tmp = tempfile.TemporaryDirectory(prefix="visa-bench-boot-")
+    root = Path(tmp.name)
+    facility = root / "facility"
+    (facility / "visitor" / "ev280" / "id21").mkdir(parents=True)
+    (facility / "processed" / "ev280" / "id21").mkdir(parents=True)
+    url = f"sqlite:///{root / 'visa.db'}"
+    db = Database(url)
+    upgrade(db.engine)
+    clock = SystemClock()
+    settings = Settings(data_dir=root / "data", database_url=url, secret_key="bench")
+    services = Services(settings=settings, database=db, clock=clock)
+    with db.unit_of_work() as s:
+        s.add(Cloud(name="local", kind="local", enabled=True, created_at=clock.now(), config={
+            "root_dir": str(root / "instances"),
+            "provisioning": {
+                "mount_type": "bind",
+                "raw_mount_template": str(facility / "visitor/{proposal}/{beamline}"),
+                "processed_mount_template": str(facility / "processed/{proposal}/{beamline}"),
+            },
+        }))
+        alice = make_user(s, clock, "alice")
+        exp = make_experiment(s, members=[alice], proposal="ev280", instrument="id21")
+        plan = make_plan(s, make_image(s, "desktop", {Protocol.VNC: 5901}), make_flavour(s, "esrf.medium"))
+        ids = plan.id, exp.id, alice.id
+    results: dict[str, Any] = {"runs": runs, "follow_interval_s": FOLLOW_INTERVAL,
+                               "unstable_sync_s": settings.scheduler.unstable_sync_seconds}
+    try:
+        for mode, follow in (("no-follow", 0.0), ("follow", None)):
+            worker = Worker(services) if follow is None else Worker(services, follow_seconds=follow)
+            worker.start()
+            samples = []
+            try:
+                for n in range(runs):
+                    samples.append(one_run(services, *ids, n))
+                    time.sleep(1)  # let the delete run
+            finally:
+                worker.stop()
+            results[mode] = _summary(samples)
+    finally:
+        provider = services.provider("local")
+        for server in provider.list_servers():
+            provider.delete(server.id)
+        services.close()
+        tmp.cleanup()
+    return results
+
+
+def _summary(samples: list[dict[str, float | None]]) -> dict[str, Any]:
+    def median(key: str) -> float | None:
+        values = [s[key] for s in samples if s[key] is not None]
+        return round(statistics.median(values), 3) if values else None
+
+    visa_part = [s["visa_active"] - s["vnc_answers"] for s in samples
+                 if s["visa_active"] is not None and s["vnc_answers"] is not None]
+    return {
+        "cloud_active_s": median("cloud_active"),
+        "vnc_answers_s": median("vnc_answers"),
+        "visa_active_s": median("visa_active"),
+        "first_pixels_s": median("first_pixels"),
+        "visa_part_s": round(statistics.median(visa_part), 3) if visa_part else None,
+        "visa_part_max_s": round(max(visa_part), 3) if visa_part else None,
+        "samples": samples,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    print(json.dumps(run(args.runs), indent=1))
+
+
+if __name__ == "__main__":
+    main()
