@@ -30,8 +30,12 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.integration
 
 # The socket the gateway's kill cuts, and the tries while it is away, are reported by
-# Chromium itself; nothing else may appear.
-EXPECTED_BROWSER_ERRORS = (r"WebSocket connection to 'wss://[^']*/ws/desktop/", r"Failed to load resource")
+# Chromium itself (and by noVNC: "Failed when connecting"); nothing else may appear.
+EXPECTED_BROWSER_ERRORS = (
+    r"WebSocket connection to 'wss://[^']*/ws/desktop/",
+    r"Failed when connecting: Connection closed",
+    r"Failed to load resource",
+)
 
 
 def nginx_config(tmp: Path, port: int, webs: list[int], gateway: int) -> Path:
