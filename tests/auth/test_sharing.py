@@ -8,10 +8,10 @@ from sqlalchemy import select
 from tests.auth.world import login, seed
 from tests.factories import actor
 from visa.audit.models import AuditEvent
-from visa.auth.policy import allowed
 from visa.errors import Conflict, Forbidden, InvalidInput, NotFound
 from visa.instances import sharing
 from visa.instances.models import ConnectToken, Instance, MemberRole
+from visa.policy import allowed
 from visa.users.models import User
 
 

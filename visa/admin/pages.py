@@ -17,10 +17,10 @@ from jinja2 import TemplateNotFound
 from visa.actor import Actor
 from visa.admin import schemas as S
 from visa.admin import serialize, service
-from visa.auth.policy import require
 from visa.instances.models import InstanceState
 from visa.notifications import service as notifications
 from visa.openapi import parse_query
+from visa.policy import require
 from visa.users.models import Role
 from visa.web.context import current_actor, db_session, services
 

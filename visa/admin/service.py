@@ -18,7 +18,6 @@ from visa.admin.clouds import CloudStatus, cloud_statuses
 from visa.admin.schemas import AuditQuery, InstanceQuery, PlanIn, PlanPatch, UserQuery
 from visa.audit.models import AuditEvent
 from visa.audit.service import record
-from visa.auth.policy import require
 from visa.catalogue.apply import Diff, _apply_flavour, _apply_image, _cloud_ids
 from visa.catalogue.loader import Catalogue, Sourced
 from visa.catalogue.models import Flavour, Image, Plan
@@ -34,6 +33,7 @@ from visa.instances.models import (
     InstanceCommand,
     InstanceState,
 )
+from visa.policy import require
 from visa.services import Services
 from visa.users.models import RoleGrant, User
 

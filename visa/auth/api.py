@@ -9,9 +9,9 @@ from sqlalchemy import select
 
 from visa.auth import tokens, web
 from visa.auth.login import local_login
-from visa.auth.policy import require
 from visa.auth.schemas import LoginForm, NewToken
 from visa.errors import Forbidden
+from visa.policy import require
 from visa.users.models import ApiToken, User
 from visa.web.context import current_actor, db_session, login_session, services
 from visa.web.csrf import csrf_token

@@ -18,6 +18,7 @@ from visa.audit.service import record
 from visa.auth.logsafe import clip
 from visa.auth.ratelimit import SlidingWindow
 from visa.errors import Unauthorized
+from visa.policy import ActorKind
 from visa.users.models import User
 from visa.users.service import check_password
 
@@ -43,7 +44,7 @@ class Limits:
 
 def anonymous(name: str, ip: str | None) -> Actor:
     """Who an unauthenticated attempt claims to be: for the audit log only, never for rules."""
-    return Actor(user=None, name=clip(name, 48), ip=clip(ip, 64) if ip else None)
+    return Actor(user=None, name=clip(name, 48), ip=clip(ip, 64) if ip else None, kind=ActorKind.ANONYMOUS)
 
 
 def audit_failure(services: Any, action: str, username: str, ip: str | None, reason: str, **details: Any) -> None:

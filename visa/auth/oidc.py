@@ -37,9 +37,9 @@ from sqlalchemy.orm import Session
 
 from visa.actor import SYSTEM, Actor
 from visa.auth.logsafe import clip
-from visa.auth.policy import MINT_TOKENS
 from visa.clock import Clock
 from visa.errors import Unauthorized
+from visa.policy import MINT_TOKENS
 from visa.settings import OidcSettings
 from visa.users.models import Role, User
 from visa.users.service import create_user, validate_username
@@ -321,4 +321,4 @@ def actor_from_access_token(session: Session, services: Any, value: str, ip: str
     scopes = set(granted.split()[:100]) if isinstance(granted, str) else set()
     idp_scopes = frozenset({MINT_TOKENS}) if settings.oidc.token_scope in scopes else frozenset()
     return Actor(user=user, roles=roles, name=user.username, ip=ip, scopes=None, credential="oidc_token",
-                 idp_scopes=idp_scopes)
+                 idp_scopes=idp_scopes, at=now)

@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor, actor_for
 from visa.audit.service import record
-from visa.auth.policy import require
 from visa.clock import Clock
 from visa.errors import InvalidInput, NotFound, Unauthorized
+from visa.policy import allowed, require
 from visa.users.models import ApiToken, User
 
 TOKEN_PREFIX = "visa_"
@@ -55,7 +55,7 @@ def create_api_token(
 
 def revoke_api_token(session: Session, actor: Actor, clock: Clock, token_id: int) -> None:
     token = session.get(ApiToken, token_id)
-    if token is None or (token.user_id != actor.id and not actor.is_admin):
+    if token is None or (token.user_id != actor.id and not allowed(actor, "api_token.revoke_any")):
         raise NotFound("no such token")
     token.revoked_at = clock.now()
     record(session, actor, clock, "token.revoke", target_type="token", target_id=token.id)

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from visa.catalogue.service import max_lifetime_hours, plans_for
 from visa.errors import InvalidInput
 from visa.experiments.models import Experiment
+from visa.policy import allowed
 from visa.web.context import current_actor, db_session, services
 
 bp = Blueprint("catalogue_api", __name__, url_prefix="/api")
@@ -22,7 +23,7 @@ def plans():  # noqa: ANN201
     except ValueError:
         raise InvalidInput("experiment must be a number", field="experiment") from None
     experiments = list(s.scalars(select(Experiment).where(Experiment.id.in_(ids)))) if ids else []
-    if not actor.is_admin:
+    if not allowed(actor, "experiments.use_any"):
         experiments = [e for e in experiments if actor.id in {m.id for m in e.members}]
     lifetimes = services().settings.lifetimes
     return jsonify([

@@ -14,13 +14,13 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor
 from visa.audit.service import record
-from visa.auth.policy import require
 from visa.catalogue.loader import Catalogue, CatalogueError
 from visa.catalogue.models import Flavour, FlavourLifetime, FlavourLimit, Image, ImageProtocol, Plan
 from visa.catalogue.schemas import FlavourSpec, ImageSpec
 from visa.clock import Clock
 from visa.clouds.models import Cloud
 from visa.experiments.models import Instrument
+from visa.policy import require
 
 
 @dataclass

@@ -14,6 +14,7 @@ from visa.catalogue.loader import load
 from visa.catalogue.models import Flavour, Image, Plan
 from visa.clock import Clock
 from visa.experiments.models import Experiment
+from visa.policy import allowed
 from visa.settings import LifetimeSettings
 from visa.users.models import STAFF_ROLES, Role
 
@@ -44,7 +45,7 @@ def plans_for(session: Session, actor: Actor, experiments: Iterable[Experiment])
         .where(Plan.enabled.is_(True), Image.visible.is_(True), Flavour.visible.is_(True))
         .order_by(Image.environment, Flavour.cores, Flavour.memory_mb)
     ).all()
-    if actor.is_admin:
+    if allowed(actor, "catalogue.all_plans"):
         return list(plans)
     return [p for p in plans if flavour_allowed(p.flavour, actor.roles, experiments)]
 

@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor
 from visa.audit.service import record
-from visa.auth.policy import require
 from visa.clock import Clock
 from visa.errors import InvalidInput
 from visa.experiments.models import Experiment, Instrument, Proposal
 from visa.experiments.schemas import ExperimentSpec
+from visa.policy import require
 from visa.users.models import User
 
 MAX_FILE_BYTES = 50_000_000

@@ -17,11 +17,11 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor, actor_for
 from visa.audit.service import record
-from visa.auth.policy import allowed, member_role, require
 from visa.catalogue.models import Protocol
 from visa.clock import Clock
 from visa.errors import Conflict, Forbidden, NotFound, Unauthorized
 from visa.instances.models import ConnectToken, Instance, InstanceState, MemberRole
+from visa.policy import allowed, member_role, require
 from visa.users.models import User
 
 # A desktop or Jupyter answers in these states (PARTIALLY_ACTIVE: the desktop is up).
@@ -101,8 +101,6 @@ def issue_connect_token(
     an API token): only a websocket from that session can spend the token.
     Returns the token, the connection's role and whether it is view only."""
     require(actor, "instance.connect", instance)
-    if actor.scopes is not None and "api" not in actor.scopes:
-        raise Forbidden("this API token is read-only")
     if actor.user is None:
         raise Forbidden("the system does not open desktops")
     target_for(instance, Protocol.VNC)  # refuse now rather than in the websocket

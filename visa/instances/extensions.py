@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor
 from visa.audit.service import record
-from visa.auth.policy import require
 from visa.catalogue.models import AutoAccept
 from visa.catalogue.service import max_lifetime_hours
 from visa.clock import Clock
@@ -23,6 +22,7 @@ from visa.errors import Conflict, InvalidInput, NotFound
 from visa.instances.models import ExtensionRequest, ExtensionState, Instance
 from visa.instances.schemas import HandleExtension, RequestExtension
 from visa.notify.outbox import enqueue
+from visa.policy import require
 from visa.settings import Settings
 from visa.users.models import STAFF_ROLES
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from visa.actor import Actor
-from visa.auth.policy import member_role
 from visa.clock import Clock
 from visa.instances.models import Instance
+from visa.policy import member_role
 
 
 def instance_dict(instance: Instance, actor: Actor, clock: Clock) -> dict[str, Any]:

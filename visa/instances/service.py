@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor
 from visa.audit.service import record
-from visa.auth.policy import allowed, require
 from visa.catalogue.models import Plan
 from visa.catalogue.service import max_lifetime_hours, plans_for
 from visa.clock import Clock
@@ -33,6 +32,7 @@ from visa.instances.models import (
     MemberRole,
 )
 from visa.instances.schemas import CreateInstance
+from visa.policy import allowed, require
 from visa.settings import Settings
 from visa.users.models import User
 
@@ -72,7 +72,7 @@ def _experiments_for(session: Session, actor: Actor, ids: list[int]) -> list[Exp
     missing = [i for i in ids if i not in found]
     if missing:
         raise InvalidInput(f"unknown experiment(s): {missing}", field="experiment_ids")
-    if not actor.is_admin:
+    if not allowed(actor, "experiments.use_any"):
         uid = actor.id
         foreign = [e.external_id for e in found.values() if uid not in {m.id for m in e.members}]
         if foreign:

@@ -34,11 +34,11 @@ from sqlalchemy.orm import Session
 from visa.actor import Actor, actor_for
 from visa.audit.models import AuditEvent
 from visa.audit.service import record
-from visa.auth.policy import allowed, member_role, require, support_allowed
 from visa.clock import Clock
 from visa.db import after_commit
 from visa.errors import Conflict, Forbidden, InvalidInput, NotFound
 from visa.instances.models import ConnectToken, Instance, InstanceMember, MemberRole
+from visa.policy import allowed, member_role, require, support_allowed
 from visa.users.models import STAFF_ROLES, User
 
 log = logging.getLogger(__name__)

@@ -8,10 +8,10 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor
 from visa.audit.service import record
-from visa.auth.policy import require
 from visa.clock import Clock
 from visa.errors import InvalidInput, NotFound, Unauthorized
 from visa.notifications.models import NotificationAck, SystemNotification
+from visa.policy import require
 
 
 def _check_window(active_from, active_until) -> None:  # noqa: ANN001

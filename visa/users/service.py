@@ -14,9 +14,9 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from visa.actor import Actor
 from visa.audit.service import record
-from visa.auth.policy import require
 from visa.clock import Clock
 from visa.errors import Conflict, InvalidInput, NotFound
+from visa.policy import require
 from visa.users.models import USERNAME_PATTERN, LoginSession, Role, RoleGrant, User
 
 _USERNAME = re.compile(USERNAME_PATTERN)

@@ -54,7 +54,7 @@ def _resolve_actor() -> Actor | None:
     user, row = found
     g.login_session = row
     roles = frozenset(user.roles_at(now)) | frozenset(row.idp_roles_set())
-    return Actor(user=user, roles=roles, name=user.username, ip=request.remote_addr)
+    return Actor(user=user, roles=roles, name=user.username, ip=request.remote_addr, at=now)
 
 
 def _session_epoch(user: User) -> str:

@@ -15,7 +15,6 @@ from urllib.parse import quote
 from flask import Blueprint, Flask, abort, redirect, render_template, request
 
 from visa.actor import Actor
-from visa.auth.policy import allowed
 from visa.catalogue.models import Protocol
 from visa.experiments.service import experiments_of
 from visa.instances import progress, service, thumbnails
@@ -23,6 +22,7 @@ from visa.instances.models import CommandAction, Instance, InstanceState
 from visa.instances.serialize import instance_dict
 from visa.notifications import service as notifications
 from visa.notifications.models import SystemNotification
+from visa.policy import allowed
 from visa.provisioning.names import KEYBOARD_LAYOUTS
 from visa.web.context import current_actor, db_session, services
 
