@@ -34,9 +34,6 @@ class Actor:
     def id(self) -> int | None:
         return self.user.id if self.user else None
 
-    def has_role(self, *roles: Role) -> bool:
-        return bool(self.roles & set(roles))
-
 
 SYSTEM = Actor(user=None, roles=frozenset(), name="system", kind=ActorKind.SYSTEM)
 

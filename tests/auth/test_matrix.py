@@ -331,14 +331,14 @@ def _cookie(app, db, who: str) -> dict[str, str]:  # noqa: ANN001
 
     from sqlalchemy import select
 
+    from visa.auth.sessions import session_epoch
     from visa.users.models import User
     from visa.users.service import open_login_session
-    from visa.web.context import _session_epoch
 
     with db.unit_of_work() as s:
         user = s.scalar(select(User).where(User.username == who))
         _, sid = open_login_session(s, user, datetime.now(UTC), method="local")
-        data = {"user_id": user.id, "epoch": _session_epoch(user), "sid": sid, "csrf": "t", "_permanent": True}
+        data = {"user_id": user.id, "epoch": session_epoch(user), "sid": sid, "csrf": "t", "_permanent": True}
     value = app.session_interface.get_signing_serializer(app).dumps(data)
     return {app.config["SESSION_COOKIE_NAME"]: value}
 

@@ -3,6 +3,7 @@ the permissions page generated from it."""
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -96,6 +97,19 @@ def test_admin_shortcuts_are_rules_of_the_table() -> None:
     for action in ("experiments.use_any", "catalogue.all_plans", "api_token.revoke_any", "view_cloud_status"):
         assert allowed(admin, action) and allowed(SYSTEM, action), action
         assert not allowed(user, action), action
+
+
+def test_no_role_shortcut_outside_the_policy() -> None:
+    """Who may do what is decided by the table alone: nothing else asks an actor for admin-ness."""
+    shortcuts = {"is_admin", "is_staff", "has_role"}
+    found = []
+    for path in sorted((ROOT / "visa").rglob("*.py")):
+        if path.is_relative_to(ROOT / "visa" / "policy"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in shortcuts:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} .{node.attr}")
+    assert not found, found
 
 
 def test_the_permissions_page_is_generated_from_the_table() -> None:

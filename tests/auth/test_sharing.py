@@ -144,7 +144,7 @@ def test_privilege_escalation_by_a_non_admin_granting_roles(db, clock, api_clien
     with db.unit_of_work() as s:
         _, (member, other) = _load(s, "", "member", "other")
         with pytest.raises(Forbidden):
-            grant_role(s, actor(member, clock), clock, other, Role.ADMIN)
+            grant_role(actor(member, clock), s, clock, other, Role.ADMIN)
     c = login(api_client, db, "member")
     for url, body in [("/api/admin/users/member/roles", {"role": "ADMIN"}),
                       ("/api/admin/users/other/roles", {"role": "STAFF"})]:

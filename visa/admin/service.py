@@ -160,7 +160,7 @@ def change_termination(
     if terminates_at > old:
         instance.lifetime_warned_at = None
     session.flush()
-    record(session, actor, clock, "instance.termination", target_type="instance", target_id=instance.uid,
+    record(actor, session, clock, "instance.termination", target_type="instance", target_id=instance.uid,
            old=old.isoformat(), new=terminates_at.isoformat(), reason=reason[:500])
     return instance
 
@@ -175,7 +175,7 @@ def render_userdata(actor: Actor, session: Session, clock: Clock, uid: str, *, a
 
     text = render_for_operator(session, instance.uid)
     if audit:
-        record(session, actor, clock, "instance.userdata.view", target_type="instance", target_id=uid)
+        record(actor, session, clock, "instance.userdata.view", target_type="instance", target_id=uid)
     return text
 
 
@@ -379,7 +379,7 @@ def save_flavour(actor: Actor, session: Session, clock: Clock, spec: FlavourSpec
     flavour = _apply_flavour(session, spec, existing, clouds, {}, diff)
     session.flush()
     if diff:
-        record(session, actor, clock, "catalogue.flavour.save", target_type="flavour", target_id=spec.name,
+        record(actor, session, clock, "catalogue.flavour.save", target_type="flavour", target_id=spec.name,
                changes=diff.changes[:100])
     return flavour, diff
 
@@ -401,7 +401,7 @@ def hide_flavour(actor: Actor, session: Session, clock: Clock, name: str) -> Fla
     flavour = get_flavour(actor, session, name)
     if flavour.visible:
         flavour.visible = False
-        record(session, actor, clock, "catalogue.flavour.hide", target_type="flavour", target_id=name)
+        record(actor, session, clock, "catalogue.flavour.hide", target_type="flavour", target_id=name)
     return flavour
 
 
@@ -451,7 +451,7 @@ def save_image(actor: Actor, session: Session, clock: Clock, spec: ImageSpec, *,
                 diff.add(f"- plan {spec.name}/{fname} (disabled)")
     session.flush()
     if diff:
-        record(session, actor, clock, "catalogue.image.save", target_type="image", target_id=spec.name,
+        record(actor, session, clock, "catalogue.image.save", target_type="image", target_id=spec.name,
                changes=diff.changes[:100])
     return image, diff
 
@@ -460,7 +460,7 @@ def hide_image(actor: Actor, session: Session, clock: Clock, name: str) -> Image
     image = get_image(actor, session, name)
     if image.visible:
         image.visible = False
-        record(session, actor, clock, "catalogue.image.hide", target_type="image", target_id=name)
+        record(actor, session, clock, "catalogue.image.hide", target_type="image", target_id=name)
     return image
 
 
@@ -489,7 +489,7 @@ def create_plan(actor: Actor, session: Session, clock: Clock, data: PlanIn) -> P
     session.flush()
     if data.preset:
         _make_preset(session, plan)
-    record(session, actor, clock, "catalogue.plan.create", target_type="plan", target_id=plan.id,
+    record(actor, session, clock, "catalogue.plan.create", target_type="plan", target_id=plan.id,
            image=image.name, flavour=flavour.name, preset=data.preset, enabled=data.enabled)
     return plan
 
@@ -515,7 +515,7 @@ def update_plan(actor: Actor, session: Session, clock: Clock, plan_id: int, data
     elif data.preset is False:
         plan.preset = False
     session.flush()
-    record(session, actor, clock, "catalogue.plan.update", target_type="plan", target_id=plan.id,
+    record(actor, session, clock, "catalogue.plan.update", target_type="plan", target_id=plan.id,
            **data.model_dump(exclude_none=True))
     return plan
 

@@ -12,8 +12,8 @@ from visa.clock import Clock
 
 
 def record(
-    session: Session,
     actor: Actor,
+    session: Session,
     clock: Clock,
     action: str,
     *,

@@ -84,7 +84,7 @@ def create_token():  # noqa: ANN201
     svc = services()
     expires_at: datetime = svc.clock.now() + timedelta(days=data.expires_in_days)
     token, value = tokens.create_api_token(
-        db_session(), actor, svc.clock, name=data.name, expires_at=expires_at, scopes=data.scopes,
+        actor, db_session(), svc.clock, name=data.name, expires_at=expires_at, scopes=data.scopes,
     )
     return jsonify({**_token_dict(token), "token": value}), 201
 
@@ -96,5 +96,5 @@ def revoke_token(token_id: int):  # noqa: ANN201
     if token is None or token.user_id != actor.id:
         # Each user manages their own tokens here; 404 rather than reveal others' ids.
         return jsonify({"error": "not_found", "message": "no such token"}), 404
-    tokens.revoke_api_token(db_session(), actor, services().clock, token_id)
+    tokens.revoke_api_token(actor, db_session(), services().clock, token_id)
     return jsonify(_token_dict(token))

@@ -51,7 +51,7 @@ def audit_failure(services: Any, action: str, username: str, ip: str | None, rea
     """Record a refused login in its own transaction, and log it (bounded)."""
     log.info("%s refused for %s from %s: %s", action, clip(username), clip(ip), reason)
     with services.database.unit_of_work() as s:
-        record(s, anonymous(username, ip), services.clock, action, target_type="user",
+        record(anonymous(username, ip), s, services.clock, action, target_type="user",
                username=clip(username, 64), reason=reason, **details)
 
 
@@ -75,11 +75,11 @@ def local_login(session: Session, services: Any, limits: Limits, username: str, 
 def record_login(session: Session, services: Any, user: User, ip: str | None, method: str) -> None:
     now = services.clock.now()
     user.last_login_at = now
-    record(session, actor_for(user, now, ip=ip), services.clock, "login", target_type="user",
+    record(actor_for(user, now, ip=ip), session, services.clock, "login", target_type="user",
            target_id=user.id, method=method)
     log.info("login of %s from %s (%s)", clip(user.username), clip(ip), method)
 
 
 def record_logout(session: Session, services: Any, actor: Actor | None, method: str) -> None:
     if actor is not None and actor.user is not None:
-        record(session, actor, services.clock, "logout", target_type="user", target_id=actor.user.id, method=method)
+        record(actor, session, services.clock, "logout", target_type="user", target_id=actor.user.id, method=method)

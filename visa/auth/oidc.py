@@ -285,7 +285,7 @@ def user_from_claims(session: Session, clock: Clock, claims: dict[str, Any], def
             log.warning("first login of %s at %s: the name %s is taken, the new account is %s",
                         clip(sub), clip(issuer), clip(wanted), clip(username))
         user = create_user(
-            session, SYSTEM, clock, username=username, full_name=full_name,
+            SYSTEM, session, clock, username=username, full_name=full_name,
             email=email if email and "@" in email else None, external_id=sub, default_quota=default_quota,
         )
         user.identity_issuer = issuer

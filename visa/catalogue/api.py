@@ -38,5 +38,5 @@ def plans():  # noqa: ANN201
                         "gpu_count": p.flavour.gpu_count},
             "max_lifetime_hours": max_lifetime_hours(p.flavour, actor.roles, lifetimes),
         }
-        for p in plans_for(s, actor, experiments)
+        for p in plans_for(actor, s, experiments)
     ])

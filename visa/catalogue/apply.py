@@ -150,7 +150,7 @@ def _apply_image(session: Session, spec: ImageSpec, image: Image | None, clouds:
     return image
 
 
-def apply_catalogue(session: Session, actor: Actor, clock: Clock, catalogue: Catalogue) -> Diff:
+def apply_catalogue(actor: Actor, session: Session, clock: Clock, catalogue: Catalogue) -> Diff:
     """Apply validated files. The caller commits (or rolls back for a dry run)."""
     require(actor, "manage_catalogue")
     diff = Diff()
@@ -208,5 +208,5 @@ def apply_catalogue(session: Session, actor: Actor, clock: Clock, catalogue: Cat
                 diff.add(f"- plan {key[0]}/{key[1]} (disabled)")
     session.flush()
     if diff:
-        record(session, actor, clock, "catalogue.apply", target_type="catalogue", changes=diff.changes[:200])
+        record(actor, session, clock, "catalogue.apply", target_type="catalogue", changes=diff.changes[:200])
     return diff

@@ -32,7 +32,7 @@ def flavour_allowed(flavour: Flavour, roles: Iterable[Role], experiments: Iterab
     )
 
 
-def plans_for(session: Session, actor: Actor, experiments: Iterable[Experiment]) -> list[Plan]:
+def plans_for(actor: Actor, session: Session, experiments: Iterable[Experiment]) -> list[Plan]:
     """Enabled plans of visible images and flavours that this actor may use for these experiments.
 
     Admins see every enabled plan: they may need to reproduce what any user gets.
@@ -75,8 +75,8 @@ def inactivity_limit_hours(roles: Iterable[Role], defaults: LifetimeSettings) ->
 
 
 def apply_files(
-    session: Session, actor: Actor, clock: Clock, paths: list[Path]
+    actor: Actor, session: Session, clock: Clock, paths: list[Path]
 ) -> Diff:
     """Validate the files and apply them (the caller's transaction decides dry run or not)."""
     known = frozenset(session.scalars(select(Flavour.name)))
-    return apply_catalogue(session, actor, clock, load(paths, known_flavours=known))
+    return apply_catalogue(actor, session, clock, load(paths, known_flavours=known))

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor, actor_for
 from visa.audit.service import record
+from visa.auth.sessions import session_epoch
 from visa.catalogue.models import Protocol
 from visa.clock import Clock
 from visa.errors import Conflict, Forbidden, NotFound, Unauthorized
@@ -118,8 +119,8 @@ def issue_connect_token(
         )
     )
     record(
-        session,
         actor,
+        session,
         clock,
         "instance.connect",
         target_type="instance",
@@ -222,7 +223,6 @@ def issue_jupyter_token(
 
 def consume_jupyter_token(session: Session, clock: Clock, uid: str, token: str) -> tuple[int, str]:
     """Spend a Jupyter token on instance ``uid``: the user's id and session epoch, or Unauthorized."""
-    from visa.web.context import _session_epoch  # one definition of a session's validity
 
     instance = _live_instance(session, uid) if token else None
     if instance is None:
@@ -234,16 +234,15 @@ def consume_jupyter_token(session: Session, clock: Clock, uid: str, token: str) 
     user = session.get(User, row.user_id)
     if user is None or not user.active:
         raise Unauthorized("log in first")
-    return user.id, _session_epoch(user)
+    return user.id, session_epoch(user)
 
 
 def jupyter_target(session: Session, clock: Clock, user_id: int, epoch: str | None, uid: str) -> Target:
     """The Jupyter server of instance ``uid`` for the user of a session cookie: Unauthorized
     if the session is no longer valid, NotFound for anyone but the instance's owner."""
-    from visa.web.context import _session_epoch  # one definition of a session's validity
 
     user = session.get(User, user_id)
-    if user is None or not user.active or epoch != _session_epoch(user):
+    if user is None or not user.active or epoch != session_epoch(user):
         raise Unauthorized("log in first")
     instance = _live_instance(session, uid)
     actor = actor_for(user, clock.now())

@@ -52,7 +52,7 @@ def request_extension(actor: Actor, session: Session, clock: Clock, settings: Se
     )
     session.add(request)
     session.flush()
-    record(session, actor, clock, "extension.request", target_type="instance", target_id=instance.uid,
+    record(actor, session, clock, "extension.request", target_type="instance", target_id=instance.uid,
            request=request.id, until=data.requested_until.isoformat())
     limit = _auto_limit(instance, now, settings)
     if limit is not None and data.requested_until <= limit:
@@ -100,7 +100,7 @@ def _accept(actor: Actor, session: Session, clock: Clock, settings: Settings, re
     instance.terminates_at = until
     instance.lifetime_warned_at = None  # a new warning will precede the new date
     session.flush()
-    record(session, actor, clock, "extension.accept", target_type="instance", target_id=instance.uid,
+    record(actor, session, clock, "extension.accept", target_type="instance", target_id=instance.uid,
            request=request.id, until=until.isoformat())
     enqueue(session, clock, settings, "extension_handled", request.id, "ACCEPTED")
 
@@ -112,7 +112,7 @@ def refuse_extension(actor: Actor, session: Session, clock: Clock, settings: Set
     request.state, request.response = ExtensionState.REFUSED, data.response
     request.handled_by_id, request.handled_at = actor.id, clock.now()
     session.flush()
-    record(session, actor, clock, "extension.refuse", target_type="instance", target_id=instance.uid,
+    record(actor, session, clock, "extension.refuse", target_type="instance", target_id=instance.uid,
            request=request.id)
     enqueue(session, clock, settings, "extension_handled", request.id, "REFUSED")
     return request

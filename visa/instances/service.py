@@ -65,7 +65,7 @@ def check_quota(session: Session, user: User) -> None:
         )
 
 
-def _experiments_for(session: Session, actor: Actor, ids: list[int]) -> list[Experiment]:
+def _experiments_for(actor: Actor, session: Session, ids: list[int]) -> list[Experiment]:
     if not ids:
         return []
     found = {e.id: e for e in session.scalars(select(Experiment).where(Experiment.id.in_(ids)))}
@@ -83,7 +83,7 @@ def _experiments_for(session: Session, actor: Actor, ids: list[int]) -> list[Exp
 
 
 def _open_data_for(
-    session: Session, actor: Actor, ids: list[int], attached: list[Experiment], now: datetime
+    actor: Actor, session: Session, ids: list[int], attached: list[Experiment], now: datetime
 ) -> list[Experiment]:
     """Experiments of any proposal whose embargo has ended at ``now``: anyone may ask for them.
 
@@ -134,13 +134,13 @@ def create_instance(
     assert actor.user is not None
     owner = actor.user
     now = clock.now()
-    experiments = _experiments_for(session, actor, data.experiment_ids)
-    open_data = _open_data_for(session, actor, data.open_data_ids, experiments, now)
+    experiments = _experiments_for(actor, session, data.experiment_ids)
+    open_data = _open_data_for(actor, session, data.open_data_ids, experiments, now)
     # Open data is extra: it neither stands in for an experiment of one's own nor widens the
     # plans (sizes limited to an instrument stay with that instrument's users).
     if not experiments:
         require(actor, "create_instance_without_experiment")
-    plan = next((p for p in plans_for(session, actor, experiments) if p.id == data.plan_id), None)
+    plan = next((p for p in plans_for(actor, session, experiments) if p.id == data.plan_id), None)
     if plan is None:
         raise InvalidInput("this plan is not available to you for these experiments", field="plan_id")
     check_quota(session, owner)
@@ -171,14 +171,14 @@ def create_instance(
     instance.members.append(InstanceMember(user=owner, role=MemberRole.OWNER, created_at=now))
     session.add(instance)
     session.flush()
-    _command(session, actor, clock, instance, CommandAction.CREATE)
-    record(session, actor, clock, "instance.create", target_type="instance", target_id=instance.uid,
+    _command(actor, session, clock, instance, CommandAction.CREATE)
+    record(actor, session, clock, "instance.create", target_type="instance", target_id=instance.uid,
            plan=plan.id, experiments=[e.external_id for e in experiments],
            open_data=[e.external_id for e in open_data])
     return instance
 
 
-def _command(session: Session, actor: Actor, clock: Clock, instance: Instance, action: CommandAction) -> InstanceCommand:
+def _command(actor: Actor, session: Session, clock: Clock, instance: Instance, action: CommandAction) -> InstanceCommand:
     cmd = InstanceCommand(
         instance_id=instance.id, actor_id=actor.id, action=action,
         state=CommandState.PENDING, created_at=clock.now(),
@@ -236,7 +236,7 @@ def request_action(
             CommandAction.REBOOT: InstanceState.REBOOTING,
         }[action]
         instance.state_changed_at = clock.now()
-    cmd = _command(session, actor, clock, instance, action)
-    record(session, actor, clock, f"instance.{action.value.lower()}", target_type="instance", target_id=instance.uid)
+    cmd = _command(actor, session, clock, instance, action)
+    record(actor, session, clock, f"instance.{action.value.lower()}", target_type="instance", target_id=instance.uid)
     return cmd
 
