@@ -80,6 +80,6 @@ def record_login(session: Session, services: Any, user: User, ip: str | None, me
     log.info("login of %s from %s (%s)", clip(user.username), clip(ip), method)
 
 
-def record_logout(session: Session, services: Any, actor: Actor | None, method: str) -> None:
+def record_logout(actor: Actor | None, session: Session, services: Any, method: str) -> None:
     if actor is not None and actor.user is not None:
         record(actor, session, services.clock, "logout", target_type="user", target_id=actor.user.id, method=method)
