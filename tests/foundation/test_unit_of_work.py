@@ -13,8 +13,11 @@ from visa.web.context import db_session
 
 
 def _add(s, clock, ran: list[str], label: str) -> None:  # noqa: ANN001
-    s.add(SystemNotification(message=label, level=NotificationLevel.INFO, kind=NotificationKind.BANNER,
-                             created_at=clock.now()))
+    s.add(
+        SystemNotification(
+            message=label, level=NotificationLevel.INFO, kind=NotificationKind.BANNER, created_at=clock.now()
+        )
+    )
     s.flush()
     after_commit(s, lambda: ran.append(label))
 

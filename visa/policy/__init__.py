@@ -9,6 +9,13 @@ from visa.policy.rules import member_role, support_allowed
 from visa.policy.table import MINT_TOKENS, POLICY, allowed, require
 
 __all__ = [
-    "MINT_TOKENS", "POLICY", "STAFF_ROLES", "ActorKind", "Role", "allowed", "member_role", "require",
+    "MINT_TOKENS",
+    "POLICY",
+    "STAFF_ROLES",
+    "ActorKind",
+    "Role",
+    "allowed",
+    "member_role",
+    "require",
     "support_allowed",
 ]

@@ -30,8 +30,15 @@ def _describe(rule: Rule) -> str:
 
 def markdown() -> str:
     rows = [f"| `{action}` | {'; '.join(_describe(r) for r in rules)} |" for action, rules in POLICY.items()]
-    kinds = sorted({type(r) for rules in POLICY.values() for rule in rules
-                    for r in (rule.rules if isinstance(rule, All) else (rule,))}, key=lambda t: t.__name__)
+    kinds = sorted(
+        {
+            type(r)
+            for rules in POLICY.values()
+            for rule in rules
+            for r in (rule.rules if isinstance(rule, All) else (rule,))
+        },
+        key=lambda t: t.__name__,
+    )
     legend = [f"- `{k.__name__}`: {' '.join((inspect.getdoc(k) or '').split())}" for k in kinds if k.__doc__]
     return HEADER + "\n".join(rows) + "\n\n## Rules\n\n" + "\n".join(legend) + "\n"
 

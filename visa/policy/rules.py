@@ -140,7 +140,11 @@ class IdpScope(Rule):
     scope: str
 
     def allows(self, actor: PolicyActor, target: Any, now: datetime | None) -> bool:
-        return actor.kind is ActorKind.USER and actor.credential == "oidc_token" and self.scope in actor.idp_scopes
+        return (
+            actor.kind is ActorKind.USER
+            and actor.credential == "oidc_token"
+            and self.scope in actor.idp_scopes
+        )
 
     def __repr__(self) -> str:
         return f"IdpScope({self.scope})"

@@ -89,6 +89,10 @@ def require(actor: PolicyActor, action: str, target: Any = None, *, now: datetim
     """Raise unless the actor may do this. On instances one cannot even see, answer 404."""
     if allowed(actor, action, target, now=now):
         return
-    if target is not None and action != "instance.view" and not allowed(actor, "instance.view", target, now=now):
+    if (
+        target is not None
+        and action != "instance.view"
+        and not allowed(actor, "instance.view", target, now=now)
+    ):
         raise NotFound("no such instance")
     raise Forbidden(f"not allowed: {action}")
