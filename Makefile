@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` runs visa, `make test` runs the tests.
-.PHONY: setup setup-dev demo test test-fast lint bench
+.PHONY: setup setup-dev demo test test-fast lint bench image
 
 setup:
 	scripts/setup.sh
@@ -23,3 +23,7 @@ lint: setup-dev
 
 bench: setup-dev
 	.venv/bin/python -m bench
+
+# visa's own cloud image (images/recipes, Debian 12 via debootstrap), cached by the recipe's hash.
+image:
+	python3 images/recipes/build.py $(or $(ENV),sandbox)

@@ -1,8 +1,8 @@
 """Runs every benchmark in turn: ``python -m bench [NAME ...]`` (``make bench``).
 
 Each prints its figures side by side with the peer or the reference's way it is compared to.
-Names: gateway, lifecycle, api_latency, sync_calls (the last needs the OpenStack sandbox:
-deploy/openstack-sandbox/sandbox.sh start).
+Names: gateway, desktop, desktop_load, lifecycle, api_latency, reconnect, sync_calls (the last needs
+the OpenStack sandbox: deploy/openstack-sandbox/sandbox.sh start).
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ import sys
 
 BENCHES = {
     "gateway": [],
+    "desktop": [],
+    "desktop_load": [],
     "lifecycle": [],
     "api_latency": [],
+    "reconnect": [],
     "sync_calls": ["--sizes", "100", "--extrapolate", "1000,5000"],
 }
 

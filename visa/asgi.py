@@ -1,8 +1,14 @@
-"""The process users talk to: one event loop for the desktop gateway and Jupyter proxy,
-with the Flask app (pages and REST API) mounted for everything else.
+"""The processes users talk to.
+
+* ``create_asgi_app``: the web process. Event streams on the event loop, the Flask app (pages
+  and REST API) in a thread pool for everything else and, when ``gateway.embedded`` (the
+  embedded setup, ``visa run``), the gateway too.
+* ``create_gateway_app``: ``visa gateway``, the desktop relay (``/ws/``) and the instances' web
+  proxies (the user-content hosts) alone, so that deploying or restarting the web replicas
+  drops no open desktop. nginx routes ``/ws/`` and the user-content domain to it.
 
 Websocket relays live on the event loop because a thread per connection inside a WSGI
-app is several times slower and heavier; Flask requests run in a thread pool.
+app is several times slower and heavier.
 """
 
 from __future__ import annotations
@@ -51,14 +57,15 @@ def _lifespan(flask_app: Flask, background: bool):  # noqa: ANN202
     return lifespan
 
 
-def build_asgi(flask_app: Flask, *, background: bool = False) -> Starlette:
+def build_asgi(flask_app: Flask, *, background: bool = False, gateway: bool | None = None) -> Starlette:
+    """The web process; with the gateway's routes when ``gateway`` (default: ``gateway.embedded``)."""
     routes: list = []
-    try:
+    if gateway is None:
+        gateway = flask_app.extensions["visa"].settings.gateway.embedded
+    if gateway:
         from visa.gateway.routes import gateway_routes
 
         routes.extend(gateway_routes(flask_app))
-    except ImportError:  # the gateway package is optional while it is being built
-        pass
     routes.extend(event_routes(flask_app))
     routes.append(Mount("/", app=WSGIMiddleware(flask_app, workers=16)))  # type: ignore[arg-type]
     return Starlette(routes=routes, lifespan=_lifespan(flask_app, background))
@@ -67,3 +74,37 @@ def build_asgi(flask_app: Flask, *, background: bool = False) -> Starlette:
 def create_asgi_app(settings: Settings | None = None) -> Starlette:
     """The served application, with its background worker."""
     return build_asgi(create_app(settings), background=True)
+
+
+def build_gateway(flask_app: Flask) -> Starlette:
+    """The gateway process: the relay, the user-content hosts, its health and metrics, nothing else.
+
+    The Flask app is built for its settings, services and session signing; it serves no request."""
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from visa.gateway.routes import gateway_routes
+    from visa.metrics import CONTENT_TYPE_LATEST, process_metrics
+
+    async def health(_request: Request) -> Response:
+        return JSONResponse({"status": "ok", "role": "gateway"})
+
+    async def metrics(_request: Request) -> Response:
+        return Response(process_metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
+
+    async def not_found(_request: Request) -> Response:
+        return JSONResponse({"error": "not_found", "message": "the gateway serves /ws/ and instance hosts only"},
+                            status_code=404)
+
+    return Starlette(routes=[
+        *gateway_routes(flask_app),
+        Route("/health", health),
+        Route("/metrics", metrics),
+        Route("/{path:path}", not_found, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
+    ])
+
+
+def create_gateway_app(settings: Settings | None = None) -> Starlette:
+    """``visa gateway``: served by uvicorn with the relay's websocket protocol."""
+    return build_gateway(create_app(settings))

@@ -34,7 +34,7 @@ def _settings() -> Settings:
 def _database(check: bool = True) -> Database:
     settings = _settings()
     settings.private_data_dir()
-    database = Database(settings.sqlalchemy_url)
+    database = Database(settings.sqlalchemy_url, **settings.engine_options())
     if check:
         from visa.migrate import SchemaOutOfDate, require_head
 
@@ -167,12 +167,32 @@ def run(host: str | None, port: int | None, workers: int) -> None:
         click.echo(str(finding), err=True)
     if any(f.level == "error" for f in problems):
         raise click.ClickException("invalid configuration (see above; `visa check-config` checks it)")
+    from visa.serving import UVICORN_OPTIONS
+
+    if not settings.gateway.embedded:
+        click.echo("gateway.embedded is off: /ws/ and instance hosts are served by `visa gateway`", err=True)
     uvicorn.run(
         "visa.asgi:create_asgi_app", factory=True, host=host or settings.host, port=port or settings.port,
-        workers=workers, log_level="info", ws_per_message_deflate=False,
-        ws="visa.gateway.wsprotocol:RelayWebSocketProtocol",  # the desktop relay's tuned websocket
-        # Event streams end on their own within a minute; do not hold a restart for them.
-        timeout_graceful_shutdown=5,
+        workers=workers, log_level="info", **UVICORN_OPTIONS,
+    )
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on (default: gateway.host)")
+@click.option("--port", default=None, type=int, help="Port (default: gateway.port, 8081)")
+@click.option("--workers", default=1, show_default=True, type=int)
+def gateway(host: str | None, port: int | None, workers: int) -> None:
+    """Serve the desktop relay (/ws/) and the instances' web proxies (the user-content hosts)
+    apart from the web, so that web deploys and restarts drop no open desktop."""
+    import uvicorn
+
+    from visa.serving import UVICORN_OPTIONS
+
+    settings = _settings()
+    _database()
+    uvicorn.run(
+        "visa.asgi:create_gateway_app", factory=True, host=host or settings.gateway.host,
+        port=port or settings.gateway.port, workers=workers, log_level="info", **UVICORN_OPTIONS,
     )
 
 
@@ -180,14 +200,14 @@ def run(host: str | None, port: int | None, workers: int) -> None:
 @click.option("--no-worker", is_flag=True, help="Do not carry out instance commands in this process")
 def scheduler(no_worker: bool) -> None:
     """Run the periodic jobs (state sync, activity, lifetimes, emails, clean-up) when this process
-    holds the leader lease; any number may run, one leads at a time."""
-    import logging
-
+    holds the leader lease; any number may run, one leads at a time. /metrics and /health on
+    scheduler.metrics_port."""
+    from visa import logs
     from visa.scheduler.runner import Runner
     from visa.services import Services
 
     settings = _settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_json)  # the web's format: JSON lines when log_json
     Runner(Services(settings=settings, database=_database()), worker=not no_worker).run_forever()
 
 

@@ -51,6 +51,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+POOL_OPTIONS = ("pool_size", "max_overflow", "pool_timeout", "pool_recycle")
+
+
 def _private_sqlite_file(url: str) -> None:
     """Create a SQLite database file 0600 before SQLite does (it would follow the umask, 0644):
     its journal and WAL files take the database file's mode."""
@@ -68,6 +71,8 @@ def _private_sqlite_file(url: str) -> None:
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
+        for name in POOL_OPTIONS:  # SQLite's pools take none of them: connections are files
+            kwargs.pop(name, None)
         _private_sqlite_file(url)
         kwargs.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
         engine = create_engine(url, **kwargs)

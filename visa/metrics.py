@@ -160,12 +160,13 @@ def install(app: Flask, database: Database) -> None:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        body = _process_metrics() + generate_latest(scrape)
+        body = process_metrics() + generate_latest(scrape)
         return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0],
                         headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
 
 
-def _process_metrics() -> bytes:
+def process_metrics() -> bytes:
+    """This process's counters (all workers' with ``PROMETHEUS_MULTIPROC_DIR``)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 

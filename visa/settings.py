@@ -77,6 +77,36 @@ class SchedulerSettings(BaseModel):
     cleanup_seconds: int = Field(86400, ge=1)
     orphan_grace_hours: int = Field(24, ge=0)
     lease_seconds: int = Field(30, ge=5)
+    metrics_host: str = Field("127.0.0.1", description="Address of `visa scheduler`'s /metrics and /health")
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="Port of `visa scheduler`'s /metrics and /health (0: not served)"
+    )
+
+
+class DatabasePoolSettings(BaseModel):
+    """The connection pool of each process (PostgreSQL; SQLite opens connections as needed).
+
+    A process holds at most ``size + max_overflow`` connections: docs/operations.md adds them up
+    per process kind against PostgreSQL's ``max_connections``."""
+
+    size: int = Field(5, ge=1, le=1000, description="Connections kept open")
+    max_overflow: int = Field(5, ge=0, le=1000, description="Extra connections opened under load, closed after")
+    timeout_seconds: float = Field(10.0, gt=0, description="Wait this long for a free connection, then fail")
+    recycle_seconds: int = Field(
+        1800, ge=-1, description="Reopen connections older than this (-1: never); below any idle cut-off on the way"
+    )
+
+
+class GatewaySettings(BaseModel):
+    """Where the desktop relay (/ws/) and the instances' web proxies (the user-content hosts) run."""
+
+    embedded: bool = Field(
+        True,
+        description="Serve them in the web process (`visa run`); false when `visa gateway` runs apart "
+        "and nginx routes /ws/ and the user-content domain to it",
+    )
+    host: str = Field("127.0.0.1", description="Address `visa gateway` listens on")
+    port: int = Field(8081, ge=1, le=65535, description="Port `visa gateway` listens on")
 
 
 class CvmfsDomainSettings(BaseModel):
@@ -145,6 +175,9 @@ class ProvisioningSettings(BaseModel):
         "/cvmfs/software.esrf.fr/containers", description="Container images Apptainer users are pointed to"
     )
     packages: list[str] = Field(default_factory=list, description="Packages installed at boot on every machine")
+    boot_timeout_seconds: int = Field(
+        1200, ge=60, description="A machine the cloud runs whose desktop has not answered after this long: ERROR"
+    )
 
     @field_validator("mount_type")
     @classmethod
@@ -193,6 +226,8 @@ class Settings(BaseSettings):
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     oidc: OidcSettings = Field(default_factory=OidcSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    database_pool: DatabasePoolSettings = Field(default_factory=DatabasePoolSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     provisioning: ProvisioningSettings = Field(default_factory=ProvisioningSettings)
 
     @field_validator("database_url")
@@ -254,6 +289,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'visa.db').resolve()}"
+
+    def engine_options(self) -> dict[str, Any]:
+        """Pool options for ``Database`` (ignored for SQLite, whose connections are files)."""
+        pool = self.database_pool
+        return {"pool_size": pool.size, "max_overflow": pool.max_overflow,
+                "pool_timeout": pool.timeout_seconds, "pool_recycle": pool.recycle_seconds}
 
     @property
     def uses_local_accounts(self) -> bool:

@@ -17,7 +17,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from configs import ADMIN_PASSWORD, DATABASES, KEYSTONE, SERVICE_PASSWORD  # noqa: E402
+from configs import (  # noqa: E402
+    ADMIN_PASSWORD,
+    BRIDGE_ADDRESS,
+    DATABASES,
+    KEYSTONE,
+    REAL,
+    SERVICE_PASSWORD,
+    VM_CIDR,
+    db,
+    db_url,
+)
 
 VISA_PROJECT, VISA_USER, VISA_PASSWORD = "visa", "visa", "visa-sandbox"
 # A project where visa may create nothing: its quota errors are tested for real.
@@ -34,6 +44,8 @@ FLAVOURS = {
     "esrf.gpu.a40": (16, 32768, 20),
     "esrf.gpu.a40.xlarge": (32, 131072, 20),
     "visa.tiny": (1, 256, 1),
+    # The real sandbox's VMs: one emulated core is all two shared cores can give.
+    "visa.vm": (1, 1024, 6),
 }
 ENDPOINTS = {
     "keystone": ("identity", f"{KEYSTONE}/v3/"),
@@ -56,8 +68,7 @@ def databases(pg_url: str, fresh: bool = False) -> None:
     """
     import psycopg2
 
-    dsn = pg_url.replace("postgresql+psycopg2://", "postgresql://")
-    conn = psycopg2.connect(f"{dsn.rstrip('/')}/postgres")
+    conn = psycopg2.connect(db_url(pg_url, "postgres").replace("postgresql+psycopg2://", "postgresql://"))
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("SELECT datname FROM pg_database")
@@ -84,7 +95,7 @@ def neutron_tables(pg_url: str) -> None:
     from sqlalchemy import orm
 
     orm.configure_mappers()
-    engine = sqlalchemy.create_engine(f"{pg_url.rstrip('/')}/os_neutron")
+    engine = sqlalchemy.create_engine(db_url(pg_url, db("neutron")))
     head.get_metadata().create_all(engine)
     engine.dispose()
     log("neutron tables created")
@@ -180,21 +191,25 @@ def resources() -> None:
         nohost = conn.compute.create_flavor(name=NOHOST_FLAVOUR, vcpus=1, ram=256, disk=1, is_public=True)
         conn.compute.create_flavor_extra_specs(nohost, {f"trait:{NOHOST_TRAIT}": "required"})
         log(f"flavour {NOHOST_FLAVOUR} created")
+    if REAL:
+        real_image(conn)
     network = conn.network.find_network(NETWORK, project_id=project.id)
     if network is None:
         network = conn.network.create_network(name=NETWORK, project_id=project.id)
     if not list(conn.network.subnets(network_id=network.id)):
-        # Loopback addresses: nothing a test probes can leave the machine.
+        # Fast sandbox: loopback addresses, nothing a test probes can leave the machine. Real
+        # sandbox: the bridge of its own namespace; the config drive gives each VM its address.
+        cidr, gateway = (VM_CIDR, BRIDGE_ADDRESS) if REAL else (SUBNET_CIDR, None)
         conn.network.create_subnet(
             name=f"{NETWORK}-v4",
             network_id=network.id,
             project_id=project.id,
             ip_version=4,
-            cidr=SUBNET_CIDR,
-            gateway_ip=None,
+            cidr=cidr,
+            gateway_ip=gateway,
             enable_dhcp=False,
         )
-        log(f"network {NETWORK} ({SUBNET_CIDR}) created")
+        log(f"network {NETWORK} ({cidr}) created")
     # The project's default security group is created on first use.
     if not list(conn.network.security_groups(project_id=project.id, name="default")):
         conn.network.create_security_group(name="default", project_id=project.id)
@@ -204,6 +219,53 @@ def resources() -> None:
     )
     quota(conn, conn.identity.find_project(FULL_PROJECT).id, instances=0)
     log("image, flavours, network and quotas ready")
+
+
+def real_image(conn) -> None:  # type: ignore[no-untyped-def]
+    """visa's own image (make image), with its kernel and initrd for a direct boot; replaced
+    when the recipe changed. The manifest's path is in VISA_OS_SANDBOX_IMAGE."""
+    import json
+    import os
+
+    manifest_path = Path(os.environ["VISA_OS_SANDBOX_IMAGE"])
+    manifest = json.loads(manifest_path.read_text())
+    name, digest = manifest["name"], manifest["recipe_hash"]
+    for image in conn.image.images(name=name):
+        if (image.properties or {}).get("visa_recipe_hash") == digest:
+            return
+        for part in ((image.properties or {}).get("kernel_id"), (image.properties or {}).get("ramdisk_id")):
+            if part:
+                conn.image.delete_image(part, ignore_missing=True)
+        conn.image.delete_image(image, ignore_missing=True)
+        log(f"image {name} of an older recipe removed")
+    folder = manifest_path.parent
+
+    def upload(image_name: str, path: Path, disk_format: str, container_format: str, **props: str):  # type: ignore[no-untyped-def]
+        return conn.image.create_image(
+            name=image_name,
+            filename=str(path),
+            disk_format=disk_format,
+            container_format=container_format,
+            visibility="public",
+            allow_duplicates=True,
+            validate_checksum=False,
+            **props,
+        )
+
+    kernel = upload(f"{name}-kernel", folder / manifest["kernel"], "aki", "aki", visa_recipe_hash=digest)
+    ramdisk = upload(f"{name}-initrd", folder / manifest["initrd"], "ari", "ari", visa_recipe_hash=digest)
+    upload(
+        name,
+        folder / manifest["disk"],
+        manifest["disk_format"],
+        "bare",
+        kernel_id=kernel.id,
+        ramdisk_id=ramdisk.id,
+        os_command_line=manifest["command_line"],
+        hw_disk_bus="virtio",
+        visa_recipe_hash=digest,
+    )
+    log(f"image {name} ({digest}) uploaded")
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,16 +10,34 @@ RABBIT = "rabbit://guest:guest@127.0.0.1:5672/"
 KEYSTONE = "http://127.0.0.1:5000"
 SERVICE_PASSWORD = "sandbox-service"
 ADMIN_PASSWORD = "sandbox-admin"
+# The real sandbox (sandbox.py --real) sets its own prefix: both can share one PostgreSQL.
+DB_PREFIX = os.environ.get("VISA_OS_SANDBOX_DB_PREFIX", "os_")
+REAL = os.environ.get("VISA_OS_SANDBOX_REAL") == "1"
+# The real sandbox's VM network: a bridge inside its namespace, the VMs' gateway.
+BRIDGE, BRIDGE_ADDRESS, VM_CIDR = "br-visa", "10.213.0.1", "10.213.0.0/24"
 
-DATABASES = (
-    "os_keystone",
-    "os_glance",
-    "os_placement",
-    "os_nova_api",
-    "os_nova_cell0",
-    "os_nova",
-    "os_neutron",
-)
+
+def db(name: str) -> str:
+    return f"{DB_PREFIX}{name}"
+
+
+DATABASES = tuple(db(n) for n in ("keystone", "glance", "placement", "nova_api", "nova_cell0", "nova", "neutron"))
+
+
+def db_url(pg: str, name: str) -> str:
+    """``pg`` with database ``name``; a query (``?host=/var/run/postgresql``) stays at the end."""
+    base, sep, query = pg.partition("?")
+    return f"{base.rstrip('/')}/{name}{sep}{query}"
+
+
+def _nova_real(data: Path) -> str:
+    """Nova's libvirt driver in plain emulation (no usable KVM here), config drive, no VIF events."""
+    return f"""
+[libvirt]
+virt_type = qemu
+cpu_mode = none
+connection_uri = qemu:///system
+"""
 
 
 def _authtoken(user: str) -> str:
@@ -49,6 +68,74 @@ region_name = RegionOne
 """
 
 
+# The facility's data tree the real sandbox exports over NFS (nfs-ganesha, user space):
+# proposal -> (beamline, owner uid). Raw data is the owner's, read-only for others of the
+# proposal; the processed area is writable by the owner. The VMs see it at
+# ``<BRIDGE_ADDRESS>:/facility/{visitor,processed}/<proposal>/<beamline>``.
+FACILITY_PROPOSALS = {"ev280": ("id21", 21001), "ma9012": ("id16a", 21002)}
+
+
+def _ganesha(data: Path) -> str:
+    return f"""NFS_CORE_PARAM {{
+    Protocols = 4;
+    Bind_addr = {BRIDGE_ADDRESS};
+    NFS_Port = 2049;
+    Enable_RQUOTA = false;
+    Enable_NLM = false;
+}}
+NFSV4 {{
+    Graceless = true;
+    RecoveryBackend = fs;
+}}
+NFS_KRB5 {{ Active_krb5 = false; }}
+EXPORT {{
+    Export_Id = 1;
+    Path = {data / "facility"};
+    Pseudo = /facility;
+    Access_Type = RW;
+    # The VMs mount as root: squashed, it could not look up a proposal directory (0750).
+    Squash = No_Root_Squash;
+    SecType = sys;
+    Protocols = 4;
+    Transports = TCP;
+    FSAL {{ Name = VFS; }}
+}}
+"""
+
+
+def facility_tree(data: Path) -> None:
+    """The exported tree: one directory per proposal and beamline, owned by its proposal's uid."""
+    import os as _os
+
+    root = data / "facility"
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    for kind in ("visitor", "processed"):
+        (root / kind).mkdir(exist_ok=True)
+        (root / kind).chmod(0o755)
+    for proposal, (beamline, uid) in FACILITY_PROPOSALS.items():
+        raw = root / "visitor" / proposal / beamline
+        processed = root / "processed" / proposal / beamline
+        for path in (raw, processed):
+            path.mkdir(parents=True, exist_ok=True)
+        scan = raw / "scan_0001.h5"
+        if not scan.exists():
+            scan.write_text(f"raw data of {proposal}\n")
+        for path in (raw.parent, raw, scan, processed.parent, processed):
+            _os.chown(path, uid, uid)
+        for path, mode in ((raw.parent, 0o750), (raw, 0o750), (scan, 0o640), (processed.parent, 0o750), (processed, 0o770)):
+            path.chmod(mode)
+
+
+def _privsep(venv: Path, etc: Path) -> str:
+    """The services run as root already: privsep's helpers start directly, not through sudo."""
+    sections = ("nova_sys_admin", "vif_plug_linux_bridge_privileged", "vif_plug_ovs_privileged")
+    return "".join(
+        f"\n[{s}]\nhelper_command = {venv / 'bin/privsep-helper'} --config-file {etc / 'nova/nova.conf'}\n"
+        for s in sections
+    )
+
+
 def render(state: Path, venv: Path, pg: str) -> dict[str, Path]:
     """Write every service's files under ``state/etc``; return the main file of each."""
     etc, data = state / "etc", state / "data"
@@ -60,7 +147,31 @@ def render(state: Path, venv: Path, pg: str) -> dict[str, Path]:
     shutil.copy(venv / "etc/nova/api-paste.ini", etc / "nova/api-paste.ini")
     shutil.copy(venv / "etc/neutron/api-paste.ini", etc / "neutron/api-paste.ini")
     shutil.copy(venv / "etc/glance/glance-api-paste.ini", etc / "glance/glance-api-paste.ini")
-    db = f"{pg.rstrip('/')}/"
+    real_defaults = real_sections = ""
+    if REAL:
+        (data / "nova/instances").mkdir(parents=True, exist_ok=True)
+        # libvirt's qemu runs as its own user: it must reach the instances' files.
+        for path in (data, data / "nova", data / "nova/instances"):
+            path.chmod(0o711)
+        real_defaults = f"""instances_path = {data / "nova/instances"}
+force_config_drive = true
+mkisofs_cmd = genisoimage
+# No L2 agent sends "network-vif-plugged": do not wait for it.
+vif_plugging_is_fatal = false
+vif_plugging_timeout = 0
+"""
+        real_sections = _nova_real(data) + _privsep(venv, etc)
+        (etc / "libvirt").mkdir(parents=True, exist_ok=True)
+        (etc / "libvirt/libvirtd.conf").write_text(
+            'unix_sock_group = "root"\nunix_sock_rw_perms = "0770"\nauth_unix_rw = "none"\nauth_unix_ro = "none"\n'
+            'log_outputs = "3:stderr"\n'
+        )
+        (etc / "libvirt/virtlogd.conf").write_text('log_outputs = "3:stderr"\n')
+        (etc / "ganesha").mkdir(parents=True, exist_ok=True)
+        (etc / "ganesha/ganesha.conf").write_text(_ganesha(data))
+        for sub in ("ganesha", "ganesha/recovery"):
+            (data / sub).mkdir(parents=True, exist_ok=True)
+        facility_tree(data)
     common = f"""
 [DEFAULT]
 debug = false
@@ -74,7 +185,7 @@ lock_path = {data / "locks"}
             etc / "keystone/keystone.conf",
             f"""{common}
 [database]
-connection = {db}os_keystone
+connection = {db_url(pg, db('keystone'))}
 
 [token]
 provider = fernet
@@ -96,7 +207,7 @@ bind_port = 9292
 enabled_backends = fs:file
 
 [database]
-connection = {db}os_glance
+connection = {db_url(pg, db('glance'))}
 
 [glance_store]
 default_backend = fs
@@ -122,7 +233,7 @@ lock_path = {data / "locks"}
             etc / "placement/placement.conf",
             f"""{common}
 [placement_database]
-connection = {db}os_placement
+connection = {db_url(pg, db('placement'))}
 
 [api]
 auth_strategy = keystone
@@ -133,7 +244,7 @@ auth_strategy = keystone
             f"""[DEFAULT]
 debug = false
 use_stderr = true
-compute_driver = visa_sandbox.SandboxDriver
+compute_driver = {"libvirt.LibvirtDriver" if REAL else "visa_sandbox.SandboxDriver"}
 transport_url = {RABBIT}
 my_ip = 127.0.0.1
 host = visa-sandbox-compute
@@ -143,7 +254,7 @@ osapi_compute_listen = 127.0.0.1
 heal_instance_info_cache_interval = -1
 sync_power_state_interval = 60
 max_concurrent_builds = 20
-
+{real_defaults}
 [wsgi]
 api_paste_config = {etc / "nova/api-paste.ini"}
 
@@ -151,10 +262,10 @@ api_paste_config = {etc / "nova/api-paste.ini"}
 max_limit = 1000
 
 [database]
-connection = {db}os_nova
+connection = {db_url(pg, db('nova'))}
 
 [api_database]
-connection = {db}os_nova_api
+connection = {db_url(pg, db('nova_api'))}
 
 [conductor]
 workers = 1
@@ -165,7 +276,7 @@ discover_hosts_in_cells_interval = 10
 
 [vnc]
 enabled = false
-
+{real_sections}
 [oslo_messaging_notifications]
 driver = noop
 
@@ -206,7 +317,7 @@ api_workers = 1
 rpc_workers = 0
 
 [database]
-connection = {db}os_neutron
+connection = {db_url(pg, db('neutron'))}
 
 [oslo_concurrency]
 lock_path = {data / "locks"}

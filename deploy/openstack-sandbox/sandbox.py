@@ -32,13 +32,27 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+# --real (or VISA_OS_SANDBOX_REAL=1): Nova's libvirt driver boots real VMs (plain emulation).
+# Everything then runs in a network namespace of the sandbox's own (its own loopback, so the
+# same ports as the fast sandbox; a bridge for the VMs): its own state, databases and RabbitMQ.
+REAL = "--real" in sys.argv[1:] or os.environ.get("VISA_OS_SANDBOX_REAL") == "1"
+if REAL:
+    sys.argv = [a for a in sys.argv if a != "--real"]
+    os.environ["VISA_OS_SANDBOX_REAL"] = "1"
+    os.environ.setdefault("VISA_OS_SANDBOX_DB_PREFIX", "osr_")
+NETNS = os.environ.get("VISA_OS_SANDBOX_NETNS", "visa-sandbox-real")
+
 import configs  # noqa: E402
 
-STATE = Path(os.environ.get("VISA_OS_SANDBOX_STATE", HERE / "state")).resolve()
+STATE = Path(os.environ.get("VISA_OS_SANDBOX_STATE", HERE / ("state-real" if REAL else "state"))).resolve()
 VENV = STATE / "venv"
 BIN = VENV / "bin"
 LOGS, RUN, DONE = STATE / "log", STATE / "run", STATE / "done"
-PG = os.environ.get("VISA_OS_SANDBOX_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+# The real sandbox reaches PostgreSQL through its unix socket: no address crosses namespaces.
+PG = os.environ.get(
+    "VISA_OS_SANDBOX_PG",
+    "postgresql+psycopg2://postgres@/?host=/var/run/postgresql" if REAL else "postgresql+psycopg2://postgres@127.0.0.1:5432",
+)
 PLUGINS = HERE / "sandbox_plugins"
 
 
@@ -53,17 +67,53 @@ class Service:
     wsgi: str | None = None
     binary: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    argv: tuple[str, ...] = ()
+    socket: str | None = None  # a unix socket that exists once the service is up
+    address: str = "127.0.0.1"
 
     def command(self) -> list[str]:
+        if self.argv:
+            return list(self.argv)
         if self.wsgi:
             return [str(BIN / "python"), "-m", "sandbox_plugins.serve", self.name, str(self.port), self.wsgi]
         conf = STATE / "etc/nova/nova.conf"
         return [str(BIN / self.binary), "--config-file", str(conf)]  # type: ignore[operator]
 
 
+def real_services() -> list[Service]:
+    """RabbitMQ, virtlogd and libvirtd of the real sandbox, inside its namespace."""
+    etc, data = STATE / "etc", STATE / "data"
+    rabbit = data / "rabbitmq"
+    return [
+        Service(
+            "rabbitmq",
+            5672,
+            argv=("/usr/lib/rabbitmq/bin/rabbitmq-server",),
+            env={
+                "RABBITMQ_NODENAME": "visa-sandbox-rabbitmq@localhost",
+                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+                "ERL_EPMD_ADDRESS": "127.0.0.1",
+                "RABBITMQ_MNESIA_BASE": str(rabbit / "mnesia"),
+                "RABBITMQ_LOG_BASE": str(rabbit / "log"),
+                "RABBITMQ_PID_FILE": str(rabbit / "rabbit.pid"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(rabbit / "enabled_plugins"),
+                "HOME": str(rabbit),
+            },
+        ),
+        Service("virtlogd", argv=("virtlogd", "-f", str(etc / "libvirt/virtlogd.conf"), "-p", str(RUN / "virtlogd.real.pid")),
+                socket="/run/libvirt/virtlogd-sock"),
+        Service("libvirtd", argv=("libvirtd", "-f", str(etc / "libvirt/libvirtd.conf"), "-p", str(RUN / "libvirtd.real.pid")),
+                socket="/run/libvirt/libvirt-sock"),
+        Service("tapbridge", argv=(str(BIN / "python"), "-m", "sandbox_plugins.tapbridge", configs.BRIDGE)),
+        Service("nfs-ganesha", 2049, argv=("ganesha.nfsd", "-F", "-f", str(etc / "ganesha/ganesha.conf"),
+                                           "-L", str(LOGS / "nfs-ganesha.log"), "-p", str(RUN / "ganesha.real.pid")),
+                address=configs.BRIDGE_ADDRESS),
+    ]
+
+
 def services() -> list[Service]:
     etc = STATE / "etc"
-    return [
+    return [*(real_services() if REAL else []),
         Service(
             "keystone",
             5000,
@@ -120,20 +170,24 @@ def _pid(svc: Service) -> int | None:
             return None
         if str(STATE).encode() in cmdline or f"visa-sandbox-{svc.name}".encode() in cmdline:
             return pid
+        # RabbitMQ's start script: its environment names our state directory.
+        with contextlib.suppress(OSError):
+            if svc.argv and str(STATE).encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                return pid
         time.sleep(0.05 * (attempt + 1))
     return None
 
 
-def _port_open(port: int) -> bool:
+def _port_open(port: int, address: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((address, port)) == 0
 
 
 def _launch(svc: Service) -> subprocess.Popen[bytes]:
     LOGS.mkdir(parents=True, exist_ok=True)
     RUN.mkdir(parents=True, exist_ok=True)
-    if svc.port and _port_open(svc.port):
+    if svc.port and _port_open(svc.port, svc.address):
         raise SystemExit(f"port {svc.port} for {svc.name} is taken by another process")
     env = {
         **os.environ,
@@ -172,12 +226,29 @@ def _wait_http(svc: Service, proc: subprocess.Popen[bytes], timeout: float = 120
     raise SystemExit(f"{svc.name} did not answer on port {svc.port} in {timeout:.0f} s")
 
 
+def _wait_listening(svc: Service, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{svc.name} exited; see {LOGS / (svc.name + '.log')}")
+        if (svc.socket and Path(svc.socket).exists()) or (svc.port and not svc.socket and _port_open(svc.port, svc.address)):
+            return
+        if not svc.socket and not svc.port:
+            return  # nothing to wait for
+        time.sleep(0.3)
+    raise SystemExit(f"{svc.name} did not come up in {timeout:.0f} s")
+
+
 def start_services(names: set[str] | None = None) -> None:
     chosen = [s for s in services() if names is None or s.name in names]
     started = []
     for svc in chosen:
         if _pid(svc) is None:
-            started.append((svc, _launch(svc)))
+            proc = _launch(svc)
+            if svc.argv:  # the real sandbox's daemons: the next ones need them up
+                _wait_listening(svc, proc)
+            else:
+                started.append((svc, proc))
     for svc, proc in started:
         if svc.port:
             _wait_http(svc, proc)
@@ -229,7 +300,7 @@ def status() -> int:
     down = 0
     for svc in services():
         pid = _pid(svc)
-        answering = "" if svc.port is None else (" port open" if _port_open(svc.port) else " port closed")
+        answering = "" if svc.port is None else (" port open" if _port_open(svc.port, svc.address) else " port closed")
         print(f"{svc.name:16} {'running' if pid else 'stopped':8} {pid or '':>7}{answering}")
         down += pid is None
     return 3 if down else 0
@@ -263,10 +334,14 @@ def _mark(name: str, fingerprint: str = "1") -> None:
 
 def _venv_fingerprint() -> str:
     digest = hashlib.sha256()
-    for path in [HERE / "requirements.txt", HERE / "constraints.txt", *sorted(PLUGINS.rglob("*.py*"))]:
+    for path in [*_requirements(), HERE / "constraints.txt", *sorted(PLUGINS.rglob("*.py*"))]:
         if path.is_file() and "__pycache__" not in path.parts:
             digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def _requirements() -> list[Path]:
+    return [HERE / "requirements.txt", *([HERE / "requirements-real.txt"] if REAL else [])]
 
 
 def install_venv() -> None:
@@ -279,7 +354,8 @@ def install_venv() -> None:
         _run(base, "-m", "venv", VENV)
         _run(BIN / "pip", "install", "-q", "--upgrade", "pip")
     log("installing Keystone, Glance, Placement, Nova and Neutron (a few minutes the first time)")
-    _run(BIN / "pip", "install", "-q", "-r", HERE / "requirements.txt", "-c", HERE / "constraints.txt")
+    reqs = [arg for path in _requirements() for arg in ("-r", str(path))]
+    _run(BIN / "pip", "install", "-q", *reqs, "-c", HERE / "constraints.txt")
     _run(BIN / "pip", "install", "-q", "--no-deps", "--force-reinstall", PLUGINS)
     # Nova loads compute drivers from its own nova.virt package only: a one-line shim there.
     virt = subprocess.run(
@@ -341,7 +417,7 @@ def install_databases() -> None:
         nconf = ["--config-file", etc / "nova/nova.conf"]
         manage = BIN / "nova-manage"
         _run(manage, *nconf, "api_db", "sync")
-        _run(manage, *nconf, "cell_v2", "map_cell0", "--database_connection", f"{PG}/os_nova_cell0")
+        _run(manage, *nconf, "cell_v2", "map_cell0", "--database_connection", configs.db_url(PG, configs.db("nova_cell0")))
         cells = subprocess.run(
             [str(manage), *map(str, nconf), "cell_v2", "list_cells"],
             capture_output=True,
@@ -373,10 +449,19 @@ def install() -> None:
 def start() -> None:
     t0 = time.monotonic()
     install()
+    if REAL:
+        rabbit = STATE / "data/rabbitmq"
+        for sub in ("mnesia", "log"):
+            (rabbit / sub).mkdir(parents=True, exist_ok=True)
+        (rabbit / "enabled_plugins").write_text("[].\n")
+        Path("/run/libvirt").mkdir(parents=True, exist_ok=True)
+        start_services({"rabbitmq", "virtlogd", "libvirtd", "tapbridge", "nfs-ganesha"})
     py = BIN / "python"
     start_services({"keystone"})
     # Re-run the API steps when bootstrap.py changed; they only add what is missing.
-    fingerprint = hashlib.sha256((HERE / "bootstrap.py").read_bytes()).hexdigest()
+    fingerprint = hashlib.sha256(
+        (HERE / "bootstrap.py").read_bytes() + os.environ.get("VISA_OS_SANDBOX_IMAGE", "").encode()
+    ).hexdigest()
     if not _step("identity", fingerprint):
         _run(py, HERE / "bootstrap.py", "identity")
         _mark("identity", fingerprint)
@@ -398,7 +483,7 @@ def destroy() -> None:
             "import psycopg2,sys; c=psycopg2.connect(sys.argv[1]); c.autocommit=True; "
             f"[c.cursor().execute(q) for q in {drop!r}.split('; ')]"
         )
-        dsn = PG.replace("postgresql+psycopg2://", "postgresql://").rstrip("/") + "/postgres"
+        dsn = configs.db_url(PG, "postgres").replace("postgresql+psycopg2://", "postgresql://")
         subprocess.run([str(BIN / "python"), "-c", code, dsn], check=True)
     subprocess.run(["rm", "-rf", str(STATE)], check=True)
     log("sandbox destroyed")
@@ -441,11 +526,75 @@ def credentials_text(style: str) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- the real sandbox's namespace
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["ip", *args], check=check, capture_output=True)
+
+
+def ensure_netns() -> None:
+    """The namespace, its loopback, and the VMs' bridge (their gateway) inside it."""
+    if not Path(f"/run/netns/{NETNS}").exists():
+        _ip("netns", "add", NETNS)
+        log(f"network namespace {NETNS} created")
+    _ip("-n", NETNS, "link", "set", "lo", "up")
+    if _ip("-n", NETNS, "link", "show", configs.BRIDGE, check=False).returncode != 0:
+        _ip("-n", NETNS, "link", "add", configs.BRIDGE, "type", "bridge")
+        _ip("-n", NETNS, "addr", "add", f"{configs.BRIDGE_ADDRESS}/24", "dev", configs.BRIDGE)
+    _ip("-n", NETNS, "link", "set", configs.BRIDGE, "up")
+
+
+def remove_netns() -> None:
+    if Path(f"/run/netns/{NETNS}").exists():
+        _ip("netns", "del", NETNS, check=False)
+        log(f"network namespace {NETNS} removed")
+
+
+def in_netns(argv: list[str]) -> None:
+    """Run this command again inside the namespace (its processes inherit it)."""
+    if os.environ.get("VISA_OS_SANDBOX_IN_NETNS") == NETNS:
+        return
+    ensure_netns()
+    os.environ["VISA_OS_SANDBOX_IN_NETNS"] = NETNS
+    os.execvp("ip", ["ip", "netns", "exec", NETNS, sys.executable, str(Path(__file__).resolve()), *argv])
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__)
         return 2
     cmd, args = argv[0], argv[1:]
+    if REAL and cmd == "facility":
+        data = STATE / "data/facility"
+        print(json.dumps({"visitor": str(data / "visitor"), "processed": str(data / "processed")}))
+        return 0
+    if REAL and cmd in ("install", "start", "stop", "status", "kill", "destroy"):
+        if cmd in ("stop", "destroy", "status", "kill") and not Path(f"/run/netns/{NETNS}").exists():
+            if cmd == "destroy":
+                destroy()
+            if cmd == "status":
+                print(f"network namespace {NETNS} absent: nothing runs")
+                return 3
+            return 0
+        if cmd in ("install", "start") and os.environ.get("VISA_OS_SANDBOX_IN_NETNS") != NETNS:
+            STATE.mkdir(parents=True, exist_ok=True)
+            install_venv()  # PyPI and Debian's archive are reached from the machine's own namespace only
+            if cmd == "start" and not os.environ.get("VISA_OS_SANDBOX_IMAGE"):
+                built = subprocess.run(
+                    [sys.executable, str(HERE.parent.parent / "images/recipes/build.py"), "sandbox"],
+                    check=True, stdout=subprocess.PIPE, text=True,
+                )
+                os.environ["VISA_OS_SANDBOX_IMAGE"] = built.stdout.strip().splitlines()[-1]
+        in_netns(argv)
+        if cmd == "stop":
+            stop()
+            remove_netns()
+            return 0
+        if cmd == "destroy":
+            destroy()
+            remove_netns()
+            return 0
     if cmd == "install":
         install()
     elif cmd == "start":

@@ -36,6 +36,12 @@ variable "desktop_session" {
   description = "xfce, mate, openbox or lxqt: the catalogue's options.desktop_session"
 }
 
+variable "browser" {
+  type        = string
+  default     = "firefox-esr"
+  description = "Debian package of the desktop's web browser, or none"
+}
+
 variable "jupyterlab" {
   type        = bool
   description = "Install JupyterLab in /opt/visa/jupyterlab"
@@ -117,6 +123,7 @@ build {
     execute_command = "sudo -E sh -eu '{{ .Path }}'"
     environment_vars = [
       "DESKTOP_SESSION=${var.desktop_session}",
+      "DESKTOP_BROWSER=${var.browser}",
       "EXTRA_PACKAGES=${join(" ", var.extra_packages)}",
       "CVMFS_DOMAIN=${var.cvmfs_domain}",
       "CVMFS_DOMAIN_KEY=${var.cvmfs_domain_key}",

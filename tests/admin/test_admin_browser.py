@@ -57,6 +57,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     cli(env, "catalogue", "apply", str(ROOT / "flavours"), str(ROOT / "images"))
     cli(env, "users", "add", "root", "--full-name", "Ada Admin", "--password", "root-password", "--role", "ADMIN")
     cli(env, "users", "add", "alice", "--full-name", "Alice Martin", "--password", "alice-password")
+    cli(env, "users", "add", "bob", "--full-name", "Bob Leroy", "--password", "bob-password")
     uid = _seed_instance(data)
     with served(env, port, data / "server.log") as url:
         yield url, uid
@@ -183,3 +184,29 @@ def test_admin_acts_on_an_instance(site, browser) -> None:  # noqa: ANN001
         assert action in text, action
     assert "beamtime moved" in text
     _shot(page, "audit")
+
+
+def test_admin_logs_a_user_out_and_deactivates_them(site, browser) -> None:  # noqa: ANN001
+    url, _ = site
+    admin, bob = _context(browser, url, "root"), _context(browser, url, "bob")
+    assert bob.request.get("/api/me").ok
+    page = admin.new_page()
+    page.on("dialog", lambda d: d.accept())
+    page.goto("/admin/users?q=bob")
+    row = page.locator("tr[data-user=bob]")
+    row.get_by_role("button", name="Log out everywhere").click()
+    page.wait_for_selector(".admin-message:has-text('Done')")
+    assert bob.request.get("/api/me").status == 401  # the session ended on the server
+
+    bob = _context(browser, url, "bob")
+    page.locator("tr[data-user=bob]").get_by_role("button", name="Deactivate").click()
+    page.locator("tr[data-user=bob]").get_by_role("button", name="Activate", exact=True).wait_for()
+    assert "inactive" in page.locator("tr[data-user=bob]").inner_text()
+    _shot(page, "users-deactivated")
+    assert bob.request.get("/api/me").status == 401
+    r = bob.request.post("/api/login", data={"username": "bob", "password": "bob-password"})
+    assert not r.ok
+
+    page.locator("tr[data-user=bob]").get_by_role("button", name="Activate", exact=True).click()
+    page.locator("tr[data-user=bob]").get_by_role("button", name="Deactivate", exact=True).wait_for()
+    assert _context(browser, url, "bob").request.get("/api/me").ok

@@ -146,6 +146,19 @@ def test_a_token_opens_only_from_the_browser_session_that_asked(live: Live, worl
         WsRfb(ws).handshake()
 
 
+def test_a_token_of_a_session_that_has_ended_opens_nothing(live: Live, world: World) -> None:
+    """The token is bound to the server-side login session: once it ends (here a logout), the
+    cookie a thief kept of it spends nothing, and the token is left unspent."""
+    with live.login("owner") as client:
+        r = client.post(f"/api/instances/{UID}/connect")
+        assert r.status_code == 200, r.text
+        url, cookie = r.json()["url"], live.cookie_header(client)
+        assert client.post("/api/logout").status_code == 200
+    assert _refused(live, url, cookie=cookie) == 403
+    with live.db.unit_of_work() as s:
+        assert s.scalar(select(ConnectToken)).used_at is None
+
+
 def test_an_api_token_caller_gets_a_token_for_a_client_without_session(live: Live, world: World) -> None:
     with live.login("owner") as client:
         r = client.post("/api/tokens", json={"name": "script"})
@@ -291,6 +304,21 @@ def test_a_revoked_member_is_disconnected(live: Live, world: World) -> None:
             while True:
                 ws.recv(timeout=5)
         assert ws.close_code == 4403
+
+
+def test_an_open_desktop_closes_when_its_login_session_ends(live: Live, world: World) -> None:
+    with live.login("owner") as client:
+        r = client.post(f"/api/instances/{UID}/connect")
+        assert r.status_code == 200, r.text
+        with _open(live, r.json()["url"], cookie=live.cookie_header(client)) as ws:
+            rfb = WsRfb(ws)
+            rfb.handshake()
+            rfb.screen()
+            assert client.post("/api/logout").status_code == 200
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    ws.recv(timeout=5)
+            assert ws.close_code == 4403
 
 
 def test_the_desktop_down_is_a_clear_refusal(live: Live, world: World) -> None:

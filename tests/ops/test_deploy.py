@@ -1,4 +1,5 @@
-"""deploy/: nginx accepts its configuration, the Keycloak realm gives visa's roles, units use async workers."""
+"""deploy/: nginx accepts its configuration and routes the gateway, the Keycloak realm gives visa's roles,
+units serve with the benchmarked websocket protocol."""
 
 from __future__ import annotations
 
@@ -65,17 +66,54 @@ def test_keycloak_realm_roles_map_to_visa_roles() -> None:
     assert example["oidc"]["role_claim"] == "resource_access.visa.roles"
 
 
-def test_units_and_container_use_async_workers() -> None:
+def test_units_and_container_serve_with_the_relays_websocket_protocol() -> None:
     web = (DEPLOY / "systemd/visa-web.service").read_text()
-    assert "-k uvicorn.workers.UvicornWorker" in web and "'visa.asgi:create_asgi_app()'" in web
+    gateway = (DEPLOY / "systemd/visa-gateway.service").read_text()
+    entrypoint = (DEPLOY / "container/entrypoint.sh").read_text()
+    assert "-k visa.serving.RelayUvicornWorker" in web and "'visa.asgi:create_asgi_app()'" in web
+    assert "-k visa.serving.RelayUvicornWorker" in gateway and "'visa.asgi:create_gateway_app()'" in gateway
+    assert "--bind 127.0.0.1:8081" in gateway
     assert "ExecStart=/opt/visa/.venv/bin/visa scheduler" in (DEPLOY / "systemd/visa-scheduler.service").read_text()
-    assert "uvicorn.workers.UvicornWorker" in (DEPLOY / "container/Containerfile").read_text()
+    for text in (web, gateway, entrypoint, (DEPLOY / "container/Containerfile").read_text()):
+        assert "uvicorn.workers" not in text  # deprecated: uvicorn-worker's class instead
+    assert entrypoint.count("-k visa.serving.RelayUvicornWorker") == 2
+    assert "create_gateway_app()" in entrypoint and "create_asgi_app()" in entrypoint
 
 
-def test_the_asgi_factory_is_importable_as_the_units_name_it() -> None:
-    from visa.asgi import create_asgi_app
+def test_the_worker_class_runs_the_benchmarked_websocket_protocol() -> None:
+    """gunicorn's worker gives uvicorn the options bench/gateway.py measures."""
+    from uvicorn import Config
 
-    assert callable(create_asgi_app)
+    from visa.serving import UVICORN_OPTIONS, RelayUvicornWorker
+
+    options = RelayUvicornWorker.CONFIG_KWARGS
+    assert options["ws"] == "visa.gateway.wsprotocol:RelayWebSocketProtocol"
+    assert options["ws_per_message_deflate"] is False
+    assert UVICORN_OPTIONS.items() <= options.items()
+    config = Config(app=lambda *_: None, **options)
+    config.load()
+    from visa.gateway.wsprotocol import RelayWebSocketProtocol
+
+    assert config.ws_protocol_class is RelayWebSocketProtocol
+
+
+def test_nginx_routes_the_gateway_and_limits_logins() -> None:
+    conf = (DEPLOY / "nginx/visa.conf").read_text()
+    main, content = conf.split("server_name *.visa-content.example.org;\n\n", 1)
+    ws = main.split("location /ws/ {", 1)[1].split("}", 1)[0]
+    assert "proxy_pass http://visa_gateway;" in ws
+    assert "proxy_pass http://visa_web;" not in content and "proxy_pass http://visa_gateway;" in content
+    # What visa/auth/ratelimit.py relies on: one replica per address and a shared login limit.
+    assert "hash $binary_remote_addr consistent;" in conf.split("upstream visa_web {", 1)[1].split("}", 1)[0]
+    assert "limit_req_zone $visa_login_key zone=visa_login:10m rate=30r/m;" in conf
+    login = main.split("location ~ ^/(login|api/login|auth/callback|api/tokens)$ {", 1)[1].split("}", 1)[0]
+    assert "limit_req zone=visa_login" in login
+
+
+def test_the_asgi_factories_are_importable_as_the_units_name_them() -> None:
+    from visa.asgi import create_asgi_app, create_gateway_app
+
+    assert callable(create_asgi_app) and callable(create_gateway_app)
 
 
 @pytest.mark.integration

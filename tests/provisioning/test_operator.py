@@ -18,7 +18,8 @@ def test_operator_sees_user_data_with_secrets_masked(session, tmp_path) -> None:
     instance = make_instance(session, owner, image, [make_experiment(session, members=[owner])])
     text = render_for_operator(session, instance.uid)
     assert SECRET not in text
-    assert text.count("********") == 2  # VNC password file and Jupyter token
+    assert text.count("********") == 3  # VNC password file, Jupyter token and SSH host key
+    assert "PRIVATE KEY" not in text
     validate(text, tmp_path)
 
 

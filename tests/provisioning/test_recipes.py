@@ -138,3 +138,24 @@ def test_desktop_recipe_installs_what_the_boot_scripts_run() -> None:
     base = (RECIPES / "scripts" / "base.sh").read_text()
     for package in ["cloud-init", "sudo", "python3", "nfs-common", "ceph-common", "autofs", "openssh-server"]:
         assert package in base, package
+
+
+def test_the_local_builder_runs_the_scripts_packer_runs() -> None:
+    """images/recipes/build.py (make image) picks the same scripts, in the same order, as the template."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("image_build", RECIPES / "build.py")
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    order = re.findall(r"scripts/([a-z0-9-]+\.sh)", _template()["locals"][0]["scripts"])
+    for env_file in ENVS:
+        env = env_file.name.split(".")[0]
+        values = build.env_values(env)
+        assert values == _env(env_file), env
+        chosen = build.scripts(values)
+        assert chosen == [s for s in order if s in chosen], env
+        assert ("desktop.sh" in chosen) == values["desktop"] and ("jupyterlab.sh" in chosen) == values["jupyterlab"]
+        assert ("apptainer.sh" in chosen) == values["apptainer"]
+    # The cache key follows the recipe: another environment, another key.
+    assert build.recipe_hash("sandbox") != build.recipe_hash("desktop")

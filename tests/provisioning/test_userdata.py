@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
 
 from tests.provisioning.cloudinit import cloud_config_part, validate
 from tests.provisioning.factories import NOW, SECRET, make_experiment, make_image, make_instance, make_user
 from visa.errors import Forbidden, InvalidInput
-from visa.provisioning import readiness_ports, render_metadata, render_user_data
+from visa.provisioning import host_keys, readiness_ports, render_metadata, render_user_data
 from visa.settings import ProvisioningSettings
 
 PROBE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZha2Vwcm9iZWtleWZvcnRlc3RzMDEyMzQ1Njc4OQ visa@scheduler"
@@ -309,3 +310,25 @@ def test_user_data_too_large_for_nova_is_refused(session, site) -> None:
     with pytest.raises(InvalidInput) as err:
         render_user_data(instance, site=site, now=NOW)
     assert err.value.field == "experiments"
+
+
+def test_the_host_key_visa_gives_the_machine_is_the_one_the_probe_pins(session, tmp_path, site) -> None:
+    owner = make_user(session)
+    instance = make_instance(session, owner, make_image(session))
+    secret = "visa-secret-key-for-tests"
+    pair = (host_keys.private_openssh(secret, instance.uid), host_keys.public_line(secret, instance.uid))
+    config = validate(render_user_data(instance, site=site, now=NOW, host_key=pair), tmp_path)
+    # Only visa's key: cloud-init deletes the image's keys and generates none of its own.
+    assert config["ssh_deletekeys"] is True and config["ssh_genkeytypes"] == ["ed25519"]
+    private = serialization.load_ssh_private_key(config["ssh_keys"]["ed25519_private"].encode(), None)
+    public = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    assert public.decode() == config["ssh_keys"]["ed25519_public"]
+    pinned = host_keys.pinned(secret, instance.uid)
+    assert config["ssh_keys"]["ed25519_public"] == f"{pinned.get_name()} {pinned.get_base64()}"
+    # Another instance, or another visa secret, gives another key; the same inputs the same key.
+    assert host_keys.public_line(secret, instance.uid + "x") != pair[1]
+    assert host_keys.public_line(secret + "x", instance.uid) != pair[1]
+    assert host_keys.public_line(secret, instance.uid) == pair[1]
+    # The operator's view masks the private half.
+    masked = render_user_data(instance, site=site, now=NOW, host_key=pair, mask_secrets=True)
+    assert pair[0] not in masked and "PRIVATE KEY" not in masked

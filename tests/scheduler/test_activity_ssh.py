@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from visa.clock import FrozenClock
 from visa.instances import lifecycle, probe_keys
 from visa.instances.activity import ActivityProbe
 from visa.instances.models import Instance
+from visa.provisioning import host_keys
 from visa.services import Services
 
 pytestmark = pytest.mark.integration
@@ -79,13 +80,34 @@ def display(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def sshd(tmp_path: Path, services: Services, owner: str, display: str) -> Iterator[int]:
-    """sshd on a loopback high port; root's only key is visa's probe key, forced to run the probe."""
+def start_sshd(tmp_path: Path, services: Services, owner: str, display: str) -> Iterator[Callable[[str | None], int]]:
+    """sshd on a loopback high port; root's only key is visa's probe key, forced to run the probe.
+
+    Its host key is the one given (as cloud-init writes visa's key for the instance), or a
+    key of its own (an impostor's) when given none."""
     _need("/usr/sbin/sshd", PYTHON)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    d = tmp_path / "sshd"
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(host_key: str | None) -> int:
+        return _start_sshd(tmp_path / f"sshd{len(procs)}", services, owner, display, host_key, procs)
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(5)
+
+
+def _start_sshd(d: Path, services: Services, owner: str, display: str, host_key: str | None,
+                procs: list[subprocess.Popen[bytes]]) -> int:
     (d / "keys").mkdir(parents=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")], check=True)
+    if host_key is None:
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")], check=True)
+    else:
+        (d / "host_key").write_text(host_key)
+        (d / "host_key").chmod(0o600)
     # The real probe script, with its environment file and X idle helper moved into the test's directory.
     (d / "instance.env").write_text(f"VISA_OWNER={owner}\nVISA_VNC_PORT=5901\n")
     (d / "x-idle").write_text(f"#!/bin/sh\nexec env DISPLAY={display} xprintidle\n")
@@ -106,20 +128,57 @@ def sshd(tmp_path: Path, services: Services, owner: str, display: str) -> Iterat
     )
     proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
                             stdout=subprocess.DEVNULL, stderr=open(d / "sshd.log", "wb"))  # noqa: SIM115
+    procs.append(proc)
+    _wait_port(port)
+    return port
+
+
+def test_probe_refuses_a_machine_whose_host_key_is_not_the_one_visa_gave_it(
+    services: Services, world, clock: FrozenClock, start_sshd, owner: str  # noqa: ANN001
+) -> None:
+    """Someone answers at the instance's address with a key of their own, from the very first
+    connection: trust on first use would take it; visa knows the instance's key and refuses."""
+    services.settings.provisioning.probe_username = "root"
+    impostor = start_sshd(None)
+    with services.database.unit_of_work() as s:
+        iid = add_instance(s, clock, world, address="127.0.0.1", provider_state={"ports": {"ssh": impostor}}).id
+    busy = subprocess.Popen([PYTHON, "-c", "while True: pass"], user=owner, group=owner)
     try:
-        _wait_port(port)
-        yield port
+        result = ActivityProbe(services, sample_gap=0.5).run()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(5)
+        busy.kill()
+        busy.wait()
+    assert result.probed == 1 and iid in result.failed, result
+    assert "host key" in result.failed[iid].lower(), result.failed
+    assert result.computing == []
+    with services.database.sessionmaker() as s:
+        inst = s.get(Instance, iid)
+        assert inst.last_compute_at is None and inst.last_interaction_at is None
+
+
+def test_another_instances_host_key_is_refused(
+    services: Services, world, clock: FrozenClock, start_sshd  # noqa: ANN001
+) -> None:
+    """A machine given its own key by visa cannot stand in for another instance."""
+    services.settings.provisioning.probe_username = "root"
+    secret = services.settings.resolved_secret_key()
+    other = start_sshd(host_keys.private_openssh(secret, "other-instance"))
+    with services.database.unit_of_work() as s:
+        iid = add_instance(s, clock, world, uid="this-instance", address="127.0.0.1",
+                           provider_state={"ports": {"ssh": other}}).id
+    result = ActivityProbe(services, sample_gap=0.5).run()
+    assert iid in result.failed and "host key" in result.failed[iid].lower(), result
 
 
 def test_probe_reads_cpu_and_x_input_and_keeps_a_computation_alive(
-    services: Services, world, clock: FrozenClock, sshd: int, owner: str, display: str  # noqa: ANN001
+    services: Services, world, clock: FrozenClock, start_sshd, owner: str, display: str  # noqa: ANN001
 ) -> None:
     services.settings.provisioning.probe_username = "root"
+    uid = "probe-instance"
+    sshd = start_sshd(host_keys.private_openssh(services.settings.resolved_secret_key(), uid))
     with services.database.unit_of_work() as s:
-        iid = add_instance(s, clock, world, address="127.0.0.1", provider_state={"ports": {"ssh": sshd}}).id
+        iid = add_instance(s, clock, world, uid=uid, address="127.0.0.1",
+                           provider_state={"ports": {"ssh": sshd}}).id
     probe = ActivityProbe(services, sample_gap=1.5)
 
     # Idle: nothing of the owner's runs; X reports the time since its last input.

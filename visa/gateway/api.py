@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from flask import Blueprint, jsonify, redirect, request, session
+from flask import Blueprint, jsonify, redirect, request
 
 from visa.errors import Forbidden, NotFound, Unauthorized
 from visa.gateway import service
-from visa.gateway.common import session_binding
 from visa.gateway.jupyter import LOGIN_PATH
 from visa.instances import service as instances
-from visa.web.context import current_actor, db_session, services
+from visa.web.context import current_actor, current_login, db_session, services
 
 bp = Blueprint("gateway_api", __name__, url_prefix="/api/instances")
 
@@ -23,9 +22,9 @@ def connect(uid: str):  # noqa: ANN201
     svc = services()
     instance = instances.get_instance(actor, s, uid)
     seconds = svc.settings.connect_token_seconds
-    # A browser's token is spent only by a websocket of the same browser session.
-    bearer = request.headers.get("Authorization", "")[:7].lower() == "bearer "
-    binding = "" if bearer else session_binding(session)
+    # A browser's token is spent only by a websocket of the same login session, while it lasts.
+    login = current_login()
+    binding = login.id_hash if login is not None else ""
     token, role, view_only = service.issue_connect_token(actor, s, svc.clock, instance, seconds, binding)
     body = {
         "url": f"/ws/desktop/{uid}?token={token}",
@@ -51,11 +50,16 @@ def jupyter(uid: str, rest: str):  # noqa: ANN201
         if "text/html" in request.headers.get("Accept", ""):
             return redirect("/login?" + urlencode({"next": request.full_path.rstrip("?")}), 303)
         raise Unauthorized("log in first")
+    login = current_login()
+    if login is None:  # an API token: the lab is bound to a browser's login session
+        raise Unauthorized("open JupyterLab from a browser session of visa")
     s = db_session()
     svc = services()
     instance = instances.get_instance(actor, s, uid)
     try:
-        token = service.issue_jupyter_token(actor, s, svc.clock, instance, svc.settings.connect_token_seconds)
+        token = service.issue_jupyter_token(
+            actor, s, svc.clock, instance, svc.settings.connect_token_seconds, login.id_hash
+        )
     except Forbidden as exc:  # JupyterLab is the owner's: others learn nothing of it
         raise NotFound("no such instance") from exc
     wanted = f"/jupyter/{uid}/{rest}" + (

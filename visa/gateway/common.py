@@ -4,7 +4,6 @@ threads, throttled activity, same-origin checks and refusals before a websocket 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Coroutine, Mapping
@@ -23,6 +22,7 @@ from starlette.websockets import WebSocket
 from visa.errors import VisaError, http_status
 from visa.gateway import service
 from visa.services import Services
+from visa.users import service as users
 
 log = logging.getLogger("visa.gateway")
 
@@ -101,11 +101,11 @@ class Gateway:
 
 
 def session_binding(session_data: Mapping[str, Any] | None) -> str:
-    """What ties a connect token to the browser session that asked for it: a digest of the
-    session's CSRF secret, which lives as long as the session and travels only in its cookie.
-    Empty for a caller without a browser session (an API token)."""
-    value = session_data.get("csrf") if session_data else None
-    return hashlib.sha256(value.encode()).hexdigest() if isinstance(value, str) and value else ""
+    """What ties a connect token to the browser session that asked for it: the stored id of
+    the server-side login session its cookie names (the one record of that session, so a token
+    dies with it). Empty for a caller without a browser session (an API token)."""
+    sid = session_data.get("sid") if session_data else None
+    return users.login_session_hash(sid) or ""
 
 
 def same_origin(headers: Headers, base_url: str) -> bool:

@@ -129,7 +129,12 @@ class DesktopSession:
         if seen is not None:
             service.record_activity(session, self.grant.instance_id, seen, seen if interacted else None)
         return service.check_access(
-            session, self.gateway.clock, self.grant.user_id, self.grant.instance_id, "instance.connect"
+            session,
+            self.gateway.clock,
+            self.grant.user_id,
+            self.grant.instance_id,
+            "instance.connect",
+            self.grant.login,
         )
 
     async def run(self, reader: BrowserReader) -> None:

@@ -7,7 +7,8 @@ of its own under the user-content domain, ``<uid>.<settings.content_domain>``:
 1. ``/jupyter/<uid>/...`` on visa's host (``visa.gateway.api``) checks the visa session,
    issues a one-time token and redirects to ``<uid>.<domain>/_visa/login?token=...``.
 2. That host spends the token and sets a cookie of its own: host-only, HttpOnly, SameSite=Lax,
-   Secure over https, signed, naming the user and the instance.
+   Secure over https, signed, naming the user, the instance and the visa login session (the
+   lab, and its open websockets, end when that session ends).
 3. Requests under ``/jupyter/<uid>/`` on that host are proxied to JupyterLab (which runs with
    that base URL) with ``Authorization: token <secret>`` added; the secret is removed from
    the pages JupyterLab renders (its page config carries the token).
@@ -73,6 +74,7 @@ class LabSession:
 
     user_id: int
     epoch: str
+    login: str  # the visa login session it came from: the lab ends with it
     target: service.Target
 
 
@@ -193,10 +195,11 @@ class JupyterProxy:
                 or not isinstance(data.get("user_id"), int)
             ):
                 continue
+            login = data.get("login")
             target = await self.gateway.db(
-                service.jupyter_target, self.gateway.clock, data["user_id"], data.get("epoch"), uid
+                service.jupyter_target, self.gateway.clock, data["user_id"], data.get("epoch"), login, uid
             )
-            lab = LabSession(data["user_id"], str(data.get("epoch")), target)
+            lab = LabSession(data["user_id"], str(data.get("epoch")), str(login), target)
             if len(self._cache) > CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = (time.monotonic() + self.gateway.config.auth_cache_seconds, lab)
@@ -239,7 +242,7 @@ class JupyterProxy:
         if not wanted.startswith(lab) or any(c in wanted for c in "\\\r\n"):
             wanted = lab + "lab"
         try:
-            user_id, epoch = await self.gateway.db(
+            spent: service.LabLogin = await self.gateway.db(
                 service.consume_jupyter_token, self.gateway.clock, uid, token
             )
         except VisaError as exc:
@@ -248,7 +251,9 @@ class JupyterProxy:
         response = RedirectResponse(wanted, status_code=303)
         response.set_cookie(
             LAB_COOKIE,
-            self._signer.dumps({"user_id": user_id, "uid": uid, "epoch": epoch}),
+            self._signer.dumps(
+                {"user_id": spent.user_id, "uid": uid, "epoch": spent.epoch, "login": spent.login}
+            ),
             max_age=self.max_age,
             path="/",
             secure=self.https,
@@ -393,7 +398,9 @@ class JupyterProxy:
 
     async def _still_allowed(self, lab: LabSession, uid: str) -> bool:
         try:
-            await self.gateway.db(service.jupyter_target, self.gateway.clock, lab.user_id, lab.epoch, uid)
+            await self.gateway.db(
+                service.jupyter_target, self.gateway.clock, lab.user_id, lab.epoch, lab.login, uid
+            )
         except VisaError:
             return False
         except Exception:  # the database may be briefly away; the kernel goes on

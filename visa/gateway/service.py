@@ -18,11 +18,12 @@ from sqlalchemy.orm import Session
 from visa.actor import Actor, actor_for
 from visa.audit.service import record
 from visa.auth.sessions import session_epoch
+from visa.policy import allowed, member_role, require
 from visa.catalogue.models import Protocol
 from visa.clock import Clock
 from visa.errors import Conflict, Forbidden, NotFound, Unauthorized
 from visa.instances.models import ConnectToken, Instance, InstanceState, MemberRole
-from visa.policy import allowed, member_role, require
+from visa.users import service as users
 from visa.users.models import User
 
 # A desktop or Jupyter answers in these states (PARTIALLY_ACTIVE: the desktop is up).
@@ -63,6 +64,9 @@ class Grant:
     role: MemberRole
     view_only: bool
     target: Target
+    # The login session the token was bound to ("" for an API token's client): when it ends
+    # (logout, revocation), the open desktop ends with it.
+    login: str = ""
 
 
 def _live_instance(session: Session, uid: str) -> Instance | None:
@@ -98,8 +102,8 @@ def issue_connect_token(
 ) -> tuple[str, MemberRole, bool]:
     """A one-time desktop token for this actor and instance; only its hash is stored.
 
-    ``binding`` names the browser session that asks (``common.session_binding``; empty for
-    an API token): only a websocket from that session can spend the token.
+    ``binding`` is the stored id of the login session that asks (empty for an API token):
+    only a websocket from that session, while it lasts, can spend the token.
     Returns the token, the connection's role and whether it is view only."""
     require(actor, "instance.connect", instance)
     if actor.user is None:
@@ -161,6 +165,8 @@ def consume_connect_token(session: Session, clock: Clock, uid: str, token: str, 
     instance = _live_instance(session, uid)
     if instance is None:
         raise Unauthorized("invalid connect token")
+    if binding and users.live_login_session_by_hash(session, binding) is None:
+        raise Unauthorized("invalid connect token")  # the session that asked has ended: not spent
     row = _spend(session, now, instance, hash_token(token, binding))
     user = session.get(User, row.user_id)
     actor = actor_for(user, now) if user is not None and user.active else None
@@ -173,15 +179,21 @@ def consume_connect_token(session: Session, clock: Clock, uid: str, token: str, 
         role=connect_role(actor, instance),
         view_only=not allowed(actor, "instance.input", instance),
         target=target_for(instance, Protocol.VNC),
+        login=binding,
     )
 
 
-def check_access(session: Session, clock: Clock, user_id: int, instance_id: int, action: str) -> bool | None:
-    """Whether the user may still do ``action`` on the instance: None if not at all any more,
-    else whether ``instance.input`` is still allowed (False: view only)."""
+def check_access(
+    session: Session, clock: Clock, user_id: int, instance_id: int, action: str, login: str = ""
+) -> bool | None:
+    """Whether the user may still do ``action`` on the instance: None if not at all any more
+    (or the login session ``login`` has ended), else whether ``instance.input`` is still
+    allowed (False: view only)."""
     instance = session.get(Instance, instance_id)
     user = session.get(User, user_id)
     if instance is None or instance.deleted_at is not None or user is None or not user.active:
+        return None
+    if login and users.live_login_session_by_hash(session, login) is None:
         return None
     actor = actor_for(user, clock.now())
     if not allowed(actor, action, instance):
@@ -198,18 +210,23 @@ def record_activity(session: Session, instance_id: int, seen: datetime, interact
 
 
 def issue_jupyter_token(
-    actor: Actor, session: Session, clock: Clock, instance: Instance, seconds: int
+    actor: Actor, session: Session, clock: Clock, instance: Instance, seconds: int, login: str
 ) -> str:
-    """A one-time token that the instance's user-content host exchanges for a cookie of its own."""
+    """A one-time token that the instance's user-content host exchanges for a cookie of its own.
+
+    ``login`` is the stored id of the visa login session that asks: the token names it (it is a
+    hash, no credential) and is bound to it, and the lab lasts only as long as that session."""
     require(actor, "instance.jupyter", instance)
     if actor.user is None:
         raise Forbidden("the system does not open JupyterLab")
+    if users.live_login_session_by_hash(session, login, actor.user.id) is None:
+        raise Unauthorized("open JupyterLab from a browser session of visa")
     target_for(instance, Protocol.JUPYTER)
-    token = secrets.token_urlsafe(32)
+    token = secrets.token_urlsafe(32)  # no "." in it
     now = clock.now()
     session.add(
         ConnectToken(
-            token_hash=hash_token(token, purpose="jupyter"),
+            token_hash=hash_token(token, login, purpose="jupyter"),
             instance_id=instance.id,
             user_id=actor.user.id,
             role=MemberRole.OWNER,
@@ -218,31 +235,48 @@ def issue_jupyter_token(
         )
     )
     session.flush()
-    return token
+    return f"{token}.{login}"
 
 
-def consume_jupyter_token(session: Session, clock: Clock, uid: str, token: str) -> tuple[int, str]:
-    """Spend a Jupyter token on instance ``uid``: the user's id and session epoch, or Unauthorized."""
+@dataclass(frozen=True)
+class LabLogin:
+    """Whom a spent Jupyter token speaks for: the user, their session epoch and login session."""
 
-    instance = _live_instance(session, uid) if token else None
-    if instance is None:
-        raise Unauthorized("invalid or expired link: open JupyterLab from visa again")
+    user_id: int
+    epoch: str
+    login: str
+
+
+def consume_jupyter_token(session: Session, clock: Clock, uid: str, token: str) -> LabLogin:
+    """Spend a Jupyter token on instance ``uid`` while the login session that asked for it lasts,
+    or Unauthorized."""
+
+    invalid = "invalid or expired link: open JupyterLab from visa again"
+    secret, _, login = token.partition(".")
+    instance = _live_instance(session, uid) if secret and login else None
+    if instance is None or users.live_login_session_by_hash(session, login) is None:
+        raise Unauthorized(invalid)
     try:
-        row = _spend(session, clock.now(), instance, hash_token(token, purpose="jupyter"))
+        row = _spend(session, clock.now(), instance, hash_token(secret, login, purpose="jupyter"))
     except Unauthorized as exc:
-        raise Unauthorized("invalid or expired link: open JupyterLab from visa again") from exc
+        raise Unauthorized(invalid) from exc
     user = session.get(User, row.user_id)
     if user is None or not user.active:
         raise Unauthorized("log in first")
-    return user.id, session_epoch(user)
+    return LabLogin(user.id, session_epoch(user), login)
 
 
-def jupyter_target(session: Session, clock: Clock, user_id: int, epoch: str | None, uid: str) -> Target:
-    """The Jupyter server of instance ``uid`` for the user of a session cookie: Unauthorized
-    if the session is no longer valid, NotFound for anyone but the instance's owner."""
+def jupyter_target(
+    session: Session, clock: Clock, user_id: int, epoch: str | None, login: str | None, uid: str
+) -> Target:
+    """The Jupyter server of instance ``uid`` for the user of a lab cookie: Unauthorized once the
+    login session it came from has ended (logout, revocation, expiry, password change,
+    deactivation), NotFound for anyone but the instance's owner."""
 
     user = session.get(User, user_id)
     if user is None or not user.active or epoch != session_epoch(user):
+        raise Unauthorized("log in first")
+    if users.live_login_session_by_hash(session, login, user_id) is None:
         raise Unauthorized("log in first")
     instance = _live_instance(session, uid)
     actor = actor_for(user, clock.now())

@@ -12,16 +12,16 @@ load and the owner's processes with their CPU time.
   browser attached. The first report of a machine is paired with a second one taken
   ``sample_gap`` seconds later; afterwards each report is paired with the previous cycle's.
 
-Host keys: machines are new and their keys unknown; the first key seen for an instance is
-remembered for the life of the process (trust on first use) and a change is refused. At
-worst an impostor could make an instance look busy; the probe key can run nothing else.
+Host keys: visa gives each machine its SSH host key (``provisioning/host_keys``, derived from
+visa's secret key and the instance uid, written by cloud-init) and accepts that key alone,
+from the first connection on: whoever else answers at the address is refused, so nobody can
+make an instance look busy (or idle) by standing in for it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +35,7 @@ from visa.clouds.models import Cloud
 from visa.errors import VisaError
 from visa.instances import probe_keys
 from visa.instances.models import Instance, InstanceState
+from visa.provisioning import host_keys
 from visa.services import Services
 from visa.settings import Settings
 
@@ -88,15 +89,11 @@ class Target:
     cloud: str | None = None
 
 
-class _RememberHostKey(paramiko.MissingHostKeyPolicy):
-    def __init__(self, known: dict[int, str], instance_id: int) -> None:
-        self.known, self.instance_id = known, instance_id
+class _RefuseHostKey(paramiko.MissingHostKeyPolicy):
+    """The machine offered a key of another type than the one visa gave it: refused."""
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        seen = f"{key.get_name()} {key.get_base64()}"
-        first = self.known.setdefault(self.instance_id, seen)
-        if first != seen:
-            raise paramiko.SSHException(f"host key of instance {self.instance_id} changed")
+        raise paramiko.SSHException(f"host key of {hostname} is not the one visa gave the instance")
 
 
 class SshReader:
@@ -106,13 +103,14 @@ class SshReader:
         self.username = settings.provisioning.probe_username
         self.key = probe_keys.private_key(settings)
         self.timeout = timeout
-        self.host_keys: dict[int, str] = {}
-        self._lock = threading.Lock()
+        self.secret_key = settings.resolved_secret_key()
 
     def __call__(self, target: Target, count: int, gap: float) -> list[Report]:
         client = paramiko.SSHClient()
-        with self._lock:
-            client.set_missing_host_key_policy(_RememberHostKey(self.host_keys, target.instance_id))
+        # Only the instance's own key (paramiko then asks the server for that key type first).
+        name = target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+        client.get_host_keys().add(name, "ssh-ed25519", host_keys.pinned(self.secret_key, target.uid))
+        client.set_missing_host_key_policy(_RefuseHostKey())
         try:
             client.connect(
                 target.host, target.port, username=self.username, pkey=self.key, timeout=self.timeout,

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
+from visa.catalogue.models import Protocol
 from visa.clouds.base import Server
 from visa.errors import CloudError
 from visa.instances.executor import DELETABLE, soft_delete, store_server, with_retries
@@ -34,6 +35,23 @@ TRANSITIONAL = {
 READY_STATES = frozenset({InstanceState.ACTIVE})
 # A machine the cloud lost is marked ERROR, unless it was on its way out anyway.
 LOST_MESSAGE = "the cloud no longer has this machine"
+BOOT_TIMEOUT_MESSAGE = (
+    "the machine is running but its {service} did not answer within {minutes} minutes: its boot "
+    "configuration may have failed. Reboot it, or delete it and create another; administrators can read "
+    "its console log in the cloud"
+)
+
+
+def _timed_out_before(inst: Instance) -> bool:
+    return (inst.error_message or "").startswith(BOOT_TIMEOUT_MESSAGE.split("{", 1)[0])
+
+
+def _boot_timed_out(inst: Instance, now, timeout_seconds: int) -> bool:  # noqa: ANN001
+    """The cloud has run the machine (STARTING) for longer than a boot may take, its desktop silent."""
+    if inst.state != InstanceState.STARTING:
+        return False
+    since = inst.state_changed_at or inst.created_at
+    return since is not None and (now - since).total_seconds() > timeout_seconds
 
 
 @dataclass
@@ -118,10 +136,20 @@ def sync_cloud(services: Services, cloud_name: str, *, only_unstable: bool = Fal
             elif target == InstanceState.ERROR and server is not None and server.fault:
                 inst.error_message = server.fault
             _set_state(inst, target, now, result)
+        boot_timeout = services.settings.provisioning.boot_timeout_seconds
         for inst_id, state in probe_all(to_probe, timeout=probe_timeout).items():
             inst = next(i for i in to_probe if i.id == inst_id)
             if state == InstanceState.ACTIVE:
                 inst.error_message = None
+            elif state == InstanceState.STARTING and inst.state == InstanceState.ERROR and _timed_out_before(inst):
+                continue  # still silent: it stays in ERROR with its message
+            elif state == InstanceState.STARTING and _boot_timed_out(inst, now, boot_timeout):
+                # Not left STARTING for ever: a clear end the user and the admins can act on.
+                # (A desktop that answers later still makes it ACTIVE at the next probe.)
+                service = "desktop" if inst.plan.image.port_of(Protocol.VNC) else "service"
+                inst.error_message = BOOT_TIMEOUT_MESSAGE.format(service=service, minutes=boot_timeout // 60)
+                log.warning("instance %s: no answer %d s after the cloud started it", inst.uid, boot_timeout)
+                state = InstanceState.ERROR
             _set_state(inst, state, now, result)
         deletions = [(i.id, i.cloud_server_id, i.uid) for i in to_delete]
 

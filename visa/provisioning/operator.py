@@ -11,7 +11,7 @@ import visa.models  # noqa: F401  (every mapped class must be known before the f
 from visa.errors import NotFound
 from visa.instances.models import Instance
 from visa.provisioning.site import site_for_instance
-from visa.provisioning.userdata import render_user_data
+from visa.provisioning.userdata import MASK, render_user_data
 
 
 def render_for_operator(session: Session, uid: str) -> str:
@@ -19,9 +19,10 @@ def render_for_operator(session: Session, uid: str) -> str:
     instance = session.scalars(select(Instance).where(Instance.uid == uid)).first()
     if instance is None:
         raise NotFound(f"no instance {uid[:40]!r}", field="uid")
+    # The host key's private half is masked: a placeholder stands for it.
     text = render_user_data(
         instance, site=site_for_instance(instance), now=datetime.now(UTC), mask_secrets=True,
-        open_data=instance.open_data_experiments,
+        open_data=instance.open_data_experiments, host_key=(MASK, "ssh-ed25519 (derived by visa)"),
     )
     if instance.secret and instance.secret in text:  # the masking must never miss one
         raise AssertionError("a secret survived masking")

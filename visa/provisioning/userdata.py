@@ -136,7 +136,9 @@ def _cvmfs(repositories: list[str], site: ProvisioningSettings) -> tuple[list[di
             files.append(
                 {"path": f"{keys_dir}/{domain}.pub", "permissions": "0644", "content": conf.public_key}
             )
-    commands = [["cvmfs_config", "setup", "noautofs"], ["systemctl", "restart", "autofs"]]
+    files.append({"path": f"{LIBEXEC}/cvmfs-setup", "permissions": "0755", "content": _file("cvmfs-setup.sh")})
+    # Reported and skipped when the image has no client: the boot carries on.
+    commands = [[f"{LIBEXEC}/cvmfs-setup"]]
     return files, commands
 
 
@@ -146,6 +148,7 @@ def _build(
     site: ProvisioningSettings,
     now: datetime,
     probe_public_key: str | None,
+    host_key: tuple[str, str] | None,
     open_data: Sequence[Experiment | Proposal],
     mask_secrets: bool,
 ) -> tuple[dict[str, Any], str | None, int]:
@@ -295,6 +298,12 @@ def _build(
         runcmd.append(["systemctl", "enable", "--now", *services])
 
     config: dict[str, Any] = {"timezone": site.timezone, "ssh_pwauth": False, "disable_root": True}
+    if host_key is not None:
+        # The host key visa made for this instance, and no other: the probe pins it.
+        private, public = host_key
+        config["ssh_deletekeys"] = True
+        config["ssh_genkeytypes"] = ["ed25519"]  # present already: nothing is generated
+        config["ssh_keys"] = {"ed25519_private": MASK if mask_secrets else private, "ed25519_public": public}
     if bootcmd:
         config["bootcmd"] = bootcmd
     config["users"] = users
@@ -343,6 +352,7 @@ def render_user_data(
     site: ProvisioningSettings | None = None,
     now: datetime,
     probe_public_key: str | None = None,
+    host_key: tuple[str, str] | None = None,
     open_data: Sequence[Experiment | Proposal] = (),
     mask_secrets: bool = False,
 ) -> str:
@@ -350,7 +360,8 @@ def render_user_data(
 
     ``open_data``: experiments or proposals whose open data (embargo over at ``now``) the
     owner asked to see; a proposal still under embargo raises ``Forbidden``.
-    ``probe_public_key`` defaults to ``site.probe_public_key``.
+    ``probe_public_key`` defaults to ``site.probe_public_key``. ``host_key``: the machine's
+    SSH host key (private OpenSSH text, public line), from :mod:`visa.provisioning.host_keys`.
     """
     site = site or current_site()
     config, boot_script, mount_count = _build(
@@ -358,6 +369,7 @@ def render_user_data(
         site=site,
         now=now,
         probe_public_key=probe_public_key,
+        host_key=host_key,
         open_data=open_data,
         mask_secrets=mask_secrets,
     )

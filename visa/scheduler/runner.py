@@ -14,8 +14,9 @@ Jobs:
 * ``outbox`` — emails not sent yet (a crash between a decision and its email).
 * ``cleanup`` — orphan servers, expired role grants and connect tokens (``scheduler.cleanup``).
 
-``visa scheduler`` runs a Runner (and a command worker) on its own; ``visa run`` runs one in
-the served process when ``scheduler.enabled_in_web``: see :func:`start_in_background`.
+``visa scheduler`` runs a Runner (and a command worker) on its own, with ``/metrics`` and
+``/health`` on ``scheduler.metrics_port`` (``scheduler.observe``); ``visa run`` runs one in the
+served process when ``scheduler.enabled_in_web``: see :func:`start_in_background`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +32,7 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.background import BackgroundScheduler
 
 import visa.models  # noqa: F401  (every model mapped before the first query)
+from visa.scheduler import observe
 from visa.scheduler.lease import Lease, LeaseLost
 from visa.services import Services
 
@@ -73,7 +76,7 @@ class Runner:
             svc, cfg = self.services, self.services.settings.scheduler
             probe, cleanup = ActivityProbe(svc), Cleanup(svc)
             jobs = [
-                Job("sync", cfg.sync_seconds, lambda: sync_all(svc)),
+                Job("sync", cfg.sync_seconds, lambda: _sync_counted(svc, sync_all)),
                 Job("activity", cfg.activity_seconds, probe.run),
                 Job("lifecycle", cfg.lifecycle_seconds, lambda: lifecycle.run(svc, guard=self.lease.check)),
                 Job("outbox", OUTBOX_SECONDS, lambda: deliver(svc.database.sessionmaker, svc.settings, svc.clock)),
@@ -90,12 +93,16 @@ class Runner:
             if not self.lease.held():
                 log.info("job %s skipped: this process does not hold the lease", job.name)
                 return
+            started = time.perf_counter()
             try:
                 job.run()
             except LeaseLost as exc:
                 log.warning("job %s stopped: %s", job.name, exc)
             except Exception:  # one failed cycle must not stop the scheduler
+                observe.job_failed(job.name)
                 log.exception("job %s failed", job.name)
+            else:
+                observe.job_succeeded(job.name, time.perf_counter() - started)
 
         return run
 
@@ -115,6 +122,7 @@ class Runner:
                               next_run_time=now)
         scheduler.start()
         self._scheduler = scheduler
+        observe.LEADER.labels(holder=self.lease.holder).set(1)
         log.info("scheduler: %s leads (%s)", self.lease.holder, ", ".join(f"{j.name}/{j.seconds}s" for j in self.jobs()))
 
     def _follow(self, wait: bool = False) -> None:
@@ -122,6 +130,7 @@ class Runner:
             self._scheduler.shutdown(wait=wait)
             self._scheduler = None
             log.info("scheduler: %s no longer leads", self.lease.holder)
+        observe.LEADER.labels(holder=self.lease.holder).set(0)
 
     def tick(self) -> bool:
         """One round of the election; True when this process leads afterwards."""
@@ -165,11 +174,25 @@ class Runner:
         if self._worker is not None:
             self._worker.stop()
 
+    @property
+    def alive(self) -> bool:
+        """Whether the election loop runs (what ``/health`` reports)."""
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
     def run_forever(self) -> None:
         """Until SIGTERM or SIGINT (``visa scheduler``)."""
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
+        cfg = self.services.settings.scheduler
+        server = None
+        if cfg.metrics_port:
+            try:
+                server = observe.MetricsServer(self.services, lambda: self.alive, cfg.metrics_host,
+                                               cfg.metrics_port).start()
+            except OSError as exc:  # the jobs matter more than their metrics: run, and say so
+                log.error("scheduler metrics not served on %s:%d: %s (set scheduler.metrics_port apart "
+                          "for each scheduler on a host, or 0)", cfg.metrics_host, cfg.metrics_port, exc)
         self.start()
         log.info("scheduler process %s started", self.lease.holder)
         try:
@@ -177,6 +200,21 @@ class Runner:
                 pass
         finally:
             self.stop()
+            if server is not None:
+                server.stop()
+
+
+def _sync_counted(services: Services, sync_all: Callable[[Services], list]) -> None:
+    """The state sync, counting the clouds that did not answer (sync_all goes on past them)."""
+    from sqlalchemy import select
+
+    from visa.clouds.models import Cloud
+
+    results = sync_all(services)
+    with services.database.sessionmaker() as s:
+        enabled = set(s.scalars(select(Cloud.name).where(Cloud.enabled.is_(True))))
+    for name in sorted(enabled - {r.cloud for r in results}):
+        observe.SYNC_FAILURES.labels(cloud=name).inc()
 
 
 def start_in_background(services: Services) -> Runner:

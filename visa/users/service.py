@@ -156,6 +156,24 @@ def live_login_session(session: Session, sid: object, user_id: object) -> LoginS
     return row
 
 
+def login_session_hash(sid: object) -> str | None:
+    """The stored id of the session a cookie names (what other records bind to), or None."""
+    return _sid_hash(sid) if isinstance(sid, str) and sid and len(sid) <= 128 else None
+
+
+def live_login_session_by_hash(
+    session: Session, id_hash: object, user_id: int | None = None
+) -> LoginSession | None:
+    """The session of this stored id (of this user, if given), if it has not ended (logout,
+    revocation, expiry)."""
+    if not isinstance(id_hash, str) or len(id_hash) != 64:
+        return None
+    row = session.get(LoginSession, id_hash)
+    if row is None or (user_id is not None and row.user_id != user_id) or row.expires_at <= _wall():
+        return None
+    return row
+
+
 def end_login_session(session: Session, sid: object) -> None:
     if isinstance(sid, str) and sid and len(sid) <= 128:
         session.execute(delete(LoginSession).where(LoginSession.id_hash == _sid_hash(sid)))

@@ -39,7 +39,7 @@ def create_app(
     settings = settings or get_settings()
     if database is None and not settings.database_url:
         settings.private_data_dir()  # before SQLite creates its file in it
-    database = database or Database(settings.sqlalchemy_url)
+    database = database or Database(settings.sqlalchemy_url, **settings.engine_options())
     if check_schema:
         from visa.migrate import require_head
 

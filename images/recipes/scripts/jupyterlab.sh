@@ -5,7 +5,7 @@ set -eu
 export DEBIAN_FRONTEND=noninteractive
 : "${JUPYTERLAB_VERSION:=4.3.*}"
 
-apt-get install -y --no-install-recommends python3-venv python3-dev build-essential
+apt-get install -y --no-install-recommends python3-venv
 python3 -m venv /opt/visa/jupyterlab
 /opt/visa/jupyterlab/bin/pip install --no-cache-dir --upgrade pip
 /opt/visa/jupyterlab/bin/pip install --no-cache-dir "jupyterlab==$JUPYTERLAB_VERSION" ipywidgets

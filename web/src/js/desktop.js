@@ -1,7 +1,8 @@
 // The desktop: noVNC's RFB client on a one-time gateway URL. The gateway checks the token
 // and does the VNC authentication itself, so no password ever reaches the browser.
 import RFB from "../vendor/novnc/core/rfb.js";
-import { api, toast } from "./app.js";
+import { api, ApiError, toast } from "./app.js";
+import { tuneForLink } from "./desktop-link.js";
 
 const bar = document.getElementById("desktop");
 const uid = bar.dataset.uid;
@@ -22,6 +23,7 @@ const THUMB_W = 340, THUMB_H = 240;
 
 let rfb = null;
 let session = null; // the answer of /connect: url, view_only, role
+let leaving = false; // the page is being left: a closing socket is not a lost one
 let thumbTimers = [];
 let scaling = localStorage.getItem("visa.desktop.scale") === "1";
 
@@ -46,11 +48,19 @@ function applyViewMode() {
 
 async function connect() {
   reconnectBtn.classList.add("hidden");
-  showOverlay("");
-  setStatus("Connecting…", "connecting");
+  const again = reconnect.attempt > 0;
+  if (!again) {
+    showOverlay("");
+    setStatus("Connecting…", "connecting");
+  }
   try {
     session = await api("POST", `/api/instances/${uid}/connect`);
   } catch (err) {
+    if (again && retryable(err)) {
+      scheduleReconnect();
+      return;
+    }
+    reconnectDone();
     setStatus("Not connected", "failed");
     showOverlay(err.message);
     reconnectBtn.classList.remove("hidden");
@@ -59,17 +69,21 @@ async function connect() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   const url = /^wss?:/.test(session.url) ? session.url : `${proto}//${location.host}${session.url}`;
   rfb = new RFB(screen, url, { shared: true });
+  let wasUp = false; // this socket reached the desktop (a drop, not a refusal at the door)
   rfb.viewOnly = !!session.view_only;
   rfb.focusOnClick = true;
   rfb.background = "#0f141b";
-  rfb.qualityLevel = 6;
-  rfb.compressionLevel = 2;
+  // JPEG quality and compression from the measured link, adapted to what the screen shows.
+  tuneForLink(rfb, { probeUrl: "/health" });
   applyViewMode();
   const role = (session.role || "").toLowerCase();
   document.getElementById("role-badge").textContent = session.view_only ? `${role} · view only` : role;
   cadBtn.disabled = !!session.view_only;
 
   rfb.addEventListener("connect", () => {
+    wasUp = true;
+    reconnectDone();
+    showOverlay("");
     setStatus(session.view_only ? "Connected · view only" : "Connected", "connected");
     if (!session.view_only) rfb.focus();
     if (session.role === "OWNER") scheduleThumbnails();
@@ -77,6 +91,7 @@ async function connect() {
   rfb.addEventListener("disconnect", (ev) => {
     stopThumbnails();
     rfb = null;
+    if (lostSocket(wasUp)) return;
     const clean = ev.detail && ev.detail.clean;
     setStatus("Disconnected", "disconnected");
     showOverlay(clean ? "The desktop connection was closed." : "The connection to the desktop was lost.");
@@ -88,6 +103,7 @@ async function connect() {
     rfb.disconnect();
   });
   rfb.addEventListener("securityfailure", (ev) => {
+    reconnect.refused = true; // the desktop said no: trying again would not change it
     setStatus("Refused", "failed");
     showOverlay(`The desktop refused the connection${ev.detail?.reason ? `: ${ev.detail.reason}` : ""}.`);
   });
@@ -97,6 +113,46 @@ async function connect() {
     navigator.clipboard?.writeText(ev.detail.text).catch(() => {});
   });
   rfb.addEventListener("desktopname", (ev) => { document.title = `${ev.detail.name} · VISA`; });
+}
+
+// --- reconnecting: a socket that drops (a gateway restarted, a network blip) comes back by
+// itself with a fresh one-time token; the user sees "Reconnecting…", not a dead screen. -------
+// Steps of a second while a restarted gateway comes back (a few seconds), then slower.
+const RECONNECT_DELAYS_MS = [250, 500, 1000, 1000, 1000, 1000, 1000, 2000, 2000, 3000, 5000, 10000, 10000, 10000];
+const reconnect = { attempt: 0, timer: null, refused: false };
+
+function retryable(err) {
+  // The web app or the gateway away (network error, 502/503/504) is worth another try; an
+  // answer about the instance (stopped, no longer a member, token refused) is not.
+  return !(err instanceof ApiError) || err.status >= 500 || err.status === 429;
+}
+
+function lostSocket(wasUp) {
+  // True when the disconnect is handled here: a new attempt is scheduled. A first connection
+  // that fails is shown as it is; a socket that was up, or a retry, tries again.
+  if (leaving || reconnect.refused) return false;
+  if (!wasUp && reconnect.attempt === 0) return false;
+  return scheduleReconnect();
+}
+
+function scheduleReconnect() {
+  if (reconnect.attempt >= RECONNECT_DELAYS_MS.length) {
+    reconnectDone();
+    return false;
+  }
+  const delay = RECONNECT_DELAYS_MS[reconnect.attempt];
+  reconnect.attempt += 1;
+  setStatus("Reconnecting…", "reconnecting");
+  showOverlay("The connection to the desktop was lost: reconnecting…");
+  clearTimeout(reconnect.timer);
+  reconnect.timer = setTimeout(connect, delay);
+  return true;
+}
+
+function reconnectDone() {
+  clearTimeout(reconnect.timer);
+  reconnect.timer = null;
+  reconnect.attempt = 0;
 }
 
 // --- thumbnails: the owner's browser shows the others what the screen looks like ------------
@@ -160,8 +216,8 @@ document.getElementById("btn-fullscreen").addEventListener("click", () => {
   if (document.fullscreenElement) document.exitFullscreen();
   else document.documentElement.requestFullscreen().catch((err) => toast(err.message, "error"));
 });
-reconnectBtn.addEventListener("click", connect);
-window.addEventListener("beforeunload", () => { if (rfb) rfb.disconnect(); });
+reconnectBtn.addEventListener("click", () => { reconnectDone(); reconnect.refused = false; connect(); });
+window.addEventListener("beforeunload", () => { leaving = true; if (rfb) rfb.disconnect(); });
 
 // For scripted checks (and curious users in the console).
 window.visaDesktop = { get rfb() { return rfb; }, get session() { return session; }, captureThumbnail, sendThumbnail };

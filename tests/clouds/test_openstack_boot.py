@@ -1,0 +1,101 @@
+"""A machine the cloud runs but whose desktop never answers ends in ERROR with a message the
+user and the administrators can act on, instead of STARTING for ever.
+
+The OpenStack sandbox's fake hypervisor is exactly that machine: Nova reports it ACTIVE, and
+nothing ever listens at its (loopback, 127.100.x) address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from tests.factories import actor, make_experiment, make_plan, make_user
+from visa.catalogue.models import Flavour, Image, ImageProtocol, Protocol
+from visa.clouds.models import Cloud
+from visa.db import Database
+from visa.instances import service
+from visa.instances.executor import run_pending_commands
+from visa.instances.models import CommandAction, Instance, InstanceState
+from visa.instances.schemas import CreateInstance
+from visa.instances.sync import sync_cloud
+from visa.services import Services
+from visa.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def on_sandbox(tmp_path: Path, db: Database, clock, openstack_sandbox: dict[str, Any], make_provider) -> Iterator:  # noqa: ANN001
+    settings = Settings(data_dir=tmp_path / "data", database_url=db.url, secret_key="k",
+                        instance_name_prefix=make_provider.prefix.rstrip("-"))
+    services = Services(settings=settings, database=db, clock=clock)
+    with db.unit_of_work() as s:
+        cloud = Cloud(name="sandbox", kind="openstack", enabled=True, created_at=clock.now(),
+                      config={**openstack_sandbox, "name_prefix": make_provider.prefix})
+        s.add(cloud)
+        s.flush()
+        image = Image(name="desktop", environment="Desktop", version="1", cloud_image_ref="visa-sandbox-image",
+                      visible=True, options={}, cloud_id=cloud.id)
+        image.protocols.append(ImageProtocol(protocol=Protocol.VNC, port=5901))
+        flavour = Flavour(name="visa.tiny", cores=1, memory_mb=256, cloud_flavour_ref="visa.tiny", visible=True,
+                          gpu_count=0, cloud_id=cloud.id)
+        s.add_all([image, flavour])
+        s.flush()
+        alice = make_user(s, clock, "alice")
+        exp = make_experiment(s, members=[alice], proposal="ev280", instrument="id21")
+        plan = make_plan(s, image, flavour)
+        inst = service.create_instance(
+            actor(alice, clock), s, clock, settings,
+            CreateInstance(name="silent", plan_id=plan.id, experiment_ids=[exp.id], screen_width=1024,
+                           screen_height=768),
+        )
+        uid = inst.uid
+    yield services, uid
+    services.close()
+
+
+def _state(db: Database, uid: str) -> Instance:
+    with db.sessionmaker() as s:
+        return s.scalar(select(Instance).where(Instance.uid == uid))
+
+
+def _sync_until_cloud_active(services: Services, uid: str) -> Instance:
+    import time
+
+    deadline = time.monotonic() + 120
+    while True:
+        sync_cloud(services, "sandbox", probe_timeout=0.5)
+        inst = _state(services.database, uid)
+        if inst.state != InstanceState.BUILDING or time.monotonic() > deadline:
+            return inst
+        time.sleep(1)
+
+
+def test_a_desktop_that_never_answers_ends_in_error_not_starting(on_sandbox) -> None:  # noqa: ANN001
+    services, uid = on_sandbox
+    timeout = services.settings.provisioning.boot_timeout_seconds
+    assert run_pending_commands(services) == 1
+    inst = _sync_until_cloud_active(services, uid)
+    assert inst.state == InstanceState.STARTING, inst.error_message  # the cloud runs it, the desktop is silent
+    services.clock.advance(seconds=timeout - 30)
+    sync_cloud(services, "sandbox", probe_timeout=0.5)
+    assert _state(services.database, uid).state == InstanceState.STARTING  # booting may take this long
+
+    services.clock.advance(seconds=60)
+    sync_cloud(services, "sandbox", probe_timeout=0.5)
+    inst = _state(services.database, uid)
+    assert inst.state == InstanceState.ERROR
+    assert "desktop did not answer within 20 minutes" in inst.error_message and "console log" in inst.error_message
+    # It stays there (no flapping back to STARTING), and the owner can still delete it.
+    services.clock.advance(minutes=5)
+    sync_cloud(services, "sandbox", probe_timeout=0.5)
+    assert _state(services.database, uid).state == InstanceState.ERROR
+    with services.database.unit_of_work() as s:
+        inst = s.scalar(select(Instance).where(Instance.uid == uid))
+        service.request_action(actor(inst.owner, services.clock), s, services.clock, inst, CommandAction.DELETE)
+    assert run_pending_commands(services) == 1
