@@ -18,11 +18,11 @@ from sqlalchemy.orm import Session
 from visa.actor import Actor, actor_for
 from visa.audit.service import record
 from visa.auth.sessions import session_epoch
-from visa.policy import allowed, member_role, require
 from visa.catalogue.models import Protocol
 from visa.clock import Clock
 from visa.errors import Conflict, Forbidden, NotFound, Unauthorized
 from visa.instances.models import ConnectToken, Instance, InstanceState, MemberRole
+from visa.policy import allowed, member_role, require
 from visa.users import service as users
 from visa.users.models import User
 
