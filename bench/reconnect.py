@@ -66,6 +66,7 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
 def prepare(database_url: str, vnc_port: int) -> None:
     from werkzeug.security import generate_password_hash
 
+    import visa.models  # noqa: F401  (every mapped class known before the first query)
     from visa.catalogue.models import Flavour, Image, ImageProtocol, Plan, Protocol
     from visa.clouds.models import Cloud
     from visa.db import Database

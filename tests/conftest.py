@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+import visa.models  # noqa: F401  (every mapped class known before the first query)
 from tests.factories import empty_database
 from visa.clock import FrozenClock
 from visa.db import Database

@@ -14,6 +14,7 @@ import click
 from pydantic import ValidationError
 from sqlalchemy import select
 
+import visa.models  # noqa: F401  (every mapped class known before the first query)
 from visa.actor import SYSTEM
 from visa.clock import system_clock
 from visa.db import Database
@@ -510,7 +511,7 @@ def instances_list(show_all: bool) -> None:
 @friendly
 def instances_render_userdata(uid: str) -> None:
     """Print what an instance receives at boot (secrets masked)."""
-    from visa.provisioning.operator import render_for_operator
+    from visa.instances.spec import render_for_operator
 
     with _database().sessionmaker() as s:
         click.echo(render_for_operator(s, uid))

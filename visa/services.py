@@ -32,10 +32,9 @@ class Services:
                     cloud = session.scalar(select(Cloud).where(Cloud.name == cloud_name))
                     if cloud is None:
                         raise NotFound(f"no cloud {cloud_name!r}")
-                    config = dict(cloud.config)
-                    if cloud.kind == "local":
-                        config.setdefault("root_dir", str((self.settings.data_dir / "local-instances").resolve()))
-                    self._providers[cloud_name] = make_provider(cloud.kind, cloud.name, config)
+                    self._providers[cloud_name] = make_provider(
+                        cloud.kind, cloud.name, dict(cloud.config), self.settings
+                    )
             return self._providers[cloud_name]
 
     def set_provider(self, cloud_name: str, provider: Provider) -> None:

@@ -75,6 +75,8 @@ class SchedulerSettings(BaseModel):
     lifecycle_seconds: int = Field(300, ge=1)
     activity_seconds: int = Field(300, ge=1)
     cleanup_seconds: int = Field(86400, ge=1)
+    # Emails whose sender died between the decision and the send (the rest go at once).
+    outbox_seconds: int = Field(60, ge=1)
     orphan_grace_hours: int = Field(24, ge=0)
     lease_seconds: int = Field(30, ge=5)
     metrics_host: str = Field("127.0.0.1", description="Address of `visa scheduler`'s /metrics and /health")

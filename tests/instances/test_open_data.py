@@ -18,8 +18,7 @@ from visa.errors import Forbidden, InvalidInput
 from visa.instances import service
 from visa.instances.models import Instance
 from visa.instances.schemas import CreateInstance
-from visa.instances.spec import server_spec
-from visa.provisioning import render_for_operator
+from visa.instances.spec import render_for_operator, server_spec
 from visa.users.models import User
 
 

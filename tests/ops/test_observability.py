@@ -11,21 +11,9 @@ from datetime import timedelta
 import pytest
 
 from tests.admin.world import build
+from tests.clouds.doubles import BrokenCloud, SlowCloud
 from visa.admin.clouds import clear_cache
-from visa.clouds.base import CloudLimits
-from visa.clouds.local import LocalProvider
 from visa.logs import JsonFormatter, RequestIdFilter
-
-
-class SlowCloud(LocalProvider):
-    def limits(self) -> CloudLimits:
-        time.sleep(5)
-        return CloudLimits()
-
-
-class BrokenCloud(LocalProvider):
-    def limits(self) -> CloudLimits:
-        raise RuntimeError("keystone says no")
 
 
 @pytest.fixture(autouse=True)

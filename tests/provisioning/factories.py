@@ -12,6 +12,8 @@ from visa.catalogue.models import Flavour, Image, ImageProtocol, Plan, Protocol
 from visa.clouds.models import Cloud
 from visa.experiments.models import Experiment, Instrument, Proposal
 from visa.instances.models import Instance, InstanceState
+from visa.instances.spec import boot_spec
+from visa.provisioning.spec import BootSpec
 from visa.users.models import User
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -120,3 +122,8 @@ def make_instance(
     session.add(instance)
     session.flush()
     return instance
+
+
+def boot(instance: Instance, open_data: list[Experiment | Proposal] = ()) -> BootSpec:  # type: ignore[assignment]
+    """What provisioning renders the instance from, as the executor builds it."""
+    return boot_spec(instance, now=NOW, open_data=open_data)

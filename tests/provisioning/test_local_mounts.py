@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.provisioning.cloudinit import cloud_config_part
-from tests.provisioning.factories import NOW, make_experiment, make_image, make_instance, make_user
+from tests.provisioning.factories import NOW, boot, make_experiment, make_image, make_instance, make_user
 from visa.instances.models import InstanceState
 from visa.instances.spec import server_spec
 from visa.provisioning import instance_mounts
@@ -53,7 +53,7 @@ def test_rendered_mounts_on_the_local_provider(session, tmp_path: Path) -> None:
         open_data_experiments=[public],
     )
     spec = server_spec(instance, Settings(data_dir=tmp_path / "data", provisioning=site), NOW)
-    mounts = instance_mounts(instance, site=site, now=NOW, open_data=[public])
+    mounts = instance_mounts(boot(instance, [public]), site=site)
     assert spec.mounts == tuple(mounts)
     assert all(m.kind == "bind" for m in mounts)
     assert [m.read_only for m in mounts if m.target == f"/data/visitor/hc{tag}/id11"] == [True]

@@ -7,7 +7,7 @@ import pytest
 from tests.provisioning.cloudinit import validate
 from tests.provisioning.factories import SECRET, make_experiment, make_image, make_instance, make_user
 from visa.errors import NotFound
-from visa.provisioning import render_for_operator
+from visa.instances.spec import render_for_operator
 
 
 def test_operator_sees_user_data_with_secrets_masked(session, tmp_path) -> None:

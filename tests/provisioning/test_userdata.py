@@ -12,7 +12,15 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 
 from tests.provisioning.cloudinit import cloud_config_part, validate
-from tests.provisioning.factories import NOW, SECRET, make_experiment, make_image, make_instance, make_user
+from tests.provisioning.factories import (
+    NOW,
+    SECRET,
+    boot,
+    make_experiment,
+    make_image,
+    make_instance,
+    make_user,
+)
 from visa.errors import Forbidden, InvalidInput
 from visa.provisioning import host_keys, readiness_ports, render_metadata, render_user_data
 from visa.settings import ProvisioningSettings
@@ -61,9 +69,7 @@ def test_every_image_renders_valid_cloud_config(
         open_data = [make_experiment(session, "hc4321", "id11", public_at=NOW - timedelta(days=1))]
     instance = make_instance(session, owner, image, experiments)
 
-    user_data = render_user_data(
-        instance, site=site, now=NOW, probe_public_key=PROBE_KEY, open_data=open_data
-    )
+    user_data = render_user_data(boot(instance, open_data), site=site, probe_public_key=PROBE_KEY)
     config = validate(user_data, tmp_path)
 
     targets = {m[1]: m for m in config.get("mounts", [])}
@@ -114,7 +120,7 @@ def test_screen_keyboard_and_session_come_from_the_instance(session, tmp_path, s
     instance = make_instance(
         session, owner, image, screen_width=1920, screen_height=1080, keyboard_layout="fr-ch-qwertz"
     )
-    config = validate(render_user_data(instance, site=site, now=NOW), tmp_path)
+    config = validate(render_user_data(boot(instance), site=site), tmp_path)
     env = _files(config)["/etc/visa/instance.env"]["content"]
     assert "VISA_GEOMETRY=1920x1080" in env
     assert "VISA_XKB_LAYOUT=ch\n" in env and "VISA_XKB_VARIANT=fr\n" in env
@@ -134,19 +140,19 @@ def test_ready_ports_are_the_required_protocols(session) -> None:
         [{"protocol": "VNC", "port": 5901}, {"protocol": "JUPYTER", "port": 8888, "optional": True}],
     )
     instance = make_instance(session, owner, image)
-    assert readiness_ports(instance) == {"VNC": 5901}
-    assert render_metadata(instance)["visa_ready_ports"] == "VNC:5901"
+    assert readiness_ports(boot(instance)) == {"VNC": 5901}
+    assert render_metadata(boot(instance))["visa_ready_ports"] == "VNC:5901"
 
 
 def test_boot_script_makes_multipart_user_data(session, tmp_path, site) -> None:
     owner = make_user(session)
     image = make_image(session, "bliss", options={"boot_script": "#!/bin/sh\necho bliss ready\n"})
     instance = make_instance(session, owner, image)
-    user_data = render_user_data(instance, site=site, now=NOW)
+    user_data = render_user_data(boot(instance), site=site)
     assert user_data.startswith("Content-Type: multipart/mixed")
     assert "text/x-shellscript" in user_data
     validate(user_data, tmp_path)
-    assert render_user_data(instance, site=site, now=NOW) == user_data  # stable output
+    assert render_user_data(boot(instance), site=site) == user_data  # stable output
 
 
 def test_bind_mounts_for_the_local_provider(session, tmp_path) -> None:
@@ -157,7 +163,7 @@ def test_bind_mounts_for_the_local_provider(session, tmp_path) -> None:
     )
     owner = make_user(session)
     instance = make_instance(session, owner, make_image(session), [make_experiment(session, members=[owner])])
-    config = validate(render_user_data(instance, site=site, now=NOW), tmp_path)
+    config = validate(render_user_data(boot(instance), site=site), tmp_path)
     assert config["mounts"][0][:4] == [
         "/srv/visa/raw/ev280/id21",
         "/data/visitor/ev280/id21",
@@ -173,7 +179,7 @@ def test_ceph_mounts(session, tmp_path) -> None:
     )
     owner = make_user(session)
     instance = make_instance(session, owner, make_image(session), [make_experiment(session, members=[owner])])
-    config = validate(render_user_data(instance, site=site, now=NOW), tmp_path)
+    config = validate(render_user_data(boot(instance), site=site), tmp_path)
     assert config["mounts"][0][2] == "ceph" and "secretfile=/etc/ceph/visa.secret" in config["mounts"][0][3]
 
 
@@ -183,7 +189,7 @@ def test_nothing_of_an_experiment_the_owner_is_not_a_member_of(session, tmp_path
     mine = make_experiment(session, "ev280", "id21", members=[owner])
     theirs = make_experiment(session, "ma9999", "id16a", members=[other])
     instance = make_instance(session, owner, make_image(session), [mine, theirs])
-    user_data = render_user_data(instance, site=site, now=NOW, probe_public_key=PROBE_KEY)
+    user_data = render_user_data(boot(instance), site=site, probe_public_key=PROBE_KEY)
     validate(user_data, tmp_path)
     for leaked in ["ma9999", "id16a", "mallory", "31337"]:
         assert leaked not in user_data
@@ -196,13 +202,13 @@ def test_open_data_under_embargo_is_refused(session, site) -> None:
     instance = make_instance(session, owner, make_image(session))
     for experiment in (closed, never):
         with pytest.raises(Forbidden) as err:
-            render_user_data(instance, site=site, now=NOW, open_data=[experiment])
+            render_user_data(boot(instance, [experiment]), site=site)
         assert err.value.field == "open_data"
     # Asked as a whole proposal: every experiment of it, read-only.
     public = make_experiment(session, "hc3333", "id11", public_at=NOW - timedelta(days=1))
     make_experiment(session, "hc3333", "bm05")
     config = yaml.safe_load(
-        cloud_config_part(render_user_data(instance, site=site, now=NOW, open_data=[public.proposal]))
+        cloud_config_part(render_user_data(boot(instance, [public.proposal]), site=site))
     )
     assert [m[1] for m in config["mounts"]] == ["/data/visitor/hc3333/id11", "/data/visitor/hc3333/bm05"]
     assert all(m[3].startswith("ro,") for m in config["mounts"])
@@ -237,7 +243,7 @@ def test_names_that_would_escape_or_break_are_refused(session, site, field: str,
     )
     instance = make_instance(session, owner, make_image(session), [experiment])
     with pytest.raises(InvalidInput) as err:
-        render_user_data(instance, site=site, now=NOW)
+        render_user_data(boot(instance), site=site)
     assert err.value.field == field
     assert field in err.value.message
 
@@ -256,19 +262,19 @@ def test_bad_image_options_and_instance_values_are_refused(session, site) -> Non
     for n, (options, values, field) in enumerate(cases):
         instance = make_instance(session, owner, make_image(session, f"img{n}", options=options), **values)
         with pytest.raises(InvalidInput) as err:
-            render_user_data(instance, site=site, now=NOW)
+            render_user_data(boot(instance), site=site)
         assert err.value.field == field, (options, values)
     good = make_instance(session, owner, make_image(session, "good"))
     for key in ["ssh-ed25519 AAAA\nssh-rsa BBBB", 'command="sh" ssh-ed25519 AAAA', "not a key"]:
         with pytest.raises(InvalidInput) as err:
-            render_user_data(good, site=site, now=NOW, probe_public_key=key)
+            render_user_data(boot(good), site=site, probe_public_key=key)
         assert err.value.field == "probe_public_key"
 
 
 def test_yaml_special_characters_in_free_text_stay_data(session, tmp_path, site) -> None:
     owner = make_user(session, "carol", full_name="Carol: {evil: true}\n- name: root\n  sudo: ALL")
     instance = make_instance(session, owner, make_image(session))
-    config = validate(render_user_data(instance, site=site, now=NOW), tmp_path)
+    config = validate(render_user_data(boot(instance), site=site), tmp_path)
     assert [u["name"] for u in config["users"]] == ["carol"]
     assert "sudo" not in config["users"][0]
     assert "\n" not in config["users"][0]["gecos"] and ":" not in config["users"][0]["gecos"]
@@ -284,12 +290,12 @@ def test_secrets_never_logged_and_metadata_has_none(session, site, caplog) -> No
         ),
     )
     with caplog.at_level(logging.DEBUG):
-        user_data = render_user_data(instance, site=site, now=NOW)
+        user_data = render_user_data(boot(instance), site=site)
     assert SECRET in user_data  # the machine needs it...
     assert SECRET not in caplog.text  # ...the logs never see it
     assert caplog.text  # something was logged
-    assert SECRET not in str(render_metadata(instance))
-    masked = render_user_data(instance, site=site, now=NOW, mask_secrets=True)
+    assert SECRET not in str(render_metadata(boot(instance)))
+    masked = render_user_data(boot(instance), site=site, mask_secrets=True)
     assert SECRET not in masked and "********" in masked
 
 
@@ -297,7 +303,7 @@ def test_metadata_values_fit_nova(session) -> None:
     owner = make_user(session, uid_number=1000, gid_number=1000, home_path="/home/alice")
     experiments = [make_experiment(session, f"ev{n:04d}", f"bl{n:02d}", members=[owner]) for n in range(60)]
     instance = make_instance(session, owner, make_image(session), experiments)
-    metadata = render_metadata(instance)
+    metadata = render_metadata(boot(instance))
     assert all(isinstance(v, str) and len(v) <= 255 for v in metadata.values())
     assert metadata["visa_owner"] == "alice" and metadata["visa_uid_number"] == "1000"
     assert metadata["visa_proposals"].startswith("ev0000,ev0001")
@@ -308,7 +314,7 @@ def test_user_data_too_large_for_nova_is_refused(session, site) -> None:
     experiments = [make_experiment(session, f"ev{n:04d}", "id21", members=[owner]) for n in range(200)]
     instance = make_instance(session, owner, make_image(session), experiments)
     with pytest.raises(InvalidInput) as err:
-        render_user_data(instance, site=site, now=NOW)
+        render_user_data(boot(instance), site=site)
     assert err.value.field == "experiments"
 
 
@@ -317,7 +323,7 @@ def test_the_host_key_visa_gives_the_machine_is_the_one_the_probe_pins(session, 
     instance = make_instance(session, owner, make_image(session))
     secret = "visa-secret-key-for-tests"
     pair = (host_keys.private_openssh(secret, instance.uid), host_keys.public_line(secret, instance.uid))
-    config = validate(render_user_data(instance, site=site, now=NOW, host_key=pair), tmp_path)
+    config = validate(render_user_data(boot(instance), site=site, host_key=pair), tmp_path)
     # Only visa's key: cloud-init deletes the image's keys and generates none of its own.
     assert config["ssh_deletekeys"] is True and config["ssh_genkeytypes"] == ["ed25519"]
     private = serialization.load_ssh_private_key(config["ssh_keys"]["ed25519_private"].encode(), None)
@@ -330,5 +336,5 @@ def test_the_host_key_visa_gives_the_machine_is_the_one_the_probe_pins(session, 
     assert host_keys.public_line(secret + "x", instance.uid) != pair[1]
     assert host_keys.public_line(secret, instance.uid) == pair[1]
     # The operator's view masks the private half.
-    masked = render_user_data(instance, site=site, now=NOW, host_key=pair, mask_secrets=True)
+    masked = render_user_data(boot(instance), site=site, host_key=pair, mask_secrets=True)
     assert pair[0] not in masked and "PRIVATE KEY" not in masked

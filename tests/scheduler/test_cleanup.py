@@ -6,41 +6,14 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
+from tests.clouds.doubles import InMemoryCloud
 from tests.scheduler.conftest import add_instance
 from visa.clock import FrozenClock
-from visa.clouds.base import Provider, Server, ServerSpec
+from visa.clouds.base import Server
 from visa.instances.models import ConnectToken, InstanceState, MemberRole
 from visa.scheduler.cleanup import Cleanup
 from visa.services import Services
 from visa.users.models import Role, RoleGrant
-
-
-class FakeCloud(Provider):
-    kind = "fake"
-
-    def __init__(self, servers: list[Server]) -> None:
-        super().__init__("local", {})
-        self.servers = {s.id: s for s in servers}
-        self.deleted: list[str] = []
-
-    def create(self, spec: ServerSpec) -> Server:
-        raise NotImplementedError
-
-    def get(self, server_id: str) -> Server | None:
-        return self.servers.get(server_id)
-
-    def list_servers(self) -> list[Server]:
-        return list(self.servers.values())
-
-    def start(self, server_id: str) -> None: ...
-
-    def stop(self, server_id: str) -> None: ...
-
-    def reboot(self, server_id: str) -> None: ...
-
-    def delete(self, server_id: str) -> None:
-        self.servers.pop(server_id, None)
-        self.deleted.append(server_id)
 
 
 def test_orphans_grants_and_tokens(services: Services, world, clock: FrozenClock) -> None:  # noqa: ANN001
@@ -60,7 +33,7 @@ def test_orphans_grants_and_tokens(services: Services, world, clock: FrozenClock
         s.add(ConnectToken(token_hash="spent", instance_id=known.id, user_id=world["alice"],  # used once: done
                            role=MemberRole.OWNER, created_at=now, used_at=now, expires_at=now + timedelta(seconds=20)))
         waiting_uid, gone_uid = waiting.uid, gone.uid
-    cloud = FakeCloud([
+    cloud = InMemoryCloud([
         Server("srv-known", "visa-1", InstanceState.ACTIVE),
         Server("srv-waiting", "visa-2", InstanceState.BUILDING, instance_uid=waiting_uid),
         Server("srv-of-deleted", "visa-3", InstanceState.STOPPED, instance_uid=gone_uid,

@@ -97,6 +97,7 @@ def check_settings(settings: Settings) -> list[Finding]:
 
 def check_database(settings: Settings, *, probe_clouds: bool = False) -> list[Finding]:
     """Checks that read the database: schema revision, configured clouds (and, if asked, ask them)."""
+    import visa.models  # noqa: F401  (every mapped class known before the first query)
     from visa.clouds.models import Cloud
     from visa.clouds.registry import provider_class
     from visa.db import Database

@@ -171,7 +171,7 @@ def render_userdata(actor: Actor, session: Session, clock: Clock, uid: str, *, a
     Reads through the API are audited; the instance page's preview is part of viewing it.
     """
     instance = get_instance(actor, session, uid)
-    from visa.provisioning.operator import render_for_operator
+    from visa.instances.spec import render_for_operator
 
     text = render_for_operator(session, instance.uid)
     if audit:

@@ -15,7 +15,7 @@ Edge cases every implementation must honour:
   calls as the cloud allows (one paginated list), never one call per server.
 * ``start`` on a running server, ``stop`` on a stopped one, and ``delete`` on a missing
   one succeed without doing anything: the scheduler may repeat itself.
-* States are the cloud-level :class:`visa.instances.models.InstanceState` values
+* States are the cloud-level :class:`visa.states.InstanceState` values
   (BUILDING, ACTIVE, STOPPING, STOPPED, REBOOTING, ..., DELETED, ERROR); turning cloud
   ACTIVE into STARTING / PARTIALLY_ACTIVE / ACTIVE by probing ports is the scheduler's job.
 """
@@ -25,9 +25,12 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from visa.instances.models import InstanceState
+from visa.states import InstanceState
+
+if TYPE_CHECKING:
+    from visa.settings import Settings
 
 # Metadata key and tag by which visa recognises its own servers in a shared cloud.
 VISA_TAG = "visa"
@@ -114,6 +117,11 @@ class Provider(abc.ABC):
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         self.name = name
         self.config = config
+
+    @classmethod
+    def configured(cls, name: str, config: dict[str, Any], settings: Settings) -> Provider:
+        """The provider of a configured cloud; a subclass fills in the defaults it takes from visa's settings."""
+        return cls(name, config)
 
     @abc.abstractmethod
     def create(self, spec: ServerSpec) -> Server:

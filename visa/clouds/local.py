@@ -66,7 +66,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from visa.clouds import local_session as session
 from visa.clouds.base import CloudLimits, Provider, Server, ServerSpec
 from visa.errors import CloudError, InvalidInput
-from visa.instances.models import InstanceState
+from visa.settings import Settings
+from visa.states import InstanceState
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,11 @@ class Account:
     gid: int
 
 
+def default_root(settings: Settings) -> Path:
+    """Where the sessions live when the cloud's config names no ``root_dir``."""
+    return (settings.data_dir / "local-instances").resolve()
+
+
 class LocalProvider(Provider):
     kind = "local"
 
@@ -212,7 +218,7 @@ class LocalProvider(Provider):
         if not root:
             from visa.settings import get_settings
 
-            root = str(get_settings().data_dir / "local-instances")
+            root = str(default_root(get_settings()))
         self.root = Path(root).resolve()
         self.path = str(cfg.path or os.environ.get("PATH") or DEFAULT_PATH)
         self.vnc_server = cfg.vnc_server
@@ -221,6 +227,13 @@ class LocalProvider(Provider):
         self.stop_timeout = cfg.stop_timeout
         self.max_instances = cfg.max_instances
         self.isolate = cfg.isolation == "auto" and cfg.isolate_mounts is not False
+
+    @classmethod
+    def configured(cls, name: str, config: dict[str, Any], settings: Settings) -> LocalProvider:
+        # The sessions live under visa's own data directory unless the cloud says where.
+        config = dict(config)
+        config.setdefault("root_dir", str(default_root(settings)))
+        return cls(name, config)
 
     # ------------------------------------------------------------------ contract
 

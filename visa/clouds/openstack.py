@@ -36,7 +36,7 @@ from openstack import exceptions as os_exc
 
 from visa.clouds.base import VISA_TAG, CatalogueItem, CloudLimits, Provider, Server, ServerSpec
 from visa.errors import CloudError
-from visa.instances.models import InstanceState
+from visa.states import InstanceState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

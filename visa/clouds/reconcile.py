@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from visa.clouds.base import Server
-from visa.instances.models import InstanceState
+from visa.states import InstanceState
 
 # States in which a server is already on its way out: never an orphan to delete again.
 _GONE = frozenset({InstanceState.DELETED, InstanceState.DELETING})

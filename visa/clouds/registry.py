@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from visa.clouds.base import Provider
 from visa.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from visa.settings import Settings
 
 BUILTIN = {
     "local": "visa.clouds.local:LocalProvider",
@@ -40,5 +43,8 @@ def resolve_secrets(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def make_provider(kind: str, name: str, config: dict[str, Any]) -> Provider:
-    return provider_class(kind)(name, resolve_secrets(config))
+def make_provider(kind: str, name: str, config: dict[str, Any], settings: Settings | None = None) -> Provider:
+    """A provider for a cloud's stored config; with ``settings``, the class fills in its own defaults."""
+    cls = provider_class(kind)
+    config = resolve_secrets(config)
+    return cls(name, config) if settings is None else cls.configured(name, config, settings)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from visa.db import Base, UTCDateTime
 from visa.errors import without_host_paths
+from visa.states import InstanceState
 from visa.types import JsonDict, enum_column
 
 if TYPE_CHECKING:
@@ -27,23 +28,6 @@ if TYPE_CHECKING:
     from visa.clouds.models import Cloud
     from visa.experiments.models import Experiment
     from visa.users.models import User
-
-
-class InstanceState(enum.StrEnum):
-    BUILDING = "BUILDING"
-    STARTING = "STARTING"
-    ACTIVE = "ACTIVE"
-    PARTIALLY_ACTIVE = "PARTIALLY_ACTIVE"
-    STOPPING = "STOPPING"
-    STOPPED = "STOPPED"
-    REBOOTING = "REBOOTING"
-    MIGRATING = "MIGRATING"
-    ACTIVE_MIGRATING = "ACTIVE_MIGRATING"
-    DELETING = "DELETING"
-    DELETED = "DELETED"
-    ERROR = "ERROR"
-    UNAVAILABLE = "UNAVAILABLE"
-    UNKNOWN = "UNKNOWN"
 
 
 # States that change on their own soon: synced more often.

@@ -1,27 +1,21 @@
 """Which experiment data a machine sees, and where.
 
-For each experiment of the instance whose members include the owner: its raw data
+For each experiment of the machine whose members include the owner: its raw data
 read-only at ``<data_root>/<proposal>/<beamline>`` and a processed-data area the owner
 may write at ``<processed_root>/<proposal>/<beamline>``. Open data (embargo over) is
-mounted read-only only when asked for. Experiments the owner is not a member of give
-nothing, even when attached to the instance.
+mounted read-only only when asked for (the embargo is checked where the request is built,
+``visa.instances.spec``). Experiments the owner is not a member of give nothing, even when
+attached to the instance.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-
-from sqlalchemy import select
-from sqlalchemy.orm import object_session
 
 from visa.clouds.base import MountSpec
-from visa.errors import Forbidden
-from visa.experiments.models import Experiment, Proposal
-from visa.instances.models import Instance
 from visa.provisioning import names
+from visa.provisioning.spec import BootSpec, ExperimentData
 from visa.settings import ProvisioningSettings
 
 log = logging.getLogger(__name__)
@@ -37,32 +31,11 @@ class DataMount:
     purpose: str  # "raw", "processed" or "open"
 
 
-def _open_data_experiments(requested: Iterable[Experiment | Proposal], now: datetime) -> list[Experiment]:
-    experiments: list[Experiment] = []
-    for item in requested:
-        proposal = item.proposal if isinstance(item, Experiment) else item
-        names.path_component(proposal.identifier, "proposal")
-        if not proposal.is_open_data(now):
-            raise Forbidden(f"the data of proposal {proposal.identifier} is not open yet", field="open_data")
-        if isinstance(item, Experiment):
-            experiments.append(item)
-            continue
-        session = object_session(proposal)
-        if session is None:
-            raise ValueError("open-data proposals must be attached to a session")
-        experiments.extend(
-            session.scalars(
-                select(Experiment).where(Experiment.proposal_id == proposal.id).order_by(Experiment.id)
-            )
-        )
-    return experiments
-
-
-def _place(experiment: Experiment) -> tuple[str, str]:
+def _place(experiment: ExperimentData) -> tuple[str, str]:
     """(proposal, beamline) as path components: refused if a name could escape its directory."""
     return (
-        names.path_component(experiment.proposal.identifier, "proposal"),
-        names.path_component(experiment.instrument.name, "beamline"),
+        names.path_component(experiment.proposal, "proposal"),
+        names.path_component(experiment.beamline, "beamline"),
     )
 
 
@@ -76,24 +49,17 @@ def _mount(site: ProvisioningSettings, template_field: str, root: str, place: tu
     return MountSpec(source=source, target=f"{root}/{proposal}/{beamline}", read_only=read_only, kind=kind)
 
 
-def data_mounts(
-    instance: Instance,
-    *,
-    site: ProvisioningSettings,
-    now: datetime,
-    open_data: Sequence[Experiment | Proposal] = (),
-) -> list[DataMount]:
-    """Every data mount of the instance, member experiments first, in a stable order."""
-    owner_id = instance.owner_id
+def data_mounts(machine: BootSpec, *, site: ProvisioningSettings) -> list[DataMount]:
+    """Every data mount of the machine, member experiments first, in a stable order."""
     mounts: list[DataMount] = []
     seen: set[tuple[str, str]] = set()
 
-    for experiment in sorted(instance.experiments, key=lambda e: e.id):
-        if owner_id not in {m.id for m in experiment.members}:
+    for experiment in sorted(machine.experiments, key=lambda e: e.id):
+        if not experiment.owner_is_member:
             # Attached by someone else (support, admin): the owner gets none of its data.
             log.warning(
                 "instance %s: owner is not a member of experiment %s, not mounted",
-                instance.uid,
+                machine.uid,
                 experiment.id,
             )
             continue
@@ -106,7 +72,7 @@ def data_mounts(
         mounts.append(DataMount(raw, *place, "raw"))
         mounts.append(DataMount(processed, *place, "processed"))
 
-    for experiment in sorted(_open_data_experiments(open_data, now), key=lambda e: e.id):
+    for experiment in sorted(machine.open_data, key=lambda e: e.id):
         place = _place(experiment)
         if place in seen:
             continue
@@ -116,15 +82,9 @@ def data_mounts(
     return mounts
 
 
-def instance_mounts(
-    instance: Instance,
-    *,
-    site: ProvisioningSettings,
-    now: datetime,
-    open_data: Sequence[Experiment | Proposal] = (),
-) -> list[MountSpec]:
-    """The instance's data mounts as ``MountSpec`` (for ``ServerSpec.mounts``)."""
-    return [m.spec for m in data_mounts(instance, site=site, now=now, open_data=open_data)]
+def instance_mounts(machine: BootSpec, *, site: ProvisioningSettings) -> list[MountSpec]:
+    """The machine's data mounts as ``MountSpec`` (for ``ServerSpec.mounts``)."""
+    return [m.spec for m in data_mounts(machine, site=site)]
 
 
 def fstab_entry(spec: MountSpec, site: ProvisioningSettings) -> list[str]:

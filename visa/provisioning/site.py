@@ -74,11 +74,11 @@ def image_options(raw: dict[str, Any] | None) -> ImageOptions:
     return options
 
 
-def site_for_instance(instance: Any, base: ProvisioningSettings | None = None) -> ProvisioningSettings:
-    """The site settings with the instance's cloud's own overrides (``config["provisioning"]``):
+def site_for_cloud(cloud_config: dict[str, Any] | None, base: ProvisioningSettings | None = None) -> ProvisioningSettings:
+    """The site settings with a cloud's own overrides (its ``config["provisioning"]``):
     the local cloud binds host directories where a VM mounts NFS."""
     base = base or current_site()
-    overrides = ((instance.cloud.config or {}) if instance.cloud is not None else {}).get("provisioning") or {}
+    overrides = (cloud_config or {}).get("provisioning") or {}
     return base.model_copy(update=overrides) if overrides else base
 
 

@@ -1,11 +1,12 @@
-"""Cloud-init user-data and metadata of an instance.
+"""Cloud-init user-data and metadata of a machine, rendered from its :class:`~visa.provisioning.spec.BootSpec`.
 
 The cloud-config is built as a Python dict and written with ``yaml.safe_dump``: no value
 can inject YAML. Values that reach paths, fstab lines or shell commands are checked by
 :mod:`visa.provisioning.names` first. Boot scripts are static files shipped beside this
 module (``files/``); they read the instance's values from ``/etc/visa/instance.env``.
 
-What the machine gets:
+What the machine gets, one section function each (``_account``, ``_probe``, ``_environment``,
+``_software``, ``_desktop``, ``_jupyter``, data mounts and ``_start``):
 
 * the owner's account (uid/gid from the account source, home directory), no password
   login; a ``visa`` probe account whose key may only run the activity probe;
@@ -23,8 +24,7 @@ import json
 import logging
 import re
 import shlex
-from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass, field
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from importlib import resources
@@ -35,11 +35,10 @@ import yaml
 from visa.catalogue.models import Protocol
 from visa.clouds.base import VISA_TAG
 from visa.errors import InvalidInput
-from visa.experiments.models import Experiment, Proposal
-from visa.instances.models import Instance
 from visa.provisioning import names
-from visa.provisioning.mounts import data_mounts, fstab_entry
-from visa.provisioning.site import DESKTOP_SESSIONS, check_site, current_site, image_options
+from visa.provisioning.mounts import DataMount, data_mounts, fstab_entry
+from visa.provisioning.site import DESKTOP_SESSIONS, ImageOptions, check_site, current_site, image_options
+from visa.provisioning.spec import BootSpec
 from visa.settings import ProvisioningSettings
 
 log = logging.getLogger(__name__)
@@ -62,9 +61,9 @@ def jupyter_base_url(instance_uid: str) -> str:
     return f"/jupyter/{instance_uid}/"
 
 
-def readiness_ports(instance: Instance) -> dict[str, int]:
+def readiness_ports(machine: BootSpec) -> dict[str, int]:
     """Ports that answer once the machine is ready (required protocols of the image)."""
-    return {str(p.protocol): p.port for p in instance.plan.image.protocols if not p.optional}
+    return {str(p.protocol): p.port for p in machine.ports if not p.optional}
 
 
 def _file(name: str) -> str:
@@ -142,58 +141,81 @@ def _cvmfs(repositories: list[str], site: ProvisioningSettings) -> tuple[list[di
     return files, commands
 
 
-def _build(
-    instance: Instance,
-    *,
-    site: ProvisioningSettings,
-    now: datetime,
-    probe_public_key: str | None,
-    host_key: tuple[str, str] | None,
-    open_data: Sequence[Experiment | Proposal],
-    mask_secrets: bool,
-) -> tuple[dict[str, Any], str | None, int]:
+@dataclass(frozen=True)
+class _Checked:
+    """The machine's values once each has been checked, in the order the checks run."""
+
+    uid: str
+    username: str
+    home: str
+    width: int
+    height: int
+    xkb_layout: str
+    xkb_variant: str
+    secret: str
+    probe_key: str | None
+    options: ImageOptions
+
+
+def _check(
+    machine: BootSpec, site: ProvisioningSettings, probe_public_key: str | None, mask_secrets: bool
+) -> _Checked:
     check_site(site)
-    image = instance.plan.image
-    options = image_options(image.options)
-    owner = instance.owner
-    uid = names.path_component(instance.uid, "uid")
+    options = image_options(machine.image_options)
+    owner = machine.owner
+    uid = names.path_component(machine.uid, "uid")
     username = names.username(owner.username, "username")
     if username == site.probe_username:
         raise InvalidInput(f"the owner may not be named {site.probe_username!r}", field="username")
     home = names.absolute_path(owner.home_path or f"{site.home_root}/{username}", "home_path")
-    width, height = names.screen(instance.screen_width, instance.screen_height)
-    xkb_layout, xkb_variant = names.keyboard(instance.keyboard_layout)
-    secret = MASK if mask_secrets else names.secret(instance.secret, "secret")
+    width, height = names.screen(machine.screen_width, machine.screen_height)
+    xkb_layout, xkb_variant = names.keyboard(machine.keyboard_layout)
+    secret = MASK if mask_secrets else names.secret(machine.secret, "secret")
     if not _TIMEZONE.fullmatch(site.timezone):
         raise InvalidInput("provisioning.timezone is not a time zone name", field="provisioning.timezone")
     key = probe_public_key if probe_public_key is not None else site.probe_public_key
     key = names.ssh_public_key(key) if key else None
+    return _Checked(uid, username, home, width, height, xkb_layout, xkb_variant, secret, key, options)
 
-    vnc_port = image.port_of(Protocol.VNC)
-    jupyter_port = image.port_of(Protocol.JUPYTER)
-    mounts = data_mounts(instance, site=site, now=now, open_data=open_data)
 
-    bootcmd: list[Any] = []
-    owner_account: dict[str, Any] = {
-        "name": username,
+@dataclass
+class _Parts:
+    """The cloud-config lists each section adds to, in the order cloud-init meets them."""
+
+    bootcmd: list[Any] = field(default_factory=list)
+    users: list[Any] = field(default_factory=list)
+    write_files: list[dict[str, Any]] = field(default_factory=list)
+    runcmd: list[Any] = field(default_factory=list)
+    services: list[str] = field(default_factory=list)
+
+
+def _account(machine: BootSpec, v: _Checked, site: ProvisioningSettings, parts: _Parts) -> None:
+    """The owner's account: uid/gid from the account source, no password login."""
+    owner = machine.owner
+    account: dict[str, Any] = {
+        "name": v.username,
         "gecos": names.gecos(owner.full_name),
-        "homedir": home,
+        "homedir": v.home,
         "shell": site.user_shell,
         "lock_passwd": True,
     }
     if owner.uid_number is not None:
-        owner_account["uid"] = int(owner.uid_number)
+        account["uid"] = int(owner.uid_number)
     if owner.gid_number is not None:
         # The account source's primary group; users-groups cannot set a gid, so create it first.
         gid = int(owner.gid_number)
-        bootcmd.append(
-            f"getent group {shlex.quote(username)} >/dev/null || groupadd -o -g {gid} {shlex.quote(username)}"
+        parts.bootcmd.append(
+            f"getent group {shlex.quote(v.username)} >/dev/null || groupadd -o -g {gid} {shlex.quote(v.username)}"
         )
-        owner_account["primary_group"] = username
-        owner_account["no_user_group"] = True
-    users: list[Any] = [owner_account]
-    if key:
-        users.append(
+        account["primary_group"] = v.username
+        account["no_user_group"] = True
+    parts.users.append(account)
+
+
+def _probe(v: _Checked, site: ProvisioningSettings, parts: _Parts) -> None:
+    """The ``visa`` probe account, whose key may only run the activity probe."""
+    if v.probe_key:
+        parts.users.append(
             {
                 "name": site.probe_username,
                 "gecos": "visa activity probe",
@@ -201,45 +223,50 @@ def _build(
                 "shell": "/bin/sh",
                 "lock_passwd": True,
                 # The key can run the probe and nothing else, with no forwarding or terminal.
-                "ssh_authorized_keys": [f'restrict,command="{LIBEXEC}/probe" {key}'],
-                "sudo": f"ALL=({username}) NOPASSWD: {LIBEXEC}/x-idle",
+                "ssh_authorized_keys": [f'restrict,command="{LIBEXEC}/probe" {v.probe_key}'],
+                "sudo": f"ALL=({v.username}) NOPASSWD: {LIBEXEC}/x-idle",
             }
         )
 
+
+def _environment(
+    v: _Checked, site: ProvisioningSettings, vnc_port: int | None, jupyter_port: int | None, parts: _Parts
+) -> None:
+    """``instance.env``, read by every boot script, and the probe's scripts."""
     env: dict[str, str | int] = {
-        "VISA_INSTANCE_UID": uid,
-        "VISA_OWNER": username,
-        "VISA_HOME": home,
+        "VISA_INSTANCE_UID": v.uid,
+        "VISA_OWNER": v.username,
+        "VISA_HOME": v.home,
         "VISA_DATA_ROOT": site.data_root,
         "VISA_PROCESSED_ROOT": site.processed_root,
         "VISA_DISPLAY": f":{site.desktop_display}",
         "VISA_VNC_PORT": vnc_port or "",
-        "VISA_GEOMETRY": f"{width}x{height}",
-        "VISA_XKB_LAYOUT": xkb_layout,
-        "VISA_XKB_VARIANT": xkb_variant,
-        "VISA_SESSION": DESKTOP_SESSIONS[options.desktop_session],
+        "VISA_GEOMETRY": f"{v.width}x{v.height}",
+        "VISA_XKB_LAYOUT": v.xkb_layout,
+        "VISA_XKB_VARIANT": v.xkb_variant,
+        "VISA_SESSION": DESKTOP_SESSIONS[v.options.desktop_session],
         "VISA_JUPYTER_PORT": jupyter_port or "",
-        "VISA_JUPYTER_BASE_URL": jupyter_base_url(uid),
+        "VISA_JUPYTER_BASE_URL": jupyter_base_url(v.uid),
         "VISA_JUPYTER_COMMAND": names.absolute_path(site.jupyter_command, "provisioning.jupyter_command"),
         "VISA_JUPYTER_CONFIG": JUPYTER_CONFIG,
     }
-    write_files: list[dict[str, Any]] = [
+    parts.write_files += [
         {"path": ENV_FILE, "permissions": "0644", "content": _env_file(env)},
         {"path": f"{LIBEXEC}/x-idle", "permissions": "0755", "content": _file("x-idle.sh")},
         {"path": f"{LIBEXEC}/probe", "permissions": "0755", "content": _file("probe.py")},
     ]
-    runcmd: list[Any] = []
-    packages = list(dict.fromkeys([*site.packages, *options.packages]))
 
-    if options.cvmfs:
-        repositories = list(dict.fromkeys([*site.cvmfs_repositories, *options.cvmfs_repositories]))
+
+def _software(v: _Checked, site: ProvisioningSettings, parts: _Parts) -> None:
+    """CVMFS and Apptainer pointed at its images, as the image's options ask."""
+    if v.options.cvmfs:
+        repositories = list(dict.fromkeys([*site.cvmfs_repositories, *v.options.cvmfs_repositories]))
         files, commands = _cvmfs(repositories, site)
-        write_files += files
-        runcmd += commands
-
-    if options.apptainer:
+        parts.write_files += files
+        parts.runcmd += commands
+    if v.options.apptainer:
         image_dir = names.absolute_path(site.apptainer_image_dir, "provisioning.apptainer_image_dir")
-        write_files.append(
+        parts.write_files.append(
             {
                 "path": "/etc/profile.d/visa-apptainer.sh",
                 "permissions": "0644",
@@ -251,71 +278,107 @@ def _build(
             }
         )
 
-    services: list[str] = []
-    if vnc_port:
-        write_files += [
-            {"path": SECRET_FILE, "permissions": "0600", "content": secret},
-            {"path": f"{LIBEXEC}/setup-desktop", "permissions": "0755", "content": _file("setup-desktop.sh")},
-            {"path": f"{LIBEXEC}/desktop", "permissions": "0755", "content": _file("desktop.sh")},
-            {
-                "path": "/etc/systemd/system/visa-desktop.service",
-                "permissions": "0644",
-                "content": _unit("visa desktop (VNC)", username, f"{LIBEXEC}/desktop"),
-            },
-        ]
-        runcmd.append([f"{LIBEXEC}/setup-desktop"])
-        services.append("visa-desktop.service")
-    if jupyter_port:
-        jupyter_config = {
-            "ServerApp": {"allow_remote_access": True, "trust_xheaders": True},
-            "IdentityProvider": {"token": secret},
-        }
-        write_files += [
-            {
-                # Deferred: the owner's account exists only after the users module ran.
-                "path": JUPYTER_CONFIG,
-                "permissions": "0400",
-                "owner": f"{username}:{username}",  # primary group is named after the user either way
-                "content": json.dumps(jupyter_config, indent=1) + "\n",
-                "defer": True,
-            },
-            {"path": f"{LIBEXEC}/jupyter", "permissions": "0755", "content": _file("jupyter.sh")},
-            {
-                "path": "/etc/systemd/system/visa-jupyter.service",
-                "permissions": "0644",
-                "content": _unit("visa JupyterLab", username, f"{LIBEXEC}/jupyter"),
-            },
-        ]
-        services.append("visa-jupyter.service")
 
-    # Data first, services last: a port that answers means everything above is in place.
+def _desktop(v: _Checked, parts: _Parts) -> None:
+    """TigerVNC with the instance secret, started as the owner."""
+    parts.write_files += [
+        {"path": SECRET_FILE, "permissions": "0600", "content": v.secret},
+        {"path": f"{LIBEXEC}/setup-desktop", "permissions": "0755", "content": _file("setup-desktop.sh")},
+        {"path": f"{LIBEXEC}/desktop", "permissions": "0755", "content": _file("desktop.sh")},
+        {
+            "path": "/etc/systemd/system/visa-desktop.service",
+            "permissions": "0644",
+            "content": _unit("visa desktop (VNC)", v.username, f"{LIBEXEC}/desktop"),
+        },
+    ]
+    parts.runcmd.append([f"{LIBEXEC}/setup-desktop"])
+    parts.services.append("visa-desktop.service")
+
+
+def _jupyter(v: _Checked, parts: _Parts) -> None:
+    """JupyterLab under ``/jupyter/<uid>/``, its token the instance secret."""
+    jupyter_config = {
+        "ServerApp": {"allow_remote_access": True, "trust_xheaders": True},
+        "IdentityProvider": {"token": v.secret},
+    }
+    parts.write_files += [
+        {
+            # Deferred: the owner's account exists only after the users module ran.
+            "path": JUPYTER_CONFIG,
+            "permissions": "0400",
+            "owner": f"{v.username}:{v.username}",  # primary group is named after the user either way
+            "content": json.dumps(jupyter_config, indent=1) + "\n",
+            "defer": True,
+        },
+        {"path": f"{LIBEXEC}/jupyter", "permissions": "0755", "content": _file("jupyter.sh")},
+        {
+            "path": "/etc/systemd/system/visa-jupyter.service",
+            "permissions": "0644",
+            "content": _unit("visa JupyterLab", v.username, f"{LIBEXEC}/jupyter"),
+        },
+    ]
+    parts.services.append("visa-jupyter.service")
+
+
+def _start(mounts: list[DataMount], parts: _Parts) -> None:
+    """Data first, services last: a port that answers means everything above is in place."""
     # (cloud-init's mounts module made the mount points and wrote fstab; mount again in
     # case the network came late, it is a no-op for what is already mounted.)
     if mounts:
-        runcmd.append(["mount", "-a"])
-    if services:
-        runcmd.append(["systemctl", "daemon-reload"])
-        runcmd.append(["systemctl", "enable", "--now", *services])
+        parts.runcmd.append(["mount", "-a"])
+    if parts.services:
+        parts.runcmd.append(["systemctl", "daemon-reload"])
+        parts.runcmd.append(["systemctl", "enable", "--now", *parts.services])
 
-    config: dict[str, Any] = {"timezone": site.timezone, "ssh_pwauth": False, "disable_root": True}
+
+def _host_key(config: dict[str, Any], host_key: tuple[str, str] | None, mask_secrets: bool) -> None:
     if host_key is not None:
         # The host key visa made for this instance, and no other: the probe pins it.
         private, public = host_key
         config["ssh_deletekeys"] = True
         config["ssh_genkeytypes"] = ["ed25519"]  # present already: nothing is generated
         config["ssh_keys"] = {"ed25519_private": MASK if mask_secrets else private, "ed25519_public": public}
-    if bootcmd:
-        config["bootcmd"] = bootcmd
-    config["users"] = users
+
+
+def _build(
+    machine: BootSpec,
+    *,
+    site: ProvisioningSettings,
+    probe_public_key: str | None,
+    host_key: tuple[str, str] | None,
+    mask_secrets: bool,
+) -> tuple[dict[str, Any], str | None, int]:
+    v = _check(machine, site, probe_public_key, mask_secrets)
+    vnc_port = machine.port_of(Protocol.VNC)
+    jupyter_port = machine.port_of(Protocol.JUPYTER)
+    mounts = data_mounts(machine, site=site)
+
+    parts = _Parts()
+    _account(machine, v, site, parts)
+    _probe(v, site, parts)
+    _environment(v, site, vnc_port, jupyter_port, parts)
+    _software(v, site, parts)
+    if vnc_port:
+        _desktop(v, parts)
+    if jupyter_port:
+        _jupyter(v, parts)
+    _start(mounts, parts)
+    packages = list(dict.fromkeys([*site.packages, *v.options.packages]))
+
+    config: dict[str, Any] = {"timezone": site.timezone, "ssh_pwauth": False, "disable_root": True}
+    _host_key(config, host_key, mask_secrets)
+    if parts.bootcmd:
+        config["bootcmd"] = parts.bootcmd
+    config["users"] = parts.users
     if mounts:
         config["mounts"] = [fstab_entry(m.spec, site) for m in mounts]
     if packages:
         config["package_update"] = True
         config["packages"] = packages
-    config["write_files"] = write_files
-    config["runcmd"] = runcmd
-    config["final_message"] = f"visa instance {uid} configured after $UPTIME seconds"
-    return config, options.boot_script, len(mounts)
+    config["write_files"] = parts.write_files
+    config["runcmd"] = parts.runcmd
+    config["final_message"] = f"visa instance {v.uid} configured after $UPTIME seconds"
+    return config, v.options.boot_script, len(mounts)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -347,31 +410,21 @@ def _multipart(cloud_config: str, boot_script: str) -> str:
 
 
 def render_user_data(
-    instance: Instance,
+    machine: BootSpec,
     *,
     site: ProvisioningSettings | None = None,
-    now: datetime,
     probe_public_key: str | None = None,
     host_key: tuple[str, str] | None = None,
-    open_data: Sequence[Experiment | Proposal] = (),
     mask_secrets: bool = False,
 ) -> str:
-    """The instance's user-data: ``#cloud-config``, or MIME multipart when the image has a boot script.
+    """The machine's user-data: ``#cloud-config``, or MIME multipart when the image has a boot script.
 
-    ``open_data``: experiments or proposals whose open data (embargo over at ``now``) the
-    owner asked to see; a proposal still under embargo raises ``Forbidden``.
     ``probe_public_key`` defaults to ``site.probe_public_key``. ``host_key``: the machine's
     SSH host key (private OpenSSH text, public line), from :mod:`visa.provisioning.host_keys`.
     """
     site = site or current_site()
     config, boot_script, mount_count = _build(
-        instance,
-        site=site,
-        now=now,
-        probe_public_key=probe_public_key,
-        host_key=host_key,
-        open_data=open_data,
-        mask_secrets=mask_secrets,
+        machine, site=site, probe_public_key=probe_public_key, host_key=host_key, mask_secrets=mask_secrets
     )
     text = _dump(config)
     if boot_script:
@@ -384,32 +437,32 @@ def render_user_data(
         )
     log.info(
         "rendered user-data for instance %s (image %s, %d data mounts, %d bytes)",
-        instance.uid,
-        instance.plan.image.name,
+        machine.uid,
+        machine.image_name,
         mount_count,
         len(text),
     )
     return text
 
 
-def render_metadata(instance: Instance) -> dict[str, str]:
+def render_metadata(machine: BootSpec) -> dict[str, str]:
     """Server metadata (visible to cloud admins and in the machine): no secrets, 255 chars a value."""
-    owner = instance.owner
-    experiments = sorted(instance.experiments, key=lambda e: e.id)
-    ready = readiness_ports(instance)
+    owner = machine.owner
+    experiments = sorted(machine.experiments, key=lambda e: e.id)
+    ready = readiness_ports(machine)
     values = {
-        VISA_TAG: instance.uid,
-        "visa_id": str(instance.id),
-        "visa_uid": instance.uid,
+        VISA_TAG: machine.uid,
+        "visa_id": str(machine.id),
+        "visa_uid": machine.uid,
         "visa_owner": owner.username,
         "visa_home": owner.home_path or "",
         "visa_uid_number": "" if owner.uid_number is None else str(owner.uid_number),
         "visa_gid_number": "" if owner.gid_number is None else str(owner.gid_number),
-        "visa_screen_width": str(instance.screen_width),
-        "visa_screen_height": str(instance.screen_height),
-        "visa_keyboard_layout": instance.keyboard_layout,
-        "visa_instruments": ",".join(sorted({e.instrument.name for e in experiments})),
-        "visa_proposals": ",".join(sorted({e.proposal.identifier for e in experiments})),
+        "visa_screen_width": str(machine.screen_width),
+        "visa_screen_height": str(machine.screen_height),
+        "visa_keyboard_layout": machine.keyboard_layout,
+        "visa_instruments": ",".join(sorted({e.beamline for e in experiments})),
+        "visa_proposals": ",".join(sorted({e.proposal for e in experiments})),
         "visa_ready_ports": ",".join(f"{k}:{v}" for k, v in sorted(ready.items())),
     }
     return {k: (v if len(v) <= _METADATA_MAX else v[: _METADATA_MAX - 3] + "...") for k, v in values.items()}

@@ -38,7 +38,6 @@ from visa.services import Services
 
 log = logging.getLogger(__name__)
 
-OUTBOX_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ class Runner:
                 Job("sync", cfg.sync_seconds, lambda: _sync_counted(svc, sync_all)),
                 Job("activity", cfg.activity_seconds, probe.run),
                 Job("lifecycle", cfg.lifecycle_seconds, lambda: lifecycle.run(svc, guard=self.lease.check)),
-                Job("outbox", OUTBOX_SECONDS, lambda: deliver(svc.database.sessionmaker, svc.settings, svc.clock)),
+                Job("outbox", cfg.outbox_seconds, lambda: deliver(svc.database.sessionmaker, svc.settings, svc.clock)),
                 Job("cleanup", cfg.cleanup_seconds, cleanup.run),
             ]
             if self.unstable_sync:

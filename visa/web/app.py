@@ -9,6 +9,7 @@ from flask import Flask, jsonify
 from sqlalchemy import text
 from werkzeug.routing import IntegerConverter, Map
 
+import visa.models  # noqa: F401  (every mapped class known before the first query)
 from visa.clock import Clock, system_clock
 from visa.db import Database
 from visa.errors import VisaError
