@@ -40,8 +40,8 @@ from visa.db import Database
 from visa.instances import lifecycle
 from visa.instances.models import CommandAction, Instance, InstanceState
 from visa.instances.service import request_action
+from visa.mail.outbox import enqueue
 from visa.migrate import upgrade
-from visa.notify.outbox import enqueue
 from visa.settings import Settings
 from visa.users.models import Role, RoleGrant, User
 

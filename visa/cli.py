@@ -161,7 +161,7 @@ def run(host: str | None, port: int | None, workers: int) -> None:
 
     settings = _settings()
     _database()  # refuse to start on an old schema, with the command that fixes it
-    from visa.admin.checks import check_all
+    from visa.checks import check_all
 
     problems = [f for f in check_all(settings) if f.level != "ok"]
     for finding in problems:
@@ -216,7 +216,7 @@ def scheduler(no_worker: bool) -> None:
 @click.option("--probe-clouds", is_flag=True, help="Also ask every enabled cloud for its limits (10 s timeout)")
 def check_config(probe_clouds: bool) -> None:
     """Validate the configuration: settings, data directory, database schema, clouds."""
-    from visa.admin.checks import check_all
+    from visa.checks import check_all
 
     findings = check_all(_settings(), probe_clouds=probe_clouds)
     for finding in findings:
@@ -455,10 +455,8 @@ def clouds() -> None:
 @friendly
 def clouds_add(name: str, kind: str, config_file: Path | None) -> None:
     """Register (or update) a cloud. Secrets may be given as {"env": "VAR"}."""
-    from visa.clouds.models import Cloud
-    from visa.clouds.registry import provider_class
+    from visa.clouds.service import register_cloud
 
-    provider_class(kind)
     config: dict[str, Any] = {}
     if config_file:
         try:
@@ -468,21 +466,41 @@ def clouds_add(name: str, kind: str, config_file: Path | None) -> None:
         if not isinstance(config, dict):
             raise click.ClickException(f"{config_file}: expected a JSON object")
     with _database().unit_of_work() as s:
-        cloud = s.scalar(select(Cloud).where(Cloud.name == name))
-        if cloud is None:
-            s.add(Cloud(name=name, kind=kind, config=config, enabled=True, created_at=system_clock.now()))
-        else:
-            cloud.kind, cloud.config = kind, config
+        register_cloud(SYSTEM, s, system_clock, name, kind, config)
     click.echo(f"cloud {name} ({kind}) registered")
 
 
 @clouds.command("list")
 def clouds_list() -> None:
-    from visa.clouds.models import Cloud
+    from visa.clouds.service import list_clouds
 
     with _database().sessionmaker() as s:
-        for c in s.scalars(select(Cloud).order_by(Cloud.name)):
+        for c in list_clouds(s):
             click.echo(f"{c.name:16} {c.kind:10} {'enabled' if c.enabled else 'disabled'}")
+
+
+def _set_cloud_enabled(name: str, enabled: bool) -> None:
+    from visa.clouds.service import set_cloud_enabled
+
+    with _database().unit_of_work() as s:
+        set_cloud_enabled(SYSTEM, s, system_clock, name, enabled)
+    click.echo(f"cloud {name} {'enabled' if enabled else 'disabled'}")
+
+
+@clouds.command("enable")
+@click.argument("name")
+@friendly
+def clouds_enable(name: str) -> None:
+    """Let a cloud take new instances again."""
+    _set_cloud_enabled(name, True)
+
+
+@clouds.command("disable")
+@click.argument("name")
+@friendly
+def clouds_disable(name: str) -> None:
+    """Give a cloud no new instances (those it has keep running)."""
+    _set_cloud_enabled(name, False)
 
 
 # --- instances ------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Imports every model so the metadata is complete (Alembic, create_all)."""
 
+from visa.announcements.models import NotificationAck, SystemNotification
 from visa.audit.models import AuditEvent
 from visa.catalogue.models import Flavour, FlavourLifetime, FlavourLimit, Image, ImageProtocol, Plan
 from visa.clouds.models import Cloud
@@ -20,7 +21,7 @@ from visa.instances.models import (
     InstanceThumbnail,
     instance_experiments,
 )
-from visa.notifications.models import NotificationAck, SentEmail, SystemNotification
+from visa.mail.models import SentEmail
 from visa.scheduler.models import SchedulerLease
 from visa.users.models import ApiToken, LoginSession, RoleGrant, User
 

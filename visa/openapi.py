@@ -2,9 +2,9 @@
 
 Each REST handler declares what it takes and gives with ``@doc(...)``: pydantic models for
 the query, the body and the response. ``build_document(app)`` walks Flask's URL map, so every
-route under ``/api`` appears: annotated handlers with their models, others named in
-``KNOWN`` (documented here until their owners annotate them), and the rest with a generic
-entry marked ``x-undocumented`` so a missing annotation is visible rather than silent.
+route under ``/api`` appears: annotated handlers with their models (each in its feature's
+``schemas.py``), and the rest with a generic entry marked ``x-undocumented`` so a missing
+annotation is visible rather than silent.
 
 Annotating a handler::
 
@@ -21,16 +21,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template_string
 from pydantic import BaseModel, Field, TypeAdapter
 
-from visa.auth.schemas import LoginForm, NewToken
-from visa.experiments.schemas import ExperimentOut
-from visa.instances.schemas import CreateInstance, HandleExtension, NewMember, RequestExtension, RoleChange
-from visa.types import MAX_ID, DbId
+from visa.types import MAX_ID
 
 REF = "#/components/schemas/{model}"
 Q = TypeVar("Q", bound=BaseModel)
@@ -69,10 +65,12 @@ def document(endpoint: str, summary: str, **kwargs: Any) -> None:
     _BY_ENDPOINT[endpoint] = Doc(summary=summary, tags=tuple(kwargs.pop("tags", ())), **kwargs)
 
 
-def respond(value: BaseModel | list[BaseModel] | None, status: int = 200) -> tuple[Response, int]:
+def respond(
+    value: BaseModel | list[BaseModel] | None, status: int = 200, headers: dict[str, str] | None = None,
+) -> tuple[Response, int, dict[str, str]]:
     if isinstance(value, list):
-        return jsonify([v.model_dump(mode="json") for v in value]), status
-    return jsonify(value.model_dump(mode="json") if value is not None else {}), status
+        return jsonify([v.model_dump(mode="json") for v in value]), status, headers or {}
+    return jsonify(value.model_dump(mode="json") if value is not None else {}), status, headers or {}
 
 
 # --- shared models ---------------------------------------------------------------------------
@@ -91,249 +89,6 @@ class ErrorOut(BaseModel):
 class Ok(BaseModel):
     ok: bool = True
 
-
-# --- models of endpoints documented here (their handlers return plain dicts) ------------------
-
-
-class OwnerOut(BaseModel):
-    username: str
-    full_name: str
-
-
-class ImageBrief(BaseModel):
-    name: str
-    environment: str
-    version: str
-
-
-class FlavourBrief(BaseModel):
-    name: str
-    cores: int
-    memory_mb: int
-    gpu_kind: str | None
-    gpu_count: int
-
-
-class PlanBrief(BaseModel):
-    id: int
-    image: ImageBrief
-    flavour: FlavourBrief
-
-
-class ExperimentBrief(BaseModel):
-    id: int
-    external_id: str
-    proposal: str
-    instrument: str
-
-
-class Screen(BaseModel):
-    width: int
-    height: int
-
-
-class InstanceOut(BaseModel):
-    """An instance as ``visa.instances.serialize.instance_dict`` shows it (never its secret)."""
-
-    uid: str
-    name: str
-    state: str
-    owner: OwnerOut
-    role: str | None = Field(description="The caller's member role, if any")
-    plan: PlanBrief
-    protocols: list[str]
-    experiments: list[ExperimentBrief]
-    open_data: list[ExperimentBrief] = Field(description="Asked for as open data (embargo ended): raw data, read-only")
-    cloud: str
-    screen: Screen
-    keyboard_layout: str
-    error: str | None
-    created_at: datetime
-    terminates_at: datetime
-    seconds_left: int
-    last_seen_at: datetime | None
-    comments: str
-
-
-
-class MeOut(BaseModel):
-    username: str
-    full_name: str
-    email: str | None
-    roles: list[str]
-    instance_quota: int
-    csrf_token: str
-
-
-class PlanImageOut(BaseModel):
-    name: str
-    environment: str
-    version: str
-    description: str
-    icon: str | None
-    protocols: list[str]
-
-
-class PlanFlavourOut(BaseModel):
-    name: str
-    description: str
-    cores: int
-    memory_mb: int
-    gpu_kind: str | None
-    gpu_count: int
-
-
-class PlanOut(BaseModel):
-    id: int
-    preset: bool
-    image: PlanImageOut
-    flavour: PlanFlavourOut
-    max_lifetime_hours: int
-
-
-class PlansQuery(BaseModel):
-    experiment: list[DbId] = Field(default_factory=list, description="Experiment ids the machine is for")
-
-
-class ConnectOut(BaseModel):
-    url: str = Field(description="Websocket URL with a one-time token")
-    expires_in: int
-    view_only: bool
-    role: str
-
-
-class ThumbnailOut(BaseModel):
-    uid: str
-    updated_at: datetime
-    bytes: int
-
-
-class TokenOut(BaseModel):
-    id: int
-    name: str
-    prefix: str
-    scopes: list[str]
-    created_at: datetime
-    expires_at: datetime | None
-    last_used_at: datetime | None
-    revoked_at: datetime | None
-
-
-class NewTokenOut(TokenOut):
-    token: str = Field(description="The secret value, shown once")
-
-
-class MemberOut(BaseModel):
-    username: str
-    full_name: str
-    role: str
-    since: datetime
-
-
-class SupportOut(BaseModel):
-    status: str
-    message: str | None = None
-    member: MemberOut | None = None
-
-
-class UserSearchQuery(BaseModel):
-    q: str = Field("", max_length=100, description="Part of a username or full name")
-
-
-class UserBrief(BaseModel):
-    username: str
-    full_name: str
-
-
-
-class ExtensionInstance(BaseModel):
-    uid: str
-    name: str
-    owner: str
-    terminates_at: datetime
-
-
-class ExtensionOut(BaseModel):
-    id: int
-    state: Literal["PENDING", "ACCEPTED", "REFUSED"]
-    requested_until: datetime
-    granted_until: datetime | None
-    comment: str
-    response: str
-    created_at: datetime
-    handled_at: datetime | None
-    instance: ExtensionInstance | None = None
-
-
-class ExtensionQuery(BaseModel):
-    state: Literal["PENDING", "ACCEPTED", "REFUSED", "ALL"] = "PENDING"
-
-
-KNOWN: dict[str, Doc] = {
-    "auth_api.login": Doc("Log in with a local account", ("auth",), body=LoginForm, response=MeOut, auth=False),
-    "auth_api.logout": Doc("Log out (ends the cookie session)", ("auth",), response=Ok, auth=False),
-    "auth_api.me": Doc("Who am I", ("auth",), response=MeOut),
-    "catalogue_api.plans": Doc(
-        "Plans (image x flavour) the caller may pick for these experiments", ("catalogue",),
-        query=PlansQuery, response=list[PlanOut],
-    ),
-    "experiments_api.list_experiments": Doc("The caller's experiments", ("experiments",), response=list[ExperimentOut]),
-    "instances_api.list_instances": Doc(
-        "The caller's instances and those shared with them", ("instances",), response=list[InstanceOut]
-    ),
-    "instances_api.create_instance": Doc(
-        "Ask for a new instance (returns at once, in BUILDING)", ("instances",),
-        body=CreateInstance, response=InstanceOut, status=201,
-    ),
-    "instances_api.get_instance": Doc("One instance", ("instances",), response=InstanceOut),
-    "instances_api.act": Doc("Start, stop or reboot an instance", ("instances",), response=InstanceOut, status=202),
-    "instances_api.delete": Doc(
-        "Delete an instance (shut down first, then deleted)", ("instances",), response=InstanceOut, status=202
-    ),
-    "gateway_api.connect": Doc(
-        "A one-time token (valid a few seconds) to open the desktop websocket", ("instances",), response=ConnectOut
-    ),
-    "thumbnails_api.put": Doc(
-        "Upload the desktop thumbnail (raw JPEG)", ("instances",), body="image/jpeg", response=ThumbnailOut
-    ),
-    "thumbnails_api.get": Doc(
-        "The desktop thumbnail (JPEG)", ("instances",), response="image/jpeg", extra_responses={304: "Not modified"}
-    ),
-    "auth_api.list_tokens": Doc("The caller's personal API tokens (never their values)", ("auth",),
-                                response=list[TokenOut]),
-    "auth_api.create_token": Doc(
-        "Create a personal API token (from a logged-in session); its value is shown once", ("auth",),
-        body=NewToken, response=NewTokenOut, status=201,
-    ),
-    "auth_api.revoke_token": Doc("Revoke one of the caller's tokens", ("auth",), response=TokenOut),
-    "members_api.list_members": Doc("An instance's members", ("sharing",), response=list[MemberOut]),
-    "members_api.add_member": Doc("Share an instance with a user", ("sharing",), body=NewMember,
-                                  response=MemberOut, status=201),
-    "members_api.change_role": Doc("Change a member's role", ("sharing",), body=RoleChange, response=MemberOut),
-    "members_api.revoke_member": Doc("Remove a member", ("sharing",), status=204),
-    "members_api.request_support": Doc(
-        "Support staff ask to join an instance (joined at once, or pending the owner's approval)", ("sharing",),
-        response=SupportOut, status=202, extra_responses={201: "Joined at once"},
-    ),
-    "members_api.pending_support": Doc("Pending support requests (owner)", ("sharing",),
-                                       response=list[dict[str, Any]]),
-    "members_api.answer_support": Doc("Approve or deny a support request (owner)", ("sharing",),
-                                      response=SupportOut),
-    "users_api.search": Doc("Find users to share with (username and full name only)", ("sharing",),
-                            query=UserSearchQuery, response=list[UserBrief]),
-    "extensions_api.request_extension": Doc(
-        "Ask for a longer lifetime (accepted at once where the image's rule says so)", ("extensions",),
-        body=RequestExtension, response=ExtensionOut, status=201,
-    ),
-    "extensions_api.list_extensions": Doc(
-        "Extension requests to handle (admins): pending by default", ("extensions", "admin"),
-        query=ExtensionQuery, response=list[ExtensionOut],
-    ),
-    "extensions_api.handle_extension": Doc(
-        "Accept (optionally until another date) or refuse an extension request", ("extensions", "admin"),
-        body=HandleExtension, response=ExtensionOut,
-    ),
-}
 
 # Streams never end: they are documented but marked so that test generators leave them alone.
 STREAMING = frozenset({"text/event-stream"})
@@ -447,7 +202,7 @@ def build_document(app: Flask) -> dict[str, Any]:
         if not (rule.rule == "/api" or rule.rule.startswith("/api/")):
             continue
         view = app.view_functions[rule.endpoint]
-        d = getattr(view, "__openapi__", None) or _BY_ENDPOINT.get(rule.endpoint) or KNOWN.get(rule.endpoint)
+        d = getattr(view, "__openapi__", None) or _BY_ENDPOINT.get(rule.endpoint)
         methods = sorted(m.lower() for m in (rule.methods or ()) if m.lower() in HTTP_METHODS)
         for path, params in _expand(rule.rule):
             for method in methods:

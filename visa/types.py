@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
+from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, PlainSerializer, WithJsonSchema
 from sqlalchemy import JSON, Enum
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -29,3 +30,11 @@ JsonDict: Any = JSON().with_variant(JSONB(), "postgresql")
 # up front instead of letting the database overflow.
 MAX_ID = 2**31 - 1
 DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+# Times in answers keep their offset as Python writes it ("+00:00"), the form the API has always given.
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(lambda v: v.isoformat(), return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}, mode="serialization"),
+]

@@ -34,8 +34,8 @@ def test_pages_for_admins_only(db, clock, api_client) -> None:  # noqa: ANN001
 
 
 def test_the_dashboard_says_how_the_local_cloud_isolates(db, clock, api_client) -> None:  # noqa: ANN001
-    from visa.admin.clouds import clear_cache
     from visa.clouds.local import LocalProvider
+    from visa.clouds.service import clear_cache
 
     build(db, clock)
     clear_cache()

@@ -89,7 +89,7 @@ def test_support_joins_a_non_staff_owner_at_once_and_waits_for_a_staff_owner(db,
         # staff owner: the admin's request waits; no access until approved
         assert sharing.request_support_access(actor(admin, clock), s, clock, mine) is None
         assert not allowed(actor(admin, clock), "instance.connect", mine)
-        pending = {p["username"] for p in sharing.pending_support_requests(actor(owner, clock), s, clock, mine)}
+        pending = {p.username for p in sharing.pending_support_requests(actor(owner, clock), s, clock, mine)}
         assert pending == {"helpdesk", "admin"}
         with pytest.raises(Forbidden):
             sharing.request_support_access(actor(member, clock), s, clock, mine)  # not support staff

@@ -7,8 +7,8 @@ import pytest
 from flask import Response
 from sqlalchemy import func, select
 
+from visa.announcements.models import NotificationKind, NotificationLevel, SystemNotification
 from visa.db import Database, after_commit
-from visa.notifications.models import NotificationKind, NotificationLevel, SystemNotification
 from visa.web.context import db_session
 
 

@@ -72,7 +72,7 @@ def test_the_user_content_domain_is_apart_from_visa() -> None:
 
 
 def test_check_config_asks_for_a_user_content_domain_off_this_machine(tmp_path: Path) -> None:
-    from visa.admin.checks import check_settings
+    from visa.checks import check_settings
     from visa.settings import Settings
 
     def finding(**kw: str):  # noqa: ANN202

@@ -12,7 +12,7 @@ import pytest
 
 from tests.admin.world import build
 from tests.clouds.doubles import BrokenCloud, SlowCloud
-from visa.admin.clouds import clear_cache
+from visa.clouds.service import clear_cache
 from visa.logs import JsonFormatter, RequestIdFilter
 
 

@@ -29,8 +29,8 @@ from visa.instances.models import (
     InstanceState,
     MemberRole,
 )
+from visa.mail.models import SentEmail
 from visa.migrate import upgrade
-from visa.notifications.models import SentEmail
 from visa.scheduler.lease import Lease, LeaseLost
 from visa.scheduler.models import SchedulerLease
 from visa.services import Services

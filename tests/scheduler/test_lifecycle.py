@@ -16,7 +16,7 @@ from visa.instances.activity import Observation, record
 from visa.instances.executor import run_pending_commands
 from visa.instances.models import CommandAction, Instance, InstanceCommand, InstanceState
 from visa.instances.schemas import CreateInstance
-from visa.notifications.models import SentEmail
+from visa.mail.models import SentEmail
 from visa.services import Services
 from visa.users.models import Role, User
 

@@ -11,8 +11,8 @@ from visa.actor import SYSTEM
 from visa.clock import FrozenClock
 from visa.instances import lifecycle
 from visa.instances.models import Instance
-from visa.notifications.models import SentEmail
-from visa.notify.outbox import CLAIMED, deliver
+from visa.mail.models import SentEmail
+from visa.mail.outbox import CLAIMED, deliver
 from visa.services import Services
 
 

@@ -311,8 +311,8 @@ def test_announcements_are_read_then_dismissed(site: Site, browser) -> None:  # 
     from datetime import UTC, datetime
 
     import visa.models  # noqa: F401
+    from visa.announcements.models import NotificationKind, NotificationLevel, SystemNotification
     from visa.db import Database
-    from visa.notifications.models import NotificationKind, NotificationLevel, SystemNotification
 
     database = Database(f"sqlite:///{site.data_dir / 'visa.db'}")
     with database.unit_of_work() as s:

@@ -107,8 +107,8 @@ def test_home_lists_instances_with_state_lifetime_and_csrf(world, api_client) ->
 
 
 def test_announcements_show_on_pages_until_dismissed(world, db, clock, api_client) -> None:  # noqa: ANN001
-    from visa.notifications import service as notifications
-    from visa.notifications.models import NotificationKind, NotificationLevel
+    from visa.announcements import service as notifications
+    from visa.announcements.models import NotificationKind, NotificationLevel
 
     with db.unit_of_work() as s:
         admin = make_user(s, clock, "root", roles=(Role.ADMIN,))

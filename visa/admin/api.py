@@ -9,8 +9,12 @@ from __future__ import annotations
 from flask import Blueprint
 
 from visa.admin import schemas as S
-from visa.admin import serialize, service
+from visa.admin import serialize
+from visa.audit import service as audit
+from visa.catalogue import service as catalogue
 from visa.catalogue.schemas import FlavourLimitsSpec, FlavourSpec, ImageSpec
+from visa.clouds import service as clouds_service
+from visa.instances import service as instances
 from visa.openapi import MAX_ID, doc, parse_query, respond
 from visa.users import service as users
 from visa.web.context import current_actor, db_session, services
@@ -36,14 +40,14 @@ def _page(items: list, total: int, q: S.PageQuery) -> S.Page:
      tags=["admin"], response=S.StatsOut)
 def stats():  # noqa: ANN201
     svc = services()
-    return respond(S.StatsOut(**service.stats(current_actor(), db_session(), svc.clock, svc)))
+    return respond(serialize.stats(current_actor(), db_session(), svc.clock, svc))
 
 
 @bp.get("/clouds")
 @doc("Clouds with their quota (from the cloud, cached a few seconds) and visa's use of them",
      tags=["admin"], response=list[S.CloudOut])
 def clouds():  # noqa: ANN201
-    return respond([S.CloudOut(**c) for c in service.clouds(current_actor(), db_session(), services())])
+    return respond(serialize.clouds(current_actor(), db_session(), services()))
 
 
 # --- instances --------------------------------------------------------------------------------
@@ -54,7 +58,7 @@ def clouds():  # noqa: ANN201
      tags=["admin"], query=S.InstanceQuery, response=S.Page[S.AdminInstanceOut])
 def list_instances():  # noqa: ANN201
     actor, q = current_actor(), parse_query(S.InstanceQuery)
-    items, total = service.list_instances(actor, db_session(), q)
+    items, total = instances.search_instances(actor, db_session(), q)
     clock = services().clock
     return respond(_page([serialize.admin_instance(i, actor, clock) for i in items], total, q))
 
@@ -64,9 +68,9 @@ def list_instances():  # noqa: ANN201
      tags=["admin"], response=S.InstanceDetailOut)
 def get_instance(uid: str):  # noqa: ANN201
     actor, s = current_actor(), db_session()
-    instance = service.get_instance(actor, s, uid)
-    commands = service.instance_commands(actor, s, instance)
-    history = service.instance_history(actor, s, instance)
+    instance = instances.get_any_instance(actor, s, uid)
+    commands = instances.instance_commands(actor, s, instance)
+    history = audit.instance_history(actor, s, instance.uid)
     return respond(serialize.instance_detail(instance, actor, services().clock, commands, history))
 
 
@@ -74,7 +78,7 @@ def get_instance(uid: str):  # noqa: ANN201
 @doc("The user-data the machine receives at boot, as rendered now (secrets masked)",
      tags=["admin"], response=S.UserDataOut)
 def instance_userdata(uid: str):  # noqa: ANN201
-    text = service.render_userdata(current_actor(), db_session(), services().clock, uid)
+    text = instances.render_userdata(current_actor(), db_session(), services().clock, uid)
     return respond(S.UserDataOut(uid=uid, user_data=text))
 
 
@@ -83,7 +87,7 @@ def instance_userdata(uid: str):  # noqa: ANN201
      tags=["admin"], body=S.ActionIn, response=S.AdminInstanceOut, status=202)
 def instance_action(uid: str):  # noqa: ANN201
     actor, data = current_actor(), parse_body(S.ActionIn)
-    instance = service.act_on_instance(actor, db_session(), services().clock, uid, data.command)
+    instance = instances.act_on_instance(actor, db_session(), services().clock, uid, data.command)
     return respond(serialize.admin_instance(instance, actor, services().clock), 202)
 
 
@@ -92,7 +96,7 @@ def instance_action(uid: str):  # noqa: ANN201
 def instance_termination(uid: str):  # noqa: ANN201
     actor, data = current_actor(), parse_body(S.TerminationIn)
     clock = services().clock
-    instance = service.change_termination(actor, db_session(), clock, uid, data.terminates_at, data.reason)
+    instance = instances.change_termination(actor, db_session(), clock, uid, data.terminates_at, data.reason)
     return respond(serialize.admin_instance(instance, actor, clock))
 
 
@@ -104,12 +108,12 @@ def instance_termination(uid: str):  # noqa: ANN201
      tags=["admin"], query=S.UserQuery, response=S.Page[S.AdminUserOut])
 def list_users():  # noqa: ANN201
     q = parse_query(S.UserQuery)
-    found, total, counts = service.list_users(current_actor(), db_session(), services().clock, q)
-    return respond(_page([serialize.user(u, counts.get(u.id, 0)) for u in found], total, q))
+    rows, total = serialize.users_page(current_actor(), db_session(), services().clock, q)
+    return respond(_page(rows, total, q))
 
 
 def _user_out(username: str) -> S.AdminUserOut:
-    return serialize.user(*service.get_user(current_actor(), db_session(), username))
+    return serialize.one_user(current_actor(), db_session(), username)
 
 
 @bp.get("/users/<username>")
@@ -165,10 +169,9 @@ def revoke_sessions(username: str):  # noqa: ANN201
 
 
 def _flavour_out(name: str) -> S.FlavourOut:
-    for f, spec, count in service.list_flavours(current_actor(), db_session()):
+    for f in serialize.flavours(current_actor(), db_session()):
         if f.name == name:
-            return S.FlavourOut(id=f.id, instances=count, **spec.model_dump(exclude={"memory_gb"}),
-                                memory_mb=f.memory_mb)
+            return f
     from visa.errors import NotFound
 
     raise NotFound(f"no flavour {name[:64]!r}", field="name")
@@ -178,10 +181,7 @@ def _flavour_out(name: str) -> S.FlavourOut:
 @doc("Flavours (hidden ones too) with their limits and lifetimes", tags=["admin", "catalogue"],
      response=list[S.FlavourOut])
 def list_flavours():  # noqa: ANN201
-    return respond([
-        S.FlavourOut(id=f.id, instances=count, memory_mb=f.memory_mb, **spec.model_dump(exclude={"memory_gb"}))
-        for f, spec, count in service.list_flavours(current_actor(), db_session())
-    ])
+    return respond(serialize.flavours(current_actor(), db_session()))
 
 
 @bp.post("/flavours")
@@ -189,14 +189,14 @@ def list_flavours():  # noqa: ANN201
      description=CATALOGUE_NOTE)
 def create_flavour():  # noqa: ANN201
     spec = parse_body(FlavourSpec)
-    service.save_flavour(current_actor(), db_session(), services().clock, spec, create=True)
+    catalogue.save_flavour(current_actor(), db_session(), services().clock, spec, create=True)
     return respond(_flavour_out(spec.name), 201)
 
 
 @bp.get("/flavours/<name>")
 @doc("One flavour", tags=["admin", "catalogue"], response=S.FlavourOut)
 def get_flavour(name: str):  # noqa: ANN201
-    service.get_flavour(current_actor(), db_session(), name)
+    catalogue.get_flavour(current_actor(), db_session(), name)
     return respond(_flavour_out(name))
 
 
@@ -205,7 +205,7 @@ def get_flavour(name: str):  # noqa: ANN201
      response=S.FlavourOut, description=CATALOGUE_NOTE)
 def put_flavour(name: str):  # noqa: ANN201
     spec = parse_body(FlavourSpec)
-    service.save_flavour(current_actor(), db_session(), services().clock, spec, name=name)
+    catalogue.save_flavour(current_actor(), db_session(), services().clock, spec, name=name)
     return respond(_flavour_out(name))
 
 
@@ -213,7 +213,7 @@ def put_flavour(name: str):  # noqa: ANN201
 @doc("Limit a flavour to roles and/or instruments (empty: open to all)", tags=["admin", "catalogue"],
      body=FlavourLimitsSpec, response=S.FlavourOut, description=CATALOGUE_NOTE)
 def put_flavour_limits(name: str):  # noqa: ANN201
-    service.set_flavour_limits(current_actor(), db_session(), services().clock, name, parse_body(FlavourLimitsSpec))
+    catalogue.set_flavour_limits(current_actor(), db_session(), services().clock, name, parse_body(FlavourLimitsSpec))
     return respond(_flavour_out(name))
 
 
@@ -222,14 +222,14 @@ def put_flavour_limits(name: str):  # noqa: ANN201
      body=S.LifetimesIn, response=S.FlavourOut, description=CATALOGUE_NOTE)
 def put_flavour_lifetimes(name: str):  # noqa: ANN201
     data = parse_body(S.LifetimesIn)
-    service.set_flavour_lifetimes(current_actor(), db_session(), services().clock, name, data.lifetimes)
+    catalogue.set_flavour_lifetimes(current_actor(), db_session(), services().clock, name, data.lifetimes)
     return respond(_flavour_out(name))
 
 
 @bp.delete("/flavours/<name>")
 @doc("Hide a flavour (never deleted: instances refer to it)", tags=["admin", "catalogue"], response=S.FlavourOut)
 def hide_flavour(name: str):  # noqa: ANN201
-    service.hide_flavour(current_actor(), db_session(), services().clock, name)
+    catalogue.hide_flavour(current_actor(), db_session(), services().clock, name)
     return respond(_flavour_out(name))
 
 
@@ -237,55 +237,55 @@ def hide_flavour(name: str):  # noqa: ANN201
 
 
 def _image_out(image) -> S.ImageOut:  # noqa: ANN001
-    return serialize.image(image, service.cloud_names(db_session()))
+    return serialize.image(image, clouds_service.cloud_names(db_session()))
 
 
 @bp.get("/images")
 @doc("Images (hidden ones too)", tags=["admin", "catalogue"], response=list[S.ImageOut])
 def list_images():  # noqa: ANN201
-    clouds = service.cloud_names(db_session())
-    return respond([serialize.image(i, clouds) for i in service.list_images(current_actor(), db_session())])
+    clouds = clouds_service.cloud_names(db_session())
+    return respond([serialize.image(i, clouds) for i in catalogue.list_images(current_actor(), db_session())])
 
 
 @bp.post("/images")
 @doc("Create an image (with its plans)", tags=["admin", "catalogue"], body=ImageSpec, response=S.ImageOut,
      status=201, description=CATALOGUE_NOTE)
 def create_image():  # noqa: ANN201
-    image, _ = service.save_image(current_actor(), db_session(), services().clock, parse_body(ImageSpec), create=True)
+    image, _ = catalogue.save_image(current_actor(), db_session(), services().clock, parse_body(ImageSpec), create=True)
     return respond(_image_out(image), 201)
 
 
 @bp.get("/images/<name>")
 @doc("One image", tags=["admin", "catalogue"], response=S.ImageOut)
 def get_image(name: str):  # noqa: ANN201
-    return respond(_image_out(service.get_image(current_actor(), db_session(), name)))
+    return respond(_image_out(catalogue.get_image(current_actor(), db_session(), name)))
 
 
 @bp.put("/images/<name>")
 @doc("Replace an image; its plans become those listed", tags=["admin", "catalogue"], body=ImageSpec,
      response=S.ImageOut, description=CATALOGUE_NOTE)
 def put_image(name: str):  # noqa: ANN201
-    image, _ = service.save_image(current_actor(), db_session(), services().clock, parse_body(ImageSpec), name=name)
+    image, _ = catalogue.save_image(current_actor(), db_session(), services().clock, parse_body(ImageSpec), name=name)
     return respond(_image_out(image))
 
 
 @bp.delete("/images/<name>")
 @doc("Hide an image (never deleted: instances refer to it)", tags=["admin", "catalogue"], response=S.ImageOut)
 def hide_image(name: str):  # noqa: ANN201
-    return respond(_image_out(service.hide_image(current_actor(), db_session(), services().clock, name)))
+    return respond(_image_out(catalogue.hide_image(current_actor(), db_session(), services().clock, name)))
 
 
 @bp.get("/plans")
 @doc("Plans (disabled ones too)", tags=["admin", "catalogue"], response=list[S.AdminPlanOut])
 def list_plans():  # noqa: ANN201
-    return respond([serialize.plan(p) for p in service.list_plans(current_actor(), db_session())])
+    return respond([serialize.plan(p) for p in catalogue.list_plans(current_actor(), db_session())])
 
 
 @bp.post("/plans")
 @doc("Create a plan: an image on a flavour (preset: the one offered first)", tags=["admin", "catalogue"],
      body=S.PlanIn, response=S.AdminPlanOut, status=201, description=CATALOGUE_NOTE)
 def create_plan():  # noqa: ANN201
-    plan = service.create_plan(current_actor(), db_session(), services().clock, parse_body(S.PlanIn))
+    plan = catalogue.create_plan(current_actor(), db_session(), services().clock, parse_body(S.PlanIn))
     return respond(serialize.plan(plan), 201)
 
 
@@ -293,12 +293,12 @@ def create_plan():  # noqa: ANN201
 @doc("Enable, disable or make a plan the preset", tags=["admin", "catalogue"], body=S.PlanPatch,
      response=S.AdminPlanOut, description=CATALOGUE_NOTE)
 def patch_plan(plan_id: int):  # noqa: ANN201
-    plan = service.update_plan(current_actor(), db_session(), services().clock, plan_id, parse_body(S.PlanPatch))
+    plan = catalogue.update_plan(current_actor(), db_session(), services().clock, plan_id, parse_body(S.PlanPatch))
     return respond(serialize.plan(plan))
 
 
 @bp.delete(f"/plans/<int(max={MAX_ID}):plan_id>")
 @doc("Disable a plan (never deleted: instances refer to it)", tags=["admin", "catalogue"], response=S.AdminPlanOut)
 def delete_plan(plan_id: int):  # noqa: ANN201
-    return respond(serialize.plan(service.disable_plan(current_actor(), db_session(), services().clock, plan_id)))
+    return respond(serialize.plan(catalogue.disable_plan(current_actor(), db_session(), services().clock, plan_id)))
 

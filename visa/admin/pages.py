@@ -1,6 +1,6 @@
 """Admin pages: dashboard, instances, catalogue, users, notifications, audit.
 
-Views read through the admin services and hand the documented models (as dicts) to the
+Views read through each feature's service functions and hand the documented models (as dicts) to the
 templates; every change goes through ``/api/admin`` from the page script, so the rules and
 the CSRF check are those of the API.
 """
@@ -16,9 +16,15 @@ from jinja2 import TemplateNotFound
 
 from visa.actor import Actor
 from visa.admin import schemas as S
-from visa.admin import serialize, service
+from visa.admin import serialize
+from visa.announcements import service as notifications
+from visa.announcements.serialize import notification_out
+from visa.audit import service as audit_service
+from visa.audit.serialize import audit_out
+from visa.catalogue import service as catalogue_service
+from visa.clouds import service as clouds_service
+from visa.instances import service as instance_service
 from visa.instances.models import InstanceState
-from visa.notifications import service as notifications
 from visa.openapi import parse_query
 from visa.policy import require
 from visa.users.models import Role
@@ -84,7 +90,7 @@ def _pages(total: int, q: S.PageQuery) -> dict[str, Any]:
 @admin_page("view_all_instances")
 def dashboard(actor: Actor):  # noqa: ANN201
     svc = services()
-    stats = S.StatsOut(**service.stats(actor, db_session(), svc.clock, svc)).model_dump(mode="json")
+    stats = serialize.stats(actor, db_session(), svc.clock, svc).model_dump(mode="json")
     return _render("admin/dashboard.html", title="Dashboard", stats=stats)
 
 
@@ -93,7 +99,7 @@ def dashboard(actor: Actor):  # noqa: ANN201
 def instances(actor: Actor):  # noqa: ANN201
     q = parse_query(S.InstanceQuery)
     s, clock = db_session(), services().clock
-    items, total = service.list_instances(actor, s, q)
+    items, total = instance_service.search_instances(actor, s, q)
     rows = [serialize.admin_instance(i, actor, clock).model_dump(mode="json") for i in items]
     return _render("admin/instances.html", title="Instances", rows=rows, q=q, pages=_pages(total, q),
                    states=[st.value for st in InstanceState], sorts=S.INSTANCE_SORTS)
@@ -103,12 +109,12 @@ def instances(actor: Actor):  # noqa: ANN201
 @admin_page("view_all_instances")
 def instance(actor: Actor, uid: str):  # noqa: ANN201
     s, clock = db_session(), services().clock
-    inst = service.get_instance(actor, s, uid)
+    inst = instance_service.get_any_instance(actor, s, uid)
     detail = serialize.instance_detail(
-        inst, actor, clock, service.instance_commands(actor, s, inst), service.instance_history(actor, s, inst)
+        inst, actor, clock, instance_service.instance_commands(actor, s, inst), audit_service.instance_history(actor, s, inst.uid)
     ).model_dump(mode="json")
     try:
-        user_data, user_data_error = service.render_userdata(actor, s, clock, uid, audit=False), None
+        user_data, user_data_error = instance_service.render_userdata(actor, s, clock, uid, audit=False), None
     except Exception as exc:  # a preview that cannot render says why, the page still shows
         user_data, user_data_error = None, str(getattr(exc, "message", exc))[:300]
     from visa.instances.models import CommandAction
@@ -125,13 +131,10 @@ def instance(actor: Actor, uid: str):  # noqa: ANN201
 @admin_page("manage_catalogue")
 def catalogue(actor: Actor):  # noqa: ANN201
     s = db_session()
-    flavours = [
-        S.FlavourOut(id=f.id, instances=n, memory_mb=f.memory_mb, **spec.model_dump(exclude={"memory_gb"})).model_dump(mode="json")
-        for f, spec, n in service.list_flavours(actor, s)
-    ]
-    clouds = service.cloud_names(s)
-    images = [serialize.image(i, clouds).model_dump(mode="json") for i in service.list_images(actor, s)]
-    plans = [serialize.plan(p).model_dump(mode="json") for p in service.list_plans(actor, s)]
+    flavours = [f.model_dump(mode="json") for f in serialize.flavours(actor, s)]
+    clouds = clouds_service.cloud_names(s)
+    images = [serialize.image(i, clouds).model_dump(mode="json") for i in catalogue_service.list_images(actor, s)]
+    plans = [serialize.plan(p).model_dump(mode="json") for p in catalogue_service.list_plans(actor, s)]
     return _render("admin/catalogue.html", title="Catalogue", flavours=flavours, images=images, plans=plans,
                    roles=[r.value for r in Role], cloud_names=sorted(clouds.values()))
 
@@ -140,8 +143,8 @@ def catalogue(actor: Actor):  # noqa: ANN201
 @admin_page("manage_users")
 def users(actor: Actor):  # noqa: ANN201
     q = parse_query(S.UserQuery)
-    found, total, counts = service.list_users(actor, db_session(), services().clock, q)
-    rows = [serialize.user(u, counts.get(u.id, 0)).model_dump(mode="json") for u in found]
+    found, total = serialize.users_page(actor, db_session(), services().clock, q)
+    rows = [u.model_dump(mode="json") for u in found]
     return _render("admin/users.html", title="Users", rows=rows, q=q, pages=_pages(total, q),
                    roles=[r.value for r in Role])
 
@@ -149,7 +152,7 @@ def users(actor: Actor):  # noqa: ANN201
 @bp.get("/notifications", endpoint="notifications")
 @admin_page("manage_notifications")
 def notifications_page(actor: Actor):  # noqa: ANN201
-    rows = [serialize.notification(n, c).model_dump(mode="json") for n, c in notifications.list_all(actor, db_session())]
+    rows = [notification_out(n, c).model_dump(mode="json") for n, c in notifications.list_all(actor, db_session())]
     return _render("admin/notifications.html", title="Notifications", rows=rows)
 
 
@@ -157,7 +160,7 @@ def notifications_page(actor: Actor):  # noqa: ANN201
 @admin_page("view_audit")
 def audit(actor: Actor):  # noqa: ANN201
     q = parse_query(S.AuditQuery)
-    items, total = service.audit_events(actor, db_session(), q)
-    rows = [serialize.audit(e).model_dump(mode="json") for e in items]
+    items, total = audit_service.audit_events(actor, db_session(), q)
+    rows = [audit_out(e).model_dump(mode="json") for e in items]
     return _render("admin/audit.html", title="Audit log", rows=rows, q=q, pages=_pages(total, q))
 

@@ -1,63 +1,36 @@
-"""What the administration API takes and gives. Catalogue input reuses the files' schemas."""
+"""What the administration API takes and gives. Queries and answers that belong to a feature (instances,
+users, the audit log, announcements, plans) live in that feature's schemas and are named here for the
+admin handlers; catalogue input reuses the files' schemas."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from visa.catalogue.schemas import NAME, FlavourLimitsSpec, GpuSpec, LifetimeSpec
-from visa.instances.models import CommandAction, InstanceState
-from visa.notifications.models import NotificationKind, NotificationLevel
-from visa.openapi import InstanceOut
+from visa.announcements.schemas import NotificationIn, NotificationOut
+from visa.audit.schemas import AuditOut, AuditQuery
+from visa.catalogue.schemas import FlavourLimitsSpec, GpuSpec, LifetimeSpec, PlanIn, PlanPatch
+from visa.instances.models import CommandAction
+from visa.instances.schemas import INSTANCE_SORTS, InstanceOut, InstanceQuery
+from visa.paging import Page, PageQuery
+from visa.types import Timestamp
 from visa.users.models import Role
+from visa.users.schemas import UserQuery
 from visa.users.service import MAX_QUOTA
-
-T = TypeVar("T")
-
-MAX_PER_PAGE = 200
 
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
-class PageQuery(_In):
-    page: int = Field(1, ge=1, le=100_000)
-    per_page: int = Field(50, ge=1, le=MAX_PER_PAGE)
-
-
-class Page(BaseModel, Generic[T]):  # noqa: UP046 (Python 3.11)
-    items: list[T]
-    total: int
-    page: int
-    per_page: int
-
-
 # --- instances --------------------------------------------------------------------------------
-
-INSTANCE_SORTS = ("created_at", "terminates_at", "state_changed_at", "last_seen_at", "name", "state", "owner")
-InstanceSort = Literal[
-    "created_at", "-created_at", "terminates_at", "-terminates_at", "state_changed_at", "-state_changed_at",
-    "last_seen_at", "-last_seen_at", "name", "-name", "state", "-state", "owner", "-owner",
-]
-
-
-class InstanceQuery(PageQuery):
-    state: list[InstanceState] = Field(default_factory=list, description="Any of these states")
-    owner: str | None = Field(None, max_length=64, description="Owner's username")
-    image: str | None = Field(None, max_length=64, description="Image name")
-    flavour: str | None = Field(None, max_length=64, description="Flavour name")
-    cloud: str | None = Field(None, max_length=64, description="Cloud name")
-    q: str | None = Field(None, max_length=100, description="Part of the name or uid")
-    deleted: bool = Field(False, description="Include deleted instances")
-    sort: InstanceSort = "-created_at"
 
 
 class AdminInstanceOut(InstanceOut):
-    state_changed_at: datetime | None
-    deleted_at: datetime | None
+    state_changed_at: Timestamp | None
+    deleted_at: Timestamp | None
     cloud_server_id: str | None
     address: str | None
     members: list[MemberOut]
@@ -75,19 +48,8 @@ class CommandOut(BaseModel):
     state: str
     actor: str | None
     message: str | None
-    created_at: datetime
-    finished_at: datetime | None
-
-
-class AuditOut(BaseModel):
-    id: int
-    at: datetime
-    actor: str
-    action: str
-    target_type: str | None
-    target_id: str | None
-    details: dict[str, Any]
-    ip: str | None
+    created_at: Timestamp
+    finished_at: Timestamp | None
 
 
 class ExperimentDetail(BaseModel):
@@ -104,7 +66,7 @@ class InstanceDetailOut(AdminInstanceOut):
     experiments_detail: list[ExperimentDetail]
     commands: list[CommandOut]
     history: list[AuditOut]
-    last_interaction_at: datetime | None
+    last_interaction_at: Timestamp | None
     owner_email: str | None
 
 
@@ -129,15 +91,10 @@ class UserDataOut(BaseModel):
 # --- users ------------------------------------------------------------------------------------
 
 
-class UserQuery(PageQuery):
-    q: str | None = Field(None, max_length=100, description="Part of the username, name or email")
-    role: Role | None = None
-
-
 class GrantOut(BaseModel):
     role: Role
-    expires_at: datetime | None
-    granted_at: datetime
+    expires_at: Timestamp | None
+    granted_at: Timestamp
 
 
 class AdminUserOut(BaseModel):
@@ -149,8 +106,8 @@ class AdminUserOut(BaseModel):
     instance_quota: int
     instances: int
     roles: list[GrantOut]
-    created_at: datetime
-    last_login_at: datetime | None
+    created_at: Timestamp
+    last_login_at: Timestamp | None
 
 
 class GrantIn(_In):
@@ -215,18 +172,6 @@ class AdminPlanOut(BaseModel):
     flavour_visible: bool
 
 
-class PlanIn(_In):
-    image: str = Field(pattern=NAME)
-    flavour: str = Field(pattern=NAME)
-    preset: bool = False
-    enabled: bool = True
-
-
-class PlanPatch(_In):
-    preset: bool | None = None
-    enabled: bool | None = None
-
-
 class LifetimesIn(_In):
     lifetimes: list[LifetimeSpec] = Field(max_length=20)
 
@@ -275,33 +220,11 @@ class StatsOut(BaseModel):
 # --- notifications and audit ------------------------------------------------------------------
 
 
-class NotificationIn(_In):
-    message: str = Field(min_length=1, max_length=4000)
-    level: NotificationLevel = NotificationLevel.INFO
-    kind: NotificationKind = NotificationKind.BANNER
-    active_from: datetime | None = None
-    active_until: datetime | None = None
-
-
-class NotificationOut(BaseModel):
-    id: int
-    message: str
-    level: NotificationLevel
-    kind: NotificationKind
-    active_from: datetime | None
-    active_until: datetime | None
-    created_at: datetime
-    acknowledged: int | None = Field(None, description="How many users acknowledged it (admin view)")
-
-
-class AuditQuery(PageQuery):
-    action: str | None = Field(None, max_length=64, description="Exact action, or a prefix ending in '.'")
-    actor: str | None = Field(None, max_length=64)
-    target_type: str | None = Field(None, max_length=32)
-    target_id: str | None = Field(None, max_length=64)
-    since: datetime | None = None
-    until: datetime | None = None
-
-
 AdminInstanceOut.model_rebuild()
 InstanceDetailOut.model_rebuild()
+
+
+__all__ = [
+    "INSTANCE_SORTS", "AuditOut", "AuditQuery", "InstanceQuery", "NotificationIn", "NotificationOut", "Page", "PageQuery", "PlanIn",
+    "PlanPatch", "UserQuery",
+]

@@ -1,16 +1,26 @@
-"""Admin views of instances, users and the catalogue, shaped as the documented models."""
+"""Admin views of instances, users, the catalogue and the clouds, shaped as the documented models.
+
+The views that join two features (users with their instance counts, flavours with theirs, the
+dashboard with the clouds) are put together here from each feature's own service functions."""
 
 from __future__ import annotations
+
+from sqlalchemy.orm import Session
 
 from visa.actor import Actor
 from visa.admin import schemas as S
 from visa.audit.models import AuditEvent
+from visa.audit.serialize import audit_out
+from visa.catalogue import service as catalogue
 from visa.catalogue.models import Image, Plan
 from visa.clock import Clock
+from visa.clouds.service import CloudHost, CloudStatus, cloud_statuses
+from visa.instances import service as instances
 from visa.instances.models import Instance, InstanceCommand
-from visa.instances.serialize import instance_dict
-from visa.notifications.models import SystemNotification
+from visa.instances.serialize import instance_out
+from visa.users import service as users
 from visa.users.models import User
+from visa.users.schemas import UserQuery
 
 
 def admin_instance(instance: Instance, actor: Actor, clock: Clock) -> S.AdminInstanceOut:
@@ -18,7 +28,7 @@ def admin_instance(instance: Instance, actor: Actor, clock: Clock) -> S.AdminIns
 
 
 def _admin_fields(instance: Instance, actor: Actor, clock: Clock) -> dict:
-    d = instance_dict(instance, actor, clock)
+    d = instance_out(instance, actor, clock).model_dump()
     d.update(
         state_changed_at=instance.state_changed_at,
         deleted_at=instance.deleted_at,
@@ -50,15 +60,10 @@ def instance_detail(
                          created_at=c.created_at, finished_at=c.finished_at)
             for c, name in commands
         ],
-        history=[audit(e) for e in history],
+        history=[audit_out(e) for e in history],
         last_interaction_at=instance.last_interaction_at,
         owner_email=instance.owner.email,
     )
-
-
-def audit(e: AuditEvent) -> S.AuditOut:
-    return S.AuditOut(id=e.id, at=e.at, actor=e.actor_name, action=e.action, target_type=e.target_type,
-                      target_id=e.target_id, details=e.details or {}, ip=e.ip)
 
 
 def user(u: User, instances: int) -> S.AdminUserOut:
@@ -86,6 +91,52 @@ def plan(p: Plan) -> S.AdminPlanOut:
                           image_visible=p.image.visible, flavour_visible=p.flavour.visible)
 
 
-def notification(n: SystemNotification, acknowledged: int | None = None) -> S.NotificationOut:
-    return S.NotificationOut(id=n.id, message=n.message, level=n.level, kind=n.kind, active_from=n.active_from,
-                             active_until=n.active_until, created_at=n.created_at, acknowledged=acknowledged)
+def cloud(c: CloudStatus, used: dict[str, int]) -> S.CloudOut:
+    lim = c.limits
+    return S.CloudOut(
+        name=c.name, kind=c.kind, enabled=c.enabled, status=c.status, message=c.message,
+        isolated=c.isolated, isolation=c.isolation,
+        usage=S.CloudUsage(
+            max_instances=lim.max_instances if lim else None,
+            max_cores=lim.max_cores if lim else None,
+            max_memory_mb=lim.max_memory_mb if lim else None,
+            cloud_used_instances=lim.used_instances if lim else None,
+            cloud_used_cores=lim.used_cores if lim else None,
+            cloud_used_memory_mb=lim.used_memory_mb if lim else None,
+            instances=used.get("instances", 0), cores=used.get("cores", 0),
+            memory_mb=used.get("memory_mb", 0), gpus=used.get("gpus", 0),
+        ),
+    )
+
+
+# --- views that join features -----------------------------------------------------------------
+
+
+def stats(actor: Actor, session: Session, clock: Clock, services: CloudHost) -> S.StatsOut:
+    return S.StatsOut(**instances.stats(actor, session, clock), clouds=clouds(actor, session, services))
+
+
+def clouds(actor: Actor, session: Session, services: CloudHost) -> list[S.CloudOut]:
+    """Each cloud with its quota (``Provider.limits``) and what visa's instances use of it."""
+    used = instances.usage_by_cloud(actor, session)
+    return [cloud(c, used.get(c.name, {})) for c in cloud_statuses(services)]
+
+
+def users_page(actor: Actor, session: Session, clock: Clock, q: UserQuery) -> tuple[list[S.AdminUserOut], int]:
+    found, total = users.list_users(actor, session, clock, q)
+    counts = instances.owned_counts(session, [u.id for u in found])
+    return [user(u, counts.get(u.id, 0)) for u in found], total
+
+
+def one_user(actor: Actor, session: Session, username: str) -> S.AdminUserOut:
+    found = users.find_user(actor, session, username)
+    return user(found, instances.active_instance_count(session, found))
+
+
+def flavours(actor: Actor, session: Session) -> list[S.FlavourOut]:
+    counts = instances.by_flavour(session)
+    return [
+        S.FlavourOut(id=f.id, instances=counts.get(f.id, 0), memory_mb=f.memory_mb,
+                     **spec.model_dump(exclude={"memory_gb"}))
+        for f, spec in catalogue.list_flavours(actor, session)
+    ]

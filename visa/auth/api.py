@@ -4,22 +4,24 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from flask import Blueprint, jsonify
-from sqlalchemy import select
+from flask import Blueprint
 
 from visa.auth import tokens, web
 from visa.auth.login import local_login
-from visa.auth.schemas import LoginForm, NewToken
+from visa.auth.schemas import LoginForm, LogoutOut, MeOut, NewToken, NewTokenOut, TokenOut
+from visa.auth.serialize import me_out, token_out
 from visa.errors import Forbidden
+from visa.openapi import doc, respond
 from visa.policy import require
-from visa.users.models import ApiToken, User
 from visa.web.context import current_actor, db_session, login_session, services
 from visa.web.csrf import csrf_token
 from visa.web.io import parse_body
 
 bp = Blueprint("auth_api", __name__)
 
+
 @bp.post("/api/login")
+@doc("Log in with a local account", tags=["auth"], body=LoginForm, response=MeOut, auth=False)
 def login():  # noqa: ANN201
     svc = services()
     if not svc.settings.uses_local_accounts:
@@ -27,52 +29,35 @@ def login():  # noqa: ANN201
     form = parse_body(LoginForm)
     user = local_login(db_session(), svc, web.limits(), form.username, form.password, web.client_ip())
     login_session(user, "local")
-    return jsonify({**_me(user), "csrf_token": csrf_token()})
+    roles = sorted(r.value for r in user.roles_at(svc.clock.now()))
+    return respond(me_out(user, roles, csrf_token()))
 
 
 @bp.post("/api/logout")
+@doc("Log out (ends the login session)", tags=["auth"], response=LogoutOut, auth=False)
 def logout():  # noqa: ANN201
     from visa.auth.pages import end_session
 
-    return jsonify({"ok": True, "next": end_session()})
+    return respond(LogoutOut(next=end_session()))
 
 
 @bp.get("/api/me")
+@doc("Who am I", tags=["auth"], response=MeOut)
 def me():  # noqa: ANN201
     actor = current_actor()
     assert actor.user is not None
-    return jsonify({**_me(actor.user, sorted(r.value for r in actor.roles)), "csrf_token": csrf_token()})
-
-
-def _me(user: User, roles: list[str] | None = None) -> dict[str, object]:
-    if roles is None:
-        roles = sorted(r.value for r in user.roles_at(services().clock.now()))
-    return {
-        "username": user.username, "full_name": user.full_name, "email": user.email,
-        "roles": roles, "instance_quota": user.instance_quota,
-    }
-
-
-def _token_dict(token: ApiToken) -> dict[str, object]:
-    # Never the hash; the secret value only once, at creation.
-    iso = lambda d: d.isoformat() if d else None  # noqa: E731
-    return {
-        "id": token.id, "name": token.name, "prefix": token.prefix, "scopes": token.scopes.split(),
-        "created_at": iso(token.created_at), "expires_at": iso(token.expires_at),
-        "last_used_at": iso(token.last_used_at), "revoked_at": iso(token.revoked_at),
-    }
+    return respond(me_out(actor.user, sorted(r.value for r in actor.roles), csrf_token()))
 
 
 @bp.get("/api/tokens")
+@doc("The caller's personal API tokens (never their values)", tags=["auth"], response=list[TokenOut])
 def list_tokens():  # noqa: ANN201
-    actor = current_actor()
-    rows = db_session().scalars(
-        select(ApiToken).where(ApiToken.user_id == actor.id).order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
-    )
-    return jsonify([_token_dict(t) for t in rows])
+    return respond([token_out(t) for t in tokens.list_api_tokens(current_actor(), db_session())])
 
 
 @bp.post("/api/tokens")
+@doc("Create a personal API token (from a logged-in session); its value is shown once", tags=["auth"],
+     body=NewToken, response=NewTokenOut, status=201)
 def create_token():  # noqa: ANN201
     actor = current_actor()
     require(actor, "api_token.create")  # before the body or the rate limit: a refusal costs nothing
@@ -86,15 +71,14 @@ def create_token():  # noqa: ANN201
     token, value = tokens.create_api_token(
         actor, db_session(), svc.clock, name=data.name, expires_at=expires_at, scopes=data.scopes,
     )
-    return jsonify({**_token_dict(token), "token": value}), 201
+    return respond(NewTokenOut(**token_out(token).model_dump(), token=value), 201)
 
 
 @bp.delete("/api/tokens/<int:token_id>")
+@doc("Revoke one of the caller's tokens", tags=["auth"], response=TokenOut)
 def revoke_token(token_id: int):  # noqa: ANN201
     actor = current_actor()
-    token = db_session().get(ApiToken, token_id)
-    if token is None or token.user_id != actor.id:
-        # Each user manages their own tokens here; 404 rather than reveal others' ids.
-        return jsonify({"error": "not_found", "message": "no such token"}), 404
-    tokens.revoke_api_token(actor, db_session(), services().clock, token_id)
-    return jsonify(_token_dict(token))
+    s = db_session()
+    token = tokens.own_api_token(actor, s, token_id)
+    tokens.revoke_api_token(actor, s, services().clock, token_id)
+    return respond(token_out(token))

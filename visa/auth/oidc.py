@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -36,9 +37,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from visa.actor import SYSTEM, Actor
+from visa.auth.login import Limits, audit_failure, record_login
 from visa.auth.logsafe import clip
 from visa.clock import Clock
-from visa.errors import Unauthorized
+from visa.errors import Unauthorized, VisaError
 from visa.policy import MINT_TOKENS
 from visa.settings import OidcSettings
 from visa.users.models import Role, User
@@ -322,3 +324,71 @@ def actor_from_access_token(session: Session, services: Any, value: str, ip: str
     idp_scopes = frozenset({MINT_TOKENS}) if settings.oidc.token_scope in scopes else frozenset()
     return Actor(user=user, roles=roles, name=user.username, ip=ip, scopes=None, credential="oidc_token",
                  idp_scopes=idp_scopes, at=now)
+
+
+FLOW_SECONDS = 600  # a login started at the provider must come back within this
+
+
+class LoginIncomplete(Unauthorized):
+    """The provider's answer does not belong to a login this browser started (or it came too late)."""
+
+
+@dataclass(frozen=True)
+class OidcLogin:
+    user: User
+    roles: frozenset[Role]
+    refresh_token: str | None
+    expires_in: Any
+    next: str
+
+
+def roles_in_tokens(client: Any, tokens: dict[str, Any], settings: OidcSettings,
+                    fallback: dict[str, Any] | None = None) -> frozenset[Role]:
+    """The visa roles in a token response: Keycloak puts realm roles in the access token."""
+    if not settings.role_claim:
+        return frozenset()
+    try:
+        claims = client.validate(str(tokens.get("access_token", "")))
+    except Unauthorized:
+        if fallback is None:
+            log.warning("refreshed access token not readable: the provider's roles are dropped")
+            return frozenset()
+        claims = fallback
+    return roles_from_claims(claims, settings)
+
+
+def complete_login(session: Session, services: Any, limits: Limits, flow: Any, answer: dict[str, str],
+                   redirect_uri: str, ip: str | None) -> OidcLogin:
+    """The user the provider's answer (``error``, ``state``, ``code``) names, for the login ``flow`` this
+    browser started. Refusals are audited and count against the address: RateLimited before anything is
+    looked at, LoginIncomplete for an answer that is not ours, and Unauthorized or InvalidInput (whose
+    message the user may see) or another VisaError when the provider or the claims fail."""
+    settings = services.settings
+    limits.login_ip.check(ip, "failed logins from your address")
+    error, state, code = answer.get("error"), answer.get("state", ""), answer.get("code", "")
+    reason = None
+    if error:
+        reason = f"provider error {clip(error, 40)}"
+    elif not isinstance(flow, dict) or time.time() - float(flow.get("at", 0)) > FLOW_SECONDS:
+        reason = "no login in progress (or it expired)"
+    elif not hmac.compare_digest(str(flow.get("state", "")), state) or not code or len(code) > 2048:
+        reason = "state mismatch"
+    if reason:
+        limits.login_ip.hit(ip)
+        audit_failure(services, "login.failure", "(oidc)", ip, reason, method="oidc")
+        raise LoginIncomplete(reason)
+    assert isinstance(flow, dict)
+    client = client_for(settings.oidc)
+    try:
+        tokens = client.exchange_code(code, redirect_uri, flow["verifier"])
+        claims = client.validate(str(tokens.get("id_token", "")), audience=settings.oidc.client_id, nonce=flow["nonce"])
+        user = user_from_claims(session, services.clock, claims, settings.default_quota)
+    except VisaError as exc:
+        limits.login_ip.hit(ip)
+        audit_failure(services, "login.failure", "(oidc)", ip, clip(exc.message, 120), method="oidc")
+        raise
+    # Roles in the access token (Keycloak puts realm roles there), else in the ID token.
+    roles = roles_in_tokens(client, tokens, settings.oidc, fallback=claims)
+    record_login(session, services, user, ip, "oidc")
+    return OidcLogin(user=user, roles=roles, refresh_token=str(tokens.get("refresh_token") or "") or None,
+                     expires_in=tokens.get("expires_in", 300), next=flow.get("next") or "/")

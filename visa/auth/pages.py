@@ -14,16 +14,13 @@ import time
 from flask import Blueprint, redirect, render_template, request, session, url_for
 
 from visa.auth import web
-from visa.auth.login import audit_failure, local_login, record_login, record_logout
-from visa.auth.logsafe import clip
+from visa.auth.login import local_login, record_logout
 from visa.errors import InvalidInput, RateLimited, Unauthorized, VisaError
 from visa.web.context import current_actor, current_login, db_session, login_session, logout_session, services
 from visa.web.csrf import csrf_token
 
 bp = Blueprint("auth_pages", __name__)
 bp.before_app_request(web.before_request)
-
-FLOW_SECONDS = 600  # a login started at the provider must come back within this
 
 
 def _callback_url() -> str:
@@ -85,50 +82,25 @@ def login_oidc():  # noqa: ANN201
 
 @bp.get("/auth/callback")
 def callback():  # noqa: ANN201
-    from visa.auth.oidc import client_for, user_from_claims
+    from visa.auth.oidc import LoginIncomplete, complete_login
 
     svc = services()
-    settings = svc.settings
-    ip = web.client_ip()
     flow = session.pop("oidc_login", None)
-    if not settings.oidc.server_url:
+    if not svc.settings.oidc.server_url:
         return redirect(url_for("auth_pages.login_page"), 303)
+    answer = {k: request.args[k] for k in ("error", "state", "code") if k in request.args}
     try:
-        web.limits().login_ip.check(ip, "failed logins from your address")
+        done = complete_login(db_session(), svc, web.limits(), flow, answer, _callback_url(), web.client_ip())
     except RateLimited as exc:
         return _login_page(exc.message, 429)
-    error = request.args.get("error")
-    state = request.args.get("state", "")
-    code = request.args.get("code", "")
-    reason = None
-    if error:
-        reason = f"provider error {clip(error, 40)}"
-    elif not isinstance(flow, dict) or time.time() - float(flow.get("at", 0)) > FLOW_SECONDS:
-        reason = "no login in progress (or it expired)"
-    elif not hmac.compare_digest(str(flow.get("state", "")), state) or not code or len(code) > 2048:
-        reason = "state mismatch"
-    if reason:
-        web.limits().login_ip.hit(ip)
-        audit_failure(svc, "login.failure", "(oidc)", ip, reason, method="oidc")
+    except LoginIncomplete:
         return _login_page("The login did not complete: please try again.", 400)
-    assert isinstance(flow, dict)
-    client = client_for(settings.oidc)
-    try:
-        tokens = client.exchange_code(code, _callback_url(), flow["verifier"])
-        claims = client.validate(str(tokens.get("id_token", "")), audience=settings.oidc.client_id, nonce=flow["nonce"])
-        s = db_session()
-        user = user_from_claims(s, svc.clock, claims, settings.default_quota)
     except VisaError as exc:
-        web.limits().login_ip.hit(ip)
-        audit_failure(svc, "login.failure", "(oidc)", ip, clip(exc.message, 120), method="oidc")
         return _login_page(exc.message if isinstance(exc, Unauthorized | InvalidInput) else "Login failed.", 401)
-    # Roles in the access token (Keycloak puts realm roles there), else in the ID token.
-    roles = web.claim_roles(client, tokens, fallback=claims)
-    record_login(s, svc, user, ip, "oidc")
     # The refresh token stays on the server, in the session's row: the cookie holds only its id.
-    login_session(user, "oidc", refresh_token=str(tokens.get("refresh_token") or "") or None,
-                  refresh_at=web.refresh_at(tokens.get("expires_in", 300)), idp_roles=roles)
-    return redirect(flow.get("next") or "/", 303)
+    login_session(done.user, "oidc", refresh_token=done.refresh_token, refresh_at=web.refresh_at(done.expires_in),
+                  idp_roles=done.roles)
+    return redirect(done.next, 303)
 
 
 @bp.get("/logout")

@@ -1,8 +1,10 @@
-"""Input of the login and API token endpoints (parsed by the handlers, documented by the OpenAPI)."""
+"""Input and answers of the login and API token endpoints."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from visa.types import Timestamp
 
 MAX_TOKEN_DAYS = 365
 
@@ -20,3 +22,34 @@ class NewToken(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     scopes: str = Field("api", max_length=100, description="'api' (read and write) or 'api:read' (GET only)")
     expires_in_days: int = Field(90, ge=1, le=MAX_TOKEN_DAYS)
+
+
+class MeOut(BaseModel):
+    username: str
+    full_name: str
+    email: str | None
+    roles: list[str]
+    instance_quota: int
+    csrf_token: str
+
+
+class LogoutOut(BaseModel):
+    ok: bool = True
+    next: str = Field(description="Where the browser goes next (the identity provider's logout, or the login page)")
+
+
+class TokenOut(BaseModel):
+    """A personal API token: never its hash, never its value."""
+
+    id: int
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: Timestamp
+    expires_at: Timestamp | None
+    last_used_at: Timestamp | None
+    revoked_at: Timestamp | None
+
+
+class NewTokenOut(TokenOut):
+    token: str = Field(description="The secret value, shown once")

@@ -53,6 +53,21 @@ def create_api_token(
     return token, value
 
 
+def list_api_tokens(actor: Actor, session: Session) -> list[ApiToken]:
+    """The actor's own tokens, newest first."""
+    return list(session.scalars(
+        select(ApiToken).where(ApiToken.user_id == actor.id).order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
+    ))
+
+
+def own_api_token(actor: Actor, session: Session, token_id: int) -> ApiToken:
+    """One of the actor's own tokens; another user's is "no such token", so that ids reveal nothing."""
+    token = session.get(ApiToken, token_id)
+    if token is None or token.user_id != actor.id:
+        raise NotFound("no such token")
+    return token
+
+
 def revoke_api_token(actor: Actor, session: Session, clock: Clock, token_id: int) -> None:
     token = session.get(ApiToken, token_id)
     if token is None or (token.user_id != actor.id and not allowed(actor, "api_token.revoke_any")):

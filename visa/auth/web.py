@@ -73,20 +73,10 @@ def refresh_at(expires_in: Any) -> Any:
 
 
 def claim_roles(client: Any, tokens: dict[str, Any], fallback: dict[str, Any] | None = None) -> frozenset[Role]:
-    """The visa roles in a token response: Keycloak puts realm roles in the access token."""
-    from visa.auth.oidc import roles_from_claims
+    """The visa roles in a token response, by this app's provider settings."""
+    from visa.auth.oidc import roles_in_tokens
 
-    settings = services().settings.oidc
-    if not settings.role_claim:
-        return frozenset()
-    try:
-        claims = client.validate(str(tokens.get("access_token", "")))
-    except Unauthorized:
-        if fallback is None:
-            log.warning("refreshed access token not readable: the provider's roles are dropped")
-            return frozenset()
-        claims = fallback
-    return roles_from_claims(claims, settings)
+    return roles_in_tokens(client, tokens, services().settings.oidc, fallback)
 
 
 def _write_apart(fn: Any) -> None:

@@ -45,7 +45,7 @@ def _set(obj: Any, label: str, attr: str, value: Any, diff: Diff) -> None:
         setattr(obj, attr, value)
 
 
-def _cloud_ids(session: Session, catalogue: Catalogue) -> dict[str, int]:
+def cloud_ids(session: Session, catalogue: Catalogue) -> dict[str, int]:
     wanted = {i.spec.cloud for i in [*catalogue.flavours, *catalogue.images] if i.spec.cloud}
     found = {c.name: c.id for c in session.scalars(select(Cloud).where(Cloud.name.in_(wanted)))}
     problems = [
@@ -69,7 +69,7 @@ def _instrument(session: Session, name: str, cache: dict[str, Instrument], diff:
     return cache[name]
 
 
-def _apply_flavour(
+def apply_flavour(
     session: Session, spec: FlavourSpec, flavour: Flavour | None, clouds: dict[str, int],
     instruments: dict[str, Instrument], diff: Diff,
 ) -> Flavour:
@@ -117,7 +117,7 @@ def _apply_flavour(
     return flavour
 
 
-def _apply_image(session: Session, spec: ImageSpec, image: Image | None, clouds: dict[str, int], diff: Diff) -> Image:
+def apply_image(session: Session, spec: ImageSpec, image: Image | None, clouds: dict[str, int], diff: Diff) -> Image:
     label = f"image {spec.name}"
     if image is None:
         image = Image(name=spec.name)
@@ -154,20 +154,20 @@ def apply_catalogue(actor: Actor, session: Session, clock: Clock, catalogue: Cat
     """Apply validated files. The caller commits (or rolls back for a dry run)."""
     require(actor, "manage_catalogue")
     diff = Diff()
-    clouds = _cloud_ids(session, catalogue)
+    clouds = cloud_ids(session, catalogue)
     instruments: dict[str, Instrument] = {}
 
     flavours = {f.name: f for f in session.scalars(select(Flavour))}
     seen_flavours = set()
     for item in catalogue.flavours:
-        flavours[item.spec.name] = _apply_flavour(
+        flavours[item.spec.name] = apply_flavour(
             session, item.spec, flavours.get(item.spec.name), clouds, instruments, diff
         )
         seen_flavours.add(item.spec.name)
 
     images = {i.name: i for i in session.scalars(select(Image))}
     for item in catalogue.images:
-        images[item.spec.name] = _apply_image(session, item.spec, images.get(item.spec.name), clouds, diff)
+        images[item.spec.name] = apply_image(session, item.spec, images.get(item.spec.name), clouds, diff)
     # What the files of a kind no longer name is hidden, not deleted: instances refer to it.
     for given, stored, kind in ((catalogue.flavours, flavours, "flavour"), (catalogue.images, images, "image")):
         named = {i.spec.name for i in given}

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from visa.catalogue.models import AutoAccept, Protocol
+from visa.types import DbId
 from visa.users.models import Role
 
 NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -105,3 +106,51 @@ class ImageSpec(_Strict):
         if len(flavours) != len(set(flavours)):
             raise ValueError("plans: a flavour appears twice")
         return self
+
+
+# --- answers: the plans a user may pick --------------------------------------------------------
+
+
+class PlanImageOut(BaseModel):
+    name: str
+    environment: str
+    version: str
+    description: str
+    icon: str | None
+    protocols: list[str]
+
+
+class PlanFlavourOut(BaseModel):
+    name: str
+    description: str
+    cores: int
+    memory_mb: int
+    gpu_kind: str | None
+    gpu_count: int
+
+
+class PlanOut(BaseModel):
+    id: int
+    preset: bool
+    image: PlanImageOut
+    flavour: PlanFlavourOut
+    max_lifetime_hours: int
+
+
+class PlansQuery(BaseModel):
+    experiment: list[DbId] = Field(default_factory=list, description="Experiment ids the machine is for")
+
+
+# --- plans edited through the API ---------------------------------------------------------------
+
+
+class PlanIn(_Strict):
+    image: str = Field(pattern=NAME)
+    flavour: str = Field(pattern=NAME)
+    preset: bool = False
+    enabled: bool = True
+
+
+class PlanPatch(_Strict):
+    preset: bool | None = None
+    enabled: bool | None = None

@@ -26,6 +26,7 @@ def _out(e: Experiment, now: datetime) -> ExperimentOut:
 
 
 @bp.get("")
+@doc("The caller's experiments", tags=["experiments"], response=list[ExperimentOut])
 def list_experiments():  # noqa: ANN201
     actor = current_actor()
     now = services().clock.now()

@@ -6,6 +6,7 @@ from datetime import date, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from visa.types import Timestamp
 from visa.users.models import USERNAME_PATTERN
 
 IDENT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -74,7 +75,7 @@ class ExperimentOut(BaseModel):
     start_date: str
     end_date: str
     open_data: bool
-    public_at: datetime | None = Field(description="When the proposal's embargo ends (or ended)")
+    public_at: Timestamp | None = Field(description="When the proposal's embargo ends (or ended)")
 
 
 class OpenDataQuery(BaseModel):

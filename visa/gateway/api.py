@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from flask import Blueprint, jsonify, redirect, request
+from flask import Blueprint, redirect, request
 
 from visa.errors import Forbidden, NotFound, Unauthorized
 from visa.gateway import service
 from visa.gateway.jupyter import LOGIN_PATH
+from visa.gateway.schemas import ConnectOut
 from visa.instances import service as instances
+from visa.openapi import doc, respond
 from visa.web.context import current_actor, current_login, db_session, services
 
 bp = Blueprint("gateway_api", __name__, url_prefix="/api/instances")
 
 
 @bp.post("/<uid>/connect")
+@doc("A one-time token (valid a few seconds) to open the desktop websocket", tags=["instances"],
+     response=ConnectOut)
 def connect(uid: str):  # noqa: ANN201
     actor = current_actor()
     s = db_session()
@@ -26,14 +30,10 @@ def connect(uid: str):  # noqa: ANN201
     login = current_login()
     binding = login.id_hash if login is not None else ""
     token, role, view_only = service.issue_connect_token(actor, s, svc.clock, instance, seconds, binding)
-    body = {
-        "url": f"/ws/desktop/{uid}?token={token}",
-        "expires_in": seconds,
-        "view_only": view_only,
-        "role": role.value,
-    }
+    body = ConnectOut(url=f"/ws/desktop/{uid}?token={token}", expires_in=seconds, view_only=view_only,
+                      role=role.value)
     # A token must not linger in a cache.
-    return jsonify(body), 200, {"Cache-Control": "no-store"}
+    return respond(body, headers={"Cache-Control": "no-store"})
 
 
 # ``/jupyter/<uid>/...`` on visa's own host serves no instance content: it sends the owner,

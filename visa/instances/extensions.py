@@ -19,9 +19,10 @@ from visa.catalogue.models import AutoAccept
 from visa.catalogue.service import max_lifetime_hours
 from visa.clock import Clock
 from visa.errors import Conflict, InvalidInput, NotFound
+from visa.instances import emails
 from visa.instances.models import ExtensionRequest, ExtensionState, Instance
 from visa.instances.schemas import HandleExtension, RequestExtension
-from visa.notify.outbox import enqueue
+from visa.mail.outbox import enqueue
 from visa.policy import require
 from visa.settings import Settings
 from visa.users.models import STAFF_ROLES
@@ -102,7 +103,7 @@ def _accept(actor: Actor, session: Session, clock: Clock, settings: Settings, re
     session.flush()
     record(actor, session, clock, "extension.accept", target_type="instance", target_id=instance.uid,
            request=request.id, until=until.isoformat())
-    enqueue(session, clock, settings, "extension_handled", request.id, "ACCEPTED")
+    enqueue(session, clock, settings, emails.EXTENSION_HANDLED, request.id, "ACCEPTED")
 
 
 def refuse_extension(actor: Actor, session: Session, clock: Clock, settings: Settings, request_id: int,
@@ -114,5 +115,5 @@ def refuse_extension(actor: Actor, session: Session, clock: Clock, settings: Set
     session.flush()
     record(actor, session, clock, "extension.refuse", target_type="instance", target_id=instance.uid,
            request=request.id)
-    enqueue(session, clock, settings, "extension_handled", request.id, "REFUSED")
+    enqueue(session, clock, settings, emails.EXTENSION_HANDLED, request.id, "REFUSED")
     return request

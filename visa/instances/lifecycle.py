@@ -32,10 +32,11 @@ from sqlalchemy.orm import Session, selectinload
 
 from visa.actor import SYSTEM, Actor
 from visa.clock import Clock
+from visa.instances import emails
 from visa.instances.models import CommandAction, Instance, InstanceState
 from visa.instances.service import request_action
+from visa.mail.outbox import enqueue_many
 from visa.metrics import REAPER_ACTIONS
-from visa.notify.outbox import enqueue_many
 from visa.services import Services
 from visa.settings import LifetimeSettings, Settings
 from visa.users.models import STAFF_ROLES, RoleGrant, User
@@ -99,11 +100,7 @@ def idle_at(when: datetime, now: datetime, lt: LifetimeSettings) -> ColumnElemen
 
 def last_activity(instance: Instance, lt: LifetimeSettings) -> datetime:
     """The same rule in Python, for one instance (emails, the API)."""
-    interaction = instance.last_interaction_at or instance.created_at
-    seen = None
-    if instance.last_seen_at is not None:
-        seen = min(instance.last_seen_at, interaction + timedelta(hours=lt.untouched_tab_hours))
-    return max(t for t in (interaction, instance.last_compute_at, seen) if t is not None)
+    return instance.last_activity_at(lt.untouched_tab_hours)
 
 
 # --- one cycle -----------------------------------------------------------------------------
@@ -187,9 +184,9 @@ def cycle(actor: Actor, session: Session, clock: Clock, settings: Settings, *, l
     if send:
         stamp = now.isoformat()
         enqueue_many(session, clock, settings, [
-            *(("lifetime_warning", i, stamp) for i in result.lifetime_warned),
-            *(("inactivity_warning", i, stamp) for i in result.inactivity_warned),
-            *(("instance_deleted", i, reason) for i, reason in result.deleted.items()),
+            *((emails.LIFETIME_WARNING, i, stamp) for i in result.lifetime_warned),
+            *((emails.INACTIVITY_WARNING, i, stamp) for i in result.inactivity_warned),
+            *((emails.INSTANCE_DELETED, i, reason) for i, reason in result.deleted.items()),
         ], wait=True)
     del loaded
     return result

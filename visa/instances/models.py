@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -133,6 +133,16 @@ class Instance(Base):
     def _public_error(self, _key: str, value: str | None) -> str | None:
         # Shown to the owner and members: cloud and session faults name host paths, which stay in the log.
         return without_host_paths(value)[:2000] if value else value
+
+    def last_activity_at(self, untouched_tab_hours: float) -> datetime:
+        """The latest of the last input (else the creation), the last computation, and the last time a tab
+        showed it, a tab counting for ``untouched_tab_hours`` after the last input at most (the rule of
+        ``visa.instances.lifecycle.no_activity_since``, for one instance)."""
+        interaction = self.last_interaction_at or self.created_at
+        seen = None
+        if self.last_seen_at is not None:
+            seen = min(self.last_seen_at, interaction + timedelta(hours=untouched_tab_hours))
+        return max(t for t in (interaction, self.last_compute_at, seen) if t is not None)
 
     def __repr__(self) -> str:
         return f"<Instance {self.uid} {self.state}>"

@@ -1,4 +1,5 @@
-"""Input for creating and changing instances (shared by the REST API, pages and CLI)."""
+"""Instances in and out: input for creating and changing them (shared by the REST API, pages and CLI),
+and the answers that show them (never their secret, never a connect token)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
+from visa.instances.models import InstanceState
+from visa.paging import PageQuery
 from visa.provisioning.names import KEYBOARD_NAMES
-from visa.types import DbId
+from visa.types import DbId, Timestamp
 
 
 class CreateInstance(BaseModel):
@@ -79,3 +82,193 @@ class HandleExtension(BaseModel):
     @classmethod
     def _tz(cls, value: datetime | None) -> datetime | None:
         return _aware(value) if value is not None else None
+
+
+# --- answers ---------------------------------------------------------------------------------
+
+
+class OwnerOut(BaseModel):
+    username: str
+    full_name: str
+
+
+class ImageBrief(BaseModel):
+    name: str
+    environment: str
+    version: str
+
+
+class FlavourBrief(BaseModel):
+    name: str
+    cores: int
+    memory_mb: int
+    gpu_kind: str | None
+    gpu_count: int
+
+
+class PlanBrief(BaseModel):
+    id: int
+    image: ImageBrief
+    flavour: FlavourBrief
+
+
+class ExperimentBrief(BaseModel):
+    id: int
+    external_id: str
+    proposal: str
+    instrument: str
+
+
+class Screen(BaseModel):
+    width: int
+    height: int
+
+
+class InstanceOut(BaseModel):
+    """An instance as its members see it (never its secret)."""
+
+    uid: str
+    name: str
+    state: str
+    owner: OwnerOut
+    role: str | None = Field(description="The caller's member role, if any")
+    plan: PlanBrief
+    protocols: list[str]
+    experiments: list[ExperimentBrief]
+    open_data: list[ExperimentBrief] = Field(description="Asked for as open data (embargo ended): raw data, read-only")
+    cloud: str
+    screen: Screen
+    keyboard_layout: str
+    error: str | None
+    created_at: Timestamp
+    terminates_at: Timestamp
+    seconds_left: int
+    last_seen_at: Timestamp | None
+    comments: str
+
+
+class ProgressStep(BaseModel):
+    key: str
+    label: str
+    status: Literal["done", "current", "failed", "todo"]
+    at: str | None = None
+
+
+class ProgressOut(BaseModel):
+    """The named steps of the latest build, start or reboot."""
+
+    action: str
+    steps: list[ProgressStep]
+    done: int
+    total: int
+    failed: bool
+    message: str | None
+    finished: bool
+
+
+class CommandOut(BaseModel):
+    action: str
+    state: str
+    message: str | None
+    created_at: str
+    finished_at: str | None
+
+
+# --- the event stream (``GET /api/events``): one model per event -----------------------------
+
+
+class ReadyEvent(BaseModel):
+    """First event of a stream: the caller's instances and a short tag of what the pages show of each."""
+
+    uids: list[str]
+    versions: dict[str, str]
+
+
+class InstancesEvent(BaseModel):
+    """An instance appeared or went away."""
+
+    uids: list[str]
+
+
+class InstanceEvent(BaseModel):
+    """One changed instance: the instance, its progress and its latest commands."""
+
+    instance: InstanceOut
+    progress: ProgressOut | None
+    history: list[CommandOut]
+    version: str | None = None
+
+
+class ThumbnailEvent(BaseModel):
+    uid: str
+    updated_at: Timestamp | None
+    url: str
+
+
+class MemberOut(BaseModel):
+    username: str
+    full_name: str
+    role: str
+    since: Timestamp
+
+
+class SupportOut(BaseModel):
+    status: Literal["pending", "joined", "approved", "denied"]
+    message: str | None = None
+    member: MemberOut | None = None
+
+
+class PendingSupportOut(BaseModel):
+    username: str
+    requested_at: Timestamp
+
+
+class ThumbnailOut(BaseModel):
+    uid: str
+    updated_at: Timestamp
+    bytes: int
+
+
+class ExtensionInstance(BaseModel):
+    uid: str
+    name: str
+    owner: str
+    terminates_at: Timestamp
+
+
+class ExtensionOut(BaseModel):
+    id: int
+    state: Literal["PENDING", "ACCEPTED", "REFUSED"]
+    requested_until: Timestamp
+    granted_until: Timestamp | None
+    comment: str
+    response: str
+    created_at: Timestamp
+    handled_at: Timestamp | None
+    instance: ExtensionInstance | None = None
+
+
+class ExtensionQuery(BaseModel):
+    state: Literal["PENDING", "ACCEPTED", "REFUSED", "ALL"] = "PENDING"
+
+
+# --- everyone's instances (administrators) --------------------------------------------------
+
+INSTANCE_SORTS = ("created_at", "terminates_at", "state_changed_at", "last_seen_at", "name", "state", "owner")
+
+InstanceSort = Literal[
+    "created_at", "-created_at", "terminates_at", "-terminates_at", "state_changed_at", "-state_changed_at",
+    "last_seen_at", "-last_seen_at", "name", "-name", "state", "-state", "owner", "-owner",
+]
+
+
+
+class InstanceQuery(PageQuery):
+    state: list[InstanceState] = Field(default_factory=list, description="Any of these states")
+    owner: str | None = Field(None, max_length=64, description="Owner's username")
+    image: str | None = Field(None, max_length=64, description="Image name")
+    flavour: str | None = Field(None, max_length=64, description="Flavour name")
+    cloud: str | None = Field(None, max_length=64, description="Cloud name")
+    q: str | None = Field(None, max_length=100, description="Part of the name or uid")
+    deleted: bool = Field(False, description="Include deleted instances")
+    sort: InstanceSort = "-created_at"

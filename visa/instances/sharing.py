@@ -38,6 +38,7 @@ from visa.clock import Clock
 from visa.db import after_commit
 from visa.errors import Conflict, Forbidden, InvalidInput, NotFound
 from visa.instances.models import ConnectToken, Instance, InstanceMember, MemberRole
+from visa.instances.schemas import PendingSupportOut
 from visa.policy import allowed, member_role, require, support_allowed
 from visa.users.models import STAFF_ROLES, User
 
@@ -193,7 +194,7 @@ def request_support_access(actor: Actor, session: Session, clock: Clock, instanc
     return None
 
 
-def pending_support_requests(actor: Actor, session: Session, clock: Clock, instance: Instance) -> list[dict[str, str]]:
+def pending_support_requests(actor: Actor, session: Session, clock: Clock, instance: Instance) -> list[PendingSupportOut]:
     """Requests of the last hour that are neither answered nor already members."""
     require(actor, "instance.share", instance)
     since = clock.now() - SUPPORT_REQUEST_TTL
@@ -212,14 +213,14 @@ def pending_support_requests(actor: Actor, session: Session, clock: Clock, insta
         else:
             pending.pop(name, None)
     members = {m.user.username for m in instance.members}
-    return [{"username": u, "requested_at": at.isoformat()} for u, at in pending.items() if u not in members]
+    return [PendingSupportOut(username=u, requested_at=at) for u, at in pending.items() if u not in members]
 
 
 def answer_support_request(actor: Actor, session: Session, clock: Clock, instance: Instance, username: str,
                            approve: bool) -> InstanceMember | None:
     """The owner (or an admin) approves or denies a pending support request."""
     require(actor, "instance.share", instance)
-    if username not in {p["username"] for p in pending_support_requests(actor, session, clock, instance)}:
+    if username not in {p.username for p in pending_support_requests(actor, session, clock, instance)}:
         raise NotFound(f"no pending support request from {username!r}", field="username")
     user = _user(session, username)
     if approve and user.id == actor.id:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, request
 
 from visa.errors import NotFound
 from visa.instances import service, thumbnails
+from visa.instances.schemas import ThumbnailOut
+from visa.openapi import doc, respond
 from visa.web.context import current_actor, db_session, services
 
 bp = Blueprint("thumbnails_api", __name__, url_prefix="/api/instances")
 
 
 @bp.put("/<uid>/thumbnail")
+@doc("Upload the desktop thumbnail (raw JPEG)", tags=["instances"], body="image/jpeg", response=ThumbnailOut)
 def put(uid: str):  # noqa: ANN201
     actor = current_actor()
     s = db_session()
@@ -19,10 +22,12 @@ def put(uid: str):  # noqa: ANN201
     # Read at most one byte past the limit: the size check needs no more.
     data = request.stream.read(thumbnails.MAX_BYTES + 1)
     thumb = thumbnails.put_thumbnail(actor, s, services().clock, instance, data)
-    return jsonify({"uid": uid, "updated_at": thumb.updated_at.isoformat(), "bytes": len(thumb.image)})
+    return respond(ThumbnailOut(uid=uid, updated_at=thumb.updated_at, bytes=len(thumb.image)))
 
 
 @bp.get("/<uid>/thumbnail")
+@doc("The desktop thumbnail (JPEG)", tags=["instances"], response="image/jpeg",
+     extra_responses={304: "Not modified"})
 def get(uid: str):  # noqa: ANN201
     actor = current_actor()
     s = db_session()

@@ -40,6 +40,7 @@ POLICY: dict[str, list[Rule]] = {
     "manage_users": [System(), ADMIN],
     "manage_roles": [System(), ADMIN],
     "manage_catalogue": [System(), ADMIN],
+    "manage_clouds": [System(), ADMIN],
     "import_experiments": [System(), ADMIN],
     "view_all_instances": [System(), ADMIN],
     "view_audit": [System(), ADMIN],

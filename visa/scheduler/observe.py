@@ -67,7 +67,7 @@ class SchedulerState(Collector):
         self.services, self.lease_name = services, lease_name
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from visa.notifications.models import SentEmail
+        from visa.mail.models import SentEmail
         from visa.scheduler.models import SchedulerLease
 
         try:

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+import visa.instances.emails  # noqa: F401  (the kinds of email the outbox sends)
 import visa.models  # noqa: F401  (every model mapped before the first query)
 from visa.scheduler import observe
 from visa.scheduler.lease import Lease, LeaseLost
@@ -69,7 +70,7 @@ class Runner:
             from visa.instances import lifecycle
             from visa.instances.activity import ActivityProbe
             from visa.instances.sync import sync_all
-            from visa.notify.outbox import deliver
+            from visa.mail.outbox import deliver
             from visa.scheduler.cleanup import Cleanup
 
             svc, cfg = self.services, self.services.settings.scheduler

@@ -8,16 +8,18 @@ import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, or_, select
+from sqlalchemy.orm import Session, selectinload
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from visa.actor import Actor
 from visa.audit.service import record
 from visa.clock import Clock
 from visa.errors import Conflict, InvalidInput, NotFound
+from visa.paging import escape_like, page_of
 from visa.policy import require
 from visa.users.models import USERNAME_PATTERN, LoginSession, Role, RoleGrant, User
+from visa.users.schemas import UserQuery
 
 _USERNAME = re.compile(USERNAME_PATTERN)
 MIN_PASSWORD = 8
@@ -284,3 +286,40 @@ def purge_expired_grants(session: Session, clock: Clock) -> int:
         delete(RoleGrant).where(RoleGrant.expires_at.is_not(None), RoleGrant.expires_at <= clock.now())
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+# --- listing (administrators) ---------------------------------------------------------------
+
+
+def list_users(actor: Actor, session: Session, clock: Clock, q: UserQuery) -> tuple[list[User], int]:
+    """Users matching a search, a page at a time (their grants loaded)."""
+    require(actor, "manage_users")
+    query = select(User)
+    if q.q:
+        like = f"%{escape_like(q.q)}%"
+        query = query.where(or_(
+            User.username.ilike(like, escape="\\"), User.full_name.ilike(like, escape="\\"),
+            User.email.ilike(like, escape="\\"),
+        ))
+    if q.role:
+        now = clock.now()
+        query = query.where(User.id.in_(
+            select(RoleGrant.user_id).where(
+                RoleGrant.role == q.role, or_(RoleGrant.expires_at.is_(None), RoleGrant.expires_at > now)
+            )
+        ))
+    users, total = page_of(session, query.order_by(User.username), q.page, q.per_page)
+    ids = [u.id for u in users]
+    if ids:
+        # One query for every listed user's grants rather than one per user.
+        session.scalars(select(User).where(User.id.in_(ids)).options(selectinload(User.grants))).all()
+    return users, total
+
+
+def find_user(actor: Actor, session: Session, username: str) -> User:
+    """A user, for those who manage users."""
+    require(actor, "manage_users")
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise NotFound(f"no user {username[:40]!r}", field="username")
+    return user

@@ -84,7 +84,7 @@ def create_app(
             log.warning("readiness: database unavailable: %s", str(exc)[:500])
             body, status = {"status": "unavailable", "database": "unavailable"}, 503
         else:
-            from visa.admin.clouds import cloud_statuses
+            from visa.clouds.service import cloud_statuses
 
             # Clouds (short timeout, cached): a cloud down degrades, it does not take the web out of service.
             clouds = cloud_statuses(app.extensions["visa"])

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from anyio import to_thread
 from flask import Flask
+from pydantic import BaseModel
 from sqlalchemy import and_, func, select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -33,7 +32,8 @@ from visa.actor import actor_for
 from visa.auth.sessions import session_user
 from visa.instances import progress
 from visa.instances.models import Instance, InstanceCommand, InstanceMember, InstanceThumbnail
-from visa.instances.serialize import instance_dict
+from visa.instances.schemas import InstanceEvent, InstancesEvent, ReadyEvent, ThumbnailEvent
+from visa.instances.serialize import instance_out
 from visa.services import Services
 from visa.users.models import User
 
@@ -51,11 +51,11 @@ RETRY_MS = 3000
 Snapshot = dict[str, tuple[str, datetime | None, datetime | None, datetime | None]]
 
 
-def sse(event: str | None, data: Any = None, *, comment: str | None = None) -> bytes:
+def sse(event: str | None, data: BaseModel | None = None, *, comment: str | None = None) -> bytes:
     if comment is not None:
         return f": {comment}\n\n".encode()
     lines = [f"event: {event}"] if event else []
-    lines += [f"data: {json.dumps(data, separators=(',', ':'))}"]
+    lines += [f"data: {data.model_dump_json() if data is not None else '{}'}"]
     return ("\n".join(lines) + "\n\n").encode()
 
 
@@ -90,8 +90,8 @@ class UserStream:
         with self.services.database.sessionmaker() as s:
             return {uid: (str(state), changed, finished, thumb) for uid, state, changed, finished, thumb in s.execute(stmt)}
 
-    def describe(self, uids: list[str]) -> list[dict[str, Any]]:
-        """Full dicts (with progress) of the instances that changed."""
+    def describe(self, uids: list[str]) -> list[InstanceEvent]:
+        """The instances that changed, with their progress."""
         with self.services.database.sessionmaker() as s:
             user = s.get(User, self.user_id)
             if user is None:
@@ -99,7 +99,8 @@ class UserStream:
             actor = actor_for(user, self.services.clock.now())
             out = []
             for inst in s.scalars(select(Instance).where(Instance.uid.in_(uids))):
-                out.append({"instance": instance_dict(inst, actor, self.services.clock), **progress.progress_of(s, inst)})
+                out.append(InstanceEvent(instance=instance_out(inst, actor, self.services.clock),
+                                         **progress.progress_of(s, inst)))
             return out
 
 
@@ -157,7 +158,7 @@ class EventStream:
         started = last_beat = last_check = time.monotonic()
         snap = await to_thread.run_sync(stream.snapshot)
         yield f"retry: {RETRY_MS}\n\n".encode()
-        yield sse("ready", {"uids": sorted(snap), "versions": {u: version(r) for u, r in snap.items()}})
+        yield sse("ready", ReadyEvent(uids=sorted(snap), versions={u: version(r) for u, r in snap.items()}))
         while time.monotonic() - started < MAX_STREAM_SECONDS:
             await asyncio.sleep(POLL_SECONDS)
             if await request.is_disconnected():
@@ -166,7 +167,7 @@ class EventStream:
             if now - last_check >= RECHECK_SECONDS:
                 last_check = now
                 if not await to_thread.run_sync(stream.session_valid):
-                    yield sse("logout", {})
+                    yield sse("logout")
                     return
             try:
                 new = await to_thread.run_sync(stream.snapshot)
@@ -176,15 +177,17 @@ class EventStream:
             list_changed, changed, thumbs = diff(snap, new)
             snap = new
             if list_changed:
-                yield sse("instances", {"uids": sorted(new)})
+                yield sse("instances", InstancesEvent(uids=sorted(new)))
             if changed:
                 for item in await to_thread.run_sync(stream.describe, changed):
-                    uid = item["instance"]["uid"]
-                    yield sse("instance", {**item, "version": version(new[uid]) if uid in new else None})
+                    uid = item.instance.uid
+                    item.version = version(new[uid]) if uid in new else None
+                    yield sse("instance", item)
             for uid in thumbs:
                 at = new[uid][3]
-                yield sse("thumbnail", {"uid": uid, "updated_at": at.isoformat() if at else None,
-                                        "url": f"/api/instances/{uid}/thumbnail?v={int(at.timestamp()) if at else 0}"})
+                yield sse("thumbnail", ThumbnailEvent(
+                    uid=uid, updated_at=at, url=f"/api/instances/{uid}/thumbnail?v={int(at.timestamp()) if at else 0}",
+                ))
             if list_changed or changed or thumbs:
                 last_beat = now
             elif now - last_beat >= HEARTBEAT_SECONDS:

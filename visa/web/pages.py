@@ -15,13 +15,13 @@ from urllib.parse import quote
 from flask import Blueprint, Flask, abort, redirect, render_template, request
 
 from visa.actor import Actor
+from visa.announcements import service as notifications
+from visa.announcements.models import SystemNotification
 from visa.catalogue.models import Protocol
 from visa.experiments.service import experiments_of
 from visa.instances import progress, service, thumbnails
 from visa.instances.models import CommandAction, Instance, InstanceState
-from visa.instances.serialize import instance_dict
-from visa.notifications import service as notifications
-from visa.notifications.models import SystemNotification
+from visa.instances.serialize import instance_out
 from visa.policy import allowed
 from visa.provisioning.names import KEYBOARD_LAYOUTS
 from visa.web.context import current_actor, db_session, services
@@ -65,7 +65,7 @@ def fragment(view: Callable[..., Any]) -> Callable[..., Any]:
 def _view(actor: Actor, instance: Instance, thumbs: dict[int, datetime] | None = None) -> dict[str, Any]:
     """An instance as the templates need it: the API dict plus what this actor may do."""
     clock = services().clock
-    d = instance_dict(instance, actor, clock)
+    d = instance_out(instance, actor, clock).model_dump(mode="json")
     protocols = set(d["protocols"])
     running = instance.state in RUNNING
     thumb_at = (thumbs or {}).get(instance.id)

@@ -136,7 +136,7 @@ def check_database(settings: Settings, *, probe_clouds: bool = False) -> list[Fi
             if cloud.kind == "local" and cloud.enabled:  # other kinds are asked with --probe-clouds only
                 out.append(_local_isolation(settings, cloud.name, cloud.config or {}))
         if probe_clouds:
-            from visa.admin.clouds import cloud_statuses
+            from visa.clouds.service import cloud_statuses
             from visa.services import Services
 
             services = Services(settings=settings, database=database)

@@ -1,5 +1,5 @@
-"""The emails visa sends: for each kind, who receives it and what it says, read from the
-database when it is sent (see ``visa.notify.outbox``)."""
+"""The emails instances send: for each kind, who receives it and what it says, read from the
+database when it is sent. Importing this module registers the kinds with ``visa.mail.outbox``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,13 @@ from sqlalchemy.orm import Session
 
 from visa.catalogue.service import inactivity_limit_hours
 from visa.instances.models import ExtensionRequest, ExtensionState, Instance
-from visa.notify.outbox import kind
+from visa.mail.outbox import kind
 from visa.settings import Settings
+
+LIFETIME_WARNING = "lifetime_warning"
+INACTIVITY_WARNING = "inactivity_warning"
+INSTANCE_DELETED = "instance_deleted"
+EXTENSION_HANDLED = "extension_handled"
 
 
 def _url(settings: Settings, instance: Instance) -> str:
@@ -22,7 +27,7 @@ def _live(instance: Instance | None) -> bool:
     return instance is not None and instance.deleted_at is None
 
 
-@kind("lifetime_warning", "lifetime_warning")
+@kind(LIFETIME_WARNING, "lifetime_warning")
 def lifetime_warning(session: Session, settings: Settings, instance_id: int, stamp: str
                      ) -> tuple[str, dict[str, Any]] | None:
     instance = session.get(Instance, instance_id)
@@ -34,18 +39,16 @@ def lifetime_warning(session: Session, settings: Settings, instance_id: int, sta
     }
 
 
-@kind("inactivity_warning", "inactivity_warning")
+@kind(INACTIVITY_WARNING, "inactivity_warning")
 def inactivity_warning(session: Session, settings: Settings, instance_id: int, stamp: str
                        ) -> tuple[str, dict[str, Any]] | None:
-    from visa.instances.lifecycle import last_activity
-
     instance = session.get(Instance, instance_id)
     warned = instance.inactivity_warned_at if instance is not None else None
     if not _live(instance) or warned is None or warned.isoformat() != stamp:
         return None  # deleted, or used again since
     lt = settings.lifetimes
     limit = inactivity_limit_hours(instance.owner.roles_at(warned), lt)
-    last = last_activity(instance, lt)
+    last = instance.last_activity_at(lt.untouched_tab_hours)
     deletes_at = max(last + timedelta(hours=limit), warned + timedelta(hours=lt.inactivity_warning_hours))
     return instance.owner.email or "", {
         "instance": instance, "owner": instance.owner, "last_activity": last, "deletes_at": deletes_at,
@@ -53,7 +56,7 @@ def inactivity_warning(session: Session, settings: Settings, instance_id: int, s
     }
 
 
-@kind("instance_deleted", "instance_deleted")
+@kind(INSTANCE_DELETED, "instance_deleted")
 def instance_deleted(session: Session, settings: Settings, instance_id: int, reason: str
                      ) -> tuple[str, dict[str, Any]] | None:
     instance = session.get(Instance, instance_id)
@@ -67,7 +70,7 @@ def instance_deleted(session: Session, settings: Settings, instance_id: int, rea
     }
 
 
-@kind("extension_handled", "extension_handled")
+@kind(EXTENSION_HANDLED, "extension_handled")
 def extension_handled(session: Session, settings: Settings, request_id: int, stamp: str
                       ) -> tuple[str, dict[str, Any]] | None:
     request = session.get(ExtensionRequest, request_id)

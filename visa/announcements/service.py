@@ -7,10 +7,10 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy.orm import Session
 
 from visa.actor import Actor
+from visa.announcements.models import NotificationAck, SystemNotification
 from visa.audit.service import record
 from visa.clock import Clock
 from visa.errors import InvalidInput, NotFound, Unauthorized
-from visa.notifications.models import NotificationAck, SystemNotification
 from visa.policy import require
 
 

@@ -37,9 +37,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from visa.clock import Clock
 from visa.db import after_commit
-from visa.notifications.models import SentEmail
-from visa.notify.mailer import Mailer, build_message
-from visa.notify.render import Rendered, render
+from visa.mail.mailer import Mailer, build_message
+from visa.mail.models import SentEmail
+from visa.mail.render import Rendered, render
 from visa.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,8 @@ RETRY = "retry: "
 RETRY_WINDOW = timedelta(hours=48)  # older unsent rows are not worth sending any more
 
 # kind -> builder(session, settings, object_id, stamp) -> (recipient, template context), or None
-# when the event no longer applies. Kinds register themselves in visa.notify.emails.
+# when the event no longer applies. Each feature registers its own kinds (e.g. visa.instances.emails),
+# so the outbox knows none of them.
 Builder = Callable[[Session, Settings, int, str], "tuple[str, dict[str, Any]] | None"]
 BUILDERS: dict[str, tuple[str, Builder]] = {}
 
@@ -72,18 +73,15 @@ def _parse_key(key: str) -> tuple[str, int, str]:
 
 
 def _build(session: Session, settings: Settings, key: str) -> tuple[str, Rendered] | None:
-    _load_kinds()
     kind_name, object_id, stamp = _parse_key(key)
+    if kind_name not in BUILDERS:
+        raise LookupError(f"email kind {kind_name!r} is not registered: import the module that declares it")
     template, builder = BUILDERS[kind_name]
     built = builder(session, settings, object_id, stamp)
     if built is None:
         return None
     recipient, context = built
     return recipient, render(template, {"base_url": settings.base_url.rstrip("/"), **context})
-
-
-def _load_kinds() -> None:
-    import visa.notify.emails  # noqa: F401  (registers the kinds)
 
 
 def enqueue(session: Session, clock: Clock, settings: Settings, kind_name: str, object_id: int,

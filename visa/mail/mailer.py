@@ -9,7 +9,7 @@ import ssl
 from email.message import EmailMessage
 from email.utils import formatdate
 
-from visa.notify.render import Rendered
+from visa.mail.render import Rendered
 from visa.settings import SmtpSettings
 
 TIMEOUT = 20.0

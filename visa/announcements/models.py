@@ -1,11 +1,11 @@
-"""System notifications shown to users, and emails sent (once each)."""
+"""Announcements shown to users in visa's pages: banners and modals, and who has acknowledged them."""
 
 from __future__ import annotations
 
 import enum
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, Text
+from sqlalchemy import ForeignKey, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from visa.db import Base, UTCDateTime
@@ -44,17 +44,3 @@ class NotificationAck(Base):
     )
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     acknowledged_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class SentEmail(Base):
-    """One row per email event: its unique key makes a send happen once, even across restarts."""
-
-    __tablename__ = "sent_emails"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    key: Mapped[str] = mapped_column(String(255), unique=True)
-    recipient: Mapped[str] = mapped_column(String(254))
-    subject: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    error: Mapped[str | None] = mapped_column(Text)
