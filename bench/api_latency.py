@@ -86,7 +86,7 @@ def seed(url: str) -> dict[str, Any]:
     with database.unit_of_work() as s:
         s.add(Cloud(name="local", kind="local", config={}, enabled=True, created_at=now))
         s.flush()
-        apply_files(s, SYSTEM, system_clock, [ROOT / "flavours", ROOT / "images"])
+        apply_files(SYSTEM, s, system_clock, [ROOT / "flavours", ROOT / "images"])
     with database.engine.connect() as conn:
         plan_ids = [r[0] for r in conn.execute(text("SELECT id FROM plans WHERE enabled ORDER BY id"))]
         cloud_id = conn.execute(text("SELECT id FROM clouds")).scalar_one()
@@ -204,8 +204,8 @@ def seed(url: str) -> dict[str, Any]:
         s.flush()
         user = s.get(User, 1234)
         assert user is not None
-        _, admin_token = create_api_token(s, actor_for(admin, now), system_clock, name="bench")
-        _, user_token = create_api_token(s, actor_for(user, now), system_clock, name="bench")
+        _, admin_token = create_api_token(actor_for(admin, now), s, system_clock, name="bench")
+        _, user_token = create_api_token(actor_for(user, now), s, system_clock, name="bench")
         home = s.execute(
             text(
                 "SELECT count(*) FROM instance_members m JOIN instances i ON i.id = m.instance_id "

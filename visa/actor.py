@@ -1,10 +1,12 @@
-"""Who is acting: a user (with their roles at that moment) or the system itself."""
+"""Who is acting: a user (with their roles at that moment), the system itself, or nobody yet."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from visa.users.models import STAFF_ROLES, Role, User
+from visa.policy.roles import ActorKind, Role
+from visa.users.models import User
 
 
 @dataclass(frozen=True)
@@ -16,29 +18,25 @@ class Actor:
     scopes: frozenset[str] | None = None  # None: a full session; else an API token's scopes
     credential: str = "session"  # how the request proved who it is: session, api_token or oidc_token
     idp_scopes: frozenset[str] = frozenset()  # what an identity provider's access token was granted
+    # Stated, never inferred from a missing user: an anonymous caller must not pass as the system.
+    kind: ActorKind = ActorKind.USER
+    at: datetime | None = None  # when the roles were read: the moment time-bound rules use
+
+    def __post_init__(self) -> None:
+        if (self.kind is ActorKind.USER) != (self.user is not None):
+            raise ValueError(f"a {self.kind.value} actor {'needs' if self.kind is ActorKind.USER else 'has no'} user")
 
     @property
     def is_system(self) -> bool:
-        return self.user is None
+        return self.kind is ActorKind.SYSTEM
 
     @property
     def id(self) -> int | None:
         return self.user.id if self.user else None
 
-    @property
-    def is_admin(self) -> bool:
-        return self.is_system or Role.ADMIN in self.roles
 
-    @property
-    def is_staff(self) -> bool:
-        return self.is_system or bool(self.roles & STAFF_ROLES)
-
-    def has_role(self, *roles: Role) -> bool:
-        return bool(self.roles & set(roles))
+SYSTEM = Actor(user=None, roles=frozenset(), name="system", kind=ActorKind.SYSTEM)
 
 
-SYSTEM = Actor(user=None, roles=frozenset(), name="system")
-
-
-def actor_for(user: User, when, *, ip: str | None = None, scopes: frozenset[str] | None = None) -> Actor:  # noqa: ANN001
-    return Actor(user=user, roles=frozenset(user.roles_at(when)), name=user.username, ip=ip, scopes=scopes)
+def actor_for(user: User, when: datetime, *, ip: str | None = None, scopes: frozenset[str] | None = None) -> Actor:
+    return Actor(user=user, roles=frozenset(user.roles_at(when)), name=user.username, ip=ip, scopes=scopes, at=when)

@@ -245,13 +245,13 @@ def catalogue_apply(paths: tuple[Path, ...], dry_run: bool) -> None:
     database = _database()
     if dry_run:
         with database.sessionmaker() as s:
-            diff = apply_files(s, SYSTEM, system_clock, list(paths))
+            diff = apply_files(SYSTEM, s, system_clock, list(paths))
             s.rollback()
         click.echo(str(diff))
         click.echo("(dry run: nothing applied)")
         return
     with database.unit_of_work() as s:
-        diff = apply_files(s, SYSTEM, system_clock, list(paths))
+        diff = apply_files(SYSTEM, s, system_clock, list(paths))
     click.echo(str(diff))
 
 
@@ -273,7 +273,7 @@ def experiments_import(file: Path) -> None:
     specs = parse_file(file)
     database = _database()
     with database.unit_of_work() as s:
-        result = import_experiments(s, SYSTEM, system_clock, specs, default_quota=_settings().default_quota)
+        result = import_experiments(SYSTEM, s, system_clock, specs, default_quota=_settings().default_quota)
     click.echo(str(result))
 
 
@@ -304,11 +304,11 @@ def users_add(username: str, full_name: str, email: str | None, password: str | 
     database = _database()
     with database.unit_of_work() as s:
         user = service.create_user(
-            s, SYSTEM, system_clock, username=username, full_name=full_name, email=email, password=password,
+            SYSTEM, s, system_clock, username=username, full_name=full_name, email=email, password=password,
             quota=quota, default_quota=_settings().default_quota,
         )
         for role in parsed:
-            service.grant_role(s, SYSTEM, system_clock, user, role)
+            service.grant_role(SYSTEM, s, system_clock, user, role)
     click.echo(f"user {username} added")
 
 
@@ -332,7 +332,7 @@ def users_grant(username: str, role: str, until: str | None) -> None:
 
     with _database().unit_of_work() as s:
         user = service.get_user(s, username)
-        service.grant_role(s, SYSTEM, system_clock, user, service.parse_role(role), expires_at=_when(until))
+        service.grant_role(SYSTEM, s, system_clock, user, service.parse_role(role), expires_at=_when(until))
     click.echo(f"{username}: {role.upper()} granted" + (f" until {until}" if until else ""))
 
 
@@ -345,7 +345,7 @@ def users_revoke(username: str, role: str) -> None:
 
     with _database().unit_of_work() as s:
         user = service.get_user(s, username)
-        removed = service.revoke_role(s, SYSTEM, system_clock, user, service.parse_role(role))
+        removed = service.revoke_role(SYSTEM, s, system_clock, user, service.parse_role(role))
     click.echo(f"{username}: {role.upper()} revoked" if removed else f"{username} did not have {role.upper()}")
 
 
@@ -358,7 +358,7 @@ def users_quota(username: str, quota: int) -> None:
     from visa.users import service
 
     with _database().unit_of_work() as s:
-        service.set_quota(s, SYSTEM, system_clock, service.get_user(s, username), quota)
+        service.set_quota(SYSTEM, s, system_clock, service.get_user(s, username), quota)
     click.echo(f"{username}: quota {quota}")
 
 
@@ -370,7 +370,7 @@ def users_passwd(username: str) -> None:
 
     password = click.prompt("new password", hide_input=True, confirmation_prompt=True)
     with _database().unit_of_work() as s:
-        service.set_password(s, SYSTEM, system_clock, service.get_user(s, username), password)
+        service.set_password(SYSTEM, s, system_clock, service.get_user(s, username), password)
     click.echo("password changed")
 
 
@@ -382,7 +382,7 @@ def users_logout(username: str) -> None:
     from visa.users import service
 
     with _database().unit_of_work() as s:
-        ended = service.revoke_sessions(s, SYSTEM, system_clock, service.get_user(s, username))
+        ended = service.revoke_sessions(SYSTEM, s, system_clock, service.get_user(s, username))
     click.echo(f"{username}: {ended} session(s) ended")
 
 
@@ -394,7 +394,7 @@ def users_deactivate(username: str) -> None:
     from visa.users import service
 
     with _database().unit_of_work() as s:
-        service.set_active(s, SYSTEM, system_clock, service.get_user(s, username), False)
+        service.set_active(SYSTEM, s, system_clock, service.get_user(s, username), False)
     click.echo(f"{username}: deactivated")
 
 
@@ -405,7 +405,7 @@ def users_activate(username: str) -> None:
     from visa.users import service
 
     with _database().unit_of_work() as s:
-        service.set_active(s, SYSTEM, system_clock, service.get_user(s, username), True)
+        service.set_active(SYSTEM, s, system_clock, service.get_user(s, username), True)
     click.echo(f"{username}: active")
 
 
@@ -425,7 +425,7 @@ def users_link(username: str, subject: str, issuer: str | None) -> None:
             raise click.ClickException("no identity provider configured: give --issuer")
         issuer = f"{settings.oidc.server_url.rstrip('/')}/realms/{settings.oidc.realm}"
     with _database().unit_of_work() as s:
-        service.link_identity(s, SYSTEM, system_clock, service.get_user(s, username), issuer, subject)
+        service.link_identity(SYSTEM, s, system_clock, service.get_user(s, username), issuer, subject)
     click.echo(f"{username}: linked to {subject} at {issuer}")
 
 

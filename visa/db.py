@@ -108,17 +108,26 @@ class Database:
             yield session
             session.commit()
         except BaseException:
-            session.rollback()
-            session.info.pop("after_commit", None)
+            end_unit_of_work(session, committed=False)
             raise
-        finally:
-            actions = session.info.pop("after_commit", [])
-            session.close()
-        for action in actions:
-            action()
+        end_unit_of_work(session, committed=True)
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def end_unit_of_work(session: Session, *, committed: bool) -> None:
+    """Close a transaction's session: roll back unless committed, then run its after-commit
+    actions only if it was. The one ending of a unit of work (``unit_of_work``, the request hook)."""
+    try:
+        if not committed:
+            session.rollback()
+    finally:
+        actions = session.info.pop("after_commit", [])
+        session.close()
+    if committed:
+        for action in actions:
+            action()
 
 
 def after_commit(session: Session, action: Callable[[], None]) -> None:

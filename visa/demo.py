@@ -43,23 +43,23 @@ def prepare_demo(settings: Settings, database: Database) -> list[str]:
     catalogue = [ROOT / "flavours", ROOT / "images"]
     experiments_file = ROOT / "deploy" / "demo" / "experiments.json"
     with database.unit_of_work() as s:
-        diff = apply_files(s, SYSTEM, system_clock, catalogue)
+        diff = apply_files(SYSTEM, s, system_clock, catalogue)
     out.append(f"catalogue: {len(diff.changes)} change(s)")
     with database.unit_of_work() as s:
-        result = import_experiments(s, SYSTEM, system_clock, parse_file(experiments_file),
+        result = import_experiments(SYSTEM, s, system_clock, parse_file(experiments_file),
                                     default_quota=settings.default_quota)
     out.append(f"experiments: {result}")
     with database.unit_of_work() as s:
         for username, password, roles in DEMO_USERS:
             user = s.scalar(select(User).where(User.username == username))
             if user is None:
-                user = users.create_user(s, SYSTEM, system_clock, username=username, full_name=username.title(),
+                user = users.create_user(SYSTEM, s, system_clock, username=username, full_name=username.title(),
                                          default_quota=settings.default_quota)
             if user.password_hash is None:
-                users.set_password(s, SYSTEM, system_clock, user, password)
+                users.set_password(SYSTEM, s, system_clock, user, password)
             for role in roles:
                 if role not in user.roles_at(system_clock.now()):
-                    users.grant_role(s, SYSTEM, system_clock, user, role)
+                    users.grant_role(SYSTEM, s, system_clock, user, role)
     _facility_data(settings, experiments_file)
     out.append(_local_cloud_for_demo(settings, database))
     out.append("demo accounts: " + ", ".join(f"{u} / {p}" for u, p, _ in DEMO_USERS))

@@ -63,8 +63,8 @@ def build(db: Database, clock: Clock) -> World:
             "b1": make_instance(s, clock, bob, p1, cloud, state=InstanceState.ERROR, name="broken",
                                 age_hours=1).uid,
         }
-        _, admin_token = create_api_token(s, actor_for(admin, clock.now()), clock, name="admin")
-        _, user_token = create_api_token(s, actor_for(alice, clock.now()), clock, name="alice")
+        _, admin_token = create_api_token(actor_for(admin, clock.now()), s, clock, name="admin")
+        _, user_token = create_api_token(actor_for(alice, clock.now()), s, clock, name="alice")
         return World(admin_token, user_token, uids, p1.id, exp.id)
 
 

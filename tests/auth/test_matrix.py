@@ -17,12 +17,15 @@ API token, {requester} a pending support requester.
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.auth.world import login, reset, seed
+from visa.policy import POLICY
 
 ACTORS = ("owner", "member", "guest", "support", "admin", "other", "anonymous")
 A, U, F, N, L, X = "A", "U", "F", "N", "L", "X"
@@ -166,6 +169,47 @@ FLASK: list[Row] = [
 
 NOT_IN_MATRIX = {"static": "files of the front end, public by design"}
 
+# Calls that pass an action to the policy, and the position of the action among their arguments.
+# Only inside these functions themselves may the action be a variable (the one they forward).
+GATES = {"require": 1, "allowed": 1, "admin_page": 0, "check_access": 4}
+
+
+def _actions_named_in_code() -> dict[str, list[str]]:
+    """Every action a gate in visa/ is called with, with where."""
+    root = Path(__file__).resolve().parents[2]
+    found: dict[str, list[str]] = {}
+
+    def visit(node: ast.AST, where: Path, inside: tuple[str, ...]) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            inside = (*inside, node.name)
+        if isinstance(node, ast.Call):
+            name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+            at = GATES.get(name or "")
+            if at is not None and len(node.args) > at:
+                action = node.args[at]
+                here = f"{where.relative_to(root)}:{node.lineno}"
+                choices = [action.body, action.orelse] if isinstance(action, ast.IfExp) else [action]
+                if all(isinstance(c, ast.Constant) and isinstance(c.value, str) for c in choices):
+                    for c in choices:
+                        found.setdefault(c.value, []).append(here)
+                else:
+                    assert set(inside) & set(GATES), f"{here}: write the action out, for this test to read it"
+        for child in ast.iter_child_nodes(node):
+            visit(child, where, inside)
+
+    for path in sorted((root / "visa").rglob("*.py")):
+        visit(ast.parse(path.read_text(), str(path)), path, ())
+    return found
+
+
+def test_every_action_the_code_asks_for_is_in_the_policy() -> None:
+    named = _actions_named_in_code()
+    assert len(named) > 20  # the scan sees the gates
+    unknown = {a: where for a, where in named.items() if a not in POLICY}
+    assert not unknown, f"actions missing from POLICY (visa/policy/table.py): {unknown}"
+    unused = sorted(set(POLICY) - set(named))
+    assert not unused, f"POLICY entries no code asks for: {unused}"
+
 
 def _methods(rule) -> set[str]:  # noqa: ANN001
     return set(rule.methods or ()) - {"HEAD", "OPTIONS"}
@@ -287,14 +331,14 @@ def _cookie(app, db, who: str) -> dict[str, str]:  # noqa: ANN001
 
     from sqlalchemy import select
 
+    from visa.auth.sessions import session_epoch
     from visa.users.models import User
     from visa.users.service import open_login_session
-    from visa.web.context import _session_epoch
 
     with db.unit_of_work() as s:
         user = s.scalar(select(User).where(User.username == who))
         _, sid = open_login_session(s, user, datetime.now(UTC), method="local")
-        data = {"user_id": user.id, "epoch": _session_epoch(user), "sid": sid, "csrf": "t", "_permanent": True}
+        data = {"user_id": user.id, "epoch": session_epoch(user), "sid": sid, "csrf": "t", "_permanent": True}
     value = app.session_interface.get_signing_serializer(app).dumps(data)
     return {app.config["SESSION_COOKIE_NAME"]: value}
 

@@ -76,7 +76,7 @@ def test_password_change_deactivation_and_revocation_end_every_session(app, db: 
     # a password change
     a, b, thief = logged_in_twice()
     with db.unit_of_work() as s:
-        users.set_password(s, SYSTEM, clock, users.get_user(s, "alice"), "alice-pw")  # even to the same one
+        users.set_password(SYSTEM, s, clock, users.get_user(s, "alice"), "alice-pw")  # even to the same one
     assert [c.get("/api/me").status_code for c in (a, b, thief)] == [401, 401, 401]
 
     # deactivation; reactivated, she logs in again, and the old cookies stay dead

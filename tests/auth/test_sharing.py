@@ -8,10 +8,10 @@ from sqlalchemy import select
 from tests.auth.world import login, seed
 from tests.factories import actor
 from visa.audit.models import AuditEvent
-from visa.auth.policy import allowed
 from visa.errors import Conflict, Forbidden, InvalidInput, NotFound
 from visa.instances import sharing
 from visa.instances.models import ConnectToken, Instance, MemberRole
+from visa.policy import allowed
 from visa.users.models import User
 
 
@@ -144,7 +144,7 @@ def test_privilege_escalation_by_a_non_admin_granting_roles(db, clock, api_clien
     with db.unit_of_work() as s:
         _, (member, other) = _load(s, "", "member", "other")
         with pytest.raises(Forbidden):
-            grant_role(s, actor(member, clock), clock, other, Role.ADMIN)
+            grant_role(actor(member, clock), s, clock, other, Role.ADMIN)
     c = login(api_client, db, "member")
     for url, body in [("/api/admin/users/member/roles", {"role": "ADMIN"}),
                       ("/api/admin/users/other/roles", {"role": "STAFF"})]:

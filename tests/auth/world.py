@@ -21,6 +21,7 @@ from tests.factories import (
     make_user,
 )
 from visa.audit.service import record
+from visa.auth.sessions import session_epoch
 from visa.auth.tokens import create_api_token
 from visa.clock import Clock
 from visa.instances import service
@@ -29,7 +30,6 @@ from visa.instances.schemas import CreateInstance
 from visa.settings import Settings
 from visa.users.models import Role, User
 from visa.users.service import open_login_session
-from visa.web.context import _session_epoch
 
 PASSWORD = "correct-horse-battery"
 # name -> (roles, member role on the instance)
@@ -75,9 +75,9 @@ def seed(db, clock: Clock) -> World:  # noqa: ANN001
         others = _instance(s, clock, users["other"], plan.id, [exp.id], settings)
         s.flush()
         # helpdesk asked for support access to owner's machine; owner has not answered yet
-        record(s, actor(users["helpdesk"], clock), clock, "instance.support.request", target_type="instance",
+        record(actor(users["helpdesk"], clock), s, clock, "instance.support.request", target_type="instance",
                target_id=inst.uid, username="helpdesk")
-        token, _ = create_api_token(s, actor(users["owner"], clock), clock, name="script")
+        token, _ = create_api_token(actor(users["owner"], clock), s, clock, name="script")
         return World(inst.uid, plan.id, exp.id, others.uid, token.id)
 
 
@@ -93,7 +93,7 @@ def login(api_client, db, name: str):  # noqa: ANN001, ANN201
         return c
     with db.unit_of_work() as s:
         user = s.scalar(select(User).where(User.username == name))
-        epoch = _session_epoch(user)
+        epoch = session_epoch(user)
         user_id = user.id
         _, sid = open_login_session(s, user, datetime.now(UTC), method="local")
     with c.client.session_transaction() as sess:

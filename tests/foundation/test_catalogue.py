@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _apply(db: Database, clock, *paths: Path):  # noqa: ANN001, ANN202
     with db.unit_of_work() as s:
-        return apply_files(s, SYSTEM, clock, list(paths))
+        return apply_files(SYSTEM, s, clock, list(paths))
 
 
 def _copy_catalogue(tmp_path: Path) -> tuple[Path, Path]:
@@ -59,7 +59,7 @@ def test_dry_run_changes_nothing(db: Database, clock, tmp_path: Path) -> None:  
         (flavours / "esrf.large.yaml").read_text().replace("cores: 8", "cores: 12")
     )
     with db.sessionmaker() as s:
-        diff = apply_files(s, SYSTEM, clock, [flavours, images])
+        diff = apply_files(SYSTEM, s, clock, [flavours, images])
         s.rollback()
     assert "~ flavour esrf.large: cores 8 -> 12" in diff.changes
     with db.sessionmaker() as s:

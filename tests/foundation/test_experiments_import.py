@@ -25,7 +25,7 @@ RECORDS = [
 def _run(db: Database, clock, path: Path):  # noqa: ANN001, ANN202
     specs = parse_file(path)
     with db.unit_of_work() as s:
-        return import_experiments(s, SYSTEM, clock, specs)
+        return import_experiments(SYSTEM, s, clock, specs)
 
 
 def test_json_import_is_idempotent(db: Database, clock, tmp_path: Path) -> None:  # noqa: ANN001

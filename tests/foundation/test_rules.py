@@ -52,22 +52,22 @@ def test_plans_filtered_by_role_and_instrument(session: Session, clock) -> None:
     on_id21 = make_experiment(session, members=[alice], instrument="id21")
     on_id16a = make_experiment(session, members=[alice], instrument="id16a")
 
-    assert plans_for(session, actor(alice, clock), [on_id21]) == [medium_plan]
-    assert set(plans_for(session, actor(alice, clock), [on_id21, on_id16a])) == {medium_plan, gpu_plan}
-    assert set(plans_for(session, actor(carol, clock), [])) == {medium_plan, gpu_plan}
-    assert set(plans_for(session, SYSTEM, [])) == {medium_plan, gpu_plan}
+    assert plans_for(actor(alice, clock), session, [on_id21]) == [medium_plan]
+    assert set(plans_for(actor(alice, clock), session, [on_id21, on_id16a])) == {medium_plan, gpu_plan}
+    assert set(plans_for(actor(carol, clock), session, [])) == {medium_plan, gpu_plan}
+    assert set(plans_for(SYSTEM, session, [])) == {medium_plan, gpu_plan}
 
 
 def test_role_expiry(session: Session, clock) -> None:  # noqa: ANN001
     _, gpu_plan = _catalogue(session)
     guest = make_user(session, clock, "guest1")
-    users.grant_role(session, SYSTEM, clock, guest, Role.GUEST, expires_at=clock.now() + timedelta(days=1))
-    users.grant_role(session, SYSTEM, clock, guest, Role.SCIENTIFIC_COMPUTING, expires_at=clock.now() + timedelta(hours=2))
+    users.grant_role(SYSTEM, session, clock, guest, Role.GUEST, expires_at=clock.now() + timedelta(days=1))
+    users.grant_role(SYSTEM, session, clock, guest, Role.SCIENTIFIC_COMPUTING, expires_at=clock.now() + timedelta(hours=2))
     assert guest.roles_at(clock.now()) == {Role.GUEST, Role.SCIENTIFIC_COMPUTING}
-    assert gpu_plan in plans_for(session, actor(guest, clock), [])
+    assert gpu_plan in plans_for(actor(guest, clock), session, [])
     clock.advance(hours=3)
     assert guest.roles_at(clock.now()) == {Role.GUEST}
-    assert gpu_plan not in plans_for(session, actor(guest, clock), [])
+    assert gpu_plan not in plans_for(actor(guest, clock), session, [])
     clock.advance(days=1)
     assert guest.roles_at(clock.now()) == set()
     assert users.purge_expired_grants(session, clock) == 2
@@ -77,11 +77,11 @@ def test_guest_needs_expiry_and_grants_need_admin(session: Session, clock) -> No
     bob = make_user(session, clock, "bob")
     mallory = make_user(session, clock, "mallory", roles=(Role.STAFF,))
     with pytest.raises(InvalidInput, match="time-limited"):
-        users.grant_role(session, SYSTEM, clock, bob, Role.GUEST)
+        users.grant_role(SYSTEM, session, clock, bob, Role.GUEST)
     from visa.errors import Forbidden
 
     with pytest.raises(Forbidden):
-        users.grant_role(session, actor(mallory, clock), clock, mallory, Role.ADMIN)
+        users.grant_role(actor(mallory, clock), session, clock, mallory, Role.ADMIN)
 
 
 def test_lifetime_is_the_maximum_of_the_rules_that_apply(session: Session, clock) -> None:  # noqa: ANN001
@@ -118,11 +118,11 @@ def test_quota_and_unlimited(session: Session, clock, settings: Settings) -> Non
     first.deleted_at = clock.now()
     session.flush()
     _create(session, clock, settings, alice, medium_plan, [exp])
-    users.set_quota(session, SYSTEM, clock, alice, -1)
+    users.set_quota(SYSTEM, session, clock, alice, -1)
     for _ in range(3):
         _create(session, clock, settings, alice, medium_plan, [exp])
     with pytest.raises(InvalidInput, match="quota"):
-        users.set_quota(session, SYSTEM, clock, alice, -2)
+        users.set_quota(SYSTEM, session, clock, alice, -2)
 
 
 def test_create_rules(session: Session, clock, settings: Settings) -> None:  # noqa: ANN001

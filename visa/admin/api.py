@@ -40,7 +40,7 @@ def _page(items: list, total: int, q: S.PageQuery) -> S.Page:
      tags=["admin"], response=S.StatsOut)
 def stats():  # noqa: ANN201
     svc = services()
-    return respond(serialize.stats(current_actor(), db_session(), svc, svc.clock))
+    return respond(serialize.stats(current_actor(), db_session(), svc.clock, svc))
 
 
 @bp.get("/clouds")
@@ -127,7 +127,7 @@ def get_user(username: str):  # noqa: ANN201
      tags=["admin"], body=S.GrantIn, response=S.AdminUserOut)
 def grant_role(username: str):  # noqa: ANN201
     actor, data, s = current_actor(), parse_body(S.GrantIn), db_session()
-    users.grant_role(s, actor, services().clock, users.get_user(s, username), data.role, expires_at=data.expires_at)
+    users.grant_role(actor, s, services().clock, users.get_user(s, username), data.role, expires_at=data.expires_at)
     return respond(_user_out(username))
 
 
@@ -135,7 +135,7 @@ def grant_role(username: str):  # noqa: ANN201
 @doc("Revoke a role", tags=["admin"], response=S.AdminUserOut)
 def revoke_role(username: str, role: str):  # noqa: ANN201
     actor, s = current_actor(), db_session()
-    users.revoke_role(s, actor, services().clock, users.get_user(s, username), users.parse_role(role))
+    users.revoke_role(actor, s, services().clock, users.get_user(s, username), users.parse_role(role))
     return respond(_user_out(username))
 
 
@@ -143,7 +143,7 @@ def revoke_role(username: str, role: str):  # noqa: ANN201
 @doc("Set the instance quota (-1 = unlimited)", tags=["admin"], body=S.QuotaIn, response=S.AdminUserOut)
 def set_quota(username: str):  # noqa: ANN201
     actor, data, s = current_actor(), parse_body(S.QuotaIn), db_session()
-    users.set_quota(s, actor, services().clock, users.get_user(s, username), data.quota)
+    users.set_quota(actor, s, services().clock, users.get_user(s, username), data.quota)
     return respond(_user_out(username))
 
 
@@ -152,7 +152,7 @@ def set_quota(username: str):  # noqa: ANN201
      tags=["admin"], body=S.ActiveIn, response=S.AdminUserOut)
 def set_active(username: str):  # noqa: ANN201
     actor, data, s = current_actor(), parse_body(S.ActiveIn), db_session()
-    users.set_active(s, actor, services().clock, users.get_user(s, username), data.active)
+    users.set_active(actor, s, services().clock, users.get_user(s, username), data.active)
     return respond(_user_out(username))
 
 
@@ -161,7 +161,7 @@ def set_active(username: str):  # noqa: ANN201
      tags=["admin"], response=S.AdminUserOut)
 def revoke_sessions(username: str):  # noqa: ANN201
     actor, s = current_actor(), db_session()
-    users.revoke_sessions(s, actor, services().clock, users.get_user(s, username))
+    users.revoke_sessions(actor, s, services().clock, users.get_user(s, username))
     return respond(_user_out(username))
 
 

@@ -21,12 +21,12 @@ from visa.announcements import service as notifications
 from visa.announcements.serialize import notification_out
 from visa.audit import service as audit_service
 from visa.audit.serialize import audit_out
-from visa.auth.policy import require
 from visa.catalogue import service as catalogue_service
 from visa.clouds import service as clouds_service
 from visa.instances import service as instance_service
 from visa.instances.models import InstanceState
 from visa.openapi import parse_query
+from visa.policy import require
 from visa.users.models import Role
 from visa.web.context import current_actor, db_session, services
 
@@ -90,7 +90,7 @@ def _pages(total: int, q: S.PageQuery) -> dict[str, Any]:
 @admin_page("view_all_instances")
 def dashboard(actor: Actor):  # noqa: ANN201
     svc = services()
-    stats = serialize.stats(actor, db_session(), svc, svc.clock).model_dump(mode="json")
+    stats = serialize.stats(actor, db_session(), svc.clock, svc).model_dump(mode="json")
     return _render("admin/dashboard.html", title="Dashboard", stats=stats)
 
 

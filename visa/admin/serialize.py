@@ -112,7 +112,7 @@ def cloud(c: CloudStatus, used: dict[str, int]) -> S.CloudOut:
 # --- views that join features -----------------------------------------------------------------
 
 
-def stats(actor: Actor, session: Session, services: CloudHost, clock: Clock) -> S.StatsOut:
+def stats(actor: Actor, session: Session, clock: Clock, services: CloudHost) -> S.StatsOut:
     return S.StatsOut(**instances.stats(actor, session, clock), clouds=clouds(actor, session, services))
 
 

@@ -9,9 +9,9 @@ from sqlalchemy.orm import Session
 from visa.actor import Actor
 from visa.announcements.models import NotificationAck, SystemNotification
 from visa.audit.service import record
-from visa.auth.policy import require
 from visa.clock import Clock
 from visa.errors import InvalidInput, NotFound, Unauthorized
+from visa.policy import require
 
 
 def _check_window(active_from, active_until) -> None:  # noqa: ANN001
@@ -84,7 +84,7 @@ def create(actor: Actor, session: Session, clock: Clock, **fields) -> SystemNoti
     n = SystemNotification(created_at=clock.now(), **fields)
     session.add(n)
     session.flush()
-    record(session, actor, clock, "notification.create", target_type="notification", target_id=n.id,
+    record(actor, session, clock, "notification.create", target_type="notification", target_id=n.id,
            kind=n.kind.value, level=n.level.value)
     return n
 
@@ -97,11 +97,11 @@ def update(actor: Actor, session: Session, clock: Clock, notification_id: int, *
     # A changed message must be seen again, even by those who acknowledged the old one.
     session.execute(sql_delete(NotificationAck).where(NotificationAck.notification_id == n.id))
     session.flush()
-    record(session, actor, clock, "notification.update", target_type="notification", target_id=n.id)
+    record(actor, session, clock, "notification.update", target_type="notification", target_id=n.id)
     return n
 
 
 def delete(actor: Actor, session: Session, clock: Clock, notification_id: int) -> None:
     n = get(actor, session, notification_id)
     n.deleted_at = clock.now()
-    record(session, actor, clock, "notification.delete", target_type="notification", target_id=n.id)
+    record(actor, session, clock, "notification.delete", target_type="notification", target_id=n.id)

@@ -10,15 +10,15 @@ from sqlalchemy.orm import Session
 from visa.actor import Actor
 from visa.audit.models import AuditEvent
 from visa.audit.schemas import AuditQuery
-from visa.auth.policy import require
 from visa.clock import Clock
 from visa.errors import InvalidInput
 from visa.paging import page_of
+from visa.policy import require
 
 
 def record(
-    session: Session,
     actor: Actor,
+    session: Session,
     clock: Clock,
     action: str,
     *,

@@ -8,11 +8,11 @@ from flask import Blueprint
 
 from visa.auth import tokens, web
 from visa.auth.login import local_login
-from visa.auth.policy import require
 from visa.auth.schemas import LoginForm, LogoutOut, MeOut, NewToken, NewTokenOut, TokenOut
 from visa.auth.serialize import me_out, token_out
 from visa.errors import Forbidden
 from visa.openapi import doc, respond
+from visa.policy import require
 from visa.web.context import current_actor, db_session, login_session, services
 from visa.web.csrf import csrf_token
 from visa.web.io import parse_body
@@ -69,7 +69,7 @@ def create_token():  # noqa: ANN201
     svc = services()
     expires_at: datetime = svc.clock.now() + timedelta(days=data.expires_in_days)
     token, value = tokens.create_api_token(
-        db_session(), actor, svc.clock, name=data.name, expires_at=expires_at, scopes=data.scopes,
+        actor, db_session(), svc.clock, name=data.name, expires_at=expires_at, scopes=data.scopes,
     )
     return respond(NewTokenOut(**token_out(token).model_dump(), token=value), 201)
 
@@ -80,5 +80,5 @@ def revoke_token(token_id: int):  # noqa: ANN201
     actor = current_actor()
     s = db_session()
     token = tokens.own_api_token(actor, s, token_id)
-    tokens.revoke_api_token(s, actor, services().clock, token_id)
+    tokens.revoke_api_token(actor, s, services().clock, token_id)
     return respond(token_out(token))

@@ -18,6 +18,7 @@ from visa.audit.service import record
 from visa.auth.logsafe import clip
 from visa.auth.ratelimit import SlidingWindow
 from visa.errors import Unauthorized
+from visa.policy import ActorKind
 from visa.users.models import User
 from visa.users.service import check_password
 
@@ -43,14 +44,14 @@ class Limits:
 
 def anonymous(name: str, ip: str | None) -> Actor:
     """Who an unauthenticated attempt claims to be: for the audit log only, never for rules."""
-    return Actor(user=None, name=clip(name, 48), ip=clip(ip, 64) if ip else None)
+    return Actor(user=None, name=clip(name, 48), ip=clip(ip, 64) if ip else None, kind=ActorKind.ANONYMOUS)
 
 
 def audit_failure(services: Any, action: str, username: str, ip: str | None, reason: str, **details: Any) -> None:
     """Record a refused login in its own transaction, and log it (bounded)."""
     log.info("%s refused for %s from %s: %s", action, clip(username), clip(ip), reason)
     with services.database.unit_of_work() as s:
-        record(s, anonymous(username, ip), services.clock, action, target_type="user",
+        record(anonymous(username, ip), s, services.clock, action, target_type="user",
                username=clip(username, 64), reason=reason, **details)
 
 
@@ -74,11 +75,11 @@ def local_login(session: Session, services: Any, limits: Limits, username: str, 
 def record_login(session: Session, services: Any, user: User, ip: str | None, method: str) -> None:
     now = services.clock.now()
     user.last_login_at = now
-    record(session, actor_for(user, now, ip=ip), services.clock, "login", target_type="user",
+    record(actor_for(user, now, ip=ip), session, services.clock, "login", target_type="user",
            target_id=user.id, method=method)
     log.info("login of %s from %s (%s)", clip(user.username), clip(ip), method)
 
 
-def record_logout(session: Session, services: Any, actor: Actor | None, method: str) -> None:
+def record_logout(actor: Actor | None, session: Session, services: Any, method: str) -> None:
     if actor is not None and actor.user is not None:
-        record(session, actor, services.clock, "logout", target_type="user", target_id=actor.user.id, method=method)
+        record(actor, session, services.clock, "logout", target_type="user", target_id=actor.user.id, method=method)

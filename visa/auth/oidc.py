@@ -39,9 +39,9 @@ from sqlalchemy.orm import Session
 from visa.actor import SYSTEM, Actor
 from visa.auth.login import Limits, audit_failure, record_login
 from visa.auth.logsafe import clip
-from visa.auth.policy import MINT_TOKENS
 from visa.clock import Clock
 from visa.errors import Unauthorized, VisaError
+from visa.policy import MINT_TOKENS
 from visa.settings import OidcSettings
 from visa.users.models import Role, User
 from visa.users.service import create_user, validate_username
@@ -287,7 +287,7 @@ def user_from_claims(session: Session, clock: Clock, claims: dict[str, Any], def
             log.warning("first login of %s at %s: the name %s is taken, the new account is %s",
                         clip(sub), clip(issuer), clip(wanted), clip(username))
         user = create_user(
-            session, SYSTEM, clock, username=username, full_name=full_name,
+            SYSTEM, session, clock, username=username, full_name=full_name,
             email=email if email and "@" in email else None, external_id=sub, default_quota=default_quota,
         )
         user.identity_issuer = issuer
@@ -323,7 +323,7 @@ def actor_from_access_token(session: Session, services: Any, value: str, ip: str
     scopes = set(granted.split()[:100]) if isinstance(granted, str) else set()
     idp_scopes = frozenset({MINT_TOKENS}) if settings.oidc.token_scope in scopes else frozenset()
     return Actor(user=user, roles=roles, name=user.username, ip=ip, scopes=None, credential="oidc_token",
-                 idp_scopes=idp_scopes)
+                 idp_scopes=idp_scopes, at=now)
 
 
 FLOW_SECONDS = 600  # a login started at the provider must come back within this
@@ -392,6 +392,3 @@ def complete_login(session: Session, services: Any, limits: Limits, flow: Any, a
     record_login(session, services, user, ip, "oidc")
     return OidcLogin(user=user, roles=roles, refresh_token=str(tokens.get("refresh_token") or "") or None,
                      expires_in=tokens.get("expires_in", 300), next=flow.get("next") or "/")
-
-
-

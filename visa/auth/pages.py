@@ -122,7 +122,7 @@ def end_session() -> str:
     actor = current_actor(required=False)
     row = current_login()
     method, refresh_token = (row.method, row.refresh_token) if row is not None else ("local", None)
-    record_logout(db_session(), svc, actor, method)
+    record_logout(actor, db_session(), svc, method)
     logout_session()  # the row goes: the cookie, or a copy of it, opens nothing any more
     done = url_for("auth_pages.login_page", logged_out=1)
     if method != "oidc" or not svc.settings.oidc.server_url:

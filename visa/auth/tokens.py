@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor, actor_for
 from visa.audit.service import record
-from visa.auth.policy import require
 from visa.clock import Clock
 from visa.errors import InvalidInput, NotFound, Unauthorized
+from visa.policy import allowed, require
 from visa.users.models import ApiToken, User
 
 TOKEN_PREFIX = "visa_"
@@ -27,7 +27,7 @@ def _hash(token: str) -> str:
 
 
 def create_api_token(
-    session: Session, actor: Actor, clock: Clock, *, name: str, expires_at: datetime | None = None,
+    actor: Actor, session: Session, clock: Clock, *, name: str, expires_at: datetime | None = None,
     scopes: str = "api",
 ) -> tuple[ApiToken, str]:
     """Return the stored token and its secret value, shown once."""
@@ -49,7 +49,7 @@ def create_api_token(
     )
     session.add(token)
     session.flush()
-    record(session, actor, clock, "token.create", target_type="token", target_id=token.id, name=name)
+    record(actor, session, clock, "token.create", target_type="token", target_id=token.id, name=name)
     return token, value
 
 
@@ -68,12 +68,12 @@ def own_api_token(actor: Actor, session: Session, token_id: int) -> ApiToken:
     return token
 
 
-def revoke_api_token(session: Session, actor: Actor, clock: Clock, token_id: int) -> None:
+def revoke_api_token(actor: Actor, session: Session, clock: Clock, token_id: int) -> None:
     token = session.get(ApiToken, token_id)
-    if token is None or (token.user_id != actor.id and not actor.is_admin):
+    if token is None or (token.user_id != actor.id and not allowed(actor, "api_token.revoke_any")):
         raise NotFound("no such token")
     token.revoked_at = clock.now()
-    record(session, actor, clock, "token.revoke", target_type="token", target_id=token.id)
+    record(actor, session, clock, "token.revoke", target_type="token", target_id=token.id)
 
 
 def actor_from_api_token(session: Session, clock: Clock, value: str, ip: str | None = None) -> Actor:

@@ -22,6 +22,7 @@ from sqlalchemy import delete, update
 from visa.auth.login import Limits
 from visa.auth.logsafe import clip
 from visa.errors import Forbidden, Unauthorized
+from visa.policy import allowed
 from visa.users.models import LoginSession, Role, User
 from visa.web.context import current_actor, current_login, services
 
@@ -152,7 +153,7 @@ def _enforce_token_scopes() -> None:
         return
     if not request.path.startswith("/api/"):
         raise Forbidden("API tokens may only be used on /api/")
-    if "api" not in actor.scopes and request.method not in SAFE_METHODS:
+    if request.method not in SAFE_METHODS and not allowed(actor, "api.write"):
         raise Forbidden("this token is read-only (scope api:read)")
 
 

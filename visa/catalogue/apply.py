@@ -14,13 +14,13 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor
 from visa.audit.service import record
-from visa.auth.policy import require
 from visa.catalogue.loader import Catalogue, CatalogueError
 from visa.catalogue.models import Flavour, FlavourLifetime, FlavourLimit, Image, ImageProtocol, Plan
 from visa.catalogue.schemas import FlavourSpec, ImageSpec
 from visa.clock import Clock
 from visa.clouds.models import Cloud
 from visa.experiments.models import Instrument
+from visa.policy import require
 
 
 @dataclass
@@ -150,7 +150,7 @@ def apply_image(session: Session, spec: ImageSpec, image: Image | None, clouds: 
     return image
 
 
-def apply_catalogue(session: Session, actor: Actor, clock: Clock, catalogue: Catalogue) -> Diff:
+def apply_catalogue(actor: Actor, session: Session, clock: Clock, catalogue: Catalogue) -> Diff:
     """Apply validated files. The caller commits (or rolls back for a dry run)."""
     require(actor, "manage_catalogue")
     diff = Diff()
@@ -208,5 +208,5 @@ def apply_catalogue(session: Session, actor: Actor, clock: Clock, catalogue: Cat
                 diff.add(f"- plan {key[0]}/{key[1]} (disabled)")
     session.flush()
     if diff:
-        record(session, actor, clock, "catalogue.apply", target_type="catalogue", changes=diff.changes[:200])
+        record(actor, session, clock, "catalogue.apply", target_type="catalogue", changes=diff.changes[:200])
     return diff

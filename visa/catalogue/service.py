@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor
 from visa.audit.service import record
-from visa.auth.policy import require
 from visa.catalogue.apply import Diff, apply_catalogue, apply_flavour, apply_image, cloud_ids
 from visa.catalogue.loader import Catalogue, Sourced, load
 from visa.catalogue.models import Flavour, Image, Plan
@@ -28,6 +27,7 @@ from visa.clock import Clock
 from visa.clouds.service import cloud_names
 from visa.errors import Conflict, InvalidInput, NotFound
 from visa.experiments.models import Experiment
+from visa.policy import allowed, require
 from visa.settings import LifetimeSettings
 from visa.users.models import STAFF_ROLES, Role
 
@@ -45,7 +45,7 @@ def flavour_allowed(flavour: Flavour, roles: Iterable[Role], experiments: Iterab
     )
 
 
-def plans_for(session: Session, actor: Actor, experiments: Iterable[Experiment]) -> list[Plan]:
+def plans_for(actor: Actor, session: Session, experiments: Iterable[Experiment]) -> list[Plan]:
     """Enabled plans of visible images and flavours that this actor may use for these experiments.
 
     Admins see every enabled plan: they may need to reproduce what any user gets.
@@ -58,7 +58,7 @@ def plans_for(session: Session, actor: Actor, experiments: Iterable[Experiment])
         .where(Plan.enabled.is_(True), Image.visible.is_(True), Flavour.visible.is_(True))
         .order_by(Image.environment, Flavour.cores, Flavour.memory_mb)
     ).all()
-    if actor.is_admin:
+    if allowed(actor, "catalogue.all_plans"):
         return list(plans)
     return [p for p in plans if flavour_allowed(p.flavour, actor.roles, experiments)]
 
@@ -68,9 +68,9 @@ def offered_plans(actor: Actor, session: Session, experiment_ids: Iterable[int])
     count for nothing (admins excepted)."""
     ids = list(experiment_ids)
     experiments = list(session.scalars(select(Experiment).where(Experiment.id.in_(ids)))) if ids else []
-    if not actor.is_admin:
+    if not allowed(actor, "experiments.use_any"):
         experiments = [e for e in experiments if actor.id in {m.id for m in e.members}]
-    return plans_for(session, actor, experiments)
+    return plans_for(actor, session, experiments)
 
 
 def _default_lifetime(role: Role | None, defaults: LifetimeSettings) -> int:
@@ -98,11 +98,11 @@ def inactivity_limit_hours(roles: Iterable[Role], defaults: LifetimeSettings) ->
 
 
 def apply_files(
-    session: Session, actor: Actor, clock: Clock, paths: list[Path]
+    actor: Actor, session: Session, clock: Clock, paths: list[Path]
 ) -> Diff:
     """Validate the files and apply them (the caller's transaction decides dry run or not)."""
     known = frozenset(session.scalars(select(Flavour.name)))
-    return apply_catalogue(session, actor, clock, load(paths, known_flavours=known))
+    return apply_catalogue(actor, session, clock, load(paths, known_flavours=known))
 
 
 # --- editing the catalogue through the API (validated and applied as the files are) ------------------
@@ -164,7 +164,7 @@ def save_flavour(actor: Actor, session: Session, clock: Clock, spec: FlavourSpec
     flavour = apply_flavour(session, spec, existing, clouds, {}, diff)
     session.flush()
     if diff:
-        record(session, actor, clock, "catalogue.flavour.save", target_type="flavour", target_id=spec.name,
+        record(actor, session, clock, "catalogue.flavour.save", target_type="flavour", target_id=spec.name,
                changes=diff.changes[:100])
     return flavour, diff
 
@@ -186,7 +186,7 @@ def hide_flavour(actor: Actor, session: Session, clock: Clock, name: str) -> Fla
     flavour = get_flavour(actor, session, name)
     if flavour.visible:
         flavour.visible = False
-        record(session, actor, clock, "catalogue.flavour.hide", target_type="flavour", target_id=name)
+        record(actor, session, clock, "catalogue.flavour.hide", target_type="flavour", target_id=name)
     return flavour
 
 
@@ -236,7 +236,7 @@ def save_image(actor: Actor, session: Session, clock: Clock, spec: ImageSpec, *,
                 diff.add(f"- plan {spec.name}/{fname} (disabled)")
     session.flush()
     if diff:
-        record(session, actor, clock, "catalogue.image.save", target_type="image", target_id=spec.name,
+        record(actor, session, clock, "catalogue.image.save", target_type="image", target_id=spec.name,
                changes=diff.changes[:100])
     return image, diff
 
@@ -245,7 +245,7 @@ def hide_image(actor: Actor, session: Session, clock: Clock, name: str) -> Image
     image = get_image(actor, session, name)
     if image.visible:
         image.visible = False
-        record(session, actor, clock, "catalogue.image.hide", target_type="image", target_id=name)
+        record(actor, session, clock, "catalogue.image.hide", target_type="image", target_id=name)
     return image
 
 
@@ -274,7 +274,7 @@ def create_plan(actor: Actor, session: Session, clock: Clock, data: PlanIn) -> P
     session.flush()
     if data.preset:
         _make_preset(session, plan)
-    record(session, actor, clock, "catalogue.plan.create", target_type="plan", target_id=plan.id,
+    record(actor, session, clock, "catalogue.plan.create", target_type="plan", target_id=plan.id,
            image=image.name, flavour=flavour.name, preset=data.preset, enabled=data.enabled)
     return plan
 
@@ -300,7 +300,7 @@ def update_plan(actor: Actor, session: Session, clock: Clock, plan_id: int, data
     elif data.preset is False:
         plan.preset = False
     session.flush()
-    record(session, actor, clock, "catalogue.plan.update", target_type="plan", target_id=plan.id,
+    record(actor, session, clock, "catalogue.plan.update", target_type="plan", target_id=plan.id,
            **data.model_dump(exclude_none=True))
     return plan
 

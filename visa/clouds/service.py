@@ -16,12 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from visa.actor import Actor
 from visa.audit.service import record
-from visa.auth.policy import require
 from visa.clock import Clock
 from visa.clouds.base import CloudLimits, Provider
 from visa.clouds.models import Cloud
 from visa.clouds.registry import provider_class
 from visa.errors import InvalidInput, NotFound
+from visa.policy import require
 
 
 class _Database(Protocol):
@@ -55,7 +55,7 @@ def register_cloud(actor: Actor, session: Session, clock: Clock, name: str, kind
         cloud.kind, cloud.config = kind, config
     session.flush()
     # The settings may hold secrets (or the names of variables that do): never in the audit log.
-    record(session, actor, clock, "cloud.register", target_type="cloud", target_id=name, kind=kind)
+    record(actor, session, clock, "cloud.register", target_type="cloud", target_id=name, kind=kind)
     return cloud
 
 
@@ -71,7 +71,7 @@ def set_cloud_enabled(actor: Actor, session: Session, clock: Clock, name: str, e
         raise NotFound(f"no cloud {name[:64]!r}", field="name")
     if cloud.enabled != enabled:
         cloud.enabled = enabled
-        record(session, actor, clock, "cloud.enable" if enabled else "cloud.disable", target_type="cloud",
+        record(actor, session, clock, "cloud.enable" if enabled else "cloud.disable", target_type="cloud",
                target_id=name)
     return cloud
 

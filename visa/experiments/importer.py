@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor
 from visa.audit.service import record
-from visa.auth.policy import require
 from visa.clock import Clock
 from visa.errors import InvalidInput
 from visa.experiments.models import Experiment, Instrument, Proposal
 from visa.experiments.schemas import ExperimentSpec
+from visa.policy import require
 from visa.users.models import User
 
 MAX_FILE_BYTES = 50_000_000
@@ -99,7 +99,7 @@ def parse_file(path: Path) -> list[ExperimentSpec]:
 
 
 def import_experiments(
-    session: Session, actor: Actor, clock: Clock, specs: list[ExperimentSpec], *, default_quota: int = 2
+    actor: Actor, session: Session, clock: Clock, specs: list[ExperimentSpec], *, default_quota: int = 2
 ) -> ImportResult:
     require(actor, "import_experiments")
     result = ImportResult()
@@ -158,6 +158,6 @@ def import_experiments(
         else:
             result.unchanged += 1
     session.flush()
-    record(session, actor, clock, "experiments.import", target_type="experiments",
+    record(actor, session, clock, "experiments.import", target_type="experiments",
            created=result.created, updated=result.updated, users_created=result.users_created)
     return result

@@ -6,10 +6,10 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, contains_eager
 
 from visa.actor import Actor
-from visa.auth.policy import require
 from visa.clock import Clock
 from visa.experiments.models import Experiment, Instrument, Proposal, experiment_members
 from visa.experiments.schemas import OpenDataQuery
+from visa.policy import require
 
 
 def experiments_of(actor: Actor, session: Session) -> list[Experiment]:

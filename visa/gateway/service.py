@@ -17,11 +17,12 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor, actor_for
 from visa.audit.service import record
-from visa.auth.policy import allowed, member_role, require
+from visa.auth.sessions import session_epoch
 from visa.catalogue.models import Protocol
 from visa.clock import Clock
 from visa.errors import Conflict, Forbidden, NotFound, Unauthorized
 from visa.instances.models import ConnectToken, Instance, InstanceState, MemberRole
+from visa.policy import allowed, member_role, require
 from visa.users import service as users
 from visa.users.models import User
 
@@ -105,8 +106,6 @@ def issue_connect_token(
     only a websocket from that session, while it lasts, can spend the token.
     Returns the token, the connection's role and whether it is view only."""
     require(actor, "instance.connect", instance)
-    if actor.scopes is not None and "api" not in actor.scopes:
-        raise Forbidden("this API token is read-only")
     if actor.user is None:
         raise Forbidden("the system does not open desktops")
     target_for(instance, Protocol.VNC)  # refuse now rather than in the websocket
@@ -124,8 +123,8 @@ def issue_connect_token(
         )
     )
     record(
-        session,
         actor,
+        session,
         clock,
         "instance.connect",
         target_type="instance",
@@ -251,7 +250,6 @@ class LabLogin:
 def consume_jupyter_token(session: Session, clock: Clock, uid: str, token: str) -> LabLogin:
     """Spend a Jupyter token on instance ``uid`` while the login session that asked for it lasts,
     or Unauthorized."""
-    from visa.web.context import _session_epoch  # one definition of a session's validity
 
     invalid = "invalid or expired link: open JupyterLab from visa again"
     secret, _, login = token.partition(".")
@@ -265,7 +263,7 @@ def consume_jupyter_token(session: Session, clock: Clock, uid: str, token: str) 
     user = session.get(User, row.user_id)
     if user is None or not user.active:
         raise Unauthorized("log in first")
-    return LabLogin(user.id, _session_epoch(user), login)
+    return LabLogin(user.id, session_epoch(user), login)
 
 
 def jupyter_target(
@@ -274,10 +272,9 @@ def jupyter_target(
     """The Jupyter server of instance ``uid`` for the user of a lab cookie: Unauthorized once the
     login session it came from has ended (logout, revocation, expiry, password change,
     deactivation), NotFound for anyone but the instance's owner."""
-    from visa.web.context import _session_epoch  # one definition of a session's validity
 
     user = session.get(User, user_id)
-    if user is None or not user.active or epoch != _session_epoch(user):
+    if user is None or not user.active or epoch != session_epoch(user):
         raise Unauthorized("log in first")
     if users.live_login_session_by_hash(session, login, user_id) is None:
         raise Unauthorized("log in first")

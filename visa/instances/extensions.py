@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor
 from visa.audit.service import record
-from visa.auth.policy import require
 from visa.catalogue.models import AutoAccept
 from visa.catalogue.service import max_lifetime_hours
 from visa.clock import Clock
@@ -24,6 +23,7 @@ from visa.instances import emails
 from visa.instances.models import ExtensionRequest, ExtensionState, Instance
 from visa.instances.schemas import HandleExtension, RequestExtension
 from visa.mail.outbox import enqueue
+from visa.policy import require
 from visa.settings import Settings
 from visa.users.models import STAFF_ROLES
 
@@ -53,7 +53,7 @@ def request_extension(actor: Actor, session: Session, clock: Clock, settings: Se
     )
     session.add(request)
     session.flush()
-    record(session, actor, clock, "extension.request", target_type="instance", target_id=instance.uid,
+    record(actor, session, clock, "extension.request", target_type="instance", target_id=instance.uid,
            request=request.id, until=data.requested_until.isoformat())
     limit = _auto_limit(instance, now, settings)
     if limit is not None and data.requested_until <= limit:
@@ -101,7 +101,7 @@ def _accept(actor: Actor, session: Session, clock: Clock, settings: Settings, re
     instance.terminates_at = until
     instance.lifetime_warned_at = None  # a new warning will precede the new date
     session.flush()
-    record(session, actor, clock, "extension.accept", target_type="instance", target_id=instance.uid,
+    record(actor, session, clock, "extension.accept", target_type="instance", target_id=instance.uid,
            request=request.id, until=until.isoformat())
     enqueue(session, clock, settings, emails.EXTENSION_HANDLED, request.id, "ACCEPTED")
 
@@ -113,7 +113,7 @@ def refuse_extension(actor: Actor, session: Session, clock: Clock, settings: Set
     request.state, request.response = ExtensionState.REFUSED, data.response
     request.handled_by_id, request.handled_at = actor.id, clock.now()
     session.flush()
-    record(session, actor, clock, "extension.refuse", target_type="instance", target_id=instance.uid,
+    record(actor, session, clock, "extension.refuse", target_type="instance", target_id=instance.uid,
            request=request.id)
     enqueue(session, clock, settings, emails.EXTENSION_HANDLED, request.id, "REFUSED")
     return request

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from visa.actor import Actor
-from visa.auth.policy import member_role
 from visa.clock import Clock
 from visa.experiments.models import Experiment
 from visa.instances.models import ExtensionRequest, Instance, InstanceMember
@@ -19,6 +18,7 @@ from visa.instances.schemas import (
     PlanBrief,
     Screen,
 )
+from visa.policy import member_role
 
 
 def _experiment(e: Experiment) -> ExperimentBrief:

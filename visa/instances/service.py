@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor
 from visa.audit.service import record
-from visa.auth.policy import allowed, require
 from visa.catalogue.models import Flavour, Image, Plan
 from visa.catalogue.service import max_lifetime_hours, plans_for
 from visa.clock import Clock
@@ -37,6 +36,7 @@ from visa.instances.models import (
 )
 from visa.instances.schemas import CreateInstance, InstanceQuery
 from visa.paging import escape_like
+from visa.policy import allowed, require
 from visa.settings import Settings
 from visa.users.models import User
 
@@ -69,14 +69,14 @@ def check_quota(session: Session, user: User) -> None:
         )
 
 
-def _experiments_for(session: Session, actor: Actor, ids: list[int]) -> list[Experiment]:
+def _experiments_for(actor: Actor, session: Session, ids: list[int]) -> list[Experiment]:
     if not ids:
         return []
     found = {e.id: e for e in session.scalars(select(Experiment).where(Experiment.id.in_(ids)))}
     missing = [i for i in ids if i not in found]
     if missing:
         raise InvalidInput(f"unknown experiment(s): {missing}", field="experiment_ids")
-    if not actor.is_admin:
+    if not allowed(actor, "experiments.use_any"):
         uid = actor.id
         foreign = [e.external_id for e in found.values() if uid not in {m.id for m in e.members}]
         if foreign:
@@ -87,7 +87,7 @@ def _experiments_for(session: Session, actor: Actor, ids: list[int]) -> list[Exp
 
 
 def _open_data_for(
-    session: Session, actor: Actor, ids: list[int], attached: list[Experiment], now: datetime
+    actor: Actor, session: Session, ids: list[int], attached: list[Experiment], now: datetime
 ) -> list[Experiment]:
     """Experiments of any proposal whose embargo has ended at ``now``: anyone may ask for them.
 
@@ -138,13 +138,13 @@ def create_instance(
     assert actor.user is not None
     owner = actor.user
     now = clock.now()
-    experiments = _experiments_for(session, actor, data.experiment_ids)
-    open_data = _open_data_for(session, actor, data.open_data_ids, experiments, now)
+    experiments = _experiments_for(actor, session, data.experiment_ids)
+    open_data = _open_data_for(actor, session, data.open_data_ids, experiments, now)
     # Open data is extra: it neither stands in for an experiment of one's own nor widens the
     # plans (sizes limited to an instrument stay with that instrument's users).
     if not experiments:
         require(actor, "create_instance_without_experiment")
-    plan = next((p for p in plans_for(session, actor, experiments) if p.id == data.plan_id), None)
+    plan = next((p for p in plans_for(actor, session, experiments) if p.id == data.plan_id), None)
     if plan is None:
         raise InvalidInput("this plan is not available to you for these experiments", field="plan_id")
     check_quota(session, owner)
@@ -175,14 +175,14 @@ def create_instance(
     instance.members.append(InstanceMember(user=owner, role=MemberRole.OWNER, created_at=now))
     session.add(instance)
     session.flush()
-    _command(session, actor, clock, instance, CommandAction.CREATE)
-    record(session, actor, clock, "instance.create", target_type="instance", target_id=instance.uid,
+    _command(actor, session, clock, instance, CommandAction.CREATE)
+    record(actor, session, clock, "instance.create", target_type="instance", target_id=instance.uid,
            plan=plan.id, experiments=[e.external_id for e in experiments],
            open_data=[e.external_id for e in open_data])
     return instance
 
 
-def _command(session: Session, actor: Actor, clock: Clock, instance: Instance, action: CommandAction) -> InstanceCommand:
+def _command(actor: Actor, session: Session, clock: Clock, instance: Instance, action: CommandAction) -> InstanceCommand:
     cmd = InstanceCommand(
         instance_id=instance.id, actor_id=actor.id, action=action,
         state=CommandState.PENDING, created_at=clock.now(),
@@ -240,8 +240,8 @@ def request_action(
             CommandAction.REBOOT: InstanceState.REBOOTING,
         }[action]
         instance.state_changed_at = clock.now()
-    cmd = _command(session, actor, clock, instance, action)
-    record(session, actor, clock, f"instance.{action.value.lower()}", target_type="instance", target_id=instance.uid)
+    cmd = _command(actor, session, clock, instance, action)
+    record(actor, session, clock, f"instance.{action.value.lower()}", target_type="instance", target_id=instance.uid)
     return cmd
 
 
@@ -347,7 +347,7 @@ def change_termination(
     if terminates_at > old:
         instance.lifetime_warned_at = None
     session.flush()
-    record(session, actor, clock, "instance.termination", target_type="instance", target_id=instance.uid,
+    record(actor, session, clock, "instance.termination", target_type="instance", target_id=instance.uid,
            old=old.isoformat(), new=terminates_at.isoformat(), reason=reason[:500])
     return instance
 
@@ -362,7 +362,7 @@ def render_userdata(actor: Actor, session: Session, clock: Clock, uid: str, *, a
 
     text = render_for_operator(session, instance.uid)
     if audit:
-        record(session, actor, clock, "instance.userdata.view", target_type="instance", target_id=uid)
+        record(actor, session, clock, "instance.userdata.view", target_type="instance", target_id=uid)
     return text
 
 

@@ -34,12 +34,12 @@ from sqlalchemy.orm import Session
 from visa.actor import Actor, actor_for
 from visa.audit.models import AuditEvent
 from visa.audit.service import record
-from visa.auth.policy import allowed, member_role, require, support_allowed
 from visa.clock import Clock
 from visa.db import after_commit
 from visa.errors import Conflict, Forbidden, InvalidInput, NotFound
 from visa.instances.models import ConnectToken, Instance, InstanceMember, MemberRole
 from visa.instances.schemas import PendingSupportOut
+from visa.policy import allowed, member_role, require, support_allowed
 from visa.users.models import STAFF_ROLES, User
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def add_member(actor: Actor, session: Session, clock: Clock, instance: Instance,
     member = InstanceMember(user=user, role=wanted, created_at=clock.now())
     instance.members.append(member)
     session.flush()
-    record(session, actor, clock, "instance.member.add", target_type="instance", target_id=instance.uid,
+    record(actor, session, clock, "instance.member.add", target_type="instance", target_id=instance.uid,
            username=user.username, role=wanted.value)
     return member
 
@@ -145,7 +145,7 @@ def change_role(actor: Actor, session: Session, clock: Clock, instance: Instance
     old = member.role
     if old != wanted:
         member.role = wanted
-        record(session, actor, clock, "instance.member.role", target_type="instance", target_id=instance.uid,
+        record(actor, session, clock, "instance.member.role", target_type="instance", target_id=instance.uid,
                username=user.username, old=old.value, new=wanted.value)
         _publish(session, AccessChange(instance.id, instance.uid, user.id, user.username, wanted))
     return member
@@ -168,7 +168,7 @@ def revoke_member(actor: Actor, session: Session, clock: Clock, instance: Instan
         delete(ConnectToken).where(ConnectToken.instance_id == instance.id, ConnectToken.user_id == user.id)
     )
     session.flush()
-    record(session, actor, clock, "instance.member.leave" if leaving else "instance.member.revoke",
+    record(actor, session, clock, "instance.member.leave" if leaving else "instance.member.revoke",
            target_type="instance", target_id=instance.uid, username=user.username, role=member.role.value)
     _publish(session, AccessChange(instance.id, instance.uid, user.id, user.username, None))
 
@@ -186,10 +186,10 @@ def request_support_access(actor: Actor, session: Session, clock: Clock, instanc
         member = InstanceMember(user=actor.user, role=MemberRole.SUPPORT, created_at=now)
         instance.members.append(member)
         session.flush()
-        record(session, actor, clock, "instance.support.join", target_type="instance", target_id=instance.uid,
+        record(actor, session, clock, "instance.support.join", target_type="instance", target_id=instance.uid,
                username=actor.user.username)
         return member
-    record(session, actor, clock, "instance.support.request", target_type="instance", target_id=instance.uid,
+    record(actor, session, clock, "instance.support.request", target_type="instance", target_id=instance.uid,
            username=actor.user.username)
     return None
 
@@ -227,7 +227,7 @@ def answer_support_request(actor: Actor, session: Session, clock: Clock, instanc
         # An administrator may answer for the owner, but not let themselves in: that is the owner's call.
         raise Forbidden("you cannot approve your own support request: the owner decides")
     action = "instance.support.approve" if approve else "instance.support.deny"
-    record(session, actor, clock, action, target_type="instance", target_id=instance.uid, username=user.username)
+    record(actor, session, clock, action, target_type="instance", target_id=instance.uid, username=user.username)
     if not approve:
         return None
     if not support_allowed(actor_for(user, clock.now()), instance):

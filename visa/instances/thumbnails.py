@@ -12,10 +12,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from visa.actor import Actor
-from visa.auth.policy import require
 from visa.clock import Clock
 from visa.errors import InvalidInput
 from visa.instances.models import Instance, InstanceThumbnail
+from visa.policy import require
 
 MAX_BYTES = 200 * 1024
 JPEG_START = b"\xff\xd8\xff"

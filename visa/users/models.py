@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 
 from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from visa.db import Base, UTCDateTime
+from visa.policy.roles import STAFF_ROLES as STAFF_ROLES  # re-exported: the roles users hold
+from visa.policy.roles import Role
 from visa.types import enum_column
-
-
-class Role(enum.StrEnum):
-    ADMIN = "ADMIN"
-    STAFF = "STAFF"
-    IT_SUPPORT = "IT_SUPPORT"
-    INSTRUMENT_SCIENTIST = "INSTRUMENT_SCIENTIST"
-    INSTRUMENT_CONTROL = "INSTRUMENT_CONTROL"
-    SCIENTIFIC_COMPUTING = "SCIENTIFIC_COMPUTING"
-    GUEST = "GUEST"
-
-
-STAFF_ROLES = frozenset({Role.ADMIN, Role.STAFF})
 
 # Python code matches it with fullmatch: its $ alone would also match before a trailing "\n".
 USERNAME_PATTERN = r"^[a-z_][a-z0-9_.-]{0,31}$"

@@ -14,10 +14,10 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from visa.actor import Actor
 from visa.audit.service import record
-from visa.auth.policy import require
 from visa.clock import Clock
 from visa.errors import Conflict, InvalidInput, NotFound
 from visa.paging import escape_like, page_of
+from visa.policy import require
 from visa.users.models import USERNAME_PATTERN, LoginSession, Role, RoleGrant, User
 from visa.users.schemas import UserQuery
 
@@ -63,8 +63,8 @@ def get_user(session: Session, username: str) -> User:
 
 
 def create_user(
-    session: Session,
     actor: Actor,
+    session: Session,
     clock: Clock,
     *,
     username: str,
@@ -103,17 +103,17 @@ def create_user(
     )
     session.add(user)
     session.flush()
-    record(session, actor, clock, "user.create", target_type="user", target_id=user.id, username=username)
+    record(actor, session, clock, "user.create", target_type="user", target_id=user.id, username=username)
     return user
 
 
-def set_password(session: Session, actor: Actor, clock: Clock, user: User, password: str) -> None:
+def set_password(actor: Actor, session: Session, clock: Clock, user: User, password: str) -> None:
     require(actor, "manage_users")
     if len(password) < MIN_PASSWORD:
         raise InvalidInput(f"password shorter than {MIN_PASSWORD} characters", field="password")
     user.password_hash = generate_password_hash(password)
     ended = end_sessions(session, user)
-    record(session, actor, clock, "user.password", target_type="user", target_id=user.id, sessions_ended=ended)
+    record(actor, session, clock, "user.password", target_type="user", target_id=user.id, sessions_ended=ended)
 
 
 # Also the cookie's lifetime. Both are wall-clock time (the cookie's signature carries its age),
@@ -192,15 +192,15 @@ def end_sessions(session: Session, user: User) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def revoke_sessions(session: Session, actor: Actor, clock: Clock, user: User) -> int:
+def revoke_sessions(actor: Actor, session: Session, clock: Clock, user: User) -> int:
     """An administrator logs the user out everywhere (a stolen cookie stops working)."""
     require(actor, "manage_users")
     ended = end_sessions(session, user)
-    record(session, actor, clock, "user.sessions.revoke", target_type="user", target_id=user.id, ended=ended)
+    record(actor, session, clock, "user.sessions.revoke", target_type="user", target_id=user.id, ended=ended)
     return ended
 
 
-def link_identity(session: Session, actor: Actor, clock: Clock, user: User, issuer: str, subject: str) -> None:
+def link_identity(actor: Actor, session: Session, clock: Clock, user: User, issuer: str, subject: str) -> None:
     """An administrator links an account to an identity provider's identity (issuer and subject):
     the only way an existing account comes to be used through the provider."""
     require(actor, "manage_users")
@@ -214,11 +214,11 @@ def link_identity(session: Session, actor: Actor, clock: Clock, user: User, issu
     if other is not None:
         raise Conflict(f"that identity already has the account {other.username}", field="subject")
     user.identity_issuer, user.external_id = issuer, subject
-    record(session, actor, clock, "user.identity.link", target_type="user", target_id=user.id,
+    record(actor, session, clock, "user.identity.link", target_type="user", target_id=user.id,
            issuer=issuer, subject=subject)
 
 
-def set_active(session: Session, actor: Actor, clock: Clock, user: User, active: bool) -> None:
+def set_active(actor: Actor, session: Session, clock: Clock, user: User, active: bool) -> None:
     """Deactivate (logged out everywhere, tokens and logins refused) or reactivate an account."""
     require(actor, "manage_users")
     if not active and actor.id == user.id:
@@ -226,7 +226,7 @@ def set_active(session: Session, actor: Actor, clock: Clock, user: User, active:
     old = user.active
     user.active = active
     ended = 0 if active else end_sessions(session, user)
-    record(session, actor, clock, "user.active", target_type="user", target_id=user.id, old=old, new=active,
+    record(actor, session, clock, "user.active", target_type="user", target_id=user.id, old=old, new=active,
            sessions_ended=ended)
 
 
@@ -235,8 +235,8 @@ def check_password(user: User, password: str) -> bool:
 
 
 def grant_role(
-    session: Session,
     actor: Actor,
+    session: Session,
     clock: Clock,
     user: User,
     role: Role,
@@ -258,26 +258,26 @@ def grant_role(
     grant.granted_at = now
     session.flush()
     record(
-        session, actor, clock, "role.grant", target_type="user", target_id=user.id,
+        actor, session, clock, "role.grant", target_type="user", target_id=user.id,
         role=role.value, expires_at=expires_at.isoformat() if expires_at else None,
     )
     return grant
 
 
-def revoke_role(session: Session, actor: Actor, clock: Clock, user: User, role: Role) -> bool:
+def revoke_role(actor: Actor, session: Session, clock: Clock, user: User, role: Role) -> bool:
     require(actor, "manage_roles")
     result = session.execute(delete(RoleGrant).where(RoleGrant.user_id == user.id, RoleGrant.role == role))
     session.expire(user, ["grants"])
     removed = bool(result.rowcount)  # type: ignore[attr-defined]
-    record(session, actor, clock, "role.revoke", target_type="user", target_id=user.id, role=role.value, removed=removed)
+    record(actor, session, clock, "role.revoke", target_type="user", target_id=user.id, role=role.value, removed=removed)
     return removed
 
 
-def set_quota(session: Session, actor: Actor, clock: Clock, user: User, quota: int) -> None:
+def set_quota(actor: Actor, session: Session, clock: Clock, user: User, quota: int) -> None:
     require(actor, "manage_users")
     old = user.instance_quota
     user.instance_quota = validate_quota(quota)
-    record(session, actor, clock, "user.quota", target_type="user", target_id=user.id, old=old, new=quota)
+    record(actor, session, clock, "user.quota", target_type="user", target_id=user.id, old=old, new=quota)
 
 
 def purge_expired_grants(session: Session, clock: Clock) -> int:

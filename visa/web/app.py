@@ -13,6 +13,7 @@ import visa.models  # noqa: F401  (every mapped class known before the first que
 from visa.clock import Clock, system_clock
 from visa.db import Database
 from visa.errors import VisaError
+from visa.policy import allowed
 from visa.services import Services
 from visa.settings import Settings, get_settings
 from visa.types import MAX_ID
@@ -103,7 +104,7 @@ def _is_admin() -> bool:
         actor = context.current_actor(required=False)
     except VisaError:  # a bad token: anonymous here
         return False
-    return actor is not None and actor.user is not None and actor.is_admin
+    return actor is not None and actor.user is not None and allowed(actor, "view_cloud_status")
 
 
 def _register_blueprints(app: Flask) -> None:

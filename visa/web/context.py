@@ -6,14 +6,15 @@ a successful response and rolled back on any error, then after-commit actions ru
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
 
 from flask import Flask, current_app, g, request, session
 from sqlalchemy.orm import Session
 
 from visa.actor import Actor
+from visa.auth.sessions import session_epoch, session_user
+from visa.db import end_unit_of_work
 from visa.errors import Unauthorized
 from visa.services import Services
 from visa.users import service as users
@@ -54,24 +55,7 @@ def _resolve_actor() -> Actor | None:
     user, row = found
     g.login_session = row
     roles = frozenset(user.roles_at(now)) | frozenset(row.idp_roles_set())
-    return Actor(user=user, roles=roles, name=user.username, ip=request.remote_addr)
-
-
-def _session_epoch(user: User) -> str:
-    # Belt and braces next to the session row: a changed password or account ends its sessions.
-    return (user.password_hash or "")[-12:] + str(user.active)
-
-
-def session_user(s: Session, data: Mapping[str, Any], now: datetime) -> tuple[User, LoginSession] | None:
-    """The user and login session of a decoded session cookie, while it has not ended.
-    The one check of a cookie: pages, the API and the event stream use it."""
-    row = users.live_login_session(s, data.get("sid"), data.get("user_id"))
-    if row is None:
-        return None
-    user = s.get(User, row.user_id)
-    if user is None or not user.active or data.get("epoch") != _session_epoch(user):
-        return None
-    return user, row
+    return Actor(user=user, roles=roles, name=user.username, ip=request.remote_addr, at=now)
 
 
 def current_login() -> LoginSession | None:
@@ -92,7 +76,7 @@ def login_session(user: User, method: str = "local", *, refresh_token: str | Non
     )
     session["user_id"] = user.id
     session["sid"] = sid
-    session["epoch"] = _session_epoch(user)
+    session["epoch"] = session_epoch(user)
     session.permanent = True
     g.pop("actor", None)
     g.login_session = row
@@ -110,26 +94,16 @@ def logout_session() -> None:
 def install(app: Flask) -> None:
     @app.after_request
     def _commit(response):  # noqa: ANN001, ANN202
-        # Commit before the response leaves, so a failed commit is never reported as success.
+        # Commit before the response leaves, so a failed commit is never reported as success;
+        # the teardown ends the unit of work (rolls back an error's, runs a commit's actions).
         s: Session | None = g.get("db_session")
-        if s is not None:
-            if response.status_code < 400:
-                s.commit()
-                g.committed = True
-            else:
-                s.rollback()
+        if s is not None and response.status_code < 400:
+            s.commit()
+            g.committed = True
         return response
 
     @app.teardown_request
     def _finish(exc: BaseException | None) -> None:
         s: Session | None = g.pop("db_session", None)
-        if s is None:
-            return
-        committed = g.pop("committed", False) and exc is None
-        if not committed:
-            s.rollback()
-        actions = s.info.pop("after_commit", [])
-        s.close()
-        if committed:
-            for action in actions:
-                action()
+        if s is not None:
+            end_unit_of_work(s, committed=g.pop("committed", False) and exc is None)

@@ -28,13 +28,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from visa.actor import actor_for
+from visa.auth.sessions import session_user
 from visa.instances import changes, progress
 from visa.instances.models import Instance, InstanceCommand, InstanceMember, InstanceThumbnail
 from visa.instances.schemas import InstanceEvent, InstancesEvent, ReadyEvent, ThumbnailEvent
 from visa.instances.serialize import instance_out
 from visa.services import Services
 from visa.users.models import User
-from visa.web.context import session_user
 
 log = logging.getLogger(__name__)
 

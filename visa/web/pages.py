@@ -17,12 +17,12 @@ from flask import Blueprint, Flask, abort, redirect, render_template, request
 from visa.actor import Actor
 from visa.announcements import service as notifications
 from visa.announcements.models import SystemNotification
-from visa.auth.policy import allowed
 from visa.catalogue.models import Protocol
 from visa.experiments.service import experiments_of
 from visa.instances import progress, service, thumbnails
 from visa.instances.models import CommandAction, Instance, InstanceState
 from visa.instances.serialize import instance_out
+from visa.policy import allowed
 from visa.provisioning.names import KEYBOARD_LAYOUTS
 from visa.web.context import current_actor, db_session, services
 

@@ -1,0 +1,99 @@
+"""Who may do what, as one table of small rules. What is not listed is denied.
+
+Every service function starts with ``require(actor, action, target)``; the authorisation
+matrix test and docs/permissions.md read this same table. Instance rules receive the
+instance; global rules receive ``None``. A rule list allows when any of its rules does;
+``a & b`` needs both (a grant narrowed by a token's scope).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from visa.errors import Forbidden, NotFound
+from visa.policy.roles import Role
+from visa.policy.rules import (
+    AnyUser,
+    HasRole,
+    IdpScope,
+    Interactive,
+    Member,
+    PolicyActor,
+    Rule,
+    SupportFor,
+    System,
+    TokenScope,
+)
+
+# What an identity provider's access token may be granted for (``Actor.idp_scopes``); the
+# provider's own scope name for each is a setting (``oidc.token_scope``).
+MINT_TOKENS = "tokens:create"
+
+# Personal API token scopes: "api" reads and writes, "api:read" only reads.
+WRITE = TokenScope("api")
+
+ADMIN = HasRole(Role.ADMIN)
+
+POLICY: dict[str, list[Rule]] = {
+    # global actions
+    "manage_users": [System(), ADMIN],
+    "manage_roles": [System(), ADMIN],
+    "manage_catalogue": [System(), ADMIN],
+    "manage_clouds": [System(), ADMIN],
+    "import_experiments": [System(), ADMIN],
+    "view_all_instances": [System(), ADMIN],
+    "view_audit": [System(), ADMIN],
+    "view_cloud_status": [System(), ADMIN],
+    "handle_extensions": [System(), ADMIN],
+    "manage_notifications": [System(), ADMIN],
+    "create_instance": [AnyUser()],
+    # Any experiment may be attached and any enabled plan picked, not only one's own: admins
+    # reproduce what any user gets.
+    "experiments.use_any": [System(), ADMIN],
+    "catalogue.all_plans": [System(), ADMIN],
+    # A long-lived API token: from a browser session, or from a provider's token granted the
+    # scope for it; never from another API token (a leaked one must not mint an unrevoked successor).
+    "api_token.create": [Interactive(), IdpScope(MINT_TOKENS)],
+    "api_token.revoke_any": [System(), ADMIN],  # one's own tokens: always
+    # A request that changes something (not GET/HEAD/OPTIONS): a read-only token may not.
+    "api.write": [System(), AnyUser() & WRITE],
+    "search_open_data": [AnyUser()],  # embargo over: the data is public
+    "create_instance_without_experiment": [System(), HasRole(Role.ADMIN, Role.STAFF, Role.GUEST)],
+    # instance actions
+    "instance.view": [System(), ADMIN, Member(), SupportFor()],
+    "instance.control": [System(), ADMIN, Member("OWNER")],
+    "instance.delete": [System(), ADMIN, Member("OWNER")],
+    "instance.share": [Member("OWNER"), ADMIN],
+    "instance.extend": [Member("OWNER"), ADMIN],
+    # Support staff (admins included) connect as SUPPORT members: they join at once when the
+    # owner is not staff, else once the owner approves (visa.instances.sharing). A desktop
+    # takes input, so a read-only token may not open one.
+    "instance.connect": [Member("OWNER", "USER", "GUEST", "SUPPORT") & WRITE],
+    "instance.input": [Member("OWNER", "USER", "SUPPORT")],  # GUEST: view only
+    "instance.members.view": [System(), ADMIN, Member()],
+    "instance.jupyter": [Member("OWNER")],
+    "instance.thumbnail.write": [Member("OWNER")],
+    "instance.request_support": [SupportFor()],
+}
+
+
+def allowed(actor: PolicyActor, action: str, target: Any = None, *, now: datetime | None = None) -> bool:
+    """Whether any rule for the action lets the actor through; ``now`` defaults to the actor's moment."""
+    rules = POLICY.get(action)
+    if rules is None:
+        raise KeyError(f"no policy for action {action!r}")
+    return any(rule.allows(actor, target, now) for rule in rules)
+
+
+def require(actor: PolicyActor, action: str, target: Any = None, *, now: datetime | None = None) -> None:
+    """Raise unless the actor may do this. On instances one cannot even see, answer 404."""
+    if allowed(actor, action, target, now=now):
+        return
+    if (
+        target is not None
+        and action != "instance.view"
+        and not allowed(actor, "instance.view", target, now=now)
+    ):
+        raise NotFound("no such instance")
+    raise Forbidden(f"not allowed: {action}")
