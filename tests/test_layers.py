@@ -38,8 +38,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent / "visa"
 
 LAYERS: list[set[str]] = [
@@ -318,10 +316,6 @@ def test_every_module_has_a_layer() -> None:
     assert not unplaced(modules), _report([], [], unplaced(modules))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="one upward import remains: visa.metrics' InstanceStates collector reads visa.instances.models",
-)
 def test_no_upward_import_and_no_cycle() -> None:
     modules, found = imports_of(ROOT)
     ups, loops = upward(found), cycles(found)

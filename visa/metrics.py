@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,12 +33,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
 if TYPE_CHECKING:
-    from visa.db import Database
     from visa.instances.models import Instance
 
 REQUESTS = Counter("visa_http_requests_total", "HTTP requests", ["endpoint", "method", "status"])
@@ -111,39 +108,18 @@ def observe_active(instance: Instance, now: datetime) -> None:
         TIME_TO_ACTIVE.observe(elapsed)
 
 
-class InstanceStates(Collector):
-    """Instances by state, read from the database when scraped."""
-
-    def __init__(self, database: Database) -> None:
-        self.database = database
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        from visa.instances.models import Instance, InstanceState
-
-        family = GaugeMetricFamily("visa_instances", "Instances (not deleted) by state", labels=["state"])
-        try:
-            with self.database.sessionmaker() as s:
-                counts = dict(s.execute(
-                    select(Instance.state, func.count(Instance.id))
-                    .where(Instance.deleted_at.is_(None)).group_by(Instance.state)
-                ).all())
-        except Exception:  # a scrape must not fail because the database blinked
-            return
-        for state in InstanceState:
-            if state != InstanceState.DELETED:
-                family.add_metric([state.value], counts.get(state, 0))
-        yield family
-
-
 def _endpoint() -> str:
     # The URL rule, not the path: bounded label values whatever users send.
     rule = request.url_rule
     return rule.rule if rule is not None else "<unmatched>"
 
 
-def install(app: Flask, database: Database) -> None:
+def install(app: Flask, collectors: Iterable[Collector] = ()) -> None:
+    """Count requests and serve ``/metrics``, with ``collectors`` read at scrape time (the
+    features' own: this module sits below them and imports none)."""
     scrape = CollectorRegistry(auto_describe=False)
-    scrape.register(InstanceStates(database))
+    for collector in collectors:
+        scrape.register(collector)
 
     @app.before_request
     def _start() -> None:

@@ -49,7 +49,7 @@ def _exported(db) -> set[str]:  # noqa: ANN001
     scheduler metrics, imported as the processes import them) and the database-read collectors."""
     import visa.metrics
     import visa.scheduler.observe as observe
-    from visa.metrics import InstanceStates
+    from visa.instances.metrics import InstanceStates
 
     settings = Settings(database_url=db.url, secret_key="x")
     registries = observe.registries(Services(settings=settings, database=db))

@@ -13,6 +13,7 @@ import visa.models  # noqa: F401  (every mapped class known before the first que
 from visa.clock import Clock, system_clock
 from visa.db import Database
 from visa.errors import VisaError
+from visa.instances.metrics import InstanceStates
 from visa.policy import allowed
 from visa.services import Services
 from visa.settings import Settings, get_settings
@@ -61,7 +62,7 @@ def create_app(
     from visa import logs, metrics
 
     logs.install(app, json_lines=settings.log_json)  # first: later hooks log with the request id
-    metrics.install(app, database)
+    metrics.install(app, [InstanceStates(database)])
     context.install(app)
     errors.install(app)
     security.install(app)
