@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -34,6 +33,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+
+from tests.gateway.test_separate_process import (
+    nginx_config,  # the shipped nginx on loopback, as the test runs it
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -93,33 +96,6 @@ def prepare(database_url: str, vnc_port: int) -> None:
         instance.members = [InstanceMember(user=user, role=MemberRole.OWNER, created_at=now)]
         s.add(instance)
     database.dispose()
-
-
-def nginx_config(tmp: Path, port: int, webs: list[int], gateway: int) -> Path:
-    """The shipped configuration on loopback ports with a throw-away certificate."""
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)  # fmt: skip
-    conf = (ROOT / "deploy/nginx/visa.conf").read_text()
-    for kind in ("visa", "visa-content"):
-        conf = conf.replace(f"/etc/ssl/{kind}/fullchain.pem", str(cert)).replace(f"/etc/ssl/{kind}/privkey.pem", str(key))
-    conf = conf.replace("/var/log/nginx/", f"{tmp}/")
-    conf = re.sub(r"\n\s*listen \[::\]:\d+[^;]*;", "", conf)
-    conf = conf.replace("listen 80;", f"listen 127.0.0.1:{_free_port()};")
-    conf = conf.replace("listen 443 ssl http2;", f"listen 127.0.0.1:{port} ssl;")
-    conf = conf.replace("server_name visa.example.org;", "server_name 127.0.0.1;")
-    conf = conf.replace("visa-content.example.org", "instances.localhost")
-    lines = "\n    ".join(f"server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;" for p in webs)
-    conf = conf.replace("server 127.0.0.1:8080 max_fails=3 fail_timeout=10s;", lines, 1)
-    conf = conf.replace("server 127.0.0.1:8081 ", f"server 127.0.0.1:{gateway} ", 1)
-    (tmp / "visa.conf").write_text(conf)
-    temp = "\n".join(f"  {d}_temp_path {tmp}/{d};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    main = tmp / "nginx.conf"
-    main.write_text(
-        f"pid {tmp}/nginx.pid;\nerror_log {tmp}/error.log;\n" + ("user root;\n" if os.geteuid() == 0 else "")
-        + f"daemon off;\nevents {{}}\nhttp {{\n  access_log {tmp}/access.log;\n{temp}\n  include {tmp}/visa.conf;\n}}\n"
-    )
-    return main
 
 
 def run(args: argparse.Namespace) -> dict:
