@@ -12,7 +12,7 @@ demo: setup
 
 test: setup-dev
 	.venv/bin/ruff check visa tests bench
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q --durations=30
 
 test-fast: setup-dev
 	.venv/bin/python -m pytest -q -m "not integration"

@@ -1,7 +1,7 @@
 """Runs every benchmark in turn: ``python -m bench [NAME ...]`` (``make bench``).
 
 Each prints its figures side by side with the peer or the reference's way it is compared to.
-Names: gateway, desktop, desktop_load, lifecycle, api_latency, reconnect, sync_calls (the last needs
+Names: gateway, desktop, desktop_load, lifecycle, api_latency, reconnect, transfer, sync_calls (the last needs
 the OpenStack sandbox: deploy/openstack-sandbox/sandbox.sh start).
 """
 
@@ -17,6 +17,7 @@ BENCHES = {
     "lifecycle": [],
     "api_latency": [],
     "reconnect": [],
+    "transfer": [],
     "sync_calls": ["--sizes", "100", "--extrapolate", "1000,5000"],
 }
 

@@ -1,16 +1,30 @@
-"""REST API latency on a large PostgreSQL: 10,000 users and 100,000 instances.
+"""Pages and REST API: requests per second per core and latency under concurrency, on a large
+PostgreSQL (10,000 users and 100,000 instances), served two ways side by side in one run:
 
-    python -m bench.api_latency                      # seed, serve, load, report, drop the database
-    python -m bench.api_latency --seconds 20 --concurrency 1,16
+* ``asgi``: the embedded setup (``visa run``): uvicorn, the Flask app behind the a2wsgi bridge;
+* ``wsgi``: the web role of a multi-process deployment (``visa web``): gunicorn's gthread
+  worker, the Flask app as plain WSGI (the gateway serves the long-lived connections apart).
+
+    python -m bench.api_latency                      # seed, serve both ways, load, report, drop
+    python -m bench.api_latency --seconds 20 --concurrency 1,16 --modes wsgi
+    python -m bench.api_latency --scale 0.1          # 1,000 users, 10,000 instances: quick runs
     python -m bench.api_latency --keep               # keep the database (its name is printed)
 
-Measured from a second process (an httpx load generator with N concurrent connections)
-against one uvicorn process serving visa on loopback:
+Measured from a second process (a lean asyncio load generator with N keep-alive connections)
+against the server on loopback: ``asgi`` one uvicorn process, ``wsgi`` as ``visa web`` runs by
+default (2 gunicorn workers of 8 threads; ``--workers 1`` for one process). Both settle their
+heap once loaded (visa.serving.settle_heap), as the served processes do:
 
 * a user's home list, ``GET /api/instances`` (a user with 10 instances, 2 of them shared);
 * an admin page of 50 instances, ``GET /api/admin/instances?per_page=50`` (newest first,
-  100,000 to sort and count);
-* an admin filtered page, ``GET /api/admin/instances?per_page=50&state=STOPPED&sort=-terminates_at``.
+  100,000 to sort, counted up to 10,000: past that the page says "more than");
+* an admin filtered page, ``GET /api/admin/instances?per_page=50&state=STOPPED&sort=-terminates_at``;
+* the pages themselves, with a login session's cookie: the same user's home page ``GET /``
+  and the admin's instances page ``GET /admin/instances`` (50 a page).
+
+"per core" divides the requests by the CPU seconds the server process spent serving them
+(user + system, from /proc): the load generator and PostgreSQL share the machine, so the
+wall-clock rate alone would measure them too. PostgreSQL's own CPU is not counted.
 
 The server process counts SQL statements per request (a SQLAlchemy ``before_cursor_execute``
 listener, bench mode only) and returns the count in an ``X-Query-Count`` header: a list that
@@ -29,7 +43,6 @@ import multiprocessing
 import os
 import random
 import secrets
-import socket
 import statistics
 import sys
 import threading
@@ -41,6 +54,8 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("VISA_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -64,12 +79,15 @@ def _copy(cur: Any, table: str, columns: list[str], rows: list[tuple]) -> None:
         copy.write(buf.getvalue())
 
 
-def seed(url: str) -> dict[str, Any]:
+def seed(url: str, scale: float = 1.0) -> dict[str, Any]:
     """Schema, catalogue, users, experiments and instances; returns the tokens to use."""
+    global USERS, INSTANCES, EXPERIMENTS
+    USERS, INSTANCES, EXPERIMENTS = (max(1300, int(n * scale)) for n in (USERS, INSTANCES, EXPERIMENTS))
     import psycopg
 
     import visa.models  # noqa: F401
     from visa.actor import SYSTEM, actor_for
+    from visa.auth.sessions import session_epoch
     from visa.auth.tokens import create_api_token
     from visa.catalogue.service import apply_files
     from visa.clock import system_clock
@@ -77,6 +95,7 @@ def seed(url: str) -> dict[str, Any]:
     from visa.db import Database
     from visa.migrate import upgrade
     from visa.users.models import Role, RoleGrant, User
+    from visa.users.service import open_login_session
 
     rng = random.Random(42)
     started = time.perf_counter()
@@ -97,9 +116,10 @@ def seed(url: str) -> dict[str, Any]:
         _copy(
             cur,
             "users",
-            ["id", "username", "full_name", "email", "instance_quota", "active", "created_at"],
+            ["id", "username", "full_name", "email", "idp_roles", "instance_quota", "active", "created_at",
+             "extra_gids"],
             [
-                (i, f"user{i:05d}", f"User {i}", f"user{i}@example.org", 10, "t", ts)
+                (i, f"user{i:05d}", f"User {i}", f"user{i}@example.org", "", 10, "t", ts, "[]")
                 for i in range(1, USERS + 1)
             ],
         )
@@ -192,7 +212,10 @@ def seed(url: str) -> dict[str, Any]:
                 f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
             )
         pg.commit()
-        cur.execute("ANALYZE")
+        # As autovacuum leaves a table in service: statistics, and the visibility map that lets
+        # counts read an index alone (freshly copied rows are not yet known visible to all).
+        pg.autocommit = True
+        cur.execute("VACUUM ANALYZE")
     seeded = time.perf_counter() - started
 
     with database.unit_of_work() as s:
@@ -206,6 +229,12 @@ def seed(url: str) -> dict[str, Any]:
         assert user is not None
         _, admin_token = create_api_token(actor_for(admin, now), s, system_clock, name="bench")
         _, user_token = create_api_token(actor_for(user, now), s, system_clock, name="bench")
+        # The pages are read with a login session, as a browser does after logging in.
+        sessions = {}
+        for key, who in (("admin_session", admin), ("user_session", user)):
+            _, sid = open_login_session(s, who, now, method="password")
+            sessions[key] = {"user_id": who.id, "sid": sid, "epoch": session_epoch(who),
+                             "csrf": secrets.token_urlsafe(32)}
         home = s.execute(
             text(
                 "SELECT count(*) FROM instance_members m JOIN instances i ON i.id = m.instance_id "
@@ -216,6 +245,7 @@ def seed(url: str) -> dict[str, Any]:
     return {
         "admin_token": admin_token,
         "user_token": user_token,
+        **sessions,
         "seed_seconds": round(seeded, 1),
         "home_instances": home,
     }
@@ -224,12 +254,10 @@ def seed(url: str) -> dict[str, Any]:
 # --- the server (bench mode: SQL statements counted per request) -----------------------------
 
 
-def serve(url: str, port: int, ready: Any) -> None:
-    import uvicorn
+def _bench_app(url: str):  # noqa: ANN202
     from flask import g
     from sqlalchemy import event
 
-    from visa.asgi import build_asgi
     from visa.settings import Settings
     from visa.web.app import create_app
 
@@ -257,10 +285,31 @@ def serve(url: str, port: int, ready: Any) -> None:
         response.headers["X-Query-Count"] = str(getattr(counter, "n", 0))
         return response
 
+    return flask_app
+
+
+def serve(url: str, port: int, ready: Any, mode: str = "asgi", workers: int = 1, threads: int = 8) -> None:
+    import logging
+
+    logging.getLogger().setLevel(logging.WARNING)
+    if mode == "wsgi":  # visa web: gunicorn's gthread worker, as deploy/ runs it, one process
+        from visa.serving import serve_web
+
+        ready.set()
+        serve_web(f"127.0.0.1:{port}", workers=workers, threads=threads, forwarded_allow_ips="127.0.0.1",
+                  options={"loglevel": "warning", "keepalive": 30}, load=lambda: _bench_app(url))
+        return
+    import uvicorn
+
+    from visa.asgi import build_asgi
+    from visa.serving import settle_heap
+
+    app = build_asgi(_bench_app(url), background=False)
+    settle_heap()  # as create_asgi_app does
     logging_off = {"version": 1, "disable_existing_loggers": False, "root": {"level": "WARNING"}}
     ready.set()
     uvicorn.run(
-        build_asgi(flask_app, background=False),
+        app,
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -269,36 +318,93 @@ def serve(url: str, port: int, ready: Any) -> None:
     )
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children still alive (gunicorn's worker)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 # --- the load generator (a separate process) -------------------------------------------------
 
 
-async def _load(url: str, token: str, seconds: float, concurrency: int) -> dict[str, Any]:
-    import httpx
+class _Connection:
+    """One keep-alive HTTP/1.1 connection, read and written by hand: the load generator shares
+    the machine with the server, and an HTTP client library spends ~1 ms of CPU per request
+    (as much as a small answer costs the server), which would be measured as the server's
+    latency and taken from its cores."""
 
+    def __init__(self, host: str, port: int, request: bytes) -> None:
+        self.host, self.port, self.request = host, port, request
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self) -> tuple[int, dict[str, str]]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(self.request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            while size := int((await self.reader.readuntil(b"\r\n")).strip().split(b";")[0], 16):
+                await self.reader.readexactly(size + 2)
+            await self.reader.readuntil(b"\r\n")
+        else:
+            await self.reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("connection", "").lower() == "close":
+            self.writer.close()
+            self.writer = None
+        return int(status_line.split()[1]), headers
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def _load(url: str, credential: str, seconds: float, concurrency: int) -> dict[str, Any]:
+    """``credential``: the header that says who asks (a bearer token, or a session cookie)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    request = (f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n{credential}\r\n"
+               f"Accept: */*\r\n\r\n").encode()
     latencies: list[float] = []
     queries: set[int] = set()
     errors = 0
     deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(
-        headers={"Authorization": f"Bearer {token}"}, limits=limits, timeout=30
-    ) as client:
+    connections = [_Connection(parts.hostname or "127.0.0.1", parts.port or 80, request) for _ in range(concurrency)]
 
-        async def one() -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                r = await client.get(url)
-                latencies.append(time.perf_counter() - t0)
-                if r.status_code != 200:
-                    errors += 1
-                queries.add(int(r.headers.get("X-Query-Count", "-1")))
+    async def one(conn: _Connection) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            status, headers = await conn.get()
+            latencies.append(time.perf_counter() - t0)
+            if status != 200:
+                errors += 1
+            queries.add(int(headers.get("x-query-count", "-1")))
 
-        for _ in range(3):  # warm up: connections, caches, the first plans
-            await client.get(url)
-        started = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    for conn in connections:  # warm up: connections, caches, the first plans
+        await conn.get()
+    started = time.perf_counter()
+    await asyncio.gather(*(one(c) for c in connections))
+    elapsed = time.perf_counter() - started
+    for conn in connections:
+        conn.close()
     latencies.sort()
     return {
         "requests": len(latencies),
@@ -310,14 +416,58 @@ async def _load(url: str, token: str, seconds: float, concurrency: int) -> dict[
     }
 
 
-def _load_process(url: str, token: str, seconds: float, concurrency: int, out: Any) -> None:
-    out.put(asyncio.run(_load(url, token, seconds, concurrency)))
+def _load_process(url: str, credential: str, seconds: float, concurrency: int, out: Any) -> None:
+    out.put(asyncio.run(_load(url, credential, seconds, concurrency)))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _session_cookies(url: str, *sessions: dict[str, Any]) -> list[str]:
+    """The ``Cookie`` headers of browsers logged in with these sessions (signed as the server signs)."""
+    app = _bench_app(url)
+    serializer = app.session_interface.get_signing_serializer(app)  # type: ignore[attr-defined]
+    return [f"Cookie: {app.config['SESSION_COOKIE_NAME']}={serializer.dumps(data)}" for data in sessions]
+
+
+def _run_mode(ctx: Any, mode: str, url: str, cases: list[tuple[str, str, str]], levels: list[int],
+              seconds: float, workers: int = 1, threads: int = 8) -> dict[str, dict[int, Any]]:
+    import httpx
+
+    port = free_port()
+    ready = ctx.Event()
+    server = ctx.Process(target=serve, args=(url, port, ready, mode, workers, threads), daemon=True)
+    server.start()
+    results: dict[str, dict[int, Any]] = {}
+    try:
+        ready.wait(60)
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(150):
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        for label, path, token in cases:
+            print(f"[{mode}] {label}", flush=True)
+            for concurrency in levels:
+                out = ctx.Queue()
+                loader = ctx.Process(target=_load_process, args=(base + path, token, seconds, concurrency, out))
+                cpu0 = _cpu_seconds(server.pid)
+                loader.start()
+                result = out.get(timeout=seconds + 120)
+                cpu = _cpu_seconds(server.pid) - cpu0
+                loader.join(30)
+                warmup = concurrency  # the loader's warm-up requests (one per connection) ran there too
+                result["rps_per_core"] = round((result["requests"] + warmup) / cpu, 1) if cpu > 0 else None
+                results.setdefault(label, {})[concurrency] = result
+                print(f"    {concurrency:>3} connection(s): p50 {result['p50_ms']} ms · p99 {result['p99_ms']} ms · "
+                      f"{result['rps']} req/s · {result['rps_per_core']} req/s per core · "
+                      f"{result['requests']} requests, {result['errors']} errors · "
+                      f"SQL statements per request: {result['queries_per_request']}", flush=True)
+    finally:
+        server.terminate()
+        server.join(15)
+        if server.is_alive():
+            server.kill()
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,7 +475,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10, help="load per endpoint (default 10)")
     parser.add_argument("--concurrency", default="1,8",
                         help="concurrent connections, one run per value (default 1,8: alone, then under load)")
+    parser.add_argument("--modes", default="asgi,wsgi", help="servers to compare (default asgi,wsgi)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="fraction of the data set (default 1: 10,000 users, 100,000 instances)")
     parser.add_argument("--keep", action="store_true", help="keep the database")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="wsgi: gunicorn worker processes (default 2, as `visa web`)")
+    parser.add_argument("--threads", type=int, default=8, help="wsgi: threads per worker (default 8, as `visa web`)")
     args = parser.parse_args(argv)
 
     name = f"visa_bench_{uuid.uuid4().hex[:8]}"
@@ -334,60 +490,49 @@ def main(argv: list[str] | None = None) -> int:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
     ctx = multiprocessing.get_context("spawn")
-    server = None
     try:
-        info = seed(url)
+        info = seed(url, args.scale)
         print(
             f"seeded {USERS:,} users, {INSTANCES:,} instances in {info['seed_seconds']} s (database {name})",
             flush=True,
         )
-        port = _free_port()
-        ready = ctx.Event()
-        server = ctx.Process(target=serve, args=(url, port, ready), daemon=True)
-        server.start()
-        ready.wait(60)
-        base = f"http://127.0.0.1:{port}"
-        import httpx
-
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        user_api = f"Authorization: Bearer {info['user_token']}"
+        admin_api = f"Authorization: Bearer {info['admin_token']}"
+        user_page, admin_page = _session_cookies(url, info.pop("user_session"), info.pop("admin_session"))
         cases = [
-            (
-                f"GET /api/instances (a user with {info['home_instances']} instances)",
-                "/api/instances",
-                info["user_token"],
-            ),
-            ("GET /api/admin/instances?per_page=50", "/api/admin/instances?per_page=50", info["admin_token"]),
+            (f"GET /api/instances (a user with {info['home_instances']} instances)", "/api/instances", user_api),
+            ("GET /api/admin/instances?per_page=50", "/api/admin/instances?per_page=50", admin_api),
             (
                 "GET /api/admin/instances?per_page=50&state=STOPPED&sort=-terminates_at",
                 "/api/admin/instances?per_page=50&state=STOPPED&sort=-terminates_at",
-                info["admin_token"],
+                admin_api,
             ),
+            ("page: GET / (the same user's home page)", "/", user_page),
+            ("page: GET /admin/instances (50 a page)", "/admin/instances", admin_page),
         ]
-        results: dict[str, dict[int, Any]] = {}
         levels = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
-        for label, path, token in cases:
-            print(label, flush=True)
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        results = {mode: _run_mode(ctx, mode, url, cases, levels, args.seconds, args.workers, args.threads)
+                   for mode in modes}
+
+        print(f"\n{USERS:,} users, {INSTANCES:,} instances on PostgreSQL, {args.seconds:g} s per figure")
+        header = f"{'':<44}{'conn':>5}" + "".join(
+            f"{m + ' p50/p99 ms':>22}{m + ' req/s (per core)':>24}" for m in modes)
+        print(header)
+        for label, _path, _token in cases:
             for concurrency in levels:
-                out = ctx.Queue()
-                loader = ctx.Process(target=_load_process, args=(base + path, token, args.seconds, concurrency, out))
-                loader.start()
-                result = out.get(timeout=args.seconds + 120)
-                loader.join(30)
-                results.setdefault(label, {})[concurrency] = result
-                print(f"    {concurrency:>3} connection(s): p50 {result['p50_ms']} ms · p99 {result['p99_ms']} ms · "
-                      f"{result['rps']} req/s · {result['requests']} requests, {result['errors']} errors · "
-                      f"SQL statements per request: {result['queries_per_request']}", flush=True)
-        report = json.dumps({"seconds": args.seconds, **info, "results": results}, default=str, indent=1)
-        print(report.replace(info["admin_token"], "…").replace(info["user_token"], "…"))
+                row = f"{label[:43]:<44}{concurrency:>5}"
+                for mode in modes:
+                    r = results[mode][label][concurrency]
+                    row += f"{str(r['p50_ms']) + ' / ' + str(r['p99_ms']):>22}"
+                    row += f"{str(r['rps']) + ' (' + str(r['rps_per_core']) + ')':>24}"
+                print(row)
+        report = json.dumps({"seconds": args.seconds, "users": USERS, "instances": INSTANCES, **info,
+                             "results": results}, default=str, indent=1)
+        for secret in (info["admin_token"], info["user_token"], user_page, admin_page):
+            report = report.replace(secret, "…")
+        print(report)
     finally:
-        if server is not None:
-            server.terminate()
-            server.join(10)
         if not args.keep:
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -47,8 +47,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.gateway import PASSWORD, _children, _free_port, _wait_port, prepare_database
+from bench.gateway import PASSWORD, _children, prepare_database
 from bench.shaper import PROFILES, Profile, ShaperProcess
+from tests.processes import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = Path(__file__).with_name("desktop_web")
@@ -100,7 +101,7 @@ class Desktop:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.port = _free_port()
+        self.port = free_port()
         self.procs: list[subprocess.Popen] = []
         passwd = tmp / "vncpasswd"
         passwd.write_bytes(
@@ -122,7 +123,7 @@ class Desktop:
         with os.fdopen(read_fd) as f:
             self.display = f":{f.readline().strip()}"
         self.env = {**os.environ, "DISPLAY": self.display}
-        _wait_port(self.port, self.xvnc)
+        wait_port(self.port, self.xvnc)
         subprocess.run(["xsetroot", "-solid", "#2f4f6f"], env=self.env, check=False)
         self._spawn(["openbox"])
         time.sleep(0.5)
@@ -458,7 +459,7 @@ async def animation(
 async def measure(
     browser, peer: Peer, profile: Profile, desktop: Desktop, args: argparse.Namespace, tmp: Path
 ) -> dict[str, Phase]:  # noqa: ANN001
-    shaper_port = _free_port()
+    shaper_port = free_port()
     shaper = ShaperProcess(shaper_port, ("127.0.0.1", peer.port), profile.link)
     desktop.set_options(peer.server_options)
     desktop.reset_terminal()
@@ -546,7 +547,7 @@ async def run(args: argparse.Namespace) -> None:
         database_url = f"sqlite:///{tmp / 'bench.db'}"
         profiles = [PROFILES[p] for p in args.profiles.split(",")]
         uid, tokens = prepare_database(database_url, desktop.port, 4 * len(profiles) + 4)
-        ws_port, base_port, tuned_port = _free_port(), _free_port(), _free_port()
+        ws_port, base_port, tuned_port = free_port(), free_port(), free_port()
         wsfy = start([websockify, "--web", str(web), f"127.0.0.1:{ws_port}", f"127.0.0.1:{desktop.port}"])
         base_tree = _baseline_tree(args.baseline_ref, tmp / "baseline")
         gateways = {}
@@ -567,7 +568,7 @@ async def run(args: argparse.Namespace) -> None:
                 env,
             )
         for proc, port in ((wsfy, ws_port), (gateways["base"], base_port), (gateways["tuned"], tuned_port)):
-            _wait_port(port, proc)
+            wait_port(port, proc)
         half = len(tokens) // 2
         defaults = {"FrameRate": "60", "CompareFB": "2", "ZlibLevel": "-1"}
         peers = [

@@ -31,12 +31,11 @@ from bench.gateway import (
     Buffered,
     TcpConn,
     WsConn,
-    _free_port,
-    _wait_port,
     _ws,
     prepare_database,
     rfb_client_handshake,
 )
+from tests.processes import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 FPS = 30
@@ -146,15 +145,15 @@ async def run(args: argparse.Namespace) -> list[tuple[str, list[float]]]:
         return proc
 
     try:
-        backend_port = _free_port()
+        backend_port = free_port()
         backend = start(
             [sys.executable, "-m", "bench.desktop_load", "backend", str(backend_port), str(args.kbps)]
         )
-        _wait_port(backend_port, backend)
+        wait_port(backend_port, backend)
         database_url = f"sqlite:///{tmp / 'load.db'}"
         uid, tokens = prepare_database(database_url, backend_port, 2 * args.desktops + 4)
         (tmp / "web").mkdir()
-        ws_port, base_port, tuned_port = _free_port(), _free_port(), _free_port()
+        ws_port, base_port, tuned_port = free_port(), free_port(), free_port()
         wsfy = start([websockify, f"127.0.0.1:{ws_port}", f"127.0.0.1:{backend_port}"])
         base_tree = _baseline_tree(args.baseline_ref, tmp / "baseline")
         gws = []
@@ -176,7 +175,7 @@ async def run(args: argparse.Namespace) -> list[tuple[str, list[float]]]:
                 )
             )
         for proc, port in ((wsfy, ws_port), (gws[0], base_port), (gws[1], tuned_port)):
-            _wait_port(port, proc)
+            wait_port(port, proc)
         frame = args.kbps * 1024 // FPS
 
         async def raw() -> Buffered:

@@ -28,7 +28,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -39,6 +38,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from tests.processes import free_port, wait_port
 
 PASSWORD = "bench-Pw-123"
 SERVER_INIT = struct.pack(">HH", 1024, 768) + struct.pack(
@@ -345,23 +346,8 @@ async def memory(relay: Relay, connections: int) -> tuple[float, float]:
 # ---------------------------------------------------------------- orchestration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing answers on {port}")
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -379,9 +365,9 @@ async def run(args: argparse.Namespace) -> None:
         return proc
 
     try:
-        backend_port, ws_port, gw_port = _free_port(), _free_port(), _free_port()
+        backend_port, ws_port, gw_port = free_port(), free_port(), free_port()
         backend = start([sys.executable, "-m", "bench.gateway", "backend", str(backend_port)])
-        _wait_port(backend_port, backend)
+        wait_port(backend_port, backend)
         database_url = f"sqlite:///{tmp / 'bench.db'}"
         needed = 2 * args.repeat + 4 + 4 + args.connections
         uid, tokens = prepare_database(database_url, backend_port, needed)
@@ -389,8 +375,8 @@ async def run(args: argparse.Namespace) -> None:
         gateway = start(
             [sys.executable, "-m", "bench.gateway", "gateway", database_url, str(tmp), str(gw_port)]
         )
-        _wait_port(ws_port, wsfy)
-        _wait_port(gw_port, gateway)
+        wait_port(ws_port, wsfy)
+        wait_port(gw_port, gateway)
 
         async def open_raw() -> Buffered:
             reader, writer = await asyncio.open_connection("127.0.0.1", backend_port)

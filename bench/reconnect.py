@@ -2,8 +2,8 @@
 
     python -m bench.reconnect [--kills 5] [--postgres postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
 
-The stack as a facility runs it, on loopback: two web replicas (gunicorn with
-``visa.serving.RelayUvicornWorker``), one ``visa gateway``, the shipped nginx configuration
+The stack as a facility runs it, on loopback: two web replicas (``visa web``), one
+``visa gateway``, the shipped nginx configuration
 in front (HTTPS with a throw-away certificate), a real Xtigervnc desktop, and Chromium on
 the desktop page. Each round: SIGKILL the gateway, start it again at once (as systemd's
 ``Restart=always``, ``RestartSec=1`` would, minus that second), and time, from the kill:
@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,9 +33,11 @@ from pathlib import Path
 
 import httpx
 
-from tests.gateway.test_separate_process import (
-    nginx_config,  # the shipped nginx on loopback, as the test runs it
+from tests.gateway.test_separate_process import (  # the shipped nginx on loopback, as the test runs it
+    nginx_config,
+    web_argv,
 )
+from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -45,10 +46,6 @@ PASSWORD = "bench-password-0123"
 UID = "rc0000000001"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
@@ -115,7 +112,7 @@ def run(args: argparse.Namespace) -> dict:
         passwd = tmp / "passwd"
         passwd.write_bytes(subprocess.run(["vncpasswd", "-f"], input=SECRET.encode(), capture_output=True,
                                           check=True).stdout)  # fmt: skip
-        vnc = _free_port()
+        vnc = free_port()
         start(["Xtigervnc", f":{40 + os.getpid() % 50}", "-geometry", "1280x800", "-depth", "24", "-rfbport",
                str(vnc), "-localhost=1", "-SecurityTypes", "VncAuth", "-PasswordFile", str(passwd),
                "-AlwaysShared=1", "-nolisten", "tcp"])  # fmt: skip
@@ -124,7 +121,7 @@ def run(args: argparse.Namespace) -> dict:
             database_url = _create_database(args.postgres)
             created.append(database_url)
         prepare(database_url, vnc)
-        port, webs, gw = _free_port(), [_free_port(), _free_port()], _free_port()
+        port, webs, gw = free_port(), [free_port(), free_port()], free_port()
         base = f"https://127.0.0.1:{port}"
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("VISA_")},
@@ -133,8 +130,7 @@ def run(args: argparse.Namespace) -> dict:
             "VISA_GATEWAY__EMBEDDED": "false", "VISA_SCHEDULER__ENABLED_IN_WEB": "false",
         }  # fmt: skip
         for web in webs:
-            p = start([str(BIN / "gunicorn"), "-k", "visa.serving.RelayUvicornWorker", "--workers", "1", "--bind",
-                       f"127.0.0.1:{web}", "visa.asgi:create_asgi_app()"], env=env)  # fmt: skip
+            p = start(web_argv(web), env=env)
             _wait_http(f"http://127.0.0.1:{web}/health", p)
         gateway_argv = [str(BIN / "visa"), "gateway", "--port", str(gw)]
         gateway = start(gateway_argv, env=env)

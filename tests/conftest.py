@@ -7,20 +7,24 @@ the end. Where no server answers, PostgreSQL cases are skipped outside CI and fa
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.orm import sessionmaker
 
 import visa.models  # noqa: F401  (every mapped class known before the first query)
 from tests.factories import empty_database
 from visa.clock import FrozenClock
-from visa.db import Database
+from visa.db import Database, make_engine
 from visa.migrate import upgrade
 
 PG_URL = os.environ.get("VISA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -91,12 +95,70 @@ def _database_for(backend: str, request: pytest.FixtureRequest, cache: dict[str,
     return cache[backend]
 
 
+def _sqlite_savepoints(engine: Engine) -> None:
+    """pysqlite opens a transaction only before a write, so a SAVEPOINT would open (and its
+    RELEASE commit) the outermost one: let SQLAlchemy emit BEGIN itself (its documented recipe)."""
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+
+@pytest.fixture(scope="session")
+def _rollback_engines() -> dict[str, Engine]:
+    return {}
+
+
+@contextlib.contextmanager
+def _rolled_back(database: Database, engines: dict[str, Engine]) -> Iterator[Database]:
+    """``database`` with every session joined to one outer transaction, rolled back at the end.
+
+    A session's commit releases a SAVEPOINT and its rollback returns to one, so the code under
+    test commits, rolls back and runs its after-commit work as it does for real."""
+    if database.url not in engines:
+        engine = make_engine(database.url)
+        if engine.dialect.name == "sqlite":
+            _sqlite_savepoints(engine)
+        engines[database.url] = engine
+    connection = engines[database.url].connect()
+    outer = connection.begin()
+    bound = copy.copy(database)
+    bound.sessionmaker = sessionmaker(
+        bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
+    )
+    try:
+        yield bound
+    finally:
+        outer.rollback()
+        connection.close()
+
+
 @pytest.fixture(params=BACKENDS)
-def db(request: pytest.FixtureRequest, _migrated: dict[str, Database]) -> Iterator[Database]:
-    """A migrated database on each backend, emptied after the test."""
+def db(request: pytest.FixtureRequest, _migrated: dict[str, Database], _rollback_engines: dict[str, Engine]
+       ) -> Iterator[Database]:
+    """A migrated database on each backend; what the test writes is rolled back at its end.
+
+    Every session of the test shares one connection, so code that reaches the database from
+    another thread, process or engine (a served app, the CLI, a subprocess) needs committed
+    data: such a test asks for ``committed_db`` (itself or through a fixture), and ``db`` is then
+    that database, its tables emptied after the test."""
     database = _database_for(request.param, request, _migrated)
-    yield database
-    empty_database(database)
+    if "committed_db" in request.fixturenames:
+        yield database
+        empty_database(database)
+        return
+    with _rolled_back(database, _rollback_engines) as bound:
+        yield bound
+
+
+@pytest.fixture
+def committed_db(db: Database) -> Database:
+    """The test database with real commits, seen by every connection; emptied after the test."""
+    return db
 
 
 @pytest.fixture
@@ -170,14 +232,15 @@ def api_client(app):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def cli(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    """``visa`` commands in this process on the test database; settings read afresh for each."""
+def cli(committed_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """``visa`` commands in this process on the test database (they open their own, so the data is
+    committed); settings read afresh for each."""
     from click.testing import CliRunner
 
     from visa.cli import main
     from visa.settings import get_settings
 
-    monkeypatch.setenv("VISA_DATABASE_URL", db.url)
+    monkeypatch.setenv("VISA_DATABASE_URL", committed_db.url)
     monkeypatch.setenv("VISA_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("VISA_CONFIG", raising=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from datetime import date, timedelta
 from typing import Any
@@ -24,8 +25,15 @@ def make_user(session: Session, clock: Clock, username: str | None = None, *, ro
               quota: int = 2, password: str | None = None, **kw: Any) -> User:
     from werkzeug.security import generate_password_hash
 
+    username = username or f"user{next(_seq)}"
+    # Like the facility's directory, every user has a unix identity unless a test says otherwise
+    # (uid_number=None): machines with data on shared storage need one. Derived from the name,
+    # so a local cloud's unix account made in one run has the same uid in the next.
+    uid = 3_000_000 + int(hashlib.sha256(username.encode()).hexdigest()[:8], 16) % 1_000_000
+    kw.setdefault("uid_number", uid)
+    kw.setdefault("gid_number", uid)
     user = User(
-        username=username or f"user{next(_seq)}", full_name=kw.pop("full_name", "Test User"),
+        username=username, full_name=kw.pop("full_name", "Test User"),
         email=kw.pop("email", None), instance_quota=quota, active=True, created_at=clock.now(),
         password_hash=generate_password_hash(password) if password else None, **kw,
     )
@@ -101,12 +109,26 @@ def make_plan(session: Session, image: Image, flavour: Flavour, preset: bool = F
     return plan
 
 
+def make_catalogue(session: Session) -> tuple[Plan, Plan]:
+    """A preset plan on a medium flavour, and a GPU plan limited to scientific computing or
+    instrument id16a (a week, a month for staff)."""
+    id16a = make_instrument(session, "id16a")
+    desktop = make_image(session)
+    medium = make_flavour(session, "esrf.medium")
+    gpu = make_flavour(session, "esrf.gpu.a40", 16, 32768, gpu="NVIDIA A40",
+                       limit_roles=(Role.SCIENTIFIC_COMPUTING,), limit_instruments=(id16a,),
+                       lifetimes={None: 168, Role.STAFF: 720})
+    return make_plan(session, desktop, medium, preset=True), make_plan(session, desktop, gpu)
+
+
 def empty_database(database: Database) -> None:
-    """Empty every table, ids restarted on PostgreSQL: what the db fixture does after each test."""
-    with database.engine.begin() as conn:
-        if database.engine.dialect.name == "postgresql":
+    """Empty every table, ids restarted on PostgreSQL: what the committed database gets after each
+    test. Through the database's own sessions, so inside a rolled-back test it empties the
+    tables only for the rest of that test."""
+    with database.unit_of_work() as s:
+        if s.get_bind().dialect.name == "postgresql":
             names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+            s.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
         else:
             for table in reversed(Base.metadata.sorted_tables):
-                conn.execute(table.delete())
+                s.execute(table.delete())

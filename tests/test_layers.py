@@ -7,12 +7,12 @@ Layers, lowest first (the names are packages or top-level modules of ``visa``):
    ``metrics`` (the counters every layer increments), ``policy``, ``paging`` (page and LIKE helpers for
    queries), the mail (``mail``: the outbox, its ``SentEmail`` model, rendering and SMTP; each feature
    registers its own email kinds, so the outbox imports no feature and every feature may queue mail)
-   and any other module that depends on nothing of visa;
+   and any other module that depends on nothing of visa (``pubsub``: PostgreSQL's LISTEN/NOTIFY);
 1. ``clouds``, ``users`` (with ``actor``, the user a request acts as, and ``audit``, which every
    service writes to);
 2. ``experiments``, ``catalogue``, ``provisioning`` (with ``services``, the running settings,
    database, clock and cloud providers that the instances' workers are given);
-3. ``instances``;
+3. ``instances``, and ``usage`` (samples of what instances hold, over time);
 4. ``auth``, ``web``, ``gateway``, the banners (``announcements``) and ``openapi``;
 5. ``admin``, ``scheduler``, ``cli``, ``checks`` (the configuration checks ``visa check-config`` and the
    dashboard run: they look at every part), ``asgi`` and ``serving``, ``demo``, the migrations,
@@ -41,10 +41,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent / "visa"
 
 LAYERS: list[set[str]] = [
-    {"db", "errors", "settings", "clock", "types", "states", "logs", "migrate", "metrics", "policy", "paging", "mail"},
+    {"db", "errors", "settings", "clock", "types", "states", "logs", "migrate", "metrics", "policy", "paging", "mail",
+     "pubsub"},
     {"clouds", "users", "actor", "audit"},
     {"experiments", "catalogue", "provisioning", "services"},
-    {"instances"},
+    {"instances", "usage"},
     {"auth", "web", "gateway", "announcements", "openapi"},
     {"admin", "scheduler", "cli", "checks", "asgi", "serving", "demo", "migrations", "models"},
 ]

@@ -3,9 +3,11 @@
 * ``create_asgi_app``: the web process. Event streams on the event loop, the Flask app (pages
   and REST API) in a thread pool for everything else and, when ``gateway.embedded`` (the
   embedded setup, ``visa run``), the gateway too.
-* ``create_gateway_app``: ``visa gateway``, the desktop relay (``/ws/``) and the instances' web
-  proxies (the user-content hosts) alone, so that deploying or restarting the web replicas
-  drops no open desktop. nginx routes ``/ws/`` and the user-content domain to it.
+* ``create_gateway_app``: ``visa gateway``, the long-lived connections alone: the desktop relay
+  (``/ws/``), the instances' web proxies (the user-content hosts) and the event streams
+  (``/api/events``), so that deploying or restarting the web replicas drops no open desktop
+  and waits for no stream. nginx routes ``/ws/``, ``/api/events`` and the user-content domain
+  to it; the web replicas are then plain WSGI (``visa web``, visa.serving).
 
 Websocket relays live on the event loop because a thread per connection inside a WSGI
 app is several times slower and heavier.
@@ -35,9 +37,11 @@ def _lifespan(flask_app: Flask, background: bool):  # noqa: ANN202
             yield
             return
         from visa.instances.worker import Worker
+        from visa.scheduler.lease import follower_lease
 
         services = flask_app.extensions["visa"]
-        worker = Worker(services)
+        worker = Worker(services, lease=follower_lease(services.database, services.clock,
+                                                       services.settings.scheduler.lease_seconds))
         worker.start()
         scheduler = None
         if services.settings.scheduler.enabled_in_web:
@@ -73,11 +77,16 @@ def build_asgi(flask_app: Flask, *, background: bool = False, gateway: bool | No
 
 def create_asgi_app(settings: Settings | None = None) -> Starlette:
     """The served application, with its background worker."""
-    return build_asgi(create_app(settings), background=True)
+    from visa.serving import settle_heap
+
+    app = build_asgi(create_app(settings), background=True)
+    settle_heap()
+    return app
 
 
 def build_gateway(flask_app: Flask) -> Starlette:
-    """The gateway process: the relay, the user-content hosts, its health and metrics, nothing else.
+    """The gateway process: the relay, the user-content hosts, the event streams, its health and
+    metrics, nothing else.
 
     The Flask app is built for its settings, services and session signing; it serves no request."""
     from starlette.requests import Request
@@ -94,11 +103,12 @@ def build_gateway(flask_app: Flask) -> Starlette:
         return Response(process_metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
 
     async def not_found(_request: Request) -> Response:
-        return JSONResponse({"error": "not_found", "message": "the gateway serves /ws/ and instance hosts only"},
+        return JSONResponse({"error": "not_found", "message": "the gateway serves /ws/, /api/events and instance hosts only"},
                             status_code=404)
 
     return Starlette(routes=[
         *gateway_routes(flask_app),
+        *event_routes(flask_app),
         Route("/health", health),
         Route("/metrics", metrics),
         Route("/{path:path}", not_found, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
@@ -107,4 +117,8 @@ def build_gateway(flask_app: Flask) -> Starlette:
 
 def create_gateway_app(settings: Settings | None = None) -> Starlette:
     """``visa gateway``: served by uvicorn with the relay's websocket protocol."""
-    return build_gateway(create_app(settings))
+    from visa.serving import settle_heap
+
+    app = build_gateway(create_app(settings))
+    settle_heap()
+    return app

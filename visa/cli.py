@@ -26,8 +26,11 @@ def _settings() -> Settings:
     try:
         return get_settings()
     except ValidationError as exc:
+        import os
+
         lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise click.ClickException("invalid configuration:\n" + "\n".join(lines)) from None
+        where = f" ({os.environ['VISA_CONFIG']})" if os.environ.get("VISA_CONFIG") else ""
+        raise click.ClickException(f"invalid configuration{where}:\n" + "\n".join(lines)) from None
     except ValueError as exc:
         raise click.ClickException(f"invalid configuration: {exc}") from None
 
@@ -179,6 +182,34 @@ def run(host: str | None, port: int | None, workers: int) -> None:
 
 
 @main.command()
+@click.option("--bind", default=None, help="host:port to listen on (default from settings: host, port)")
+@click.option("--workers", default=2, show_default=True, type=int, help="Processes (about one per core)")
+@click.option("--threads", default=8, show_default=True, type=int, help="Threads per process")
+@click.option("--forwarded-allow-ips", default="127.0.0.1", show_default=True,
+              help="Proxies whose X-Forwarded-* headers are trusted ('*': any, inside a container network)")
+@click.option("--graceful-timeout", default=30, show_default=True, type=int,
+              help="Seconds a stopping worker has to finish the requests it accepted")
+def web(bind: str | None, workers: int, threads: int, forwarded_allow_ips: str, graceful_timeout: int) -> None:
+    """Serve the pages and the REST API of a multi-process deployment: plain WSGI under gunicorn's
+    threaded workers. Desktops, instance web proxies and event streams are `visa gateway`'s.
+    SIGTERM drains, SIGHUP replaces the workers with no request lost."""
+    settings = _settings()
+    _database()
+    try:
+        from visa.serving import serve_web
+    except ImportError:  # pragma: no cover - gunicorn is in the "deploy" extra
+        raise click.ClickException("visa web needs gunicorn: pip install 'visa[deploy]'") from None
+    if settings.gateway.embedded:
+        click.echo("gateway.embedded is on, but visa web serves no desktop nor event stream: run "
+                   "`visa gateway` and route /ws/, /api/events and instance hosts to it", err=True)
+    from visa import logs
+
+    logs.configure(settings.log_json)
+    serve_web(bind or f"{settings.host}:{settings.port}", workers=workers, threads=threads,
+              forwarded_allow_ips=forwarded_allow_ips, options={"graceful_timeout": graceful_timeout})
+
+
+@main.command()
 @click.option("--host", default=None, help="Address to listen on (default: gateway.host)")
 @click.option("--port", default=None, type=int, help="Port (default: gateway.port, 8081)")
 @click.option("--workers", default=1, show_default=True, type=int)
@@ -273,7 +304,8 @@ def experiments_import(file: Path) -> None:
     specs = parse_file(file)
     database = _database()
     with database.unit_of_work() as s:
-        result = import_experiments(SYSTEM, s, system_clock, specs, default_quota=_settings().default_quota)
+        result = import_experiments(SYSTEM, s, system_clock, specs, default_quota=_settings().default_quota,
+                                    limits=_settings().posix, origin=str(file))
     click.echo(str(result))
 
 
@@ -429,6 +461,43 @@ def users_link(username: str, subject: str, issuer: str | None) -> None:
     click.echo(f"{username}: linked to {subject} at {issuer}")
 
 
+def _gid_list(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(g) for g in value.replace(",", " ").split())
+    except ValueError:
+        raise click.BadParameter(f"{value[:60]!r} is not a list of gids, e.g. 24001,24002",
+                                 param_hint="--groups") from None
+
+
+@users.command("set-posix")
+@click.argument("username")
+@click.option("--uid", "uid", type=int, default=None, help="uid on the facility's storage")
+@click.option("--gid", "gid", type=int, default=None, help="Primary gid")
+@click.option("--groups", default=None, help="Supplementary gids, comma separated ('' for none)")
+@click.option("--home", default=None, help="Home path in the machines, e.g. /home/alice")
+@friendly
+def users_set_posix(username: str, uid: int | None, gid: int | None, groups: str | None, home: str | None) -> None:
+    """Set a user's unix identity (values not given stay as they are). Refused when the identity
+    provider gives it, for a uid another account has, and below the system range (posix.min_uid)."""
+    from visa.users import service
+
+    settings = _settings()
+    with _database().unit_of_work() as s:
+        user = service.get_user(s, username)
+        old = service.posix_of(user)
+        gids = _gid_list(groups)
+        new = service.Posix(
+            uid if uid is not None else old.uid_number, gid if gid is not None else old.gid_number,
+            gids if gids is not None else old.extra_gids, home if home is not None else old.home_path,
+        )
+        changed = service.set_posix(SYSTEM, s, system_clock, user, new, source="cli", limits=settings.posix)
+    shown = f"uid={new.uid_number} gid={new.gid_number} groups={','.join(map(str, new.extra_gids)) or '-'} " \
+            f"home={new.home_path or '-'}"
+    click.echo(f"{username}: {shown}" + ("" if changed else " (unchanged)"))
+
+
 @users.command("list")
 def users_list() -> None:
     from visa.users.models import User
@@ -437,7 +506,8 @@ def users_list() -> None:
     with _database().sessionmaker() as s:
         for u in s.scalars(select(User).order_by(User.username)):
             roles = ",".join(sorted(r.value for r in u.roles_at(now))) or "-"
-            click.echo(f"{u.username:24} quota={u.instance_quota:<3} roles={roles}")
+            uid = "-" if u.uid_number is None else u.uid_number
+            click.echo(f"{u.username:24} quota={u.instance_quota:<3} uid={uid!s:<8} roles={roles}")
 
 
 # --- clouds ---------------------------------------------------------------------------------
@@ -465,8 +535,13 @@ def clouds_add(name: str, kind: str, config_file: Path | None) -> None:
             raise click.ClickException(f"{config_file}: {exc}") from None
         if not isinstance(config, dict):
             raise click.ClickException(f"{config_file}: expected a JSON object")
-    with _database().unit_of_work() as s:
-        register_cloud(SYSTEM, s, system_clock, name, kind, config)
+    from visa.errors import InvalidInput
+
+    try:
+        with _database().unit_of_work() as s:
+            register_cloud(SYSTEM, s, system_clock, name, kind, config, site=_settings().provisioning)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{config_file or 'config'}: {exc.message}", field=exc.field) from None
     click.echo(f"cloud {name} ({kind}) registered")
 
 

@@ -47,7 +47,7 @@ def prepare_demo(settings: Settings, database: Database) -> list[str]:
     out.append(f"catalogue: {len(diff.changes)} change(s)")
     with database.unit_of_work() as s:
         result = import_experiments(SYSTEM, s, system_clock, parse_file(experiments_file),
-                                    default_quota=settings.default_quota)
+                                    default_quota=settings.default_quota, limits=settings.posix)
     out.append(f"experiments: {result}")
     with database.unit_of_work() as s:
         for username, password, roles in DEMO_USERS:

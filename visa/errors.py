@@ -59,8 +59,24 @@ class QuotaExceeded(VisaError):
     code = "quota_exceeded"
 
 
+class NoCapacity(VisaError):
+    """The cloud has no room for this machine now (known before asking it to make one)."""
+
+    code = "no_capacity"
+
+
 class RateLimited(VisaError):
     code = "rate_limited"
+
+
+class TooLarge(VisaError):
+    """More bytes than a limit allows (an upload, a download)."""
+
+    code = "too_large"
+
+
+class RangeNotSatisfiable(VisaError):
+    code = "range_not_satisfiable"
 
 
 class CloudError(VisaError):
@@ -85,6 +101,9 @@ HTTP_STATUS: dict[type[VisaError], int] = {
     NotFound: 404,
     Conflict: 409,
     QuotaExceeded: 409,
+    NoCapacity: 409,
+    TooLarge: 413,
+    RangeNotSatisfiable: 416,
     RateLimited: 429,
     CloudError: 502,
 }

@@ -8,7 +8,8 @@ update them:
 * ``RelayMeter(kind)`` around a gateway relay (``kind`` "desktop" or "jupyter"): the open
   connections gauge, the connections counter and the bytes relayed each way;
 * ``observe_active(instance, now)`` when an instance first becomes ACTIVE (the state sync);
-* ``SYNC_DURATION.labels(cloud=...).observe(seconds)`` per sync cycle.
+* ``SYNC_DURATION.labels(cloud=...).observe(seconds)`` per sync cycle; ``CLOUD_LIST_CALLS`` per listing
+  (the follower asks none while nothing is unstable).
 
 Instances by state are counted from the database at scrape time (one GROUP BY query), so
 every replica reports the same truth without keeping state. Several worker processes: set
@@ -50,6 +51,9 @@ TIME_TO_ACTIVE = Histogram(
 SYNC_DURATION = Histogram(
     "visa_sync_duration_seconds", "One state-sync cycle of one cloud", ["cloud"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CLOUD_LIST_CALLS = Counter(
+    "visa_cloud_list_calls_total", "Server listings asked of a cloud (full syncs and the follower's)", ["cloud"]
 )
 REAPER_ACTIONS = Counter(
     "visa_reaper_actions_total", "Lifecycle actions of the scheduler", ["action", "reason"]

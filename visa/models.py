@@ -23,6 +23,7 @@ from visa.instances.models import (
 )
 from visa.mail.models import SentEmail
 from visa.scheduler.models import SchedulerLease
+from visa.usage.models import UsageSample
 from visa.users.models import ApiToken, LoginSession, RoleGrant, User
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "SchedulerLease",
     "SentEmail",
     "SystemNotification",
+    "UsageSample",
     "User",
     "experiment_members",
     "instance_experiments",

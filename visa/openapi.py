@@ -68,9 +68,13 @@ def document(endpoint: str, summary: str, **kwargs: Any) -> None:
 def respond(
     value: BaseModel | list[BaseModel] | None, status: int = 200, headers: dict[str, str] | None = None,
 ) -> tuple[Response, int, dict[str, str]]:
+    # pydantic writes the JSON itself (its serialiser, in Rust): the same text as
+    # json.dumps(model_dump(mode="json")), fields in their declared order, at a fraction of the cost.
     if isinstance(value, list):
-        return jsonify([v.model_dump(mode="json") for v in value]), status, headers or {}
-    return jsonify(value.model_dump(mode="json") if value is not None else {}), status, headers or {}
+        body = b"[" + b",".join(v.model_dump_json().encode() for v in value) + b"]"
+    else:
+        body = value.model_dump_json().encode() if value is not None else b"{}"
+    return Response(body, mimetype="application/json"), status, headers or {}
 
 
 # --- shared models ---------------------------------------------------------------------------

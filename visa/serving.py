@@ -1,5 +1,11 @@
-"""How visa's ASGI processes are served: the same uvicorn options under ``visa run``,
-``visa gateway`` and gunicorn, those the gateway benchmark (bench/gateway.py) measures.
+"""How visa's processes are served.
+
+The gateway (``visa gateway``: the desktop relay, the instances' web proxies and the event
+streams, all long-lived connections on an event loop) and the embedded setup (``visa run``)
+are ASGI, with the same uvicorn options under uvicorn and gunicorn, those the gateway
+benchmark (bench/gateway.py) measures. The web role of a multi-process deployment
+(``visa web``: pages and REST API, short requests) is plain WSGI under gunicorn's threaded
+workers, with no ASGI bridge in between (bench/api_latency.py compares the two).
 
 * ``UVICORN_OPTIONS``: the relay's tuned websocket protocol, no per-message deflate (large
   framebuffer updates are written without a copy only then), a short graceful shutdown
@@ -7,11 +13,23 @@
 * ``RelayUvicornWorker``: gunicorn's worker class for production
   (``gunicorn -k visa.serving.RelayUvicornWorker``), from the ``uvicorn-worker`` package that
   replaces the deprecated ``uvicorn.workers``.
+* ``serve_web``: ``visa web``, gunicorn's gthread workers (``DrainingThreadWorker``) serving
+  ``create_wsgi_app()``.
+  SIGTERM drains (the listening socket closes, accepted requests finish within
+  ``graceful_timeout``), SIGHUP replaces the workers without closing the socket: a rolling
+  restart behind nginx loses no request.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import gc
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from visa.settings import Settings
 
 UVICORN_OPTIONS: dict[str, Any] = {
     "ws": "visa.gateway.wsprotocol:RelayWebSocketProtocol",
@@ -28,3 +46,89 @@ if UvicornWorker is not None:
 
     class RelayUvicornWorker(UvicornWorker):  # type: ignore[misc,valid-type]
         CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, **UVICORN_OPTIONS}
+
+
+try:
+    from gunicorn.workers.gthread import TConn, ThreadWorker
+except ImportError:
+    ThreadWorker = None  # type: ignore[assignment,misc]
+
+if ThreadWorker is not None:
+
+    class DrainingThreadWorker(ThreadWorker):  # type: ignore[misc,valid-type]
+        """gunicorn's gthread worker that, once stopping, stops listening too.
+
+        gthread stops accepting but keeps its copy of the listening socket open while it
+        finishes its requests: connections the kernel completes meanwhile wait in the backlog
+        and are reset when the worker exits, after nginx has sent them a request (a POST it
+        may not retry: a 502). Here the backlog is served and the socket closed at once: once
+        the arbiter has closed its own copy (SIGTERM), new connections are refused, which nginx
+        passes to another replica whatever the method. On SIGHUP the arbiter keeps its copy
+        and the new workers accept from it."""
+
+        def set_accept_enabled(self, enabled: bool) -> None:
+            super().set_accept_enabled(enabled)
+            if enabled or self.alive:  # alive: only the connection limit pauses accepting
+                return
+            for listener in self.sockets:
+                while True:
+                    try:
+                        client, address = listener.accept()
+                    except OSError:  # nothing left waiting (the listener is non-blocking)
+                        break
+                    self.nr_conns += 1
+                    client.setblocking(True)
+                    self.enqueue_req(TConn(self.cfg, client, address, listener.getsockname()))
+                listener.close()
+
+
+# The web role's gunicorn settings (visa web, deploy/): threads for the requests that wait on
+# the database. nginx opens a connection per request to the web replicas (deploy/nginx: a
+# kept-alive connection that a draining worker closes would fail a POST sent on it).
+WEB_OPTIONS: dict[str, Any] = {
+    "worker_class": "visa.serving.DrainingThreadWorker",
+    "graceful_timeout": 30,
+    "timeout": 60,
+    "keepalive": 2,
+    "accesslog": None,
+}
+
+
+def settle_heap() -> None:
+    """Once a serving process has loaded its app: what it loaded (modules, the models, compiled
+    templates and statements: ~170,000 objects) is moved out of the garbage collector's sight.
+    Otherwise each full collection walks all of it, ~65 ms every ~150 admin pages, during which
+    every thread of the process waits: most of the worst latencies under load."""
+    gc.collect()
+    gc.freeze()
+
+
+def create_wsgi_app(settings: Settings | None = None) -> Flask:
+    """``visa web``: the pages and the REST API as plain WSGI (event streams, desktops and the
+    instances' web proxies are the gateway's: ``visa gateway``)."""
+    from visa.web.app import create_app
+
+    return create_app(settings)
+
+
+def serve_web(bind: str, *, workers: int, threads: int, forwarded_allow_ips: str,
+              options: dict[str, Any] | None = None, load: Callable[[], Flask] | None = None) -> None:
+    """gunicorn in this process, loading the Flask app (``load``, default ``create_wsgi_app``) in
+    each worker: no preload, every worker opens its own database pool after the fork."""
+    from gunicorn.app.base import BaseApplication
+
+    factory = load or create_wsgi_app
+
+    class WebApplication(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            settings = {**WEB_OPTIONS, "bind": [bind], "workers": workers, "threads": threads,
+                        "forwarded_allow_ips": forwarded_allow_ips, "proc_name": "visa-web", **(options or {})}
+            for key, value in settings.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Flask:
+            app = factory()
+            settle_heap()
+            return app
+
+    WebApplication().run()

@@ -14,7 +14,7 @@ import secrets
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -60,9 +60,30 @@ class OidcSettings(BaseModel):
         description="A session is refreshed at the provider at least this often: its roles are read again, "
         "and it ends if the provider ended it",
     )
+    uid_claim: str | None = Field(None, description="Claim holding the user's uid, e.g. uidNumber (LDAP-mapped)")
+    gid_claim: str | None = Field(None, description="Claim holding the user's primary gid, e.g. gidNumber")
+    groups_claim: str | None = Field(
+        None, description="Claim holding the user's supplementary gids (a list, or a space/comma separated string)"
+    )
+    home_claim: str | None = Field(None, description="Claim holding the user's home path, e.g. homeDirectory")
     token_scope: str = Field(
         "visa:tokens", min_length=1, max_length=100, pattern=r"^[!#-\[\]-~]+$",
         description="Scope an OIDC access token must carry to create long-lived API tokens",
+    )
+
+
+class PosixSettings(BaseModel):
+    """Users' unix identities (uid, gid, groups, home), from the identity provider, the user-office
+    import, ``visa users set-posix`` or the admin page, the first of them that has them."""
+
+    min_uid: int = Field(1000, ge=1, le=2**31 - 2, description="Lowest uid a user may have: below is the system's")
+    min_gid: int = Field(
+        1000, ge=1, le=2**31 - 2, description="Lowest gid of a user's primary or supplementary group"
+    )
+    require_uid: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="When a user without a uid and gid is refused a machine with data or a home share: "
+        "auto when the cloud mounts shared storage (nfs, ceph), always, or never",
     )
 
 
@@ -78,7 +99,18 @@ class SchedulerSettings(BaseModel):
     # Emails whose sender died between the decision and the send (the rest go at once).
     outbox_seconds: int = Field(60, ge=1)
     orphan_grace_hours: int = Field(24, ge=0)
+    usage_seconds: int = Field(300, ge=10, description="How often instance counts and resources in use are sampled")
+    usage_keep_days: int = Field(35, ge=1, description="How long usage samples are kept (the job prunes older ones)")
     lease_seconds: int = Field(30, ge=5)
+    command_concurrency: int = Field(
+        4, ge=1, le=64, description="Commands a process runs at once on one cloud (a hung cloud stalls only its own)"
+    )
+    command_heartbeat_seconds: float = Field(
+        5.0, gt=0, le=300, description="How often a process says it still runs the commands it claimed"
+    )
+    command_missed_heartbeats: int = Field(
+        3, ge=2, le=100, description="Heartbeats missed after which a running command is given to another process"
+    )
     metrics_host: str = Field("127.0.0.1", description="Address of `visa scheduler`'s /metrics and /health")
     metrics_port: int = Field(
         9464, ge=0, le=65535, description="Port of `visa scheduler`'s /metrics and /health (0: not served)"
@@ -162,12 +194,28 @@ class ProvisioningSettings(BaseModel):
     )
     # --- Accounts ----------------------------------------------------------------------
     home_root: str = Field("/home", description="Home directories when the account source gives none")
+    home_mount_template: str | None = Field(
+        None,
+        description="Source of each user's persistent home share, mounted at their home on every machine "
+        "of theirs, e.g. nfs-home.esrf.fr:/homes/{username}; {username} and {uid} are substituted. "
+        "None: the home lives and dies with the machine",
+    )
+    home_mount_root: str | None = Field(
+        None,
+        description="What every rendered home source must lie inside, e.g. nfs-home.esrf.fr:/homes "
+        "(required with home_mount_template)",
+    )
     user_shell: str = "/bin/bash"
     probe_username: str = Field("visa", description="Account the scheduler uses over SSH to read activity")
     probe_public_key: str | None = Field(
         None, description="OpenSSH public key of the probe account (one line); none: no probe account"
     )
     # --- Desktop, Jupyter, containers --------------------------------------------------
+    sftp_server: str = Field(
+        "/usr/lib/openssh/sftp-server", pattern=r"^/[A-Za-z0-9_./-]+$",
+        description="sftp-server in the images: the only command visa's key may run in the owner's account "
+        "(file transfers)",
+    )
     timezone: str = "Europe/Paris"
     desktop_display: int = Field(1, ge=1, le=99, description="X display of the desktop (:1 -> VNC 5901)")
     jupyter_command: str = Field(
@@ -191,12 +239,106 @@ class ProvisioningSettings(BaseModel):
     @field_validator("raw_mount_template", "processed_mount_template")
     @classmethod
     def _known_placeholders(cls, value: str) -> str:
-        import string
-
-        names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        names = _placeholders(value)
         if not names <= {"proposal", "beamline"}:
             raise ValueError(f"only {{proposal}} and {{beamline}} may be used, not {sorted(names)}")
         return value
+
+    @model_validator(mode="after")
+    def _home_inside_root(self) -> ProvisioningSettings:
+        check_home_template(self.home_mount_template, self.home_mount_root)
+        return self
+
+
+def _placeholders(template: str) -> set[str]:
+    import string
+
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"not a template: {exc}") from None
+
+
+def split_source(source: str) -> tuple[str, str]:
+    """(server, path) of a mount source: ``host:/path`` (NFS), ``mon1,mon2:/path`` (CephFS) or
+    ``/path`` (bind)."""
+    if source.startswith("/"):
+        return "", source
+    server, sep, path = source.partition(":")
+    return (server, path) if sep else ("", source)
+
+
+def home_source_inside(source: str, root: str) -> bool:
+    """Whether a rendered home source is a directory strictly inside ``root`` (same server,
+    a normalised path below the root's, no ``..``)."""
+    import posixpath
+
+    server, path = split_source(source)
+    root_server, root_path = split_source(root)
+    if server != root_server or not path.startswith("/") or posixpath.normpath(path) != path:
+        return False
+    base = posixpath.normpath(root_path)
+    return path.startswith(base.rstrip("/") + "/") and path != base
+
+
+# A sample identity to render a home template with when it is checked: a template that leaves
+# its root with these values leaves it for anyone.
+_SAMPLE = {"username": "visa-sample", "uid": 123456}
+
+
+def check_home_template(template: str | None, root: str | None) -> None:
+    """Refuse a home template that is not one directory per user inside its root (raises ValueError)."""
+    if template is None:
+        return
+    if not root:
+        raise ValueError("home_mount_template needs home_mount_root (the directory every home lies inside)")
+    names = _placeholders(template)
+    if not names <= {"username", "uid"}:
+        raise ValueError(f"home_mount_template: only {{username}} and {{uid}} may be used, not {sorted(names)}")
+    if "username" not in names and "uid" not in names:
+        raise ValueError("home_mount_template must contain {username} or {uid}: one home per user")
+    rendered = template.format(**_SAMPLE)
+    if not home_source_inside(rendered, root):
+        raise ValueError(f"home_mount_template renders {rendered!r}, outside home_mount_root {root!r}")
+
+
+class TransferSettings(BaseModel):
+    """Files in and out of instances, over SFTP as the owner's account."""
+
+    max_upload_bytes: int = Field(
+        5 * 1024**3, ge=1, description="Largest file an upload may make (offset of a resumed upload included)"
+    )
+    max_download_bytes: int = Field(20 * 1024**3, ge=1, description="Largest file that may be downloaded")
+    max_listing: int = Field(
+        2000, ge=10, le=100_000, description="Entries of one directory listed at most (the rest: truncated)"
+    )
+    chunk_bytes: int = Field(256 * 1024, ge=4096, le=4 * 1024**2, description="Bytes read or written at a time")
+    timeout_seconds: float = Field(30, gt=0, description="A machine silent this long fails the transfer")
+
+
+_URL_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
+
+class ClipboardSettings(BaseModel):
+    """URLs copied in a remote desktop that the page offers to open on the user's machine."""
+
+    url_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts whose https URLs may be opened, e.g. doi.org or *.esrf.fr (any subdomain); "
+        "empty: none",
+    )
+    max_url_chars: int = Field(2048, ge=16, le=65536, description="Longer clipboard text is never a link")
+
+    @field_validator("url_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        out = []
+        for host in value:
+            clean = host.strip().lower().rstrip(".")
+            if not _URL_HOST.fullmatch(clean) or len(clean) > 253:
+                raise ValueError(f"{host!r} is not a host name (or *.domain)")
+            out.append(clean)
+        return out
 
 
 class Settings(BaseSettings):
@@ -224,13 +366,21 @@ class Settings(BaseSettings):
     session_cookie_secure: bool = False
     local_accounts: bool | None = Field(None, description="Default: on unless OIDC is configured")
     log_json: bool = False
+    database_notify: bool = Field(
+        True,
+        description="On PostgreSQL, wake event streams and command workers with LISTEN/NOTIFY (one "
+        "connection per process); false: they poll (e.g. behind a pooler in transaction mode, which cannot LISTEN)",
+    )
     lifetimes: LifetimeSettings = Field(default_factory=LifetimeSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     oidc: OidcSettings = Field(default_factory=OidcSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     database_pool: DatabasePoolSettings = Field(default_factory=DatabasePoolSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    posix: PosixSettings = Field(default_factory=PosixSettings)
     provisioning: ProvisioningSettings = Field(default_factory=ProvisioningSettings)
+    transfers: TransferSettings = Field(default_factory=TransferSettings)
+    clipboard: ClipboardSettings = Field(default_factory=ClipboardSettings)
 
     @field_validator("database_url")
     @classmethod

@@ -17,6 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from datetime import UTC
+
 from configs import (  # noqa: E402
     ADMIN_PASSWORD,
     BRIDGE_ADDRESS,
@@ -36,6 +38,12 @@ FULL_PROJECT = "visa-full"
 NOHOST_FLAVOUR, NOHOST_TRAIT = "visa.nohost", "CUSTOM_VISA_SANDBOX_NOWHERE"
 NETWORK, SUBNET_CIDR = "visa-net", "127.100.0.0/16"
 IMAGE = "visa-sandbox-image"
+# What the GPU flavours ask Placement for, per server (the fake host offers four:
+# sandbox_plugins/compute.py); flavours/*.yaml say one NVIDIA A40 each.
+GPU_SPECS = {"esrf.gpu.a40": {"resources:CUSTOM_GPU_A40": "1"}, "esrf.gpu.a40.xlarge": {"resources:CUSTOM_GPU_A40": "1"}}
+# A read-only Placement account for visa's capacity view: Placement lets only admin or
+# service accounts read providers (credentials: ``placement``).
+CAPACITY_USER, CAPACITY_PASSWORD = "visa-capacity", "visa-capacity-sandbox"
 # Name -> (vcpus, ram MB, disk GB); the names match flavours/*.yaml. Disk is not zero:
 # Nova refuses image-backed servers on zero-disk flavours to non-admins.
 FLAVOURS = {
@@ -145,15 +153,53 @@ def identity() -> None:
     idn.assign_project_role_to_user(project, user, roles["member"])
     full = idn.find_project(FULL_PROJECT) or idn.create_project(name=FULL_PROJECT, domain_id="default")
     idn.assign_project_role_to_user(full, user, roles["member"])
+    capacity = idn.find_user(CAPACITY_USER) or idn.create_user(
+        name=CAPACITY_USER, password=CAPACITY_PASSWORD, domain_id="default", default_project_id=service_project.id
+    )
+    idn.assign_project_role_to_user(service_project, capacity, roles["service"])
     log("identity ready")
 
 
-def wait_compute(timeout: float = 180) -> None:
+def node_identity(pg_url: str, state_path: str, host: str) -> None:
+    """Nova's node identity file from the compute node already recorded, when the file is gone
+    (a state directory from before the driver kept it): nova-compute refuses to start without it."""
+    import os
+
+    import psycopg2
+
+    path = os.path.join(state_path, "compute_id")
+    if os.path.exists(path):
+        return
+    dsn = db_url(pg_url, db("nova")).replace("postgresql+psycopg2://", "postgresql://")
+    try:
+        conn = psycopg2.connect(dsn)
+    except psycopg2.OperationalError:
+        return  # no database yet: the first start makes both
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT uuid FROM compute_nodes WHERE host = %s AND deleted = 0 ORDER BY id DESC", (host,))
+        row = cur.fetchone()
+    conn.close()
+    if row is not None:
+        os.makedirs(state_path, exist_ok=True)
+        with open(path, "x") as fh:
+            fh.write(row[0])
+        log(f"node identity {row[0]} restored from nova's database")
+
+
+def wait_compute(timeout: float = 180, fresh: bool = False) -> None:
+    """Until nova-compute is up and has reported to Placement; ``fresh``: until it reports
+    after this moment (after a restart, the service still looks up on its last report)."""
+    from datetime import datetime
+
     conn = admin()
+    since = datetime.now(UTC)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             up = [s for s in conn.compute.services() if s.binary == "nova-compute" and s.state == "up"]
+            if fresh:
+                up = [s for s in up if s.updated_at and
+                      datetime.fromisoformat(s.updated_at.rstrip("Z")).replace(tzinfo=UTC) > since]
             if up and list(conn.placement.resource_providers()):
                 log("nova-compute is up and reported to placement")
                 return
@@ -183,9 +229,14 @@ def resources() -> None:
         )
         log(f"image {IMAGE} registered")
     for name, (vcpus, ram, disk) in FLAVOURS.items():
-        if conn.compute.find_flavor(name) is None:
-            conn.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk, is_public=True)
+        flavour = conn.compute.find_flavor(name, get_extra_specs=True)
+        if flavour is None:
+            flavour = conn.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk, is_public=True)
             log(f"flavour {name} created")
+        wanted = GPU_SPECS.get(name, {})
+        if wanted and any((flavour.extra_specs or {}).get(k) != v for k, v in wanted.items()):
+            conn.compute.create_flavor_extra_specs(flavour, wanted)
+            log(f"flavour {name}: {wanted}")
     nohost = conn.compute.find_flavor(NOHOST_FLAVOUR)
     if nohost is None:
         nohost = conn.compute.create_flavor(name=NOHOST_FLAVOUR, vcpus=1, ram=256, disk=1, is_public=True)
@@ -276,8 +327,10 @@ def main() -> None:
         neutron_tables(sys.argv[2])
     elif step == "identity":
         identity()
+    elif step == "node-identity":
+        node_identity(sys.argv[2], sys.argv[3], sys.argv[4])
     elif step == "wait-compute":
-        wait_compute()
+        wait_compute(fresh="--fresh" in sys.argv[2:])
     elif step == "resources":
         resources()
     else:

@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 
 RABBIT = "rabbit://guest:guest@127.0.0.1:5672/"
+# Nova's compute host (and node) name; its node identity lives in state/data/nova/compute_id.
+COMPUTE_HOST = "visa-sandbox-compute"
 KEYSTONE = "http://127.0.0.1:5000"
 SERVICE_PASSWORD = "sandbox-service"
 ADMIN_PASSWORD = "sandbox-admin"
@@ -32,7 +34,7 @@ def db_url(pg: str, name: str) -> str:
 
 def _nova_real(data: Path) -> str:
     """Nova's libvirt driver in plain emulation (no usable KVM here), config drive, no VIF events."""
-    return f"""
+    return """
 [libvirt]
 virt_type = qemu
 cpu_mode = none
@@ -247,7 +249,7 @@ use_stderr = true
 compute_driver = {"libvirt.LibvirtDriver" if REAL else "visa_sandbox.SandboxDriver"}
 transport_url = {RABBIT}
 my_ip = 127.0.0.1
-host = visa-sandbox-compute
+host = {COMPUTE_HOST}
 state_path = {data / "nova"}
 osapi_compute_listen = 127.0.0.1
 # Images are never downloaded by the fake driver; keep the periodic noise low.

@@ -465,7 +465,16 @@ def start() -> None:
     if not _step("identity", fingerprint):
         _run(py, HERE / "bootstrap.py", "identity")
         _mark("identity", fingerprint)
+    compute = next(s for s in services() if s.name == "nova-compute")
+    compute_was_down = _pid(compute) is None
+    if compute_was_down and not (STATE / "data/nova/compute_id").exists():
+        # A state from before the driver kept its node identity: take it from Nova's database.
+        _run(py, HERE / "bootstrap.py", "node-identity", PG, STATE / "data/nova", configs.COMPUTE_HOST)
     start_services()
+    if compute_was_down and _step("resources", fingerprint):
+        # A restart: say so now if nova-compute does not come back (it refuses to start when
+        # its node identity is lost), rather than at the first server.
+        _run(py, HERE / "bootstrap.py", "wait-compute", "--fresh")
     if not _step("resources", fingerprint):
         _run(py, HERE / "bootstrap.py", "wait-compute")
         _run(BIN / "nova-manage", "--config-file", STATE / "etc/nova/nova.conf", "cell_v2", "discover_hosts")
@@ -504,6 +513,8 @@ def credentials() -> dict[str, object]:
         "region_name": "RegionOne",
         "network": "visa-net",
         "security_groups": ["default"],
+        # Placement reads (visa's capacity view) need a service account (bootstrap.py).
+        "placement": {"username": "visa-capacity", "password": "visa-capacity-sandbox", "project_name": "service"},
     }
 
 

@@ -217,3 +217,19 @@ def test_stats_and_clouds(client, world) -> None:  # noqa: ANN001
     assert cloud["name"] == "local" and cloud["usage"]["instances"] == 1 and cloud["usage"]["cores"] == 4
     clouds = client.get("/api/admin/clouds", headers=h).get_json()
     assert clouds[0]["status"] in ("ok", "unavailable")
+
+
+def test_a_long_list_counts_up_to_the_limit_and_pages_on(client, world, monkeypatch) -> None:  # noqa: ANN001
+    import visa.paging
+
+    h = bearer(world.admin_token)
+    monkeypatch.setattr(visa.paging, "COUNT_LIMIT", 2)  # 3 instances: more than the limit
+    body = client.get("/api/admin/instances?sort=created_at&per_page=1", headers=h).get_json()
+    assert (body["total"], body["total_exact"]) == (2, False)
+    assert [i["name"] for i in body["items"]] == ["first"]
+    third = client.get("/api/admin/instances?sort=created_at&per_page=1&page=3", headers=h).get_json()
+    assert [i["name"] for i in third["items"]] == ["broken"]  # past the count, pages still answer
+    exact = client.get("/api/admin/instances?owner=alice", headers=h).get_json()
+    assert (exact["total"], exact["total_exact"]) == (2, True)  # as many as the limit: exact
+    monkeypatch.setattr(visa.paging, "COUNT_LIMIT", 10_000)
+    assert client.get("/api/admin/instances", headers=h).get_json()["total_exact"] is True

@@ -3,6 +3,7 @@
 An admin creates a flavour limited to a role and a plan on it; a user gets the plan once
 given the role (GET /api/plans as that user); the admin reboots an instance, moves its
 termination date and deletes it, and finds it all in the audit log.
+The dashboard's usage charts draw the usage job's samples.
 Screenshots: tests/artifacts/admin/.
 """
 
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import ROOT, allow_errors, chromium, cli, free_port, require_chromium, served, visa_env
+from tests.browser import ROOT, allow_errors, chromium, cli, require_chromium, served, visa_env
+from tests.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +47,7 @@ def _seed_instance(data_dir: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
     require_chromium()
     subprocess.run([str(ROOT / "scripts" / "build-apidocs.sh")], check=True, capture_output=True, timeout=300)
     if (ROOT / "scripts" / "build-web.sh").exists():
@@ -60,7 +62,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     cli(env, "users", "add", "bob", "--full-name", "Bob Leroy", "--password", "bob-password")
     uid = _seed_instance(data)
     with served(env, port, data / "server.log") as url:
-        yield url, uid
+        yield url, uid, data
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,7 @@ def _shot(page, name: str) -> None:  # noqa: ANN001
 
 
 def test_flavour_limited_to_a_role_reaches_the_user(site, browser) -> None:  # noqa: ANN001
-    url, _ = site
+    url, _, _ = site
     admin, alice = _context(browser, url, "root"), _context(browser, url, "alice")
     page = admin.new_page()
     page.goto("/admin/")
@@ -148,7 +150,7 @@ def test_flavour_limited_to_a_role_reaches_the_user(site, browser) -> None:  # n
 
 
 def test_admin_acts_on_an_instance(site, browser) -> None:  # noqa: ANN001
-    url, uid = site
+    url, uid, _ = site
     admin = _context(browser, url, "root")
     page = admin.new_page()
     page.on("dialog", lambda d: d.accept())
@@ -172,6 +174,13 @@ def test_admin_acts_on_an_instance(site, browser) -> None:  # noqa: ANN001
     page.get_by_test_id("set-termination").click()
     page.wait_for_selector(f"[data-testid=terminates-at]:has-text('{new.strftime('%Y-%m-%d %H:%M')}')")
 
+    # This instance only: members other than alice wait for her to be connected.
+    page.get_by_test_id("member-access").select_option("owner_required")
+    page.get_by_test_id("set-member-access").click()
+    page.wait_for_selector("text=now: only with the owner")
+    assert page.get_by_test_id("member-access").input_value() == "owner_required"
+    assert admin.request.get(f"/api/admin/instances/{uid}").json()["members_need_owner"] is True
+
     page.get_by_test_id("action-delete").click()
     page.wait_for_selector("[data-testid=commands] td:has-text('DELETE')")
     _shot(page, "instance-after")
@@ -180,14 +189,14 @@ def test_admin_acts_on_an_instance(site, browser) -> None:  # noqa: ANN001
 
     page.goto(f"/admin/audit?target_id={uid}")
     text = page.get_by_test_id("audit").inner_text()
-    for action in ("instance.reboot", "instance.termination", "instance.delete"):
+    for action in ("instance.reboot", "instance.termination", "instance.member_access", "instance.delete"):
         assert action in text, action
     assert "beamtime moved" in text
     _shot(page, "audit")
 
 
 def test_admin_logs_a_user_out_and_deactivates_them(site, browser) -> None:  # noqa: ANN001
-    url, _ = site
+    url, _, _ = site
     admin, bob = _context(browser, url, "root"), _context(browser, url, "bob")
     assert bob.request.get("/api/me").ok
     page = admin.new_page()
@@ -210,3 +219,64 @@ def test_admin_logs_a_user_out_and_deactivates_them(site, browser) -> None:  # n
     page.locator("tr[data-user=bob]").get_by_role("button", name="Activate", exact=True).click()
     page.locator("tr[data-user=bob]").get_by_role("button", name="Deactivate", exact=True).wait_for()
     assert _context(browser, url, "bob").request.get("/api/me").ok
+
+
+# Pixels of a colour (not the greys of axes, grid, labels and the "all" line): the series drawn.
+COLOURED_PIXELS = """el => {
+  const c = el.querySelector('canvas');
+  if (!c || !c.width) return -1;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    if (d[i + 3] > 128 && Math.max(d[i], d[i + 1], d[i + 2]) - Math.min(d[i], d[i + 1], d[i + 2]) > 60) n++;
+  }
+  return n;
+}"""
+
+
+def _sample_usage(data_dir: Path) -> None:
+    """Six hours of the usage job's samples, every 20 minutes, of bob's two machines on the local cloud."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    import visa.models  # noqa: F401
+    from tests.admin.world import make_instance
+    from visa.catalogue.models import Flavour, Plan
+    from visa.clock import FrozenClock, system_clock
+    from visa.clouds.models import Cloud
+    from visa.db import Database
+    from visa.usage.service import take_sample
+    from visa.users.models import User
+
+    database = Database(f"sqlite:///{(data_dir / 'visa.db').resolve()}")
+    with database.unit_of_work() as s:
+        bob = s.scalar(select(User).where(User.username == "bob"))
+        plan = s.scalar(select(Plan).join(Flavour, Flavour.id == Plan.flavour_id).where(Flavour.name == "esrf.large"))
+        cloud = s.scalar(select(Cloud).where(Cloud.name == "local"))
+        for name in ("bob-tomo", "bob-fit"):
+            make_instance(s, system_clock, bob, plan, cloud, name=name)
+        now = datetime.now(UTC)
+        for k in range(18, 0, -1):
+            take_sample(s, FrozenClock(now - timedelta(minutes=20 * k)))
+    database.dispose()
+
+
+def test_dashboard_charts_draw_from_samples(site, browser) -> None:  # noqa: ANN001
+    url, _, data = site
+    _sample_usage(data)
+    page = _context(browser, url, "root").new_page()
+    page.goto("/admin/")
+    charts = page.locator("#usage-charts[data-drawn=day] .usage-chart")
+    charts.first.wait_for()
+    assert "18 points over the last day" in page.get_by_test_id("usage-status").inner_text()
+    for key in ("instances", "cores", "memory_mb"):
+        chart = page.locator(f".usage-chart[data-chart={key}]")
+        assert int(chart.get_attribute("data-points") or 0) == 18
+        assert int(chart.get_attribute("data-series") or 0) >= 2  # all, and esrf.large
+        assert chart.evaluate(COLOURED_PIXELS) > 100, key
+    _shot(page, "dashboard-usage")
+    page.get_by_role("button", name="Week").click()
+    page.locator("#usage-charts[data-drawn=week] .usage-chart[data-chart=cores]").wait_for()
+    # Six hours of a week: a short stretch of line at the right end.
+    assert page.locator(".usage-chart[data-chart=cores]").evaluate(COLOURED_PIXELS) > 10

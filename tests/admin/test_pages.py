@@ -44,3 +44,20 @@ def test_the_dashboard_says_how_the_local_cloud_isolates(db, clock, api_client) 
     assert 'data-testid="isolation-local"' in page and "Isolation: " in page
     assert how.split(" (")[0] in page.replace("&#39;", "'")
     assert ('class="muted" data-testid="isolation-local"' in page) == isolated
+
+
+def test_the_pager_of_a_list_counted_short(db, clock, api_client, monkeypatch) -> None:  # noqa: ANN001
+    import visa.paging
+
+    build(db, clock)
+    admin = _login(api_client, "root")
+    monkeypatch.setattr(visa.paging, "COUNT_LIMIT", 1)
+    first = admin.get("/admin/instances?sort=created_at&per_page=1").get_data(as_text=True)
+    assert "more than 1" in first and 'rel="next"' in first
+    last = admin.get("/admin/instances?sort=created_at&per_page=1&page=3").get_data(as_text=True)
+    assert "page 3" in last and 'rel="next"' in last  # full: there may be more
+    past = admin.get("/admin/instances?sort=created_at&per_page=1&page=4").get_data(as_text=True)
+    assert 'rel="next"' not in past and 'rel="prev"' in past
+    monkeypatch.setattr(visa.paging, "COUNT_LIMIT", 10_000)
+    exact = admin.get("/admin/instances?sort=created_at&per_page=2").get_data(as_text=True)
+    assert "page 1 of 2 · 3 in all" in exact

@@ -64,7 +64,9 @@ def oidc_app(idp, db, clock, tmp_path):  # noqa: ANN001, ANN201
     settings = Settings(
         data_dir=tmp_path / "data", database_url=db.url, secret_key="test-secret-key", base_url=BASE,
         oidc=OidcSettings(server_url=idp, realm="visa", client_id="visa", client_secret="visa-secret",
-                          role_claim="realm_access.roles", role_mapping={"visa-admin": "ADMIN"}),
+                          role_claim="realm_access.roles", role_mapping={"visa-admin": "ADMIN"},
+                          uid_claim="uidNumber", gid_claim="gidNumber", groups_claim="gidNumbers",
+                          home_claim="homeDirectory"),
     )
     app = create_app(settings, database=db, clock=clock)
     app.config["TESTING"] = True
@@ -317,3 +319,38 @@ def test_roles_unconfirmed_while_the_provider_is_down_stop_counting(oidc_app, db
     assert admin.get("/api/me").status_code == 200  # the session itself goes on
     monkeypatch.undo()
     assert admin.get("/api/admin/users").status_code == 200  # the provider answers again: confirmed
+
+
+def test_the_unix_identity_comes_from_the_providers_claims(oidc_app, db) -> None:  # noqa: ANN001
+    from sqlalchemy import select
+
+    from visa.audit.models import AuditEvent
+    from visa.users.models import User
+
+    browser_login(oidc_app, "alice", "alice-password")
+    browser_login(oidc_app, "bob", "bob-password")
+    with db.sessionmaker() as s:
+        alice = s.scalar(select(User).where(User.username == "alice"))
+        bob = s.scalar(select(User).where(User.username == "bob"))
+        assert (alice.uid_number, alice.gid_number, alice.extra_gids, alice.home_path, alice.posix_source) == (
+            23456, 23456, [24001, 24002], "/home/alice", "oidc")
+        assert (bob.uid_number, bob.posix_source) == (None, None)  # no claims: nothing taken
+        events = list(s.scalars(select(AuditEvent).where(AuditEvent.action == "user.posix")))
+        assert [(e.target_id, e.details["source"]) for e in events] == [(str(alice.id), "oidc")]
+    browser_login(oidc_app, "alice", "alice-password")  # the same claims again: no change, no audit row
+    with db.sessionmaker() as s:
+        assert len(list(s.scalars(select(AuditEvent).where(AuditEvent.action == "user.posix")))) == 1
+
+
+def test_claims_are_read_as_ldap_gives_them() -> None:
+    from visa.auth.oidc import posix_from_claims
+
+    settings = OidcSettings(uid_claim="ldap.uidNumber", gid_claim="gidNumber", groups_claim="groups",
+                            home_claim="home")
+    got = posix_from_claims({"ldap": {"uidNumber": ["23456"]}, "gidNumber": "23400", "groups": "24001, 24002 x",
+                             "home": "/home/a"}, settings)
+    assert got is not None and (got.uid_number, got.gid_number, got.extra_gids, got.home_path) == (
+        23456, 23400, (24001, 24002), "/home/a")
+    assert posix_from_claims({"gidNumber": 5}, settings) is None  # no uid: not an identity
+    assert posix_from_claims({"ldap": {"uidNumber": True}}, settings) is None
+    assert posix_from_claims({"ldap": {"uidNumber": 1000}}, OidcSettings()) is None  # no claim names set

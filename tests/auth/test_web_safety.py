@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 
+import pytest
 from sqlalchemy import select
 
 from tests.auth.world import PASSWORD, login, seed
@@ -55,6 +56,7 @@ def test_login_csrf_and_cross_site_posts_are_refused(db, clock, app, api_client)
     assert [m["username"] for m in owner.get(f"/api/instances/{world.uid}/members").get_json()].count("other") == 0
 
 
+@pytest.mark.usefixtures("committed_db")  # a failed login is audited apart from the refused request
 def test_login_rate_limit_and_failures_audited(db, clock, app) -> None:  # noqa: ANN001
     seed(db, clock)
     c = app.test_client()

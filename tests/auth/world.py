@@ -20,11 +20,10 @@ from tests.factories import (
     make_plan,
     make_user,
 )
-from visa.audit.service import record
 from visa.auth.sessions import session_epoch
 from visa.auth.tokens import create_api_token
 from visa.clock import Clock
-from visa.instances import service
+from visa.instances import service, sharing
 from visa.instances.models import Instance, InstanceMember, MemberRole
 from visa.instances.schemas import CreateInstance
 from visa.settings import Settings
@@ -75,8 +74,7 @@ def seed(db, clock: Clock) -> World:  # noqa: ANN001
         others = _instance(s, clock, users["other"], plan.id, [exp.id], settings)
         s.flush()
         # helpdesk asked for support access to owner's machine; owner has not answered yet
-        record(actor(users["helpdesk"], clock), s, clock, "instance.support.request", target_type="instance",
-               target_id=inst.uid, username="helpdesk")
+        sharing.request_support_access(actor(users["helpdesk"], clock), s, clock, inst)
         token, _ = create_api_token(actor(users["owner"], clock), s, clock, name="script")
         return World(inst.uid, plan.id, exp.id, others.uid, token.id)
 
@@ -103,7 +101,7 @@ def login(api_client, db, name: str):  # noqa: ANN001, ANN201
 
 
 def reset(db) -> None:  # noqa: ANN001
-    """Empty every table (as the db fixture does after a test)."""
+    """Empty every table (as the committed database is after a test)."""
     empty_database(db)
 
 

@@ -436,3 +436,29 @@ def test_limits_report_the_host_and_what_runs(provider: LocalProvider) -> None:
     assert (limits.used_instances, limits.used_cores, limits.used_memory_mb) == (1, 2, 4096)
     provider.stop("lim")
     assert provider.limits().used_instances == 0
+
+
+def test_the_home_is_the_users_and_outlives_their_sessions(provider: LocalProvider) -> None:
+    provider.create(_spec("home1", {}))
+    assert _wait_state(provider, "home1").state == InstanceState.ACTIVE
+    assert provider.exec_in_session("home1", ["sh", "-c", "echo kept > \"$HOME/notes.txt\""]).returncode == 0
+    provider.delete("home1")
+    assert provider.get("home1") is None
+    provider.create(_spec("home2", {}))
+    assert _wait_state(provider, "home2").state == InstanceState.ACTIVE
+    out = provider.exec_in_session("home2", ["sh", "-c", "cat \"$HOME/notes.txt\""])
+    assert out.stdout == b"kept\n", out.stderr
+    # Another user's session does not see it.
+    provider.create(_spec("home3", {}, owner_username="lc-other"))
+    assert _wait_state(provider, "home3").state == InstanceState.ACTIVE
+    assert provider.exec_in_session("home3", ["sh", "-c", "cat \"$HOME/notes.txt\""]).returncode != 0
+
+
+def test_a_home_share_that_is_a_symlink_is_refused(provider: LocalProvider, root: Path) -> None:
+    target = root / "elsewhere"
+    target.mkdir(exist_ok=True)
+    link = root / "homes-link"
+    link.symlink_to(target)
+    with pytest.raises(CloudError, match="symbolic link"):
+        provider.create(_spec("homelink", {}, home=MountSpec(str(link), "/home/lc-alice", False, "bind")))
+    assert provider.get("homelink") is None

@@ -68,6 +68,7 @@ class World:
             "bob_instance": bob_dir / local_session.INSTANCE_FILE,
             "bob_raw_on_host": self.facility / "visitor" / "ev-bob" / "id00" / "bob.h5",
             "bob_raw_at_target": Path("/data/visitor/ev-bob/id00/bob.h5"),
+            "bob_home_note": self.provider.root / ".homes" / self.provider.account_name("iso-bob") / "notes.txt",
         }
 
 
@@ -121,6 +122,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         )  # fmt: skip
         alice, bob = _wait_state(provider, "alice1"), _wait_state(provider, "bob1")
         assert alice.state == bob.state == InstanceState.ACTIVE, (alice.fault, bob.fault)
+        assert provider.exec_in_session("bob1", ["sh", "-c", "echo bob-private > ~/notes.txt"]).returncode == 0
         yield World(provider, alice, bob, data_dir, facility, port)
     finally:
         server.close()
@@ -128,7 +130,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def _home(world: World) -> Path:
-    return world.provider.instance_dir(world.alice.id) / local_session.HOME_DIR
+    """alice's home on the host (one per user, outside the instance's directory)."""
+    record = json.loads((world.provider.instance_dir(world.alice.id) / local_session.INSTANCE_FILE).read_text())
+    return Path(record["home_dir"])
 
 
 def _probe_script(world: World) -> str:
@@ -166,7 +170,7 @@ def _verdicts(text: str) -> dict[str, str]:
 
 EXPECTED = {
     "secret_key": "DENIED", "database": "DENIED", "bob_secret": "DENIED", "bob_secret_old_layout": "DENIED",
-    "bob_instance": "DENIED", "bob_raw_on_host": "DENIED", "bob_raw_at_target": "DENIED",
+    "bob_instance": "DENIED", "bob_raw_on_host": "DENIED", "bob_raw_at_target": "DENIED", "bob_home_note": "DENIED",
     "granted_raw": "READ", "raw_new": "DENIED", "raw_existing": "DENIED", "processed": "WROTE",
     "database_port": "REFUSED", "host_service": "REFUSED", "bob_vnc": "REFUSED", "bob_jupyter": "REFUSED",
     "test_process": "DENIED", "supervisor": "DENIED", "sandbox_init": "DENIED",
@@ -183,10 +187,11 @@ def _write_script(world: World, name: str) -> str:
     script = home / name
     script.write_text(_probe_script(world))
     account = world.alice.provider_state.get("account")
+    record = json.loads((world.provider.instance_dir(world.alice.id) / local_session.INSTANCE_FILE).read_text())
     if account and os.geteuid() == 0:
-        entry = json.loads((home.parent / local_session.INSTANCE_FILE).read_text())["account"]
+        entry = record["account"]
         os.chown(script, entry["uid"], entry["gid"])
-    inside_home = json.loads((home.parent / local_session.INSTANCE_FILE).read_text()).get("home") or str(home)
+    inside_home = record.get("home") or str(home)
     return f"{inside_home}/{name}"
 
 

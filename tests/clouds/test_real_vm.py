@@ -32,8 +32,9 @@ from typing import Any
 
 import pytest
 
-from tests.browser import ROOT, chromium, cli, free_port, require_chromium, served, visa_env
+from tests.browser import ROOT, chromium, cli, require_chromium, served, visa_env
 from tests.netns import run_in
+from tests.processes import free_port
 
 pytestmark = pytest.mark.integration
 

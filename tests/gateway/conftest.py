@@ -37,7 +37,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from tests.factories import make_cloud, make_flavour, make_image, make_plan, make_user
-from tests.processes import pids_with_env
+from tests.processes import free_port, pids_with_env, wait_port
 from visa.catalogue.models import Protocol
 from visa.gateway.common import GatewayConfig
 from visa.gateway.routes import gateway_routes
@@ -52,23 +52,8 @@ MARKER = "VISA_GATEWAY_TEST_PROCESS"
 PLANTED = Path(__file__).parent / "planted"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing answers on port {port}")
 
 
 def _marked(root: Path) -> list[int]:
@@ -288,7 +273,9 @@ GATEWAY_CONFIG = GatewayConfig(
 
 
 @pytest.fixture
-def live(app, db, clock) -> Iterator[Live]:  # noqa: ANN001
+def live(app, committed_db, clock) -> Iterator[Live]:  # noqa: ANN001
+    """Served from a thread: the data is committed (``committed_db``)."""
+    db = committed_db
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -1,6 +1,5 @@
-"""visa deployed as a facility runs it, on real processes: two web replicas (gunicorn with
-visa's uvicorn-worker class) and one separate `visa gateway`, behind the shipped nginx
-configuration, on PostgreSQL. A desktop open in Chromium survives the kill of the gateway
+"""visa deployed as a facility runs it, on real processes: two web replicas (`visa web`) and
+one separate `visa gateway`, behind the shipped nginx configuration, on PostgreSQL. A desktop open in Chromium survives the kill of the gateway
 process: the gateway is started again and the page reconnects by itself, with a fresh
 connect token, to the same instance; a member removed meanwhile is refused once and the page
 stops trying."""
@@ -20,7 +19,8 @@ import httpx
 import pytest
 from sqlalchemy import delete
 
-from tests.gateway.conftest import PASSWORD, UID, Processes, Vnc, free_port, make_world, wait_port
+from tests.gateway.conftest import PASSWORD, UID, Processes, Vnc, make_world
+from tests.processes import free_port, wait_port
 from visa.clock import system_clock
 from visa.instances.models import InstanceMember
 
@@ -38,8 +38,9 @@ EXPECTED_BROWSER_ERRORS = (
 )
 
 
-def nginx_config(tmp: Path, port: int, webs: list[int], gateway: int) -> Path:
-    """The shipped configuration, on loopback ports with a throw-away certificate."""
+def nginx_config(tmp: Path, port: int, webs: list[int], gateway: int | list[int]) -> Path:
+    """The shipped configuration, on loopback ports with a throw-away certificate: one upstream
+    line per web replica and per gateway."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
         pytest.skip("no nginx")
@@ -55,9 +56,11 @@ def nginx_config(tmp: Path, port: int, webs: list[int], gateway: int) -> Path:
     conf = conf.replace("listen 443 ssl http2;", f"listen 127.0.0.1:{port} ssl;")
     conf = conf.replace("server_name visa.example.org;", "server_name 127.0.0.1;")
     conf = conf.replace("visa-content.example.org", "instances.localhost")
-    web_lines = "\n    ".join(f"server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;" for p in webs)
-    conf = conf.replace("server 127.0.0.1:8080 max_fails=3 fail_timeout=10s;", web_lines, 1)
-    conf = conf.replace("server 127.0.0.1:8081 ", f"server 127.0.0.1:{gateway} ", 1)
+    web_lines = "\n    ".join(f"server 127.0.0.1:{p} max_fails=0;" for p in webs)
+    conf = conf.replace("server 127.0.0.1:8080 max_fails=0;", web_lines, 1)
+    gateways = [gateway] if isinstance(gateway, int) else gateway
+    gateway_lines = "\n    ".join(f"server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;" for p in gateways)
+    conf = conf.replace("server 127.0.0.1:8081 max_fails=3 fail_timeout=10s;", gateway_lines, 1)
     (tmp / "visa.conf").write_text(conf)
     temp = "\n".join(f"  {d}_temp_path {tmp}/{d};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     main = tmp / "nginx.conf"
@@ -67,6 +70,12 @@ def nginx_config(tmp: Path, port: int, webs: list[int], gateway: int) -> Path:
         + f"daemon off;\nevents {{}}\nhttp {{\n  access_log {tmp}/access.log;\n{temp}\n  include {tmp}/visa.conf;\n}}\n"
     )
     return main
+
+
+def web_argv(port: int) -> list[str]:
+    """A web replica as deploy/ runs it: `visa web` (WSGI, gunicorn's threaded workers)."""
+    return [str(BIN / "visa"), "web", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4",
+            "--graceful-timeout", "10"]
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
@@ -95,7 +104,8 @@ def _connect_requests(access_log: Path) -> int:
 
 
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)
-def test_a_desktop_survives_the_kill_of_the_gateway(db, vnc: Vnc, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_desktop_survives_the_kill_of_the_gateway(db, committed_db, vnc: Vnc, tmp_path: Path) -> None:  # noqa: ANN001
+    # committed_db: the web replicas and the gateway are other processes and read what the test wrote.
     from tests.browser import allow_errors, chromium, require_chromium
 
     require_chromium()
@@ -115,9 +125,7 @@ def test_a_desktop_survives_the_kill_of_the_gateway(db, vnc: Vnc, tmp_path: Path
     gateway_argv = [str(BIN / "visa"), "gateway", "--host", "127.0.0.1", "--port", str(gw)]
     try:
         for web in webs:
-            proc = procs.start([str(BIN / "gunicorn"), "-k", "visa.serving.RelayUvicornWorker", "--workers", "1",
-                                "--bind", f"127.0.0.1:{web}", "--forwarded-allow-ips", "127.0.0.1",
-                                "visa.asgi:create_asgi_app()"], env=env)  # fmt: skip
+            proc = procs.start(web_argv(web), env=env)
             _wait_http(f"http://127.0.0.1:{web}/health", proc)
         gateway = procs.start(gateway_argv, env=env)
         _wait_http(f"http://127.0.0.1:{gw}/health", gateway)

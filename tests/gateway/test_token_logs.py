@@ -12,7 +12,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.browser import cli, free_port, served, visa_env
+from tests.browser import cli, served, visa_env
+from tests.processes import free_port
 
 pytestmark = pytest.mark.timeout(120)
 TOKEN = "Tok3n-that-must-not-be-logged_0123456789abcdef"

@@ -23,7 +23,9 @@ from visa.settings import Settings
 
 
 @pytest.fixture
-def local(tmp_path: Path, db: Database, clock):  # noqa: ANN001, ANN201
+def local(tmp_path: Path, committed_db: Database, clock):  # noqa: ANN001, ANN201
+    """The worker runs in a thread of its own: the data is committed."""
+    db = committed_db
     facility = tmp_path / "facility"
     (facility / "visitor" / "ev280" / "id21").mkdir(parents=True)
     (facility / "visitor" / "ev280" / "id21" / "scan_0001.h5").write_text("raw data")
@@ -39,7 +41,8 @@ def local(tmp_path: Path, db: Database, clock):  # noqa: ANN001, ANN201
                 "processed_mount_template": str(facility / "processed/{proposal}/{beamline}"),
             },
         }))
-        alice = make_user(s, clock, "alice")
+        # No uid of the facility's: the session account is made from the cloud's uid_range.
+        alice = make_user(s, clock, "alice", uid_number=None, gid_number=None)
         exp = make_experiment(s, members=[alice], proposal="ev280", instrument="id21")
         plan = make_plan(s, make_image(s, "desktop", {Protocol.VNC: 5901}), make_flavour(s, "esrf.medium"))
         inst = service.create_instance(
@@ -127,7 +130,9 @@ def test_a_command_left_running_by_a_dead_process_is_carried_out(local) -> None:
 
     assert claim_pending(services) != []  # this "process" dies here, its command RUNNING
     assert run_pending_commands(services) == 0
-    services.clock.advance(minutes=11)
+    services.clock.advance(seconds=10)  # two heartbeats missed: still its claimer's
+    assert run_pending_commands(services) == 0
+    services.clock.advance(seconds=6)  # three (scheduler.command_missed_heartbeats)
     assert run_pending_commands(services) == 1
     assert _state(services.database, uid).cloud_server_id == uid
 

@@ -15,6 +15,7 @@
 // Access tokens are JWTs (resource indicators): resource urn:visa:api (aud "visa", the
 // default), urn:visa:short (aud "visa", valid 2 s) and urn:other:api (aud "other").
 // Users: alice/alice-password, bob/bob-password, sam/sam-password (realm role visa-admin).
+// alice has a unix identity (claims uidNumber, gidNumber, gidNumbers, homeDirectory); bob and sam none.
 // Scope visa:tokens (asked for like any scope) is granted to access tokens of every resource.
 // POST /test/roles?user=<name>&roles=<comma-separated> changes a user's realm roles from now
 // on (the next token or refresh carries them), as an administrator would in Keycloak.
@@ -31,7 +32,11 @@ const PREFIX = `/realms/${REALM}`;
 const OIDC = '/protocol/openid-connect';
 
 const USERS = {
-  alice: { sub: '4f1c2a8e-0000-4000-8000-00000000a11c', password: 'alice-password', name: 'Alice Liddell', email: 'alice@example.org', roles: ['offline_access'] },
+  alice: {
+    sub: '4f1c2a8e-0000-4000-8000-00000000a11c', password: 'alice-password', name: 'Alice Liddell', email: 'alice@example.org', roles: ['offline_access'],
+    // Keycloak maps these from LDAP (user attribute mappers uidNumber, gidNumber, homeDirectory; groups as gids).
+    posix: { uidNumber: 23456, gidNumber: 23456, gidNumbers: [24001, 24002], homeDirectory: '/home/alice' },
+  },
   bob: { sub: '4f1c2a8e-0000-4000-8000-000000000b0b', password: 'bob-password', name: 'Bob Builder', email: 'bob@example.org', roles: [] },
   sam: { sub: '4f1c2a8e-0000-4000-8000-0000000005a3', password: 'sam-password', name: 'Sam Staff', email: 'sam@example.org', roles: ['visa-admin', 'visa-staff'] },
 };
@@ -51,6 +56,7 @@ function claimsOf(user) {
     email: user.email,
     email_verified: true,
     realm_access: { roles: user.roles },
+    ...(user.posix || {}),
   };
 }
 
@@ -89,7 +95,7 @@ async function start() {
     scopes: ['openid', 'profile', 'email', 'offline_access', 'visa:tokens'],
     claims: {
       openid: ['sub'],
-      profile: ['name', 'preferred_username', 'realm_access'],
+      profile: ['name', 'preferred_username', 'realm_access', 'uidNumber', 'gidNumber', 'gidNumbers', 'homeDirectory'],
       email: ['email', 'email_verified'],
     },
     conformIdTokenClaims: false, // like Keycloak: profile claims in the ID token too

@@ -10,6 +10,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,3 +125,80 @@ def test_data_that_did_not_mount_are_named_and_the_boot_carries_on(tmp_path: Pat
     assert done.returncode == 0, done.stderr  # the desktop still starts after it
     (found,) = report.failures(done.stderr)
     assert found.step == "data-mount" and not found.fatal and str(missing) in found.reason
+
+
+def _home_setup(tmp_path: Path, owner: pwd.struct_passwd, *, share: bool, wrap: list[str] = ()) -> subprocess.CompletedProcess[str]:  # type: ignore[assignment]
+    """The real home-setup script, its instance.env and /etc/skel moved into the test's directory,
+    and `mount` replaced (it must not mount the test machine's own fstab entries)."""
+    etc = tmp_path / "etc"
+    etc.mkdir(exist_ok=True)
+    (etc / "instance.env").write_text(
+        f"VISA_OWNER={owner.pw_name}\nVISA_HOME={owner.pw_dir}\nVISA_HOME_SHARE={1 if share else 0}\n"
+    )
+    # The owner copies skel: it must be where they can read it (pytest's directories are root's).
+    skel = Path(tempfile.mkdtemp(prefix="visa-skel-"))
+    skel.chmod(0o755)
+    (skel / ".bashrc").write_text("# the image's default\n")
+    (skel / ".config").mkdir(exist_ok=True)
+    (skel / ".config" / "default.conf").write_text("default\n")
+    tmp_path.chmod(0o755)
+    source = (ROOT / "visa/provisioning/files/home-setup.sh").read_text()
+    assert "/etc/visa/instance.env" in source and "/etc/skel/." in source
+    source = source.replace("/etc/visa/instance.env", str(etc / "instance.env")).replace("/etc/skel/.", f"{skel}/.")
+    script = tmp_path / "home-setup"
+    script.write_text(source)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "mount").write_text("#!/bin/sh\nexit 32\n")
+    (bin_dir / "mount").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    try:
+        return subprocess.run([*wrap, "sh", str(script)], capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        shutil.rmtree(skel)
+
+
+def _empty(home: str) -> None:
+    for child in Path(home).iterdir():
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+def test_an_empty_home_gets_skel_as_the_owner(tmp_path: Path, owner: pwd.struct_passwd) -> None:
+    _empty(owner.pw_dir)
+    done = _home_setup(tmp_path, owner, share=False)
+    assert done.returncode == 0, done.stderr
+    bashrc = Path(owner.pw_dir, ".bashrc")
+    assert bashrc.read_text() == "# the image's default\n" and bashrc.stat().st_uid == owner.pw_uid
+    assert Path(owner.pw_dir, ".config", "default.conf").stat().st_uid == owner.pw_uid
+
+
+def test_an_existing_homes_content_is_never_overwritten(tmp_path: Path, owner: pwd.struct_passwd) -> None:
+    _empty(owner.pw_dir)
+    _as_owner(owner, "sh", "-c", f"echo 'my own settings' > {owner.pw_dir}/.bashrc")
+    done = _home_setup(tmp_path, owner, share=False)
+    assert done.returncode == 0, done.stderr
+    assert Path(owner.pw_dir, ".bashrc").read_text() == "my own settings\n"
+    assert not Path(owner.pw_dir, ".config").exists()  # nothing of skel added either
+
+
+def test_a_home_share_that_did_not_mount_fails_the_boot(tmp_path: Path, owner: pwd.struct_passwd) -> None:
+    from visa.provisioning import report
+
+    _empty(owner.pw_dir)
+    done = _home_setup(tmp_path, owner, share=True)
+    assert done.returncode == 1
+    (found,) = report.failures(done.stderr)
+    assert found.step == "home-mount" and found.fatal and owner.pw_dir in found.reason
+    assert list(Path(owner.pw_dir).iterdir()) == []  # nothing written on the machine's own disk
+
+
+def test_a_mounted_home_share_is_used_and_kept(tmp_path: Path, owner: pwd.struct_passwd) -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("missing unshare")
+    _empty(owner.pw_dir)
+    _as_owner(owner, "sh", "-c", f"echo 'from the last machine' > {owner.pw_dir}/notes.txt")
+    # The share, as a bind mount in a mount namespace of the test's own.
+    wrap = ["unshare", "-m", "sh", "-c", '/usr/bin/mount --bind "$0" "$0" && exec "$@"', owner.pw_dir]
+    done = _home_setup(tmp_path, owner, share=True, wrap=wrap)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in Path(owner.pw_dir).iterdir()) == ["notes.txt"]

@@ -85,7 +85,10 @@ def test_every_image_renders_valid_cloud_config(
     owner_account = config["users"][0]
     assert owner_account["name"] == "alice" and owner_account["uid"] == 21001
     assert owner_account["lock_passwd"] is True and config["ssh_pwauth"] is False
-    assert "passwd" not in owner_account and "ssh_authorized_keys" not in owner_account
+    assert "passwd" not in owner_account
+    # visa's key may reach the owner's account only to run sftp-server (file transfers).
+    assert all(k.startswith('restrict,command="') and "sftp-server" in k.split('"')[1]
+               for k in owner_account.get("ssh_authorized_keys", []))
     probe = config["users"][1]
     assert probe["name"] == "visa" and probe["ssh_authorized_keys"][0].endswith(PROBE_KEY)
     assert probe["ssh_authorized_keys"][0].startswith('restrict,command="/usr/local/libexec/visa/probe" ')
@@ -339,3 +342,87 @@ def test_the_host_key_visa_gives_the_machine_is_the_one_the_probe_pins(session, 
     # The operator's view masks the private half.
     masked = render_user_data(boot(instance), site=site, host_key=pair, mask_secrets=True)
     assert pair[0] not in masked and "PRIVATE KEY" not in masked
+
+
+def test_the_owners_groups_reach_the_account(session, tmp_path, site) -> None:
+    owner = make_user(session, "alice", uid_number=23456, gid_number=23456, extra_gids=[24001, 24002])
+    instance = make_instance(session, owner, make_image(session))
+    config = validate(render_user_data(boot(instance), site=site), tmp_path)
+    account = config["users"][0]
+    assert (account["uid"], account["primary_group"]) == (23456, "alice")
+    for gid in (24001, 24002):
+        assert f"getent group {gid} >/dev/null || groupadd -g {gid} visa-g{gid}" in config["bootcmd"]
+    # Added before anything runs as the owner: the desktop's session has the groups.
+    assert config["runcmd"][0] == ["usermod", "-a", "-G", "24001,24002", "alice"]
+    assert render_metadata(boot(instance))["visa_groups"] == "24001,24002"
+    # The probe's account is never given the owner's groups.
+    assert all("groups" not in u for u in config["users"])
+
+
+def _home_site(**kwargs: Any) -> ProvisioningSettings:
+    return ProvisioningSettings(home_mount_template="nfs-home.esrf.fr:/homes/{username}",
+                                home_mount_root="nfs-home.esrf.fr:/homes", **kwargs)
+
+
+def test_a_home_share_is_mounted_at_the_home_and_never_made_or_filled_by_cloud_init(session, tmp_path) -> None:
+    owner = make_user(session, "alice", uid_number=23456, gid_number=23456, home_path="/home/alice")
+    instance = make_instance(session, owner, make_image(session), [make_experiment(session, members=[owner])])
+    config = validate(render_user_data(boot(instance), site=_home_site()), tmp_path)
+    home = config["mounts"][0]
+    assert home[:3] == ["nfs-home.esrf.fr:/homes/alice", "/home/alice", "nfs"] and home[3].startswith("rw,")
+    assert config["users"][0]["no_create_home"] is True
+    files = _files(config)
+    assert "VISA_HOME_SHARE=1" in files["/etc/visa/instance.env"]["content"]
+    steps = [c[1] for c in config["runcmd"] if c[0] == "/usr/local/libexec/visa/step"]
+    # The home is checked (and given skel if empty) before anything writes in it.
+    assert steps.index("home-setup") < steps.index("desktop-setup")
+    assert "/usr/local/libexec/visa/home-setup" in files
+
+    (tmp_path / "plain").mkdir()
+    plain = validate(render_user_data(boot(instance), site=ProvisioningSettings()), tmp_path / "plain")
+    assert "no_create_home" not in plain["users"][0]
+    assert "VISA_HOME_SHARE=0" in _files(plain)["/etc/visa/instance.env"]["content"]
+
+
+def test_a_home_template_by_uid(session, tmp_path) -> None:
+    site = ProvisioningSettings(home_mount_template="/srv/homes/{uid}", home_mount_root="/srv/homes", mount_type="bind")
+    owner = make_user(session, "alice", uid_number=23456, gid_number=23456)
+    image = make_image(session)
+    config = validate(render_user_data(boot(make_instance(session, owner, image)), site=site), tmp_path)
+    assert config["mounts"][0][:3] == ["/srv/homes/23456", "/home/alice", "none"]
+    nouid = make_user(session, "bob")
+    with pytest.raises(InvalidInput, match="no uid") as caught:
+        render_user_data(boot(make_instance(session, nouid, image)), site=site)
+    assert caught.value.field == "uid_number"
+
+
+@pytest.mark.parametrize(
+    ("template", "root", "words"),
+    [
+        ("nfs-home.esrf.fr:/homes/{username}/../../etc", "nfs-home.esrf.fr:/homes", "outside"),
+        ("nfs-home.esrf.fr:/etc/{username}", "nfs-home.esrf.fr:/homes", "outside"),
+        ("other.esrf.fr:/homes/{username}", "nfs-home.esrf.fr:/homes", "outside"),
+        ("nfs-home.esrf.fr:/homes{username}", "nfs-home.esrf.fr:/homes", "outside"),
+        ("nfs-home.esrf.fr:/homes/shared", "nfs-home.esrf.fr:/homes", "one home per user"),
+        ("nfs-home.esrf.fr:/homes/{proposal}", "nfs-home.esrf.fr:/homes", "only {username} and {uid}"),
+        ("nfs-home.esrf.fr:/homes/{username}", None, "needs home_mount_root"),
+        ("nfs-home.esrf.fr:/homes/{username", "nfs-home.esrf.fr:/homes", "not a template"),
+    ],
+)
+def test_a_home_template_outside_its_root_is_refused(template: str, root: str | None, words: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        ProvisioningSettings(home_mount_template=template, home_mount_root=root)
+    assert words in str(caught.value) and "home_mount" in str(caught.value)
+
+
+def test_a_home_that_renders_outside_its_root_for_one_user_is_refused_at_render(session) -> None:
+    # A cloud's own overrides are copied over the site's settings unvalidated (model_copy): the
+    # renderer checks again, for the very user.
+    site = ProvisioningSettings().model_copy(update={"home_mount_template": "nfs:/homes/{username}/../x",
+                                                     "home_mount_root": "nfs:/homes"})
+    owner = make_user(session, "alice", uid_number=23456, gid_number=23456)
+    with pytest.raises(InvalidInput) as caught:
+        render_user_data(boot(make_instance(session, owner, make_image(session))), site=site)
+    assert caught.value.field == "provisioning.home_mount_template"

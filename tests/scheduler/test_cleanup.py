@@ -7,7 +7,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 
 from tests.clouds.doubles import InMemoryCloud
-from tests.scheduler.conftest import add_instance
+from tests.services import add_instance
 from visa.clock import FrozenClock
 from visa.clouds.base import Server
 from visa.instances.models import ConnectToken, InstanceState, MemberRole

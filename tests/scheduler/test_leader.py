@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from tests.factories import make_cloud, make_flavour, make_image, make_plan, make_user
-from tests.scheduler.conftest import Inbox
+from tests.services import Inbox
 from visa.clock import FrozenClock, system_clock
 from visa.db import Base, Database
 from visa.instances.executor import run_pending_commands
@@ -117,7 +117,7 @@ def test_two_processes_leader_killed(request: pytest.FixtureRequest, tmp_path: P
             cloud = make_cloud(s, clock, "local", kind="local")
             cloud.config = {"root_dir": str(tmp_path / "instances")}
             plan = make_plan(s, make_image(s, "desktop"), make_flavour(s, "small"))
-            user = make_user(s, clock, "bob", email="bob@example.org")
+            user = make_user(s, clock, "bob", email="bob@example.org", uid_number=None, gid_number=None)
             world = {"cloud": cloud.id, "plan": plan.id, "user": user.id}
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("VISA_")}

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from tests.processes import free_port
 from visa.services import Services
 from visa.settings import Settings
 
@@ -29,10 +29,6 @@ PROMQL_WORDS = {
 }  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _metric_names(expr: str) -> set[str]:
@@ -117,8 +113,9 @@ def _wait_health(port: int, proc: subprocess.Popen, status: int = 200, timeout: 
         time.sleep(0.2)
 
 
-def test_visa_scheduler_serves_metrics_health_and_json_logs(db, tmp_path: Path) -> None:  # noqa: ANN001
-    port = _free_port()
+def test_visa_scheduler_serves_metrics_health_and_json_logs(committed_db, tmp_path: Path) -> None:  # noqa: ANN001
+    db = committed_db  # the scheduler process reads it
+    port = free_port()
     env = {
         **os.environ, "VISA_DATABASE_URL": db.url, "VISA_DATA_DIR": str(tmp_path), "VISA_SECRET_KEY": "s" * 32,
         "VISA_LOG_JSON": "true", "VISA_SCHEDULER__METRICS_PORT": str(port), "VISA_SCHEDULER__LEASE_SECONDS": "6",

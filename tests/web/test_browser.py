@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import ROOT, chromium, cli, free_port, require_chromium, served, visa_env
+from tests.browser import ROOT, chromium, cli, require_chromium, served, visa_env
+from tests.processes import delete_local_sessions, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -76,22 +77,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         with served(env, port, log) as url:
             yield Site(url=url, data_dir=data / "var", env=env, log=log)
     finally:
-        _delete_local_sessions(data / "var")
+        delete_local_sessions(data / "var")
 
-
-def _delete_local_sessions(data_dir: Path) -> None:
-    """Whatever the test left running on the local cloud is stopped and removed."""
-    from visa.clouds.registry import make_provider
-
-    root = data_dir / "local-instances"
-    if not root.exists():
-        return
-    provider = make_provider("local", "local", {"root_dir": str(root)})
-    try:
-        for server in provider.list_servers():
-            provider.delete(server.id)
-    finally:
-        provider.close()
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +123,8 @@ SCREEN_STATS = """() => {
 def _find(root: Path, name: str, timeout: float) -> Path | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = [p for p in (root / "local-instances").glob(f"*/home/{name}")]
+        # Homes are per user (``.homes/<account>``), kept apart from the instances' directories.
+        found = [*(root / "local-instances").glob(f".homes/*/{name}"), *(root / "local-instances").glob(f"*/home/{name}")]
         if found:
             return found[0]
         time.sleep(0.25)
@@ -293,6 +281,13 @@ def test_the_scientists_day(site: Site, browser) -> None:  # noqa: ANN001
 
     # --- delete, with confirmation; the colleague's list follows -----------------------------------------
     bob.goto("/")
+    # A second tab of bob's, rendered with the instance, whose stream first reads after the
+    # deletion finished: the page sees what changed since its render, not only later changes.
+    held: list = []
+    late = bob_ctx.new_page()
+    late.route("**/api/events", lambda route: held.append(route))
+    late.goto("/")
+    late.locator(f'[data-testid="instance-card"][data-uid="{uid}"]').wait_for()
     page.goto(f"/instances/{uid}")
     page.click(f'button[data-action="delete"][data-uid="{uid}"]')
     page.wait_for_selector("#confirm-dialog[open]")
@@ -301,6 +296,11 @@ def test_the_scientists_day(site: Site, browser) -> None:  # noqa: ANN001
     page.wait_for_url(f"{site.url}/")
     page.wait_for_selector('[data-testid="no-instances"]', timeout=60_000)
     bob.wait_for_selector('[data-testid="no-instances"]', timeout=30_000)  # live, without reload
+    assert held, "the late tab's stream was not held"
+    for route in held:
+        route.continue_()
+    late.unroute("**/api/events")
+    late.wait_for_selector('[data-testid="no-instances"]', timeout=15_000)
     shot(page, "13-deleted")
     bob_ctx.close()
     alice_ctx.close()

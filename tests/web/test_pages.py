@@ -25,7 +25,7 @@ from visa.instances.models import (
     MemberRole,
 )
 from visa.instances.schemas import CreateInstance
-from visa.users.models import Role
+from visa.users.models import Role, User
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + bytes(200) + b"\xff\xd9"
 
@@ -333,6 +333,8 @@ def test_event_streams_are_short_and_end_when_the_session_does(world, db, app, a
 
     monkeypatch.setattr(events, "POLL_SECONDS", 0.01)
     monkeypatch.setattr(events, "MAX_STREAM_SECONDS", 0.2)
+    monkeypatch.setattr(events, "LISTEN_STREAM_SECONDS", 0.2)  # PostgreSQL: the stream listens
+    monkeypatch.setattr(events, "HEARTBEAT_SECONDS", 0.05)
     stream = events.EventStream(app)
     c = _logged_in(api_client, "alice")
     cookie = c.client.get_cookie("visa_session").value
@@ -352,7 +354,9 @@ def test_event_streams_are_short_and_end_when_the_session_does(world, db, app, a
 
     # A password change (the session epoch) ends a stream at its next check.
     monkeypatch.setattr(events, "MAX_STREAM_SECONDS", 5)
+    monkeypatch.setattr(events, "LISTEN_STREAM_SECONDS", 5)
     monkeypatch.setattr(events, "RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(events, "LISTEN_RECHECK_SECONDS", 0.0)
     from werkzeug.security import generate_password_hash
 
     from visa.users.models import User
@@ -361,3 +365,29 @@ def test_event_streams_are_short_and_end_when_the_session_does(world, db, app, a
         s.scalar(select(User).where(User.username == "alice")).password_hash = generate_password_hash("new-pw")
     chunks = asyncio.run(asyncio.wait_for(drain(events.UserStream(stream.services, *ident)), 5))
     assert chunks[-1].startswith(b"event: logout")
+
+
+def test_files_and_settings_are_on_the_page_for_whom_they_are_allowed(world, db, api_client) -> None:  # noqa: ANN001
+    """The owner gets the file browser with uploads and the settings form; a GUEST neither, nor
+    the files script; a USER member the files, not the settings."""
+    _set(db, world.uid, InstanceState.ACTIVE, CommandState.DONE)
+    owner = _logged_in(api_client, "alice").get(f"/instances/{world.uid}").get_data(as_text=True)
+    assert 'data-testid="files-card"' in owner and 'id="files-upload"' in owner and "js/files.js" in owner
+    assert 'id="edit-form"' in owner and 'value="tomo reconstruction"' in owner
+    assert 'value="1280x800" selected' in owner and 'value="en-us" selected' in owner
+    guest = _logged_in(api_client, "bob").get(f"/instances/{world.uid}").get_data(as_text=True)
+    assert "files-card" not in guest and "js/files.js" not in guest and 'id="edit-form"' not in guest
+    with db.unit_of_work() as s:
+        inst = s.scalar(select(Instance).where(Instance.uid == world.uid))
+        carol = s.scalar(select(User).where(User.username == "carol"))
+        inst.members.append(InstanceMember(user=carol, role=MemberRole.USER, created_at=inst.created_at))
+    user = _logged_in(api_client, "carol").get(f"/instances/{world.uid}").get_data(as_text=True)
+    assert 'data-testid="files-card"' in user and 'id="files-upload"' in user and 'id="edit-form"' not in user
+
+
+def test_the_desktop_page_carries_the_clipboard_allow_list(world, db, app, api_client) -> None:  # noqa: ANN001
+    _set(db, world.uid, InstanceState.ACTIVE, CommandState.DONE)
+    app.extensions["visa"].settings.clipboard.url_hosts = ["doi.org", "*.esrf.fr"]
+    html = _logged_in(api_client, "alice").get(f"/instances/{world.uid}/desktop").get_data(as_text=True)
+    assert """data-url-hosts='["doi.org", "*.esrf.fr"]'""" in html and 'data-url-max="2048"' in html
+    assert 'rel="noopener noreferrer"' in html

@@ -14,6 +14,7 @@ from visa.audit import service as audit
 from visa.catalogue import service as catalogue
 from visa.catalogue.schemas import FlavourLimitsSpec, FlavourSpec, ImageSpec
 from visa.clouds import service as clouds_service
+from visa.instances import listing
 from visa.instances import service as instances
 from visa.openapi import MAX_ID, doc, parse_query, respond
 from visa.users import service as users
@@ -50,6 +51,13 @@ def clouds():  # noqa: ANN201
     return respond(serialize.clouds(current_actor(), db_session(), services()))
 
 
+@bp.get("/gpus")
+@doc("GPU pools per cloud (the cloud's own total and used) and visa's machines holding GPUs",
+     tags=["admin"], response=list[S.GpuPoolsOut])
+def gpu_pools():  # noqa: ANN201
+    return respond(serialize.gpu_pools(current_actor(), db_session(), services()))
+
+
 # --- instances --------------------------------------------------------------------------------
 
 
@@ -58,9 +66,9 @@ def clouds():  # noqa: ANN201
      tags=["admin"], query=S.InstanceQuery, response=S.Page[S.AdminInstanceOut])
 def list_instances():  # noqa: ANN201
     actor, q = current_actor(), parse_query(S.InstanceQuery)
-    items, total = instances.search_instances(actor, db_session(), q)
+    items, total = listing.search_rows(actor, db_session(), q)
     clock = services().clock
-    return respond(_page([serialize.admin_instance(i, actor, clock) for i in items], total, q))
+    return respond(serialize.admin_rows_page(items, clock, total, q))
 
 
 @bp.get("/instances/<uid>")
@@ -98,6 +106,15 @@ def instance_termination(uid: str):  # noqa: ANN201
     clock = services().clock
     instance = instances.change_termination(actor, db_session(), clock, uid, data.terminates_at, data.reason)
     return respond(serialize.admin_instance(instance, actor, clock))
+
+
+@bp.put("/instances/<uid>/member-access")
+@doc("Whether members need the owner connected, for this instance (audited)", tags=["admin"],
+     body=S.MemberAccessIn, response=S.MemberAccessOut)
+def instance_member_access(uid: str):  # noqa: ANN201
+    actor, data = current_actor(), parse_body(S.MemberAccessIn)
+    instance = instances.set_member_access(actor, db_session(), services().clock, uid, data.mode)
+    return respond(serialize.member_access(instance))
 
 
 # --- users ------------------------------------------------------------------------------------
@@ -144,6 +161,18 @@ def revoke_role(username: str, role: str):  # noqa: ANN201
 def set_quota(username: str):  # noqa: ANN201
     actor, data, s = current_actor(), parse_body(S.QuotaIn), db_session()
     users.set_quota(actor, s, services().clock, users.get_user(s, username), data.quota)
+    return respond(_user_out(username))
+
+
+@bp.put("/users/<username>/posix")
+@doc("Set the user's unix identity (uid, gid, supplementary gids, home path); audited. 409 for a uid "
+     "another account has or an identity the identity provider gives; 400 below the system range",
+     tags=["admin"], body=S.PosixIn, response=S.AdminUserOut)
+def set_posix(username: str):  # noqa: ANN201
+    actor, data, s, svc = current_actor(), parse_body(S.PosixIn), db_session(), services()
+    posix = users.Posix(data.uid_number, data.gid_number, tuple(data.extra_gids), data.home_path or None)
+    users.set_posix(actor, s, svc.clock, users.get_user(s, username), posix, source="admin",
+                    limits=svc.settings.posix)
     return respond(_user_out(username))
 
 

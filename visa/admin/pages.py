@@ -23,9 +23,12 @@ from visa.audit import service as audit_service
 from visa.audit.serialize import audit_out
 from visa.catalogue import service as catalogue_service
 from visa.clouds import service as clouds_service
+from visa.instances import extensions as extension_service
+from visa.instances import listing
 from visa.instances import service as instance_service
 from visa.instances.models import InstanceState
 from visa.openapi import parse_query
+from visa.paging import Total
 from visa.policy import require
 from visa.users.models import Role
 from visa.web.context import current_actor, db_session, services
@@ -34,6 +37,7 @@ bp = Blueprint("admin_pages", __name__, url_prefix="/admin")
 
 SECTIONS = [
     ("admin_pages.dashboard", "Dashboard"), ("admin_pages.instances", "Instances"),
+    ("admin_pages.extensions", "Extensions"), ("admin_pages.gpus", "GPU pools"),
     ("admin_pages.catalogue", "Catalogue"), ("admin_pages.users", "Users"),
     ("admin_pages.notifications", "Notifications"), ("admin_pages.audit", "Audit log"),
 ]
@@ -73,8 +77,11 @@ def _render(template: str, **context: Any) -> str:
     return render_template(template, admin_base=_base_template(), sections=SECTIONS, **context)
 
 
-def _pages(total: int, q: S.PageQuery) -> dict[str, Any]:
-    last = max(1, -(-total // q.per_page))
+def _pages(total: int | Total, q: S.PageQuery, shown: int | None = None) -> dict[str, Any]:
+    """The pager; ``shown``: the rows on this page (a count that stopped short needs it)."""
+    if not isinstance(total, Total):
+        total = Total(total)
+    last = total.last_page(q.per_page, q.page, full=shown == q.per_page)
     args = request.args.to_dict(flat=False)
 
     def url(page: int) -> str:
@@ -82,8 +89,9 @@ def _pages(total: int, q: S.PageQuery) -> dict[str, Any]:
 
         return "?" + urlencode({**args, "page": [str(page)]}, doseq=True)
 
-    return {"page": q.page, "last": last, "total": total,
-            "prev": url(q.page - 1) if q.page > 1 else None, "next": url(q.page + 1) if q.page < last else None}
+    more = last is None or q.page < last
+    return {"page": q.page, "last": last, "total": total.count, "exact": total.exact,
+            "prev": url(q.page - 1) if q.page > 1 else None, "next": url(q.page + 1) if more else None}
 
 
 @bp.get("/")
@@ -99,9 +107,9 @@ def dashboard(actor: Actor):  # noqa: ANN201
 def instances(actor: Actor):  # noqa: ANN201
     q = parse_query(S.InstanceQuery)
     s, clock = db_session(), services().clock
-    items, total = instance_service.search_instances(actor, s, q)
-    rows = [serialize.admin_instance(i, actor, clock).model_dump(mode="json") for i in items]
-    return _render("admin/instances.html", title="Instances", rows=rows, q=q, pages=_pages(total, q),
+    items, total = listing.search_rows(actor, s, q)  # read as rows, as the API reads them
+    rows = [serialize.admin_row(i, clock).model_dump(mode="json") for i in items]
+    return _render("admin/instances.html", title="Instances", rows=rows, q=q, pages=_pages(total, q, len(rows)),
                    states=[st.value for st in InstanceState], sorts=S.INSTANCE_SORTS)
 
 
@@ -125,6 +133,22 @@ def instance(actor: Actor, uid: str):  # noqa: ANN201
     return _render("admin/instance.html", title=f"Instance {inst.name}", i=detail, user_data=user_data,
                    user_data_error=user_data_error, can=can, deleted=inst.deleted_at is not None,
                    actions=[a.value.lower() for a in (CommandAction.REBOOT, CommandAction.STOP, CommandAction.START)])
+
+
+@bp.get("/extensions")
+@admin_page("handle_extensions")
+def extensions(actor: Actor):  # noqa: ANN201
+    hours = services().settings.lifetimes.untouched_tab_hours
+    rows = [serialize.pending_extension(r, i, hours).model_dump(mode="json")
+            for r, i in extension_service.pending_with_context(actor, db_session())]
+    return _render("admin/extensions.html", title="Extension requests", rows=rows)
+
+
+@bp.get("/gpus")
+@admin_page("view_gpu_pools")
+def gpus(actor: Actor):  # noqa: ANN201
+    clouds = [c.model_dump(mode="json") for c in serialize.gpu_pools(actor, db_session(), services())]
+    return _render("admin/gpus.html", title="GPU pools", clouds=clouds)
 
 
 @bp.get("/catalogue")

@@ -68,6 +68,14 @@ class InstanceDetailOut(AdminInstanceOut):
     history: list[AuditOut]
     last_interaction_at: Timestamp | None
     owner_email: str | None
+    member_access: str = Field(description="image, owner_required or unrestricted")
+    members_need_owner: bool = Field(description="what applies now: the instance's mode or its image's rule")
+
+
+class MemberAccessOut(BaseModel):
+    uid: str
+    member_access: str = Field(description="image, owner_required or unrestricted")
+    members_need_owner: bool = Field(description="what applies now: the instance's mode or its image's rule")
 
 
 class ActionIn(_In):
@@ -83,12 +91,67 @@ class TerminationIn(_In):
     reason: str = Field("", max_length=500)
 
 
+class MemberAccessIn(_In):
+    mode: Literal["image", "owner_required", "unrestricted"] = Field(
+        description="Members other than the owner connect only while the owner is connected: as the "
+        "image says, always, or never (staff never wait)")
+
+
 class UserDataOut(BaseModel):
     uid: str
     user_data: str = Field(description="cloud-init user-data as rendered now, secrets masked")
 
 
 # --- users ------------------------------------------------------------------------------------
+
+
+class PendingExtensionOut(BaseModel):
+    """A request waiting for an answer, with what an administrator weighs it by."""
+
+    id: int
+    requested_until: Timestamp
+    comment: str
+    created_at: Timestamp
+    instance_uid: str
+    instance_name: str
+    state: str
+    owner: str
+    owner_full_name: str
+    flavour: str
+    terminates_at: Timestamp
+    last_activity_at: Timestamp
+    last_interaction_at: Timestamp | None
+    last_compute_at: Timestamp | None
+
+
+class PoolOut(BaseModel):
+    resource_class: str
+    total: int
+    used: int
+    free: int
+
+
+class GpuUserOut(BaseModel):
+    instance_uid: str
+    instance_name: str
+    state: str
+    owner: str
+    flavour: str
+    gpu_kind: str | None
+    gpus: int
+    created_at: Timestamp
+
+
+class GpuPoolsOut(BaseModel):
+    """One cloud's GPUs: the pools its capacity reports (Placement's GPU resource classes) and
+    visa's machines that hold GPUs there; ``message`` when the capacity could not be read."""
+
+    cloud: str
+    kind: str
+    pools: list[PoolOut]
+    users: list[GpuUserOut]
+    visa_gpus: int
+    message: str | None
 
 
 class GrantOut(BaseModel):
@@ -105,6 +168,11 @@ class AdminUserOut(BaseModel):
     active: bool
     instance_quota: int
     instances: int
+    uid_number: int | None
+    gid_number: int | None
+    extra_gids: list[int]
+    home_path: str | None
+    posix_source: str | None = Field(description="Which source set the unix identity: oidc, import, cli or admin")
     roles: list[GrantOut]
     created_at: Timestamp
     last_login_at: Timestamp | None
@@ -117,6 +185,15 @@ class GrantIn(_In):
 
 class ActiveIn(_In):
     active: StrictBool = Field(description="false: the account is deactivated and logged out everywhere")
+
+
+class PosixIn(_In):
+    """A user's whole unix identity (absent or null: none); the ranges are checked by the service."""
+
+    uid_number: int | None = Field(None, ge=0, le=2**31 - 2)
+    gid_number: int | None = Field(None, ge=0, le=2**31 - 2)
+    extra_gids: list[int] = Field(default_factory=list, max_length=64, description="Supplementary gids")
+    home_path: str | None = Field(None, max_length=255, description="e.g. /home/alice")
 
 
 class QuotaIn(_In):

@@ -5,6 +5,7 @@ dashboard with the clouds) are put together here from each feature's own service
 
 from __future__ import annotations
 
+from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
 from visa.actor import Actor
@@ -14,10 +15,13 @@ from visa.audit.serialize import audit_out
 from visa.catalogue import service as catalogue
 from visa.catalogue.models import Image, Plan
 from visa.clock import Clock
-from visa.clouds.service import CloudHost, CloudStatus, cloud_statuses
+from visa.clouds.base import is_gpu_class
+from visa.clouds.service import CloudHost, CloudStatus, cloud_capacity, cloud_statuses, list_clouds
 from visa.instances import service as instances
-from visa.instances.models import Instance, InstanceCommand
-from visa.instances.serialize import instance_out
+from visa.instances.listing import InstanceRow
+from visa.instances.models import ExtensionRequest, Instance, InstanceCommand
+from visa.instances.serialize import instance_out, row_fields
+from visa.paging import Total
 from visa.users import service as users
 from visa.users.models import User
 from visa.users.schemas import UserQuery
@@ -28,7 +32,7 @@ def admin_instance(instance: Instance, actor: Actor, clock: Clock) -> S.AdminIns
 
 
 def _admin_fields(instance: Instance, actor: Actor, clock: Clock) -> dict:
-    d = instance_out(instance, actor, clock).model_dump()
+    d = dict(instance_out(instance, actor, clock))  # its fields as they are: the nested models not validated twice
     d.update(
         state_changed_at=instance.state_changed_at,
         deleted_at=instance.deleted_at,
@@ -40,6 +44,37 @@ def _admin_fields(instance: Instance, actor: Actor, clock: Clock) -> dict:
         ],
     )
     return d
+
+
+def admin_row(item: InstanceRow, clock: Clock) -> S.AdminInstanceOut:
+    """``admin_instance`` from an admin page's row (visa/instances/listing.py)."""
+    return S.AdminInstanceOut.model_validate(admin_row_fields(item, clock))
+
+
+def admin_rows_page(items: list[InstanceRow], clock: Clock, total: Total, q: S.PageQuery) -> S.Page[S.AdminInstanceOut]:
+    """A page of ``admin_row``, validated in one call (one pass in pydantic's core, not one a row)."""
+    return _ADMIN_PAGE.validate_python({
+        "items": [admin_row_fields(i, clock) for i in items], "total": total.count, "total_exact": total.exact,
+        "page": q.page, "per_page": q.per_page,
+    })
+
+
+_ADMIN_PAGE = TypeAdapter(S.Page[S.AdminInstanceOut])
+
+
+def admin_row_fields(item: InstanceRow, clock: Clock) -> dict:
+    r = item.row
+    return {
+        **row_fields(item, clock),
+        "state_changed_at": r.state_changed_at,
+        "deleted_at": r.deleted_at,
+        "cloud_server_id": r.cloud_server_id,
+        "address": r.address,
+        "members": [
+            {"username": m.username, "full_name": m.full_name, "role": m.role.value}
+            for m in sorted(item.members, key=lambda m: (m.role.value != "OWNER", m.username))
+        ],
+    }
 
 
 def instance_detail(
@@ -63,13 +98,35 @@ def instance_detail(
         history=[audit_out(e) for e in history],
         last_interaction_at=instance.last_interaction_at,
         owner_email=instance.owner.email,
+        **_member_access(instance),
+    )
+
+
+def _member_access(instance: Instance) -> dict:
+    return {"member_access": instances.member_access_mode(instance), "members_need_owner": instance.members_need_owner}
+
+
+def member_access(instance: Instance) -> S.MemberAccessOut:
+    return S.MemberAccessOut(uid=instance.uid, **_member_access(instance))
+
+
+def pending_extension(req: ExtensionRequest, instance: Instance, untouched_tab_hours: float
+                      ) -> S.PendingExtensionOut:
+    return S.PendingExtensionOut(
+        id=req.id, requested_until=req.requested_until, comment=req.comment, created_at=req.created_at,
+        instance_uid=instance.uid, instance_name=instance.name, state=instance.state.value,
+        owner=instance.owner.username, owner_full_name=instance.owner.full_name,
+        flavour=instance.plan.flavour.name, terminates_at=instance.terminates_at,
+        last_activity_at=instance.last_activity_at(untouched_tab_hours),
+        last_interaction_at=instance.last_interaction_at, last_compute_at=instance.last_compute_at,
     )
 
 
 def user(u: User, instances: int) -> S.AdminUserOut:
     return S.AdminUserOut(
         id=u.id, username=u.username, full_name=u.full_name, email=u.email, active=u.active,
-        instance_quota=u.instance_quota, instances=instances,
+        instance_quota=u.instance_quota, instances=instances, uid_number=u.uid_number, gid_number=u.gid_number,
+        extra_gids=list(u.extra_gids or []), home_path=u.home_path, posix_source=u.posix_source,
         roles=[S.GrantOut(role=g.role, expires_at=g.expires_at, granted_at=g.granted_at)
                for g in sorted(u.grants, key=lambda g: g.role.value)],
         created_at=u.created_at, last_login_at=u.last_login_at,
@@ -140,3 +197,26 @@ def flavours(actor: Actor, session: Session) -> list[S.FlavourOut]:
                      **spec.model_dump(exclude={"memory_gb"}))
         for f, spec in catalogue.list_flavours(actor, session)
     ]
+
+
+def gpu_pools(actor: Actor, session: Session, host: CloudHost) -> list[S.GpuPoolsOut]:
+    """Per cloud: its GPU pools (total, used, free) and who of visa's users holds GPUs there."""
+    holders = instances.gpu_users(actor, session)
+    out = []
+    for cloud in list_clouds(session):
+        answer = cloud_capacity(host, cloud.name) if cloud.enabled else None
+        totals = answer.capacity.totals() if answer is not None and answer.capacity is not None else {}
+        users = [
+            S.GpuUserOut(instance_uid=i.uid, instance_name=i.name, state=i.state.value, owner=i.owner.username,
+                         flavour=i.plan.flavour.name, gpu_kind=i.plan.flavour.gpu_kind,
+                         gpus=i.plan.flavour.gpu_count, created_at=i.created_at)
+            for i in holders if i.cloud_id == cloud.id
+        ]
+        out.append(S.GpuPoolsOut(
+            cloud=cloud.name, kind=cloud.kind,
+            pools=[S.PoolOut(resource_class=rc, total=p.total, used=p.used, free=p.free)
+                   for rc, p in sorted(totals.items()) if is_gpu_class(rc)],
+            users=users, visa_gpus=sum(u.gpus for u in users),
+            message=("disabled" if not cloud.enabled else answer.message if answer is not None else None),
+        ))
+    return out

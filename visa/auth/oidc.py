@@ -44,7 +44,7 @@ from visa.errors import Unauthorized, VisaError
 from visa.policy import MINT_TOKENS
 from visa.settings import OidcSettings
 from visa.users.models import Role, User
-from visa.users.service import create_user, validate_username
+from visa.users.service import Posix, create_user, set_posix, validate_username
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,49 @@ def roles_from_claims(claims: dict[str, Any], settings: OidcSettings) -> frozens
     return frozenset(roles)
 
 
-def user_from_claims(session: Session, clock: Clock, claims: dict[str, Any], default_quota: int = 2) -> User:
+def _number(value: Any) -> int | None:
+    """A number claim (LDAP attributes often come as strings, or one-element lists)."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 10:
+        return int(value.strip())
+    return None
+
+
+def posix_from_claims(claims: dict[str, Any], settings: OidcSettings) -> Posix | None:
+    """The unix identity in the token, from the claims the settings name; None when it has none."""
+    uid = _number(_claim(claims, settings.uid_claim)) if settings.uid_claim else None
+    gid = _number(_claim(claims, settings.gid_claim)) if settings.gid_claim else None
+    groups: list[int] = []
+    if settings.groups_claim:
+        raw = _claim(claims, settings.groups_claim)
+        items = raw.replace(",", " ").split() if isinstance(raw, str) else raw if isinstance(raw, list) else []
+        groups = [n for n in (_number(i) for i in items[:200]) if n is not None]
+    home = _claim(claims, settings.home_claim) if settings.home_claim else None
+    home = home if isinstance(home, str) and home else None
+    posix = Posix(uid, gid, tuple(groups), home)
+    return None if uid is None or posix.is_empty() else posix
+
+
+def _apply_posix(session: Session, clock: Clock, user: User, claims: dict[str, Any], settings: Any) -> None:
+    posix = posix_from_claims(claims, settings.oidc)
+    if posix is None:
+        return
+    try:
+        set_posix(SYSTEM, session, clock, user, posix, source="oidc", limits=settings.posix)
+    except VisaError as exc:
+        # The login goes on with the identity as it was: a machine that needs the uid is refused
+        # at create time, naming what is missing, and the log says why the claim was not taken.
+        log.warning("unix identity of %s from the provider not taken: %s", user.username, clip(exc.message, 200))
+
+
+def user_from_claims(
+    session: Session, clock: Clock, claims: dict[str, Any], default_quota: int = 2, *, settings: Any = None
+) -> User:
     """The account of a validated token's identity (issuer and subject), created on first login.
 
     Never found by name: a first login whose ``preferred_username`` is already taken (a local
@@ -297,6 +339,8 @@ def user_from_claims(session: Session, clock: Clock, claims: dict[str, Any], def
         user.full_name = full_name
     if email and "@" in email and user.email != email:
         user.email = email
+    if settings is not None:
+        _apply_posix(session, clock, user, claims, settings)
     return user
 
 
@@ -316,7 +360,7 @@ def actor_from_access_token(session: Session, services: Any, value: str, ip: str
     """The actor of a bearer access token issued by the configured realm."""
     settings = services.settings
     claims = client_for(settings.oidc).validate(value)
-    user = user_from_claims(session, services.clock, claims, settings.default_quota)
+    user = user_from_claims(session, services.clock, claims, settings.default_quota, settings=settings)
     now = services.clock.now()
     roles = frozenset(user.roles_at(now)) | roles_from_claims(claims, settings.oidc)
     granted = claims.get("scope")
@@ -382,7 +426,7 @@ def complete_login(session: Session, services: Any, limits: Limits, flow: Any, a
     try:
         tokens = client.exchange_code(code, redirect_uri, flow["verifier"])
         claims = client.validate(str(tokens.get("id_token", "")), audience=settings.oidc.client_id, nonce=flow["nonce"])
-        user = user_from_claims(session, services.clock, claims, settings.default_quota)
+        user = user_from_claims(session, services.clock, claims, settings.default_quota, settings=settings)
     except VisaError as exc:
         limits.login_ip.hit(ip)
         audit_failure(services, "login.failure", "(oidc)", ip, clip(exc.message, 120), method="oidc")

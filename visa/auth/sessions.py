@@ -22,10 +22,10 @@ def session_epoch(user: User) -> str:
 
 def session_user(s: Session, data: Mapping[str, Any], now: datetime) -> tuple[User, LoginSession] | None:
     """The user and login session of a decoded session cookie, while it has not ended."""
-    row = users.live_login_session(s, data.get("sid"), data.get("user_id"))
-    if row is None:
+    found = users.live_login_session_and_user(s, data.get("sid"), data.get("user_id"))
+    if found is None:
         return None
-    user = s.get(User, row.user_id)
-    if user is None or not user.active or data.get("epoch") != session_epoch(user):
+    row, user = found
+    if not user.active or data.get("epoch") != session_epoch(user):
         return None
     return user, row

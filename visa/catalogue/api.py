@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
-from visa.catalogue.schemas import PlanOut, PlansQuery
+from visa.catalogue.capacity import capacity_by_flavour
+from visa.catalogue.schemas import CapacityQuery, FlavourCapacityOut, PlanOut, PlansQuery
 from visa.catalogue.serialize import plan_out
 from visa.catalogue.service import offered_plans
 from visa.errors import InvalidInput
@@ -25,3 +26,18 @@ def plans():  # noqa: ANN201
         raise InvalidInput("experiment must be a number", field="experiment") from None
     lifetimes = services().settings.lifetimes
     return respond([plan_out(p, actor.roles, lifetimes) for p in offered_plans(actor, db_session(), ids)])
+
+
+@bp.get("/capacity")
+@doc("Whether each flavour can be had now, from its cloud's real capacity", tags=["catalogue"],
+     query=CapacityQuery, response=list[FlavourCapacityOut])
+def capacity():  # noqa: ANN201
+    actor = current_actor()
+    svc = services()
+    names = [n.strip() for n in request.args.getlist("flavour") if n.strip()]
+    rooms = capacity_by_flavour(actor, db_session(), svc, svc.settings, names or None)
+    return respond([
+        FlavourCapacityOut(flavour=r.flavour.name, cloud=r.cloud, available=r.room.available,
+                           message=r.room.message, needs=r.room.needs)
+        for r in rooms
+    ])

@@ -132,6 +132,7 @@ def apply_image(session: Session, spec: ImageSpec, image: Image | None, clouds: 
         ("cloud_id", clouds.get(spec.cloud) if spec.cloud else None),
         ("visible", spec.visible),
         ("autoaccept_extension", spec.autoaccept_extension),
+        ("members_need_owner", spec.members_need_owner),
         ("options", spec.options),
     ):
         _set(image, label, attr, value, diff)

@@ -45,6 +45,9 @@ class Image(Base):
     visible: Mapped[bool] = mapped_column(Boolean, default=True)
     autoaccept_extension: Mapped[AutoAccept] = mapped_column(enum_column(AutoAccept), default=AutoAccept.NONE)
     options: Mapped[dict[str, Any]] = mapped_column(JsonDict, default=dict)
+    # Members other than the owner connect only while the owner is connected (staff exempt);
+    # an instance's own setting overrides it (``Instance.unrestricted_member_access``).
+    members_need_owner: Mapped[bool] = mapped_column(Boolean, default=False)
 
     protocols: Mapped[list[ImageProtocol]] = relationship(
         back_populates="image", cascade="all, delete-orphan", lazy="selectin", order_by="ImageProtocol.port"

@@ -94,6 +94,7 @@ class ImageSpec(_Strict):
     protocols: list[ProtocolSpec] = Field(min_length=1)
     visible: bool = True
     autoaccept_extension: AutoAccept = AutoAccept.NONE
+    members_need_owner: bool = False
     plans: list[PlanSpec] = Field(default_factory=list)
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -135,6 +136,18 @@ class PlanOut(BaseModel):
     image: PlanImageOut
     flavour: PlanFlavourOut
     max_lifetime_hours: int
+
+
+class FlavourCapacityOut(BaseModel):
+    flavour: str
+    cloud: str
+    available: bool | None = Field(description="true: room now; false: none; null: the cloud cannot say")
+    message: str
+    needs: dict[str, int] = Field(description="What one machine takes, by Placement resource class")
+
+
+class CapacityQuery(BaseModel):
+    flavour: list[str] = Field(default_factory=list, description="Flavour names (repeatable); none: all visible")
 
 
 class PlansQuery(BaseModel):

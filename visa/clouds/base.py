@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from visa.states import InstanceState
 
 if TYPE_CHECKING:
+    from visa.clouds.sftp import FileAccess
     from visa.settings import Settings
 
 # Metadata key and tag by which visa recognises its own servers in a shared cloud.
@@ -69,6 +70,10 @@ class ServerSpec:
     # The owner's unix identity at the facility, when known (a local session runs as it).
     owner_uid: int | None = None
     owner_gid: int | None = None
+    owner_groups: tuple[int, ...] = ()  # supplementary gids
+    # The owner's persistent home share, mounted at their home (``target``) on every machine of
+    # theirs; None: the provider keeps the home (the local cloud: one per user).
+    home: MountSpec | None = None
     cores: int = 1
     memory_mb: int = 1024
 
@@ -110,6 +115,77 @@ class CloudLimits:
     used_instances: int = 0
     used_cores: int = 0
     used_memory_mb: int = 0
+
+
+# Placement's standard resource classes; GPUs come as a custom class per model
+# (CUSTOM_GPU_A40), as passed-through PCI devices or as virtual GPUs.
+VCPU, MEMORY_MB, DISK_GB = "VCPU", "MEMORY_MB", "DISK_GB"
+GPU_CLASSES = ("VGPU", "PCI_DEVICE")
+
+
+def is_gpu_class(resource_class: str) -> bool:
+    return resource_class in GPU_CLASSES or resource_class.startswith("CUSTOM_GPU")
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One resource class on one host: what can be allocated (inventory less reserved, times
+    the allocation ratio), what is, and the largest single allocation allowed."""
+
+    total: int
+    used: int
+    max_unit: int | None = None
+
+    @property
+    def free(self) -> int:
+        return max(0, self.total - self.used)
+
+
+@dataclass(frozen=True)
+class HostCapacity:
+    """A host (with its nested providers: a GPU on a child provider counts for its host)."""
+
+    name: str
+    pools: dict[str, Pool]
+
+    def shortfall(self, needs: dict[str, int]) -> list[str]:
+        """The resource classes this host cannot give ``needs`` now (empty: it fits)."""
+        short = []
+        for rc, amount in needs.items():
+            pool = self.pools.get(rc)
+            if amount <= 0:
+                continue
+            if pool is None or pool.free < amount or (pool.max_unit is not None and pool.max_unit < amount):
+                short.append(rc)
+        return short
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a cloud can still give, host by host: a machine must fit on one host."""
+
+    hosts: tuple[HostCapacity, ...] = ()
+
+    def totals(self) -> dict[str, Pool]:
+        out: dict[str, Pool] = {}
+        for host in self.hosts:
+            for rc, pool in host.pools.items():
+                seen = out.get(rc, Pool(0, 0))
+                out[rc] = Pool(seen.total + pool.total, seen.used + pool.used)
+        return out
+
+    def refusal(self, needs: dict[str, int]) -> str | None:
+        """None when some host can take ``needs`` now; else why not, naming what is short."""
+        if any(not h.shortfall(needs) for h in self.hosts):
+            return None
+        totals = self.totals()
+        missing = sorted({rc for h in self.hosts for rc in h.shortfall(needs)} or needs)
+        parts = []
+        for rc in missing:
+            pool = totals.get(rc)
+            have = "none on this cloud" if pool is None or pool.total == 0 else f"{pool.free} of {pool.total} free"
+            parts.append(f"{rc} {needs.get(rc, 0)} needed, {have}")
+        return "no host has room for it now (" + "; ".join(parts) + ")"
 
 
 class Provider(abc.ABC):
@@ -165,6 +241,21 @@ class Provider(abc.ABC):
     def limits(self) -> CloudLimits:
         return CloudLimits()
 
+    def capacity(self) -> Capacity | None:
+        """What the cloud can still give now, per host and resource class, or None (the default)
+        when it cannot say. Read from the cloud's own accounting (OpenStack Placement's
+        inventories and usages; the host itself for the local cloud), never from visa's
+        records. May raise :class:`visa.errors.CloudError`; callers treat that as "cannot say"
+        and let the cloud decide at creation."""
+        return None
+
+    def needs(self, flavour_ref: str, cores: int, memory_mb: int) -> dict[str, int]:
+        """The resources (by resource class) one server of this cloud flavour takes. By default
+        the catalogue's cores and memory; a cloud that knows its flavours says better (Nova's
+        flavour with its ``resources:<CLASS>=<n>`` extra specs, GPUs included). Raises
+        :class:`visa.errors.CloudError` (``reason="flavour_not_found"``) for an unknown flavour."""
+        return {VCPU: cores, MEMORY_MB: memory_mb}
+
     def activity_report(self, server_id: str) -> dict[str, Any] | None:
         """What the machine says of its use, when the provider can read it without SSH.
 
@@ -172,6 +263,13 @@ class Provider(abc.ABC):
         ``cpu_count`` and ``processes`` ([{"pid", "command", "cpu_seconds"}], the user's
         own processes). None (the default): the scheduler asks the machine over SSH.
         """
+        return None
+
+    def apply_display(self, server_id: str, *, width: int, height: int, keyboard_layout: str) -> None:
+        """Give a running desktop the instance's current screen size and keyboard layout (the owner
+        changed them): called when the owner connects. Edge cases: the default does nothing (a VM
+        keeps what its first boot set); a server that is gone or stopped is left alone; may raise
+        :class:`visa.errors.CloudError`, which callers log and ignore (the connection goes on)."""
         return None
 
     def boot_report(self, server_id: str) -> str | None:
@@ -182,6 +280,17 @@ class Provider(abc.ABC):
         when the cloud cannot say, or the server is gone; only the tail, at most
         ``REPORT_MAX_CHARS`` characters; may raise :class:`visa.errors.CloudError`, which
         callers treat as "nothing to report". The text comes from the machine: hostile.
+        """
+        return None
+
+    def open_sftp(self, server_id: str) -> FileAccess | None:
+        """An SFTP session on the machine as its owner's unix account (never root), for file
+        transfers, when the provider reaches the machine without SSH.
+
+        None (the default): the machine runs sshd, and visa logs in over SSH as the owner with
+        its own key (pinned host key, forced to run ``sftp-server``). Edge cases: raises
+        :class:`visa.errors.CloudError` when the machine is not running; the session speaks
+        for a hostile machine: callers check every path and bound every answer.
         """
         return None
 

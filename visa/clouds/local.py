@@ -64,7 +64,18 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from visa.clouds import local_session as session
-from visa.clouds.base import CloudLimits, Provider, Server, ServerSpec
+from visa.clouds.base import (
+    MEMORY_MB,
+    VCPU,
+    Capacity,
+    CloudLimits,
+    HostCapacity,
+    Pool,
+    Provider,
+    Server,
+    ServerSpec,
+)
+from visa.clouds.sftp import FileAccess, over_process
 from visa.errors import CloudError, InvalidInput
 from visa.settings import Settings
 from visa.states import InstanceState
@@ -137,7 +148,13 @@ class LocalConfig(BaseModel):
     )
     jupyter_command: list[str] | None = Field(None, description="argv; default this Python's -m jupyterlab")
     jupyter_allow_origin: str = "*"
+    sftp_server: str = Field(
+        "/usr/lib/openssh/sftp-server", description="OpenSSH's sftp-server, run inside sessions for file transfers"
+    )
     max_instances: int | None = Field(None, ge=0)
+    cpu_allocation_ratio: float = Field(
+        16.0, gt=0, description="Cores sessions may be given per core of the host (cgroups share them)"
+    )
     stop_timeout: float = Field(5, gt=0)
     provisioning: dict[str, Any] = Field(default_factory=dict, description="Read by visa.provisioning")
 
@@ -191,6 +208,7 @@ class Account:
     name: str
     uid: int
     gid: int
+    groups: tuple[int, ...] = ()  # supplementary gids
 
 
 def default_root(settings: Settings) -> Path:
@@ -224,8 +242,10 @@ class LocalProvider(Provider):
         self.vnc_server = cfg.vnc_server
         self.jupyter_command = list(cfg.jupyter_command or [sys.executable, "-m", "jupyterlab"])
         self.jupyter_allow_origin = cfg.jupyter_allow_origin
+        self.sftp_server = cfg.sftp_server
         self.stop_timeout = cfg.stop_timeout
         self.max_instances = cfg.max_instances
+        self.cpu_allocation_ratio = cfg.cpu_allocation_ratio
         self.isolate = cfg.isolation == "auto" and cfg.isolate_mounts is not False
 
     @classmethod
@@ -270,6 +290,7 @@ class LocalProvider(Provider):
             ):
                 raise CloudError(f"mount target {mount.target!r} must be a normalised absolute path below /")
         account = self._account(spec) if isolation.accounts else None
+        home_dir = self._home_dir(spec, account)
         for mount in spec.mounts:
             if not mount.read_only:
                 # A processed-data area is made on first use, as the facility's storage would.
@@ -303,6 +324,7 @@ class LocalProvider(Provider):
                 "screen_height": spec.screen_height,
                 "keyboard_layout": spec.keyboard_layout,
                 "owner_username": spec.owner_username,
+                "home_dir": str(home_dir),
                 "cores": spec.cores,
                 "memory_mb": spec.memory_mb,
                 "metadata": dict(spec.metadata),
@@ -406,7 +428,8 @@ class LocalProvider(Provider):
         self.stop(server_id)
         shutil.rmtree(instance_dir, ignore_errors=True)
 
-    def limits(self) -> CloudLimits:
+    def _allotted(self) -> tuple[int, int, int]:
+        """Sessions that hold resources, and the cores and memory their flavours give them."""
         used_instances = used_cores = used_memory = 0
         for server in self.list_servers():
             if server.state in (InstanceState.STOPPED, InstanceState.ERROR):
@@ -415,6 +438,51 @@ class LocalProvider(Provider):
             used_instances += 1
             used_cores += int(record.get("cores", 0))
             used_memory += int(record.get("memory_mb", 0))
+        return used_instances, used_cores, used_memory
+
+    def capacity(self) -> Capacity:
+        """This host: its cores (times ``cpu_allocation_ratio``) less those the running sessions
+        were given, and its free memory now (``MemAvailable``: sessions' real use is in it)."""
+        sessions, cores, memory = self._allotted()
+        host_cores = os.cpu_count() or 1
+        pools = {VCPU: Pool(int(host_cores * self.cpu_allocation_ratio), cores)}
+        available = _host_memory_mb("MemAvailable:")
+        if available is not None:
+            pools[MEMORY_MB] = Pool(available + memory, memory, max_unit=_host_memory_mb())
+        if self.max_instances is not None:
+            pools["INSTANCES"] = Pool(int(self.max_instances), sessions)
+        return Capacity((HostCapacity(os.uname().nodename, pools),))
+
+    def needs(self, flavour_ref: str, cores: int, memory_mb: int) -> dict[str, int]:
+        needs = {VCPU: cores, MEMORY_MB: memory_mb}
+        if self.max_instances is not None:
+            needs["INSTANCES"] = 1
+        return needs
+
+    def apply_display(self, server_id: str, *, width: int, height: int, keyboard_layout: str) -> None:
+        """The session's record takes the new values (its next start uses them), and a running
+        desktop gets the keyboard layout now."""
+        instance_dir = self.root / server_id
+        if not _UID_RE.match(server_id) or not (instance_dir / session.INSTANCE_FILE).exists():
+            return
+        record = self._record(instance_dir)
+        if (record.get("screen_width"), record.get("screen_height"), record.get("keyboard_layout")) == (
+            width, height, keyboard_layout,
+        ):
+            return
+        record.update(screen_width=width, screen_height=height, keyboard_layout=keyboard_layout)
+        session.write_json(instance_dir / session.INSTANCE_FILE, record)
+        if "VNC" not in record.get("protocols", {}) or self._supervisor(instance_dir) is None:
+            return
+        if not (record.get("tools") or {}).get("setxkbmap"):
+            return
+        layout, variant = session.xkb_layout(keyboard_layout)
+        done = self.exec_in_session(server_id, ["setxkbmap", layout, *(["-variant", variant] if variant else [])])
+        if done.returncode:
+            raise CloudError(f"keyboard layout {keyboard_layout!r} not applied: {done.stderr[-200:]!r}")
+
+    def limits(self) -> CloudLimits:
+        used_instances, used_cores, used_memory = self._allotted()
         return CloudLimits(
             max_instances=int(self.max_instances) if self.max_instances is not None else None,
             max_cores=os.cpu_count(),
@@ -596,7 +664,9 @@ class LocalProvider(Provider):
         if entry.pw_uid < MIN_SESSION_UID:
             raise CloudError(f"unix account {entry.pw_name} is a system account: refused")
         gid = spec.owner_gid if spec.owner_gid is not None else entry.pw_gid
-        return Account(entry.pw_name, entry.pw_uid, gid)
+        if gid < MIN_SESSION_UID or any(g < MIN_SESSION_UID for g in spec.owner_groups):
+            raise CloudError(f"{spec.owner_username}'s gid or groups are below {MIN_SESSION_UID}: refused")
+        return Account(entry.pw_name, entry.pw_uid, gid, tuple(spec.owner_groups))
 
     def _free_id(self) -> int:
         low, high = self.settings.uid_range
@@ -608,8 +678,39 @@ class LocalProvider(Provider):
 
     def _sandbox_account(self, account: Account | None) -> dict[str, Any]:
         if account is not None:
-            return {"name": account.name, "uid": account.uid, "gid": account.gid}
-        return {"name": _login_name(), "uid": os.getuid(), "gid": os.getgid()}
+            return {"name": account.name, "uid": account.uid, "gid": account.gid, "groups": list(account.groups)}
+        # In a user namespace only visa's own uid and gid map: no supplementary groups.
+        return {"name": _login_name(), "uid": os.getuid(), "gid": os.getgid(), "groups": []}
+
+    def _home_dir(self, spec: ServerSpec, account: Account | None) -> Path:
+        """The owner's home on this host, the same for every instance of theirs and kept when
+        one is deleted: the site's home share (``spec.home``, a host directory) or
+        ``<root_dir>/.homes/<account>``. Made on first use, the account's from then on."""
+        if spec.home is not None:
+            if spec.home.kind != "bind":
+                raise CloudError(f"the local cloud binds host directories and cannot mount the home {spec.home.source}")
+            home = Path(spec.home.source)
+        else:
+            name = account.name if account is not None else self.account_name(spec.owner_username or "operator")
+            home = self.root / ".homes" / name
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (self.root / ".homes").mkdir(mode=0o700, exist_ok=True)
+        if home.is_symlink():
+            raise CloudError(f"the home {home} is a symbolic link: refused")
+        home.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            home.mkdir(mode=0o700)
+            made = True
+        except FileExistsError:
+            made = False
+        info = home.lstat()
+        if not made and not home.is_dir():
+            raise CloudError(f"the home {home} is not a directory")
+        if account is not None and (made or info.st_uid == 0):
+            os.chown(home, account.uid, account.gid, follow_symlinks=False)
+        elif account is not None and info.st_uid != account.uid:
+            raise CloudError(f"the home {home} belongs to uid {info.st_uid}, not {spec.owner_username}'s")
+        return home
 
     def _grant_processed(self, path: Path, account: Account) -> None:
         """A processed area visa or root made goes to the first session user who writes it."""
@@ -627,7 +728,8 @@ class LocalProvider(Provider):
             f"{acct['name']}:x:{acct['uid']}:{acct['gid']}::{record['home']}:/bin/bash\n"
             "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
         )
-        (etc / "group").write_text(f"root:x:0:\n{acct['name']}:x:{acct['gid']}:\nnogroup:x:65534:\n")
+        extra = "".join(f"visa-g{g}:x:{g}:{acct['name']}\n" for g in acct.get("groups") or () if g != acct["gid"])
+        (etc / "group").write_text(f"root:x:0:\n{acct['name']}:x:{acct['gid']}:\n{extra}nogroup:x:65534:\n")
         (etc / "hostname").write_text(f"{record['name']}\n")
         (etc / "hosts").write_text(f"127.0.0.1\tlocalhost {record['name']}\n::1\tlocalhost\n")
         # slirp4netns answers DNS at 10.0.2.3; without network there is nothing to resolve.
@@ -667,14 +769,14 @@ class LocalProvider(Provider):
                 "/tmp/.X11-unix", "--perms", "1777", "--tmpfs", "/var/tmp"]  # fmt: skip
         for path in self._software_paths():
             bind("--ro-bind", path, path)
-        bind("--bind", str(instance_dir / session.HOME_DIR), home)
+        bind("--bind", record.get("home_dir") or str(instance_dir / session.HOME_DIR), home)
         bind("--bind", str(instance_dir / session.RUN_DIR), session.SANDBOX_RUN)
         bind("--ro-bind", session.__file__, session.SANDBOX_SCRIPT)
         for mount in record["mounts"]:
             bind("--ro-bind" if mount["read_only"] else "--bind", mount["source"], mount["target"])
         out += ["--chdir", home, "--"]
         if root:
-            out += ["setpriv", "--reuid", str(acct["uid"]), "--regid", str(acct["gid"]), "--clear-groups",
+            out += ["setpriv", "--reuid", str(acct["uid"]), "--regid", str(acct["gid"]), *_groups_option(acct),
                     "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]  # fmt: skip
         return out + argv
 
@@ -697,6 +799,51 @@ class LocalProvider(Provider):
         """Run a command as part of a running session, the way its own programs run: in its
         sandbox and cgroups, as its account, with its DISPLAY and HOME (activity probes such
         as ``xprintidle`` use this too)."""
+        cmd = self._session_command(server_id, argv)
+        try:
+            return subprocess.run(
+                cmd.argv,
+                env=cmd.env,
+                cwd=cmd.cwd,
+                capture_output=True,
+                timeout=timeout,
+                input=input,
+                check=False,
+                pass_fds=cmd.fds,
+                preexec_fn=cmd.preexec,  # noqa: PLW1509 - file writes only
+            )
+        finally:
+            cmd.close()
+
+    def open_sftp(self, server_id: str) -> FileAccess:
+        """OpenSSH's ``sftp-server`` run inside the session exactly as ``exec_in_session`` runs
+        a command (its sandbox, cgroups and account), spoken to over a socket pair: the same
+        SFTP code as for a VM, and the sandbox's rules for every path. Roots: the session's
+        home and its writable mounts (as the session sees them)."""
+        if not (os.path.isfile(self.sftp_server) and os.access(self.sftp_server, os.X_OK)):
+            raise CloudError(
+                f"the local cloud needs {self.sftp_server} for file transfers: "
+                "install with `apt-get install openssh-sftp-server`"
+            )
+        instance_dir = self._existing_dir(server_id)
+        record = self._record(instance_dir)
+        sandboxed = record.get("isolation") == "sandbox"
+        if not sandboxed and _is_root():
+            raise CloudError("file transfers need the session's sandbox: this session would run them as root")
+        cmd = self._session_command(server_id, [self.sftp_server, "-e", "-l", "ERROR"])
+        if sandboxed:
+            roots = (record["home"], *(m["target"] for m in record["mounts"] if not m["read_only"]))
+        else:
+            roots = (str(instance_dir / session.HOME_DIR),)
+        try:
+            access = over_process(cmd.argv, roots, env=cmd.env, cwd=cmd.cwd, pass_fds=cmd.fds,
+                                  preexec_fn=cmd.preexec)
+        finally:
+            cmd.close()
+        return access
+
+    def _session_command(self, server_id: str, argv: list[str]) -> _SessionCommand:
+        """``argv`` made to run inside a running session: see ``exec_in_session``."""
         instance_dir = self._existing_dir(server_id)
         if self._supervisor(instance_dir) is None:
             raise CloudError(f"session {server_id} is not running")
@@ -706,7 +853,7 @@ class LocalProvider(Provider):
         run_dir = Path(session.SANDBOX_RUN) if sandboxed else instance_dir / session.RUN_DIR
         env = {
             "PATH": self.path,
-            "HOME": record["home"] if sandboxed else str(instance_dir / session.HOME_DIR),
+            "HOME": record["home"] if sandboxed else record.get("home_dir") or str(instance_dir / session.HOME_DIR),
             "XAUTHORITY": str(run_dir / session.XAUTHORITY_FILE),
             session.MARKER_ENV: str(instance_dir),
         }
@@ -722,7 +869,7 @@ class LocalProvider(Provider):
             acct = record["account"]
             namespaces = ["--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd"]
             if _is_root():
-                drop = ["setpriv", "--reuid", str(acct["uid"]), "--regid", str(acct["gid"]), "--clear-groups",
+                drop = ["setpriv", "--reuid", str(acct["uid"]), "--regid", str(acct["gid"]), *_groups_option(acct),
                         "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]  # fmt: skip
                 argv = ["nsenter", f"--target={target}", *namespaces, "--", *drop, "--", *argv]
             else:
@@ -740,21 +887,8 @@ class LocalProvider(Provider):
             for procs in cgroups:
                 procs.write_text(f"{os.getpid()}\n")
 
-        try:
-            return subprocess.run(
-                argv,
-                env=env,
-                cwd=None if sandboxed else env["HOME"],
-                capture_output=True,
-                timeout=timeout,
-                input=input,
-                check=False,
-                pass_fds=tuple(fds),
-                preexec_fn=join_cgroups if cgroups else None,  # noqa: PLW1509 - file writes only
-            )
-        finally:
-            for fd in fds:
-                os.close(fd)
+        return _SessionCommand(argv, env, None if sandboxed else env["HOME"], tuple(fds),
+                               join_cgroups if cgroups else None)
 
     # The session's own plumbing: its CPU is not the user's computation.
     _PLUMBING = frozenset({"Xtigervnc", "Xvfb", "x11vnc", "openbox", "xsetroot", "setxkbmap", "bwrap"})
@@ -990,6 +1124,27 @@ class LocalProvider(Provider):
             Path(f"/tmp/.X11-unix/X{display}").unlink(missing_ok=True)
 
 
+def _groups_option(acct: dict[str, Any]) -> list[str]:
+    """setpriv's groups: the account's supplementary gids (the facility's groups), else none."""
+    groups = [str(int(g)) for g in acct.get("groups") or ()]
+    return ["--groups", ",".join(groups)] if groups else ["--clear-groups"]
+
+
+@dataclass
+class _SessionCommand:
+    """A command ready to run inside a session, and the descriptors it holds until it has started."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    fds: tuple[int, ...]
+    preexec: Any
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+
 def _usr_links() -> list[str]:
     """/bin, /lib... as the host has them: symlinks into /usr (merged /usr) or bound."""
     out: list[str] = []
@@ -1052,10 +1207,10 @@ def _login_name() -> str:
         return getpass.getuser()
 
 
-def _host_memory_mb() -> int | None:
+def _host_memory_mb(field: str = "MemTotal:") -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
+            if line.startswith(field):
                 return int(line.split()[1]) // 1024
     except OSError:
         pass

@@ -474,9 +474,9 @@ class Supervisor:
         self.sandboxed = self.spec["isolation"] == "sandbox"
         self.sandbox: subprocess.Popen[bytes] | None = None
         self.slirp: subprocess.Popen[bytes] | None = None
-        self.session = Session(
-            self.spec, instance_dir / HOME_DIR, instance_dir / RUN_DIR, str(instance_dir), self.log
-        )
+        # The owner's home, kept across instances (older instances: their own directory).
+        home = Path(self.spec.get("home_dir") or instance_dir / HOME_DIR)
+        self.session = Session(self.spec, home, instance_dir / RUN_DIR, str(instance_dir), self.log)
 
     def _save(self, **changes: Any) -> None:
         self.status.update(changes)

@@ -11,7 +11,11 @@ Config keys (the Cloud row's config; ``password`` may be ``{"env": "VAR"}``):
 * ``timeout`` (seconds per HTTP request, default 30), ``retries`` (of transient failures,
   default 3), ``backoff`` (first delay in seconds, doubled each retry, default 0.5),
   ``page_size`` (servers per list page, default 0: the cloud's own, 1000 on a stock Nova);
-* ``reboot_type``: ``SOFT`` (default) or ``HARD``.
+* ``reboot_type``: ``SOFT`` (default) or ``HARD``;
+* ``placement``: credentials for reading Placement (``capacity``), as a mapping of the keys
+  above that differ (e.g. ``username``, ``password``, ``project_name``): Placement lets only
+  admin or service accounts read providers, which visa's own project account rarely is.
+  Without it visa asks with its own credentials, and a refusal means "capacity unknown".
 
 visa recognises its servers by the tag ``visa`` and the metadata key ``visa`` (holding the
 instance uid): ``list_servers`` is one paginated ``GET /servers/detail?tags=visa``.
@@ -35,11 +39,17 @@ from keystoneauth1 import exceptions as ksa_exc
 from openstack import exceptions as os_exc
 
 from visa.clouds.base import (
+    DISK_GB,
+    MEMORY_MB,
     REPORT_LINES,
     REPORT_MAX_CHARS,
+    VCPU,
     VISA_TAG,
+    Capacity,
     CatalogueItem,
     CloudLimits,
+    HostCapacity,
+    Pool,
     Provider,
     Server,
     ServerSpec,
@@ -52,6 +62,33 @@ T = TypeVar("T")
 
 # Nova rejects metadata keys or values longer than this.
 METADATA_MAX = 255
+# Placement 1.14: providers carry their root, so nested providers (a GPU's) count for their host.
+PLACEMENT_MICROVERSION = "1.14"
+# A cloud flavour's resources change when an operator edits it: read again after this long.
+NEEDS_SECONDS = 300.0
+
+
+def flavour_needs(vcpus: int, ram_mb: int, disk_gb: int, extra_specs: dict[str, Any]) -> dict[str, int]:
+    """What Nova asks Placement for one server of a flavour: its cores, memory and disk, as
+    overridden or extended by the ``resources[N]:<CLASS>=<amount>`` extra specs (a GPU as
+    ``resources:CUSTOM_GPU_A40=1``, ``resources:VGPU=1`` or ``resources:PCI_DEVICE=1``)."""
+    needs = {VCPU: int(vcpus or 0), MEMORY_MB: int(ram_mb or 0), DISK_GB: int(disk_gb or 0)}
+    extra: dict[str, int] = {}
+    for key, value in (extra_specs or {}).items():
+        group, _, rc = str(key).partition(":")
+        if not rc or not group.startswith("resources") or not group[len("resources"):].isalnum() and group != "resources":
+            continue
+        try:
+            amount = int(str(value).strip())
+        except ValueError:
+            continue
+        if group == "resources":
+            needs[rc] = amount  # the unnumbered group replaces the flavour's own figure
+        else:
+            extra[rc] = extra.get(rc, 0) + amount  # granular groups come on top
+    for rc, amount in extra.items():
+        needs[rc] = needs.get(rc, 0) + amount
+    return {rc: n for rc, n in needs.items() if n > 0}
 
 _BY_STATUS = {
     "BUILD": InstanceState.BUILDING,
@@ -205,33 +242,48 @@ class OpenStackProvider(Provider):
         # HTTP requests made, by host:port of the API (the benchmarks and tests read it).
         self.http_calls: Counter[str] = Counter()
         self._conn: Any = None
+        self._placement_conn: Any = None
         self._ids: dict[tuple[str, str], str] = {}
+        self._needs: dict[str, tuple[float, dict[str, int]]] = {}
 
     # ------------------------------------------------------------- plumbing
 
     @property
     def conn(self) -> Any:
         if self._conn is None:
-            import openstack
-
-            cfg = self.config
-            self._conn = openstack.connect(
-                auth_url=cfg["auth_url"],
-                username=cfg["username"],
-                password=cfg["password"],
-                project_name=cfg["project_name"],
-                user_domain_name=cfg.get("user_domain_name", "Default"),
-                project_domain_name=cfg.get("project_domain_name", "Default"),
-                region_name=cfg.get("region_name"),
-                api_timeout=self.timeout,
-                # Retries are ours, with backoff and one clear error at the end.
-                connect_retries=0,
-                status_code_retries=0,
-                load_envvars=False,
-                load_yaml_config=False,
-            )
-            self._conn.session.session.hooks["response"].append(self._count)
+            self._conn = self._connect(self.config)
         return self._conn
+
+    @property
+    def placement_conn(self) -> Any:
+        """The connection Placement is read with: its own credentials when configured."""
+        override = self.config.get("placement")
+        if not override:
+            return self.conn
+        if self._placement_conn is None:
+            self._placement_conn = self._connect({**self.config, **dict(override)})
+        return self._placement_conn
+
+    def _connect(self, cfg: dict[str, Any]) -> Any:
+        import openstack
+
+        conn = openstack.connect(
+            auth_url=cfg["auth_url"],
+            username=cfg["username"],
+            password=cfg["password"],
+            project_name=cfg["project_name"],
+            user_domain_name=cfg.get("user_domain_name", "Default"),
+            project_domain_name=cfg.get("project_domain_name", "Default"),
+            region_name=cfg.get("region_name"),
+            api_timeout=self.timeout,
+            # Retries are ours, with backoff and one clear error at the end.
+            connect_retries=0,
+            status_code_retries=0,
+            load_envvars=False,
+            load_yaml_config=False,
+        )
+        conn.session.session.hooks["response"].append(self._count)
+        return conn
 
     def _count(self, response: Any, *args: Any, **kwargs: Any) -> None:
         self.http_calls[urlsplit(response.url).netloc] += 1
@@ -509,7 +561,67 @@ class OpenStackProvider(Provider):
             used_memory_mb=int(absolute.total_ram_used or 0),
         )
 
+    # ------------------------------------------------------------- capacity
+
+    def needs(self, flavour_ref: str, cores: int, memory_mb: int) -> dict[str, int]:
+        """From Nova's flavour (cached a few minutes): what Placement will be asked for."""
+        hit = self._needs.get(flavour_ref)
+        if hit is not None and time.monotonic() - hit[0] < NEEDS_SECONDS:
+            return hit[1]
+        found = self._call(
+            f"find flavour {flavour_ref!r}",
+            lambda: self.conn.compute.find_flavor(flavour_ref, ignore_missing=True, get_extra_specs=True),
+        )
+        if found is None:
+            raise CloudError(
+                f"flavour {flavour_ref!r} does not exist on cloud {self.name!r}", reason="flavour_not_found"
+            )
+        needs = flavour_needs(found.vcpus, found.ram, (found.disk or 0) + (found.ephemeral or 0),
+                              dict(found.extra_specs or {}))
+        self._needs[flavour_ref] = (time.monotonic(), needs)
+        return needs
+
+    def capacity(self) -> Capacity:
+        """Placement's inventories and usages, per provider tree (one host with its children).
+
+        One list of providers, then two reads per provider (inventories, usages): Placement
+        has no call that gives both for all. Callers cache the answer.
+        """
+        return self._call("read placement", self._read_placement)
+
+    def _read_placement(self) -> Capacity:
+        placement = self.placement_conn.placement
+
+        def get(url: str) -> dict[str, Any]:
+            response = placement.get(url, microversion=PLACEMENT_MICROVERSION)
+            os_exc.raise_from_response(response)
+            return dict(response.json())
+
+        providers = get("/resource_providers").get("resource_providers", [])
+        names = {p["uuid"]: p.get("name") or p["uuid"] for p in providers}
+        trees: dict[str, dict[str, Pool]] = {}
+        for p in providers:
+            inventories = get(f"/resource_providers/{p['uuid']}/inventories").get("inventories", {})
+            if not inventories:
+                continue
+            usages = get(f"/resource_providers/{p['uuid']}/usages").get("usages", {})
+            pools = trees.setdefault(p.get("root_provider_uuid") or p["uuid"], {})
+            for rc, inv in inventories.items():
+                total = int((int(inv.get("total", 0)) - int(inv.get("reserved", 0)))
+                            * float(inv.get("allocation_ratio", 1.0)))
+                seen = pools.get(rc)
+                max_unit = int(inv.get("max_unit", total))
+                pools[rc] = Pool(
+                    total=max(0, total) + (seen.total if seen else 0),
+                    used=int(usages.get(rc, 0)) + (seen.used if seen else 0),
+                    max_unit=max(max_unit, seen.max_unit or 0) if seen else max_unit,
+                )
+        return Capacity(tuple(HostCapacity(names.get(root, root), pools) for root, pools in sorted(trees.items())))
+
     def close(self) -> None:
+        if self._placement_conn is not None:
+            self._placement_conn.close()
+            self._placement_conn = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -11,17 +11,19 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from visa.actor import Actor
 from visa.audit.service import record
 from visa.clock import Clock
-from visa.clouds.base import CloudLimits, Provider
+from visa.clouds.base import Capacity, CloudLimits, Provider
 from visa.clouds.models import Cloud
 from visa.clouds.registry import provider_class
 from visa.errors import InvalidInput, NotFound
 from visa.policy import require
+from visa.settings import ProvisioningSettings
 
 
 class _Database(Protocol):
@@ -39,14 +41,34 @@ class CloudHost(Protocol):
 # --- registering ------------------------------------------------------------------------------
 
 
-def register_cloud(actor: Actor, session: Session, clock: Clock, name: str, kind: str, config: dict[str, Any]) -> Cloud:
-    """Add a cloud, or change the kind and settings of the one of this name (it stays enabled or not)."""
+def check_provisioning(config: dict[str, Any], site: ProvisioningSettings | None = None) -> None:
+    """A cloud's own provisioning settings (``config["provisioning"]``), over the site's, must be
+    valid settings (a home template inside its root, known mount types and placeholders)."""
+    overrides = config.get("provisioning")
+    if overrides is None:
+        return
+    if not isinstance(overrides, dict):
+        raise InvalidInput("config.provisioning must be an object", field="config.provisioning")
+    base = (site or ProvisioningSettings()).model_dump()
+    try:
+        ProvisioningSettings.model_validate({**base, **overrides})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(["config", "provisioning", *(str(p) for p in first["loc"])])
+        raise InvalidInput(f"{where}: {first['msg']}", field=where) from None
+
+
+def register_cloud(actor: Actor, session: Session, clock: Clock, name: str, kind: str, config: dict[str, Any],
+                   *, site: ProvisioningSettings | None = None) -> Cloud:
+    """Add a cloud, or change the kind and settings of the one of this name (it stays enabled or not).
+    ``site``: the site's provisioning settings the cloud's own ones are checked over."""
     require(actor, "manage_clouds")
     if not name or len(name) > 64:
         raise InvalidInput("a cloud name is 1-64 characters", field="name")
     provider_class(kind)  # InvalidInput for a kind no provider answers to
     if not isinstance(config, dict):
         raise InvalidInput("the provider settings are a JSON object", field="config")
+    check_provisioning(config, site)
     cloud = session.scalar(select(Cloud).where(Cloud.name == name))
     if cloud is None:
         cloud = Cloud(name=name, kind=kind, config=config, enabled=True, created_at=clock.now())
@@ -159,3 +181,73 @@ def cloud_statuses(
 def clear_cache() -> None:
     with _lock:
         _cache.clear()
+        _capacity_cache.clear()
+
+
+# --- capacity ---------------------------------------------------------------------------------
+
+CAPACITY_SECONDS = 15.0
+CAPACITY_TIMEOUT = 5.0
+_capacity_cache: dict[tuple[int, str], tuple[float, CapacityAnswer]] = {}
+
+
+@dataclass(frozen=True)
+class CapacityAnswer:
+    """A cloud's capacity, or why it could not be had (``capacity`` None: unknown)."""
+
+    capacity: Capacity | None
+    message: str | None = None
+
+
+def _read_capacity(services: CloudHost, name: str) -> CapacityAnswer:
+    try:
+        return CapacityAnswer(services.provider(name).capacity())
+    except Exception as exc:  # unknown capacity leaves the decision to the cloud
+        return CapacityAnswer(None, str(getattr(exc, "message", exc))[:200] or type(exc).__name__)
+
+
+def cloud_capacity(services: CloudHost, name: str, *, timeout: float = CAPACITY_TIMEOUT,
+                   max_age: float = CAPACITY_SECONDS) -> CapacityAnswer:
+    """What the cloud can still give (cached ``max_age`` seconds; a slow cloud costs ``timeout``)."""
+    key = (id(services), name)
+    with _lock:
+        hit = _capacity_cache.get(key)
+    if hit and time.monotonic() - hit[0] < max_age:
+        return hit[1]
+    try:
+        answer = _pool.submit(_read_capacity, services, name).result(timeout=timeout)
+    except FutureTimeout:
+        answer = CapacityAnswer(None, f"no answer within {timeout:g} s")
+    with _lock:
+        _capacity_cache[key] = (time.monotonic(), answer)
+    return answer
+
+
+def forget_capacity(services: CloudHost, name: str) -> None:
+    """Read the cloud again next time (after visa itself took or gave back resources)."""
+    with _lock:
+        _capacity_cache.pop((id(services), name), None)
+
+
+@dataclass(frozen=True)
+class Room:
+    """Whether one more machine of a flavour fits on a cloud now: True, False, or None when
+    the cloud cannot say (then the cloud decides at creation)."""
+
+    available: bool | None
+    message: str
+    needs: dict[str, int]
+
+
+def room_for(services: CloudHost, cloud_name: str, flavour_ref: str, cores: int, memory_mb: int) -> Room:
+    try:
+        needs = services.provider(cloud_name).needs(flavour_ref, cores, memory_mb)
+    except Exception as exc:
+        return Room(None, f"cannot say: {str(getattr(exc, 'message', exc))[:200]}", {})
+    answer = cloud_capacity(services, cloud_name)
+    if answer.capacity is None:
+        return Room(None, f"cannot say: {answer.message or 'the cloud does not report its capacity'}", needs)
+    refusal = answer.capacity.refusal(needs)
+    if refusal is not None:
+        return Room(False, refusal, needs)
+    return Room(True, "available now", needs)

@@ -20,7 +20,9 @@ from visa.errors import InvalidInput
 from visa.experiments.models import Experiment, Instrument, Proposal
 from visa.experiments.schemas import ExperimentSpec
 from visa.policy import require
+from visa.settings import PosixSettings
 from visa.users.models import User
+from visa.users.service import SOURCES, Posix, set_posix, validate_posix
 
 MAX_FILE_BYTES = 50_000_000
 CSV_COLUMNS = ["id", "proposal", "proposal_title", "public_at", "instrument", "start_date", "end_date", "title", "members"]
@@ -38,11 +40,12 @@ class ImportResult:
     updated: int = 0
     unchanged: int = 0
     users_created: int = 0
+    identities_set: int = 0
 
     def __str__(self) -> str:
         return (
             f"{self.created} experiments created, {self.updated} updated, {self.unchanged} unchanged, "
-            f"{self.users_created} users created"
+            f"{self.users_created} users created, {self.identities_set} unix identities set"
         )
 
 
@@ -98,17 +101,61 @@ def parse_file(path: Path) -> list[ExperimentSpec]:
     return specs
 
 
+def _identities(
+    session: Session, specs: list[ExperimentSpec], limits: PosixSettings, origin: str
+) -> dict[str, Posix]:
+    """Each member's unix identity in the file, checked as a whole before anything is written:
+    values in range, one identity per member, one member per uid, no uid another account has."""
+    problems: list[str] = []
+    found: dict[str, tuple[Posix, str]] = {}
+    owners: dict[int, str] = {}
+    prefix = f"{origin}: " if origin else ""
+    for spec in specs:
+        for m in spec.members:
+            raw = Posix(m.uid_number, m.gid_number, tuple(m.extra_gids), m.home_path)
+            if raw.is_empty():
+                continue
+            where = f"{prefix}entry {spec.id!r}: member {m.username}"
+            try:
+                posix = validate_posix(raw, min_uid=limits.min_uid, min_gid=limits.min_gid)
+            except InvalidInput as exc:
+                problems.append(f"{where}: field '{exc.field}': {exc.message}")
+                continue
+            if m.username in found and found[m.username][0] != posix:
+                problems.append(f"{where}: a different unix identity than in {found[m.username][1]}")
+                continue
+            found[m.username] = (posix, f"entry {spec.id!r}")
+            uid = posix.uid_number
+            if uid is not None and owners.setdefault(uid, m.username) != m.username:
+                problems.append(f"{where}: field 'uid_number': uid {uid} is also {owners[uid]}'s in this file")
+    uids = {p.uid_number: name for name, (p, _) in found.items() if p.uid_number is not None}
+    if uids:
+        for user in session.scalars(select(User).where(User.uid_number.in_(list(uids)))):
+            name = uids[user.uid_number]  # type: ignore[index]
+            if user.username != name:
+                problems.append(f"{prefix}member {name}: field 'uid_number': uid {user.uid_number} is already "
+                                f"{user.username}'s")
+    if problems:
+        raise ImportFileError(problems)
+    return {name: posix for name, (posix, _) in found.items()}
+
+
 def import_experiments(
-    actor: Actor, session: Session, clock: Clock, specs: list[ExperimentSpec], *, default_quota: int = 2
+    actor: Actor, session: Session, clock: Clock, specs: list[ExperimentSpec], *, default_quota: int = 2,
+    limits: PosixSettings | None = None, origin: str = "",
 ) -> ImportResult:
+    """Upsert the file's experiments and members. Members' unix identities are taken unless the
+    identity provider gave them (an earlier source, ``visa.users.service.SOURCES``)."""
     require(actor, "import_experiments")
     result = ImportResult()
     now = clock.now()
+    limits = limits or PosixSettings()
     instruments = {i.name: i for i in session.scalars(select(Instrument))}
     proposals = {p.identifier: p for p in session.scalars(select(Proposal))}
     experiments = {e.external_id: e for e in session.scalars(select(Experiment))}
     usernames = {m.username for s in specs for m in s.members}
     users = {u.username: u for u in session.scalars(select(User).where(User.username.in_(usernames)))} if usernames else {}
+    identities = _identities(session, specs, limits, origin)
 
     for spec in specs:
         inst = instruments.get(spec.instrument)
@@ -137,6 +184,11 @@ def import_experiments(
                 user.full_name = m.full_name or user.full_name
                 user.email = m.email or user.email
             members.append(user)
+            posix = identities.pop(m.username, None)
+            if posix is not None and (user.posix_source is None or SOURCES[user.posix_source] >= SOURCES["import"]):
+                session.flush()  # a new member needs its id before its identity is audited
+                if set_posix(actor, session, clock, user, posix, source="import", limits=limits):
+                    result.identities_set += 1
 
         exp = experiments.get(spec.id)
         values = {
@@ -159,5 +211,6 @@ def import_experiments(
             result.unchanged += 1
     session.flush()
     record(actor, session, clock, "experiments.import", target_type="experiments",
-           created=result.created, updated=result.updated, users_created=result.users_created)
+           created=result.created, updated=result.updated, users_created=result.users_created,
+           identities_set=result.identities_set)
     return result

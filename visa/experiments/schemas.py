@@ -18,6 +18,28 @@ class MemberSpec(BaseModel):
     username: str = Field(pattern=USERNAME_PATTERN)
     full_name: str = Field("", max_length=200)
     email: str | None = Field(None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
+    # The member's unix identity on the facility's storage (checked against the site's ranges
+    # and other accounts when imported).
+    uid_number: int | None = Field(None, ge=0, le=2**31 - 2)
+    gid_number: int | None = Field(None, ge=0, le=2**31 - 2)
+    extra_gids: list[int] = Field(default_factory=list, max_length=64)
+    home_path: str | None = Field(None, max_length=255)
+
+
+def _csv_member(text: str) -> dict[str, object]:
+    """A CSV member: ``username[:uid[:gid[:gid+gid...[:home]]]]``."""
+    parts = text.split(":")
+    if len(parts) > 5:
+        raise ValueError(f"member {text[:60]!r}: at most username:uid:gid:groups:home")
+    member: dict[str, object] = {"username": parts[0]}
+    for key, value in zip(("uid_number", "gid_number"), parts[1:3], strict=False):
+        if value:
+            member[key] = value
+    if len(parts) > 3 and parts[3]:
+        member["extra_gids"] = [g for g in parts[3].split("+") if g]
+    if len(parts) > 4 and parts[4]:
+        member["home_path"] = parts[4]
+    return member
 
 
 class ExperimentSpec(BaseModel):
@@ -36,8 +58,8 @@ class ExperimentSpec(BaseModel):
     @field_validator("members", mode="before")
     @classmethod
     def _usernames(cls, value: object) -> object:
-        if isinstance(value, str):  # CSV: "alice;bob"
-            value = [v for v in (p.strip() for p in value.split(";")) if v]
+        if isinstance(value, str):  # CSV: "alice;bob" or "alice:23456:23456;bob"
+            return [_csv_member(v) for v in (p.strip() for p in value.split(";")) if v]
         if isinstance(value, list):
             return [{"username": v} if isinstance(v, str) else v for v in value]
         return value

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, redirect, request
 
+from visa.db import after_commit
 from visa.errors import Forbidden, NotFound, Unauthorized
 from visa.gateway import service
 from visa.gateway.jupyter import LOGIN_PATH
 from visa.gateway.schemas import ConnectOut
 from visa.instances import service as instances
+from visa.instances.models import MemberRole
 from visa.openapi import doc, respond
 from visa.web.context import current_actor, current_login, db_session, services
 
+log = logging.getLogger(__name__)
 bp = Blueprint("gateway_api", __name__, url_prefix="/api/instances")
 
 
@@ -30,10 +36,25 @@ def connect(uid: str):  # noqa: ANN201
     login = current_login()
     binding = login.id_hash if login is not None else ""
     token, role, view_only = service.issue_connect_token(actor, s, svc.clock, instance, seconds, binding)
+    if role == MemberRole.OWNER:
+        # What the owner changed since (keyboard layout, screen size) reaches the desktop now.
+        after_commit(s, functools.partial(_apply_display, svc, instance.cloud.name if instance.cloud else None,
+                                          instance.cloud_server_id, instance.screen_width, instance.screen_height,
+                                          instance.keyboard_layout))
     body = ConnectOut(url=f"/ws/desktop/{uid}?token={token}", expires_in=seconds, view_only=view_only,
                       role=role.value)
     # A token must not linger in a cache.
     return respond(body, headers={"Cache-Control": "no-store"})
+
+
+def _apply_display(svc: Any, cloud: str | None, server_id: str | None, width: int, height: int,
+                   layout: str) -> None:
+    if cloud is None or server_id is None:
+        return
+    try:
+        svc.provider(cloud).apply_display(server_id, width=width, height=height, keyboard_layout=layout)
+    except Exception as exc:  # noqa: BLE001 - the connection goes on; the log says why
+        log.warning("display settings of %s not applied: %s", server_id, getattr(exc, "message", exc))
 
 
 # ``/jupyter/<uid>/...`` on visa's own host serves no instance content: it sends the owner,

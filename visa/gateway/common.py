@@ -21,6 +21,8 @@ from starlette.websockets import WebSocket
 
 from visa.errors import VisaError, http_status
 from visa.gateway import service
+from visa.instances import presence
+from visa.instances.models import ConnectionProtocol, MemberRole
 from visa.services import Services
 from visa.users import service as users
 
@@ -86,6 +88,29 @@ class Gateway:
 
     def now(self) -> datetime:
         return self.clock.now()
+
+    @property
+    def connection_ttl(self) -> float:
+        """How long a live-connection row outlives its last heartbeat: a few missed ticks."""
+        return max(3 * self.config.activity_seconds, 5.0)
+
+    async def open_connection(self, instance_id: int, user_id: int, role: MemberRole,
+                              protocol: ConnectionProtocol) -> int | None:
+        """Note an open socket for presence; None when the database is away (the socket goes on)."""
+        try:
+            return await self.db(presence.open_connection, self.clock, instance_id, user_id, role, protocol,  # type: ignore[no-any-return]
+                                 self.connection_ttl)
+        except Exception:
+            log.exception("could not record the connection to instance %s", instance_id)
+            return None
+
+    async def close_connection(self, connection_id: int | None) -> None:
+        if connection_id is None:
+            return
+        try:
+            await self.db(presence.close_connection, self.clock, connection_id)
+        except Exception:  # the row expires by itself
+            log.exception("could not record the end of connection %s", connection_id)
 
     async def note_activity(self, instance_id: int, interaction: bool = False, force: bool = False) -> None:
         """Record Jupyter use, at most once per ``activity_seconds`` per instance (per process)."""

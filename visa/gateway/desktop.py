@@ -22,6 +22,8 @@ from visa.gateway import service
 from visa.gateway.common import Gateway, error_body, log, refuse, same_origin, session_binding
 from visa.gateway.relay import Upstream, UpstreamClosed, open_upstream
 from visa.gateway.rfb import BrowserReader, ClientFilter, RfbError, browser_handshake, server_handshake
+from visa.instances import presence
+from visa.instances.models import ConnectionProtocol
 from visa.metrics import RelayMeter
 
 CLOSE_NORMAL = 1000
@@ -29,6 +31,7 @@ CLOSE_PROTOCOL = 1002
 CLOSE_UPSTREAM = 1011
 CLOSE_REVOKED = 4403  # access was withdrawn while connected
 CLOSE_IDLE = 4408  # no keyboard or mouse for settings.lifetimes.untouched_tab_hours
+CLOSE_OWNER_AWAY = 4409  # the owner left, and this instance admits its members only with the owner
 
 
 class DesktopSession:
@@ -54,6 +57,7 @@ class DesktopSession:
         self.close_code = CLOSE_NORMAL
         self.close_reason = ""
         self.meter = RelayMeter("desktop")
+        self.connection_id: int | None = None  # this socket's row of live connections (presence)
 
     async def _receive(self) -> bytes | None:
         message = await self.receive()
@@ -112,6 +116,11 @@ class DesktopSession:
             except Exception:  # the database may be briefly away; the desktop goes on
                 log.exception("activity check failed for instance %s", self.grant.instance_id)
                 continue
+            if may_input == "waiting":
+                self.close_code, self.close_reason = CLOSE_OWNER_AWAY, "waiting for the owner"
+                log.info("closing desktop of instance %s for user %s: the owner left",
+                         self.grant.instance_id, self.grant.user_id)
+                return
             if may_input is None:
                 self.close_code, self.close_reason = CLOSE_REVOKED, "access withdrawn"
                 log.info(
@@ -125,10 +134,12 @@ class DesktopSession:
                 self.close_code, self.close_reason = CLOSE_IDLE, "no input for too long"
                 return
 
-    def _tick(self, session, seen, interacted: bool) -> bool | None:  # noqa: ANN001
+    def _tick(self, session, seen, interacted: bool) -> bool | str | None:  # noqa: ANN001
         if seen is not None:
             service.record_activity(session, self.grant.instance_id, seen, seen if interacted else None)
-        return service.check_access(
+        if self.connection_id is not None:
+            presence.heartbeat(session, self.gateway.clock, self.connection_id, self.gateway.connection_ttl)
+        may = service.check_access(
             session,
             self.gateway.clock,
             self.grant.user_id,
@@ -136,6 +147,11 @@ class DesktopSession:
             "instance.connect",
             self.grant.login,
         )
+        if may is None and service.waiting_for_owner(
+            session, self.gateway.clock, self.grant.user_id, self.grant.instance_id
+        ):
+            return "waiting"
+        return may
 
     async def run(self, reader: BrowserReader) -> None:
         pending = bytes(reader.buffer)
@@ -208,9 +224,14 @@ async def desktop(gateway: Gateway, scope: Scope, receive: Receive, send: Send) 
         try:
             with session.meter:
                 reader = await session.handshake()
+                session.connection_id = await gateway.open_connection(
+                    grant.instance_id, grant.user_id, grant.role, ConnectionProtocol.DESKTOP
+                )
                 await session.run(reader)
         except (RfbError, TimeoutError) as exc:
             session.close_code, session.close_reason = CLOSE_PROTOCOL, str(exc)[:120] or "handshake timed out"
+        finally:
+            await gateway.close_connection(session.connection_id)
         with contextlib.suppress(Exception):  # the browser may be gone already
             await send(
                 {"type": "websocket.close", "code": session.close_code, "reason": session.close_reason}

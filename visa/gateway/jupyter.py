@@ -43,6 +43,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from visa.errors import NotFound, Unauthorized, VisaError
 from visa.gateway import relay, service
 from visa.gateway.common import Gateway, error_body, log, refuse
+from visa.instances import presence
+from visa.instances.models import ConnectionProtocol, MemberRole
 from visa.metrics import RelayMeter
 
 LAB_COOKIE = "visa_lab"
@@ -389,11 +391,17 @@ class JupyterProxy:
             )
             await refuse(websocket, 502, {"error": "unavailable", "message": "Jupyter does not answer"})
             return
+        connection_id = None
         try:
             await websocket.accept(subprotocol=upstream.subprotocol)
+            # An open kernel or terminal socket is the owner being in JupyterLab (presence).
+            connection_id = await self.gateway.open_connection(
+                target.instance_id, lab.user_id, MemberRole.OWNER, ConnectionProtocol.JUPYTER
+            )
             with RelayMeter("jupyter") as meter:
-                await self._relay(websocket, upstream, lab, uid, meter)
+                await self._relay(websocket, upstream, lab, uid, meter, connection_id)
         finally:
+            await self.gateway.close_connection(connection_id)
             await upstream.close()
 
     async def _still_allowed(self, lab: LabSession, uid: str) -> bool:
@@ -408,7 +416,8 @@ class JupyterProxy:
         return True
 
     async def _relay(
-        self, websocket: WebSocket, upstream: Any, lab: LabSession, uid: str, meter: RelayMeter
+        self, websocket: WebSocket, upstream: Any, lab: LabSession, uid: str, meter: RelayMeter,
+        connection_id: int | None = None,
     ) -> None:
         code, reason = 1000, ""
         instance_id = lab.target.instance_id
@@ -457,6 +466,10 @@ class JupyterProxy:
                     code, reason = CLOSE_REVOKED, "access withdrawn"
                     log.info("closing jupyter websocket of instance %s: access withdrawn", instance_id)
                     return
+                if connection_id is not None:
+                    with contextlib.suppress(Exception):  # the row expires by itself
+                        await self.gateway.db(presence.heartbeat, self.gateway.clock, connection_id,
+                                              self.gateway.connection_ttl)
 
         tasks = [
             asyncio.create_task(to_upstream()),

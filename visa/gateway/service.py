@@ -21,10 +21,18 @@ from visa.auth.sessions import session_epoch
 from visa.catalogue.models import Protocol
 from visa.clock import Clock
 from visa.errors import Conflict, Forbidden, NotFound, Unauthorized
+from visa.instances import presence
 from visa.instances.models import ConnectToken, Instance, InstanceState, MemberRole
 from visa.policy import allowed, member_role, require
 from visa.users import service as users
 from visa.users.models import User
+
+
+class OwnerAway(Conflict):
+    """A member may not connect now: the instance admits its members only while the owner is connected."""
+
+    code = "waiting_for_owner"
+
 
 # A desktop or Jupyter answers in these states (PARTIALLY_ACTIVE: the desktop is up).
 CONNECTABLE_STATES = frozenset({InstanceState.ACTIVE, InstanceState.PARTIALLY_ACTIVE})
@@ -105,6 +113,8 @@ def issue_connect_token(
     ``binding`` is the stored id of the login session that asks (empty for an API token):
     only a websocket from that session, while it lasts, can spend the token.
     Returns the token, the connection's role and whether it is view only."""
+    if not allowed(actor, "instance.connect", instance) and presence.waiting_for_owner(actor, instance, clock.now()):
+        raise OwnerAway("waiting for the owner: members may connect while the owner is connected")
     require(actor, "instance.connect", instance)
     if actor.user is None:
         raise Forbidden("the system does not open desktops")
@@ -199,6 +209,16 @@ def check_access(
     if not allowed(actor, action, instance):
         return None
     return allowed(actor, "instance.input", instance)
+
+
+def waiting_for_owner(session: Session, clock: Clock, user_id: int, instance_id: int) -> bool:
+    """Whether the user is kept out of the instance only because its owner is not connected."""
+    instance = session.get(Instance, instance_id)
+    user = session.get(User, user_id)
+    if instance is None or user is None or not user.active:
+        return False
+    actor = actor_for(user, clock.now())
+    return not allowed(actor, "instance.connect", instance) and presence.waiting_for_owner(actor, instance, clock.now())
 
 
 def record_activity(session: Session, instance_id: int, seen: datetime, interaction: datetime | None) -> None:

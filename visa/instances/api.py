@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from visa.instances import service
+from visa.instances import listing, service
 from visa.instances.models import CommandAction
-from visa.instances.schemas import CreateInstance, InstanceOut
-from visa.instances.serialize import instance_out
+from visa.instances.schemas import CreateInstance, EditInstance, InstanceOut
+from visa.instances.serialize import instance_out, row_out
 from visa.openapi import doc, respond
 from visa.web.context import current_actor, db_session, services
 from visa.web.io import parse_body
@@ -18,9 +18,8 @@ bp = Blueprint("instances_api", __name__, url_prefix="/api/instances")
 @bp.get("")
 @doc("The caller's instances and those shared with them", tags=["instances"], response=list[InstanceOut])
 def list_instances():  # noqa: ANN201
-    actor = current_actor()
-    items = service.list_instances(actor, db_session())
-    return respond([instance_out(i, actor, services().clock) for i in items])
+    clock = services().clock
+    return respond([row_out(i, clock) for i in listing.home_rows(current_actor(), db_session())])
 
 
 @bp.post("")
@@ -30,7 +29,7 @@ def create_instance():  # noqa: ANN201
     actor = current_actor()
     data = parse_body(CreateInstance)
     svc = services()
-    instance = service.create_instance(actor, db_session(), svc.clock, svc.settings, data)
+    instance = service.create_instance(actor, db_session(), svc.clock, svc.settings, data, capacity=svc)
     return respond(instance_out(instance, actor, svc.clock), 201)
 
 
@@ -39,6 +38,18 @@ def create_instance():  # noqa: ANN201
 def get_instance(uid: str):  # noqa: ANN201
     actor = current_actor()
     return respond(instance_out(service.get_instance(actor, db_session(), uid), actor, services().clock))
+
+
+@bp.patch("/<uid>")
+@doc("Change the name, comments, keyboard layout or screen size (the owner; the desktop gets the "
+     "last two at the next connection)", tags=["instances"], body=EditInstance, response=InstanceOut)
+def edit_instance(uid: str):  # noqa: ANN201
+    actor = current_actor()
+    s = db_session()
+    instance = service.get_instance(actor, s, uid)
+    data = parse_body(EditInstance)
+    service.edit_instance(actor, s, services().clock, instance, data)
+    return respond(instance_out(instance, actor, services().clock))
 
 
 @bp.post("/<uid>/<any(start, stop, reboot):action>")

@@ -9,14 +9,17 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from visa.catalogue.service import inactivity_limit_hours
-from visa.instances.models import ExtensionRequest, ExtensionState, Instance
+from visa.instances.models import ExtensionRequest, ExtensionState, Instance, InstanceMember
 from visa.mail.outbox import kind
 from visa.settings import Settings
+from visa.users.models import User
 
 LIFETIME_WARNING = "lifetime_warning"
 INACTIVITY_WARNING = "inactivity_warning"
 INSTANCE_DELETED = "instance_deleted"
 EXTENSION_HANDLED = "extension_handled"
+EXTENSION_REQUESTED = "extension_requested"
+MEMBER_ADDED = "member_added"
 
 
 def _url(settings: Settings, instance: Instance) -> str:
@@ -81,4 +84,36 @@ def extension_handled(session: Session, settings: Settings, request_id: int, sta
         return None
     return instance.owner.email or "", {
         "instance": instance, "owner": instance.owner, "request": request, "url": _url(settings, instance),
+    }
+
+
+@kind(EXTENSION_REQUESTED, "extension_requested")
+def extension_requested(session: Session, settings: Settings, request_id: int, stamp: str
+                        ) -> tuple[str, dict[str, Any]] | None:
+    """To one administrator (``stamp`` is their user id), while the request still waits."""
+    request = session.get(ExtensionRequest, request_id)
+    admin = session.get(User, int(stamp)) if stamp.isdigit() else None
+    if request is None or request.state != ExtensionState.PENDING or admin is None or not admin.active:
+        return None
+    instance = session.get(Instance, request.instance_id)
+    if not _live(instance):
+        return None
+    return admin.email or "", {
+        "admin": admin, "instance": instance, "owner": instance.owner, "request": request,
+        "url": f"{settings.base_url.rstrip('/')}/admin/extensions",
+    }
+
+
+@kind(MEMBER_ADDED, "member_added")
+def member_added(session: Session, settings: Settings, member_id: int, stamp: str
+                 ) -> tuple[str, dict[str, Any]] | None:
+    member = session.get(InstanceMember, member_id)
+    if member is None:
+        return None  # removed again before the email left
+    instance = session.get(Instance, member.instance_id)
+    if not _live(instance):
+        return None
+    return member.user.email or "", {
+        "instance": instance, "owner": instance.owner, "member": member.user, "role": member.role.value.lower(),
+        "url": _url(settings, instance),
     }

@@ -1,7 +1,9 @@
 """Carries out the commands users and the scheduler queue on instances.
 
-Commands are claimed atomically (PENDING -> RUNNING by a conditional UPDATE), so any number
-of processes may run the executor. Cloud calls happen outside database transactions; each
+Commands are claimed atomically (PENDING -> RUNNING: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
+a conditional UPDATE on SQLite), so any number of processes may run the executor; the claimer
+beats (``heartbeat_at``) while it runs them, and a command whose claimer stopped beating for
+``command_missed_heartbeats`` beats is given back. Cloud calls happen outside database transactions; each
 outcome is written in a short transaction of its own. Transient cloud failures are retried
 with backoff; the rest mark the instance ERROR with a message the user can read.
 """
@@ -9,12 +11,16 @@ with backoff; the rest mark the instance ERROR with a message the user can read.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Collection
 from datetime import timedelta
 from typing import TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.orm import aliased
 
 from visa.clouds.base import Server
 from visa.errors import CloudError, VisaError
@@ -26,8 +32,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRIES = 3
-# A command still RUNNING this long after it was claimed was left by a process that died.
-STALE_CLAIM = timedelta(minutes=10)
+# Which process runs a command (instance_commands.claimed_by), for its heartbeat and fencing.
+PROCESS = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"[:128]
+# Commands claimed in one round at most (then as many more as slots free up).
+CLAIM_BATCH = 50
 # Cloud states in which a machine may be deleted at once (no shutdown needed first).
 DELETABLE = frozenset({InstanceState.STOPPED, InstanceState.ERROR, InstanceState.DELETED})
 
@@ -45,54 +53,121 @@ def with_retries(call: Callable[[], T], *, attempts: int = RETRIES, base_delay: 
     raise AssertionError("unreachable")
 
 
+def stale_after(services: Services) -> timedelta:
+    cfg = services.settings.scheduler
+    return timedelta(seconds=cfg.command_heartbeat_seconds * cfg.command_missed_heartbeats)
+
+
 def release_stale_claims(services: Services) -> int:
-    """Give back commands whose process died while carrying them out (all our actions are idempotent)."""
-    cutoff = services.clock.now() - STALE_CLAIM
+    """Give back commands whose process stopped beating while carrying them out (all our
+    actions are idempotent); a process that still beats keeps its commands however long they take."""
+    cutoff = services.clock.now() - stale_after(services)
     with services.database.unit_of_work() as s:
         result = s.execute(
             update(InstanceCommand)
             .where(
                 InstanceCommand.state == CommandState.RUNNING,
-                (InstanceCommand.claimed_at.is_(None)) | (InstanceCommand.claimed_at < cutoff),
+                or_(InstanceCommand.heartbeat_at < cutoff,
+                    and_(InstanceCommand.heartbeat_at.is_(None),
+                         or_(InstanceCommand.claimed_at.is_(None), InstanceCommand.claimed_at < cutoff))),
             )
-            .values(state=CommandState.PENDING, claimed_at=None)
+            .values(state=CommandState.PENDING, claimed_at=None, claimed_by=None, heartbeat_at=None),
+            execution_options={"synchronize_session": False},
         )
         count = int(result.rowcount or 0)  # type: ignore[attr-defined]
     if count:
-        log.warning("released %d command(s) left running by a process that died", count)
+        log.warning("released %d command(s) whose process stopped beating", count)
     return count
 
 
-def claim_pending(services: Services, limit: int = 20) -> list[int]:
-    """Claim up to ``limit`` pending commands for this process."""
-    claimed: list[int] = []
-    release_stale_claims(services)
+def heartbeat(services: Services, ids: Collection[int]) -> int:
+    """Say this process still runs these commands; returns how many are still ours."""
+    if not ids:
+        return 0
     with services.database.unit_of_work() as s:
-        ids = s.scalars(
-            select(InstanceCommand.id).where(InstanceCommand.state == CommandState.PENDING)
-            .order_by(InstanceCommand.id).limit(limit)
-        ).all()
-    for cid in ids:
+        result = s.execute(
+            update(InstanceCommand)
+            .where(InstanceCommand.id.in_(list(ids)), InstanceCommand.state == CommandState.RUNNING,
+                   InstanceCommand.claimed_by == PROCESS)
+            .values(heartbeat_at=services.clock.now()),
+            execution_options={"synchronize_session": False},
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def claim_pending(services: Services, limit: int = 20, *, free: Callable[[int], int] | None = None,
+                  full: Collection[int] = ()) -> list[tuple[int, int]]:
+    """Claim up to ``limit`` pending commands for this process, as (command id, cloud id).
+
+    ``free(cloud_id)``: slots this process has left for that cloud (``full``: those with none).
+    On PostgreSQL the rows are locked with ``FOR UPDATE SKIP LOCKED``: processes claiming at
+    the same time take different commands and never wait for each other. An instance's commands
+    run one at a time, in order: none is claimed while an earlier one of its instance runs."""
+    release_stale_claims(services)
+    now = services.clock.now()
+    other = aliased(InstanceCommand)
+    earlier = exists().where(other.instance_id == InstanceCommand.instance_id, other.id < InstanceCommand.id,
+                             other.state.in_([CommandState.PENDING, CommandState.RUNNING]))
+    stmt = (
+        select(InstanceCommand.id, InstanceCommand.instance_id, Instance.cloud_id)
+        .join(Instance, Instance.id == InstanceCommand.instance_id)
+        .where(InstanceCommand.state == CommandState.PENDING, ~earlier)
+        .order_by(InstanceCommand.id).limit(limit)
+    )
+    if full:
+        stmt = stmt.where(Instance.cloud_id.not_in(list(full)))
+    taken: dict[int, int] = {}
+
+    def pick(rows: list) -> list[tuple[int, int]]:  # noqa: ANN001
+        out, seen = [], set()
+        for cid, instance_id, cloud_id in rows:
+            if instance_id in seen:
+                continue
+            seen.add(instance_id)
+            if free is not None and free(cloud_id) - taken.get(cloud_id, 0) <= 0:
+                continue
+            taken[cloud_id] = taken.get(cloud_id, 0) + 1
+            out.append((cid, cloud_id))
+        return out
+
+    values = {"state": CommandState.RUNNING, "claimed_at": now, "claimed_by": PROCESS, "heartbeat_at": now}
+    if services.database.engine.dialect.name == "postgresql":
+        with services.database.unit_of_work() as s:
+            rows = s.execute(stmt.with_for_update(of=InstanceCommand, skip_locked=True)).all()
+            claimed = pick(rows)
+            if claimed:
+                s.execute(update(InstanceCommand).where(InstanceCommand.id.in_([c for c, _ in claimed]))
+                          .values(**values), execution_options={"synchronize_session": False})
+        return claimed
+    with services.database.unit_of_work() as s:
+        rows = s.execute(stmt).all()
+    claimed = []
+    for cid, cloud_id in pick(rows):
         with services.database.unit_of_work() as s:
             result = s.execute(
                 update(InstanceCommand)
                 .where(InstanceCommand.id == cid, InstanceCommand.state == CommandState.PENDING)
-                .values(state=CommandState.RUNNING, claimed_at=services.clock.now())
+                .values(**values), execution_options={"synchronize_session": False},
             )
             if result.rowcount:  # type: ignore[attr-defined]
-                claimed.append(cid)
+                claimed.append((cid, cloud_id))
     return claimed
 
 
+def run_one(services: Services, cid: int) -> None:
+    """Carry out one claimed command; an unexpected error fails it, not the caller."""
+    try:
+        execute(services, cid)
+    except Exception:  # one bad command must not stop the others
+        log.exception("command %s failed unexpectedly", cid)
+        _finish(services, cid, CommandState.FAILED, "internal error")
+
+
 def run_pending_commands(services: Services, limit: int = 20) -> int:
-    """Carry out pending commands; return how many were handled."""
+    """Carry out pending commands one after the other, here; return how many were handled."""
     handled = 0
-    for cid in claim_pending(services, limit):
-        try:
-            execute(services, cid)
-        except Exception:  # one bad command must not stop the others
-            log.exception("command %s failed unexpectedly", cid)
-            _finish(services, cid, CommandState.FAILED, "internal error")
+    for cid, _cloud in claim_pending(services, limit):
+        run_one(services, cid)
         handled += 1
     return handled
 
@@ -100,6 +175,9 @@ def run_pending_commands(services: Services, limit: int = 20) -> int:
 def _finish(services: Services, cid: int, state: CommandState, message: str | None = None) -> None:
     with services.database.unit_of_work() as s:
         cmd = s.get(InstanceCommand, cid)
+        if cmd is not None and cmd.state == CommandState.RUNNING and cmd.claimed_by not in (None, PROCESS):
+            log.warning("command %s was given to %s meanwhile: its outcome is theirs to write", cid, cmd.claimed_by)
+            return
         if cmd is not None:
             cmd.state = state
             cmd.message = message

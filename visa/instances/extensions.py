@@ -22,10 +22,11 @@ from visa.errors import Conflict, InvalidInput, NotFound
 from visa.instances import emails
 from visa.instances.models import ExtensionRequest, ExtensionState, Instance
 from visa.instances.schemas import HandleExtension, RequestExtension
-from visa.mail.outbox import enqueue
+from visa.mail.outbox import enqueue, enqueue_many
 from visa.policy import require
 from visa.settings import Settings
-from visa.users.models import STAFF_ROLES
+from visa.users.models import STAFF_ROLES, Role
+from visa.users.service import holders_of
 
 
 def _auto_limit(instance: Instance, now: datetime, settings: Settings) -> datetime | None:
@@ -58,7 +59,17 @@ def request_extension(actor: Actor, session: Session, clock: Clock, settings: Se
     limit = _auto_limit(instance, now, settings)
     if limit is not None and data.requested_until <= limit:
         _accept(actor, session, clock, settings, request, instance, data.requested_until, "accepted automatically")
+    else:
+        # Each administrator is told once (one outbox row each), after the commit.
+        admins = holders_of(session, Role.ADMIN, now)
+        enqueue_many(session, clock, settings, [(emails.EXTENSION_REQUESTED, request.id, str(a.id)) for a in admins])
     return request
+
+
+def pending_with_context(actor: Actor, session: Session) -> list[tuple[ExtensionRequest, Instance]]:
+    """The requests waiting for an answer, each with its (live) instance, oldest first."""
+    return [(r, i) for r in list_extensions(actor, session)
+            if (i := session.get(Instance, r.instance_id)) is not None and i.deleted_at is None]
 
 
 def list_extensions(actor: Actor, session: Session, state: ExtensionState | None = ExtensionState.PENDING

@@ -1,13 +1,31 @@
-"""REST: an instance's members and support access (``/api/instances/<uid>/members``, ``/support``)."""
+"""REST: an instance's members, support access, presence and invitation links
+(``/api/instances/<uid>/members``, ``/support``, ``/presence``, ``/invitations``), redeeming a
+link (``/api/invitations/redeem``) and the support page's list (``/api/support/instances``)."""
 
 from __future__ import annotations
 
 from flask import Blueprint
 
-from visa.instances import service, sharing
-from visa.instances.schemas import MemberOut, NewMember, PendingSupportOut, RoleChange, SupportOut
+from visa.instances import invitations, service, sharing, support
+from visa.instances import presence as presence_service
+from visa.instances.models import InstanceMember
+from visa.instances.schemas import (
+    InvitationOut,
+    MemberOut,
+    NewInvitation,
+    NewMember,
+    PendingSupportOut,
+    PresenceEvent,
+    RedeemedOut,
+    RedeemInvitation,
+    RoleChange,
+    SupportInstanceOut,
+    SupportOut,
+    SupportQuery,
+    SupportSessionOut,
+)
 from visa.instances.serialize import member_out
-from visa.openapi import doc, respond
+from visa.openapi import doc, parse_query, respond
 from visa.web.context import current_actor, db_session, services
 from visa.web.io import parse_body
 
@@ -31,7 +49,8 @@ def list_members(uid: str):  # noqa: ANN201
 def add_member(uid: str):  # noqa: ANN201
     actor, instance = _instance(uid)
     data = parse_body(NewMember)
-    member = sharing.add_member(actor, db_session(), services().clock, instance, data.username, data.role)
+    member = sharing.add_member(actor, db_session(), services().clock, instance, data.username, data.role,
+                                settings=services().settings)
     return respond(member_out(member), 201)
 
 
@@ -58,10 +77,11 @@ def revoke_member(uid: str, username: str):  # noqa: ANN201
      response=SupportOut, status=202, extra_responses={201: "Joined at once"})
 def request_support(uid: str):  # noqa: ANN201
     actor, instance = _instance(uid)
-    member = sharing.request_support_access(actor, db_session(), services().clock, instance)
-    if member is None:
-        return respond(SupportOut(status="pending", message="the owner has been asked to approve"), 202)
-    return respond(SupportOut(status="joined", member=member_out(member)), 201)
+    joined = sharing.request_support_access(actor, db_session(), services().clock, instance)
+    if isinstance(joined, InstanceMember):
+        return respond(SupportOut(status="joined", member=member_out(joined)), 201)
+    return respond(SupportOut(status="pending", message="the owner has been asked to approve",
+                              prompt_until=joined.prompt_until), 202)
 
 
 @bp.get("/support")
@@ -79,3 +99,62 @@ def answer_support(uid: str, username: str, answer: str):  # noqa: ANN201
         actor, db_session(), services().clock, instance, username, approve=answer == "approve"
     )
     return respond(SupportOut(status="approved" if member else "denied", member=member_out(member) if member else None))
+
+
+# --- presence, support history, invitation links ----------------------------------------------
+@bp.get("/presence")
+@doc("Who is connected to an instance now (desktop and JupyterLab)", tags=["sharing"], response=PresenceEvent)
+def presence(uid: str):  # noqa: ANN201
+    actor, instance = _instance(uid)
+    return respond(presence_service.presence_of(actor, db_session(), services().clock, instance))
+
+
+@bp.get("/support/sessions")
+@doc("Who helped on an instance, and when (owner)", tags=["sharing"], response=list[SupportSessionOut])
+def support_sessions(uid: str):  # noqa: ANN201
+    actor, instance = _instance(uid)
+    return respond(presence_service.support_sessions(actor, db_session(), instance))
+
+
+@bp.get("/invitations")
+@doc("An instance's invitation links (owner)", tags=["sharing"], response=list[InvitationOut])
+def list_invitations(uid: str):  # noqa: ANN201
+    actor, instance = _instance(uid)
+    return respond(invitations.list_invitations(actor, db_session(), services().clock, instance))
+
+
+@bp.post("/invitations")
+@doc("Make a single-use invitation link with a role (owner)", tags=["sharing"], body=NewInvitation,
+     response=InvitationOut, status=201)
+def create_invitation(uid: str):  # noqa: ANN201
+    actor, instance = _instance(uid)
+    data = parse_body(NewInvitation)
+    svc = services()
+    return respond(invitations.create_invitation(actor, db_session(), svc.clock, svc.settings, instance, data), 201)
+
+
+@bp.delete("/invitations/<int:invitation_id>")
+@doc("Withdraw an unused invitation link (owner)", tags=["sharing"], status=204)
+def revoke_invitation(uid: str, invitation_id: int):  # noqa: ANN201
+    actor, instance = _instance(uid)
+    invitations.revoke_invitation(actor, db_session(), services().clock, instance, invitation_id)
+    return "", 204
+
+
+redeem_bp = Blueprint("invitations_api", __name__, url_prefix="/api")
+
+
+@redeem_bp.post("/invitations/redeem")
+@doc("Join an instance with an invitation link (a logged-in browser)", tags=["sharing"], body=RedeemInvitation,
+     response=RedeemedOut, status=201)
+def redeem():  # noqa: ANN201
+    data = parse_body(RedeemInvitation)
+    return respond(invitations.redeem_invitation(current_actor(), db_session(), services().clock, data.token), 201)
+
+
+@redeem_bp.get("/support/instances")
+@doc("Instances the caller may help with, as support staff", tags=["sharing"], query=SupportQuery,
+     response=list[SupportInstanceOut])
+def support_instances():  # noqa: ANN201
+    query = parse_query(SupportQuery)
+    return respond(support.support_instances(current_actor(), db_session(), services().clock, query))

@@ -7,14 +7,17 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
+    Boolean,
     Column,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
@@ -92,6 +95,12 @@ instance_open_data = Table(
 
 class Instance(Base):
     __tablename__ = "instances"
+    # The instances not deleted, by state: the admin list counts from it alone (an index-only
+    # scan), filtered by state or not, and the scheduler's "what moves" reads it.
+    __table_args__ = (
+        Index("ix_instances_live_state", "state", postgresql_where=text("deleted_at IS NULL"),
+              sqlite_where=text("deleted_at IS NULL")),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     uid: Mapped[str] = mapped_column(String(16), unique=True)
@@ -128,6 +137,14 @@ class Instance(Base):
     members: Mapped[list[InstanceMember]] = relationship(
         back_populates="instance", cascade="all, delete-orphan", lazy="selectin"
     )
+    # None: the image decides whether members other than the owner need the owner connected
+    # (``Image.members_need_owner``); True lets them in alone, False never does (VISA's
+    # unrestricted member access, set by administrators).
+    unrestricted_member_access: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    # Loaded when a rule asks (the owner-presence rule), not with every instance.
+    connections: Mapped[list[InstanceConnection]] = relationship(
+        back_populates="instance", cascade="all, delete-orphan", lazy="select", passive_deletes=True,
+    )
 
     @validates("error_message")
     def _public_error(self, _key: str, value: str | None) -> str | None:
@@ -143,6 +160,17 @@ class Instance(Base):
         if self.last_seen_at is not None:
             seen = min(self.last_seen_at, interaction + timedelta(hours=untouched_tab_hours))
         return max(t for t in (interaction, self.last_compute_at, seen) if t is not None)
+
+    @property
+    def members_need_owner(self) -> bool:
+        """Whether members other than the owner may connect only while the owner is connected."""
+        if self.unrestricted_member_access is not None:
+            return not self.unrestricted_member_access
+        return bool(self.plan.image.members_need_owner)
+
+    def owner_connected(self, now: datetime) -> bool:
+        """Whether the owner has a desktop or JupyterLab open now (a live gateway connection)."""
+        return any(c.user_id == self.owner_id and c.expires_at > now for c in self.connections)
 
     def __repr__(self) -> str:
         return f"<Instance {self.uid} {self.state}>"
@@ -176,6 +204,10 @@ class InstanceCommand(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # When a process took it: a RUNNING command claimed long ago belongs to a process that died.
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Which process runs it, and when that process last said it still does (visa.instances.executor):
+    # a RUNNING command whose heartbeat stopped belongs to a process that died.
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     @validates("message")
@@ -222,3 +254,79 @@ class InstanceThumbnail(Base):
     instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
     image: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ConnectionProtocol(enum.StrEnum):
+    DESKTOP = "DESKTOP"
+    JUPYTER = "JUPYTER"
+
+
+class InstanceConnection(Base):
+    """Someone connected to an instance now, through a gateway process: written when a desktop
+    or JupyterLab websocket opens, deleted when it closes, its ``expires_at`` pushed forward by
+    the gateway's heartbeat, so that the rows of a gateway that died expire by themselves."""
+
+    __tablename__ = "instance_connections"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    protocol: Mapped[ConnectionProtocol] = mapped_column(enum_column(ConnectionProtocol))
+    role: Mapped[MemberRole] = mapped_column(enum_column(MemberRole))
+    gateway: Mapped[str] = mapped_column(String(128))  # host:pid of the process holding it, for operators
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+    instance: Mapped[Instance] = relationship(back_populates="connections")
+    user: Mapped[User] = relationship(lazy="joined")
+
+    def __repr__(self) -> str:
+        return f"<InstanceConnection {self.protocol} user={self.user_id} instance={self.instance_id}>"
+
+
+class Invitation(Base):
+    """A one-time link to join an instance with a role; only the hash of its secret is stored."""
+
+    __tablename__ = "instance_invitations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[MemberRole] = mapped_column(enum_column(MemberRole))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    used_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+    def __repr__(self) -> str:
+        return f"<Invitation {self.id} instance={self.instance_id} {self.role}>"
+
+
+class SupportState(enum.StrEnum):
+    PENDING = "PENDING"
+    ACCEPTED = "ACCEPTED"
+    REFUSED = "REFUSED"
+
+
+class SupportRequest(Base):
+    """Support staff asking to join an instance. While ``prompt_until`` has not passed, the owner's
+    open page shows a prompt; a request unanswered after it falls back to the consent rules
+    (``visa.instances.sharing``); after ``expires_at`` it is forgotten."""
+
+    __tablename__ = "support_requests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    requester_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    state: Mapped[SupportState] = mapped_column(enum_column(SupportState))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    prompt_until: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    answered_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    requester: Mapped[User] = relationship(lazy="joined", foreign_keys=[requester_id])
+
+    def __repr__(self) -> str:
+        return f"<SupportRequest {self.id} instance={self.instance_id} {self.state}>"

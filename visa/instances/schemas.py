@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from visa.instances.models import InstanceState
 from visa.paging import PageQuery
@@ -36,6 +36,40 @@ class CreateInstance(BaseModel):
         if value not in KEYBOARD_NAMES:
             raise ValueError(f"unknown keyboard layout; one of {', '.join(sorted(KEYBOARD_NAMES))}")
         return value
+
+
+class EditInstance(BaseModel):
+    """What the owner may change after creation (absent: unchanged); the desktop gets the keyboard
+    layout and screen size at the next connection."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str | None = Field(None, min_length=1, max_length=100)
+    comments: str | None = Field(None, max_length=2000)
+    screen_width: int | None = Field(None, ge=640, le=7680)
+    screen_height: int | None = Field(None, ge=480, le=4320)
+    keyboard_layout: str | None = Field(None, max_length=32, description="One of the layouts the create page offers")
+
+    @field_validator("keyboard_layout")
+    @classmethod
+    def _offered_layout(cls, value: str | None) -> str | None:
+        if value is not None and value not in KEYBOARD_NAMES:
+            raise ValueError(f"unknown keyboard layout; one of {', '.join(sorted(KEYBOARD_NAMES))}")
+        return value
+
+    @field_validator("name", "comments", "screen_width", "screen_height", "keyboard_layout", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        # Run only for values sent: an explicit null is a mistake, not "unchanged".
+        if value is None:
+            raise ValueError("cannot be null (leave the field out to keep it)")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> EditInstance:
+        if not self.model_fields_set:
+            raise ValueError("nothing to change: give name, comments, keyboard_layout or screen_width/screen_height")
+        return self
 
 
 class NewMember(BaseModel):
@@ -216,11 +250,49 @@ class SupportOut(BaseModel):
     status: Literal["pending", "joined", "approved", "denied"]
     message: str | None = None
     member: MemberOut | None = None
+    # Pending: when the owner's prompt times out (asking again then joins, unless the owner is staff).
+    prompt_until: Timestamp | None = None
 
 
 class PendingSupportOut(BaseModel):
     username: str
     requested_at: Timestamp
+
+
+class FilesQuery(BaseModel):
+    path: str | None = Field(None, max_length=4096, description="Absolute path in the instance (default: the home)")
+
+
+class DownloadQuery(BaseModel):
+    path: str = Field(max_length=4096, description="Absolute path of a file in the instance")
+
+
+class UploadQuery(BaseModel):
+    path: str = Field(max_length=4096, description="Absolute path of the file to write in the instance")
+    offset: int = Field(0, ge=0, description="Resume: the bytes the file already has (the body is the rest)")
+    overwrite: bool = Field(False, description="Replace an existing regular file")
+
+
+class FileEntryOut(BaseModel):
+    name: str
+    path: str
+    kind: Literal["file", "dir", "link", "other"]
+    size: int | None
+    modified: int | None = Field(description="Seconds since the epoch, as the instance says")
+
+
+class FileListingOut(BaseModel):
+    path: str
+    roots: list[str] = Field(description="Where files may be read and written: the home first")
+    entries: list[FileEntryOut]
+    truncated: bool = Field(description="More entries than the listing limit: the rest are not shown")
+    skipped: int = Field(description="Entries left out because their names are not UTF-8")
+
+
+class UploadOut(BaseModel):
+    path: str
+    bytes: int = Field(description="Bytes written by this request")
+    size: int = Field(description="The file's size now (offset + bytes)")
 
 
 class ThumbnailOut(BaseModel):
@@ -272,3 +344,96 @@ class InstanceQuery(PageQuery):
     q: str | None = Field(None, max_length=100, description="Part of the name or uid")
     deleted: bool = Field(False, description="Include deleted instances")
     sort: InstanceSort = "-created_at"
+
+
+# --- presence, invitations, support -------------------------------------------------------------
+class ConnectedOut(BaseModel):
+    username: str
+    full_name: str
+    role: str
+    protocols: list[Literal["DESKTOP", "JUPYTER"]]
+    since: Timestamp
+
+
+class PresenceEvent(BaseModel):
+    """Who is connected to an instance now (the ``presence`` event and ``GET .../presence``)."""
+
+    uid: str
+    connected: list[ConnectedOut] = Field(default_factory=list)
+    owner_connected: bool = False
+    # Members other than the owner may not connect now: the rule applies and the owner is away.
+    waiting_for_owner: bool = False
+
+
+class NewInvitation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["USER", "GUEST"] = "USER"
+    hours: int = Field(48, ge=1, le=24 * 14, description="How long the link may be used")
+
+
+class InvitationOut(BaseModel):
+    id: int
+    role: str
+    created_at: Timestamp
+    expires_at: Timestamp
+    used_at: Timestamp | None = None
+    used_by: str | None = None
+    url: str | None = Field(None, description="The link itself: in the answer that creates it only")
+
+
+class RedeemInvitation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=16, max_length=128)
+
+
+class RedeemedOut(BaseModel):
+    uid: str
+    name: str
+    role: str
+
+
+class SupportPrompt(BaseModel):
+    username: str
+    full_name: str
+    roles: list[str]
+    requested_at: Timestamp
+    prompt_until: Timestamp
+    owner_must_answer: bool = Field(description="The owner is staff: no answer means no access")
+
+
+class SupportPromptEvent(BaseModel):
+    """Support requests the owner's open page asks about (the ``support`` event)."""
+
+    uid: str
+    requests: list[SupportPrompt] = Field(default_factory=list)
+
+
+class SupportSessionOut(BaseModel):
+    username: str
+    full_name: str
+    protocol: str
+    started_at: Timestamp
+    ended_at: Timestamp | None = None
+
+
+class SupportQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    q: str = Field("", max_length=100, description="Part of the instance's name, uid, or the owner's name")
+    instrument: str = Field("", max_length=64)
+    state: str = Field("", max_length=32)
+    limit: int = Field(100, ge=1, le=500)
+
+
+class SupportInstanceOut(BaseModel):
+    uid: str
+    name: str
+    state: str
+    owner: str
+    owner_name: str
+    instruments: list[str]
+    proposals: list[str]
+    created_at: Timestamp
+    access: Literal["member", "pending", "refused", "none"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from visa.actor import Actor
 from visa.clock import Clock
 from visa.experiments.models import Experiment
+from visa.instances.listing import ExperimentRow, InstanceRow
 from visa.instances.models import ExtensionRequest, Instance, InstanceMember
 from visa.instances.schemas import (
     ExperimentBrief,
@@ -56,6 +57,47 @@ def instance_out(instance: Instance, actor: Actor, clock: Clock) -> InstanceOut:
         last_seen_at=instance.last_seen_at,
         comments=instance.comments,
     )
+
+
+def _brief(e: ExperimentRow) -> dict:
+    return {"id": e.id, "external_id": e.external_id, "proposal": e.proposal, "instrument": e.instrument}
+
+
+def row_fields(item: InstanceRow, clock: Clock) -> dict:
+    """``instance_out``'s fields from a list's row (visa/instances/listing.py), as plain values:
+    the caller validates them in one call (a model per nested object costs more than the row)."""
+    r = item.row
+    return {
+        "uid": r.uid,
+        "name": r.name,
+        "state": r.state.value,
+        "owner": {"username": r.owner_username, "full_name": r.owner_full_name},
+        "role": item.role.value if item.role else None,
+        "plan": {
+            "id": r.plan_id,
+            "image": {"name": r.image_name, "environment": r.image_environment, "version": r.image_version},
+            "flavour": {
+                "name": r.flavour_name, "cores": r.flavour_cores, "memory_mb": r.flavour_memory_mb,
+                "gpu_kind": r.flavour_gpu_kind, "gpu_count": r.flavour_gpu_count,
+            },
+        },
+        "protocols": item.protocols,
+        "experiments": [_brief(e) for e in item.experiments],
+        "open_data": [_brief(e) for e in item.open_data],
+        "cloud": r.cloud_name,
+        "screen": {"width": r.screen_width, "height": r.screen_height},
+        "keyboard_layout": r.keyboard_layout,
+        "error": r.error_message,
+        "created_at": r.created_at,
+        "terminates_at": r.terminates_at,
+        "seconds_left": max(0, int((r.terminates_at - clock.now()).total_seconds())),
+        "last_seen_at": r.last_seen_at,
+        "comments": r.comments,
+    }
+
+
+def row_out(item: InstanceRow, clock: Clock) -> InstanceOut:
+    return InstanceOut.model_validate(row_fields(item, clock))
 
 
 def member_out(m: InstanceMember) -> MemberOut:

@@ -12,16 +12,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defaultload, defer
 
 from visa.actor import Actor
 from visa.audit.service import record
+from visa.catalogue.capacity import room_on
 from visa.catalogue.models import Flavour, Image, Plan
 from visa.catalogue.service import max_lifetime_hours, plans_for
 from visa.clock import Clock
 from visa.clouds.models import Cloud
+from visa.clouds.service import CloudHost
 from visa.db import after_commit
-from visa.errors import Conflict, Forbidden, InvalidInput, NotFound, QuotaExceeded
+from visa.errors import Conflict, Forbidden, InvalidInput, NoCapacity, NotFound, QuotaExceeded
 from visa.experiments.models import Experiment
 from visa.instances.models import (
     CommandAction,
@@ -34,10 +36,12 @@ from visa.instances.models import (
     InstanceState,
     MemberRole,
 )
-from visa.instances.schemas import CreateInstance, InstanceQuery
-from visa.paging import escape_like
+from visa.instances.schemas import CreateInstance, EditInstance, InstanceQuery
+from visa.paging import Total, count_upto, escape_like
 from visa.policy import allowed, require
-from visa.settings import Settings
+from visa.provisioning.mounts import identity_needed
+from visa.provisioning.site import site_for_cloud
+from visa.settings import PosixSettings, ProvisioningSettings, Settings
 from visa.users.models import User
 
 # What each action needs the instance to be in.
@@ -67,6 +71,26 @@ def check_quota(session: Session, user: User) -> None:
             f"you have {count} instance(s) and your quota is {user.instance_quota}: delete one first",
             quota=user.instance_quota,
         )
+
+
+def check_identity(owner: User, experiments: list[Experiment], site: ProvisioningSettings,
+                   posix: PosixSettings) -> None:
+    """Refuse a machine whose storage the owner could not use as themselves: their experiment
+    data or home share on the facility's storage need their uid and gid."""
+    own = [e for e in experiments if owner.id in {m.id for m in e.members}]
+    if not identity_needed(site, posix.require_uid, data=bool(own)):
+        return
+    missing = [name for name, value in (("uid_number", owner.uid_number), ("gid_number", owner.gid_number))
+               if value is None]
+    if not missing:
+        return
+    needs = [f"the data of experiment {', '.join(e.external_id for e in own)}"] if own else []
+    if site.home_mount_template:
+        needs.append("your home share")
+    raise Conflict(
+        f"your account has no unix {' and '.join(missing)}, which {' and '.join(needs)} on the facility's "
+        "storage need: ask the user office or an administrator to set them", field=missing[0], missing=missing,
+    )
 
 
 def _experiments_for(actor: Actor, session: Session, ids: list[int]) -> list[Experiment]:
@@ -132,8 +156,12 @@ def new_uid() -> str:
 
 
 def create_instance(
-    actor: Actor, session: Session, clock: Clock, settings: Settings, data: CreateInstance
+    actor: Actor, session: Session, clock: Clock, settings: Settings, data: CreateInstance, *,
+    capacity: CloudHost | None = None,
 ) -> Instance:
+    """Store a new instance and queue its creation. With ``capacity`` (the running clouds), a
+    flavour the cloud has no room for now is refused before the cloud is asked (NoCapacity);
+    where the cloud cannot say, it decides (its "no valid host" stays the last word)."""
     require(actor, "create_instance")
     assert actor.user is not None
     owner = actor.user
@@ -149,6 +177,15 @@ def create_instance(
         raise InvalidInput("this plan is not available to you for these experiments", field="plan_id")
     check_quota(session, owner)
     cloud = _cloud_for(session, plan, settings)
+    if capacity is not None:
+        room = room_on(capacity, cloud, plan.flavour)
+        if room.available is False:
+            raise NoCapacity(
+                f"{plan.flavour.name} cannot be had now on cloud {cloud.name!r}: {room.message}",
+                field="plan_id", flavour=plan.flavour.name, needs=room.needs,
+            )
+
+    check_identity(owner, experiments, site_for_cloud(cloud.config, settings.provisioning), settings.posix)
 
     max_hours = max_lifetime_hours(plan.flavour, actor.roles, settings.lifetimes)
     hours = min(data.lifetime_hours or max_hours, max_hours)
@@ -189,6 +226,10 @@ def _command(actor: Actor, session: Session, clock: Clock, instance: Instance, a
     )
     session.add(cmd)
     session.flush()
+    if session.get_bind().dialect.name == "postgresql":  # every process's worker, at the commit
+        from visa import pubsub
+
+        pubsub.send(session.connection(), pubsub.COMMANDS, str(instance.cloud_id))
     after_commit(session, _wake_worker)
     return cmd
 
@@ -206,6 +247,21 @@ def get_instance(actor: Actor, session: Session, uid: str) -> Instance:
     return instance
 
 
+# Lists show a flavour's size, not its rules: its limits and lifetimes load only if asked for.
+# The lists load what they show: JSON columns (decoded on every row, read by no list) and the
+# secret stay behind; code that reads one later loads it then.
+LIST_OPTIONS = (
+    defer(Instance.provider_state),
+    defer(Instance.secret),
+    defaultload(Instance.owner).load_only(User.username, User.full_name, User.active),
+    defaultload(Instance.plan).defaultload(Plan.flavour).lazyload(Flavour.limits),
+    defaultload(Instance.plan).defaultload(Plan.flavour).lazyload(Flavour.lifetimes),
+    defaultload(Instance.plan).defaultload(Plan.image).defer(Image.options),
+    defaultload(Instance.cloud).defer(Cloud.config),
+    defaultload(Instance.members).defaultload(InstanceMember.user).load_only(User.username, User.full_name, User.active),
+)
+
+
 def list_instances(actor: Actor, session: Session) -> list[Instance]:
     """The actor's own instances and those shared with them."""
     if actor.user is None:
@@ -216,6 +272,7 @@ def list_instances(actor: Actor, session: Session) -> list[Instance]:
             .join(InstanceMember, InstanceMember.instance_id == Instance.id)
             .where(InstanceMember.user_id == actor.user.id, Instance.deleted_at.is_(None))
             .order_by(Instance.created_at.desc(), Instance.id.desc())
+            .options(*LIST_OPTIONS)
         ).unique()
     )
 
@@ -245,6 +302,30 @@ def request_action(
     return cmd
 
 
+EDITABLE = ("name", "comments", "keyboard_layout", "screen_width", "screen_height")
+
+
+def edit_instance(actor: Actor, session: Session, clock: Clock, instance: Instance, data: EditInstance) -> list[str]:
+    """The owner changes the name, comments, keyboard layout or screen size; the desktop is
+    given the last two at the next connection. Returns the fields that changed (audited)."""
+    require(actor, "instance.edit", instance)
+    if instance.state == InstanceState.DELETING:
+        raise Conflict("the instance is being deleted")
+    changes = {k: getattr(data, k) for k in EDITABLE if k in data.model_fields_set and getattr(data, k) != getattr(instance, k)}
+    if not changes:
+        return []
+    old = {k: getattr(instance, k) for k in changes}
+    for key, value in changes.items():
+        setattr(instance, key, value)
+    session.flush()
+    # Free text goes to the audit log only as its length.
+    shown = {k: (len(v) if k == "comments" else v) for k, v in changes.items()}
+    before = {k: (len(v) if k == "comments" else v) for k, v in old.items()}
+    record(actor, session, clock, "instance.edit", target_type="instance", target_id=instance.uid,
+           old=before, new=shown)
+    return list(changes)
+
+
 # --- everyone's instances (administrators; the instance rules still apply) --------------------------
 
 RUNNING_STATES = frozenset(set(InstanceState) - {InstanceState.STOPPED, InstanceState.DELETED, InstanceState.ERROR})
@@ -255,8 +336,18 @@ MAX_LIFETIME_CHANGE = timedelta(days=366)
 
 
 
-def search_instances(actor: Actor, session: Session, q: InstanceQuery) -> tuple[list[Instance], int]:
+def search_instances(actor: Actor, session: Session, q: InstanceQuery) -> tuple[list[Instance], Total]:
     """Everyone's instances, filtered, sorted and one page at a time (relations loaded eagerly)."""
+    ids, total = search_instance_ids(actor, session, q)
+    if not ids:
+        return [], total
+    rows = {i.id: i for i in session.scalars(select(Instance).where(Instance.id.in_(ids)).options(*LIST_OPTIONS)).unique()}
+    return [rows[i] for i in ids if i in rows], total
+
+
+def search_instance_ids(actor: Actor, session: Session, q: InstanceQuery) -> tuple[list[int], Total]:
+    """The ids of one page of everyone's instances, filtered and sorted, and how many match in all
+    (counted up to ``paging.COUNT_LIMIT``)."""
     require(actor, "view_all_instances")
     query = select(Instance)
     if not q.deleted:
@@ -287,12 +378,9 @@ def search_instances(actor: Actor, session: Session, q: InstanceQuery) -> tuple[
     # Two steps: pick the page's ids on the narrow table, then load those rows with their
     # relations. Sorting the eager-loading join instead costs ~5x on 100,000 instances.
     ids_query = query.with_only_columns(Instance.id).order_by(order, tie)
-    total = session.scalar(query.with_only_columns(func.count(Instance.id)).order_by(None)) or 0
+    total = count_upto(session, query.with_only_columns(Instance.id))
     ids = list(session.scalars(ids_query.limit(q.per_page).offset((q.page - 1) * q.per_page)))
-    if not ids:
-        return [], int(total)
-    rows = {i.id: i for i in session.scalars(select(Instance).where(Instance.id.in_(ids))).unique()}
-    return [rows[i] for i in ids if i in rows], int(total)
+    return ids, total
 
 
 def get_any_instance(actor: Actor, session: Session, uid: str, *, deleted: bool = True) -> Instance:
@@ -349,6 +437,30 @@ def change_termination(
     session.flush()
     record(actor, session, clock, "instance.termination", target_type="instance", target_id=instance.uid,
            old=old.isoformat(), new=terminates_at.isoformat(), reason=reason[:500])
+    return instance
+
+
+MEMBER_ACCESS = {"image": None, "owner_required": False, "unrestricted": True}
+
+
+def member_access_mode(instance: Instance) -> str:
+    return {v: k for k, v in MEMBER_ACCESS.items()}[instance.unrestricted_member_access]
+
+
+def set_member_access(actor: Actor, session: Session, clock: Clock, uid: str, mode: str) -> Instance:
+    """Whether members other than the owner may connect only while the owner is connected, for
+    this instance: as its image says (``image``), always (``owner_required``) or never
+    (``unrestricted``). Staff never wait either way. Audited with the old and new modes."""
+    require(actor, "instance.member_access")
+    instance = get_any_instance(actor, session, uid, deleted=False)
+    if mode not in MEMBER_ACCESS:
+        raise InvalidInput(f"unknown mode; one of {', '.join(MEMBER_ACCESS)}", field="mode")
+    old = member_access_mode(instance)
+    if old != mode:
+        instance.unrestricted_member_access = MEMBER_ACCESS[mode]
+        session.flush()
+        record(actor, session, clock, "instance.member_access", target_type="instance", target_id=instance.uid,
+               old=old, new=mode)
     return instance
 
 
@@ -445,3 +557,14 @@ def usage_by_cloud(actor: Actor, session: Session) -> dict[str, dict[str, int]]:
     for name, n, cores, mem, gpus in rows:
         used[name] = {"instances": int(n), "cores": int(cores), "memory_mb": int(mem), "gpus": int(gpus)}
     return used
+
+
+def gpu_users(actor: Actor, session: Session) -> list[Instance]:
+    """visa's machines with GPUs (their flavour has some), by cloud, biggest first. Stopped ones
+    are listed too: a stopped server keeps its allocation on OpenStack (the page shows states)."""
+    require(actor, "view_gpu_pools")
+    return list(session.scalars(
+        select(Instance).join(Plan, Plan.id == Instance.plan_id).join(Flavour, Flavour.id == Plan.flavour_id)
+        .where(Instance.deleted_at.is_(None), Instance.state != InstanceState.DELETED, Flavour.gpu_count > 0)
+        .order_by(Instance.cloud_id, Flavour.gpu_count.desc(), Instance.created_at)
+    ))

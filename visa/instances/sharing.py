@@ -3,10 +3,11 @@
 Members are OWNER (one, never changed here), USER (desktop with input), GUEST (view only)
 and SUPPORT (support staff). The owner (or an admin) adds USER or GUEST members, changes
 their role and revokes them; members may leave. Support staff (admins, IT support,
-instrument scientists of the instance's instruments, instrument control within 7 days
-of its experiments) ask for access: they join at once when the owner is not staff,
-otherwise the request waits (for an hour) until the owner approves or denies it. Every
-change is audited.
+instrument scientists of the instance's instruments, scientific computing, instrument control
+within 7 days of its experiments) ask for access: the owner's open page shows a prompt. A staff
+owner must answer (the request waits an hour); another owner is asked only while connected, and
+their silence past the prompt's timeout lets support in, as their absence does. Every change is
+audited.
 
 Contract with the desktop gateway and the Jupyter proxy (``visa.gateway``):
 - The database is the truth: a connection is allowed while ``allowed(actor,
@@ -32,20 +33,31 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from visa.actor import Actor, actor_for
-from visa.audit.models import AuditEvent
 from visa.audit.service import record
 from visa.clock import Clock
 from visa.db import after_commit
 from visa.errors import Conflict, Forbidden, InvalidInput, NotFound
-from visa.instances.models import ConnectToken, Instance, InstanceMember, MemberRole
+from visa.instances import emails
+from visa.instances.models import (
+    ConnectToken,
+    Instance,
+    InstanceMember,
+    MemberRole,
+    SupportRequest,
+    SupportState,
+)
 from visa.instances.schemas import PendingSupportOut
+from visa.mail.outbox import enqueue
 from visa.policy import allowed, member_role, require, support_allowed
+from visa.settings import Settings
 from visa.users.models import STAFF_ROLES, User
 
 log = logging.getLogger(__name__)
 
 SHAREABLE_ROLES = frozenset({MemberRole.USER, MemberRole.GUEST})
 SUPPORT_REQUEST_TTL = timedelta(hours=1)
+# How long the owner's page asks before a non-staff owner's silence counts as absence.
+SUPPORT_PROMPT = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -114,8 +126,9 @@ def list_members(actor: Actor, session: Session, instance: Instance) -> list[Ins
 
 
 def add_member(actor: Actor, session: Session, clock: Clock, instance: Instance, username: str,
-               role: str | MemberRole) -> InstanceMember:
-    """The owner (or an admin) shares the instance with a user, as USER or GUEST."""
+               role: str | MemberRole, *, settings: Settings | None = None) -> InstanceMember:
+    """The owner (or an admin) shares the instance with a user, as USER or GUEST; with
+    ``settings``, the new member is told by email (after the commit)."""
     require(actor, "instance.share", instance)
     wanted = _role(role, SHAREABLE_ROLES)
     user = _user(session, username)
@@ -129,6 +142,8 @@ def add_member(actor: Actor, session: Session, clock: Clock, instance: Instance,
     session.flush()
     record(actor, session, clock, "instance.member.add", target_type="instance", target_id=instance.uid,
            username=user.username, role=wanted.value)
+    if settings is not None:
+        enqueue(session, clock, settings, emails.MEMBER_ADDED, member.id)
     return member
 
 
@@ -174,65 +189,97 @@ def revoke_member(actor: Actor, session: Session, clock: Clock, instance: Instan
 
 
 # --- support access ------------------------------------------------------------------------
-def request_support_access(actor: Actor, session: Session, clock: Clock, instance: Instance) -> InstanceMember | None:
-    """Support staff ask to join: a SUPPORT member at once if the owner is not staff, else a
-    request for the owner to approve (None)."""
+def _open_request(session: Session, instance: Instance, user_id: int, now: datetime) -> SupportRequest | None:
+    """The requester's latest request on the instance that has not expired."""
+    return session.scalar(
+        select(SupportRequest)
+        .where(SupportRequest.instance_id == instance.id, SupportRequest.requester_id == user_id,
+               SupportRequest.expires_at > now)
+        .order_by(SupportRequest.created_at.desc(), SupportRequest.id.desc()).limit(1)
+    )
+
+
+def _join_as_support(actor: Actor, session: Session, clock: Clock, instance: Instance, user: User,
+                     action: str) -> InstanceMember:
+    member = InstanceMember(user=user, role=MemberRole.SUPPORT, created_at=clock.now())
+    instance.members.append(member)
+    session.flush()
+    record(actor, session, clock, action, target_type="instance", target_id=instance.uid, username=user.username)
+    return member
+
+
+def request_support_access(actor: Actor, session: Session, clock: Clock, instance: Instance
+                           ) -> InstanceMember | SupportRequest:
+    """Support staff ask to join. The owner's open page is prompted (``visa.instances.support``):
+    a staff owner must answer; another owner who is connected is asked first, and joining
+    happens at once when they are away or let the prompt time out. Returns the new SUPPORT
+    member, or None while the request waits."""
     require(actor, "instance.request_support", instance)
     assert actor.user is not None
     if member_role(actor, instance) is not None:
         raise Conflict("you are already a member of this instance")
     now = clock.now()
-    if not _owner_is_staff(instance, now):
-        member = InstanceMember(user=actor.user, role=MemberRole.SUPPORT, created_at=now)
-        instance.members.append(member)
-        session.flush()
-        record(actor, session, clock, "instance.support.join", target_type="instance", target_id=instance.uid,
-               username=actor.user.username)
-        return member
+    staff_owner = _owner_is_staff(instance, now)
+    open_request = _open_request(session, instance, actor.user.id, now)
+    if open_request is not None and open_request.state == SupportState.REFUSED and not staff_owner:
+        # Their refusal stands for the request's hour, present or not; a staff owner is simply asked again.
+        raise Forbidden("the owner refused your request: ask again later", field="uid")
+    if open_request is not None and open_request.state == SupportState.PENDING:
+        if not staff_owner and open_request.prompt_until <= now:
+            open_request.state, open_request.answered_at = SupportState.ACCEPTED, now
+            return _join_as_support(actor, session, clock, instance, actor.user, "instance.support.join")
+        return open_request
+    if not staff_owner and not instance.owner_connected(now):
+        return _join_as_support(actor, session, clock, instance, actor.user, "instance.support.join")
+    request = SupportRequest(instance_id=instance.id, requester_id=actor.user.id, state=SupportState.PENDING,
+                             created_at=now, prompt_until=now + SUPPORT_PROMPT, expires_at=now + SUPPORT_REQUEST_TTL)
+    session.add(request)
+    session.flush()
     record(actor, session, clock, "instance.support.request", target_type="instance", target_id=instance.uid,
            username=actor.user.username)
-    return None
+    return request
+
+
+def _pending(session: Session, instance: Instance, now: datetime) -> list[SupportRequest]:
+    members = {m.user_id for m in instance.members}
+    rows = session.scalars(
+        select(SupportRequest)
+        .where(SupportRequest.instance_id == instance.id, SupportRequest.state == SupportState.PENDING,
+               SupportRequest.expires_at > now)
+        .order_by(SupportRequest.created_at, SupportRequest.id)
+    )
+    return [r for r in rows if r.requester_id not in members]
 
 
 def pending_support_requests(actor: Actor, session: Session, clock: Clock, instance: Instance) -> list[PendingSupportOut]:
     """Requests of the last hour that are neither answered nor already members."""
     require(actor, "instance.share", instance)
-    since = clock.now() - SUPPORT_REQUEST_TTL
-    events = session.scalars(
-        select(AuditEvent)
-        .where(AuditEvent.action.in_(("instance.support.request", "instance.support.approve",
-                                      "instance.support.deny")),
-               AuditEvent.target_type == "instance", AuditEvent.target_id == instance.uid, AuditEvent.at >= since)
-        .order_by(AuditEvent.at, AuditEvent.id)
-    )
-    pending: dict[str, datetime] = {}
-    for e in events:
-        name = str((e.details or {}).get("username", ""))
-        if e.action == "instance.support.request":
-            pending[name] = e.at
-        else:
-            pending.pop(name, None)
-    members = {m.user.username for m in instance.members}
-    return [PendingSupportOut(username=u, requested_at=at) for u, at in pending.items() if u not in members]
+    return [PendingSupportOut(username=r.requester.username, requested_at=r.created_at)
+            for r in _pending(session, instance, clock.now())]
 
 
 def answer_support_request(actor: Actor, session: Session, clock: Clock, instance: Instance, username: str,
                            approve: bool) -> InstanceMember | None:
     """The owner (or an admin) approves or denies a pending support request."""
     require(actor, "instance.share", instance)
-    if username not in {p.username for p in pending_support_requests(actor, session, clock, instance)}:
+    now = clock.now()
+    request = next((r for r in _pending(session, instance, now) if r.requester.username == username), None)
+    if request is None:
         raise NotFound(f"no pending support request from {username!r}", field="username")
-    user = _user(session, username)
+    user = request.requester
     if approve and user.id == actor.id:
         # An administrator may answer for the owner, but not let themselves in: that is the owner's call.
         raise Forbidden("you cannot approve your own support request: the owner decides")
+    if approve and not support_allowed(actor_for(user, now), instance):
+        raise Forbidden(f"{username} is no longer support staff for this instance")
+    request.state = SupportState.ACCEPTED if approve else SupportState.REFUSED
+    request.answered_at, request.answered_by_id = now, actor.id
     action = "instance.support.approve" if approve else "instance.support.deny"
     record(actor, session, clock, action, target_type="instance", target_id=instance.uid, username=user.username)
     if not approve:
+        session.flush()
         return None
-    if not support_allowed(actor_for(user, clock.now()), instance):
-        raise Forbidden(f"{username} is no longer support staff for this instance")
-    member = InstanceMember(user=user, role=MemberRole.SUPPORT, created_at=clock.now())
+    member = InstanceMember(user=user, role=MemberRole.SUPPORT, created_at=now)
     instance.members.append(member)
     session.flush()
     return member

@@ -13,7 +13,7 @@ from visa.errors import Forbidden, NotFound
 from visa.experiments.models import Experiment, Proposal
 from visa.instances.models import Instance
 from visa.provisioning import host_keys, names
-from visa.provisioning.mounts import instance_mounts
+from visa.provisioning.mounts import home_mount, instance_mounts
 from visa.provisioning.site import site_for_cloud
 from visa.provisioning.spec import BootSpec, ExperimentData, Owner, Port
 from visa.provisioning.userdata import MASK, render_metadata, render_user_data
@@ -68,6 +68,7 @@ def boot_spec(instance: Instance, *, now: datetime, open_data: Sequence[Experime
             home_path=owner.home_path,
             uid_number=owner.uid_number,
             gid_number=owner.gid_number,
+            extra_gids=tuple(owner.extra_gids or ()),
         ),
         image_name=image.name,
         image_options=dict(image.options or {}),
@@ -104,12 +105,14 @@ def server_spec(instance: Instance, settings: Settings, now: datetime, probe_pub
         metadata=render_metadata(machine),
         protocols={p.protocol.value: p.port for p in image.protocols},
         mounts=tuple(instance_mounts(machine, site=site)),
+        home=home_mount(machine, site=site),
         screen_width=instance.screen_width,
         screen_height=instance.screen_height,
         keyboard_layout=instance.keyboard_layout,
         owner_username=instance.owner.username,
         owner_uid=instance.owner.uid_number,
         owner_gid=instance.owner.gid_number,
+        owner_groups=tuple(instance.owner.extra_gids or ()),
         cores=flavour.cores,
         memory_mb=flavour.memory_mb,
     )

@@ -119,7 +119,12 @@ def sync_cloud(services: Services, cloud_name: str, *, only_unstable: bool = Fal
 
     started = time.perf_counter()
     result = SyncResult(cloud=cloud_name)
+    if only_unstable and not _has_unstable(services, cloud_name):
+        return result  # nothing moves there: no list call
     provider = services.provider(cloud_name)
+    from visa.metrics import CLOUD_LIST_CALLS
+
+    CLOUD_LIST_CALLS.labels(cloud=cloud_name).inc()
     try:
         servers = with_retries(provider.list_servers)
     except CloudError as exc:
@@ -214,13 +219,22 @@ def sync_cloud(services: Services, cloud_name: str, *, only_unstable: bool = Fal
     from visa.metrics import SYNC_DURATION
 
     SYNC_DURATION.labels(cloud=cloud_name).observe(result.seconds)
-    if result.changed or result.deleted:
-        from visa.instances import changes
-
-        changes.notify()  # after the commit: the streams read the new state
+    if result.changed or result.deleted:  # the streams were told at the commit (visa.instances.changes)
         log.info("sync %s: %d servers, %d changed, %d deleted", cloud_name, result.servers,
                  len(result.changed), len(result.deleted))
     return result
+
+
+def _has_unstable(services: Services, cloud_name: str) -> bool:
+    from visa.clouds.models import Cloud
+    from visa.instances.models import UNSTABLE_STATES
+
+    with services.database.sessionmaker() as s:
+        return s.scalar(
+            select(Instance.id).join(Instance.cloud)
+            .where(Cloud.name == cloud_name, Instance.deleted_at.is_(None), Instance.cloud_server_id.is_not(None),
+                   Instance.state.in_(UNSTABLE_STATES)).limit(1)
+        ) is not None
 
 
 def _set_state(inst: Instance, state: InstanceState, now, result: SyncResult) -> None:  # noqa: ANN001

@@ -69,6 +69,14 @@ class InstanceTarget(Protocol):
     def experiments(self) -> Iterable[Experiment]: ...
 
 
+class SharedTarget(Protocol):
+    """What the owner-presence rule reads of an instance."""
+
+    @property
+    def members_need_owner(self) -> bool: ...
+    def owner_connected(self, now: datetime) -> bool: ...
+
+
 class Rule:
     def allows(self, actor: PolicyActor, target: Any, now: datetime | None) -> bool:  # pragma: no cover
         raise NotImplementedError
@@ -182,11 +190,23 @@ class Member(Rule):
 
 @dataclass(frozen=True, repr=False)
 class SupportFor(Rule):
-    """Support staff: admins and IT support everywhere, instrument scientists on their
-    instruments, instrument control on experiments running within 7 days."""
+    """Support staff: admins, IT support and scientific computing everywhere, instrument
+    scientists on their instruments, instrument control on experiments running within 7 days."""
 
     def allows(self, actor: PolicyActor, target: InstanceTarget, now: datetime | None) -> bool:
         return support_allowed(actor, target, now)
+
+
+@dataclass(frozen=True, repr=False)
+class OwnerPresent(Rule):
+    """The owner is connected, or the instance lets its members in alone (VISA's unrestricted
+    member access, per image or per instance)."""
+
+    def allows(self, actor: PolicyActor, target: SharedTarget, now: datetime | None) -> bool:
+        if not target.members_need_owner:
+            return True
+        moment = now or actor.at
+        return moment is not None and target.owner_connected(moment)
 
 
 def member_role(actor: PolicyActor, instance: InstanceTarget) -> Any:
@@ -203,7 +223,7 @@ def support_allowed(actor: PolicyActor, instance: InstanceTarget, now: datetime 
     if actor.kind is not ActorKind.USER or actor.user is None:
         return False
     roles = actor.roles
-    if roles & {Role.ADMIN, Role.IT_SUPPORT}:
+    if roles & {Role.ADMIN, Role.IT_SUPPORT, Role.SCIENTIFIC_COMPUTING}:
         return True
     if Role.INSTRUMENT_SCIENTIST in roles:
         uid = actor.user.id

@@ -19,6 +19,7 @@ from visa.policy.rules import (
     IdpScope,
     Interactive,
     Member,
+    OwnerPresent,
     PolicyActor,
     Rule,
     SupportFor,
@@ -34,6 +35,9 @@ MINT_TOKENS = "tokens:create"
 WRITE = TokenScope("api")
 
 ADMIN = HasRole(Role.ADMIN)
+STAFF = HasRole(Role.ADMIN, Role.STAFF)
+# Members who are not the owner.
+OTHERS = Member("USER", "GUEST", "SUPPORT")
 
 POLICY: dict[str, list[Rule]] = {
     # global actions
@@ -48,6 +52,14 @@ POLICY: dict[str, list[Rule]] = {
     "handle_extensions": [System(), ADMIN],
     "manage_notifications": [System(), ADMIN],
     "create_instance": [AnyUser()],
+    # Whether a flavour has room now (the figures behind it are the administrators').
+    "view_capacity": [System(), AnyUser()],
+    "view_gpu_pools": [System(), ADMIN],
+    "view_usage": [System(), ADMIN],
+    # The support page: the instances one may help with.
+    "support.list": [HasRole(Role.ADMIN, Role.IT_SUPPORT, Role.INSTRUMENT_SCIENTIST, Role.SCIENTIFIC_COMPUTING)],
+    # Joining an instance by an invitation link: a person who logged in, never a token.
+    "invitation.redeem": [Interactive()],
     # Any experiment may be attached and any enabled plan picked, not only one's own: admins
     # reproduce what any user gets.
     "experiments.use_any": [System(), ADMIN],
@@ -66,13 +78,23 @@ POLICY: dict[str, list[Rule]] = {
     "instance.delete": [System(), ADMIN, Member("OWNER")],
     "instance.share": [Member("OWNER"), ADMIN],
     "instance.extend": [Member("OWNER"), ADMIN],
+    # Name, comments, keyboard layout and screen size, for the next connection: the owner's own.
+    "instance.edit": [Member("OWNER")],
+    # Whether members need the owner connected, for one instance against its image's rule.
+    "instance.member_access": [System(), ADMIN],
     # Support staff (admins included) connect as SUPPORT members: they join at once when the
     # owner is not staff, else once the owner approves (visa.instances.sharing). A desktop
-    # takes input, so a read-only token may not open one.
-    "instance.connect": [Member("OWNER", "USER", "GUEST", "SUPPORT") & WRITE],
+    # takes input, so a read-only token may not open one. Where the image or the instance says
+    # so, members other than the owner connect only while the owner is connected; staff never wait.
+    "instance.connect": [Member("OWNER") & WRITE, OTHERS & WRITE & OwnerPresent(), OTHERS & WRITE & STAFF],
     "instance.input": [Member("OWNER", "USER", "SUPPORT")],  # GUEST: view only
     "instance.members.view": [System(), ADMIN, Member()],
+    "instance.presence": [System(), ADMIN, Member()],  # who is connected now
+    "instance.support.history": [System(), ADMIN, Member("OWNER")],  # who helped, when
     "instance.jupyter": [Member("OWNER")],
+    # Files in and out over SFTP as the owner's account: not for view-only GUESTs, nor SUPPORT.
+    "instance.files.read": [Member("OWNER", "USER")],
+    "instance.files.write": [Member("OWNER", "USER") & WRITE],
     "instance.thumbnail.write": [Member("OWNER")],
     "instance.request_support": [SupportFor()],
 }

@@ -14,9 +14,10 @@ import logging
 from dataclasses import dataclass
 
 from visa.clouds.base import MountSpec
+from visa.errors import InvalidInput
 from visa.provisioning import names
 from visa.provisioning.spec import BootSpec, ExperimentData
-from visa.settings import ProvisioningSettings
+from visa.settings import ProvisioningSettings, check_home_template, home_source_inside
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,45 @@ def data_mounts(machine: BootSpec, *, site: ProvisioningSettings) -> list[DataMo
 def instance_mounts(machine: BootSpec, *, site: ProvisioningSettings) -> list[MountSpec]:
     """The machine's data mounts as ``MountSpec`` (for ``ServerSpec.mounts``)."""
     return [m.spec for m in data_mounts(machine, site=site)]
+
+
+def home_path(machine: BootSpec, site: ProvisioningSettings) -> str:
+    """Where the owner's home is in the machine: the account source's, else under ``home_root``."""
+    username = names.username(machine.owner.username, "username")
+    return names.absolute_path(machine.owner.home_path or f"{site.home_root}/{username}", "home_path")
+
+
+def home_mount(machine: BootSpec, *, site: ProvisioningSettings) -> MountSpec | None:
+    """The owner's persistent home share at their home, when the site has one
+    (``home_mount_template``); a source outside ``home_mount_root`` is refused."""
+    template, root = site.home_mount_template, site.home_mount_root
+    if not template:
+        return None
+    try:
+        check_home_template(template, root)
+    except ValueError as exc:
+        raise InvalidInput(f"provisioning.home_mount_template: {exc}", field="provisioning.home_mount_template") from None
+    assert root is not None
+    owner = machine.owner
+    username = names.username(owner.username, "username")
+    if "{uid}" in template and owner.uid_number is None:
+        raise InvalidInput(f"{username} has no uid, which their home share needs", field="uid_number")
+    source = template.format(username=username, uid=owner.uid_number if owner.uid_number is not None else "")
+    if not home_source_inside(source, root):
+        raise InvalidInput(f"the home share of {username} would be outside {root}",
+                           field="provisioning.home_mount_template")
+    if site.mount_type == "bind":
+        names.absolute_path(source, "provisioning.home_mount_template")
+    return MountSpec(source=source, target=home_path(machine, site), read_only=False, kind=site.mount_type)
+
+
+def identity_needed(site: ProvisioningSettings, require: str, *, data: bool) -> bool:
+    """Whether a machine must have its owner's uid and gid: shared storage (its data, a home
+    share) is owned by the facility's uids, so files written under another uid are not the owner's.
+    ``require`` is ``posix.require_uid`` (auto: when the storage is nfs or ceph)."""
+    if require == "never" or not (data or site.home_mount_template):
+        return False
+    return require == "always" or site.mount_type in ("nfs", "ceph")
 
 
 def fstab_entry(spec: MountSpec, site: ProvisioningSettings) -> list[str]:

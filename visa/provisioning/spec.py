@@ -20,6 +20,7 @@ class Owner:
     home_path: str | None = None
     uid_number: int | None = None
     gid_number: int | None = None
+    extra_gids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

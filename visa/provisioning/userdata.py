@@ -8,8 +8,10 @@ module (``files/``); they read the instance's values from ``/etc/visa/instance.e
 What the machine gets, one section function each (``_account``, ``_probe``, ``_environment``,
 ``_software``, ``_desktop``, ``_jupyter``, data mounts and ``_start``):
 
-* the owner's account (uid/gid from the account source, home directory), no password
-  login; a ``visa`` probe account whose key may only run the activity probe;
+* the owner's account (uid/gid and supplementary groups from the account source, home
+  directory: their persistent home share when the site has one, given ``/etc/skel`` only when
+  empty), no password login, visa's key allowed to run ``sftp-server`` and nothing else (file
+  transfers); a ``visa`` probe account whose key may only run the activity probe;
 * CVMFS client configuration and its autofs map; Apptainer pointed at CVMFS images;
 * experiment data (:mod:`visa.provisioning.mounts`) in ``/etc/fstab``;
 * the desktop (TigerVNC with the instance secret, screen size, keyboard layout) and
@@ -33,10 +35,10 @@ from typing import Any
 import yaml
 
 from visa.catalogue.models import Protocol
-from visa.clouds.base import VISA_TAG
+from visa.clouds.base import VISA_TAG, MountSpec
 from visa.errors import InvalidInput
 from visa.provisioning import names
-from visa.provisioning.mounts import DataMount, data_mounts, fstab_entry
+from visa.provisioning.mounts import DataMount, data_mounts, fstab_entry, home_mount, home_path
 from visa.provisioning.site import DESKTOP_SESSIONS, ImageOptions, check_site, current_site, image_options
 from visa.provisioning.spec import BootSpec
 from visa.settings import ProvisioningSettings
@@ -168,7 +170,7 @@ def _check(
     username = names.username(owner.username, "username")
     if username == site.probe_username:
         raise InvalidInput(f"the owner may not be named {site.probe_username!r}", field="username")
-    home = names.absolute_path(owner.home_path or f"{site.home_root}/{username}", "home_path")
+    home = home_path(machine, site)
     width, height = names.screen(machine.screen_width, machine.screen_height)
     xkb_layout, xkb_variant = names.keyboard(machine.keyboard_layout)
     secret = MASK if mask_secrets else names.secret(machine.secret, "secret")
@@ -190,8 +192,11 @@ class _Parts:
     services: list[str] = field(default_factory=list)
 
 
-def _account(machine: BootSpec, v: _Checked, site: ProvisioningSettings, parts: _Parts) -> None:
-    """The owner's account: uid/gid from the account source, no password login."""
+def _account(
+    machine: BootSpec, v: _Checked, site: ProvisioningSettings, home: MountSpec | None, parts: _Parts
+) -> None:
+    """The owner's account: uid/gid and supplementary groups from the account source, no
+    password login; with a home share, the home is the share (never made or filled here)."""
     owner = machine.owner
     account: dict[str, Any] = {
         "name": v.username,
@@ -200,6 +205,8 @@ def _account(machine: BootSpec, v: _Checked, site: ProvisioningSettings, parts: 
         "shell": site.user_shell,
         "lock_passwd": True,
     }
+    if home is not None:
+        account["no_create_home"] = True  # the share is the home; home-setup checks it is mounted
     if owner.uid_number is not None:
         account["uid"] = int(owner.uid_number)
     if owner.gid_number is not None:
@@ -210,7 +217,25 @@ def _account(machine: BootSpec, v: _Checked, site: ProvisioningSettings, parts: 
         )
         account["primary_group"] = v.username
         account["no_user_group"] = True
+    groups = [int(g) for g in owner.extra_gids]
+    for gid in groups:
+        # The facility's groups, by number: the image may know them (sssd) or not (made here).
+        parts.bootcmd.append(f"getent group {gid} >/dev/null || groupadd -g {gid} visa-g{gid}")
+    if groups:
+        parts.runcmd.append(["usermod", "-a", "-G", ",".join(map(str, groups)), v.username])
+    if v.probe_key:
+        # visa's key may run sftp-server as the owner (file transfers from the instance page), nothing else.
+        account["ssh_authorized_keys"] = [f'restrict,command="{site.sftp_server}" {v.probe_key}']
     parts.users.append(account)
+
+
+def _home(home: MountSpec | None, parts: _Parts) -> None:
+    """The home checked (the share mounted) and given /etc/skel only when empty, before
+    anything else writes in it."""
+    parts.write_files.append(
+        {"path": f"{LIBEXEC}/home-setup", "permissions": "0755", "content": _file("home-setup.sh")}
+    )
+    parts.runcmd.append([f"{LIBEXEC}/step", "home-setup", f"{LIBEXEC}/home-setup"])
 
 
 def _probe(v: _Checked, site: ProvisioningSettings, parts: _Parts) -> None:
@@ -231,13 +256,15 @@ def _probe(v: _Checked, site: ProvisioningSettings, parts: _Parts) -> None:
 
 
 def _environment(
-    v: _Checked, site: ProvisioningSettings, vnc_port: int | None, jupyter_port: int | None, parts: _Parts
+    v: _Checked, site: ProvisioningSettings, vnc_port: int | None, jupyter_port: int | None,
+    home: MountSpec | None, parts: _Parts,
 ) -> None:
     """``instance.env``, read by every boot script, and the probe's scripts."""
     env: dict[str, str | int] = {
         "VISA_INSTANCE_UID": v.uid,
         "VISA_OWNER": v.username,
         "VISA_HOME": v.home,
+        "VISA_HOME_SHARE": 1 if home is not None else 0,
         "VISA_DATA_ROOT": site.data_root,
         "VISA_PROCESSED_ROOT": site.processed_root,
         "VISA_DISPLAY": f":{site.desktop_display}",
@@ -360,11 +387,13 @@ def _build(
     vnc_port = machine.port_of(Protocol.VNC)
     jupyter_port = machine.port_of(Protocol.JUPYTER)
     mounts = data_mounts(machine, site=site)
+    home = home_mount(machine, site=site)
 
     parts = _Parts()
-    _account(machine, v, site, parts)
+    _account(machine, v, site, home, parts)
     _probe(v, site, parts)
-    _environment(v, site, vnc_port, jupyter_port, parts)
+    _environment(v, site, vnc_port, jupyter_port, home, parts)
+    _home(home, parts)
     _software(v, site, parts)
     if vnc_port:
         _desktop(v, parts)
@@ -378,8 +407,9 @@ def _build(
     if parts.bootcmd:
         config["bootcmd"] = parts.bootcmd
     config["users"] = parts.users
-    if mounts:
-        config["mounts"] = [fstab_entry(m.spec, site) for m in mounts]
+    fstab = ([fstab_entry(home, site)] if home is not None else []) + [fstab_entry(m.spec, site) for m in mounts]
+    if fstab:
+        config["mounts"] = fstab
     if packages:
         config["package_update"] = True
         config["packages"] = packages
@@ -466,6 +496,7 @@ def render_metadata(machine: BootSpec) -> dict[str, str]:
         "visa_home": owner.home_path or "",
         "visa_uid_number": "" if owner.uid_number is None else str(owner.uid_number),
         "visa_gid_number": "" if owner.gid_number is None else str(owner.gid_number),
+        "visa_groups": ",".join(str(g) for g in owner.extra_gids),
         "visa_screen_width": str(machine.screen_width),
         "visa_screen_height": str(machine.screen_height),
         "visa_keyboard_layout": machine.keyboard_layout,

@@ -98,3 +98,8 @@ class Lease:
                       .values(expires_at=self.clock.now() - timedelta(seconds=1)),
                       execution_options={"synchronize_session": False})
         log.info("scheduler lease released by %s", self.holder)
+
+
+def follower_lease(database: Database, clock: Clock, seconds: int, *, holder: str | None = None) -> Lease:
+    """The lease of the one process that follows unstable instances (visa.instances.worker)."""
+    return Lease(database, clock, seconds, name="follower", holder=holder)

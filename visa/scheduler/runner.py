@@ -72,6 +72,7 @@ class Runner:
             from visa.instances.sync import sync_all
             from visa.mail.outbox import deliver
             from visa.scheduler.cleanup import Cleanup
+            from visa.usage import jobs as usage
 
             svc, cfg = self.services, self.services.settings.scheduler
             probe, cleanup = ActivityProbe(svc), Cleanup(svc)
@@ -81,6 +82,7 @@ class Runner:
                 Job("lifecycle", cfg.lifecycle_seconds, lambda: lifecycle.run(svc, guard=self.lease.check)),
                 Job("outbox", cfg.outbox_seconds, lambda: deliver(svc.database.sessionmaker, svc.settings, svc.clock)),
                 Job("cleanup", cfg.cleanup_seconds, cleanup.run),
+                Job("usage", cfg.usage_seconds, lambda: usage.run(svc)),
             ]
             if self.unstable_sync:
                 jobs.insert(1, Job("sync-unstable", cfg.unstable_sync_seconds,
@@ -155,8 +157,10 @@ class Runner:
     def start(self) -> Runner:
         if self.with_worker:
             from visa.instances.worker import Worker
+            from visa.scheduler.lease import follower_lease
 
-            self._worker = Worker(self.services)
+            svc = self.services
+            self._worker = Worker(svc, lease=follower_lease(svc.database, svc.clock, svc.settings.scheduler.lease_seconds))
             self._worker.start()
         self._thread = threading.Thread(target=self._loop, name="visa-scheduler", daemon=True)
         self._thread.start()

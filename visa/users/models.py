@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from visa.db import Base, UTCDateTime
 from visa.policy.roles import STAFF_ROLES as STAFF_ROLES  # re-exported: the roles users hold
 from visa.policy.roles import Role
-from visa.types import enum_column
+from visa.types import JsonDict, enum_column
 
 # Python code matches it with fullmatch: its $ alone would also match before a trailing "\n".
 USERNAME_PATTERN = r"^[a-z_][a-z0-9_.-]{0,31}$"
@@ -19,7 +19,8 @@ USERNAME_PATTERN = r"^[a-z_][a-z0-9_.-]{0,31}$"
 class User(Base):
     __tablename__ = "users"
     # An identity is the provider's subject within its issuer: two providers may reuse a subject.
-    __table_args__ = (UniqueConstraint("identity_issuer", "external_id"),)
+    # A uid names one person on the facility's storage: two accounts never share one.
+    __table_args__ = (UniqueConstraint("identity_issuer", "external_id"), UniqueConstraint("uid_number"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(32), unique=True)
@@ -34,6 +35,11 @@ class User(Base):
     uid_number: Mapped[int | None] = mapped_column(Integer)
     gid_number: Mapped[int | None] = mapped_column(Integer)
     home_path: Mapped[str | None] = mapped_column(String(255))
+    # Supplementary groups (gids) of the account on the facility's storage.
+    extra_gids: Mapped[list[int]] = mapped_column(JsonDict, default=list)
+    # Which source set the unix identity last (visa.users.posix.SOURCES): a later source in that
+    # order never overrides an earlier one's values.
+    posix_source: Mapped[str | None] = mapped_column(String(16))
     instance_quota: Mapped[int] = mapped_column(Integer, default=2)
     password_hash: Mapped[str | None] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, default=True)

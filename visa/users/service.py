@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import re
 import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from visa.actor import Actor
@@ -18,6 +20,7 @@ from visa.clock import Clock
 from visa.errors import Conflict, InvalidInput, NotFound
 from visa.paging import escape_like, page_of
 from visa.policy import require
+from visa.settings import PosixSettings
 from visa.users.models import USERNAME_PATTERN, LoginSession, Role, RoleGrant, User
 from visa.users.schemas import UserQuery
 
@@ -107,6 +110,104 @@ def create_user(
     return user
 
 
+# --- unix identity (uid, gid, groups, home) -----------------------------------------------------
+
+# Where a unix identity comes from, first first: a source never overrides what an earlier one
+# set (the identity provider's claims are the facility's directory; the import is the user
+# office's; the command line and the admin page are an operator's, either may correct the other).
+SOURCES: dict[str, int] = {"oidc": 0, "import": 1, "cli": 2, "admin": 2}
+SOURCE_NAMES = {"oidc": "the identity provider", "import": "the user-office import", "cli": "the command line",
+                "admin": "the admin page"}
+MAX_POSIX_ID = 2**31 - 2  # the column is a 32-bit integer; 2**32 - 1 is (uid_t) -1 anyway
+MAX_GROUPS = 64
+_HOME = re.compile(r"/[A-Za-z0-9._@+-]+(/[A-Za-z0-9._@+-]+)*")
+
+
+@dataclass(frozen=True)
+class Posix:
+    """A unix identity as a source gives it; ``None`` where the source has no value."""
+
+    uid_number: int | None = None
+    gid_number: int | None = None
+    extra_gids: tuple[int, ...] = ()
+    home_path: str | None = None
+
+    def is_empty(self) -> bool:
+        return self.uid_number is None and self.gid_number is None and not self.extra_gids and not self.home_path
+
+
+def _posix_id(value: object, field: str, low: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(f"{field} must be a whole number", field=field)
+    if value < low:
+        raise InvalidInput(f"{field} {value} is below {low}, the system's range: refused", field=field)
+    if value > MAX_POSIX_ID:
+        raise InvalidInput(f"{field} {value} is above {MAX_POSIX_ID}", field=field)
+    return value
+
+
+def validate_posix(posix: Posix, *, min_uid: int, min_gid: int) -> Posix:
+    """The identity with each value checked; InvalidInput names the first bad field."""
+    uid = None if posix.uid_number is None else _posix_id(posix.uid_number, "uid_number", min_uid)
+    gid = None if posix.gid_number is None else _posix_id(posix.gid_number, "gid_number", min_gid)
+    if len(posix.extra_gids) > MAX_GROUPS:
+        raise InvalidInput(f"more than {MAX_GROUPS} extra groups", field="extra_gids")
+    groups = tuple(dict.fromkeys(_posix_id(g, "extra_gids", min_gid) for g in posix.extra_gids))
+    home = posix.home_path
+    if home is not None and (not isinstance(home, str) or len(home) > 255 or not _HOME.fullmatch(home)
+            or posixpath.normpath(home) != home or any(p in (".", "..") for p in home.split("/"))):
+        raise InvalidInput(
+            f"home_path {str(home)[:60]!r} must be a normalised absolute path (letters, digits, . _ @ + -)",
+            field="home_path",
+        )
+    return Posix(uid, gid, groups, home)
+
+
+def set_posix(
+    actor: Actor, session: Session, clock: Clock, user: User, posix: Posix, *, source: str,
+    limits: PosixSettings,
+) -> bool:
+    """Set the user's unix identity from ``source`` (one of ``SOURCES``); whether it changed.
+
+    Refused: a value below the system range, a uid another account has (``Conflict``), and a
+    source that comes after the one that set the identity (``Conflict`` naming that one). Each
+    change is audited with the old and new values."""
+    require(actor, "manage_users")
+    if source not in SOURCES:
+        raise ValueError(f"unknown identity source {source!r}")
+    checked = validate_posix(posix, min_uid=limits.min_uid, min_gid=limits.min_gid)
+    if user.posix_source is not None and SOURCES[source] > SOURCES.get(user.posix_source, 99):
+        raise Conflict(
+            f"{user.username}'s unix identity comes from {SOURCE_NAMES.get(user.posix_source, user.posix_source)}: "
+            "change it there", field="source",
+        )
+    if checked.uid_number is not None:
+        other = session.scalar(
+            select(User.username).where(User.uid_number == checked.uid_number, User.id != user.id)
+        )
+        if other is not None:
+            raise Conflict(f"uid {checked.uid_number} is already {other}'s", field="uid_number")
+    old = posix_of(user)
+    if old == checked and user.posix_source == source:
+        return False
+    user.uid_number, user.gid_number = checked.uid_number, checked.gid_number
+    user.extra_gids, user.home_path = list(checked.extra_gids), checked.home_path
+    old_source, user.posix_source = user.posix_source, source
+    session.flush()
+    record(actor, session, clock, "user.posix", target_type="user", target_id=user.id, source=source,
+           old_source=old_source, old=_posix_dict(old), new=_posix_dict(checked))
+    return True
+
+
+def posix_of(user: User) -> Posix:
+    return Posix(user.uid_number, user.gid_number, tuple(user.extra_gids or ()), user.home_path)
+
+
+def _posix_dict(p: Posix) -> dict[str, object]:
+    return {"uid_number": p.uid_number, "gid_number": p.gid_number, "extra_gids": list(p.extra_gids),
+            "home_path": p.home_path}
+
+
 def set_password(actor: Actor, session: Session, clock: Clock, user: User, password: str) -> None:
     require(actor, "manage_users")
     if len(password) < MIN_PASSWORD:
@@ -156,6 +257,23 @@ def live_login_session(session: Session, sid: object, user_id: object) -> LoginS
     if row is None or row.user_id != user_id or row.expires_at <= _wall():
         return None
     return row
+
+
+def live_login_session_and_user(session: Session, sid: object, user_id: object) -> tuple[LoginSession, User] | None:
+    """``live_login_session``, with its user and the user's role grants read in the same query
+    (a request's one query for who is asking)."""
+    if not isinstance(sid, str) or not sid or len(sid) > 128 or not isinstance(user_id, int):
+        return None
+    found = session.execute(
+        select(LoginSession, User).join(User, User.id == LoginSession.user_id)
+        .where(LoginSession.id_hash == _sid_hash(sid)).options(joinedload(User.grants))
+    ).unique().first()
+    if found is None:
+        return None
+    row, user = found
+    if row.user_id != user_id or row.expires_at <= _wall():
+        return None
+    return row, user
 
 
 def login_session_hash(sid: object) -> str | None:
@@ -286,6 +404,16 @@ def purge_expired_grants(session: Session, clock: Clock) -> int:
         delete(RoleGrant).where(RoleGrant.expires_at.is_not(None), RoleGrant.expires_at <= clock.now())
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def holders_of(session: Session, role: Role, when: datetime) -> list[User]:
+    """Active users who hold ``role`` at ``when`` (those to tell about what their role handles)."""
+    return list(session.scalars(
+        select(User).join(RoleGrant, RoleGrant.user_id == User.id)
+        .where(User.active.is_(True), RoleGrant.role == role,
+               or_(RoleGrant.expires_at.is_(None), RoleGrant.expires_at > when))
+        .order_by(User.id)
+    ))
 
 
 # --- listing (administrators) ---------------------------------------------------------------

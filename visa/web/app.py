@@ -118,7 +118,10 @@ def _register_blueprints(app: Flask) -> None:
     from visa.gateway.api import lab as gateway_jupyter
     from visa.instances.api import bp as instances_api
     from visa.instances.extensions_api import bp as extensions_api
+    from visa.instances.files_api import bp as files_api
     from visa.instances.members_api import bp as members_api
+    from visa.instances.members_api import redeem_bp as invitations_api
+    from visa.usage.api import bp as usage_api
     from visa.users.api import bp as users_api
     from visa.web.pages import register as register_pages
 
@@ -126,9 +129,12 @@ def _register_blueprints(app: Flask) -> None:
         app.register_blueprint(bp)
     app.register_blueprint(auth_pages)
     app.register_blueprint(members_api)
+    app.register_blueprint(invitations_api)
     app.register_blueprint(users_api)
     register_pages(app)
     app.register_blueprint(gateway_api)
     app.register_blueprint(gateway_jupyter)
     register_admin(app)
     app.register_blueprint(extensions_api)
+    app.register_blueprint(usage_api)
+    app.register_blueprint(files_api)

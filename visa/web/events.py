@@ -2,18 +2,25 @@
 
 Events: ``instance`` (one instance changed state: its dict and progress), ``instances``
 (an instance appeared or went away: the new list of uids), ``thumbnail`` (a new desktop
-picture). The stream polls the database with one cheap query every ``POLL_SECONDS`` in a
-worker thread, so it works across any number of processes without a message broker. It
-authenticates with the Flask session cookie, and re-checks it every ``RECHECK_SECONDS``:
-a logout elsewhere or a password change ends the stream. Streams end after
-``MAX_STREAM_SECONDS``; browsers reconnect on their own (``retry``) and compare the
-per-instance versions of the ``ready`` event with what they last saw.
+picture), and the kinds features register as feeds (``visa.instances.changes.feed``: presence,
+support prompts). On PostgreSQL a stream reads the database only when told: every commit that
+changes an instance or a session notifies (``pg_notify``), one listening connection per
+process (visa.pubsub) hears it and wakes the streams concerned (visa.instances.changes), which
+read what they show; an idle stream costs no query, whatever the number of open tabs. On
+SQLite (one process) the stream polls with one cheap query every ``POLL_SECONDS`` and is woken
+sooner by its own process's commits. It authenticates with the Flask session cookie, and
+re-checks it when that user's sessions change (and every ``RECHECK_SECONDS`` when polling,
+``LISTEN_RECHECK_SECONDS`` when listening): a logout elsewhere or a password change ends the
+stream. Streams end after ``MAX_STREAM_SECONDS`` (polling) or about ``LISTEN_STREAM_SECONDS``
+(listening); browsers reconnect on their own (``retry``) and compare the per-instance versions
+of the ``ready`` event with what they last saw.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,13 +30,15 @@ from anyio import to_thread
 from flask import Flask
 from pydantic import BaseModel
 from sqlalchemy import and_, func, select
+from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from visa import pubsub
 from visa.actor import actor_for
 from visa.auth.sessions import session_user
-from visa.instances import changes, progress
+from visa.instances import changes, presence, progress, support  # noqa: F401 (presence, support: their feeds)
 from visa.instances.models import Instance, InstanceCommand, InstanceMember, InstanceThumbnail
 from visa.instances.schemas import InstanceEvent, InstancesEvent, ReadyEvent, ThumbnailEvent
 from visa.instances.serialize import instance_out
@@ -45,6 +54,12 @@ RECHECK_SECONDS = 30.0
 # the browser reconnects after RETRY_MS and the "ready" versions tell it what it missed.
 MAX_STREAM_SECONDS = 60.0
 RETRY_MS = 3000
+# Listening (PostgreSQL), a stream costs nothing while idle: it may stay open longer (a
+# restarting gateway cuts it after uvicorn's short graceful timeout anyway), spread out so
+# that reconnections do not come in waves.
+LISTEN_STREAM_SECONDS = 900.0
+LISTEN_RECHECK_SECONDS = 300.0
+LISTEN_WAIT_SECONDS = 2.0
 
 # uid -> (state, state_changed_at, last command finished_at, thumbnail updated_at)
 Snapshot = dict[str, tuple[str, datetime | None, datetime | None, datetime | None]]
@@ -64,6 +79,7 @@ class UserStream:
     user_id: int
     epoch: str
     sid: str = ""
+    instance_ids: frozenset[int] = frozenset()
 
     def session_valid(self) -> bool:
         data = {"user_id": self.user_id, "epoch": self.epoch, "sid": self.sid}
@@ -72,22 +88,14 @@ class UserStream:
 
     def snapshot(self) -> Snapshot:
         """The one query per poll: the user's instances with what may have changed on them."""
-        last_finished = (
-            select(func.max(InstanceCommand.finished_at))
-            .where(InstanceCommand.instance_id == Instance.id)
-            .correlate(Instance)
-            .scalar_subquery()
-        )
-        stmt = (
-            select(Instance.uid, Instance.state, Instance.state_changed_at, last_finished,
-                   InstanceThumbnail.updated_at)
-            .join(InstanceMember, and_(InstanceMember.instance_id == Instance.id,
-                                       InstanceMember.user_id == self.user_id))
-            .outerjoin(InstanceThumbnail, InstanceThumbnail.instance_id == Instance.id)
-            .where(Instance.deleted_at.is_(None))
-        )
         with self.services.database.sessionmaker() as s:
-            return {uid: (str(state), changed, finished, thumb) for uid, state, changed, finished, thumb in s.execute(stmt)}
+            snap, self.instance_ids = read_snapshot(s, self.user_id)
+        return snap
+
+    def feeds(self) -> dict[tuple[str, str], BaseModel]:
+        """What the registered feeds say for this user now (one small query each)."""
+        with self.services.database.sessionmaker() as s:
+            return changes.read_feeds(s, self.user_id, self.services.clock.now())
 
     def describe(self, uids: list[str]) -> list[InstanceEvent]:
         """The instances that changed, with their progress."""
@@ -101,6 +109,37 @@ class UserStream:
                 out.append(InstanceEvent(instance=instance_out(inst, actor, self.services.clock),
                                          **progress.progress_of(s, inst)))
             return out
+
+
+def read_snapshot(s: Session, user_id: int) -> tuple[Snapshot, frozenset[int]]:
+    """The user's instances with what may have changed on them, and their ids."""
+    last_finished = (
+        select(func.max(InstanceCommand.finished_at))
+        .where(InstanceCommand.instance_id == Instance.id)
+        .correlate(Instance)
+        .scalar_subquery()
+    )
+    stmt = (
+        select(Instance.uid, Instance.state, Instance.state_changed_at, last_finished,
+               InstanceThumbnail.updated_at, Instance.id)
+        .join(InstanceMember, and_(InstanceMember.instance_id == Instance.id, InstanceMember.user_id == user_id))
+        .outerjoin(InstanceThumbnail, InstanceThumbnail.instance_id == Instance.id)
+        .where(Instance.deleted_at.is_(None))
+    )
+    rows = s.execute(stmt).all()
+    snap = {uid: (str(state), changed, finished, thumb) for uid, state, changed, finished, thumb, _id in rows}
+    return snap, frozenset(row[5] for row in rows)
+
+
+def versions(snap: Snapshot) -> dict[str, str]:
+    return {uid: version(row) for uid, row in snap.items()}
+
+
+def page_versions(s: Session, user_id: int) -> dict[str, str]:
+    """The versions a page shows, as the stream's ``ready`` event would tell them: a page
+    compares them with the first ``ready``, so a change between the render and the stream's
+    first read (a deletion finishing meanwhile) is not missed."""
+    return versions(read_snapshot(s, user_id)[0])
 
 
 def version(row: tuple[str, datetime | None, datetime | None, datetime | None]) -> str:
@@ -120,6 +159,27 @@ def diff(old: Snapshot, new: Snapshot) -> tuple[bool, list[str], list[str]]:
 class EventStream:
     def __init__(self, flask_app: Flask) -> None:
         self.flask_app = flask_app
+        self._listening: bool | None = None
+
+    def members(self, instance_ids: list[int], user_ids: set[int]) -> dict[int, set[int]]:
+        """Of the users with a stream here, the members of these instances (one query)."""
+        out: dict[int, set[int]] = {}
+        with self.services.database.sessionmaker() as s:
+            for instance_id, user_id in s.execute(
+                select(InstanceMember.instance_id, InstanceMember.user_id)
+                .where(InstanceMember.instance_id.in_(instance_ids), InstanceMember.user_id.in_(user_ids))
+            ):
+                out.setdefault(instance_id, set()).add(user_id)
+        return out
+
+    def listening(self) -> bool:
+        """Whether this process hears the database's notifications (PostgreSQL), once connected."""
+        if self._listening is None:
+            changes.set_resolver(self.members)
+            self._listening = self.services.settings.database_notify and changes.listen(self.services.database.url)
+        if not self._listening:
+            return False
+        return pubsub.wait_connected(pubsub.listener(self.services.database.url), LISTEN_WAIT_SECONDS)
 
     @property
     def services(self) -> Services:
@@ -154,27 +214,64 @@ class EventStream:
         return StreamingResponse(self.events(stream, request), media_type="text/event-stream", headers=headers)
 
     async def events(self, stream: UserStream, request: Request) -> AsyncIterator[bytes]:
+        listening = await to_thread.run_sync(self.listening)
+        sub = changes.subscribe(stream.user_id)  # before the first read: nothing falls in between
+        try:
+            async for chunk in self._events(stream, sub, request, listening):
+                yield chunk
+        finally:
+            changes.unsubscribe(sub)
+
+    async def _events(self, stream: UserStream, sub: changes.Subscription, request: Request,
+                      listening: bool) -> AsyncIterator[bytes]:
         started = last_beat = last_check = time.monotonic()
+        if listening:
+            lifetime, recheck, wait = LISTEN_STREAM_SECONDS * random.uniform(0.8, 1.0), LISTEN_RECHECK_SECONDS, \
+                HEARTBEAT_SECONDS
+        else:
+            lifetime, recheck, wait = MAX_STREAM_SECONDS, RECHECK_SECONDS, POLL_SECONDS
         snap = await to_thread.run_sync(stream.snapshot)
+        sub.instance_ids = stream.instance_ids
         yield f"retry: {RETRY_MS}\n\n".encode()
-        yield sse("ready", ReadyEvent(uids=sorted(snap), versions={u: version(r) for u, r in snap.items()}))
-        while time.monotonic() - started < MAX_STREAM_SECONDS:
-            await changes.wait(POLL_SECONDS)  # sooner when this process's worker moved one
+        yield sse("ready", ReadyEvent(uids=sorted(snap), versions=versions(snap)))
+        fed = await to_thread.run_sync(stream.feeds)
+        for (name, _uid), model in fed.items():
+            yield sse(name, model)
+        while time.monotonic() - started < lifetime:
+            woken = await sub.wait(wait)  # sooner when a commit concerns this stream
             if await request.is_disconnected():
                 return
             now = time.monotonic()
-            if now - last_check >= RECHECK_SECONDS:
+            if sub.session_changed or now - last_check >= recheck:
+                sub.session_changed = False
                 last_check = now
                 if not await to_thread.run_sync(stream.session_valid):
                     yield sse("logout")
                     return
+            if listening and not woken:  # nothing happened: no query
+                if now - last_beat >= HEARTBEAT_SECONDS:
+                    last_beat = now
+                    yield sse(None, comment="ping")
+                continue
             try:
                 new = await to_thread.run_sync(stream.snapshot)
             except Exception:  # a database hiccup: try again next poll, keep the stream
                 log.warning("event stream poll failed", exc_info=True)
+                if listening:
+                    sub.event.set()  # read again at the next turn
                 continue
+            sub.instance_ids = stream.instance_ids
             list_changed, changed, thumbs = diff(snap, new)
             snap = new
+            try:
+                fed_now = await to_thread.run_sync(stream.feeds)
+            except Exception:
+                log.warning("event stream feeds failed", exc_info=True)
+                fed_now = fed
+            fed_changes = changes.feed_changes(fed, fed_now)
+            fed = fed_now
+            for name, model in fed_changes:
+                yield sse(name, model)
             if list_changed:
                 yield sse("instances", InstancesEvent(uids=sorted(new)))
             if changed:
@@ -187,7 +284,7 @@ class EventStream:
                 yield sse("thumbnail", ThumbnailEvent(
                     uid=uid, updated_at=at, url=f"/api/instances/{uid}/thumbnail?v={int(at.timestamp()) if at else 0}",
                 ))
-            if list_changed or changed or thumbs:
+            if list_changed or changed or thumbs or fed_changes:
                 last_beat = now
             elif now - last_beat >= HEARTBEAT_SECONDS:
                 last_beat = now

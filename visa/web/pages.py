@@ -19,17 +19,21 @@ from visa.announcements import service as notifications
 from visa.announcements.models import SystemNotification
 from visa.catalogue.models import Protocol
 from visa.experiments.service import experiments_of
-from visa.instances import progress, service, thumbnails
+from visa.instances import invitations, presence, progress, service, support, thumbnails
 from visa.instances.models import CommandAction, Instance, InstanceState
+from visa.instances.schemas import SupportQuery
 from visa.instances.serialize import instance_out
 from visa.policy import allowed
 from visa.provisioning.names import KEYBOARD_LAYOUTS
 from visa.web.context import current_actor, db_session, services
+from visa.web.events import page_versions
 
 bp = Blueprint("pages", __name__)
 
 RUNNING = frozenset({InstanceState.ACTIVE, InstanceState.PARTIALLY_ACTIVE})
 SCREEN_SIZES = [(1280, 800), (1440, 900), (1600, 900), (1680, 1050), (1920, 1080), (1920, 1200), (2560, 1440)]
+# An upload goes in requests of this size, each with its offset: a broken one resumes there.
+UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024
 STATE_LABELS = {s: s.value.replace("_", " ").capitalize() for s in InstanceState}
 
 
@@ -69,7 +73,9 @@ def _view(actor: Actor, instance: Instance, thumbs: dict[int, datetime] | None =
     protocols = set(d["protocols"])
     running = instance.state in RUNNING
     thumb_at = (thumbs or {}).get(instance.id)
+    may_connect = allowed(actor, "instance.connect", instance)
     d.update(
+        waiting_for_owner=not may_connect and presence.waiting_for_owner(actor, instance, clock.now()),
         state_label=STATE_LABELS[instance.state],
         running=running,
         thumbnail_url=(f"/api/instances/{instance.uid}/thumbnail?v={int(thumb_at.timestamp())}" if thumb_at else None),
@@ -78,9 +84,12 @@ def _view(actor: Actor, instance: Instance, thumbs: dict[int, datetime] | None =
             "delete": allowed(actor, "instance.delete", instance),
             "share": allowed(actor, "instance.share", instance),
             "extend": allowed(actor, "instance.extend", instance),
-            "desktop": running and Protocol.VNC.value in protocols and allowed(actor, "instance.connect", instance),
+            "desktop": running and Protocol.VNC.value in protocols and may_connect,
             "jupyter": running and Protocol.JUPYTER.value in protocols and allowed(actor, "instance.jupyter", instance),
             "input": allowed(actor, "instance.input", instance),
+            "edit": allowed(actor, "instance.edit", instance),
+            "files": allowed(actor, "instance.files.read", instance),
+            "upload": allowed(actor, "instance.files.write", instance),
             "start": instance.state in service.ALLOWED_FROM[CommandAction.START],
             "stop": instance.state in service.ALLOWED_FROM[CommandAction.STOP],
             "reboot": instance.state in service.ALLOWED_FROM[CommandAction.REBOOT],
@@ -96,6 +105,11 @@ def _home_items(actor: Actor) -> list[dict[str, Any]]:
     return [_view(actor, i, thumbs) for i in items]
 
 
+def _live_versions(actor: Actor) -> dict[str, str]:
+    assert actor.user is not None
+    return page_versions(db_session(), actor.user.id)
+
+
 def _quota(actor: Actor) -> dict[str, int]:
     assert actor.user is not None
     return {"used": service.active_instance_count(db_session(), actor.user), "quota": actor.user.instance_quota}
@@ -104,7 +118,8 @@ def _quota(actor: Actor) -> dict[str, int]:
 @bp.get("/")
 @page
 def home(actor: Actor):  # noqa: ANN201
-    return render_template("home.html", instances=_home_items(actor), quota=_quota(actor))
+    return render_template("home.html", instances=_home_items(actor), quota=_quota(actor),
+                           live_versions=_live_versions(actor))
 
 
 @bp.get("/instances/_cards")
@@ -153,7 +168,34 @@ def instance(actor: Actor, uid: str):  # noqa: ANN201
         ({"username": m.user.username, "full_name": m.user.full_name, "role": m.role.value} for m in inst.members),
         key=lambda m: (m["role"] != "OWNER", m["username"]),
     )
-    return render_template("instance.html", i=data, members=members)
+    s, clock = db_session(), services().clock
+    helped = presence.support_sessions(actor, s, inst) if allowed(actor, "instance.support.history", inst) else []
+    return render_template("instance.html", i=data, members=members, keyboard_layouts=KEYBOARD_LAYOUTS,
+                           screen_sizes=SCREEN_SIZES, upload_chunk=UPLOAD_CHUNK_BYTES,
+                           max_upload=services().settings.transfers.max_upload_bytes,
+                           presence=presence.presence_of(actor, s, clock, inst).model_dump(mode="json"),
+                           helped=[h.model_dump(mode="json") for h in helped], live_versions=_live_versions(actor))
+
+
+@bp.get("/support")
+@page
+def support_page(actor: Actor):  # noqa: ANN201
+    """Support staff: the instances they may help with, filtered; asking to join is the page's script."""
+    q = SupportQuery(q=request.args.get("q", "")[:100], instrument=request.args.get("instrument", "")[:64],
+                     state=request.args.get("state", "")[:32])
+    s = db_session()
+    rows = support.support_instances(actor, s, services().clock, q)
+    return render_template("support.html", rows=[r.model_dump(mode="json") for r in rows], query=q,
+                           instruments=support.support_instruments(actor, s), states=list(STATE_LABELS.items()))
+
+
+@bp.get("/invite/<token>")
+@page
+def invitation(actor: Actor, token: str):  # noqa: ANN201
+    """An invitation link, after logging in: what it gives, and a button to join (spent only then)."""
+    inst, role = invitations.peek_invitation(actor, db_session(), services().clock, token)
+    return render_template("invite.html", token=token, name=inst.name, role=role.value,
+                           owner=inst.owner.full_name or inst.owner.username)
 
 
 @bp.get("/instances/<uid>/_status")
@@ -167,9 +209,11 @@ def instance_status(actor: Actor, uid: str):  # noqa: ANN201
 @page
 def desktop(actor: Actor, uid: str):  # noqa: ANN201
     inst = service.get_instance(actor, db_session(), uid)
-    if not allowed(actor, "instance.connect", inst):
+    # A member kept out only until the owner connects gets the page: it waits, then opens by itself.
+    if not allowed(actor, "instance.connect", inst) and not presence.waiting_for_owner(actor, inst, services().clock.now()):
         abort(403)
-    return render_template("desktop.html", i=_view(actor, inst))
+    clip = services().settings.clipboard
+    return render_template("desktop.html", i=_view(actor, inst), url_hosts=clip.url_hosts, url_max=clip.max_url_chars)
 
 
 @bp.get("/instances/<uid>/jupyter")
@@ -206,7 +250,8 @@ def memory(mb: int) -> str:
 @bp.app_context_processor
 def _globals() -> dict[str, Any]:
     me = current_actor(required=False) if request else None
-    return {"me": me, "notices": _notices(me)}
+    may_support = me is not None and me.user is not None and allowed(me, "support.list")
+    return {"me": me, "notices": _notices(me), "may_support": may_support}
 
 
 def _notices(me: Actor | None) -> list[SystemNotification]:

@@ -90,7 +90,12 @@ export function confirmDialog({ title, text = "", ok = "Confirm", danger = true 
 const handlers = new Map();
 let source = null;
 let connections = 0;
-let known = null; // uid -> version, as last told by the server
+// uid -> version, as last told by the server; first, what the page was rendered with, so that
+// a change between the render and the stream's first read is seen.
+let known = (() => {
+  const meta = document.querySelector('meta[name="live-versions"]');
+  try { return meta ? JSON.parse(meta.content) : null; } catch { return null; }
+})();
 
 export function onEvent(name, fn) {
   if (!handlers.has(name)) handlers.set(name, []);
@@ -106,12 +111,12 @@ function dispatch(name, data) {
 
 function openEvents() {
   source = new EventSource("/api/events");
-  for (const name of ["instance", "instances", "thumbnail", "ready", "logout"]) {
+  for (const name of ["instance", "instances", "thumbnail", "ready", "logout", "presence", "support"]) {
     source.addEventListener(name, (ev) => {
       const data = ev.data ? JSON.parse(ev.data) : {};
       if (name === "logout") { goLogin(); return; }
       if (name === "ready") {
-        // Streams are short; after a reconnect, say "stale" only if something changed meanwhile.
+        // Streams are short; after a reconnect (or since the render), say "stale" only if something changed.
         data.reconnected = connections++ > 0;
         const versions = data.versions || {};
         const changed = known !== null && (Object.keys(known).length !== Object.keys(versions).length

@@ -1,6 +1,8 @@
 // The create wizard: experiments (and, optionally, open data) -> environment -> size -> name and screen.
 // Sizes come from GET /api/plans for the chosen experiments: the server decides what is allowed.
 // Open data (other proposals whose embargo ended) is found with GET /api/experiments/open-data.
+// Whether each size can be had now comes from GET /api/capacity (the clouds' own figures): a
+// size with no room is shown as such and cannot be picked (the server refuses it too).
 import { api, ApiError } from "./app.js";
 
 const form = document.getElementById("wizard");
@@ -19,7 +21,7 @@ const openSearch = document.getElementById("open-search");
 const openList = document.getElementById("open-list");
 const openNone = document.getElementById("open-none");
 
-const state = { plans: [], image: null, planId: null, nameTouched: false, fetchSeq: 0, openSeq: 0 };
+const state = { plans: [], image: null, planId: null, nameTouched: false, fetchSeq: 0, openSeq: 0, capacity: new Map() };
 // Open data by id: as last found, and as chosen (kept while the search changes).
 const openFound = new Map();
 const openChosen = new Map();
@@ -95,14 +97,39 @@ function renderFlavours() {
     state.planId = null;
     return;
   }
-  if (!plans.some((p) => p.id === state.planId)) state.planId = (plans.find((p) => p.preset) || plans[0]).id;
+  const full = (p) => state.capacity.get(p.flavour.name)?.available === false;
+  if (!plans.some((p) => p.id === state.planId && !full(p))) {
+    const open = plans.filter((p) => !full(p));
+    state.planId = open.length ? (open.find((p) => p.preset) || open[0]).id : null;
+  }
   for (const p of plans) {
     const days = Math.round(p.max_lifetime_hours / 24);
-    flavourBox.append(el("button", { type: "button", class: "choice", "data-plan": String(p.id), "aria-pressed": String(p.id === state.planId) },
+    const attrs = { type: "button", class: full(p) ? "choice unavailable" : "choice", "data-plan": String(p.id),
+      "aria-pressed": String(p.id === state.planId) };
+    if (full(p)) attrs.disabled = true; // a property: "" would leave it enabled
+    flavourBox.append(el("button", attrs,
       el("span", { class: "name" }, p.flavour.name),
       el("span", { class: "desc" }, p.flavour.description || ""),
       flavourSpecs(p.flavour),
-      el("span", { class: "desc" }, `Lives up to ${days >= 1 ? `${days} day${days > 1 ? "s" : ""}` : `${p.max_lifetime_hours} h`}`)));
+      el("span", { class: "desc" }, `Lives up to ${days >= 1 ? `${days} day${days > 1 ? "s" : ""}` : `${p.max_lifetime_hours} h`}`),
+      capacityNote(p.flavour.name)));
+  }
+}
+
+function capacityNote(name) {
+  const c = state.capacity.get(name);
+  if (!c) return null;
+  if (c.available === true) return el("span", { class: "capacity ok", "data-capacity": "available" }, "Available now");
+  if (c.available === false) return el("span", { class: "capacity full", "data-capacity": "unavailable", title: c.message }, `Not available now: ${c.message}`);
+  return el("span", { class: "capacity unknown", "data-capacity": "unknown", title: c.message }, "Availability unknown");
+}
+
+async function loadCapacity() {
+  try {
+    const rows = await api("GET", "/api/capacity");
+    state.capacity = new Map(rows.map((r) => [r.flavour, r]));
+  } catch {
+    state.capacity = new Map(); // unknown: the server still decides at creation
   }
 }
 
@@ -163,7 +190,7 @@ async function loadPlans() {
   } else {
     const query = ids.map((id) => `experiment=${id}`).join("&");
     try {
-      const plans = await api("GET", `/api/plans${query ? `?${query}` : ""}`);
+      const [plans] = await Promise.all([api("GET", `/api/plans${query ? `?${query}` : ""}`), loadCapacity()]);
       if (seq !== state.fetchSeq) return; // a newer selection won
       state.plans = plans;
     } catch (err) {

@@ -1,7 +1,8 @@
 // The desktop: noVNC's RFB client on a one-time gateway URL. The gateway checks the token
 // and does the VNC authentication itself, so no password ever reaches the browser.
 import RFB from "../vendor/novnc/core/rfb.js";
-import { api, ApiError, toast } from "./app.js";
+import { api, ApiError, onEvent, toast } from "./app.js";
+import { offerableUrl } from "./clipboard-url.js";
 import { tuneForLink } from "./desktop-link.js";
 
 const bar = document.getElementById("desktop");
@@ -16,6 +17,9 @@ const clipPanel = document.getElementById("clipboard-panel");
 const clipText = document.getElementById("clipboard-text");
 const reconnectBtn = document.getElementById("btn-reconnect");
 const cadBtn = document.getElementById("btn-cad");
+const openLink = document.getElementById("clipboard-open");
+const urlHosts = JSON.parse(bar.dataset.urlHosts || "[]");
+const urlMax = Number(bar.dataset.urlMax) || 2048;
 
 const THUMB_FIRST_MS = 10_000;
 const THUMB_EVERY_MS = 60_000;
@@ -56,6 +60,10 @@ async function connect() {
   try {
     session = await api("POST", `/api/instances/${uid}/connect`);
   } catch (err) {
+    if (err instanceof ApiError && err.body.error === "waiting_for_owner") {
+      waitForOwner();
+      return;
+    }
     if (again && retryable(err)) {
       scheduleReconnect();
       return;
@@ -109,11 +117,41 @@ async function connect() {
   });
   rfb.addEventListener("clipboard", (ev) => {
     clipText.value = ev.detail.text;
+    offerLink(ev.detail.text);
     // Also to the local clipboard where the browser allows it (secure context, focused page).
     navigator.clipboard?.writeText(ev.detail.text).catch(() => {});
   });
   rfb.addEventListener("desktopname", (ev) => { document.title = `${ev.detail.name} · VISA`; });
 }
+
+// A URL copied in the desktop, on the allow-list: one click opens it here, in a new tab that
+// knows nothing of this page (noopener noreferrer). Anything else is not offered.
+function offerLink(text) {
+  const href = offerableUrl(text, urlHosts, urlMax);
+  openLink.classList.toggle("hidden", !href);
+  openLink.href = href || "#";
+  openLink.textContent = href ? `Open ${href}` : "";
+  openLink.title = href || "";
+  document.body.dataset.clipboardUrl = href ? "offered" : "none"; // read by tests
+}
+openLink.addEventListener("click", () => { setTimeout(() => offerLink(""), 0); });
+
+// --- waiting for the owner: this machine admits its other members only while the owner is
+// connected. The owner's arrival comes on the event stream; a slow retry covers a missed one. ---
+let ownerTimer = null;
+function waitForOwner() {
+  reconnectDone();
+  setStatus("Waiting for the owner", "waiting");
+  showOverlay("Waiting for the owner: the desktop opens as soon as they connect.");
+  clearTimeout(ownerTimer);
+  ownerTimer = setTimeout(connect, 15000);
+}
+onEvent("presence", (d) => {
+  if (d.uid === uid && d.owner_connected && document.body.dataset.desktop === "waiting") {
+    clearTimeout(ownerTimer);
+    connect();
+  }
+});
 
 // --- reconnecting: a socket that drops (a gateway restarted, a network blip) comes back by
 // itself with a fresh one-time token; the user sees "Reconnecting…", not a dead screen. -------

@@ -159,3 +159,125 @@ if (extForm) {
     }
   });
 }
+
+// --- presence: who is connected now, live ---------------------------------------------------
+// Names are set as text, never as markup: a display name is whatever its owner typed.
+const presenceList = document.getElementById("presence-list");
+const presenceEmpty = document.getElementById("presence-empty");
+let waiting = null;
+
+onEvent("presence", (d) => {
+  if (d.uid !== uid) return;
+  presenceList.replaceChildren(...d.connected.map((p) => {
+    const li = document.createElement("li");
+    li.dataset.present = p.username;
+    const who = document.createElement("span");
+    who.append(p.full_name || p.username, " ");
+    who.append(Object.assign(document.createElement("span"), { className: "muted small", textContent: p.username }));
+    const how = document.createElement("span");
+    for (const proto of p.protocols) {
+      how.append(Object.assign(document.createElement("span"), { className: "badge role", textContent: proto.toLowerCase() }), " ");
+    }
+    li.append(who, how);
+    return li;
+  }));
+  presenceEmpty.classList.toggle("hidden", d.connected.length > 0);
+  // The owner came or went: the desktop button and the waiting notice change.
+  if (waiting !== null && waiting !== d.waiting_for_owner) refresh();
+  waiting = d.waiting_for_owner;
+});
+
+// --- support requests: a live prompt on the owner's page --------------------------------------
+const prompts = document.getElementById("support-prompts");
+if (prompts) {
+  const list = document.getElementById("support-prompt-list");
+  let expiry = null;
+  const answer = async (username, verdict) => {
+    try {
+      await api("POST", `/api/instances/${uid}/support/${encodeURIComponent(username)}/${verdict}`);
+      toast(verdict === "approve" ? `${username} may now help on this machine` : `${username} was refused`);
+      if (verdict === "approve") await reloadMembers();
+    } catch (err) {
+      toast(err.message, "error");
+    }
+    list.querySelector(`li[data-request="${CSS.escape(username)}"]`)?.remove();
+    prompts.classList.toggle("hidden", !list.children.length);
+  };
+  onEvent("support", (d) => {
+    if (d.uid !== uid) return;
+    list.replaceChildren(...d.requests.map((r) => {
+      const li = document.createElement("li");
+      li.dataset.request = r.username;
+      const who = document.createElement("span");
+      who.append(r.full_name || r.username, " ");
+      const roles = r.roles.map((x) => x.toLowerCase().replace(/_/g, " ")).join(", ");
+      who.append(Object.assign(document.createElement("span"), { className: "muted small", textContent: `${r.username} · ${roles} · asks to help` }));
+      const buttons = document.createElement("span");
+      const ok = Object.assign(document.createElement("button"), { type: "button", className: "btn small primary", textContent: "Accept" });
+      ok.dataset.testid = "support-accept";
+      ok.addEventListener("click", () => answer(r.username, "approve"));
+      const no = Object.assign(document.createElement("button"), { type: "button", className: "btn small danger", textContent: "Refuse" });
+      no.dataset.testid = "support-refuse";
+      no.addEventListener("click", () => answer(r.username, "deny"));
+      buttons.append(ok, " ", no);
+      li.append(who, buttons);
+      return li;
+    }));
+    prompts.classList.toggle("hidden", !d.requests.length);
+    // The prompt times out by itself (the server drops it too, and says so on the stream).
+    clearTimeout(expiry);
+    const soonest = Math.min(...d.requests.map((r) => new Date(r.prompt_until).getTime()));
+    if (Number.isFinite(soonest)) expiry = setTimeout(() => prompts.classList.add("hidden"), Math.max(0, soonest - Date.now()));
+  });
+}
+
+// --- invitation links ---------------------------------------------------------------------------
+const linkForm = document.getElementById("invite-link-form");
+if (linkForm) {
+  linkForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      const made = await api("POST", `/api/instances/${uid}/invitations`, { role: document.getElementById("invite-link-role").value });
+      const input = document.getElementById("invite-link");
+      input.value = made.url;
+      document.getElementById("invite-link-box").classList.remove("hidden");
+      input.select();
+    } catch (err) {
+      toast(err.message, "error");
+    }
+  });
+}
+
+// --- settings: name, comments, keyboard layout, screen size (the owner's) --------------------
+const editForm = document.getElementById("edit-form");
+if (editForm) {
+  const errorsOf = () => editForm.querySelectorAll("[data-error-for]");
+  editForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    for (const el of errorsOf()) { el.textContent = ""; el.classList.add("hidden"); }
+    const [w, h] = editForm.elements.screen.value.split("x").map(Number);
+    const body = {
+      name: editForm.elements.name.value.trim(),
+      comments: editForm.elements.comments.value,
+      keyboard_layout: editForm.elements.keyboard_layout.value,
+      screen_width: w,
+      screen_height: h,
+    };
+    try {
+      const r = await api("PATCH", `/api/instances/${uid}`, body);
+      document.querySelector('[data-testid="instance-name"]').textContent = r.name;
+      document.title = `${r.name} · VISA`;
+      toast("Saved: the keyboard and screen apply at the next connection");
+      refresh();
+    } catch (err) {
+      const field = err.field === "screen_height" ? "screen_width" : err.field;
+      const slot = field && editForm.querySelector(`[data-error-for="${CSS.escape(field)}"]`);
+      if (slot) {
+        slot.textContent = err.message;
+        slot.classList.remove("hidden");
+      } else {
+        toast(err.message, "error");
+      }
+    }
+  });
+}

@@ -3,6 +3,17 @@
 FakeDriver keeps its guests in memory only: after ``sandbox.sh stop``/``start`` Nova would
 find them gone and mark every server SHUTOFF. We keep the guest list in a JSON file under
 Nova's ``state_path`` instead.
+
+FakeDriver also makes up a new node uuid in every process and never writes Nova's node
+identity file (``state_path/compute_id``): a restarted nova-compute then finds its service
+record and refuses to start ("No local node identity found, but this is not our first
+startup"). Like a real single-node driver, this one takes its node uuid from that file (made
+at the first start) so the compute node and its resource provider keep their identity.
+
+GPUs: the host offers ``GPU_CLASS`` (``GPUS`` of them at first) and the GPU flavours ask for
+it (``resources:CUSTOM_GPU_A40``). An inventory of a custom class set on the provider through
+Placement's API (a test using them up, an operator) is kept as it is: the driver reports
+only the classes it owns.
 """
 
 from __future__ import annotations
@@ -12,8 +23,12 @@ import os
 import threading
 from typing import Any
 
+import nova.virt.node
 from nova.conf import CONF
 from nova.virt import fake
+
+GPU_CLASS = "CUSTOM_GPU_A40"
+GPUS = 4
 
 
 class SandboxDriver(fake.FakeDriver):
@@ -43,6 +58,32 @@ class SandboxDriver(fake.FakeDriver):
             with open(tmp, "w") as fh:
                 json.dump(data, fh)
             os.replace(tmp, self._store)
+
+    # ------------------------------------------------------------ node identity
+
+    def get_available_resource(self, nodename: str) -> dict[str, Any]:
+        resources = super().get_available_resource(nodename)
+        if resources:
+            resources["uuid"] = nova.virt.node.get_local_node_uuid()
+        return resources
+
+    def get_nodenames_by_uuid(self, refresh: bool = False) -> dict[str, str]:
+        return {nova.virt.node.get_local_node_uuid(): self.get_available_nodes()[0]}
+
+    def update_provider_tree(self, provider_tree: Any, nodename: str, allocations: Any = None) -> None:
+        before = dict(provider_tree.data(nodename).inventory)
+        super().update_provider_tree(provider_tree, nodename, allocations)
+        inventory = dict(provider_tree.data(nodename).inventory)
+        for rc, record in before.items():
+            if rc.startswith("CUSTOM_") or rc in ("VGPU", "PCI_DEVICE"):
+                inventory.setdefault(rc, record)  # set through Placement: not ours to undo
+        inventory.setdefault(GPU_CLASS, {
+            "total": GPUS, "reserved": 0, "min_unit": 1, "max_unit": GPUS, "step_size": 1,
+            "allocation_ratio": 1.0,
+        })
+        provider_tree.update_inventory(nodename, inventory)
+
+    # ------------------------------------------------------------ guests
 
     def spawn(self, *args: Any, **kwargs: Any) -> None:
         super().spawn(*args, **kwargs)

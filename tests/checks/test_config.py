@@ -1,0 +1,125 @@
+"""`visa check-config` and the same checks before `visa run`: clear findings, exit status 2 on errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_check_config_reports_and_fails_on_errors(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    assert cli("init").exit_code == 0
+    r = cli("check-config")
+    assert r.exit_code == 0, r.output
+    assert "ok      database" in r.output and "ok      cloud local: local" in r.output
+    # What the local cloud enforces on this machine is said either way.
+    assert "cloud local isolation: sessions " in r.output
+
+    config = tmp_path / "cloud.json"
+    config.write_text(json.dumps({"provisioning": {"auth": {"password": {"env": "VISA_TEST_NO_SUCH_SECRET"}}}}))
+    assert cli("clouds", "add", "remote", "--kind", "local", "--config", str(config)).exit_code == 0
+    r = cli("check-config")
+    assert r.exit_code == 2 and "cloud remote: secrets not in the environment: provisioning.auth.password" in r.output
+    r = cli("run", "--port", "1")
+    assert r.exit_code == 1 and "invalid configuration" in r.output  # refused before serving
+    monkeypatch.setenv("VISA_TEST_NO_SUCH_SECRET", "s3cret")
+    assert cli("check-config").exit_code == 0
+
+    monkeypatch.setenv("VISA_BASE_URL", "javascript:alert(1)")
+    r = cli("check-config")
+    assert r.exit_code == 2 and "base_url" in r.output
+
+
+def test_bad_settings_file_is_named(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    bad = tmp_path / "visa.toml"
+    bad.write_text("port = 'eighty'\n")
+    monkeypatch.setenv("VISA_CONFIG", str(bad))
+    r = cli("check-config")
+    assert r.exit_code != 0 and "port" in r.output and "invalid configuration" in r.output
+
+
+def test_the_production_example_is_valid(cli, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("VISA_CONFIG", str(ROOT / "deploy/visa.example.toml"))
+    monkeypatch.delenv("VISA_DATABASE_URL")
+    from visa.settings import Settings
+
+    settings = Settings()
+    assert settings.database_url and settings.database_url.startswith("postgresql")
+    assert settings.log_json and settings.session_cookie_secure and settings.oidc.server_url
+    assert settings.user_content_origin("abc123") == "https://abc123.visa-content.example.org"
+
+
+def test_the_user_content_domain_is_apart_from_visa() -> None:
+    from pydantic import ValidationError
+
+    from visa.settings import Settings
+
+    embedded = Settings(base_url="http://127.0.0.1:8080")
+    assert embedded.user_content_origin("abc123") == "http://abc123.instances.localhost:8080"
+    assert Settings(user_content_domain="Lab.Example.NET:8443").content_domain == "lab.example.net:8443"
+    for bad, base in (
+        ("visa.example.org", "https://visa.example.org"),  # visa's own host
+        ("example.org", "https://visa.example.org"),  # a parent: its cookies would reach visa
+        ("https://x.example.net", "https://visa.example.org"),
+        ("localhost", "https://visa.example.org"),  # one label
+        ("x.example.net/path", "https://visa.example.org"),
+    ):
+        with pytest.raises(ValidationError, match="user_content_domain|domain name"):
+            Settings(base_url=base, user_content_domain=bad)
+
+
+def test_check_config_asks_for_a_user_content_domain_off_this_machine(tmp_path: Path) -> None:
+    from visa.checks import check_settings
+    from visa.settings import Settings
+
+    def finding(**kw: str):  # noqa: ANN202
+        found = check_settings(Settings(data_dir=tmp_path, **kw))
+        return next(f for f in found if f.subject == "user_content_domain")
+
+    assert finding(base_url="http://127.0.0.1:8080").level == "ok"
+    assert finding(base_url="https://visa.example.org").level == "warning"
+    chosen = finding(base_url="https://visa.example.org", user_content_domain="lab.example.net")
+    assert chosen.level == "ok" and "lab.example.net" in chosen.message
+
+
+def test_check_config_says_when_the_local_cloud_cannot_isolate(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    assert cli("init").exit_code == 0
+    config = tmp_path / "cloud.json"
+    config.write_text(json.dumps({"isolation": "none", "operator_usernames": ["op"]}))
+    assert cli("clouds", "add", "bare", "--kind", "local", "--config", str(config)).exit_code == 0
+    r = cli("check-config")
+    assert r.exit_code == 0, r.output
+    assert "warning cloud bare isolation: sessions are not isolated: only op is served" in r.output
+    assert "isolation is off in the cloud's config" in r.output
+    config.write_text(json.dumps({"uid_range": [0, 10]}))
+    assert cli("clouds", "add", "typo", "--kind", "local", "--config", str(config)).exit_code == 0
+    r = cli("check-config")
+    assert r.exit_code == 2 and "cloud typo: local cloud config uid_range" in r.output
+
+
+def test_a_home_template_outside_its_root_is_named_with_its_file_and_field(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
+    bad = tmp_path / "visa.toml"
+    bad.write_text('[provisioning]\nhome_mount_template = "nfs:/homes/{username}/../../etc"\n'
+                   'home_mount_root = "nfs:/homes"\n')
+    monkeypatch.setenv("VISA_CONFIG", str(bad))
+    r = cli("check-config")
+    assert r.exit_code != 0 and str(bad) in r.output and "home_mount_template" in r.output
+    assert "outside home_mount_root" in r.output
+    monkeypatch.delenv("VISA_CONFIG")
+
+    assert cli("init").exit_code == 0
+    config = tmp_path / "cloud.json"
+    config.write_text(json.dumps({"provisioning": {"mount_type": "bind", "home_mount_template": "/srv/{username}/..",
+                                                   "home_mount_root": "/srv"}}))
+    r = cli("clouds", "add", "homes", "--kind", "local", "--config", str(config))
+    assert r.exit_code == 2 and str(config) in r.output and "config.provisioning" in r.output
+    assert "outside home_mount_root" in r.output
+    assert "homes" not in cli("clouds", "list").output  # nothing registered
+    config.write_text(json.dumps({"provisioning": {"mount_type": "bind", "home_mount_template": "/srv/{username}",
+                                                   "home_mount_root": "/srv"}}))
+    assert cli("clouds", "add", "homes", "--kind", "local", "--config", str(config)).exit_code == 0

@@ -1,0 +1,149 @@
+"""The Compose file and the Helm chart, checked with tools from the registries:
+``docker-compose config`` (Debian's docker-compose), Helm's own linter and renderer (the
+``helm-python-sdk`` wheel embeds Helm's Go library: ``helm lint --strict`` and
+``helm template``), the rendered manifests against the Kubernetes API schemas that
+``kubernetes-validate`` ships, and the settings both hand to visa against visa's Settings."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from visa.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "deploy/compose"
+CHART = ROOT / "deploy/helm/visa"
+KUBERNETES = "1.30.0"
+VALUES = {"secrets": {"secretKey": "k" * 40}, "database": {"url": "postgresql+psycopg://visa@db.example.org/visa"}}
+VISA_SERVICES = {"migrate", "web-1", "web-2", "gateway", "scheduler-1", "scheduler-2"}
+
+
+def _need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is required in CI (deploy/system-packages.txt)")
+        pytest.skip(f"no {tool}")
+    return path
+
+
+def _settings_from_env(env: dict[str, str], tmp_path: Path) -> Settings:
+    visa_env = {k: v for k, v in env.items() if k.startswith("VISA_") and k not in ("VISA_ROLE", "VISA_WORKERS")}
+    old = dict(os.environ)
+    try:
+        for key in [k for k in os.environ if k.startswith("VISA_")]:
+            del os.environ[key]
+        os.environ.update(visa_env, VISA_DATA_DIR=str(tmp_path))
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+def test_compose_runs_the_whole_stack(tmp_path: Path) -> None:
+    compose = _need("docker-compose")
+    env = {**os.environ, "VISA_SECRET_KEY": "s" * 40}
+    r = subprocess.run([compose, "-f", str(COMPOSE / "compose.yaml"), "config"], env=env, capture_output=True,
+                       text=True, timeout=120, cwd=COMPOSE)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    services = yaml.safe_load(r.stdout)["services"]
+    assert set(services) == VISA_SERVICES | {"postgres", "keycloak", "nginx"}
+    for name in VISA_SERVICES:
+        settings = _settings_from_env(services[name]["environment"], tmp_path)
+        assert settings.gateway.embedded is False and settings.scheduler.enabled_in_web is False, name
+        assert settings.sqlalchemy_url.startswith("postgresql"), name
+    assert services["gateway"]["environment"]["VISA_ROLE"] == "gateway"
+    assert services["scheduler-1"]["command"] == ["visa", "scheduler"]
+    assert services["migrate"]["command"] == ["visa", "db", "upgrade"]
+    assert services["web-1"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    # Without the shared secret the stack refuses to start rather than generate one per process.
+    r = subprocess.run([compose, "-f", str(COMPOSE / "compose.yaml"), "config"], capture_output=True, text=True,
+                       env={k: v for k, v in os.environ.items() if k != "VISA_SECRET_KEY"}, timeout=120, cwd=COMPOSE)  # fmt: skip
+    assert r.returncode != 0 and "VISA_SECRET_KEY" in r.stderr
+
+
+def test_compose_nginx_is_accepted_by_nginx(tmp_path: Path) -> None:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        pytest.skip("no nginx")
+    conf = (COMPOSE / "nginx.conf").read_text()
+    for host, port in (("web-1", 8080), ("web-2", 8080), ("gateway", 8081)):  # nginx -t resolves names
+        conf = conf.replace(f"server {host}:{port}", f"server 127.0.0.1:{port}")
+    conf = conf.replace("/var/log/nginx/", f"{tmp_path}/").replace("listen 80", "listen 127.0.0.1:1")
+    (tmp_path / "visa.conf").write_text(conf)
+    temp = "\n".join(f"  {d}_temp_path {tmp_path}/{d};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n  access_log {tmp_path}/access.log;\n{temp}\n  include {tmp_path}/visa.conf;\n}}\n"
+    )
+    r = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c",
+                        str(tmp_path / "nginx.conf")], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "location /ws/ {\n        proxy_pass http://visa_gateway;" in conf
+    assert "limit_req zone=visa_login" in conf
+
+
+def _helm():  # noqa: ANN202
+    try:
+        import helm_python
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("helm-python-sdk is a test dependency (pyproject.toml)")
+        pytest.skip("no helm-python-sdk")
+    return helm_python
+
+
+def test_helm_lint_passes_strict_and_refuses_bad_values() -> None:
+    helm = _helm()
+    report = helm.lint(str(CHART), VALUES, strict=True, kube_version=f"v{KUBERNETES}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["total_charts_linted"] == 1 and not report["errors"] and not problems, report
+    # values.schema.json is enforced by the linter: a wrong type and an unknown key are errors.
+    for bad in ({**VALUES, "web": {"replicas": "two", "workers": 2}}, {**VALUES, "gatway": {}}):
+        report = helm.lint(str(CHART), bad, strict=True)
+        assert report["errors"], bad
+    with pytest.raises(helm.errors.HelmError, match="secretKey"):
+        helm.Chart.load(str(CHART)).render({"database": VALUES["database"]}, name="visa", namespace="visa")
+
+
+def test_helm_manifests_are_valid_kubernetes_and_give_visa_valid_settings(tmp_path: Path) -> None:
+    helm = _helm()
+    import kubernetes_validate
+
+    values = {**VALUES, "config": {"log_json": True, "oidc": {"server_url": "https://sso.example.org/"}}}
+    rendered = helm.Chart.load(str(CHART)).render(values, name="visa", namespace="visa", is_install=True)
+    kinds: dict[str, dict] = {}
+    for path, text in rendered.items():
+        if not path.endswith(".yaml"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+                kinds[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+    assert {"Deployment/visa-web", "Deployment/visa-gateway", "Deployment/visa-scheduler", "Service/visa-web",
+            "Service/visa-gateway", "Ingress/visa", "ConfigMap/visa-config", "Secret/visa-secrets",
+            "PodDisruptionBudget/visa-web"} <= set(kinds)  # fmt: skip
+    assert kinds["Deployment/visa-web"]["spec"]["replicas"] == 2
+    assert kinds["Deployment/visa-scheduler"]["spec"]["replicas"] == 2
+    assert any(k.startswith("Job/visa-migrate-") for k in kinds)
+    gateway = kinds["Deployment/visa-gateway"]["spec"]["template"]["spec"]["containers"][0]
+    assert "visa.serving.RelayUvicornWorker" in gateway["args"][0] and "create_gateway_app()" in gateway["args"][0]
+    web = kinds["Deployment/visa-web"]["spec"]["template"]["spec"]["containers"][0]
+    assert "exec visa web --workers 2 --threads 8 " in web["args"][0]
+    rules = {r["host"]: r["http"]["paths"] for r in kinds["Ingress/visa"]["spec"]["rules"]}
+    assert {p["path"]: p["backend"]["service"]["name"] for p in rules["visa.example.org"]} == {
+        "/ws/": "visa-gateway", "/api/events": "visa-gateway", "/": "visa-web"}  # fmt: skip
+    assert rules["*.visa-content.example.org"][0]["backend"]["service"]["name"] == "visa-gateway"
+    # The settings file the pods read is one visa accepts, as the chart means it.
+    config = tomllib.loads(kinds["ConfigMap/visa-config"]["data"]["visa.toml"])
+    settings = Settings(**config, secret_key="k" * 40)
+    assert settings.gateway.embedded is False and settings.scheduler.enabled_in_web is False
+    assert settings.scheduler.metrics_port == 9464 and settings.oidc.server_url == "https://sso.example.org/"
+    assert settings.database_pool.size == 5

@@ -1,0 +1,285 @@
+"""The instance page's files, settings and the desktop's clipboard links, in a real headless
+Chromium against a real visa (uvicorn, the local cloud with its sandboxed session account).
+
+One site and one running session for the module: upload through the page (in chunks, one
+request broken on purpose and resumed) lands byte-identical in the session's home, a file
+written inside the session downloads byte-identical, folders are browsed, the owner edits
+the instance's settings with errors shown by field, and a URL copied inside the desktop is
+offered for one click only when it is a plain https URL of an allowed host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.browser import ROOT, allow_errors, chromium, cli, require_chromium, served, visa_env
+from tests.processes import delete_local_sessions, free_port
+from tests.web.test_browser import Site, _find, login, shot
+
+pytestmark = pytest.mark.integration
+
+URL_HOSTS = ["doi.org", "*.esrf.fr"]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    require_chromium()
+    if os.geteuid() != 0:
+        pytest.skip("the session's own account needs root")
+    subprocess.run([str(ROOT / "scripts" / "build-web.sh")], check=True, capture_output=True, timeout=300)
+    data = tmp_path_factory.mktemp("visa-files")
+    facility = data / "var" / "facility"
+    (facility / "visitor" / "ev280" / "id21").mkdir(parents=True)
+    (facility / "processed" / "ev280" / "id21").mkdir(parents=True)
+    port = free_port()
+    env = visa_env(data / "var", port, VISA_SECRET_KEY="browser-files-secret",
+                   VISA_SCHEDULER__UNSTABLE_SYNC_SECONDS="1", VISA_SCHEDULER__ENABLED_IN_WEB="false",
+                   VISA_CLIPBOARD__URL_HOSTS=json.dumps(URL_HOSTS))
+    cli(env, "init")
+    cli(env, "catalogue", "apply", str(ROOT / "flavours"), str(ROOT / "images"))
+    experiments = data / "experiments.json"
+    experiments.write_text(json.dumps([
+        {"id": "ev280-id21-1", "proposal": "ev280", "proposal_title": "Trace elements in Roman glass",
+         "instrument": "id21", "start_date": "2026-11-20", "end_date": "2026-11-23", "title": "XRF mapping",
+         "members": [{"username": "alice", "full_name": "Alice Martin"}]},
+    ]))
+    cli(env, "experiments", "import", str(experiments))
+    cli(env, "users", "passwd", "alice", stdin="alice-password\nalice-password\n")
+    log = data / "server.log"
+    try:
+        with served(env, port, log) as url:
+            yield Site(url=url, data_dir=data / "var", env=env, log=log)
+    finally:
+        delete_local_sessions(data / "var")
+
+
+@pytest.fixture(scope="module")
+def browser(site: Site) -> Iterator:
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def running(site: Site, browser) -> Iterator[dict[str, Any]]:  # noqa: ANN001
+    """Alice's instance, made through the wizard and running; her page, and the session's cloud."""
+    from visa.clouds.registry import make_provider
+
+    ctx, page = login(browser, site, "alice")
+    page.goto("/instances/new")
+    # Her only experiment is chosen already.
+    page.wait_for_function("document.querySelectorAll('[data-experiment] input:checked').length === 1")
+    page.click('#environments [data-image="desktop"]')
+    page.locator("#flavours [data-plan]").first.wait_for()
+    page.click('#flavours [data-plan] >> text=esrf.medium')
+    page.fill("#name", "files of ev280")
+    page.click('[data-testid="create"]')
+    page.wait_for_url(re.compile(r"/instances/[0-9a-f]+$"))
+    uid = page.url.rstrip("/").rsplit("/", 1)[1]
+    page.wait_for_selector('[data-testid="status-card"][data-state="ACTIVE"]', timeout=120_000)
+    # The page was opened while the machine was building: its files open as it comes up.
+    page.wait_for_selector('[data-testid="files-card"][data-running="true"][data-loaded]', timeout=30_000)
+    provider = make_provider("local", "local", {"root_dir": str(site.data_dir / "local-instances")})
+    try:
+        [server] = provider.list_servers()
+        yield {"ctx": ctx, "page": page, "uid": uid, "provider": provider, "server": server.id}
+    finally:
+        provider.close()
+        ctx.close()
+
+
+def inside(world: dict[str, Any], script: str) -> str:
+    out = world["provider"].exec_in_session(world["server"], ["sh", "-c", script])
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_upload_resumes_after_a_broken_chunk_and_download_is_byte_identical(site: Site, running) -> None:  # noqa: ANN001
+    page, uid = running["page"], running["uid"]
+    page.goto(f"/instances/{uid}")
+    page.wait_for_selector('[data-testid="files-card"][data-loaded]')
+    roots = page.eval_on_selector_all('#files-root option', "os => os.map(o => o.value)")
+    assert len(roots) == 2 and roots[1].startswith("/data/processed"), roots
+    home = roots[0]
+    assert page.get_attribute('[data-testid="files-card"]', "data-loaded") == home
+
+    # 20 MiB: three chunks of the page's 8 MiB; the second one breaks once on the way.
+    data = os.urandom(20 * 1024 * 1024 + 7)
+    broken: list[str] = []
+
+    def break_once(route: Any) -> None:
+        if "offset=8388608" in route.request.url and not broken:
+            broken.append(route.request.url)
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    allow_errors(r"ERR_CONNECTION_RESET .*/files/content\?.*offset=8388608")  # the chunk broken on purpose
+    page.route(re.compile(r".*/files/content\?.*"), break_once)
+    page.set_input_files('[data-testid="files-input"]',
+                         files=[{"name": "scan-upload.bin", "mimeType": "application/octet-stream", "buffer": data}])
+    seen_progress: list[float] = []
+    net: list[str] = []
+    page.on("request", lambda r: net.append(f"req {r.method} {r.url[-40:]}"))
+    page.on("requestfailed", lambda r: net.append(f"failed {r.url[-40:]} {r.failure}"))
+    page.on("response", lambda r: net.append(f"resp {r.status} {r.url[-40:]}"))
+    page.click('[data-testid="files-upload"]')
+    deadline = time.monotonic() + 120
+    while page.get_attribute('[data-testid="files-card"]', "data-uploaded") != "scan-upload.bin":
+        assert time.monotonic() < deadline, page.inner_text('[data-testid="files-card"]') + "\n".join(net) + site.log.read_text()[-4000:]
+        assert page.locator('[data-testid="files-error"]').is_hidden(), page.inner_text('[data-testid="files-error"]')
+        seen_progress.append(page.evaluate("document.getElementById('files-progress').value"))
+        time.sleep(0.05)
+    page.unroute(re.compile(r".*/files/content\?.*"))
+    assert broken, "the broken chunk was never sent"
+    assert any(0 < v < 1 for v in seen_progress), seen_progress[:20]
+    assert "uploaded" in page.inner_text('[data-testid="files-progress-text"]')
+    shot(page, "files-01-uploaded")
+    on_host = _find(site.data_dir, "scan-upload.bin", 5)
+    assert on_host is not None
+    assert hashlib.sha256(on_host.read_bytes()).digest() == hashlib.sha256(data).digest()
+    # Inside, the session's own account owns it (never root).
+    owner = inside(running, "stat -c %u ~/scan-upload.bin").strip()
+    assert owner != "0" and int(owner) == on_host.stat().st_uid
+    page.wait_for_selector('#files-list [data-entry="scan-upload.bin"]')
+
+    # Written inside the session: listed in a folder, downloaded byte-identical.
+    inside(running, "mkdir -p ~/results && head -c 3000001 /dev/urandom > ~/results/fit.h5")
+    expected = hashlib.sha256(inside_bytes(running, "results/fit.h5")).digest()
+    page.goto(f"/instances/{uid}")
+    page.click('#files-list [data-entry="results"] button.dir')
+    page.wait_for_selector(f'[data-testid="files-card"][data-loaded="{home}/results"]')
+    assert "results" in page.inner_text('[data-testid="files-path"]')
+    with page.expect_download() as dl:
+        page.click('#files-list [data-entry="fit.h5"] a[data-testid="file-download"]')
+    got = Path(dl.value.path()).read_bytes()
+    assert dl.value.suggested_filename == "fit.h5"
+    assert hashlib.sha256(got).digest() == expected
+    shot(page, "files-02-folder")
+    # Back to the top by the crumbs; the processed data is the other root.
+    page.click(f'#files-crumbs button[data-path="{home}"]')
+    page.wait_for_selector(f'[data-testid="files-card"][data-loaded="{home}"]')
+    page.select_option('[data-testid="files-root"]', roots[1])
+    page.wait_for_selector(f'[data-testid="files-card"][data-loaded="{roots[1]}"]')
+
+
+def inside_bytes(world: dict[str, Any], rel: str) -> bytes:
+    out = world["provider"].exec_in_session(world["server"], ["sh", "-c", f"base64 -w0 ~/{shlex.quote(rel)}"])
+    assert out.returncode == 0, out.stderr
+    import base64
+
+    return base64.b64decode(out.stdout)
+
+
+def test_errors_of_a_transfer_are_shown_by_name(running) -> None:  # noqa: ANN001
+    page, uid = running["page"], running["uid"]
+    page.goto(f"/instances/{uid}")
+    page.wait_for_selector('[data-testid="files-card"][data-loaded]')
+    # A link inside that leads out of the home: the page says what the server refused.
+    inside(running, "ln -sfn /etc ~/etc-link")
+    allow_errors(r"status of 400 .*/files\?path=.*etc-link")
+    page.goto(f"/instances/{uid}")
+    page.wait_for_selector('[data-testid="files-card"][data-loaded]')
+    page.click('#files-list [data-entry="etc-link"] button.dir')
+    error = page.locator('[data-testid="files-error"]')
+    error.wait_for()
+    assert "leads outside" in error.inner_text()
+
+
+def test_the_owner_edits_name_comments_keyboard_and_screen(site: Site, running) -> None:  # noqa: ANN001
+    page, uid = running["page"], running["uid"]
+    page.goto(f"/instances/{uid}")
+    page.fill('[data-testid="edit-name"]', "")
+    allow_errors(r"status of 400 .*/api/instances/[0-9a-f]+\)")
+    page.click('[data-testid="edit-save"]')
+    err = page.locator('[data-error-for="name"]')
+    err.wait_for()
+    assert "name" in err.inner_text()
+    assert page.inner_text('[data-testid="instance-name"]') == "files of ev280"  # nothing written
+
+    page.fill('[data-testid="edit-name"]', "fit of run 12")
+    page.fill('[data-testid="edit-comments"]', "with the new mask")
+    page.select_option('[data-testid="edit-keyboard"]', "fr-fr")
+    page.select_option('[data-testid="edit-screen"]', "1920x1080")
+    with page.expect_response(lambda r: r.url.endswith(f"/api/instances/{uid}") and r.request.method == "PATCH") as resp:
+        page.click('[data-testid="edit-save"]')
+    assert resp.value.status == 200, resp.value.text()
+    page.wait_for_selector('[data-testid="instance-name"]:text-is("fit of run 12")')
+    assert page.locator('[data-error-for="name"]').is_hidden()
+    got = running["ctx"].request.get(f"/api/instances/{uid}").json()
+    assert (got["name"], got["comments"], got["keyboard_layout"], got["screen"]) == (
+        "fit of run 12", "with the new mask", "fr-fr", {"width": 1920, "height": 1080})
+    page.reload()
+    assert page.input_value('[data-testid="edit-keyboard"]') == "fr-fr"
+    assert page.input_value('[data-testid="edit-screen"]') == "1920x1080"
+    shot(page, "files-03-edited")
+
+
+HOSTILE_CLIPBOARD = [
+    "javascript:alert(document.domain)",
+    "data:text/html,<script>alert(1)</script>",
+    "https://doi.org@evil.example/",
+    "https://evil.example/",
+    "https://doi.org.evil.example/x",
+    "https://d\u043ei.org/",
+    "https://doi.org/" + "a" * 3000,
+]
+
+
+def _copy_inside(world: dict[str, Any], text: str) -> None:
+    """Text into the session's CLIPBOARD selection, as a program in the desktop puts it there."""
+    inside(world, f"printf %s {shlex.quote(text)} | xclip -selection clipboard -i -loops 0 >/dev/null 2>&1 &")
+
+
+def test_a_url_copied_in_the_desktop_opens_in_one_click_and_nothing_hostile_is_offered(running) -> None:  # noqa: ANN001
+    page, uid, ctx = running["page"], running["uid"], running["ctx"]
+    if subprocess.run(["sh", "-c", "command -v xclip"], capture_output=True).returncode:
+        pytest.skip("xclip is not installed (deploy/system-packages.txt)")
+    page.goto(f"/instances/{uid}/desktop")
+    page.wait_for_selector('body[data-desktop="connected"]', state="attached", timeout=30_000)
+    link = page.locator('[data-testid="clipboard-open"]')
+    for text in HOSTILE_CLIPBOARD:
+        _copy_inside(running, text)
+        # It reached the page (the clipboard panel shows it), and no link is offered.
+        page.wait_for_function("t => document.getElementById('clipboard-text').value === t", arg=text, timeout=15_000)
+        assert page.get_attribute("body", "data-clipboard-url") == "none", text
+        assert link.is_hidden(), text
+
+    allowed = "https://doi.org/10.15151/ESRF-ES-1234"
+    _copy_inside(running, allowed)
+    page.wait_for_selector('[data-testid="clipboard-open"]:visible', timeout=15_000)
+    assert link.inner_text() == f"Open {allowed}"
+    assert link.get_attribute("href") == allowed
+    assert link.get_attribute("target") == "_blank"
+    assert set(link.get_attribute("rel").split()) == {"noopener", "noreferrer"}
+    shot(page, "files-04-clipboard-link")
+    # No network here: the allowed site is answered by the test, in this browser only.
+    ctx.route("https://doi.org/**", lambda route: route.fulfill(status=200, content_type="text/html",
+                                                               body="<title>doi</title>"))
+    try:
+        with ctx.expect_page() as opened:
+            link.click()
+        tab = opened.value
+        tab.wait_for_load_state()
+        assert tab.url == allowed
+        assert tab.evaluate("window.opener === null && document.referrer === ''")
+        tab.close()
+    finally:
+        ctx.unroute("https://doi.org/**")
+
+
+def test_the_files_api_is_the_pages_own_origin_only(site: Site, running) -> None:  # noqa: ANN001
+    """Without the session cookie (another site's page, a script) nothing is listed."""
+    r = httpx.get(f"{site.url}/api/instances/{running['uid']}/files", timeout=10)
+    assert r.status_code == 401

@@ -1,0 +1,1 @@
+"""Usage over time: samples of instances, sessions and resources in use, per cloud and flavour."""
