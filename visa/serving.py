@@ -15,14 +15,20 @@ workers, with no ASGI bridge in between (bench/api_latency.py compares the two).
   replaces the deprecated ``uvicorn.workers``.
 * ``serve_web``: ``visa web``, gunicorn's gthread workers (``DrainingThreadWorker``) serving
   ``create_wsgi_app()``.
-  SIGTERM drains (the listening socket closes, accepted requests finish within
+  SIGTERM drains (the listening socket first stops taking connections, then what the kernel
+  completed is served and the socket closes; accepted requests finish within
   ``graceful_timeout``), SIGHUP replaces the workers without closing the socket: a rolling
   restart behind nginx loses no request.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import socket
+import struct
+import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -61,9 +67,11 @@ if ThreadWorker is not None:
         gthread stops accepting but keeps its copy of the listening socket open while it
         finishes its requests: connections the kernel completes meanwhile wait in the backlog
         and are reset when the worker exits, after nginx has sent them a request (a POST it
-        may not retry: a 502). Here the backlog is served and the socket closed at once: once
-        the arbiter has closed its own copy (SIGTERM), new connections are refused, which nginx
-        passes to another replica whatever the method. On SIGHUP the arbiter keeps its copy
+        may not retry: a 502). Here the backlog is served and the socket closed at once. On
+        SIGTERM the arbiter has already made the socket take no new connection
+        (``refuse_new_connections``), so the backlog is complete when served; once every copy
+        is closed, connections are refused, which nginx passes to another replica whatever the
+        method. On SIGHUP the arbiter keeps its copy
         and the new workers accept from it."""
 
         def set_accept_enabled(self, enabled: bool) -> None:
@@ -80,6 +88,34 @@ if ThreadWorker is not None:
                     client.setblocking(True)
                     self.enqueue_req(TConn(self.cfg, client, address, listener.getsockname()))
                 listener.close()
+
+
+# Classic BPF, run by the kernel on each segment reaching a listening TCP socket (the data start
+# at the TCP header): drop a SYN (flags byte 13, bit 0x02), pass the rest (the ACKs that finish
+# handshakes already begun).
+_SYN_DROP = ((0x30, 0, 0, 13), (0x45, 0, 1, 0x02), (0x06, 0, 0, 0), (0x06, 0, 0, 0xFFFFFFFF))
+_SO_ATTACH_FILTER = 26  # Linux; not in Python's socket module
+HANDSHAKE_SETTLE = 0.2  # s: a handshake begun before the filter ends in the backlog by then
+
+
+def refuse_new_connections(listener: socket.socket) -> bool:
+    """Stop a listening TCP socket from taking new connections while it stays open: SYNs are
+    dropped (the client's kernel sends its SYN again ~1 s later, and by then the socket is
+    closed: refused, which nginx passes to another replica whatever the method), while
+    handshakes already begun still complete into the backlog. Otherwise the last process to
+    close the socket resets whatever the kernel completed after its last accept, possibly with
+    a POST written on it (a 502 nginx may not retry). False where it cannot be done (not TCP, not
+    Linux): the old race remains there."""
+    if listener.family not in (socket.AF_INET, socket.AF_INET6) or not sys.platform.startswith("linux"):
+        return False
+    code = b"".join(struct.pack("HBBI", *insn) for insn in _SYN_DROP)
+    program = ctypes.create_string_buffer(code)
+    fprog = struct.pack("HL", len(_SYN_DROP), ctypes.addressof(program))  # struct sock_fprog
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+    except OSError:
+        return False
+    return True
 
 
 # The web role's gunicorn settings (visa web, deploy/): threads for the requests that wait on
@@ -131,4 +167,28 @@ def serve_web(bind: str, *, workers: int, threads: int, forwarded_allow_ips: str
             settle_heap()
             return app
 
+        def run(self) -> None:
+            try:
+                _draining_arbiter()(self).run()
+            except RuntimeError as exc:  # gunicorn's own way: its message, no traceback
+                sys.exit(f"\nError: {exc}\n")
+
     WebApplication().run()
+
+
+def _draining_arbiter() -> type:
+    from gunicorn.arbiter import Arbiter
+
+    class DrainingArbiter(Arbiter):  # type: ignore[misc]
+        """On a graceful stop (SIGTERM), the listening sockets stop taking new connections
+        before anything closes them (``refuse_new_connections``), then the workers drain the
+        backlog (``DrainingThreadWorker``). A reload (SIGHUP) does not stop: the socket stays
+        open to the new workers."""
+
+        def stop(self, graceful: bool = True) -> None:
+            refusing = [refuse_new_connections(listener.sock) for listener in self.LISTENERS] if graceful else []
+            if any(refusing):
+                time.sleep(HANDSHAKE_SETTLE)
+            super().stop(graceful)
+
+    return DrainingArbiter
