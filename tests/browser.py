@@ -8,14 +8,16 @@ exception or a Content-Security-Policy violation fails the test that was running
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,6 @@ def require_chromium() -> None:
     if not Path(CHROMIUM).exists():
         pytest.skip("Chromium is not installed (apt-get install chromium)")
     pytest.importorskip("playwright")
-
-
 
 
 def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
@@ -75,6 +75,47 @@ def served(env: dict[str, str], port: int, log: Path) -> Iterator[str]:
         yield url
     finally:
         _stop(proc)
+
+
+@dataclass
+class Site:
+    url: str
+    data_dir: Path
+    env: dict[str, str]
+    log: Path
+
+
+@contextmanager
+def local_site(data: Path, secret: str, experiments: list[dict[str, Any]], *, dirs: tuple[str, ...] = (),
+               people: Callable[[dict[str, str]], None] | None = None, **settings: str) -> Iterator[Site]:
+    """A visa of its own on the embedded default (data dir ``data``, the local cloud), served
+    until the block ends: the web assets built, the shipped catalogue applied, ``experiments``
+    imported (after ``people``, given the environment to add users with the CLI), ``dirs``
+    made under the facility's storage (`visa init` points the local cloud's data mounts at
+    <data dir>/facility). The scheduler's periodic jobs are not under test; moving instances are followed
+    closely."""
+    from tests.processes import delete_local_sessions, free_port
+
+    require_chromium()
+    subprocess.run([str(ROOT / "scripts" / "build-web.sh")], check=True, capture_output=True, timeout=300)
+    port = free_port()
+    env = visa_env(data, port, VISA_SECRET_KEY=secret, VISA_SCHEDULER__UNSTABLE_SYNC_SECONDS="1",
+                   VISA_SCHEDULER__ENABLED_IN_WEB="false", **settings)
+    cli(env, "init")
+    cli(env, "catalogue", "apply", str(ROOT / "flavours"), str(ROOT / "images"))
+    for d in dirs:
+        (data / "facility" / d).mkdir(parents=True, exist_ok=True)
+    if people is not None:
+        people(env)
+    listing = data.parent / "experiments.json"
+    listing.write_text(json.dumps(experiments))
+    cli(env, "experiments", "import", str(listing))
+    log = data / "server.log"
+    try:
+        with served(env, port, log) as url:
+            yield Site(url=url, data_dir=data, env=env, log=log)
+    finally:
+        delete_local_sessions(data)
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -11,7 +11,6 @@ Screenshots: tests/artifacts/together/.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Iterator
@@ -24,8 +23,8 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.browser import ROOT, allow_errors, chromium, cli, require_chromium, served, visa_env
-from tests.processes import delete_local_sessions, free_port
+from tests.browser import ROOT, Site, allow_errors, chromium, cli, local_site
+from tests.processes import free_port
 from tests.services import Inbox
 
 pytestmark = pytest.mark.integration
@@ -38,13 +37,9 @@ PEOPLE = {
 
 
 @dataclass
-class Site:
-    url: str
-    data_dir: Path
-    log: Path
+class Together(Site):
     inbox: Inbox
     uid: str  # alice's machine, running on the local cloud; bob is a USER member of it
-
 
 
 def _api(url: str, username: str) -> httpx.Client:
@@ -80,56 +75,37 @@ def _alice_machine(url: str, log: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    require_chromium()
-    import subprocess
-
-    subprocess.run([str(ROOT / "scripts" / "build-web.sh")], check=True, capture_output=True, timeout=300)
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Together]:
     inbox = Inbox()
     smtp_port = free_port()
     smtp = Controller(inbox, hostname="127.0.0.1", port=smtp_port)
     smtp.start()
-    data = tmp_path_factory.mktemp("visa-together") / "var"
-    port = free_port()
-    env = visa_env(
-        data, port, VISA_SECRET_KEY="together-browser-test-secret", VISA_SCHEDULER__ENABLED_IN_WEB="false",
-        VISA_SCHEDULER__UNSTABLE_SYNC_SECONDS="1", VISA_SMTP__ENABLED="true", VISA_SMTP__HOST="127.0.0.1",
-        VISA_SMTP__PORT=str(smtp_port), VISA_SMTP__SENDER="visa@visa.test",
-    )
-    try:
-        cli(env, "init")
-        cli(env, "catalogue", "apply", str(ROOT / "flavours"), str(ROOT / "images"))
+
+    def people(env: dict[str, str]) -> None:
         for username, (full_name, roles) in PEOPLE.items():
             role_args = [a for r in roles for a in ("--role", r)]
             cli(env, "users", "add", username, "--full-name", full_name, "--password", f"{username}-password",
                 "--email", f"{username}@example.org", *role_args)
-        # `visa init` points the local cloud's data mounts at <data dir>/facility.
-        for d in ("visitor", "processed"):
-            (data / "facility" / d / "ev280" / "id21").mkdir(parents=True)
-        experiments = data.parent / "experiments.json"
-        experiments.write_text(json.dumps([
+
+    try:
+        with local_site(tmp_path_factory.mktemp("visa-together") / "var", "together-browser-test-secret", [
             {"id": "ev280-id21-1", "proposal": "ev280", "proposal_title": "Trace elements in Roman glass",
              "instrument": "id21", "start_date": "2026-11-20", "end_date": "2026-11-23", "title": "XRF mapping",
              "members": [{"username": "alice", "full_name": "Alice Martin"}, {"username": "bob"}]},
-        ]))
-        cli(env, "experiments", "import", str(experiments))
-        log = data / "server.log"
-        try:
-            with served(env, port, log) as url:
-                yield Site(url=url, data_dir=data, log=log, inbox=inbox, uid=_alice_machine(url, log))
-        finally:
-            delete_local_sessions(data)
+        ], dirs=("visitor/ev280/id21", "processed/ev280/id21"), people=people, VISA_SMTP__ENABLED="true",
+           VISA_SMTP__HOST="127.0.0.1", VISA_SMTP__PORT=str(smtp_port), VISA_SMTP__SENDER="visa@visa.test") as s:
+            yield Together(**vars(s), inbox=inbox, uid=_alice_machine(s.url, s.log))
     finally:
         smtp.stop()
 
 
 @pytest.fixture(scope="module")
-def browser(site: Site) -> Iterator[Any]:
+def browser(site: Together) -> Iterator[Any]:
     with chromium() as b:
         yield b
 
 
-def person(browser: Any, site: Site, username: str) -> Any:
+def person(browser: Any, site: Together, username: str) -> Any:
     """A browser context of its own for ``username``, logged in."""
     ctx = browser.new_context(base_url=site.url, viewport={"width": 1280, "height": 860})
     ctx.set_default_timeout(30_000)
@@ -154,7 +130,7 @@ def open_desktop(ctx: Any, uid: str) -> Any:
     return page
 
 
-def test_presence_appears_and_disappears(site: Site, browser: Any) -> None:
+def test_presence_appears_and_disappears(site: Together, browser: Any) -> None:
     alice, bob = person(browser, site, "alice"), person(browser, site, "bob")
     page = alice.new_page()
     page.goto(f"/instances/{site.uid}")
@@ -178,7 +154,7 @@ def test_presence_appears_and_disappears(site: Site, browser: Any) -> None:
     bob.close()
 
 
-def _set_member_access(site: Site, unrestricted: bool | None) -> None:
+def _set_member_access(site: Together, unrestricted: bool | None) -> None:
     """The instance's own owner-presence setting (False: members only while the owner is there).
     No page sets it yet (the image's rule is the usual way): written as an operator would."""
     from sqlalchemy import update
@@ -193,7 +169,7 @@ def _set_member_access(site: Site, unrestricted: bool | None) -> None:
     database.dispose()
 
 
-def test_owner_presence_rule_blocks_then_admits(site: Site, browser: Any) -> None:
+def test_owner_presence_rule_blocks_then_admits(site: Together, browser: Any) -> None:
     _set_member_access(site, False)
     try:
         alice, bob = person(browser, site, "alice"), person(browser, site, "bob")
@@ -225,7 +201,7 @@ def test_owner_presence_rule_blocks_then_admits(site: Site, browser: Any) -> Non
         _set_member_access(site, None)
 
 
-def test_an_invitation_link_is_redeemed_after_logging_in(site: Site, browser: Any) -> None:
+def test_an_invitation_link_is_redeemed_after_logging_in(site: Together, browser: Any) -> None:
     alice = person(browser, site, "alice")
     page = alice.new_page()
     page.goto(f"/instances/{site.uid}")
@@ -268,7 +244,7 @@ def test_an_invitation_link_is_redeemed_after_logging_in(site: Site, browser: An
     alice.close()
 
 
-def test_support_is_prompted_accepted_and_connects(site: Site, browser: Any) -> None:
+def test_support_is_prompted_accepted_and_connects(site: Together, browser: Any) -> None:
     alice, sam = person(browser, site, "alice"), person(browser, site, "sam")
     owner_desktop = open_desktop(alice, site.uid)  # connected: she is asked first
     page = alice.new_page()
@@ -305,7 +281,7 @@ def test_support_is_prompted_accepted_and_connects(site: Site, browser: Any) -> 
     sam.close()
 
 
-def test_extension_requested_accepted_on_the_admin_page_with_emails(site: Site, browser: Any) -> None:
+def test_extension_requested_accepted_on_the_admin_page_with_emails(site: Together, browser: Any) -> None:
     alice, root = person(browser, site, "alice"), person(browser, site, "root")
     page = alice.new_page()
     page.goto(f"/instances/{site.uid}")

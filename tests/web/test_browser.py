@@ -8,56 +8,33 @@ colleague who sees it view-only, delete it. Screenshots of each page: tests/arti
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.browser import ROOT, chromium, cli, require_chromium, served, visa_env
-from tests.processes import delete_local_sessions, free_port
+from tests.browser import ROOT, Site, chromium, cli, local_site
 
 pytestmark = pytest.mark.integration
 
 ARTIFACTS = ROOT / "tests" / "artifacts" / "browser"
 
 
-@dataclass
-class Site:
-    url: str
-    data_dir: Path
-    env: dict[str, str]
-    log: Path
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    require_chromium()
-    subprocess.run([str(ROOT / "scripts" / "build-web.sh")], check=True, capture_output=True, timeout=300)
-
-    data = tmp_path_factory.mktemp("visa-browser")
-    # `visa init` points the local cloud's data mounts at <data dir>/facility.
-    facility = data / "var" / "facility"
-    raw = facility / "visitor" / "ev280" / "id21"
+    data = tmp_path_factory.mktemp("visa-browser") / "var"
+    raw = data / "facility" / "visitor" / "ev280" / "id21"
     raw.mkdir(parents=True)
     (raw / "scan_0001.h5").write_text("raw data")
-    (facility / "processed" / "ev280" / "id21").mkdir(parents=True)
-    (facility / "visitor" / "hc4321" / "id11").mkdir(parents=True)  # open data: carol's, embargo over
-    port = free_port()
-    env = visa_env(
-        data / "var", port, VISA_SECRET_KEY="browser-test-secret",
-        # Follow moving instances closely; the periodic jobs are not under test here.
-        VISA_SCHEDULER__UNSTABLE_SYNC_SECONDS="1", VISA_SCHEDULER__ENABLED_IN_WEB="false",
-    )
-    cli(env, "init")
-    cli(env, "catalogue", "apply", str(ROOT / "flavours"), str(ROOT / "images"))
-    experiments = data / "experiments.json"
-    experiments.write_text(json.dumps([
+
+    def people(env: dict[str, str]) -> None:
+        cli(env, "users", "add", "alice", "--full-name", "Alice Martin", "--password", "alice-password")
+        cli(env, "users", "add", "bob", "--full-name", "Bob Durand", "--password", "bob-password")
+
+    with local_site(data, "browser-test-secret", [
         {"id": "ev280-id21-1", "proposal": "ev280", "proposal_title": "Trace elements in Roman glass",
          "instrument": "id21", "start_date": "2026-11-20", "end_date": "2026-11-23", "title": "XRF mapping",
          "members": [{"username": "alice", "full_name": "Alice Martin"}]},
@@ -67,18 +44,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         {"id": "hc4321-id11-1", "proposal": "hc4321", "proposal_title": "Pigments of old masters",
          "public_at": "2024-06-01T00:00:00+00:00", "instrument": "id11", "start_date": "2021-05-10",
          "end_date": "2021-05-12", "title": "Powder diffraction", "members": [{"username": "carol"}]},
-    ]))
-    cli(env, "experiments", "import", str(experiments))
-    cli(env, "users", "passwd", "alice", stdin="alice-password\nalice-password\n")
-    cli(env, "users", "add", "bob", "--full-name", "Bob Durand", "--password", "bob-password")
-
-    log = data / "server.log"
-    try:
-        with served(env, port, log) as url:
-            yield Site(url=url, data_dir=data / "var", env=env, log=log)
-    finally:
-        delete_local_sessions(data / "var")
-
+    ], dirs=("processed/ev280/id21", "visitor/hc4321/id11"), people=people) as s:  # hc4321: open data
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser import ROOT, allow_errors, chromium, cli, require_chromium, served, visa_env
-from tests.processes import delete_local_sessions, free_port
-from tests.web.test_browser import Site, _find, login, shot
+from tests.browser import Site, allow_errors, chromium, cli, local_site
+from tests.web.test_browser import _find, login, shot
 
 pytestmark = pytest.mark.integration
 
@@ -35,34 +34,19 @@ URL_HOSTS = ["doi.org", "*.esrf.fr"]
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    require_chromium()
     if os.geteuid() != 0:
         pytest.skip("the session's own account needs root")
-    subprocess.run([str(ROOT / "scripts" / "build-web.sh")], check=True, capture_output=True, timeout=300)
-    data = tmp_path_factory.mktemp("visa-files")
-    facility = data / "var" / "facility"
-    (facility / "visitor" / "ev280" / "id21").mkdir(parents=True)
-    (facility / "processed" / "ev280" / "id21").mkdir(parents=True)
-    port = free_port()
-    env = visa_env(data / "var", port, VISA_SECRET_KEY="browser-files-secret",
-                   VISA_SCHEDULER__UNSTABLE_SYNC_SECONDS="1", VISA_SCHEDULER__ENABLED_IN_WEB="false",
-                   VISA_CLIPBOARD__URL_HOSTS=json.dumps(URL_HOSTS))
-    cli(env, "init")
-    cli(env, "catalogue", "apply", str(ROOT / "flavours"), str(ROOT / "images"))
-    experiments = data / "experiments.json"
-    experiments.write_text(json.dumps([
+
+    def people(env: dict[str, str]) -> None:
+        cli(env, "users", "add", "alice", "--full-name", "Alice Martin", "--password", "alice-password")
+
+    with local_site(tmp_path_factory.mktemp("visa-files") / "var", "browser-files-secret", [
         {"id": "ev280-id21-1", "proposal": "ev280", "proposal_title": "Trace elements in Roman glass",
          "instrument": "id21", "start_date": "2026-11-20", "end_date": "2026-11-23", "title": "XRF mapping",
          "members": [{"username": "alice", "full_name": "Alice Martin"}]},
-    ]))
-    cli(env, "experiments", "import", str(experiments))
-    cli(env, "users", "passwd", "alice", stdin="alice-password\nalice-password\n")
-    log = data / "server.log"
-    try:
-        with served(env, port, log) as url:
-            yield Site(url=url, data_dir=data / "var", env=env, log=log)
-    finally:
-        delete_local_sessions(data / "var")
+    ], dirs=("visitor/ev280/id21", "processed/ev280/id21"), people=people,
+       VISA_CLIPBOARD__URL_HOSTS=json.dumps(URL_HOSTS)) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
