@@ -469,7 +469,7 @@ async def measure(
     page.on("pageerror", lambda e: errors.append(str(e)))
     try:
         await page.goto(peer.url(shaper_port))
-        await page.wait_for_function("window.bench && (bench.connected || bench.error)", timeout=60_000)
+        await page.wait_for_function("() => window.bench && (bench.connected || bench.error)", timeout=60_000)
         if await page.evaluate("bench.error"):
             raise RuntimeError(f"{peer.name}: {await page.evaluate('bench.error')}")
         await page.mouse.click(100, 300)  # focus the typing terminal

@@ -35,7 +35,7 @@ def test_a_planted_page_cannot_reach_visa_with_the_owners_browser(live: Live, wo
         # The browser refuses the planted page's reads of visa: it says so in the console.
         allow_errors(r"CORS policy", r"Failed to load resource", r"net::ERR_FAILED")
         page.goto(f"{live.base}/jupyter/{UID}/static/attack.html#{quote(live.base, safe='')}")
-        page.wait_for_function("window.__attack !== undefined")
+        page.wait_for_function("() => window.__attack !== undefined")
         report = page.evaluate("window.__attack")
 
     assert report["ran"] is True  # the attack did run, in the owner's browser

@@ -125,7 +125,7 @@ def test_the_scientists_day(site: Site, browser) -> None:  # noqa: ANN001
     page.click('#open-list [data-open] >> text=hc4321')
     with page.expect_response(lambda r: "/api/experiments/open-data" in r.url and "q=zz" in r.url):
         page.fill("#open-search", "zz")
-    page.wait_for_function("document.querySelectorAll('#open-list [data-open] input:checked').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#open-list [data-open] input:checked').length === 1")
     assert "1 open data, read-only" in page.inner_text('[data-testid="summary"]')
     page.fill("#name", "XRF maps of ev280")
     page.select_option("#screen-size", "1280x800")
@@ -192,7 +192,7 @@ def test_the_scientists_day(site: Site, browser) -> None:  # noqa: ANN001
     # compression drops to 1 (the page used a fixed 2 before), still or in motion; a first
     # probe slowed by a busy machine is corrected by the next, 15 s later.
     page.wait_for_function(
-        "(r => r.compressionLevel === 1 && [4, 6, 7, 8].includes(r.qualityLevel))(window.visaDesktop.rfb)",
+        "() => (r => r.compressionLevel === 1 && [4, 6, 7, 8].includes(r.qualityLevel))(window.visaDesktop.rfb)",
         timeout=25_000,
     )
     thumb = alice_ctx.request.get(f"/api/instances/{uid}/thumbnail")

@@ -63,7 +63,7 @@ def running(site: Site, browser) -> Iterator[dict[str, Any]]:  # noqa: ANN001
     ctx, page = login(browser, site, "alice")
     page.goto("/instances/new")
     # Her only experiment is chosen already.
-    page.wait_for_function("document.querySelectorAll('[data-experiment] input:checked').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('[data-experiment] input:checked').length === 1")
     page.click('#environments [data-image="desktop"]')
     page.locator("#flavours [data-plan]").first.wait_for()
     page.click('#flavours [data-plan] >> text=esrf.medium')
