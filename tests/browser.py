@@ -92,8 +92,8 @@ def local_site(data: Path, secret: str, experiments: list[dict[str, Any]], *, di
     until the block ends: the web assets built, the shipped catalogue applied, ``experiments``
     imported (after ``people``, given the environment to add users with the CLI), ``dirs``
     made under the facility's storage (`visa init` points the local cloud's data mounts at
-    <data dir>/facility). The scheduler's periodic jobs are not under test; moving instances are followed
-    closely."""
+    <data dir>/facility). The scheduler's periodic jobs are not under test; moving instances
+    are followed closely."""
     from tests.processes import delete_local_sessions, free_port
 
     require_chromium()

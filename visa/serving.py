@@ -55,6 +55,7 @@ if UvicornWorker is not None:
 
 
 try:
+    from gunicorn.arbiter import Arbiter
     from gunicorn.workers.gthread import TConn, ThreadWorker
 except ImportError:
     ThreadWorker = None  # type: ignore[assignment,misc]
@@ -69,10 +70,9 @@ if ThreadWorker is not None:
         and are reset when the worker exits, after nginx has sent them a request (a POST it
         may not retry: a 502). Here the backlog is served and the socket closed at once. On
         SIGTERM the arbiter has already made the socket take no new connection
-        (``refuse_new_connections``), so the backlog is complete when served; once every copy
-        is closed, connections are refused, which nginx passes to another replica whatever the
-        method. On SIGHUP the arbiter keeps its copy
-        and the new workers accept from it."""
+        (``DrainingArbiter``), so the backlog is complete when served; once every copy is
+        closed, connections are refused, which nginx passes to another replica whatever the
+        method. On SIGHUP the arbiter keeps its copy and the new workers accept from it."""
 
         def set_accept_enabled(self, enabled: bool) -> None:
             super().set_accept_enabled(enabled)
@@ -88,6 +88,18 @@ if ThreadWorker is not None:
                     client.setblocking(True)
                     self.enqueue_req(TConn(self.cfg, client, address, listener.getsockname()))
                 listener.close()
+
+    class DrainingArbiter(Arbiter):  # type: ignore[misc,valid-type]
+        """On a graceful stop (SIGTERM), the listening sockets stop taking new connections
+        before anything closes them (``refuse_new_connections``), then the workers drain the
+        backlog (``DrainingThreadWorker``). A reload (SIGHUP) does not stop: the socket stays
+        open to the new workers."""
+
+        def stop(self, graceful: bool = True) -> None:
+            refusing = [refuse_new_connections(listener.sock) for listener in self.LISTENERS] if graceful else []
+            if any(refusing):
+                time.sleep(HANDSHAKE_SETTLE)
+            super().stop(graceful)
 
 
 # Classic BPF, run by the kernel on each segment reaching a listening TCP socket (the data start
@@ -169,26 +181,9 @@ def serve_web(bind: str, *, workers: int, threads: int, forwarded_allow_ips: str
 
         def run(self) -> None:
             try:
-                _draining_arbiter()(self).run()
+                DrainingArbiter(self).run()
             except RuntimeError as exc:  # gunicorn's own way: its message, no traceback
                 sys.exit(f"\nError: {exc}\n")
 
     WebApplication().run()
 
-
-def _draining_arbiter() -> type:
-    from gunicorn.arbiter import Arbiter
-
-    class DrainingArbiter(Arbiter):  # type: ignore[misc]
-        """On a graceful stop (SIGTERM), the listening sockets stop taking new connections
-        before anything closes them (``refuse_new_connections``), then the workers drain the
-        backlog (``DrainingThreadWorker``). A reload (SIGHUP) does not stop: the socket stays
-        open to the new workers."""
-
-        def stop(self, graceful: bool = True) -> None:
-            refusing = [refuse_new_connections(listener.sock) for listener in self.LISTENERS] if graceful else []
-            if any(refusing):
-                time.sleep(HANDSHAKE_SETTLE)
-            super().stop(graceful)
-
-    return DrainingArbiter
