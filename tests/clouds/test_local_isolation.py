@@ -280,6 +280,65 @@ def test_the_other_sessions_jupyter_refuses_alices_secret(world: World) -> None:
         assert client.get("/jupyter/bob1/api/status", headers={"Authorization": f"token {BOB_SECRET}"}).status_code == 200
 
 
+# ---------------------------------------------------------------- the kernel's surfaces
+
+
+def test_a_new_user_namespace_typed_into_the_xterm_is_refused(world: World) -> None:
+    """``unshare -Ur`` would make the session root of a user namespace of its own (new
+    mounts, new network stacks, the kernel code only such a root reaches)."""
+    out = _home(world) / "userns-verdicts.txt"
+    command = "unshare -Ur id -u > ~/userns-verdicts.txt 2>&1; echo rc=$? END >> ~/userns-verdicts.txt\n"
+    typed = world.provider.exec_in_session(
+        world.alice.id,
+        ["xdotool", "search", "--sync", "--class", "xterm", "windowactivate", "--sync", "%1", "sleep", "0.5",
+         "type", "--delay", "2", command],
+        timeout=60,
+    )  # fmt: skip
+    assert typed.returncode == 0, typed.stderr
+    text = _wait_file(out, "END", timeout=60)
+    assert "Operation not permitted" in text and "rc=0" not in text, text
+    # The same xterm still runs ordinary programs (threads and child processes included).
+    command = "python3 -c 'import threading; t = threading.Thread(target=print); t.start()' && echo OK''AY > ~/ok.txt\n"
+    typed = world.provider.exec_in_session(
+        world.alice.id,
+        ["xdotool", "search", "--sync", "--class", "xterm", "windowactivate", "--sync", "%1", "type", "--delay", "2",
+         command],
+        timeout=60,
+    )  # fmt: skip
+    assert typed.returncode == 0, typed.stderr
+    assert _wait_file(_home(world) / "ok.txt", "OKAY").strip() == "OKAY"
+
+
+def test_the_kernels_surfaces_are_refused_in_the_jupyter_terminal(world: World) -> None:
+    """keyctl, bpf, perf_event_open, TIOCSTI into the terminal itself, a user namespace: EPERM."""
+    from tests.clouds.test_seccomp import PROBE
+
+    home = _home(world)
+    (home / "kernel-probe.py").write_text(PROBE)
+    out = asyncio.run(
+        _terminal_run(world.alice, ALICE_SECRET, "python3 ~/kernel-probe.py > ~/kernel-verdicts.txt 2>&1; echo K''DONE",
+                      "KDONE")
+    )  # fmt: skip
+    assert "KDONE" in out
+    assert (home / "kernel-verdicts.txt").read_text().split("\n") == [
+        "keyctl EPERM", "bpf EPERM", "perf_event_open EPERM", "TIOCSTI EPERM", "userns EPERM", "thread ok", "",
+    ]  # fmt: skip
+
+
+def test_commands_visa_runs_in_a_session_are_under_its_filter(world: World) -> None:
+    """A process started into the session later (activity probe, sftp-server) has the same
+    filter: one without could be ptraced by the session into the calls the filter denies."""
+    from tests.clouds.test_seccomp import PROBE
+
+    done = world.provider.exec_in_session(world.alice.id, ["python3", "-c", PROBE], timeout=60)
+    assert done.stdout.decode().split("\n")[:5] == [
+        "keyctl EPERM", "bpf EPERM", "perf_event_open EPERM", "TIOCSTI EPERM", "userns EPERM",
+    ], done.stderr  # fmt: skip
+    status = world.provider.exec_in_session(world.alice.id, ["sh", "-c", "grep -h ^Seccomp: /proc/[0-9]*/status"])
+    modes = status.stdout.decode().split("\n")
+    assert modes.count("Seccomp:\t2") >= 4 and "Seccomp:\t0" not in modes, status.stdout
+
+
 # ---------------------------------------------------------------- run in the sandbox like its own programs
 
 

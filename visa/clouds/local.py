@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import getpass
 import grp
 import hashlib
@@ -64,6 +65,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from visa.clouds import local_session as session
+from visa.clouds import seccomp
 from visa.clouds.base import (
     MEMORY_MB,
     VCPU,
@@ -749,6 +751,9 @@ class LocalProvider(Provider):
         root = _is_root()
         if not root:
             out += ["--unshare-user", "--uid", str(acct["uid"]), "--gid", str(acct["gid"]), "--cap-drop", "ALL"]
+            # As root there is no user namespace to limit (with one, bwrap would map the
+            # account to root): the seccomp filter refuses new user namespaces instead.
+            out += ["--disable-userns"] if _bwrap_disables_userns(bwrap) else []
         made: set[str] = set()
 
         def bind(option: str, source: str, target: str) -> None:
@@ -883,6 +888,11 @@ class LocalProvider(Provider):
                     "setpriv", "--inh-caps=-all", "--no-new-privs", "--", *argv,
                 ]  # fmt: skip
 
+        if sandboxed and record.get("seccomp"):
+            # Under the session's filter before it enters the sandbox: no process of the session
+            # runs without it (one that did could be ptraced into the calls it denies).
+            argv = [sys.executable, "-I", seccomp.__file__, str(instance_dir / session.SECCOMP_FILE), "--", *argv]
+
         def join_cgroups() -> None:
             for procs in cgroups:
                 procs.write_text(f"{os.getpid()}\n")
@@ -983,6 +993,9 @@ class LocalProvider(Provider):
                 instance_dir, record,
                 [python, "-I", session.SANDBOX_SCRIPT, "--inside", f"{session.SANDBOX_RUN}/{session.INSIDE_FILE}"],
             )  # fmt: skip
+            # Written at every start, so a session restarted after an upgrade gets today's filter.
+            seccomp.write(str(instance_dir / session.SECCOMP_FILE))
+            record["seccomp"] = True
             record["cgroups"] = []
             if self.isolation_report().cgroups:
                 try:
@@ -1155,6 +1168,16 @@ def _usr_links() -> list[str]:
         elif path.is_dir():
             out += ["--ro-bind", str(path), str(path)]
     return out
+
+
+@functools.cache
+def _bwrap_disables_userns(bwrap: str) -> bool:
+    """bubblewrap 0.8 and later can forbid user namespaces inside its own."""
+    try:
+        usage = subprocess.run([bwrap, "--help"], capture_output=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return b"--disable-userns" in usage
 
 
 def _run_admin(argv: list[str], path: str) -> None:

@@ -51,6 +51,8 @@ XAUTHORITY_FILE = "Xauthority"
 DISPLAY_FILE = "display"
 FAULT_FILE = "fault"
 INSIDE_FILE = "session.json"
+# The seccomp filter (visa.clouds.seccomp) every process of a sandboxed session runs under.
+SECCOMP_FILE = "seccomp.bpf"
 SOCKETS = {"VNC": "vnc.sock", "JUPYTER": "jupyter.sock"}
 # visa's links to the session's sockets, in a directory the session never sees.
 SOCKETS_DIR = "sockets"
@@ -500,8 +502,16 @@ class Supervisor:
         # The options (host paths) go through a pipe: the sandbox's pid 1 is bwrap, whose
         # command line its processes can read.
         split = argv.index("--")
+        options = argv[1:split]
+        fds = []
+        if self.spec.get("seccomp"):
+            # bwrap loads the filter last, just before it execs the session's first program.
+            seccomp_fd = os.open(self.dir / SECCOMP_FILE, os.O_RDONLY | os.O_NOFOLLOW)
+            fds.append(seccomp_fd)
+            options += ["--seccomp", str(seccomp_fd)]
         read_fd, write_fd = os.pipe()
-        os.write(write_fd, b"".join(arg.encode() + b"\0" for arg in argv[1:split]))
+        fds.append(read_fd)
+        os.write(write_fd, b"".join(arg.encode() + b"\0" for arg in options))
         os.close(write_fd)
         try:
             self.sandbox = subprocess.Popen(
@@ -510,11 +520,12 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=self.log,
                 stderr=self.log,
-                pass_fds=(read_fd,),
+                pass_fds=tuple(fds),
                 preexec_fn=join_cgroups,  # noqa: PLW1509 - only file writes between fork and exec
             )
         finally:
-            os.close(read_fd)
+            for fd in fds:
+                os.close(fd)
         # The sandbox's pid namespace names every process of the session, however they detach.
         deadline = time.monotonic() + 10
         while (ns := pid_ns_of_child(self.sandbox.pid)) is None:
