@@ -63,6 +63,16 @@ GATEWAY_CONNECTIONS = Gauge(
 )
 GATEWAY_CONNECTIONS_TOTAL = Counter("visa_gateway_connections_opened_total", "Gateway connections opened", ["kind"])
 GATEWAY_BYTES = Counter("visa_gateway_bytes_total", "Bytes relayed by the gateway", ["kind", "direction"])
+# Every known label value exported at 0 from the start: increase() then sees the first event, and
+# a scrape shows every series the dashboard and the alerts name (Prometheus's advice for labels).
+for _action in ("warn", "delete"):
+    for _reason in ("lifetime", "inactivity"):
+        REAPER_ACTIONS.labels(action=_action, reason=_reason)
+for _kind in ("desktop", "jupyter"):
+    GATEWAY_CONNECTIONS.labels(kind=_kind)
+    GATEWAY_CONNECTIONS_TOTAL.labels(kind=_kind)
+    for _direction in ("to_client", "to_server"):
+        GATEWAY_BYTES.labels(kind=_kind, direction=_direction)
 
 FIRST_ACTIVE_KEY = "first_active_at"
 

@@ -6,8 +6,10 @@ Metrics (deploy/prometheus/visa-alerts.yml alerts on them):
 * ``visa_scheduler_leader{holder}``: 1 in the process that leads, 0 in the others;
 * ``visa_scheduler_lease_held``: 1 when the lease row names a holder whose lease has not
   expired, read from the database at scrape time, so every process reports the same truth;
-* ``visa_scheduler_job_last_success_timestamp_seconds{job}``, ``..._job_duration_seconds{job}``
-  (the last successful run) and ``visa_scheduler_job_failures_total{job}``;
+* ``visa_scheduler_job_last_success_timestamp_seconds{task}``, ``..._job_duration_seconds{task}``
+  (the last successful run) and ``visa_scheduler_job_failures_total{task}``. The job's name is
+  the label ``task``, not ``job``: Prometheus sets ``job`` to the scrape job's name and would
+  rename ours ``exported_job``;
 * ``visa_sync_failures_total{cloud}``: sync cycles whose cloud did not answer;
 * ``visa_outbox_backlog``: emails decided but not sent yet (read at scrape time).
 
@@ -44,20 +46,27 @@ log = logging.getLogger(__name__)
 
 LEADER = Gauge("visa_scheduler_leader", "1 when this scheduler process leads", ["holder"])
 JOB_LAST_SUCCESS = Gauge(
-    "visa_scheduler_job_last_success_timestamp_seconds", "End of the last successful run of a job", ["job"]
+    "visa_scheduler_job_last_success_timestamp_seconds", "End of the last successful run of a job", ["task"]
 )
-JOB_DURATION = Gauge("visa_scheduler_job_duration_seconds", "Duration of the last successful run of a job", ["job"])
-JOB_FAILURES = Counter("visa_scheduler_job_failures_total", "Runs of a job that failed", ["job"])
+JOB_DURATION = Gauge("visa_scheduler_job_duration_seconds", "Duration of the last successful run of a job", ["task"])
+JOB_FAILURES = Counter("visa_scheduler_job_failures_total", "Runs of a job that failed", ["task"])
 SYNC_FAILURES = Counter("visa_sync_failures_total", "Sync cycles of a cloud that got no answer", ["cloud"])
 
 
+def jobs_known(jobs: list[str]) -> None:
+    """Export each job's failure counter at 0 from the start, so that ``increase()`` sees the
+    first failure and the dashboard finds every job."""
+    for job in jobs:
+        JOB_FAILURES.labels(task=job)
+
+
 def job_succeeded(job: str, seconds: float) -> None:
-    JOB_DURATION.labels(job=job).set(seconds)
-    JOB_LAST_SUCCESS.labels(job=job).set(time.time())
+    JOB_DURATION.labels(task=job).set(seconds)
+    JOB_LAST_SUCCESS.labels(task=job).set(time.time())
 
 
 def job_failed(job: str) -> None:
-    JOB_FAILURES.labels(job=job).inc()
+    JOB_FAILURES.labels(task=job).inc()
 
 
 class SchedulerState(Collector):

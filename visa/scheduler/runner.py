@@ -119,6 +119,7 @@ class Runner:
             "coalesce": True, "max_instances": 1, "misfire_grace_time": None,
         })
         now = datetime.now(UTC)
+        observe.jobs_known([job.name for job in self.jobs()])
         for job in self.jobs():
             scheduler.add_job(self._guarded(job), "interval", seconds=job.seconds, id=job.name, name=job.name,
                               next_run_time=now)
@@ -217,8 +218,11 @@ def _sync_counted(services: Services, sync_all: Callable[[Services], list]) -> N
     results = sync_all(services)
     with services.database.sessionmaker() as s:
         enabled = set(s.scalars(select(Cloud.name).where(Cloud.enabled.is_(True))))
-    for name in sorted(enabled - {r.cloud for r in results}):
-        observe.SYNC_FAILURES.labels(cloud=name).inc()
+    answered = {r.cloud for r in results}
+    for name in sorted(enabled):  # every cloud's counter exported, at 0 until it fails
+        counter = observe.SYNC_FAILURES.labels(cloud=name)
+        if name not in answered:
+            counter.inc()
 
 
 def start_in_background(services: Services) -> Runner:
