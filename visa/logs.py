@@ -39,18 +39,26 @@ def truncate(value: Any, limit: int = MAX_VALUE) -> Any:
 
 
 # One-time tokens travel in some URLs (the desktop websocket, the user-content login):
-# uvicorn logs a websocket's path with its query string, so every line is cleaned.
+# uvicorn logs a websocket's path with its query string, so every line is cleaned. An
+# invitation link carries its token in the path (``/invite/<token>``, also URL-encoded in the
+# login page's ``next``): whoever reads the logs must not be able to join with it.
 _SECRET_PARAM = re.compile(r"([?&;](?:token|_xsrf)=)[^&\s\"';]+", re.IGNORECASE)
+_SECRET_PATH = re.compile(r"((?:/|%2F)invite(?:/|%2F))[^/?#&\s\"';%]+", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    return _SECRET_PARAM.sub(r"\1[redacted]", text) if "=" in text else text
+    if "=" in text:
+        text = _SECRET_PARAM.sub(r"\1[redacted]", text)
+    return _SECRET_PATH.sub(r"\1[redacted]", text)
 
 
 class RedactFilter(logging.Filter):
-    """Removes token values from URLs in a line before any handler writes it."""
+    """Removes token values from URLs in a line (and in its extra fields) before any handler writes it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in vars(record).items():
+            if key not in _STANDARD and isinstance(value, str):
+                setattr(record, key, redact(value))
         try:
             message = record.getMessage()
         except Exception:  # a bad format string: the formatter shows it as it is

@@ -48,3 +48,27 @@ def test_the_redacting_filter_sits_on_the_handler() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "token=[redacted]" in r.stderr and "SECRET1" not in r.stderr, r.stderr
+
+
+INVITE = "Inv1te-that-must-not-be-logged_0123456789ab"
+
+
+@pytest.mark.parametrize("json_lines", [False, True], ids=["plain", "json"])
+def test_invitation_tokens_are_not_written_to_the_logs(tmp_path: Path, json_lines: bool) -> None:
+    """An invitation link opens a door: its token is redacted from the access log and every other line,
+    in its path and in the login page's ``next`` it is sent on to."""
+    port = free_port()
+    env = visa_env(
+        tmp_path / "var", port, VISA_SECRET_KEY="log-test-secret", VISA_SCHEDULER__ENABLED_IN_WEB="false",
+        VISA_LOG_JSON="true" if json_lines else "false",
+    )
+    cli(env, "init")
+    log = tmp_path / "server.log"
+    with served(env, port, log) as url:
+        r = httpx.get(f"{url}/invite/{INVITE}")
+        assert r.status_code in (302, 303) and INVITE in r.headers["location"]  # to the login, which comes back
+        assert httpx.get(f"{url}/login", params={"next": f"/invite/{INVITE}"}).status_code == 200
+        assert httpx.get(f"{url}/invite/{INVITE.upper()}/x").status_code in (302, 303, 404)
+    text = log.read_text()
+    assert "/invite/[redacted]" in text, text[-3000:]
+    assert INVITE not in text and INVITE.upper() not in text, text[-3000:]

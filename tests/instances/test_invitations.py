@@ -3,12 +3,15 @@ person logged in; a link reused, expired or unknown is a clear 4xx and changes n
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import func, select
 
 from tests.auth.world import login, seed
 from tests.factories import actor
 from visa.auth.tokens import create_api_token
-from visa.instances.models import Instance, InstanceMember, Invitation
+from visa.instances.invitations import hash_token
+from visa.instances.models import Instance, InstanceMember, Invitation, MemberRole
 from visa.users.models import User
 
 
@@ -86,3 +89,35 @@ def test_expired_unknown_and_token_redemptions_change_nothing(app, db, clock, ap
     assert other.post(f"/api/instances/{world.uid}/invitations", json={}).status_code == 404
     assert owner.post(f"/api/instances/{world.uid}/invitations", json={"role": "OWNER"}).status_code == 400
     assert owner.post(f"/api/instances/{world.uid}/invitations", json={"hours": 100000}).status_code == 400
+
+
+def test_an_admin_cannot_let_anyone_into_a_staff_owners_machine(app, db, clock, api_client) -> None:  # noqa: ANN001
+    """Only the owner lets people in: an administrator makes no link and adds nobody (they ask as
+    support, which a staff owner approves); a link someone else made is worthless, to its creator first."""
+    world = seed(db, clock)
+    admin = login(api_client, db, "admin")
+    r = admin.post(f"/api/instances/{world.uid}/invitations", json={"role": "USER", "hours": 2})
+    assert r.status_code == 403, r.get_json()
+    r = admin.post(f"/api/instances/{world.uid}/members", json={"username": "other", "role": "USER"})
+    assert r.status_code == 403, r.get_json()
+    r = admin.put(f"/api/instances/{world.uid}/members/guest", json={"role": "USER"})  # no promotion either
+    assert r.status_code == 403, r.get_json()
+    assert admin.delete(f"/api/instances/{world.uid}/members/guest").status_code == 204  # removing stays theirs
+    assert admin.get(f"/api/instances/{world.uid}/invitations").status_code == 200
+
+    # A link an administrator made (as one could before): redeeming it is refused to its creator and to anyone.
+    token = "admin-made-link-0123456789abcdef"
+    with db.unit_of_work() as s:
+        inst = s.scalar(select(Instance).where(Instance.uid == world.uid))
+        admin_id = s.scalar(select(User.id).where(User.username == "admin"))
+        s.add(Invitation(instance_id=inst.id, token_hash=hash_token(token), role=MemberRole.USER,
+                         created_by_id=admin_id, created_at=clock.now(), expires_at=clock.now() + timedelta(hours=2)))
+    before = _members(db, world.uid)
+    r = admin.post("/api/invitations/redeem", json={"token": token})
+    assert r.status_code == 403 and r.get_json()["field"] == "token", r.get_json()
+    assert admin.get(f"/invite/{token}").status_code == 403
+    r = login(api_client, db, "other").post("/api/invitations/redeem", json={"token": token})
+    assert r.status_code == 403 and r.get_json()["field"] == "token", r.get_json()
+    assert _members(db, world.uid) == before
+    with db.sessionmaker() as s:
+        assert s.scalar(select(Invitation.used_at).where(Invitation.token_hash == hash_token(token))) is None

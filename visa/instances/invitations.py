@@ -1,6 +1,8 @@
 """Invitation links: the owner shares an instance by a link instead of a username.
 
-A link is single-use, expires and gives the role chosen (USER or GUEST). Only the hash of its
+Only the owner makes links (an administrator joins as support instead), and a link counts
+only while its maker is the owner and is never redeemed by its maker. A link is single-use,
+expires and gives the role chosen (USER or GUEST). Only the hash of its
 secret is stored. Redeeming it needs a person logged in through the browser (not a token):
 one conditional UPDATE spends it, so two people racing with one link cannot both join. A
 link used, expired, revoked or unknown changes nothing and says which.
@@ -18,7 +20,7 @@ from sqlalchemy.orm import Session
 from visa.actor import Actor
 from visa.audit.service import record
 from visa.clock import Clock
-from visa.errors import Conflict, NotFound
+from visa.errors import Conflict, Forbidden, NotFound
 from visa.instances.models import Instance, InstanceMember, Invitation, MemberRole
 from visa.instances.schemas import InvitationOut, NewInvitation, RedeemedOut
 from visa.policy import member_role, require
@@ -50,8 +52,8 @@ def _out(row: Invitation, session: Session, url: str | None = None) -> Invitatio
 
 def create_invitation(actor: Actor, session: Session, clock: Clock, settings: Settings, instance: Instance,
                       data: NewInvitation) -> InvitationOut:
-    """A new link for the instance; the answer is the only place its secret appears."""
-    require(actor, "instance.share", instance)
+    """A new link for the instance; the answer is the only place its secret appears. The owner's alone."""
+    require(actor, "instance.invite", instance)
     token = secrets.token_urlsafe(24)
     now = clock.now()
     row = Invitation(instance_id=instance.id, token_hash=hash_token(token), role=MemberRole(data.role),
@@ -98,10 +100,16 @@ def _usable(session: Session, clock: Clock, token: str) -> tuple[Invitation, Ins
     return row, instance
 
 
-def _check_joinable(actor: Actor, instance: Instance) -> None:
+def _check_joinable(actor: Actor, row: Invitation, instance: Instance) -> None:
     role = member_role(actor, instance)
     if role == MemberRole.OWNER:
         raise Conflict("this is your own instance: send the link to someone else", field="token")
+    if row.created_by_id == actor.id:
+        raise Forbidden("you made this link: it lets someone else in, never its maker", field="token")
+    if row.created_by_id != instance.owner_id:
+        # Made by someone other than the owner (an administrator, before only owners could):
+        # the owner never consented to it.
+        raise Forbidden("this invitation link was not made by the owner: ask them for a new one", field="token")
     if role is not None:
         raise Conflict(f"you are already a member of this instance, as {role.lower()}", field="token")
 
@@ -110,7 +118,7 @@ def peek_invitation(actor: Actor, session: Session, clock: Clock, token: str) ->
     """What a link would give (the redeem page asks before joining); spends nothing."""
     require(actor, "invitation.redeem")
     row, instance = _usable(session, clock, token)
-    _check_joinable(actor, instance)
+    _check_joinable(actor, row, instance)
     return instance, row.role
 
 
@@ -119,7 +127,7 @@ def redeem_invitation(actor: Actor, session: Session, clock: Clock, token: str) 
     require(actor, "invitation.redeem")
     assert actor.user is not None
     row, instance = _usable(session, clock, token)
-    _check_joinable(actor, instance)
+    _check_joinable(actor, row, instance)
     now = clock.now()
     spent = session.execute(
         update(Invitation)

@@ -1,8 +1,8 @@
 """Who may use an instance besides its owner: members and support access.
 
 Members are OWNER (one, never changed here), USER (desktop with input), GUEST (view only)
-and SUPPORT (support staff). The owner (or an admin) adds USER or GUEST members, changes
-their role and revokes them; members may leave. Support staff (admins, IT support,
+and SUPPORT (support staff). The owner adds USER or GUEST members; the owner or an admin
+lowers their role and revokes them; members may leave. Support staff (admins, IT support,
 instrument scientists of the instance's instruments, scientific computing, instrument control
 within 7 days of its experiments) ask for access: the owner's open page shows a prompt. A staff
 owner must answer (the request waits an hour); another owner is asked only while connected, and
@@ -127,9 +127,9 @@ def list_members(actor: Actor, session: Session, instance: Instance) -> list[Ins
 
 def add_member(actor: Actor, session: Session, clock: Clock, instance: Instance, username: str,
                role: str | MemberRole, *, settings: Settings | None = None) -> InstanceMember:
-    """The owner (or an admin) shares the instance with a user, as USER or GUEST; with
-    ``settings``, the new member is told by email (after the commit)."""
-    require(actor, "instance.share", instance)
+    """The owner shares the instance with a user, as USER or GUEST; with ``settings``, the new
+    member is told by email (after the commit)."""
+    require(actor, "instance.invite", instance)
     wanted = _role(role, SHAREABLE_ROLES)
     user = _user(session, username)
     if user.id == actor.id:
@@ -149,8 +149,11 @@ def add_member(actor: Actor, session: Session, clock: Clock, instance: Instance,
 
 def change_role(actor: Actor, session: Session, clock: Clock, instance: Instance, username: str,
                 role: str | MemberRole) -> InstanceMember:
+    """The owner (or an admin) changes a member's role; raising one to USER is the owner's alone."""
     require(actor, "instance.share", instance)
     wanted = _role(role, SHAREABLE_ROLES)
+    if wanted == MemberRole.USER:
+        require(actor, "instance.invite", instance)
     user = _user(session, username)
     member = _member(instance, user)
     if member is None:

@@ -76,7 +76,11 @@ POLICY: dict[str, list[Rule]] = {
     "instance.view": [System(), ADMIN, Member(), SupportFor()],
     "instance.control": [System(), ADMIN, Member("OWNER")],
     "instance.delete": [System(), ADMIN, Member("OWNER")],
+    # Managing who is in: removing members, answering support, the list of links. An admin may.
     "instance.share": [Member("OWNER"), ADMIN],
+    # Letting someone in (adding a member, a link, raising a GUEST to USER): the owner's consent
+    # alone; an administrator joins as support, which a staff owner approves.
+    "instance.invite": [Member("OWNER")],
     "instance.extend": [Member("OWNER"), ADMIN],
     # Name, comments, keyboard layout and screen size, for the next connection: the owner's own.
     "instance.edit": [Member("OWNER")],

@@ -83,6 +83,7 @@ def _view(actor: Actor, instance: Instance, thumbs: dict[int, datetime] | None =
             "control": allowed(actor, "instance.control", instance),
             "delete": allowed(actor, "instance.delete", instance),
             "share": allowed(actor, "instance.share", instance),
+            "invite": allowed(actor, "instance.invite", instance),
             "extend": allowed(actor, "instance.extend", instance),
             "desktop": running and Protocol.VNC.value in protocols and may_connect,
             "jupyter": running and Protocol.JUPYTER.value in protocols and allowed(actor, "instance.jupyter", instance),
