@@ -43,6 +43,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end -}}
 
+{{/* The migration hook's secret: its own copy made before it, or the existing secret. */}}
+{{- define "visa.migrateSecretName" -}}
+{{- .Values.secrets.existingSecret | default (printf "%s-migrate-secrets" (include "visa.fullname" .)) -}}
+{{- end -}}
+
 {{- define "visa.envFrom" -}}
 - secretRef:
     name: {{ include "visa.secretName" . }}
@@ -82,5 +87,45 @@ tolerations:
 {{- with .Values.affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* The settings file every visa process reads (/etc/visa/visa.toml). */}}
+{{- define "visa.configToml" -}}
+{{- $settings := deepCopy .Values.config -}}
+{{- $_ := set $settings "base_url" .Values.baseUrl -}}
+{{- $_ := set $settings "user_content_domain" .Values.userContentDomain -}}
+{{- $_ := set $settings "data_dir" "/var/lib/visa" -}}
+{{- $_ := set $settings "host" "0.0.0.0" -}}
+{{- if .Values.database.url }}{{- $_ := set $settings "database_url" .Values.database.url -}}{{- end }}
+{{- range $key, $value := $settings }}
+{{- if not (kindIs "map" $value) }}
+{{ $key }} = {{ toJson $value }}
+{{- end }}
+{{- end }}
+
+[scheduler]
+enabled_in_web = false
+metrics_host = "0.0.0.0"
+metrics_port = {{ .Values.scheduler.metricsPort }}
+
+[gateway]
+embedded = false
+host = "0.0.0.0"
+port = 8081
+
+[database_pool]
+size = {{ .Values.database.pool.size }}
+max_overflow = {{ .Values.database.pool.maxOverflow }}
+timeout_seconds = {{ .Values.database.pool.timeoutSeconds }}
+recycle_seconds = {{ .Values.database.pool.recycleSeconds }}
+{{- range $key, $value := $settings }}
+{{- if and (kindIs "map" $value) $value }}
+
+[{{ $key }}]
+{{- range $k, $v := $value }}
+{{ $k }} = {{ toJson $v }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end -}}
