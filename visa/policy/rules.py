@@ -126,6 +126,22 @@ class HasRole(Rule):
 
 
 @dataclass(frozen=True, repr=False)
+class LacksRole(Rule):
+    """A user holding none of these roles."""
+
+    roles: tuple[Role, ...]
+
+    def __init__(self, *roles: Role) -> None:
+        object.__setattr__(self, "roles", roles)
+
+    def allows(self, actor: PolicyActor, target: Any, now: datetime | None) -> bool:
+        return actor.kind is ActorKind.USER and not actor.roles & set(self.roles)
+
+    def __repr__(self) -> str:
+        return f"LacksRole({', '.join(r.value for r in self.roles)})"
+
+
+@dataclass(frozen=True, repr=False)
 class AnyUser(Rule):
     """Any logged-in user."""
 

@@ -18,6 +18,7 @@ from visa.policy.rules import (
     HasRole,
     IdpScope,
     Interactive,
+    LacksRole,
     Member,
     OwnerPresent,
     PolicyActor,
@@ -70,7 +71,10 @@ POLICY: dict[str, list[Rule]] = {
     "api_token.revoke_any": [System(), ADMIN],  # one's own tokens: always
     # A request that changes something (not GET/HEAD/OPTIONS): a read-only token may not.
     "api.write": [System(), AnyUser() & WRITE],
-    "search_open_data": [AnyUser()],  # embargo over: the data is public
+    "search_open_data": [AnyUser()],
+    # The user directory, to share with: not for guests of the facility, nor a read-only token
+    # (a leaked reader must not enumerate who works here).
+    "users.search": [System(), AnyUser() & LacksRole(Role.GUEST) & WRITE],  # embargo over: the data is public
     "create_instance_without_experiment": [System(), HasRole(Role.ADMIN, Role.STAFF, Role.GUEST)],
     # instance actions
     "instance.view": [System(), ADMIN, Member(), SupportFor()],

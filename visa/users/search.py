@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor
 from visa.errors import InvalidInput, Unauthorized
+from visa.policy import require
 from visa.users.models import User
 
 MIN_QUERY = 2
@@ -22,6 +23,7 @@ def search_users(actor: Actor, session: Session, query: str, limit: int = MAX_RE
     """Active users whose username starts with, or whose full name contains, ``query``."""
     if actor.user is None:
         raise Unauthorized("log in first")
+    require(actor, "users.search")
     q = (query or "").strip().lower()
     if not MIN_QUERY <= len(q) <= MAX_QUERY:
         raise InvalidInput(f"the search needs {MIN_QUERY} to {MAX_QUERY} characters", field="q")
