@@ -62,7 +62,7 @@ def local_login(session: Session, services: Any, limits: Limits, username: str, 
     limits.login_ip.check(ip, "failed logins from your address")
     limits.login.check(key, "failed logins")
     user = session.scalar(select(User).where(User.username == username))
-    if user is None or not check_password(user, password):
+    if not check_password(user, password) or user is None:
         limits.login.hit(key)
         limits.login_ip.hit(ip)
         audit_failure(services, "login.failure", username, ip, "wrong username or password", method="local")

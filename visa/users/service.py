@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import posixpath
 import re
@@ -348,8 +349,18 @@ def set_active(actor: Actor, session: Session, clock: Clock, user: User, active:
            sessions_ended=ended)
 
 
-def check_password(user: User, password: str) -> bool:
-    return bool(user.password_hash) and user.active and check_password_hash(user.password_hash, password)
+@functools.cache
+def _dummy_hash() -> str:
+    return generate_password_hash(secrets.token_urlsafe(16))
+
+
+def check_password(user: User | None, password: str) -> bool:
+    """Whether this is the active user's local password. A password is hashed whatever the
+    account (none, no local password, inactive): the answer takes as long, so its timing does
+    not tell which usernames exist."""
+    stored = user.password_hash if user is not None and user.password_hash else _dummy_hash()
+    matches = check_password_hash(stored, password)
+    return matches and user is not None and stored == user.password_hash and user.active
 
 
 def grant_role(
