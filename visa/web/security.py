@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from flask import Flask, request
 
 # Pages and API answers may carry personal data or one-time values: never cached.
@@ -14,6 +16,12 @@ def install(app: Flask) -> None:
     if https:
         # Served over TLS: the session cookie never travels in clear text.
         app.config["SESSION_COOKIE_SECURE"] = True
+    # Websockets reach visa's own origin only (the desktop relay): a script that got into a page
+    # cannot open one to a server of its choosing. 'self' alone does not cover ws: everywhere.
+    public = urlsplit(settings.base_url)
+    own_ws = f"{'wss' if https else 'ws'}://{public.netloc}"
+    csp = (f"default-src 'self'; img-src 'self' data: blob:; connect-src 'self' {own_ws}; "
+           "frame-src 'self'; frame-ancestors 'self'; object-src 'none'; base-uri 'self'")
 
     @app.after_request
     def _headers(response):  # noqa: ANN001, ANN202
@@ -21,11 +29,7 @@ def install(app: Flask) -> None:
         h.setdefault("X-Content-Type-Options", "nosniff")
         h.setdefault("X-Frame-Options", "SAMEORIGIN")
         h.setdefault("Referrer-Policy", "same-origin")
-        h.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data: blob:; connect-src 'self' ws: wss:; "
-            "frame-src 'self'; frame-ancestors 'self'; object-src 'none'; base-uri 'self'",
-        )
+        h.setdefault("Content-Security-Policy", csp)
         h.setdefault("Cross-Origin-Opener-Policy", "same-origin")
         h.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=(), payment=(), usb=()")
         if https:
