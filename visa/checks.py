@@ -6,6 +6,7 @@ are printed and the service starts.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tempfile
 from dataclasses import dataclass
@@ -47,6 +48,52 @@ def _env_secrets(config: dict[str, Any], path: str = "") -> list[str]:
 
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 
+# Public suffixes of more than one label where research facilities have their sites (from the
+# Public Suffix List); any other suffix is taken to be the last label. Offline, and short on
+# purpose: a site under an unlisted suffix is warned about wrongly at worst, never missed
+# (the guess then groups more hosts into one site, not fewer).
+MULTI_LABEL_SUFFIXES = frozenset({
+    "ac.uk", "co.uk", "gov.uk", "org.uk", "ltd.uk", "plc.uk", "nhs.uk", "sch.uk",
+    "ac.jp", "co.jp", "go.jp", "or.jp", "ne.jp", "ac.kr", "co.kr", "re.kr", "or.kr", "go.kr",
+    "edu.au", "gov.au", "com.au", "org.au", "net.au", "csiro.au", "ac.nz", "co.nz", "govt.nz", "org.nz",
+    "edu.cn", "ac.cn", "com.cn", "gov.cn", "org.cn", "net.cn", "edu.tw", "com.tw", "gov.tw",
+    "ac.in", "co.in", "res.in", "gov.in", "edu.sg", "com.sg", "gov.sg", "ac.il", "co.il", "gov.il",
+    "ac.za", "co.za", "gov.za", "com.br", "gov.br", "edu.br", "org.br", "gob.es", "edu.es", "org.es",
+    "ac.at", "co.at", "gv.at", "or.at", "com.pl", "edu.pl", "gov.pl", "asso.fr", "gouv.fr",
+    "ac.be", "ac.th", "ac.id", "edu.mx", "gob.mx", "com.mx", "ac.ir", "ac.ru", "edu.ru",
+})  # fmt: skip
+
+
+def registrable_domain(host: str) -> str | None:
+    """The site a host belongs to for cookies (its public suffix and one label more); an IP
+    address is its own; None for a public suffix itself (``localhost``, ``ac.uk``)."""
+    host = host.strip().lower()
+    if host.count(":") == 1:  # a name with its port (an IPv6 address has more colons)
+        host = host.split(":", 1)[0]
+    host = host.rstrip(".")
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    labels = host.split(".")
+    suffix = 2 if len(labels) >= 2 and ".".join(labels[-2:]) in MULTI_LABEL_SUFFIXES else 1
+    if len(labels) <= suffix:
+        return None
+    return ".".join(labels[-suffix - 1:])
+
+
+def _content_domain(settings: Settings) -> Finding:
+    """Instances' web content on visa's own site could toss cookies at visa's host."""
+    content = settings.content_domain
+    site = registrable_domain(content)
+    if site is not None and site == registrable_domain(urlparse(settings.base_url).hostname or ""):
+        return Finding("warning", "user_content_domain",
+                       f"<uid>.{content} shares visa's site {site}: a page an instance serves can set cookies "
+                       "for all of it, visa's host included (cookie tossing); serve the content from a "
+                       "registrable domain of its own")
+    return Finding("ok", "user_content_domain", f"<uid>.{content}")
+
 
 def check_settings(settings: Settings) -> list[Finding]:
     """Checks that need nothing but the settings."""
@@ -69,7 +116,7 @@ def check_settings(settings: Settings) -> list[Finding]:
                            f"unset: JupyterLab is sent to <uid>.{settings.content_domain}, which only browsers "
                            "on this machine reach; set a domain of its own with a wildcard DNS record"))
     else:
-        out.append(Finding("ok", "user_content_domain", f"<uid>.{settings.content_domain}"))
+        out.append(_content_domain(settings))
     if production and not settings.secret_key:
         out.append(Finding("warning", "secret_key", "unset with PostgreSQL: every process must sign sessions "
                            "with the same key; set VISA_SECRET_KEY (or secret_key in the TOML file)"))

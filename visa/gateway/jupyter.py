@@ -48,6 +48,7 @@ from visa.instances.models import ConnectionProtocol, MemberRole
 from visa.metrics import RelayMeter
 
 LAB_COOKIE = "visa_lab"
+SECURE_LAB_COOKIE = "__Host-visa_lab"  # over https: host-only, Secure, Path=/ by the browser's rule
 LOGIN_PATH = "/_visa/login"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 HTTP_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -88,13 +89,13 @@ def instance_cookie(set_cookie: str, reserved: frozenset[str]) -> bool:
     return name not in reserved and not any(a.split("=", 1)[0].strip() == "domain" for a in attributes)
 
 
-def lab_cookies(cookie_header: str) -> list[str]:
+def lab_cookies(cookie_header: str, cookie: str = LAB_COOKIE) -> list[str]:
     """Every value the browser sent for the lab cookie: a parent-domain cookie of the same
     name (set by another instance's script) must not hide the genuine one."""
     values = []
     for part in cookie_header.split(";"):
         name, _, value = part.strip().partition("=")
-        if name == LAB_COOKIE and value:
+        if name == cookie and value:
             values.append(value)
     return values
 
@@ -123,7 +124,8 @@ class JupyterProxy:
         self.max_age = int(app.permanent_session_lifetime.total_seconds())
         self.https = self.settings.base_url.startswith("https://")
         self._signer = URLSafeTimedSerializer(str(app.secret_key), salt="visa-user-content")
-        self._reserved = frozenset({LAB_COOKIE, gateway.session_cookie})
+        self.lab_cookie = SECURE_LAB_COOKIE if self.https else LAB_COOKIE
+        self._reserved = frozenset({LAB_COOKIE, SECURE_LAB_COOKIE, gateway.session_cookie})
         self._client: httpx.AsyncClient | None = None
         self._cache: dict[tuple[str, str], tuple[float, LabSession]] = {}
 
@@ -182,7 +184,7 @@ class JupyterProxy:
 
     async def lab_session(self, cookie_header: str, uid: str) -> LabSession:
         """The Jupyter of ``uid`` for this browser's lab cookie, or Unauthorized / NotFound."""
-        for value in lab_cookies(cookie_header):
+        for value in lab_cookies(cookie_header, self.lab_cookie):
             key = (value, uid)
             cached = self._cache.get(key)
             if cached is not None and cached[0] > time.monotonic():
@@ -252,7 +254,7 @@ class JupyterProxy:
             return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
         response = RedirectResponse(wanted, status_code=303)
         response.set_cookie(
-            LAB_COOKIE,
+            self.lab_cookie,
             self._signer.dumps(
                 {"user_id": spent.user_id, "uid": uid, "epoch": spent.epoch, "login": spent.login}
             ),

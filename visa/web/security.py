@@ -16,6 +16,10 @@ def install(app: Flask) -> None:
     if https:
         # Served over TLS: the session cookie never travels in clear text.
         app.config["SESSION_COOKIE_SECURE"] = True
+    if app.config["SESSION_COOKIE_SECURE"]:
+        # The browser keeps a __Host- cookie only host-only, Secure and for Path=/: a sibling host
+        # of the same site cannot plant one that shadows it (cookie tossing).
+        app.config["SESSION_COOKIE_NAME"] = "__Host-visa_session"
     # Websockets reach visa's own origin only (the desktop relay): a script that got into a page
     # cannot open one to a server of its choosing. 'self' alone does not cover ws: everywhere.
     public = urlsplit(settings.base_url)
