@@ -314,6 +314,9 @@ class TransferSettings(BaseModel):
     )
     chunk_bytes: int = Field(256 * 1024, ge=4096, le=4 * 1024**2, description="Bytes read or written at a time")
     timeout_seconds: float = Field(30, gt=0, description="A machine silent this long fails the transfer")
+    workers: int = Field(
+        8, ge=1, le=256, description="Threads of `visa run` for transfers, apart from the pages' and the API's"
+    )
 
 
 _URL_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
@@ -362,7 +365,10 @@ class Settings(BaseSettings):
         "<uid>.<domain>[:port]. Never visa's host nor a parent of it; best a registrable domain of its "
         "own. Default: instances.localhost with base_url's port (browsers resolve it to loopback)",
     )
-    max_request_bytes: int = Field(1_000_000, ge=1024)
+    max_request_bytes: int = Field(1_000_000, ge=1024, description="Largest request body but a file upload's")
+    request_body_seconds: float = Field(
+        30, gt=0, description="A request body (but a file upload's) not received this long after its headers: 408"
+    )
     session_cookie_secure: bool = False
     local_accounts: bool | None = Field(None, description="Default: on unless OIDC is configured")
     log_json: bool = False

@@ -49,7 +49,8 @@ def test_nginx_accepts_the_configuration(tmp_path: Path) -> None:
     # What the configuration must do for visa, not only parse.
     for needle in ("location /ws/", "location = /api/events", "proxy_buffering off",
                    "proxy_read_timeout 8h", "$http_upgrade", "X-Request-ID", "deny all",
-                   "server_name *.visa-content.example.org;", '"$request_method $uri $server_protocol"'):
+                   "server_name *.visa-content.example.org;", '"$request_method $uri $server_protocol"',
+                   "client_body_timeout", "client_header_timeout"):
         assert needle in conf, needle
     assert "$request_uri" not in conf.split("log_format", 1)[1].split(";", 1)[0]  # no query strings logged
 
