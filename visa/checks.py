@@ -127,6 +127,10 @@ def check_settings(settings: Settings) -> list[Finding]:
         out.append(problem or Finding("ok", "oidc", f"{settings.oidc.server_url} realm {settings.oidc.realm}"))
         if not settings.oidc.client_secret:
             out.append(Finding("warning", "oidc.client_secret", "unset: only a public client can log users in"))
+        claims = [c for c in ("uid_claim", "gid_claim", "groups_claim", "home_claim") if getattr(settings.oidc, c)]
+        if claims and "oidc" not in settings.posix.sources:
+            out.append(Finding("warning", "posix.sources", f"oidc.{', oidc.'.join(claims)} set but oidc is not a "
+                               "trusted source: the provider's unix identities are not taken"))
     elif production and settings.uses_local_accounts:
         out.append(Finding("warning", "oidc", "no identity provider: users log in with local accounts"))
     if settings.smtp.enabled:

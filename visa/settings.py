@@ -72,19 +72,78 @@ class OidcSettings(BaseModel):
     )
 
 
+# Where a unix identity may come from (``visa.users.service.SOURCES``).
+PosixSource = Literal["oidc", "import", "cli", "admin"]
+# The system's own directories: a home is never one of them nor inside one (a home share mounted
+# there, on a machine where root runs what it holds, would make its owner root).
+SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/proc", "/root",
+               "/run", "/sbin", "/snap", "/sys", "/tmp", "/usr", "/var")
+
+
+def system_dir(path: str) -> str | None:
+    """The system directory ``path`` is or lies in (``/`` for the root itself), else None."""
+    if path.rstrip("/") == "":
+        return "/"
+    return next((d for d in SYSTEM_DIRS if path == d or path.startswith(d + "/")), None)
+
+
+def home_refusal(path: str, roots: list[str]) -> str | None:
+    """Why a normalised absolute home path is refused (a system directory, not strictly inside
+    one of ``roots``), else None."""
+    if (sysdir := system_dir(path)) is not None:
+        return f"{path} is a system directory ({sysdir}) or inside one: refused"
+    if not any(path.startswith(root.rstrip("/") + "/") for root in roots):
+        return f"{path} is not inside one of posix.home_roots ({', '.join(roots)})"
+    return None
+
+
 class PosixSettings(BaseModel):
     """Users' unix identities (uid, gid, groups, home), from the identity provider, the user-office
-    import, ``visa users set-posix`` or the admin page, the first of them that has them."""
+    import, ``visa users set-posix`` or the admin page, the first of them that has them. Only the
+    sources named in ``sources`` count, and only within the bounds below."""
 
     min_uid: int = Field(1000, ge=1, le=2**31 - 2, description="Lowest uid a user may have: below is the system's")
     min_gid: int = Field(
         1000, ge=1, le=2**31 - 2, description="Lowest gid of a user's primary or supplementary group"
+    )
+    max_gid: int = Field(
+        60000, ge=1, le=2**31 - 2,
+        description="Highest gid of a user's primary or supplementary group (login.defs' GID_MAX): "
+        "above lie reserved ones such as nogroup 65534",
+    )
+    home_roots: list[str] = Field(
+        default_factory=lambda: ["/home"], min_length=1,
+        description="Directories every user's home must lie strictly inside; system directories "
+        "(/etc, /usr, /var, /root, ...) are refused whatever this says",
+    )
+    sources: list[PosixSource] = Field(
+        default_factory=lambda: ["import", "cli", "admin"],
+        description="Sources trusted for unix identities: add oidc only where the identity provider's "
+        "uid, gid, group and home attributes are the facility's directory and users cannot edit them",
     )
     require_uid: Literal["auto", "always", "never"] = Field(
         "auto",
         description="When a user without a uid and gid is refused a machine with data or a home share: "
         "auto when the cloud mounts shared storage (nfs, ceph), always, or never",
     )
+
+    @field_validator("home_roots")
+    @classmethod
+    def _home_roots(cls, roots: list[str]) -> list[str]:
+        import posixpath
+
+        for root in roots:
+            if not root.startswith("/") or posixpath.normpath(root) != root:
+                raise ValueError(f"home_roots: {root!r} is not a normalised absolute path")
+            if (sysdir := system_dir(root)) is not None:
+                raise ValueError(f"home_roots: {root!r} is a system directory ({sysdir}) or inside one")
+        return roots
+
+    @model_validator(mode="after")
+    def _gid_range(self) -> PosixSettings:
+        if self.max_gid < self.min_gid:
+            raise ValueError(f"max_gid {self.max_gid} is below min_gid {self.min_gid}")
+        return self
 
 
 class SchedulerSettings(BaseModel):

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 import httpx
 import pytest
 
-from visa.settings import OidcSettings, Settings
+from visa.settings import OidcSettings, PosixSettings, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +67,7 @@ def oidc_app(idp, db, clock, tmp_path):  # noqa: ANN001, ANN201
                           role_claim="realm_access.roles", role_mapping={"visa-admin": "ADMIN"},
                           uid_claim="uidNumber", gid_claim="gidNumber", groups_claim="gidNumbers",
                           home_claim="homeDirectory"),
+        posix=PosixSettings(sources=["oidc", "import", "cli", "admin"]),  # the test provider is the directory
     )
     app = create_app(settings, database=db, clock=clock)
     app.config["TESTING"] = True

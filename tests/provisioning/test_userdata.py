@@ -426,3 +426,15 @@ def test_a_home_that_renders_outside_its_root_for_one_user_is_refused_at_render(
     with pytest.raises(InvalidInput) as caught:
         render_user_data(boot(make_instance(session, owner, make_image(session))), site=site)
     assert caught.value.field == "provisioning.home_mount_template"
+
+
+@pytest.mark.parametrize("home", ["/etc", "/usr/local", "/usr/local/alice", "/root", "/var/lib/alice", "/", "/home"])
+def test_a_home_share_is_never_mounted_over_a_system_directory(session, home: str) -> None:
+    """A home stored before homes were confined (or written to the database by hand) renders nothing."""
+    site = ProvisioningSettings(home_mount_template="/srv/homes/{uid}", home_mount_root="/srv/homes", mount_type="bind")
+    owner = make_user(session, "alice", uid_number=23456, gid_number=23456, home_path=home)
+    instance = make_instance(session, owner, make_image(session))
+    for render_site in (site, ProvisioningSettings()):
+        with pytest.raises(InvalidInput, match="system directory|home root") as caught:
+            render_user_data(boot(instance), site=render_site)
+        assert caught.value.field == "home_path"

@@ -115,7 +115,7 @@ def test_the_admin_api_sets_the_identity_and_names_what_is_wrong(app, world, db:
 
 
 def test_an_identity_from_the_provider_is_not_overridden_by_later_sources(db: Database, clock, tmp_path: Path) -> None:  # noqa: ANN001
-    limits = PosixSettings()
+    limits = PosixSettings(sources=["oidc", "import", "cli", "admin"])
     with db.unit_of_work() as s:
         user = make_user(s, clock, "olga", uid_number=None, gid_number=None)
         service.set_posix(SYSTEM, s, clock, user, service.Posix(30001, 30001), source="oidc", limits=limits)
@@ -191,3 +191,75 @@ def test_a_bad_csv_member_is_named(tmp_path: Path) -> None:
                  "e2,p2,id21,2026-01-01,2026-01-03,jon:abc\n")
     with pytest.raises(ImportFileError, match="field 'members.0.uid_number'"):
         parse_file(c)
+
+
+def _login_claims(db: Database, clock, name: str, settings, **claims) -> User:  # noqa: ANN001
+    from visa.auth.oidc import user_from_claims
+
+    with db.unit_of_work() as s:
+        user_from_claims(s, clock, {"iss": "https://sso.example.org/realms/visa", "sub": f"sub-{name}",
+                                    "preferred_username": name, **claims}, settings=settings)
+    return _user(db, name)
+
+
+def test_provider_claims_count_only_when_trusted_and_within_bounds(db: Database, clock, caplog) -> None:  # noqa: ANN001
+    """A provider whose users may edit their own attributes must not give a home over /etc or gid 0:
+    claims count only where ``posix.sources`` names the provider, and then only within the roots and range."""
+    from visa.settings import OidcSettings, Settings
+
+    oidc = OidcSettings(uid_claim="uidNumber", gid_claim="gidNumber", groups_claim="gids", home_claim="home")
+    untrusted = Settings(database_url=db.url, secret_key="x", oidc=oidc)
+    trusted = Settings(database_url=db.url, secret_key="x", oidc=oidc,
+                       posix=PosixSettings(sources=["oidc", "import", "cli", "admin"]))
+    good = {"uidNumber": 40001, "gidNumber": 40001, "gids": [40002], "home": "/home/ann"}
+
+    caplog.set_level("WARNING", logger="visa.auth.oidc")
+    assert _login_claims(db, clock, "ann", untrusted, **good).uid_number is None  # not named as a source
+    assert "posix.sources" in caplog.text
+    for name, bad, words in [
+        ("eve", {"home": "/etc"}, "/etc"),
+        ("ivan", {"home": "/usr/local/ivan"}, "/usr/local"),
+        ("olaf", {"home": "/srv/olaf"}, "posix.home_roots"),
+        ("gus", {"gids": [0]}, "extra_gids"),
+        ("gil", {"gidNumber": 0}, "gid_number"),
+    ]:
+        caplog.clear()
+        uid = 40100 + len(name)
+        user = _login_claims(db, clock, name, trusted, **{**good, "uidNumber": uid, **bad})
+        assert (user.uid_number, user.gid_number, user.home_path, user.posix_source) == (None, None, None, None), name
+        assert "not taken" in caplog.text and words in caplog.text, (name, caplog.text)
+    ann = _login_claims(db, clock, "ann", trusted, **good)  # trusted and in bounds: taken
+    assert (ann.uid_number, ann.extra_gids, ann.home_path, ann.posix_source) == (40001, [40002], "/home/ann", "oidc")
+
+
+def test_homes_outside_the_roots_and_gids_outside_the_range_are_refused(app, world, db: Database) -> None:  # noqa: ANN001
+    client, h = app.test_client(), bearer(world.admin_token)
+    before = _user(db, "bob")
+    for payload, field, words in [
+        ({"uid_number": 5000, "home_path": "/etc"}, "home_path", "/etc"),
+        ({"uid_number": 5000, "home_path": "/usr/local"}, "home_path", "/usr/local"),
+        ({"uid_number": 5000, "home_path": "/usr/local/bob"}, "home_path", "/usr/local"),
+        ({"uid_number": 5000, "home_path": "/root"}, "home_path", "/root"),
+        ({"uid_number": 5000, "home_path": "/home"}, "home_path", "posix.home_roots"),
+        ({"uid_number": 5000, "home_path": "/data/bob"}, "home_path", "posix.home_roots"),
+        ({"uid_number": 5000, "gid_number": 5000, "extra_gids": [65534]}, "extra_gids", "posix.max_gid"),
+    ]:
+        r = client.put("/api/admin/users/bob/posix", json=payload, headers=h)
+        assert r.status_code == 400 and r.get_json()["field"] == field, (payload, r.get_json())
+        assert words in r.get_json()["message"], (payload, r.get_json())
+    after = _user(db, "bob")
+    assert (after.uid_number, after.home_path, after.extra_gids) == (before.uid_number, before.home_path,
+                                                                    before.extra_gids)
+
+
+def test_the_home_roots_and_gid_range_are_checked_settings() -> None:
+    from pydantic import ValidationError
+
+    for bad in (["/"], ["/etc"], ["/usr/local"], ["home"], ["/home/../etc"]):
+        with pytest.raises(ValidationError, match="home_roots"):
+            PosixSettings(home_roots=bad)
+    with pytest.raises(ValidationError, match="max_gid"):
+        PosixSettings(min_gid=5000, max_gid=4000)
+    with pytest.raises(ValidationError):
+        PosixSettings(sources=["ldap"])
+    assert PosixSettings(home_roots=["/home", "/srv/homes"]).home_roots == ["/home", "/srv/homes"]

@@ -289,6 +289,10 @@ def _apply_posix(session: Session, clock: Clock, user: User, claims: dict[str, A
     posix = posix_from_claims(claims, settings.oidc)
     if posix is None:
         return
+    if "oidc" not in settings.posix.sources:
+        log.warning("unix identity of %s from the provider not taken: posix.sources does not name oidc",
+                    user.username)
+        return
     try:
         set_posix(SYSTEM, session, clock, user, posix, source="oidc", limits=settings.posix)
     except VisaError as exc:

@@ -117,7 +117,7 @@ def _identities(
                 continue
             where = f"{prefix}entry {spec.id!r}: member {m.username}"
             try:
-                posix = validate_posix(raw, min_uid=limits.min_uid, min_gid=limits.min_gid)
+                posix = validate_posix(raw, limits=limits)
             except InvalidInput as exc:
                 problems.append(f"{where}: field '{exc.field}': {exc.message}")
                 continue
@@ -185,7 +185,8 @@ def import_experiments(
                 user.email = m.email or user.email
             members.append(user)
             posix = identities.pop(m.username, None)
-            if posix is not None and (user.posix_source is None or SOURCES[user.posix_source] >= SOURCES["import"]):
+            if posix is not None and "import" in limits.sources and (
+                    user.posix_source is None or SOURCES[user.posix_source] >= SOURCES["import"]):
                 session.flush()  # a new member needs its id before its identity is audited
                 if set_posix(actor, session, clock, user, posix, source="import", limits=limits):
                     result.identities_set += 1

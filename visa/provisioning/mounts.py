@@ -17,7 +17,7 @@ from visa.clouds.base import MountSpec
 from visa.errors import InvalidInput
 from visa.provisioning import names
 from visa.provisioning.spec import BootSpec, ExperimentData
-from visa.settings import ProvisioningSettings, check_home_template, home_source_inside
+from visa.settings import ProvisioningSettings, check_home_template, home_source_inside, system_dir
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,18 @@ def instance_mounts(machine: BootSpec, *, site: ProvisioningSettings) -> list[Mo
 
 
 def home_path(machine: BootSpec, site: ProvisioningSettings) -> str:
-    """Where the owner's home is in the machine: the account source's, else under ``home_root``."""
+    """Where the owner's home is in the machine: the account source's, else under ``home_root``.
+    Never a system directory nor a home root itself (a value stored before homes were confined
+    is refused here too: a home share mounted over /etc or /usr/local would be root's)."""
     username = names.username(machine.owner.username, "username")
-    return names.absolute_path(machine.owner.home_path or f"{site.home_root}/{username}", "home_path")
+    home = names.absolute_path(machine.owner.home_path or f"{site.home_root}/{username}", "home_path")
+    if (sysdir := system_dir(home)) is not None:
+        raise InvalidInput(f"the home {home} of {username} is a system directory ({sysdir}) or inside one",
+                           field="home_path")
+    if home in ("/home", site.home_root):
+        raise InvalidInput(f"the home of {username} is a home root ({home}), not a directory inside one",
+                           field="home_path")
+    return home
 
 
 def home_mount(machine: BootSpec, *, site: ProvisioningSettings) -> MountSpec | None:

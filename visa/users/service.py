@@ -18,10 +18,10 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from visa.actor import Actor
 from visa.audit.service import record
 from visa.clock import Clock
-from visa.errors import Conflict, InvalidInput, NotFound
+from visa.errors import Conflict, Forbidden, InvalidInput, NotFound
 from visa.paging import escape_like, page_of
 from visa.policy import require
-from visa.settings import PosixSettings
+from visa.settings import PosixSettings, home_refusal
 from visa.users.models import USERNAME_PATTERN, LoginSession, Role, RoleGrant, User
 from visa.users.schemas import UserQuery
 
@@ -137,23 +137,27 @@ class Posix:
         return self.uid_number is None and self.gid_number is None and not self.extra_gids and not self.home_path
 
 
-def _posix_id(value: object, field: str, low: int) -> int:
+def _posix_id(value: object, field: str, low: int, high: int = MAX_POSIX_ID, high_name: str = "") -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidInput(f"{field} must be a whole number", field=field)
     if value < low:
         raise InvalidInput(f"{field} {value} is below {low}, the system's range: refused", field=field)
-    if value > MAX_POSIX_ID:
-        raise InvalidInput(f"{field} {value} is above {MAX_POSIX_ID}", field=field)
+    if value > high:
+        raise InvalidInput(f"{field} {value} is above {high}{f', {high_name}' if high_name else ''}: refused",
+                           field=field)
     return value
 
 
-def validate_posix(posix: Posix, *, min_uid: int, min_gid: int) -> Posix:
-    """The identity with each value checked; InvalidInput names the first bad field."""
-    uid = None if posix.uid_number is None else _posix_id(posix.uid_number, "uid_number", min_uid)
-    gid = None if posix.gid_number is None else _posix_id(posix.gid_number, "gid_number", min_gid)
+def validate_posix(posix: Posix, *, limits: PosixSettings) -> Posix:
+    """The identity with each value checked (gids within ``min_gid``..``max_gid``, the home inside
+    ``home_roots`` and never a system directory); InvalidInput names the first bad field."""
+    uid = None if posix.uid_number is None else _posix_id(posix.uid_number, "uid_number", limits.min_uid)
+    gid = None if posix.gid_number is None else _posix_id(posix.gid_number, "gid_number", limits.min_gid,
+                                                            limits.max_gid, "posix.max_gid")
     if len(posix.extra_gids) > MAX_GROUPS:
         raise InvalidInput(f"more than {MAX_GROUPS} extra groups", field="extra_gids")
-    groups = tuple(dict.fromkeys(_posix_id(g, "extra_gids", min_gid) for g in posix.extra_gids))
+    groups = tuple(dict.fromkeys(_posix_id(g, "extra_gids", limits.min_gid, limits.max_gid, "posix.max_gid")
+                                 for g in posix.extra_gids))
     home = posix.home_path
     if home is not None and (not isinstance(home, str) or len(home) > 255 or not _HOME.fullmatch(home)
             or posixpath.normpath(home) != home or any(p in (".", "..") for p in home.split("/"))):
@@ -161,6 +165,8 @@ def validate_posix(posix: Posix, *, min_uid: int, min_gid: int) -> Posix:
             f"home_path {str(home)[:60]!r} must be a normalised absolute path (letters, digits, . _ @ + -)",
             field="home_path",
         )
+    if home is not None and (why := home_refusal(home, limits.home_roots)) is not None:
+        raise InvalidInput(f"home_path {why}", field="home_path")
     return Posix(uid, gid, groups, home)
 
 
@@ -176,7 +182,10 @@ def set_posix(
     require(actor, "manage_users")
     if source not in SOURCES:
         raise ValueError(f"unknown identity source {source!r}")
-    checked = validate_posix(posix, min_uid=limits.min_uid, min_gid=limits.min_gid)
+    if source not in limits.sources:
+        raise Forbidden(f"posix.sources does not name {SOURCE_NAMES[source]} ({source}): its unix identities "
+                        "are not taken", field="source")
+    checked = validate_posix(posix, limits=limits)
     if user.posix_source is not None and SOURCES[source] > SOURCES.get(user.posix_source, 99):
         raise Conflict(
             f"{user.username}'s unix identity comes from {SOURCE_NAMES.get(user.posix_source, user.posix_source)}: "
