@@ -27,9 +27,9 @@ stamp=.venv/.visa-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   .venv/bin/pip install -q --upgrade pip
   if [[ "${1:-}" == "--dev" ]]; then
-    .venv/bin/pip install -q -e '.[test]'
+    .venv/bin/pip install -q -e '.[test,local]'
   else
-    .venv/bin/pip install -q -e .
+    .venv/bin/pip install -q -e '.[local]'  # the demo's local cloud serves JupyterLab sessions
   fi
   touch $stamp
 fi

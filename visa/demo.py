@@ -18,6 +18,8 @@ from visa.users import service as users
 from visa.users.models import Role, User
 
 ROOT = Path(__file__).resolve().parent.parent
+# An installed wheel has no repository around it: its build copied the demo's files here.
+PACKAGED = Path(__file__).resolve().parent / "demo_data"
 DEMO_USERS = [
     # username, password, roles
     ("admin", "admin-password", (Role.ADMIN, Role.STAFF)),
@@ -40,8 +42,12 @@ def _facility_data(settings: Settings, experiments_file: Path) -> None:
 
 def prepare_demo(settings: Settings, database: Database) -> list[str]:
     out: list[str] = []
-    catalogue = [ROOT / "flavours", ROOT / "images"]
-    experiments_file = ROOT / "deploy" / "demo" / "experiments.json"
+    if (ROOT / "deploy" / "demo" / "experiments.json").is_file():  # a source checkout
+        catalogue = [ROOT / "flavours", ROOT / "images"]
+        experiments_file = ROOT / "deploy" / "demo" / "experiments.json"
+    else:
+        catalogue = [PACKAGED / "flavours", PACKAGED / "images"]
+        experiments_file = PACKAGED / "experiments.json"
     with database.unit_of_work() as s:
         diff = apply_files(SYSTEM, s, system_clock, catalogue)
     out.append(f"catalogue: {len(diff.changes)} change(s)")
