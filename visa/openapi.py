@@ -237,7 +237,7 @@ def build_document(app: Flask) -> dict[str, Any]:
             },
             "securitySchemes": {
                 "token": {"type": "http", "scheme": "bearer", "description": "Personal API token (visa_…)"},
-                "session": {"type": "apiKey", "in": "cookie", "name": "visa_session"},
+                "session": {"type": "apiKey", "in": "cookie", "name": app.config["SESSION_COOKIE_NAME"]},
             },
         },
         "security": [{"token": []}, {"session": []}],

@@ -48,6 +48,8 @@ def test_https_cookies_are_host_prefixed(https_site: TestClient, jupyter: Jupyte
     assert {"secure", "path=/"} <= set(_attributes(session_cookie))
     assert not any(a.startswith("domain") for a in _attributes(session_cookie))
     assert https_site.get("/api/me").json()["username"] == "owner"  # and read back under that name
+    spec = https_site.get("/api/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["session"]["name"] == "__Host-visa_session"
 
     r = https_site.get(f"/jupyter/{UID}/lab", follow_redirects=False)
     assert r.status_code == 303, r.text
