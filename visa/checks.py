@@ -186,6 +186,8 @@ def check_database(settings: Settings, *, probe_clouds: bool = False) -> list[Fi
                 out.append(Finding("ok", f"cloud {cloud.name}", f"{cloud.kind}{'' if cloud.enabled else ' (disabled)'}"))
             if cloud.kind == "local" and cloud.enabled:  # other kinds are asked with --probe-clouds only
                 out.append(_local_isolation(settings, cloud.name, cloud.config or {}))
+        if any(cloud.kind == "local" and cloud.enabled for cloud in clouds):
+            out += [f for f in [metadata_service("metadata service")] if f is not None]
         if probe_clouds:
             from visa.clouds.service import cloud_statuses
             from visa.services import Services
@@ -212,6 +214,25 @@ def _local_isolation(settings: Settings, name: str, config: dict[str, Any]) -> F
     except InvalidInput as exc:
         return Finding("error", f"cloud {name}", exc.message)
     return Finding("ok" if isolated else "warning", f"cloud {name} isolation", how)
+
+
+METADATA_ADDRESS = "169.254.169.254"
+
+
+def metadata_service(subject: str, timeout: float = 0.5) -> Finding | None:
+    """A warning when this host answers at the cloud metadata address: its credentials and
+    user data are one connection away from anything on the host that is not a session."""
+    import socket
+
+    for port in (80, 443):
+        try:
+            with socket.create_connection((METADATA_ADDRESS, port), timeout):
+                pass
+        except OSError:
+            continue
+        return Finding("warning", subject, f"this host answers on {METADATA_ADDRESS}:{port} (a cloud metadata "
+                       "service): local sessions never reach it, but every other program of the host does")  # fmt: skip
+    return None
 
 
 def check_all(settings: Settings, *, probe_clouds: bool = False) -> list[Finding]:

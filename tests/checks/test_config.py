@@ -123,3 +123,48 @@ def test_a_home_template_outside_its_root_is_named_with_its_file_and_field(
     config.write_text(json.dumps({"provisioning": {"mount_type": "bind", "home_mount_template": "/srv/{username}",
                                                    "home_mount_root": "/srv"}}))
     assert cli("clouds", "add", "homes", "--kind", "local", "--config", str(config)).exit_code == 0
+
+
+def test_check_config_warns_when_the_host_answers_at_the_metadata_address(cli, committed_db) -> None:  # noqa: ANN001
+    """On a host of the test's own (a network namespace) that serves 169.254.169.254:80. The
+    namespace has no route to PostgreSQL: the whole check-config runs there on SQLite."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+
+    from tests.netns import run_in
+    from visa.checks import metadata_service
+
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("a network namespace of the test's own needs root and iproute2")
+    whole = committed_db.url.startswith("sqlite")
+    ns = "visa-t-metadata"
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "-n", ns, "addr", "add", "169.254.169.254/32", "dev", "lo"], check=True)
+        assert cli("init").exit_code == 0
+        assert run_in(ns, metadata_service, "metadata service") is None
+        if whole:
+            quiet = run_in(ns, cli, "check-config")
+            assert quiet.exit_code == 0 and "169.254.169.254" not in quiet.output, quiet.output
+
+        def serve() -> socket.socket:
+            server = socket.socket()
+            server.bind(("169.254.169.254", 80))
+            server.listen(4)
+            return server
+
+        server = run_in(ns, serve)
+        try:
+            found = run_in(ns, metadata_service, "metadata service")
+            r = run_in(ns, cli, "check-config") if whole else None
+        finally:
+            server.close()
+        assert found is not None and found.level == "warning" and "169.254.169.254:80" in found.message
+        if r is not None:
+            assert r.exit_code == 0 and "warning metadata service: this host answers on 169.254.169.254:80" in r.output
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

@@ -19,6 +19,7 @@ import shlex
 import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -449,6 +450,9 @@ def test_the_config_is_validated(tmp_path: Path) -> None:
         ({"network": "host"}, "network"),
         ({"isolation": "maybe"}, "isolation"),
         ({"sandbox_paths": ["relative"]}, "sandbox_paths"),
+        ({"blocked_networks": ["10.0.0.0/33"]}, "blocked_networks"),
+        ({"blocked_networks": ["fd00::/8"]}, "blocked_networks"),
+        ({"network_account": "root"}, "network_account"),
         ({"no_such_key": 1}, "no_such_key"),
     ):
         with pytest.raises(InvalidInput) as caught:
@@ -509,12 +513,23 @@ def test_killing_the_supervisor_takes_the_sandbox_with_it(tmp_path: Path) -> Non
         _cleanup(prov)
 
 
-def test_a_session_allowed_outside_still_never_reaches_the_host(world: World, tmp_path: Path) -> None:
+@pytest.fixture
+def network_account() -> Iterator[str]:
+    """The account slirp4netns runs as, made by the provider for the test, removed after it."""
+    name = "_visa-t-net"
+    yield name
+    subprocess.run(["userdel", name], capture_output=True)
+
+
+def test_a_session_allowed_outside_still_never_reaches_the_host(
+    world: World, tmp_path: Path, network_account: str
+) -> None:
     """network = "outside": the session gets slirp4netns' NAT (an interface of its own), but
     neither its loopback nor the NAT's host address (10.0.2.2) leads to the host's services."""
     if not shutil.which("slirp4netns"):
         pytest.skip("slirp4netns missing")
-    prov = LocalProvider("local", {"root_dir": str(tmp_path / "net"), "network": "outside"})
+    prov = LocalProvider("local", {"root_dir": str(tmp_path / "net"), "network": "outside",
+                                   "network_account": network_account})  # fmt: skip
     if prov.isolation_report().mode != "sandbox":
         pytest.skip(prov.isolation_report().summary())
     probe = (
@@ -543,3 +558,121 @@ def test_a_session_allowed_outside_still_never_reaches_the_host(world: World, tm
             assert conn.recv(64) == b"host-service\n"
     finally:
         _cleanup(prov)
+
+
+# ---------------------------------------------------------------- network = "outside", on a network of the test's own
+
+HOST_NS, OUTSIDE_NS = "visa-t-host", "visa-t-outside"
+HOST_ADDR, OUTSIDE_ADDR, BLOCKED_ADDR, LINK_LOCAL = "198.18.0.1", "198.18.0.2", "198.51.100.7", "169.254.169.254"
+
+
+def _ip(*argv: str) -> None:
+    done = subprocess.run(["ip", *argv], capture_output=True, timeout=30)
+    assert done.returncode == 0, (argv, done.stderr)
+
+
+@pytest.fixture
+def test_network() -> Iterator[None]:
+    """A host of the test's own (namespace visa-t-host: 198.18.0.1 and 169.254.169.254 are its
+    addresses) wired to an outside (visa-t-outside: 198.18.0.2, and 198.51.100.7 behind it)."""
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("network namespaces of the test's own need root and iproute2")
+    for ns in (HOST_NS, OUTSIDE_NS):
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        _ip("netns", "add", ns)
+    try:
+        _ip("link", "add", "vt-host", "netns", HOST_NS, "type", "veth", "peer", "name", "vt-out", "netns", OUTSIDE_NS)
+        for ns, link, addr in ((HOST_NS, "vt-host", HOST_ADDR), (OUTSIDE_NS, "vt-out", OUTSIDE_ADDR)):
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", link)
+            _ip("-n", ns, "link", "set", link, "up")
+        _ip("-n", HOST_NS, "addr", "add", f"{LINK_LOCAL}/32", "dev", "lo")
+        _ip("-n", HOST_NS, "route", "add", "default", "via", OUTSIDE_ADDR)
+        _ip("-n", OUTSIDE_NS, "addr", "add", f"{BLOCKED_ADDR}/32", "dev", "lo")
+        yield
+    finally:
+        for ns in (HOST_NS, OUTSIDE_NS):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def _listen(address: str) -> socket.socket:
+    """A TCP service on ``address`` that says which address it is."""
+    server = socket.socket()
+    server.bind((address, 0))
+    server.listen(16)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.sendall(f"service at {address}\n".encode())
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
+NET_PROBE = """
+import socket, sys
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), 3) as conn:
+            print("CONNECTED", host, conn.recv(64).decode().strip().replace(" ", "_"))
+    except OSError as exc:
+        print("REFUSED", host, type(exc).__name__)
+"""
+
+
+def test_outside_network_never_reaches_the_hosts_own_or_link_local_addresses(
+    test_network: None, tmp_path: Path, network_account: str
+) -> None:
+    """network = "outside": the session reaches an outside address, but none of the host's own
+    addresses, nothing at 169.254.0.0/16 (a metadata service), and no configured blocked network."""
+    if not shutil.which("slirp4netns"):
+        pytest.skip("slirp4netns missing")
+    from tests.netns import run_in
+
+    listeners = [run_in(HOST_NS, _listen, HOST_ADDR), run_in(HOST_NS, _listen, LINK_LOCAL),
+                 run_in(OUTSIDE_NS, _listen, OUTSIDE_ADDR), run_in(OUTSIDE_NS, _listen, BLOCKED_ADDR)]  # fmt: skip
+    targets = [f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in listeners]
+    prov = LocalProvider("local", {"root_dir": str(tmp_path / "net"), "network": "outside",
+                                   "blocked_networks": ["198.51.100.0/24"], "network_account": network_account})  # fmt: skip
+    if prov.isolation_report().mode != "sandbox":
+        pytest.skip(prov.isolation_report().summary())
+    try:
+        # The session's supervisor, slirp4netns with it, lives on the test's host.
+        run_in(HOST_NS, prov.create, _spec("nat", {}, owner_username="iso-alice"))
+        assert _wait_state(prov, "nat").state == InstanceState.ACTIVE
+        # The session tries to lift its firewall first: it has no capability in its namespace.
+        flush = prov.exec_in_session("nat", ["sh", "-c", "iptables -F OUTPUT || iptables-nft -F OUTPUT"], timeout=60)
+        assert flush.returncode != 0 and b"ermission denied" in flush.stderr, flush.stderr
+        deadline = time.monotonic() + 15
+        while True:  # slirp4netns brings tap0 up just after the sandbox starts
+            out = prov.exec_in_session("nat", ["python3", "-c", NET_PROBE, *targets], timeout=60).stdout.decode()
+            if f"CONNECTED {OUTSIDE_ADDR}" in out or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        verdicts = {line.split()[1]: line.split()[0] for line in out.splitlines()}
+        assert verdicts == {HOST_ADDR: "REFUSED", LINK_LOCAL: "REFUSED", OUTSIDE_ADDR: "CONNECTED",
+                            BLOCKED_ADDR: "REFUSED"}, out  # fmt: skip
+        # Each refused service answers from where it is: the refusal is the session's, not a dead port.
+        for server in listeners:
+            assert run_in(HOST_NS, lambda s=server: socket.create_connection(s.getsockname(), 3).recv(64)).startswith(b"service")
+        # slirp4netns, which handles the session's packets, is no root.
+        slirp = [p for p in local_session.session_pids(prov.instance_dir("nat")) if _comm(p) == "slirp4netns"]
+        slirp = slirp or [int(p) for p in os.listdir("/proc") if p.isdigit() and _comm(int(p)) == "slirp4netns"]
+        assert slirp and all(os.stat(f"/proc/{pid}").st_uid != 0 for pid in slirp)
+    finally:
+        _cleanup(prov)
+        for server in listeners:
+            server.close()
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""

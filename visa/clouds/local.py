@@ -46,6 +46,7 @@ import functools
 import getpass
 import grp
 import hashlib
+import ipaddress
 import logging
 import os
 import pwd
@@ -101,6 +102,8 @@ PACKAGES = {
     "useradd": "passwd",
     "slirp4netns": "slirp4netns",
     "groupadd": "passwd",
+    "unshare": "util-linux",
+    "iptables-restore": "iptables",
 }
 # Nice to have: the session starts without them, with a warning.
 OPTIONAL_PROGRAMS = ("xsetroot", "setxkbmap")
@@ -117,6 +120,8 @@ SANDBOX_ETC = (
 SANDBOX_HOME = "/home"
 UNIX_PATH_MAX = 107
 NS_GET_PARENT = 0xB702  # ioctl on a namespace fd: its parent user namespace (linux/nsfs.h)
+# Never reached from a session with network = "outside": link-local, cloud metadata services.
+ALWAYS_BLOCKED = ("169.254.0.0/16",)
 
 
 class LocalConfig(BaseModel):
@@ -135,6 +140,14 @@ class LocalConfig(BaseModel):
         "none",
         description="What a sandboxed session reaches: none (its own loopback only), or outside "
         "(through slirp4netns, as a VM behind NAT; never the host's loopback)",
+    )
+    blocked_networks: list[str] = Field(
+        default_factory=list,
+        description="IPv4 networks sessions with network = outside never reach, besides 169.254.0.0/16 "
+        "and the host's own addresses (the site's internal services, for example)",
+    )
+    network_account: str = Field(
+        "_visa-net", description="Unix account slirp4netns runs as (network = outside, visa as root); made if missing"
     )
     uid_range: tuple[int, int] = Field(
         (200000, 299999), description="uids for accounts made for users without uid_number"
@@ -172,6 +185,27 @@ class LocalConfig(BaseModel):
     def _prefix(cls, value: str) -> str:
         if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,15}", value):
             raise ValueError("must be a short lower-case unix name prefix")
+        return value
+
+    @field_validator("blocked_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        out = []
+        for network in value:
+            try:
+                parsed = ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not an IP network (a.b.c.d/n)") from None
+            if parsed.version != 4:
+                raise ValueError(f"{network!r}: sessions have IPv4 only, give an IPv4 network")
+            out.append(str(parsed))
+        return out
+
+    @field_validator("network_account")
+    @classmethod
+    def _network_account(cls, value: str) -> str:
+        if not _ACCOUNT_RE.match(value) or value == "root":
+            raise ValueError("must be a unix account name other than root")
         return value
 
     @field_validator("sandbox_paths")
@@ -537,7 +571,13 @@ class LocalProvider(Provider):
                 cgroups = True
         network = "without network"
         if self.settings.network == "outside":
-            network = "reaching the outside network through slirp4netns (not the host's loopback)"
+            if _is_root():
+                network = ("reaching the outside network through an unprivileged slirp4netns (never the host's "
+                           "own addresses, 169.254.0.0/16 or blocked_networks)")  # fmt: skip
+            else:
+                network = "reaching the outside network through slirp4netns (not the host's loopback)"
+                reasons.append("network = outside without root: the host's other addresses, 169.254.0.0/16 and "
+                               "blocked_networks are reachable from sessions")  # fmt: skip
             if shutil.which("slirp4netns", path=self.path) is None:
                 reasons.append("network = outside needs slirp4netns (`apt-get install slirp4netns`)")
         report = Isolation(mode, accounts, cgroups, tuple(reasons), operators, network)
@@ -678,6 +718,23 @@ class LocalProvider(Provider):
                 return candidate
         raise CloudError(f"no free uid left in the local cloud's uid_range {low}-{high}")
 
+    def _network_account(self) -> list[int]:
+        """uid and gid of the account slirp4netns runs as: a system account of its own, never
+        root nor a session's (its user namespace owns the sessions' network namespaces)."""
+        name = self.settings.network_account
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with _locked(self.root / ".accounts.lock"):
+            try:
+                entry = pwd.getpwnam(name)
+            except KeyError:
+                _run_admin(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+                            "--shell", "/usr/sbin/nologin", "--comment", "visa session networks", name], self.path)  # fmt: skip
+                entry = pwd.getpwnam(name)
+        low, high = self.settings.uid_range
+        if entry.pw_uid == 0 or entry.pw_gid == 0 or low <= entry.pw_uid <= high:
+            raise CloudError(f"network_account {name} is root or a session's account: refused")
+        return [entry.pw_uid, entry.pw_gid]
+
     def _sandbox_account(self, account: Account | None) -> dict[str, Any]:
         if account is not None:
             return {"name": account.name, "uid": account.uid, "gid": account.gid, "groups": list(account.groups)}
@@ -747,7 +804,9 @@ class LocalProvider(Provider):
         home = record["home"]
         bwrap = shutil.which("bwrap", path=self.path) or "bwrap"
         out = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-               "--unshare-net", "--unshare-cgroup-try", "--hostname", record["name"][:63]]  # fmt: skip
+               "--unshare-cgroup-try", "--hostname", record["name"][:63]]  # fmt: skip
+        # With slirp_account the supervisor starts bwrap in the network namespace it made.
+        out += [] if record.get("slirp_account") else ["--unshare-net"]
         root = _is_root()
         if not root:
             out += ["--unshare-user", "--uid", str(acct["uid"]), "--gid", str(acct["gid"]), "--cap-drop", "ALL"]
@@ -986,6 +1045,12 @@ class LocalProvider(Provider):
         """Start the supervisor; it forks away, so this waits only for its first half."""
         record = self._record(instance_dir)
         if record.get("isolation") == "sandbox":
+            record.pop("slirp_account", None)
+            if record.get("network") == "outside" and _is_root():
+                # The supervisor makes the network namespace, firewalls it and runs slirp4netns
+                # as this account (see local_session.Supervisor.prepare_network).
+                record["slirp_account"] = self._network_account()
+                record["blocked_networks"] = [*ALWAYS_BLOCKED, *self.settings.blocked_networks]
             inside = {**record, "marker": str(instance_dir)}
             session.write_json(instance_dir / session.RUN_DIR / session.INSIDE_FILE, inside, mode=0o644)
             python = shutil.which("python3", path="/usr/bin") or sys.executable
@@ -1054,7 +1119,8 @@ class LocalProvider(Provider):
             required += ["openbox", "xterm"]
         if isolation.mode == "sandbox":
             required += ["bwrap", "nsenter"] + (["setpriv"] if _is_root() else [])
-            required += ["slirp4netns"] if self.settings.network == "outside" else []
+            if self.settings.network == "outside":
+                required += ["slirp4netns"] + (["unshare", "iptables-restore"] if _is_root() else [])
         missing = [prog for prog in required if shutil.which(prog, path=self.path) is None]
         if missing:
             packages = sorted({PACKAGES[prog] for prog in missing})

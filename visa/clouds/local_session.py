@@ -476,6 +476,7 @@ class Supervisor:
         self.sandboxed = self.spec["isolation"] == "sandbox"
         self.sandbox: subprocess.Popen[bytes] | None = None
         self.slirp: subprocess.Popen[bytes] | None = None
+        self.netns_holder: subprocess.Popen[bytes] | None = None
         # The owner's home, kept across instances (older instances: their own directory).
         home = Path(self.spec.get("home_dir") or instance_dir / HOME_DIR)
         self.session = Session(self.spec, home, instance_dir / RUN_DIR, str(instance_dir), self.log)
@@ -513,9 +514,14 @@ class Supervisor:
         fds.append(read_fd)
         os.write(write_fd, b"".join(arg.encode() + b"\0" for arg in options))
         os.close(write_fd)
+        enter: list[str] = []
+        netns = None
+        if self.spec.get("slirp_account"):
+            holder, netns = self.prepare_network()
+            enter = ["nsenter", f"--net=/proc/{holder}/ns/net", "--"]
         try:
             self.sandbox = subprocess.Popen(
-                [argv[0], "--args", str(read_fd), *argv[split:]],
+                [*enter, argv[0], "--args", str(read_fd), *argv[split:]],
                 env={k: self.session.env[k] for k in ("PATH", "LANG", MARKER_ENV)},
                 stdin=subprocess.DEVNULL,
                 stdout=self.log,
@@ -533,7 +539,11 @@ class Supervisor:
                 raise RuntimeError(f"the sandbox did not start (exit {self.sandbox.poll()})")
             time.sleep(0.01)
         self._save(sandbox_pid=ns[0], pid_ns=ns[1])
-        if self.spec.get("network") == "outside":
+        if netns is not None:
+            if os.stat(f"/proc/{ns[0]}/ns/net").st_ino != netns:
+                raise RuntimeError("the sandbox is not in the network namespace made for it")
+            self.start_slirp()
+        elif self.spec.get("network") == "outside":
             # User-mode NAT into the sandbox's namespace; its 10.0.2.2 is not the host's loopback.
             self.slirp = subprocess.Popen(
                 ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", str(ns[0]), "tap0"],
@@ -542,6 +552,51 @@ class Supervisor:
                 stdout=self.log,
                 stderr=self.log,
             )
+
+    def _unprivileged(self) -> list[str]:
+        """setpriv as the network's own account: not root, not the session's account."""
+        uid, gid = self.spec["slirp_account"]
+        return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all",
+                "--bounding-set=-all", "--no-new-privs", "--"]  # fmt: skip
+
+    def prepare_network(self) -> tuple[int, int]:
+        """network = "outside" as root: the session's network namespace, made before any of
+        its processes, owned by a user namespace of the network account (so slirp4netns joins
+        it without root) and firewalled as root from outside (the session, with no capability
+        there, cannot change it). The holder's pid and the namespace's inode."""
+        self.netns_holder = subprocess.Popen(
+            [*self._unprivileged(), "unshare", "--user", "--map-root-user", "--net", "--", "sleep", "infinity"],
+            env={"PATH": self.spec["path"]}, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
+        )  # fmt: skip
+        holder = self.netns_holder.pid
+        deadline = time.monotonic() + 10
+        while read_session_file(Path(f"/proc/{holder}/comm"), 32).strip() != "sleep":  # mapped, in place
+            if self.netns_holder.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the session's network namespace was not made (exit {self.netns_holder.poll()})")
+            time.sleep(0.01)
+        blocked = [*self.spec.get("blocked_networks", []), *(f"{a}/32" for a in host_addresses())]
+        rules = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+                 *(f"-A OUTPUT -d {net} -j REJECT" for net in blocked), "COMMIT", ""]  # fmt: skip
+        done = subprocess.run(
+            ["nsenter", f"--net=/proc/{holder}/ns/net", "--", "iptables-restore"],
+            input="\n".join(rules).encode(), env={"PATH": self.spec["path"]}, capture_output=True, timeout=30,
+        )  # fmt: skip
+        if done.returncode:
+            raise RuntimeError(f"the session's firewall was not set: {done.stderr.decode(errors='replace')[:200]}")
+        self._note("network: refused " + ", ".join(blocked))
+        return holder, os.stat(f"/proc/{holder}/ns/net").st_ino
+
+    def start_slirp(self) -> None:
+        """User-mode NAT into the session's namespace, unprivileged, in slirp4netns' own sandbox
+        and seccomp filter; its 10.0.2.2 is not the host's loopback."""
+        assert self.netns_holder is not None
+        uid, gid = self.spec["slirp_account"]
+        self.slirp = subprocess.Popen(
+            [*self._unprivileged(), "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
+             "--enable-sandbox", "--enable-seccomp", str(self.netns_holder.pid), "tap0"],
+            env={"PATH": self.spec["path"]}, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
+            preexec_fn=lambda: private_tun(uid, gid),  # noqa: PLW1509 - the supervisor has one thread
+        )  # fmt: skip
 
     def check(self) -> None:
         if self.sandbox is not None:
@@ -613,10 +668,11 @@ class Supervisor:
         self.stopping = True
 
     def _teardown(self) -> None:
-        if self.slirp is not None:
-            self.slirp.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.slirp.wait(timeout=2)
+        for helper in (self.slirp, self.netns_holder):
+            if helper is not None:
+                helper.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    helper.wait(timeout=2)
         if self.sandbox is not None:
             kill_session(self.dir, self.status.get("pid_ns"), TEARDOWN_GRACE)
             self.sandbox.kill()  # its init's death takes the whole pid namespace
@@ -625,6 +681,40 @@ class Supervisor:
             return
         self.session.stop(1.0)
         kill_session(self.dir, None, TEARDOWN_GRACE)
+
+
+def private_tun(uid: int, gid: int) -> None:
+    """In a mount namespace of this process's own, /dev/net/tun only ``uid`` may open, whatever
+    the host's node allows (often root only): slirp4netns needs it and runs as that uid."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    clone_newns, ms_rec, ms_private, ms_nosuid, ms_noexec = 0x00020000, 0x4000, 1 << 18, 2, 8
+    if libc.unshare(clone_newns) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    if libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
+        raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+    if libc.mount(b"tmpfs", b"/dev/net", b"tmpfs", ms_nosuid | ms_noexec, b"mode=0755,size=4k") != 0:
+        raise OSError(ctypes.get_errno(), "mount tmpfs /dev/net")
+    os.mknod("/dev/net/tun", stat.S_IFCHR | 0o600, os.makedev(10, 200))
+    os.chown("/dev/net/tun", uid, gid)
+
+
+def host_addresses() -> list[str]:
+    """This network namespace's own IPv4 addresses (the kernel's LOCAL routes)."""
+    found: list[str] = []
+    last = ""
+    try:
+        lines = Path("/proc/self/net/fib_trie").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        text = line.strip()
+        if text.startswith(("|--", "+--")):
+            last = text[3:].split()[0]
+        elif text == "/32 host LOCAL" and last not in found:
+            found.append(last)
+    return found
 
 
 def pid_ns_of_child(parent: int) -> tuple[int, str] | None:
