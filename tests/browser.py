@@ -2,8 +2,9 @@
 
 Chromium is the Debian package (never a browser downloaded by Playwright), started with the
 flags a closed network needs. Every page it opens is watched: a console error, an uncaught
-exception or a Content-Security-Policy violation fails the test that was running (see
-``tests/conftest.py``), unless the test said it expects that very message (``allow_errors``).
+exception or a Content-Security-Policy violation fails the test that was running, or whose
+fixtures were being set up (see ``tests/conftest.py``), unless the test said it expects that
+very message (``allow_errors``).
 """
 
 from __future__ import annotations

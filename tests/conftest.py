@@ -32,9 +32,7 @@ PG_URL = os.environ.get("VISA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item):  # noqa: ANN201
-    """A browser test fails on any console error or CSP violation its pages reported."""
+def _watched_phase():  # noqa: ANN202
     browser = sys.modules.get("tests.browser")
     if browser is not None:
         browser.begin_test()
@@ -42,6 +40,18 @@ def pytest_runtest_call(item: pytest.Item):  # noqa: ANN201
     if browser is not None:
         browser.end_test()
     return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):  # noqa: ANN201
+    """Pages that fixtures open (a login, a wizard) are held to the same rule as the test's."""
+    return (yield from _watched_phase())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):  # noqa: ANN201
+    """A browser test fails on any console error or CSP violation its pages reported."""
+    return (yield from _watched_phase())
 
 
 def _pg_available() -> bool:
