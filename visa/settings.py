@@ -146,6 +146,19 @@ class PosixSettings(BaseModel):
         return self
 
 
+class SharingSettings(BaseModel):
+    """Working together on one machine: members other than the owner act as the owner inside it."""
+
+    shared_instance_home: Literal["own", "shared"] = Field(
+        "own",
+        description="Where a USER or SUPPORT member may act (type, move files): own, only in a machine "
+        "created with a home of its own (in one on the owner's shared home they only watch, and no "
+        "USER member is let in); shared, also on the owner's home shared by all their machines, "
+        "accepting that what a member leaves there runs as the owner in their other machines. "
+        "Recorded on each instance at its creation",
+    )
+
+
 class SchedulerSettings(BaseModel):
     """Periods of the background jobs, in seconds."""
 
@@ -443,6 +456,7 @@ class Settings(BaseSettings):
     database_pool: DatabasePoolSettings = Field(default_factory=DatabasePoolSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     posix: PosixSettings = Field(default_factory=PosixSettings)
+    sharing: SharingSettings = Field(default_factory=SharingSettings)
     provisioning: ProvisioningSettings = Field(default_factory=ProvisioningSettings)
     transfers: TransferSettings = Field(default_factory=TransferSettings)
     clipboard: ClipboardSettings = Field(default_factory=ClipboardSettings)

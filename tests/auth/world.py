@@ -52,8 +52,10 @@ class World:
     owner_token_id: int
 
 
-def _instance(s: Session, clock: Clock, owner, plan_id: int, exp_ids: list[int], settings: Settings) -> Instance:  # noqa: ANN001
-    data = CreateInstance(name=f"{owner.username}'s machine", plan_id=plan_id, experiment_ids=exp_ids)
+def _instance(s: Session, clock: Clock, owner, plan_id: int, exp_ids: list[int], settings: Settings,  # noqa: ANN001
+              *, own_home: bool = False) -> Instance:
+    data = CreateInstance(name=f"{owner.username}'s machine", plan_id=plan_id, experiment_ids=exp_ids,
+                          own_home=own_home)
     return service.create_instance(actor(owner, clock), s, clock, settings, data)
 
 
@@ -67,7 +69,8 @@ def seed(db, clock: Clock) -> World:  # noqa: ANN001
             user.password_hash = _password_hash()
         exp = make_experiment(s, members=[users["owner"], users["other"]], start=date(2026, 1, 5))
         plan = make_plan(s, make_image(s), make_flavour(s, "esrf.medium"), preset=True)
-        inst = _instance(s, clock, users["owner"], plan.id, [exp.id], settings)
+        # Shared with people who type: a machine with a home of its own.
+        inst = _instance(s, clock, users["owner"], plan.id, [exp.id], settings, own_home=True)
         for name, (_, mrole) in PEOPLE.items():
             if mrole not in (None, MemberRole.OWNER):
                 inst.members.append(InstanceMember(user=users[name], role=mrole, created_at=clock.now()))

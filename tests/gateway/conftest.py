@@ -41,7 +41,7 @@ from tests.processes import free_port, pids_with_env, wait_port
 from visa.catalogue.models import Protocol
 from visa.gateway.common import GatewayConfig
 from visa.gateway.routes import gateway_routes
-from visa.instances.models import Instance, InstanceMember, InstanceState, MemberRole
+from visa.instances.models import Instance, InstanceHome, InstanceMember, InstanceState, MemberRole
 from visa.users.models import User
 
 SECRET = "gw-Secret-9f3k2L-long-enough"
@@ -336,6 +336,7 @@ def make_world(db, clock, vnc_port: int = 1, jupyter_port: int = 1) -> World:  #
                 address="127.0.0.1", secret=SECRET, created_at=clock.now(),
                 terminates_at=clock.now() + timedelta(days=14),
                 provider_state={"ports": {"VNC": vnc_port, "JUPYTER": jupyter_port}},
+                home=InstanceHome.OWN,  # its USER member acts in it
             )  # fmt: skip
             inst.members = [
                 InstanceMember(user=u, role=r, created_at=clock.now()) for u, r in members.items()

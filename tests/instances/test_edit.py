@@ -85,7 +85,7 @@ def test_only_the_owner_edits(db, made, api_client) -> None:  # noqa: ANN001
     bob = api_client()
     bob.login("bob", "bob-password")
     assert bob.patch(f"/api/instances/{uid}", json={"name": "mine now"}).status_code == 404  # not even visible
-    assert owner.post(f"/api/instances/{uid}/members", json={"username": "bob", "role": "USER"}).status_code == 201
+    assert owner.post(f"/api/instances/{uid}/members", json={"username": "bob", "role": "GUEST"}).status_code == 201
     r = bob.patch(f"/api/instances/{uid}", json={"name": "mine now"})
     assert r.status_code == 403 and r.is_json
     assert _row(db, uid).name == "analysis"

@@ -27,7 +27,7 @@ from visa.audit.models import AuditEvent
 from visa.clock import FrozenClock
 from visa.db import Database
 from visa.instances import probe_keys
-from visa.instances.models import Instance, InstanceMember, InstanceState, MemberRole
+from visa.instances.models import Instance, InstanceHome, InstanceMember, InstanceState, MemberRole
 from visa.instances.spec import boot_spec
 from visa.provisioning import host_keys
 from visa.provisioning.userdata import render_user_data
@@ -80,7 +80,8 @@ def world(app, db: Database, clock: FrozenClock, account: str) -> dict[str, Any]
         now = clock.now()
         inst = Instance(uid=uid, name="files", owner_id=owner.id, plan_id=plan.id, cloud_id=cloud.id,
                         state=InstanceState.ACTIVE, secret="s" * 20, provider_state={}, address="127.0.0.1",
-                        created_at=now, state_changed_at=now, terminates_at=now.replace(year=now.year + 1))
+                        created_at=now, state_changed_at=now, terminates_at=now.replace(year=now.year + 1),
+                        home=InstanceHome.OWN)
         inst.members.append(InstanceMember(user_id=owner.id, role=MemberRole.OWNER, created_at=now))
         inst.members.append(InstanceMember(user_id=user.id, role=MemberRole.USER, created_at=now))
         inst.members.append(InstanceMember(user_id=guest.id, role=MemberRole.GUEST, created_at=now))

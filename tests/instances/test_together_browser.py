@@ -60,7 +60,7 @@ def _alice_machine(url: str, log: Path) -> str:
         plans = alice.get("/api/plans", params={"experiment": experiment}).json()
         plan = next(p for p in plans if p["image"]["name"] == "desktop" and p["flavour"]["name"] == "esrf.medium")
         r = alice.post("/api/instances", json={"name": "Beamtime analysis", "plan_id": plan["id"],
-                                                "experiment_ids": [experiment]})
+                                                "experiment_ids": [experiment], "own_home": True})
         assert r.status_code == 201, r.text
         uid = r.json()["uid"]
         deadline = time.monotonic() + 180
@@ -205,6 +205,10 @@ def test_an_invitation_link_is_redeemed_after_logging_in(site: Together, browser
     alice = person(browser, site, "alice")
     page = alice.new_page()
     page.goto(f"/instances/{site.uid}")
+    # The dialog says in words what a member is: the owner, inside this machine.
+    warning = " ".join(page.inner_text('[data-testid="members-act-as-owner"]').split())
+    assert "People you let in as users act as you inside this machine" in warning, warning
+    assert "all your machines share" not in warning  # this one has a home of its own
     page.select_option('[data-testid="invite-link-role"]', "GUEST")
     page.click('[data-testid="invite-link-create"]')
     link = page.locator('[data-testid="invite-link"]')

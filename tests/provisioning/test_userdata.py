@@ -23,6 +23,7 @@ from tests.provisioning.factories import (
 )
 from visa.errors import Forbidden, InvalidInput
 from visa.provisioning import host_keys, readiness_ports, render_metadata, render_user_data
+from visa.provisioning.mounts import home_mount
 from visa.settings import ProvisioningSettings
 
 PROBE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZha2Vwcm9iZWtleWZvcnRlc3RzMDEyMzQ1Njc4OQ visa@scheduler"
@@ -438,3 +439,17 @@ def test_a_home_share_is_never_mounted_over_a_system_directory(session, home: st
         with pytest.raises(InvalidInput, match="system directory|home root") as caught:
             render_user_data(boot(instance), site=render_site)
         assert caught.value.field == "home_path"
+
+
+def test_a_machine_with_a_home_of_its_own_never_mounts_the_home_share(session, tmp_path) -> None:
+    """Members act as the owner in it: what they leave in its home stays in this machine."""
+    from visa.instances.models import InstanceHome
+
+    site = ProvisioningSettings(home_mount_template="/srv/homes/{uid}", home_mount_root="/srv/homes", mount_type="bind")
+    owner = make_user(session, "alice", uid_number=23456, gid_number=23456)
+    instance = make_instance(session, owner, make_image(session), home=InstanceHome.OWN)
+    config = validate(render_user_data(boot(instance), site=site), tmp_path)
+    assert not any(m[0].startswith("/srv/homes") for m in config.get("mounts", [])), config.get("mounts")
+    assert "no_create_home" not in config["users"][0]
+    assert "VISA_HOME_SHARE=0" in _files(config)["/etc/visa/instance.env"]["content"]
+    assert boot(instance).own_home and home_mount(boot(instance), site=site) is None

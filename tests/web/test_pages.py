@@ -45,7 +45,7 @@ def world(db: Database, clock, settings):  # noqa: ANN001, ANN201
         plan = make_plan(s, image, make_flavour(s, "esrf.medium"), preset=True)
         inst = service.create_instance(
             actor(alice, clock), s, clock, settings,
-            CreateInstance(name="tomo reconstruction", plan_id=plan.id, experiment_ids=[exp.id]),
+            CreateInstance(name="tomo reconstruction", plan_id=plan.id, experiment_ids=[exp.id], own_home=True),
         )
         inst.members.append(InstanceMember(user=bob, role=MemberRole.GUEST, created_at=clock.now()))
         return SimpleNamespace(uid=inst.uid, plan_id=plan.id, exp_id=exp.id)

@@ -74,6 +74,9 @@ class ServerSpec:
     # The owner's persistent home share, mounted at their home (``target``) on every machine of
     # theirs; None: the provider keeps the home (the local cloud: one per user).
     home: MountSpec | None = None
+    # A home of its own, never the owner's shared one (people other than the owner act as the
+    # owner in this machine): with it ``home`` is None and the local cloud binds the instance's home.
+    own_home: bool = False
     cores: int = 1
     memory_mb: int = 1024
 

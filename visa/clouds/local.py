@@ -326,7 +326,8 @@ class LocalProvider(Provider):
             ):
                 raise CloudError(f"mount target {mount.target!r} must be a normalised absolute path below /")
         account = self._account(spec) if isolation.accounts else None
-        home_dir = self._home_dir(spec, account)
+        # A machine others act in gets the instance's own home (made below), never the owner's.
+        home_dir = None if spec.own_home else self._home_dir(spec, account)
         for mount in spec.mounts:
             if not mount.read_only:
                 # A processed-data area is made on first use, as the facility's storage would.
@@ -360,7 +361,7 @@ class LocalProvider(Provider):
                 "screen_height": spec.screen_height,
                 "keyboard_layout": spec.keyboard_layout,
                 "owner_username": spec.owner_username,
-                "home_dir": str(home_dir),
+                "home_dir": str(home_dir) if home_dir is not None else None,
                 "cores": spec.cores,
                 "memory_mb": spec.memory_mb,
                 "metadata": dict(spec.metadata),

@@ -23,6 +23,7 @@ from visa.clock import Clock
 from visa.errors import Conflict, Forbidden, NotFound
 from visa.instances.models import Instance, InstanceMember, Invitation, MemberRole
 from visa.instances.schemas import InvitationOut, NewInvitation, RedeemedOut
+from visa.instances.sharing import check_may_act
 from visa.policy import member_role, require
 from visa.settings import Settings
 from visa.users.models import User
@@ -54,6 +55,7 @@ def create_invitation(actor: Actor, session: Session, clock: Clock, settings: Se
                       data: NewInvitation) -> InvitationOut:
     """A new link for the instance; the answer is the only place its secret appears. The owner's alone."""
     require(actor, "instance.invite", instance)
+    check_may_act(instance, MemberRole(data.role))
     token = secrets.token_urlsafe(24)
     now = clock.now()
     row = Invitation(instance_id=instance.id, token_hash=hash_token(token), role=MemberRole(data.role),
@@ -128,6 +130,7 @@ def redeem_invitation(actor: Actor, session: Session, clock: Clock, token: str) 
     assert actor.user is not None
     row, instance = _usable(session, clock, token)
     _check_joinable(actor, row, instance)
+    check_may_act(instance, row.role, field="token")
     now = clock.now()
     spent = session.execute(
         update(Invitation)

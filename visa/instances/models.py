@@ -56,6 +56,21 @@ class MemberRole(enum.StrEnum):
     SUPPORT = "SUPPORT"
 
 
+class InstanceHome(enum.StrEnum):
+    """The home an instance's machine runs with, fixed when it is created.
+
+    OWN: a home of its own (asked for at create, or the cloud keeps no home across machines).
+    SHARED: the owner's home, shared by all their machines; people other than the owner never
+    act in it (a USER or SUPPORT member would act as the owner, and what they leave there would
+    run in the owner's other machines): they may only watch.
+    OPEN: the owner's shared home, where the facility lets members act anyway
+    (``sharing.shared_instance_home = "shared"``)."""
+
+    OWN = "own"
+    SHARED = "shared"
+    OPEN = "open"
+
+
 class CommandAction(enum.StrEnum):
     CREATE = "CREATE"
     START = "START"
@@ -141,6 +156,8 @@ class Instance(Base):
     # (``Image.members_need_owner``); True lets them in alone, False never does (VISA's
     # unrestricted member access, set by administrators).
     unrestricted_member_access: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    home: Mapped[InstanceHome] = mapped_column(enum_column(InstanceHome, length=8), default=InstanceHome.SHARED,
+                                               server_default=InstanceHome.SHARED.value)
     # Loaded when a rule asks (the owner-presence rule), not with every instance.
     connections: Mapped[list[InstanceConnection]] = relationship(
         back_populates="instance", cascade="all, delete-orphan", lazy="select", passive_deletes=True,
@@ -167,6 +184,11 @@ class Instance(Base):
         if self.unrestricted_member_access is not None:
             return not self.unrestricted_member_access
         return bool(self.plan.image.members_need_owner)
+
+    @property
+    def members_may_act(self) -> bool:
+        """Whether members other than the owner may type, and move files, in this machine."""
+        return self.home != InstanceHome.SHARED
 
     def owner_connected(self, now: datetime) -> bool:
         """Whether the owner has a desktop or JupyterLab open now (a live gateway connection)."""

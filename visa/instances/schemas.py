@@ -29,6 +29,10 @@ class CreateInstance(BaseModel):
     keyboard_layout: str = Field("en-us", max_length=32, description="One of the layouts the create page offers")
     lifetime_hours: int | None = Field(None, ge=1, le=24 * 365, description="Shorter than the maximum, if wished")
     comments: str = Field("", max_length=2000)
+    own_home: bool = Field(
+        False, description="A home of its own instead of the owner's home shared by all their machines: "
+        "needed for members to type in it (they act as the owner inside it)",
+    )
 
     @field_validator("keyboard_layout")
     @classmethod

@@ -32,6 +32,7 @@ from visa.instances.models import (
     ExtensionState,
     Instance,
     InstanceCommand,
+    InstanceHome,
     InstanceMember,
     InstanceState,
     MemberRole,
@@ -185,7 +186,8 @@ def create_instance(
                 field="plan_id", flavour=plan.flavour.name, needs=room.needs,
             )
 
-    check_identity(owner, experiments, site_for_cloud(cloud.config, settings.provisioning), settings.posix)
+    site = site_for_cloud(cloud.config, settings.provisioning)
+    check_identity(owner, experiments, site, settings.posix)
 
     max_hours = max_lifetime_hours(plan.flavour, actor.roles, settings.lifetimes)
     hours = min(data.lifetime_hours or max_hours, max_hours)
@@ -208,6 +210,7 @@ def create_instance(
         last_seen_at=now,
         experiments=experiments,
         open_data_experiments=open_data,
+        home=_home(data.own_home, cloud.kind == "local" or bool(site.home_mount_template), settings),
     )
     instance.members.append(InstanceMember(user=owner, role=MemberRole.OWNER, created_at=now))
     session.add(instance)
@@ -217,6 +220,14 @@ def create_instance(
            plan=plan.id, experiments=[e.external_id for e in experiments],
            open_data=[e.external_id for e in open_data])
     return instance
+
+
+def _home(own: bool, cloud_shares_homes: bool, settings: Settings) -> InstanceHome:
+    """The machine's home, fixed for its life: its own when asked for or when the cloud keeps no
+    home across machines; else the owner's shared home, where members act only if the facility says so."""
+    if own or not cloud_shares_homes:
+        return InstanceHome.OWN
+    return InstanceHome.OPEN if settings.sharing.shared_instance_home == "shared" else InstanceHome.SHARED
 
 
 def _command(actor: Actor, session: Session, clock: Clock, instance: Instance, action: CommandAction) -> InstanceCommand:

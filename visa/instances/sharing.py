@@ -119,6 +119,20 @@ def _owner_is_staff(instance: Instance, now: datetime) -> bool:
     return bool((owner.roles_at(now) | owner.idp_roles_set()) & STAFF_ROLES)
 
 
+def check_may_act(instance: Instance, role: MemberRole, field: str = "role") -> None:
+    """A USER member acts as the owner inside the machine: refused where it runs on the owner's
+    home shared by all their machines (``Instance.members_may_act``). GUESTs only watch; support
+    staff join such a machine view-only (the policy table gives them no input there)."""
+    if role == MemberRole.USER and not instance.members_may_act:
+        owner = instance.owner.username
+        raise Conflict(
+            f"{instance.name} runs on {owner}'s home, which all their machines share: a user acts as {owner} "
+            f"inside it, and what they leave in that home would run in {owner}'s other machines. Invite them as "
+            "a guest (view only), or create a machine with a home of its own to work on together",
+            field=field,
+        )
+
+
 def list_members(actor: Actor, session: Session, instance: Instance) -> list[InstanceMember]:
     require(actor, "instance.members.view", instance)
     order = {MemberRole.OWNER: 0, MemberRole.USER: 1, MemberRole.GUEST: 2, MemberRole.SUPPORT: 3}
@@ -131,6 +145,7 @@ def add_member(actor: Actor, session: Session, clock: Clock, instance: Instance,
     member is told by email (after the commit)."""
     require(actor, "instance.invite", instance)
     wanted = _role(role, SHAREABLE_ROLES)
+    check_may_act(instance, wanted)
     user = _user(session, username)
     if user.id == actor.id:
         # Nobody grants themselves access (an admin joins as support, through a request).
@@ -154,6 +169,7 @@ def change_role(actor: Actor, session: Session, clock: Clock, instance: Instance
     wanted = _role(role, SHAREABLE_ROLES)
     if wanted == MemberRole.USER:
         require(actor, "instance.invite", instance)
+        check_may_act(instance, wanted)
     user = _user(session, username)
     member = _member(instance, user)
     if member is None:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, object_session
 from visa.clouds.base import ServerSpec
 from visa.errors import Forbidden, NotFound
 from visa.experiments.models import Experiment, Proposal
-from visa.instances.models import Instance
+from visa.instances.models import Instance, InstanceHome
 from visa.provisioning import host_keys, names
 from visa.provisioning.mounts import home_mount, instance_mounts
 from visa.provisioning.site import site_for_cloud
@@ -78,6 +78,7 @@ def boot_spec(instance: Instance, *, now: datetime, open_data: Sequence[Experime
         keyboard_layout=instance.keyboard_layout,
         experiments=tuple(_data(e, instance.owner_id) for e in instance.experiments),
         open_data=tuple(_data(e, None) for e in _open_data(open_data, now)),
+        own_home=instance.home == InstanceHome.OWN,
     )
 
 
@@ -106,6 +107,7 @@ def server_spec(instance: Instance, settings: Settings, now: datetime, probe_pub
         protocols={p.protocol.value: p.port for p in image.protocols},
         mounts=tuple(instance_mounts(machine, site=site)),
         home=home_mount(machine, site=site),
+        own_home=machine.own_home,
         screen_width=instance.screen_width,
         screen_height=instance.screen_height,
         keyboard_layout=instance.keyboard_layout,

@@ -225,6 +225,22 @@ class OwnerPresent(Rule):
         return moment is not None and target.owner_connected(moment)
 
 
+class HomeTarget(Protocol):
+    """What the acting-members rule reads of an instance."""
+
+    @property
+    def members_may_act(self) -> bool: ...
+
+
+@dataclass(frozen=True, repr=False)
+class MembersMayAct(Rule):
+    """The machine lets members other than the owner act in it: it has a home of its own, or the
+    facility accepted their acting in the owner's shared home (``visa.instances.models.InstanceHome``)."""
+
+    def allows(self, actor: PolicyActor, target: HomeTarget, now: datetime | None) -> bool:
+        return bool(target.members_may_act)
+
+
 def member_role(actor: PolicyActor, instance: InstanceTarget) -> Any:
     """The actor's member role on the instance (a ``MemberRole``), or None."""
     if actor.kind is not ActorKind.USER or actor.user is None:

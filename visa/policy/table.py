@@ -20,6 +20,7 @@ from visa.policy.rules import (
     Interactive,
     LacksRole,
     Member,
+    MembersMayAct,
     OwnerPresent,
     PolicyActor,
     Rule,
@@ -95,14 +96,16 @@ POLICY: dict[str, list[Rule]] = {
     # takes input, so a read-only token may not open one. Where the image or the instance says
     # so, members other than the owner connect only while the owner is connected; staff never wait.
     "instance.connect": [Member("OWNER") & WRITE, OTHERS & WRITE & OwnerPresent(), OTHERS & WRITE & STAFF],
-    "instance.input": [Member("OWNER", "USER", "SUPPORT")],  # GUEST: view only
+    # GUEST: view only. USER and SUPPORT act as the owner inside the machine: not where it runs on
+    # the owner's home shared by all their machines (what they left there would run in the others).
+    "instance.input": [Member("OWNER"), Member("USER", "SUPPORT") & MembersMayAct()],
     "instance.members.view": [System(), ADMIN, Member()],
     "instance.presence": [System(), ADMIN, Member()],  # who is connected now
     "instance.support.history": [System(), ADMIN, Member("OWNER")],  # who helped, when
     "instance.jupyter": [Member("OWNER")],
     # Files in and out over SFTP as the owner's account: not for view-only GUESTs, nor SUPPORT.
-    "instance.files.read": [Member("OWNER", "USER")],
-    "instance.files.write": [Member("OWNER", "USER") & WRITE],
+    "instance.files.read": [Member("OWNER"), Member("USER") & MembersMayAct()],
+    "instance.files.write": [Member("OWNER") & WRITE, Member("USER") & WRITE & MembersMayAct()],
     "instance.thumbnail.write": [Member("OWNER")],
     "instance.request_support": [SupportFor()],
 }

@@ -105,9 +105,10 @@ def home_path(machine: BootSpec, site: ProvisioningSettings) -> str:
 
 def home_mount(machine: BootSpec, *, site: ProvisioningSettings) -> MountSpec | None:
     """The owner's persistent home share at their home, when the site has one
-    (``home_mount_template``); a source outside ``home_mount_root`` is refused."""
+    (``home_mount_template``); a source outside ``home_mount_root`` is refused. None for a
+    machine with a home of its own: what others leave in it must not reach the owner's other machines."""
     template, root = site.home_mount_template, site.home_mount_root
-    if not template:
+    if not template or machine.own_home:
         return None
     try:
         check_home_template(template, root)

@@ -58,6 +58,8 @@ class BootSpec:
     experiments: tuple[ExperimentData, ...] = ()
     # Experiments whose embargo is over (checked by the builder) that the owner asked to see.
     open_data: tuple[ExperimentData, ...] = ()
+    # A home of its own: the owner's home share is not mounted (others act as the owner here).
+    own_home: bool = False
 
     def port_of(self, protocol: Protocol) -> int | None:
         return next((p.port for p in self.ports if p.protocol == protocol), None)

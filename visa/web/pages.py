@@ -75,6 +75,7 @@ def _view(actor: Actor, instance: Instance, thumbs: dict[int, datetime] | None =
     thumb_at = (thumbs or {}).get(instance.id)
     may_connect = allowed(actor, "instance.connect", instance)
     d.update(
+        members_may_act=instance.members_may_act,
         waiting_for_owner=not may_connect and presence.waiting_for_owner(actor, instance, clock.now()),
         state_label=STATE_LABELS[instance.state],
         running=running,

@@ -304,6 +304,7 @@ form.addEventListener("submit", async (ev) => {
       open_data_ids: [...openChosen.keys()],
       screen_width, screen_height,
       keyboard_layout: document.getElementById("keyboard").value,
+      own_home: document.getElementById("own-home").checked,
     });
     location.assign(`/instances/${inst.uid}`);
   } catch (err) {
