@@ -662,17 +662,30 @@ def test_outside_network_never_reaches_the_hosts_own_or_link_local_addresses(
         for server in listeners:
             assert run_in(HOST_NS, lambda s=server: socket.create_connection(s.getsockname(), 3).recv(64)).startswith(b"service")
         # slirp4netns, which handles the session's packets, is no root.
-        slirp = [p for p in local_session.session_pids(prov.instance_dir("nat")) if _comm(p) == "slirp4netns"]
-        slirp = slirp or [int(p) for p in os.listdir("/proc") if p.isdigit() and _comm(int(p)) == "slirp4netns"]
-        assert slirp and all(os.stat(f"/proc/{pid}").st_uid != 0 for pid in slirp)
+        import pwd
+
+        net_uid = pwd.getpwnam(network_account).pw_uid
+        assert _processes_of(net_uid) == ["slirp4netns"]  # and no root one handles this session
+        # A supervisor killed with -9 takes its network helpers with it.
+        supervisor = local_session.read_pid_file(prov.instance_dir("nat"))
+        assert supervisor is not None
+        os.kill(supervisor[0], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _processes_of(net_uid):
+            assert time.monotonic() < deadline, _processes_of(net_uid)
+            time.sleep(0.05)
     finally:
         _cleanup(prov)
         for server in listeners:
             server.close()
 
 
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
+def _processes_of(uid: int) -> list[str]:
+    names = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
+                names.append(Path(f"/proc/{entry}/comm").read_text().strip())
+        except OSError:
+            continue
+    return names

@@ -1052,7 +1052,8 @@ class LocalProvider(Provider):
                 # as this account (see local_session.Supervisor.prepare_network).
                 record["slirp_account"] = self._network_account()
                 record["blocked_networks"] = [*ALWAYS_BLOCKED, *self.settings.blocked_networks]
-            inside = {**record, "marker": str(instance_dir)}
+            inside = {k: v for k, v in record.items() if k not in ("blocked_networks", "slirp_account")}
+            inside["marker"] = str(instance_dir)
             session.write_json(instance_dir / session.RUN_DIR / session.INSIDE_FILE, inside, mode=0o644)
             python = shutil.which("python3", path="/usr/bin") or sys.executable
             record["sandbox_argv"] = self.sandbox_argv(

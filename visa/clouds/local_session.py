@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import stat
@@ -477,6 +478,7 @@ class Supervisor:
         self.sandbox: subprocess.Popen[bytes] | None = None
         self.slirp: subprocess.Popen[bytes] | None = None
         self.netns_holder: subprocess.Popen[bytes] | None = None
+        self.slirp_exit: int | None = None
         # The owner's home, kept across instances (older instances: their own directory).
         home = Path(self.spec.get("home_dir") or instance_dir / HOME_DIR)
         self.session = Session(self.spec, home, instance_dir / RUN_DIR, str(instance_dir), self.log)
@@ -591,12 +593,30 @@ class Supervisor:
         and seccomp filter; its 10.0.2.2 is not the host's loopback."""
         assert self.netns_holder is not None
         uid, gid = self.spec["slirp_account"]
-        self.slirp = subprocess.Popen(
-            [*self._unprivileged(), "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
-             "--enable-sandbox", "--enable-seccomp", str(self.netns_holder.pid), "tap0"],
-            env={"PATH": self.spec["path"]}, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
-            preexec_fn=lambda: private_tun(uid, gid),  # noqa: PLW1509 - the supervisor has one thread
-        )  # fmt: skip
+        # It exits when the supervisor does (the exit pipe closes), and says when tap0 is up.
+        exit_read, self.slirp_exit = os.pipe()
+        ready_read, ready_write = os.pipe()
+        try:
+            self.slirp = subprocess.Popen(
+                [*self._unprivileged(), "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
+                 "--enable-sandbox", "--enable-seccomp", f"--exit-fd={exit_read}", f"--ready-fd={ready_write}",
+                 str(self.netns_holder.pid), "tap0"],
+                env={"PATH": self.spec["path"]}, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
+                pass_fds=(exit_read, ready_write),
+                preexec_fn=lambda: private_tun(uid, gid),  # noqa: PLW1509 - the supervisor has one thread
+            )  # fmt: skip
+        finally:
+            os.close(exit_read)
+            os.close(ready_write)
+        try:
+            ready, _, _ = select.select([ready_read], [], [], 10)
+            if not ready or not os.read(ready_read, 1):
+                raise RuntimeError(f"slirp4netns did not configure the session's network (exit {self.slirp.poll()})")
+        finally:
+            os.close(ready_read)
+        # slirp4netns is in: the namespace lives on with the sandbox, its holder is done.
+        self.netns_holder.kill()
+        self.netns_holder.wait()
 
     def check(self) -> None:
         if self.sandbox is not None:
