@@ -125,6 +125,9 @@ def check_settings(settings: Settings) -> list[Finding]:
     if settings.oidc.server_url:
         problem = _url(settings.oidc.server_url, "oidc.server_url")
         out.append(problem or Finding("ok", "oidc", f"{settings.oidc.server_url} realm {settings.oidc.realm}"))
+        if settings.oidc.browser_url:
+            problem = _url(settings.oidc.browser_url, "oidc.browser_url")
+            out.append(problem or Finding("ok", "oidc.browser_url", f"browsers log in at {settings.oidc.browser_url}"))
         if not settings.oidc.client_secret:
             out.append(Finding("warning", "oidc.client_secret", "unset: only a public client can log users in"))
         claims = [c for c in ("uid_claim", "gid_claim", "groups_claim", "home_claim") if getattr(settings.oidc, c)]

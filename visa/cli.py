@@ -455,7 +455,7 @@ def users_link(username: str, subject: str, issuer: str | None) -> None:
     if issuer is None:
         if not settings.oidc.server_url:
             raise click.ClickException("no identity provider configured: give --issuer")
-        issuer = f"{settings.oidc.server_url.rstrip('/')}/realms/{settings.oidc.realm}"
+        issuer = settings.oidc.issuer
     with _database().unit_of_work() as s:
         service.link_identity(SYSTEM, s, system_clock, service.get_user(s, username), issuer, subject)
     click.echo(f"{username}: linked to {subject} at {issuer}")

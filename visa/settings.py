@@ -47,7 +47,17 @@ class SmtpSettings(BaseModel):
 class OidcSettings(BaseModel):
     """Keycloak (or any OIDC server with Keycloak's URL layout)."""
 
-    server_url: str | None = Field(None, description="e.g. https://sso.example.org/ (empty: local accounts)")
+    server_url: str | None = Field(
+        None,
+        description="e.g. https://sso.example.org/ (empty: local accounts). The back channel: where visa's "
+        "processes fetch tokens, keys and user info",
+    )
+    browser_url: str | None = Field(
+        None,
+        description="The front channel: the provider's address as browsers reach it, for the login and "
+        "logout redirects and the tokens' issuer (default: server_url). Set it when visa reaches the provider "
+        "by another name, e.g. http://keycloak:8080/ inside Compose and http://sso.localhost:8180/ outside",
+    )
     realm: str = "visa"
     client_id: str = "visa"
     client_secret: str | None = None
@@ -70,6 +80,17 @@ class OidcSettings(BaseModel):
         "visa:tokens", min_length=1, max_length=100, pattern=r"^[!#-\[\]-~]+$",
         description="Scope an OIDC access token must carry to create long-lived API tokens",
     )
+
+    @property
+    def frontchannel_base(self) -> str:
+        """The provider's base URL as browsers reach it, ending with a slash."""
+        return (self.browser_url or self.server_url or "").rstrip("/") + "/"
+
+    @property
+    def issuer(self) -> str:
+        """The realm as tokens name it: the browser-facing address, as Keycloak names itself when
+        its hostname is set (KC_HOSTNAME), whichever address visa fetched the token from."""
+        return f"{self.frontchannel_base}realms/{self.realm}"
 
 
 # Where a unix identity may come from (``visa.users.service.SOURCES``).

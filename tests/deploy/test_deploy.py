@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from visa.users.models import Role
 
@@ -30,27 +31,72 @@ def _need(tool: str) -> str:
 def test_nginx_accepts_the_configuration(tmp_path: Path) -> None:
     nginx, openssl = _need("nginx"), _need("openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=visa.test",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=visa.test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     conf = (DEPLOY / "nginx/visa.conf").read_text()
     for kind in ("visa", "visa-content"):
-        conf = conf.replace(f"/etc/ssl/{kind}/fullchain.pem", str(cert)).replace(f"/etc/ssl/{kind}/privkey.pem", str(key))
+        conf = conf.replace(f"/etc/ssl/{kind}/fullchain.pem", str(cert)).replace(
+            f"/etc/ssl/{kind}/privkey.pem", str(key)
+        )
     conf = conf.replace("/var/log/nginx/", f"{tmp_path}/")
     (tmp_path / "visa.conf").write_text(conf)
-    temp = "\n".join(f"  {d}_temp_path {tmp_path}/{d};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temp = "\n".join(
+        f"  {d}_temp_path {tmp_path}/{d};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     (tmp_path / "nginx.conf").write_text(
         f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
         f"http {{\n  access_log {tmp_path}/access.log;\n{temp}\n  include {tmp_path}/visa.conf;\n}}\n"
     )
-    r = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"),
-                        "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            nginx,
+            "-t",
+            "-p",
+            str(tmp_path),
+            "-e",
+            str(tmp_path / "error.log"),
+            "-c",
+            str(tmp_path / "nginx.conf"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert "syntax is ok" in r.stderr and "test is successful" in r.stderr
     # What the configuration must do for visa, not only parse.
-    for needle in ("location /ws/", "location = /api/events", "proxy_buffering off",
-                   "proxy_read_timeout 8h", "$http_upgrade", "X-Request-ID", "deny all",
-                   "server_name *.visa-content.example.org;", '"$request_method $uri $server_protocol"',
-                   "client_body_timeout", "client_header_timeout"):
+    for needle in (
+        "location /ws/",
+        "location = /api/events",
+        "proxy_buffering off",
+        "proxy_read_timeout 8h",
+        "$http_upgrade",
+        "X-Request-ID",
+        "deny all",
+        "server_name *.visa-content.example.org;",
+        '"$request_method $uri $server_protocol"',
+        "client_body_timeout",
+        "client_header_timeout",
+    ):
         assert needle in conf, needle
     assert "$request_uri" not in conf.split("log_format", 1)[1].split(";", 1)[0]  # no query strings logged
 
@@ -63,7 +109,13 @@ def test_keycloak_realm_roles_map_to_visa_roles() -> None:
     assert set(mapping) == client_roles
     assert {Role(v) for v in mapping.values()} == set(Role)
     client = next(c for c in realm["clients"] if c["clientId"] == example["oidc"]["client_id"])
-    assert client["redirectUris"] == [example["base_url"] + "/auth/callback"]
+    compose = yaml.safe_load((DEPLOY / "compose/compose.yaml").read_text())["x-visa"]["environment"]
+    # The example's site, and the Compose stack (its default secret is the realm's).
+    assert client["redirectUris"] == [
+        example["base_url"] + "/auth/callback",
+        compose["VISA_BASE_URL"] + "/auth/callback",
+    ]
+    assert compose["VISA_OIDC__CLIENT_SECRET"].endswith(f":-{client['secret']}}}")
     assert example["oidc"]["role_claim"] == "resource_access.visa.roles"
 
 
@@ -80,7 +132,10 @@ def test_units_and_container_serve_the_web_as_wsgi_and_the_gateway_with_the_rela
         assert "create_asgi_app" not in text and "RelayUvicornWorker" not in text
     assert "-k visa.serving.RelayUvicornWorker" in gateway and "'visa.asgi:create_gateway_app()'" in gateway
     assert "--bind 127.0.0.1:8081" in gateway
-    assert "ExecStart=/opt/visa/.venv/bin/visa scheduler" in (DEPLOY / "systemd/visa-scheduler.service").read_text()
+    assert (
+        "ExecStart=/opt/visa/.venv/bin/visa scheduler"
+        in (DEPLOY / "systemd/visa-scheduler.service").read_text()
+    )
     for text in (web, gateway, entrypoint, (DEPLOY / "container/Containerfile").read_text()):
         assert "uvicorn.workers" not in text  # deprecated: uvicorn-worker's class instead
     assert entrypoint.count("-k visa.serving.RelayUvicornWorker") == 1
@@ -146,6 +201,11 @@ def test_the_container_web_stage_builds_from_a_clean_copy(tmp_path: Path) -> Non
     for script in ("build-web.sh", "build-apidocs.sh"):
         subprocess.run([str(tmp_path / "scripts" / script)], check=True, capture_output=True, timeout=600)
     static = tmp_path / "visa" / "static"
-    for asset in ("js/app.js", "css/visa.css", "vendor/novnc/core/rfb.js", "admin",
-                  "vendor/swagger-ui/swagger-ui-bundle.js"):
+    for asset in (
+        "js/app.js",
+        "css/visa.css",
+        "vendor/novnc/core/rfb.js",
+        "admin",
+        "vendor/swagger-ui/swagger-ui-bundle.js",
+    ):
         assert (static / asset).exists(), asset

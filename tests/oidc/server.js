@@ -7,6 +7,9 @@
 // OIDC_REDIRECTS     comma-separated redirect URIs allowed for the client `visa`
 // OIDC_POST_LOGOUT   comma-separated post-logout redirect URIs
 // OIDC_CLIENT_SECRET secret of the client `visa` (default visa-secret)
+// OIDC_FRONT_HOST    the host name the issuer names (default 127.0.0.1), as Keycloak's KC_HOSTNAME:
+//                    browsers use it, the server still listens on 127.0.0.1 (a *.localhost name
+//                    reaches it in Chromium), and a client may call it on 127.0.0.1 (back channel)
 //
 // Endpoints, as Keycloak serves them under /realms/<realm>:
 //   /.well-known/openid-configuration, /protocol/openid-connect/{auth,token,certs,userinfo,
@@ -69,7 +72,7 @@ const esc = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
 async function start() {
   const server = http.createServer();
   await new Promise((resolve) => server.listen(PORT, '127.0.0.1', resolve));
-  const issuer = `http://127.0.0.1:${server.address().port}${PREFIX}`;
+  const issuer = `http://${process.env.OIDC_FRONT_HOST || '127.0.0.1'}:${server.address().port}${PREFIX}`;
 
   const provider = new Provider(issuer, {
     clients: [{

@@ -13,6 +13,11 @@
 
 Token times are checked against the wall clock (they come from the identity provider's
 clock), not the service clock.
+
+Two addresses of the provider (``OidcSettings``): the back channel ``server_url``, where visa's
+processes fetch discovery, tokens, keys and user info, and the front channel ``browser_url``
+(default ``server_url``), where browsers are sent to log in and out, and which names the realm
+in tokens (the issuer). Inside Compose or a split-horizon network the two differ.
 """
 
 from __future__ import annotations
@@ -75,7 +80,8 @@ class OidcClient:
             raise ValueError("no identity provider configured")
         self.settings = settings
         self.server_url = settings.server_url.rstrip("/") + "/"
-        self.issuer = f"{self.server_url}realms/{settings.realm}"
+        self.browser_url = settings.frontchannel_base
+        self.issuer = settings.issuer
         self.audience = settings.audience or settings.client_id
         self.keycloak = KeycloakOpenID(
             server_url=self.server_url, realm_name=settings.realm, client_id=settings.client_id,
@@ -168,7 +174,7 @@ class OidcClient:
             "scope": scope, "state": state, "nonce": nonce,
             "code_challenge": challenge, "code_challenge_method": "S256",
         })
-        return LoginStart(f"{self.discovery()['authorization_endpoint']}?{query}", state, nonce, verifier)
+        return LoginStart(f"{self._front(self.discovery()['authorization_endpoint'])}?{query}", state, nonce, verifier)
 
     def exchange_code(self, code: str, redirect_uri: str, verifier: str) -> dict[str, Any]:
         try:
@@ -206,7 +212,14 @@ class OidcClient:
         if not endpoint:
             return None
         query = urlencode({"client_id": self.settings.client_id, "post_logout_redirect_uri": post_logout_redirect_uri})
-        return f"{endpoint}?{query}"
+        return f"{self._front(endpoint)}?{query}"
+
+    def _front(self, endpoint: str) -> str:
+        """An endpoint of the discovery document (fetched on the back channel) as browsers reach
+        it: a provider that answers with its back-channel address has it moved to the front one."""
+        if endpoint.startswith(self.server_url):
+            return self.browser_url + endpoint[len(self.server_url):]
+        return endpoint
 
 
 def _is_access_token(header: dict[str, Any], claims: dict[str, Any]) -> bool:
@@ -216,13 +229,14 @@ def _is_access_token(header: dict[str, Any], claims: dict[str, Any]) -> bool:
     return typ in {"at+jwt", "application/at+jwt"} or claims.get("typ") == "Bearer"
 
 
-_clients: dict[tuple[str, str, str, str | None], OidcClient] = {}
+_clients: dict[tuple[str, str, str, str, str | None], OidcClient] = {}
 _clients_lock = threading.Lock()
 
 
 def client_for(settings: OidcSettings) -> OidcClient:
     """One client (and so one JWKS cache) per configured realm and process."""
-    key = (settings.server_url or "", settings.realm, settings.client_id, settings.audience)
+    key = (settings.server_url or "", settings.browser_url or "", settings.realm, settings.client_id,
+           settings.audience)
     with _clients_lock:
         if key not in _clients:
             _clients[key] = OidcClient(settings)
