@@ -73,15 +73,12 @@ def test_promtool_checks_the_shipped_rules_and_their_tests_fire_every_alert() ->
     assert fired == set(alerts), f"alerts no unit test makes fire: {set(alerts) - fired}"
 
 
-def test_sized(rules: str) -> str:
+def sized_for_tests(rules: str) -> str:
     """The shipped rules with minutes read as seconds: `for:`, range windows and `N * 60`."""
     sized = re.sub(r"\bfor: (\d+)m\b", r"for: \1s", rules)
     sized = re.sub(r"\[(\d+)m\]", r"[\1s]", sized)
     sized = re.sub(r"(\d+) \* 60\b", r"\1", sized)
     return sized
-
-
-test_sized.__test__ = False  # type: ignore[attr-defined]  (a helper, not a test)
 
 
 class Prometheus:
@@ -134,7 +131,7 @@ def _check_selectors(prom: Prometheus, expr: str, where: str, extra_labels: set[
 
 
 def _config(tmp: Path, targets: dict[str, int]) -> Path:
-    (tmp / "rules.yml").write_text(test_sized(RULES.read_text()))
+    (tmp / "rules.yml").write_text(sized_for_tests(RULES.read_text()))
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
         "rule_files": [str(tmp / "rules.yml")],
@@ -149,7 +146,7 @@ def _config(tmp: Path, targets: dict[str, int]) -> Path:
 
 
 def test_test_sized_rules_keep_their_shape() -> None:
-    sized = _alerts(test_sized(RULES.read_text()))
+    sized = _alerts(sized_for_tests(RULES.read_text()))
     assert set(sized) == set(_alerts(RULES.read_text()))
     assert "> 30\n" in sized["VisaReaperNotRun"]["expr"] + "\n" and sized["VisaReaperNotRun"]["for"] == "5s"
     assert "[30s]" in sized["VisaJobFailing"]["expr"]
