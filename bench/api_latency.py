@@ -254,7 +254,7 @@ def seed(url: str, scale: float = 1.0) -> dict[str, Any]:
 # --- the server (bench mode: SQL statements counted per request) -----------------------------
 
 
-def _bench_app(url: str):  # noqa: ANN202
+def _bench_app(url: str):
     from flask import g
     from sqlalchemy import event
 
@@ -281,7 +281,7 @@ def _bench_app(url: str):  # noqa: ANN202
         g.bench = True
 
     @flask_app.after_request
-    def _header(response):  # noqa: ANN001, ANN202
+    def _header(response):
         response.headers["X-Query-Count"] = str(getattr(counter, "n", 0))
         return response
 

@@ -135,7 +135,7 @@ class Desktop:
         self.typing_window = self._window("typing")
         self.drag_window = self._window("drag")
 
-    def _spawn(self, argv: list[str], **kw) -> subprocess.Popen:  # noqa: ANN003
+    def _spawn(self, argv: list[str], **kw) -> subprocess.Popen:
         proc = subprocess.Popen(
             argv, env=getattr(self, "env", None), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, **kw,
@@ -302,11 +302,11 @@ class Meter:
         pass
 
 
-async def _flips(page) -> int:  # noqa: ANN001
+async def _flips(page) -> int:
     return await page.evaluate("bench.flips.length")
 
 
-async def _quiet(page, ms: float = 400, limit: float = 30) -> float:  # noqa: ANN001
+async def _quiet(page, ms: float = 400, limit: float = 30) -> float:
     """Waits until no update was painted for ``ms``; returns the page time of the last."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
@@ -317,7 +317,7 @@ async def _quiet(page, ms: float = 400, limit: float = 30) -> float:  # noqa: AN
     return float(last)
 
 
-async def _input_to_pixel(page, act, timeout: float = 3.0) -> float | None:  # noqa: ANN001
+async def _input_to_pixel(page, act, timeout: float = 3.0) -> float | None:
     """Performs ``act`` (one input) and times it to the first update painted after it."""
     n_inputs = await page.evaluate("bench.inputs.length")
     n_flips = await _flips(page)
@@ -339,7 +339,7 @@ async def _input_to_pixel(page, act, timeout: float = 3.0) -> float | None:  # n
 TYPING_LINES = {"x": 12, "y": 60, "w": 220, "h": 32}
 
 
-async def _key_to_pixel(page, key: str, timeout: float = 3.0) -> float | None:  # noqa: ANN001
+async def _key_to_pixel(page, key: str, timeout: float = 3.0) -> float | None:
     await page.keyboard.press(key)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -350,7 +350,7 @@ async def _key_to_pixel(page, key: str, timeout: float = 3.0) -> float | None:  
     return None
 
 
-async def typing(page, desktop: Desktop, meter: Meter, samples: int, busy: bool = False) -> Phase:  # noqa: ANN001
+async def typing(page, desktop: Desktop, meter: Meter, samples: int, busy: bool = False) -> Phase:
     """Key presses timed until the terminal's line changes; ``busy``: other windows paint meanwhile."""
     phase = Phase()
     await page.keyboard.type("clear")  # the prompt back on the first line
@@ -378,7 +378,7 @@ async def typing(page, desktop: Desktop, meter: Meter, samples: int, busy: bool 
     return phase
 
 
-async def scroll(page, desktop: Desktop, meter: Meter) -> Phase:  # noqa: ANN001
+async def scroll(page, desktop: Desktop, meter: Meter) -> Phase:
     phase = Phase()
     await page.keyboard.press("Control+u")
     await page.keyboard.type("seq 10000")
@@ -393,7 +393,7 @@ async def scroll(page, desktop: Desktop, meter: Meter) -> Phase:  # noqa: ANN001
     return phase
 
 
-async def drag(page, desktop: Desktop, meter: Meter, steps: int, rtt_ms: float) -> Phase:  # noqa: ANN001
+async def drag(page, desktop: Desktop, meter: Meter, steps: int, rtt_ms: float) -> Phase:
     phase = Phase()
     x, y = desktop.place_drag_window()
     await _quiet(page, 300)
@@ -418,7 +418,7 @@ async def drag(page, desktop: Desktop, meter: Meter, steps: int, rtt_ms: float) 
 
 async def animation(
     page, desktop: Desktop, meter: Meter, seconds: float, samples: int, tmp: Path
-) -> tuple[Phase, Phase]:  # noqa: ANN001
+) -> tuple[Phase, Phase]:
     phase = Phase()
     count_file = tmp / "frames"
     count_file.write_text("")
@@ -458,7 +458,7 @@ async def animation(
 
 async def measure(
     browser, peer: Peer, profile: Profile, desktop: Desktop, args: argparse.Namespace, tmp: Path
-) -> dict[str, Phase]:  # noqa: ANN001
+) -> dict[str, Phase]:
     shaper_port = free_port()
     shaper = ShaperProcess(shaper_port, ("127.0.0.1", peer.port), profile.link)
     desktop.set_options(peer.server_options)
@@ -600,7 +600,7 @@ async def run(args: argparse.Namespace) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def report(results, profiles, peers, args, elapsed: float) -> None:  # noqa: ANN001
+def report(results, profiles, peers, args, elapsed: float) -> None:
     load = os.getloadavg()
     print(
         f"\nDesktop {WIDTH}x{HEIGHT}, Xtigervnc {_xvnc_version()}, noVNC in headless Chromium, through the shaper; "

@@ -185,7 +185,7 @@ async def run(args: argparse.Namespace) -> list[tuple[str, list[float]]]:
         async def wsfy_open() -> Buffered:
             return await rfb_client_handshake(WsConn(await _ws(f"ws://127.0.0.1:{ws_port}/")), PASSWORD)
 
-        def gateway(port: int):  # noqa: ANN202
+        def gateway(port: int):
             async def open_() -> Buffered:
                 url = f"ws://127.0.0.1:{port}/ws/desktop/{uid}?token={tokens.pop()}"
                 return await rfb_client_handshake(WsConn(await _ws(url)), None)

@@ -61,7 +61,7 @@ class Stream:
             writer.close()
 
 
-def _flip(world: World, database, instance_id: int, state: str) -> float:  # noqa: ANN001
+def _flip(world: World, database, instance_id: int, state: str) -> float:
     from visa.clock import system_clock
     from visa.instances.models import Instance, InstanceState
 
@@ -74,7 +74,7 @@ def _flip(world: World, database, instance_id: int, state: str) -> float:  # noq
 
 
 async def _measure(world: World, ports: list[int], changes: int) -> list[float]:
-    import visa.instances.changes  # noqa: F401  (the commit hook that notifies)
+    import visa.instances.changes  # the commit hook that notifies
     import visa.models  # noqa: F401
     from visa.db import Database
 

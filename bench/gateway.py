@@ -202,7 +202,7 @@ class TcpConn(Conn):
 
 
 class WsConn(Conn):
-    def __init__(self, ws) -> None:  # noqa: ANN001
+    def __init__(self, ws) -> None:
         self.ws = ws
 
     async def send(self, data: bytes) -> None:
@@ -262,7 +262,7 @@ class Relay:
     pids: Callable[[], list[int]]
 
 
-async def _ws(url: str):  # noqa: ANN202
+async def _ws(url: str):
     from websockets.asyncio.client import connect
 
     return await connect(url, subprotocols=["binary"], compression=None, max_size=None, open_timeout=30)  # type: ignore[list-item]

@@ -200,7 +200,7 @@ def naive_cycle(session: Session, clock: FrozenClock, settings: Settings) -> lif
     return result
 
 
-def timed(db: Database, settings: Settings, fn) -> tuple[float, lifecycle.CycleResult]:  # noqa: ANN001
+def timed(db: Database, settings: Settings, fn) -> tuple[float, lifecycle.CycleResult]:
     clock = FrozenClock(NOW)
     with db.sessionmaker() as s:
         started = time.perf_counter()

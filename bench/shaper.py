@@ -188,7 +188,7 @@ class Shaper:
                 w.close()
 
 
-def _serve(port: int, target: tuple[str, int], up: Link, down: Link, count, ready) -> None:  # noqa: ANN001
+def _serve(port: int, target: tuple[str, int], up: Link, down: Link, count, ready) -> None:
     async def main() -> None:
         shaper = Shaper(port, target, up, down, count)
         await shaper.start()

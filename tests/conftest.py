@@ -32,7 +32,7 @@ PG_URL = os.environ.get("VISA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
 
 
-def _watched_phase():  # noqa: ANN202
+def _watched_phase():
     browser = sys.modules.get("tests.browser")
     if browser is not None:
         browser.begin_test()
@@ -43,13 +43,13 @@ def _watched_phase():  # noqa: ANN202
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item):  # noqa: ANN201
+def pytest_runtest_setup(item: pytest.Item):
     """Pages that fixtures open (a login, a wizard) are held to the same rule as the test's."""
     return (yield from _watched_phase())
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item):  # noqa: ANN201
+def pytest_runtest_call(item: pytest.Item):
     """A browser test fails on any console error or CSP violation its pages reported."""
     return (yield from _watched_phase())
 
@@ -184,7 +184,7 @@ def clock() -> FrozenClock:
 
 
 @pytest.fixture
-def settings(tmp_path, db: Database):  # noqa: ANN001, ANN201
+def settings(tmp_path, db: Database):
     """Settings for an app on the test database, with its data directory in tmp_path."""
     from visa.settings import Settings
 
@@ -192,7 +192,7 @@ def settings(tmp_path, db: Database):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def app(settings, db: Database, clock: FrozenClock):  # noqa: ANN001, ANN201
+def app(settings, db: Database, clock: FrozenClock):
     from visa.web.app import create_app
 
     application = create_app(settings, database=db, clock=clock)
@@ -203,46 +203,46 @@ def app(settings, db: Database, clock: FrozenClock):  # noqa: ANN001, ANN201
 class ApiClient:
     """A Flask test client that logs in and sends the CSRF header like the pages do."""
 
-    def __init__(self, app) -> None:  # noqa: ANN001
+    def __init__(self, app) -> None:
         self.client = app.test_client()
         self.csrf = ""
 
-    def login(self, username: str, password: str):  # noqa: ANN201
+    def login(self, username: str, password: str):
         r = self.client.post("/api/login", json={"username": username, "password": password})
         if r.status_code == 200:
             self.csrf = r.get_json()["csrf_token"]
         return r
 
-    def _send(self, method: str, url: str, **kw):  # noqa: ANN003, ANN202
+    def _send(self, method: str, url: str, **kw):
         headers = kw.pop("headers", {}) or {}
         if self.csrf:
             headers.setdefault("X-CSRF-Token", self.csrf)
         return self.client.open(url, method=method, headers=headers, **kw)
 
-    def get(self, url: str, **kw):  # noqa: ANN003, ANN201
+    def get(self, url: str, **kw):
         return self.client.get(url, **kw)
 
-    def post(self, url: str, **kw):  # noqa: ANN003, ANN201
+    def post(self, url: str, **kw):
         return self._send("POST", url, **kw)
 
-    def put(self, url: str, **kw):  # noqa: ANN003, ANN201
+    def put(self, url: str, **kw):
         return self._send("PUT", url, **kw)
 
-    def patch(self, url: str, **kw):  # noqa: ANN003, ANN201
+    def patch(self, url: str, **kw):
         return self._send("PATCH", url, **kw)
 
-    def delete(self, url: str, **kw):  # noqa: ANN003, ANN201
+    def delete(self, url: str, **kw):
         return self._send("DELETE", url, **kw)
 
 
 @pytest.fixture
-def api_client(app):  # noqa: ANN001, ANN201
+def api_client(app):
     """Make a new logged-out API client: ``api_client()``."""
     return lambda: ApiClient(app)
 
 
 @pytest.fixture
-def cli(committed_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+def cli(committed_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """``visa`` commands in this process on the test database (they open their own, so the data is
     committed); settings read afresh for each."""
     from click.testing import CliRunner
@@ -254,7 +254,7 @@ def cli(committed_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("VISA_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("VISA_CONFIG", raising=False)
 
-    def run(*args: str):  # noqa: ANN202
+    def run(*args: str):
         get_settings.cache_clear()
         result = CliRunner().invoke(main, list(args), catch_exceptions=False)
         assert "Traceback" not in result.output

@@ -60,7 +60,7 @@ def make_instrument(session: Session, name: str) -> Instrument:
 
 
 def make_experiment(session: Session, *, members: list[User], instrument: str = "id21", proposal: str | None = None,
-                    start: date | None = None, public_at=None) -> Experiment:  # noqa: ANN001
+                    start: date | None = None, public_at=None) -> Experiment:
     proposal_id = proposal or f"ev{next(_seq)}"
     prop = Proposal(identifier=proposal_id, title=f"Proposal {proposal_id}", public_at=public_at)
     start = start or date(2026, 1, 5)

@@ -34,7 +34,7 @@ class Inbox:
         self.messages: list[Message] = []
         self._lock = threading.Lock()
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd API)
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # aiosmtpd API
         with self._lock:
             self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
         return "250 OK"
@@ -79,7 +79,7 @@ def inbox(smtp_server: tuple[Inbox, int]) -> Inbox:
 
 
 @pytest.fixture
-def sched_settings(tmp_path, db: Database, smtp_server: tuple[Inbox, int]) -> Settings:  # noqa: ANN001
+def sched_settings(tmp_path, db: Database, smtp_server: tuple[Inbox, int]) -> Settings:
     return Settings(
         data_dir=tmp_path / "data", database_url=db.url, secret_key="k", base_url="http://visa.test",
         smtp={"enabled": True, "host": "127.0.0.1", "port": smtp_server[1], "sender": "visa@visa.test"},

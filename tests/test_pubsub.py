@@ -14,7 +14,7 @@ from visa import pubsub
 pytestmark = pytest.mark.integration
 
 
-def _next(q: queue.Queue, timeout: float = 5.0):  # noqa: ANN202
+def _next(q: queue.Queue, timeout: float = 5.0):
     return q.get(timeout=timeout)
 
 

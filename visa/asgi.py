@@ -38,7 +38,7 @@ from visa.web.app import create_app
 from visa.web.events import event_routes
 
 
-def _lifespan(flask_app: Flask, background: bool):  # noqa: ANN202
+def _lifespan(flask_app: Flask, background: bool):
     """Starts the in-process worker (and the scheduler, where this process may lead)."""
 
     @contextlib.asynccontextmanager

@@ -272,7 +272,7 @@ _DOCS_PAGE = """<!doctype html>
 
 @bp.get("/api/openapi.json")
 @doc("This document", tags=["meta"], response=dict[str, Any], auth=False)
-def document_json():  # noqa: ANN201
+def document_json():
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     cached = app.extensions.get("openapi_document")
     if cached is None:
@@ -282,7 +282,7 @@ def document_json():  # noqa: ANN201
 
 @bp.get("/api/docs")
 @doc("Browsable documentation (HTML)", tags=["meta"], response="text/html", auth=False)
-def docs_page():  # noqa: ANN201
+def docs_page():
     import os
 
     static = current_app.static_folder or ""

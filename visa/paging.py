@@ -24,7 +24,7 @@ class PageQuery(BaseModel):
     per_page: int = Field(50, ge=1, le=MAX_PER_PAGE)
 
 
-class Page(BaseModel, Generic[T]):  # noqa: UP046 (Python 3.11)
+class Page(BaseModel, Generic[T]):  # Python 3.11
     items: list[T]
     total: int
     page: int

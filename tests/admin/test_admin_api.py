@@ -11,16 +11,16 @@ from visa.instances.models import CommandAction, InstanceCommand
 
 
 @pytest.fixture
-def world(db, clock):  # noqa: ANN001, ANN201
+def world(db, clock):
     return build(db, clock)
 
 
 @pytest.fixture
-def client(app):  # noqa: ANN001, ANN201
+def client(app):
     return app.test_client()
 
 
-def test_admin_endpoints_refuse_users_and_strangers(client, world) -> None:  # noqa: ANN001
+def test_admin_endpoints_refuse_users_and_strangers(client, world) -> None:
     for url in ("/api/admin/instances", "/api/admin/users", "/api/admin/flavours", "/api/admin/audit",
                 "/api/admin/stats", "/api/admin/notifications", f"/api/admin/instances/{world.uids['a1']}"):
         assert client.get(url).status_code == 401, url
@@ -33,7 +33,7 @@ def test_admin_endpoints_refuse_users_and_strangers(client, world) -> None:  # n
     assert r.status_code == 403
 
 
-def test_instances_filter_sort_paginate(client, world) -> None:  # noqa: ANN001
+def test_instances_filter_sort_paginate(client, world) -> None:
     h = bearer(world.admin_token)
     body = client.get("/api/admin/instances", headers=h).get_json()
     assert body["total"] == 3 and [i["name"] for i in body["items"]] == ["broken", "second", "first"]
@@ -58,7 +58,7 @@ def test_instances_filter_sort_paginate(client, world) -> None:  # noqa: ANN001
         assert r.status_code == 400 and r.is_json, bad
 
 
-def test_actions_and_termination_change_are_audited(client, world, db, clock) -> None:  # noqa: ANN001
+def test_actions_and_termination_change_are_audited(client, world, db, clock) -> None:
     h = bearer(world.admin_token)
     a1, a2, b1 = world.uids["a1"], world.uids["a2"], world.uids["b1"]
     r = client.post(f"/api/admin/instances/{a1}/actions", json={"action": "reboot"}, headers=h)
@@ -92,14 +92,14 @@ def test_actions_and_termination_change_are_audited(client, world, db, clock) ->
     assert actions == sorted([CommandAction.REBOOT, CommandAction.START, CommandAction.DELETE])
 
 
-def test_userdata_preview_masks_secrets(client, world) -> None:  # noqa: ANN001
+def test_userdata_preview_masks_secrets(client, world) -> None:
     r = client.get(f"/api/admin/instances/{world.uids['a1']}/userdata", headers=bearer(world.admin_token))
     assert r.status_code == 200, r.get_json()
     assert "#cloud-config" in r.get_json()["user_data"]
     assert client.get("/api/admin/instances/nope/userdata", headers=bearer(world.admin_token)).status_code == 404
 
 
-def test_users_search_roles_and_quota(client, world, clock) -> None:  # noqa: ANN001
+def test_users_search_roles_and_quota(client, world, clock) -> None:
     h = bearer(world.admin_token)
     body = client.get("/api/admin/users?q=lid", headers=h).get_json()
     assert [u["username"] for u in body["items"]] == ["alice"] and body["items"][0]["instances"] == 2
@@ -121,7 +121,7 @@ def test_users_search_roles_and_quota(client, world, clock) -> None:  # noqa: AN
     assert client.get("/api/admin/audit?action=role.grant&target_type=user", headers=h).get_json()["total"] == 1
 
 
-def test_flavour_limited_to_a_role_reaches_the_user(client, world) -> None:  # noqa: ANN001
+def test_flavour_limited_to_a_role_reaches_the_user(client, world) -> None:
     h = bearer(world.admin_token)
     flavour = {"name": "esrf.gpu.test", "cores": 8, "memory_gb": 32, "gpu": {"kind": "A40", "count": 1},
                "cloud_flavour": "g1.test", "limits": {"roles": ["STAFF"]}, "lifetimes": [{"hours": 48}]}
@@ -165,7 +165,7 @@ def test_flavour_limited_to_a_role_reaches_the_user(client, world) -> None:  # n
     assert r.status_code == 400 and r.get_json()["field"] == "name"
 
 
-def test_images_through_the_api(client, world) -> None:  # noqa: ANN001
+def test_images_through_the_api(client, world) -> None:
     h = bearer(world.admin_token)
     image = {"name": "bliss", "environment": "Bliss", "version": "2.1", "cloud_image": "bliss-2.1",
              "protocols": [{"protocol": "VNC", "port": 5901}], "plans": [{"flavour": "esrf.large"}]}
@@ -183,7 +183,7 @@ def test_images_through_the_api(client, world) -> None:  # noqa: ANN001
     assert client.get("/api/admin/images/none", headers=h).status_code == 404
 
 
-def test_notifications_for_users_and_admins(client, world, clock) -> None:  # noqa: ANN001
+def test_notifications_for_users_and_admins(client, world, clock) -> None:
     h, u = bearer(world.admin_token), bearer(world.user_token)
     r = client.post("/api/admin/notifications", json={"message": "Maintenance on Monday", "level": "WARNING",
                                                        "kind": "MODAL"}, headers=h)
@@ -208,7 +208,7 @@ def test_notifications_for_users_and_admins(client, world, clock) -> None:  # no
     assert client.post(f"/api/notifications/{nid}/ack", headers=u).status_code == 404
 
 
-def test_stats_and_clouds(client, world) -> None:  # noqa: ANN001
+def test_stats_and_clouds(client, world) -> None:
     h = bearer(world.admin_token)
     stats = client.get("/api/admin/stats", headers=h).get_json()
     assert stats["instances"] == 3 and stats["by_state"] == {"ACTIVE": 1, "STOPPED": 1, "ERROR": 1}
@@ -219,7 +219,7 @@ def test_stats_and_clouds(client, world) -> None:  # noqa: ANN001
     assert clouds[0]["status"] in ("ok", "unavailable")
 
 
-def test_a_long_list_counts_up_to_the_limit_and_pages_on(client, world, monkeypatch) -> None:  # noqa: ANN001
+def test_a_long_list_counts_up_to_the_limit_and_pages_on(client, world, monkeypatch) -> None:
     import visa.paging
 
     h = bearer(world.admin_token)

@@ -66,30 +66,30 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, P
 
 
 @pytest.fixture(scope="module")
-def browser():  # noqa: ANN201
+def browser():
     with chromium() as b:
         yield b
 
 
-def _context(browser, url: str, username: str):  # noqa: ANN001, ANN202
+def _context(browser, url: str, username: str):
     ctx = browser.new_context(base_url=url, viewport={"width": 1400, "height": 1000})
     r = ctx.request.post("/api/login", data={"username": username, "password": f"{username}-password"})
     assert r.ok, r.text()
     return ctx
 
 
-def _plans(ctx) -> list[str]:  # noqa: ANN001
+def _plans(ctx) -> list[str]:
     r = ctx.request.get("/api/plans")
     assert r.ok, r.text()
     return [f"{p['image']['name']}/{p['flavour']['name']}" for p in r.json()]
 
 
-def _shot(page, name: str) -> None:  # noqa: ANN001
+def _shot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def test_flavour_limited_to_a_role_reaches_the_user(site, browser) -> None:  # noqa: ANN001
+def test_flavour_limited_to_a_role_reaches_the_user(site, browser) -> None:
     url, _, _ = site
     admin, alice = _context(browser, url, "root"), _context(browser, url, "alice")
     page = admin.new_page()
@@ -149,7 +149,7 @@ def test_flavour_limited_to_a_role_reaches_the_user(site, browser) -> None:  # n
     assert not page.locator("tr[data-flavour='esrf.test.big'] input[value=STAFF]").is_checked()
 
 
-def test_admin_acts_on_an_instance(site, browser) -> None:  # noqa: ANN001
+def test_admin_acts_on_an_instance(site, browser) -> None:
     url, uid, _ = site
     admin = _context(browser, url, "root")
     page = admin.new_page()
@@ -195,7 +195,7 @@ def test_admin_acts_on_an_instance(site, browser) -> None:  # noqa: ANN001
     _shot(page, "audit")
 
 
-def test_admin_logs_a_user_out_and_deactivates_them(site, browser) -> None:  # noqa: ANN001
+def test_admin_logs_a_user_out_and_deactivates_them(site, browser) -> None:
     url, _, _ = site
     admin, bob = _context(browser, url, "root"), _context(browser, url, "bob")
     assert bob.request.get("/api/me").ok
@@ -262,7 +262,7 @@ def _sample_usage(data_dir: Path) -> None:
     database.dispose()
 
 
-def test_dashboard_charts_draw_from_samples(site, browser) -> None:  # noqa: ANN001
+def test_dashboard_charts_draw_from_samples(site, browser) -> None:
     url, _, data = site
     _sample_usage(data)
     page = _context(browser, url, "root").new_page()

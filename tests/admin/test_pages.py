@@ -5,13 +5,13 @@ from __future__ import annotations
 from tests.admin.world import build
 
 
-def _login(api_client, username: str):  # noqa: ANN001, ANN202
+def _login(api_client, username: str):
     c = api_client()
     assert c.login(username, f"{username}-password").status_code == 200
     return c
 
 
-def test_pages_for_admins_only(db, clock, api_client) -> None:  # noqa: ANN001
+def test_pages_for_admins_only(db, clock, api_client) -> None:
     world = build(db, clock)
     admin = _login(api_client, "root")
     a1 = world.uids["a1"]
@@ -33,7 +33,7 @@ def test_pages_for_admins_only(db, clock, api_client) -> None:  # noqa: ANN001
     assert admin.get("/admin/instances?sort=nonsense").status_code == 400
 
 
-def test_the_dashboard_says_how_the_local_cloud_isolates(db, clock, api_client) -> None:  # noqa: ANN001
+def test_the_dashboard_says_how_the_local_cloud_isolates(db, clock, api_client) -> None:
     from visa.clouds.local import LocalProvider
     from visa.clouds.service import clear_cache
 
@@ -46,7 +46,7 @@ def test_the_dashboard_says_how_the_local_cloud_isolates(db, clock, api_client) 
     assert ('class="muted" data-testid="isolation-local"' in page) == isolated
 
 
-def test_the_pager_of_a_list_counted_short(db, clock, api_client, monkeypatch) -> None:  # noqa: ANN001
+def test_the_pager_of_a_list_counted_short(db, clock, api_client, monkeypatch) -> None:
     import visa.paging
 
     build(db, clock)

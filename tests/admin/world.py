@@ -20,7 +20,7 @@ from visa.users.models import Role, User
 
 
 def make_instance(session: Session, clock: Clock, owner: User, plan: Plan, cloud: Cloud, *,
-                  state: InstanceState = InstanceState.ACTIVE, name: str = "analysis", experiments=(),  # noqa: ANN001
+                  state: InstanceState = InstanceState.ACTIVE, name: str = "analysis", experiments=(),
                   age_hours: float = 1) -> Instance:
     created = clock.now() - timedelta(hours=age_hours)
     inst = Instance(

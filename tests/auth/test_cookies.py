@@ -30,7 +30,7 @@ def _attributes(set_cookie: str) -> list[str]:
 
 
 @pytest.fixture
-def https_site(tmp_path, committed_db, clock) -> Iterator[TestClient]:  # noqa: ANN001
+def https_site(tmp_path, committed_db, clock) -> Iterator[TestClient]:
     settings = Settings(data_dir=tmp_path / "data", database_url=committed_db.url, secret_key="test-secret-key",
                         base_url=VISA, user_content_domain=CONTENT, session_cookie_secure=True)
     app = create_app(settings, database=committed_db, clock=clock)
@@ -39,7 +39,7 @@ def https_site(tmp_path, committed_db, clock) -> Iterator[TestClient]:  # noqa: 
         yield client
 
 
-def test_https_cookies_are_host_prefixed(https_site: TestClient, jupyter: Jupyter, committed_db, clock) -> None:  # noqa: ANN001
+def test_https_cookies_are_host_prefixed(https_site: TestClient, jupyter: Jupyter, committed_db, clock) -> None:
     make_world(committed_db, clock, jupyter_port=jupyter.port)
     r = https_site.post("/api/login", json={"username": "owner", "password": PASSWORD})
     assert r.status_code == 200, r.text
@@ -67,7 +67,7 @@ def test_https_cookies_are_host_prefixed(https_site: TestClient, jupyter: Jupyte
     assert lab.get(f"/jupyter/{UID}/api/status").status_code in (401, 403)
 
 
-def test_plain_http_keeps_the_plain_names(app, api_client, db, clock) -> None:  # noqa: ANN001
+def test_plain_http_keeps_the_plain_names(app, api_client, db, clock) -> None:
     make_world(db, clock)
     r = api_client().client.post("/api/login", json={"username": "owner", "password": PASSWORD})
     assert r.headers["set-cookie"].startswith("visa_session=")  # a __Host- cookie needs https

@@ -19,7 +19,7 @@ def _claims(sub: str, name: str, iss: str = ISSUER) -> dict:
     return {"iss": iss, "sub": sub, "preferred_username": name, "name": name.title()}
 
 
-def test_a_first_login_never_inherits_an_account_of_the_same_name(db: Database, clock) -> None:  # noqa: ANN001
+def test_a_first_login_never_inherits_an_account_of_the_same_name(db: Database, clock) -> None:
     from visa.auth.oidc import user_from_claims
 
     with db.unit_of_work() as s:
@@ -42,7 +42,7 @@ def test_a_first_login_never_inherits_an_account_of_the_same_name(db: Database, 
         assert local.external_id is None and local.identity_issuer is None
 
 
-def test_an_administrator_links_an_existing_account_explicitly(db: Database, clock, cli) -> None:  # noqa: ANN001
+def test_an_administrator_links_an_existing_account_explicitly(db: Database, clock, cli) -> None:
     from visa.auth.oidc import user_from_claims
 
     with db.unit_of_work() as s:
@@ -61,7 +61,7 @@ def test_usernames_are_matched_whole(name: str) -> None:
         validate_username(name)
 
 
-def test_a_provider_name_with_a_trailing_newline_is_refused(db: Database, clock) -> None:  # noqa: ANN001
+def test_a_provider_name_with_a_trailing_newline_is_refused(db: Database, clock) -> None:
     from visa.auth.oidc import user_from_claims
 
     with db.unit_of_work() as s:
@@ -72,7 +72,7 @@ def test_a_provider_name_with_a_trailing_newline_is_refused(db: Database, clock)
         assert [u.username for u in s.scalars(select(User))] == ["alice"]
 
 
-def test_a_local_login_with_a_trailing_newline_is_not_the_account(app, db: Database, clock, api_client) -> None:  # noqa: ANN001
+def test_a_local_login_with_a_trailing_newline_is_not_the_account(app, db: Database, clock, api_client) -> None:
     with db.unit_of_work() as s:
         make_user(s, clock, "alice", password="alice-pw")
     assert api_client().login("alice\n", "alice-pw").status_code == 401

@@ -28,7 +28,7 @@ def verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-def test_unknown_user_costs_a_hash_like_a_wrong_password(db, clock, app, verifications) -> None:  # noqa: ANN001
+def test_unknown_user_costs_a_hash_like_a_wrong_password(db, clock, app, verifications) -> None:
     seed(db, clock)
     with db.unit_of_work() as s:
         make_user(s, clock, "sso-only", password=None)  # logs in through the identity provider only
@@ -43,7 +43,7 @@ def test_unknown_user_costs_a_hash_like_a_wrong_password(db, clock, app, verific
     assert _form_login(app.test_client(), "gone", PASSWORD).status_code == 401 and len(verifications) == 1
 
 
-def test_unknown_and_known_usernames_take_alike(db, clock, app) -> None:  # noqa: ANN001
+def test_unknown_and_known_usernames_take_alike(db, clock, app) -> None:
     seed(db, clock)
 
     def took(username: str) -> float:

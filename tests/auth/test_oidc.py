@@ -58,7 +58,7 @@ def idp() -> Iterator[str]:
 
 
 @pytest.fixture
-def oidc_app(idp, db, clock, tmp_path):  # noqa: ANN001, ANN201
+def oidc_app(idp, db, clock, tmp_path):
     from visa.web.app import create_app
 
     settings = Settings(
@@ -87,7 +87,7 @@ def _sign_in(browser: httpx.Client, page: httpx.Response, username: str, passwor
     return _follow(browser, r)
 
 
-def browser_login(app, username: str, password: str, next_url: str = "/instances/x"):  # noqa: ANN001, ANN201
+def browser_login(app, username: str, password: str, next_url: str = "/instances/x"):
     """Drive the real flow: visa -> provider login form -> visa callback. Returns (flask client, browser)."""
     client = app.test_client()
     browser = httpx.Client(follow_redirects=False)
@@ -122,7 +122,7 @@ def token_for(idp: str, username: str, password: str, resource: str = "urn:visa:
     return r.json()
 
 
-def _row(db, client):  # noqa: ANN001, ANN202
+def _row(db, client):
     """The server-side session of a test client's cookie."""
     from visa.users.models import LoginSession
     from visa.users.service import _sid_hash
@@ -133,7 +133,7 @@ def _row(db, client):  # noqa: ANN001, ANN202
         return s.get(LoginSession, _sid_hash(sid)) if sid else None
 
 
-def test_browser_login_creates_the_user_maps_roles_and_logs_out(oidc_app, idp, db, clock) -> None:  # noqa: ANN001
+def test_browser_login_creates_the_user_maps_roles_and_logs_out(oidc_app, idp, db, clock) -> None:
     client, browser = browser_login(oidc_app, "alice", "alice-password")
     me = client.get("/api/me").get_json()
     assert me["username"] == "alice" and me["full_name"] == "Alice Liddell" and me["roles"] == []
@@ -168,7 +168,7 @@ def test_browser_login_creates_the_user_maps_roles_and_logs_out(oidc_app, idp, d
     assert 'name="password"' in page.text
 
 
-def test_session_ends_when_the_provider_session_ends(oidc_app, idp, db, clock) -> None:  # noqa: ANN001
+def test_session_ends_when_the_provider_session_ends(oidc_app, idp, db, clock) -> None:
     client, _ = browser_login(oidc_app, "bob", "bob-password")
     rt = _row(db, client).refresh_token
     # the user logs out of the provider elsewhere (Keycloak's back-channel logout)
@@ -181,7 +181,7 @@ def test_session_ends_when_the_provider_session_ends(oidc_app, idp, db, clock) -
     assert _row(db, client) is None
 
 
-def test_callback_refuses_forged_state_and_replay(oidc_app) -> None:  # noqa: ANN001
+def test_callback_refuses_forged_state_and_replay(oidc_app) -> None:
     client = oidc_app.test_client()
     browser = httpx.Client(follow_redirects=False)
     r = client.get("/login/oidc")
@@ -196,7 +196,7 @@ def test_callback_refuses_forged_state_and_replay(oidc_app) -> None:  # noqa: AN
     assert other.get(url).status_code == 400 and other.get("/api/me").status_code == 401
 
 
-def test_bearer_access_tokens(oidc_app, idp, monkeypatch) -> None:  # noqa: ANN001
+def test_bearer_access_tokens(oidc_app, idp, monkeypatch) -> None:
     from jwcrypto import jwk, jwt
 
     from visa.auth import oidc
@@ -239,7 +239,7 @@ def _set_roles(idp: str, user: str, roles: list[str]) -> None:
     assert r.status_code == 204
 
 
-def test_a_role_removed_at_the_provider_stops_within_one_refresh_period(oidc_app, idp, db, clock) -> None:  # noqa: ANN001
+def test_a_role_removed_at_the_provider_stops_within_one_refresh_period(oidc_app, idp, db, clock) -> None:
     from visa.users.models import User
 
     period = oidc_app.extensions["visa"].settings.oidc.refresh_seconds
@@ -266,7 +266,7 @@ def test_a_role_removed_at_the_provider_stops_within_one_refresh_period(oidc_app
         _set_roles(idp, "sam", ["visa-admin", "visa-staff"])
 
 
-def test_an_oidc_token_mints_api_tokens_only_with_the_scope_for_it(oidc_app, idp, db) -> None:  # noqa: ANN001
+def test_an_oidc_token_mints_api_tokens_only_with_the_scope_for_it(oidc_app, idp, db) -> None:
     c = oidc_app.test_client()
     plain = token_for(idp, "alice", "alice-password")["access_token"]
     auth = {"Authorization": f"Bearer {plain}"}
@@ -284,7 +284,7 @@ def test_an_oidc_token_mints_api_tokens_only_with_the_scope_for_it(oidc_app, idp
     assert r.status_code == 403
 
 
-def test_a_first_login_does_not_take_over_a_local_account_of_the_same_name(oidc_app, db, clock) -> None:  # noqa: ANN001
+def test_a_first_login_does_not_take_over_a_local_account_of_the_same_name(oidc_app, db, clock) -> None:
     from tests.factories import make_user
     from visa.users.models import Role, User
 
@@ -300,7 +300,7 @@ def test_a_first_login_does_not_take_over_a_local_account_of_the_same_name(oidc_
         assert local.external_id is None
 
 
-def test_roles_unconfirmed_while_the_provider_is_down_stop_counting(oidc_app, db, clock, monkeypatch) -> None:  # noqa: ANN001
+def test_roles_unconfirmed_while_the_provider_is_down_stop_counting(oidc_app, db, clock, monkeypatch) -> None:
     from visa.auth.oidc import OidcClient
 
     period = timedelta(seconds=oidc_app.extensions["visa"].settings.oidc.refresh_seconds)
@@ -308,7 +308,7 @@ def test_roles_unconfirmed_while_the_provider_is_down_stop_counting(oidc_app, db
     assert admin.get("/api/admin/users").status_code == 200
     due = _row(db, admin).refresh_at
 
-    def unreachable(self, refresh_token):  # noqa: ANN001, ANN202
+    def unreachable(self, refresh_token):
         # Double: the provider's outage. The real server is shared by this module's tests, so it stays up.
         raise OSError("connection refused")
 
@@ -322,7 +322,7 @@ def test_roles_unconfirmed_while_the_provider_is_down_stop_counting(oidc_app, db
     assert admin.get("/api/admin/users").status_code == 200  # the provider answers again: confirmed
 
 
-def test_the_unix_identity_comes_from_the_providers_claims(oidc_app, db) -> None:  # noqa: ANN001
+def test_the_unix_identity_comes_from_the_providers_claims(oidc_app, db) -> None:
     from sqlalchemy import select
 
     from visa.audit.models import AuditEvent

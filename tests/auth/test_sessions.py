@@ -12,20 +12,20 @@ from visa.users import service as users
 from visa.users.models import LoginSession, Role
 
 
-def _people(db: Database, clock) -> None:  # noqa: ANN001
+def _people(db: Database, clock) -> None:
     with db.unit_of_work() as s:
         make_user(s, clock, "alice", password="alice-pw")
         make_user(s, clock, "root", password="root-pw", roles=(Role.ADMIN,))
 
 
-def _thief(app, victim) -> object:  # noqa: ANN001
+def _thief(app, victim) -> object:
     """Another browser holding a copy of the victim's session cookie."""
     thief = app.test_client()
     thief.set_cookie("visa_session", victim.client.get_cookie("visa_session").value)
     return thief
 
 
-def test_a_copied_cookie_stops_working_after_logout(app, db: Database, clock, api_client) -> None:  # noqa: ANN001
+def test_a_copied_cookie_stops_working_after_logout(app, db: Database, clock, api_client) -> None:
     _people(db, clock)
     alice, laptop = api_client(), api_client()
     assert alice.login("alice", "alice-pw").status_code == 200
@@ -47,7 +47,7 @@ def test_a_copied_cookie_stops_working_after_logout(app, db: Database, clock, ap
         assert all(not row.refresh_token for row in s.scalars(select(LoginSession)))
 
 
-def test_a_new_login_in_the_same_browser_replaces_its_session(app, db: Database, clock, api_client) -> None:  # noqa: ANN001
+def test_a_new_login_in_the_same_browser_replaces_its_session(app, db: Database, clock, api_client) -> None:
     _people(db, clock)
     alice = api_client()
     assert alice.login("alice", "alice-pw").status_code == 200
@@ -57,12 +57,12 @@ def test_a_new_login_in_the_same_browser_replaces_its_session(app, db: Database,
     assert alice.get("/api/me").status_code == 200
 
 
-def test_password_change_deactivation_and_revocation_end_every_session(app, db: Database, clock, api_client) -> None:  # noqa: ANN001
+def test_password_change_deactivation_and_revocation_end_every_session(app, db: Database, clock, api_client) -> None:
     _people(db, clock)
     root = api_client()
     assert root.login("root", "root-pw").status_code == 200
 
-    def logged_in_twice() -> tuple:  # noqa: ANN202
+    def logged_in_twice() -> tuple:
         a, b = api_client(), api_client()
         assert a.login("alice", "alice-pw").status_code == 200 and b.login("alice", "alice-pw").status_code == 200
         return a, b, _thief(app, a)
@@ -93,7 +93,7 @@ def test_password_change_deactivation_and_revocation_end_every_session(app, db: 
     assert root.get("/api/me").status_code == 200
 
 
-def test_the_event_stream_checks_the_server_session(app, db: Database, clock, api_client) -> None:  # noqa: ANN001
+def test_the_event_stream_checks_the_server_session(app, db: Database, clock, api_client) -> None:
     from types import SimpleNamespace
 
     from visa.web import events
@@ -109,7 +109,7 @@ def test_the_event_stream_checks_the_server_session(app, db: Database, clock, ap
     assert not events.UserStream(stream.services, *ident).session_valid()
 
 
-def test_a_session_ends_after_its_lifetime_and_is_purged(app, db: Database, clock, api_client, monkeypatch) -> None:  # noqa: ANN001
+def test_a_session_ends_after_its_lifetime_and_is_purged(app, db: Database, clock, api_client, monkeypatch) -> None:
     from datetime import UTC, datetime, timedelta
 
     _people(db, clock)
@@ -122,7 +122,7 @@ def test_a_session_ends_after_its_lifetime_and_is_purged(app, db: Database, cloc
         assert users.purge_expired_sessions(s) == 1
 
 
-def test_the_cli_ends_sessions_and_deactivates(app, db: Database, clock, api_client, cli) -> None:  # noqa: ANN001
+def test_the_cli_ends_sessions_and_deactivates(app, db: Database, clock, api_client, cli) -> None:
     _people(db, clock)
     alice = api_client()
     assert alice.login("alice", "alice-pw").status_code == 200

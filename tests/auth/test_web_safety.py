@@ -13,14 +13,14 @@ from tests.auth.world import PASSWORD, login, seed
 from visa.audit.models import AuditEvent
 
 
-def _form_login(c, username: str, password: str, next_url: str = "/", **headers: str):  # noqa: ANN001, ANN201
+def _form_login(c, username: str, password: str, next_url: str = "/", **headers: str):
     page = c.get(f"/login?next={next_url}")
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True)).group(1)
     return c.post("/login", data={"username": username, "password": password, "csrf_token": token,
                                   "next": next_url}, headers=headers)
 
 
-def test_login_page_form_and_no_open_redirect(db, clock, app) -> None:  # noqa: ANN001
+def test_login_page_form_and_no_open_redirect(db, clock, app) -> None:
     seed(db, clock)
     for evil in ("//evil.example/x", "https://evil.example", "/\\evil.example", "/%0d%0aSet-Cookie:x",
                  "javascript:alert(1)", "\\\\evil.example"):
@@ -37,7 +37,7 @@ def test_login_page_form_and_no_open_redirect(db, clock, app) -> None:  # noqa: 
     assert "evil" not in app.test_client().get("/login?next=//evil.example").get_data(as_text=True)
 
 
-def test_login_csrf_and_cross_site_posts_are_refused(db, clock, app, api_client) -> None:  # noqa: ANN001
+def test_login_csrf_and_cross_site_posts_are_refused(db, clock, app, api_client) -> None:
     world = seed(db, clock)
     c = app.test_client()
     # no token from our login page: refused (another site cannot log this browser in)
@@ -57,7 +57,7 @@ def test_login_csrf_and_cross_site_posts_are_refused(db, clock, app, api_client)
 
 
 @pytest.mark.usefixtures("committed_db")  # a failed login is audited apart from the refused request
-def test_login_rate_limit_and_failures_audited(db, clock, app) -> None:  # noqa: ANN001
+def test_login_rate_limit_and_failures_audited(db, clock, app) -> None:
     seed(db, clock)
     c = app.test_client()
     codes = [c.post("/api/login", json={"username": "owner", "password": "wrong"}).status_code for _ in range(7)]
@@ -74,7 +74,7 @@ def test_login_rate_limit_and_failures_audited(db, clock, app) -> None:  # noqa:
     assert [a for a, _ in events if a == "login"] == ["login", "login"]
 
 
-def test_huge_usernames_and_headers_are_not_logged(db, clock, app, caplog) -> None:  # noqa: ANN001
+def test_huge_usernames_and_headers_are_not_logged(db, clock, app, caplog) -> None:
     seed(db, clock)
     c = app.test_client()
     caplog.set_level(logging.DEBUG)
@@ -93,7 +93,7 @@ def test_huge_usernames_and_headers_are_not_logged(db, clock, app, caplog) -> No
             assert len(str(e.details)) < 2_000 and len(e.actor_name) <= 64
 
 
-def test_api_tokens_rest_scopes_and_revocation(db, clock, app, api_client) -> None:  # noqa: ANN001
+def test_api_tokens_rest_scopes_and_revocation(db, clock, app, api_client) -> None:
     world = seed(db, clock)
     owner = login(api_client, db, "owner")
     r = owner.post("/api/tokens", json={"name": "read", "scopes": "api:read", "expires_in_days": 7})
@@ -126,7 +126,7 @@ def test_api_tokens_rest_scopes_and_revocation(db, clock, app, api_client) -> No
     assert c.get("/api/instances", headers=ro).status_code == 401  # expired
 
 
-def test_no_secret_or_connect_token_in_api_answers(db, clock, api_client) -> None:  # noqa: ANN001
+def test_no_secret_or_connect_token_in_api_answers(db, clock, api_client) -> None:
     """A tunnel id or desktop secret leaked in a REST answer lets another user in (Guacamole CVE-2021-41767)."""
     world = seed(db, clock)
     with db.sessionmaker() as s:
@@ -143,7 +143,7 @@ def test_no_secret_or_connect_token_in_api_answers(db, clock, api_client) -> Non
             assert "token_hash" not in text and "password_hash" not in text, (who, url)
 
 
-def test_security_headers_and_cookie(db, clock, app) -> None:  # noqa: ANN001
+def test_security_headers_and_cookie(db, clock, app) -> None:
     seed(db, clock)
     c = app.test_client()
     r = c.get("/login")
@@ -155,7 +155,7 @@ def test_security_headers_and_cookie(db, clock, app) -> None:  # noqa: ANN001
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
 
-def test_logout_ends_the_session(db, clock, app) -> None:  # noqa: ANN001
+def test_logout_ends_the_session(db, clock, app) -> None:
     seed(db, clock)
     c = app.test_client()
     _form_login(c, "owner", PASSWORD)

@@ -52,14 +52,14 @@ class World:
     owner_token_id: int
 
 
-def _instance(s: Session, clock: Clock, owner, plan_id: int, exp_ids: list[int], settings: Settings,  # noqa: ANN001
+def _instance(s: Session, clock: Clock, owner, plan_id: int, exp_ids: list[int], settings: Settings,
               *, own_home: bool = False) -> Instance:
     data = CreateInstance(name=f"{owner.username}'s machine", plan_id=plan_id, experiment_ids=exp_ids,
                           own_home=own_home)
     return service.create_instance(actor(owner, clock), s, clock, settings, data)
 
 
-def seed(db, clock: Clock) -> World:  # noqa: ANN001
+def seed(db, clock: Clock) -> World:
     settings = Settings(database_url=db.url, secret_key="x")
     with db.unit_of_work() as s:
         make_cloud(s, clock)
@@ -87,7 +87,7 @@ def _password_hash() -> str:
     return generate_password_hash(PASSWORD)  # once: hashing is deliberately slow
 
 
-def login(api_client, db, name: str):  # noqa: ANN001, ANN201
+def login(api_client, db, name: str):
     """A client with a logged-in session for ``name`` (as /api/login would leave it), fast."""
     c = api_client()
     if name == "anonymous":
@@ -103,7 +103,7 @@ def login(api_client, db, name: str):  # noqa: ANN001, ANN201
     return c
 
 
-def reset(db) -> None:  # noqa: ANN001
+def reset(db) -> None:
     """Empty every table (as the committed database is after a test)."""
     empty_database(db)
 

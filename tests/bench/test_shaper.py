@@ -28,7 +28,7 @@ async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
-async def _with_shaper(link: Link, body):  # noqa: ANN001, ANN202
+async def _with_shaper(link: Link, body):
     server = await asyncio.start_server(_sink, "127.0.0.1", 0)
     shaper = Shaper(0, ("127.0.0.1", server.sockets[0].getsockname()[1]), link, link)
     await shaper.start()

@@ -14,7 +14,7 @@ from visa.users.models import Role
 HUGE_MB = 64 * 1024 * 1024
 
 
-def _world(db, clock, tmp_path) -> dict[str, int]:  # noqa: ANN001
+def _world(db, clock, tmp_path) -> dict[str, int]:
     with db.unit_of_work() as s:
         cloud = make_cloud(s, clock, "local", kind="local")
         cloud.config = {"root_dir": str(tmp_path / "sessions")}
@@ -27,7 +27,7 @@ def _world(db, clock, tmp_path) -> dict[str, int]:  # noqa: ANN001
         return {"small": small.id, "huge": huge.id}
 
 
-def test_capacity_per_flavour(app, api_client, db, clock, tmp_path) -> None:  # noqa: ANN001
+def test_capacity_per_flavour(app, api_client, db, clock, tmp_path) -> None:
     _world(db, clock, tmp_path)
     c = api_client()
     assert c.get("/api/capacity").status_code == 401
@@ -42,7 +42,7 @@ def test_capacity_per_flavour(app, api_client, db, clock, tmp_path) -> None:  # 
     assert [r["flavour"] for r in one] == ["small"]
 
 
-def test_unknown_flavour_is_a_4xx(app, api_client, db, clock, tmp_path) -> None:  # noqa: ANN001
+def test_unknown_flavour_is_a_4xx(app, api_client, db, clock, tmp_path) -> None:
     _world(db, clock, tmp_path)
     c = api_client()
     c.login("sam", "sam-password")
@@ -54,7 +54,7 @@ def test_unknown_flavour_is_a_4xx(app, api_client, db, clock, tmp_path) -> None:
         assert "small" not in body["message"]
 
 
-def test_no_room_is_refused_before_the_cloud_is_asked(app, api_client, db, clock, tmp_path) -> None:  # noqa: ANN001
+def test_no_room_is_refused_before_the_cloud_is_asked(app, api_client, db, clock, tmp_path) -> None:
     plans = _world(db, clock, tmp_path)
     c = api_client()
     c.login("sam", "sam-password")

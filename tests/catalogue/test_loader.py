@@ -17,7 +17,7 @@ from visa.db import Database
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _apply(db: Database, clock, *paths: Path):  # noqa: ANN001, ANN202
+def _apply(db: Database, clock, *paths: Path):
     with db.unit_of_work() as s:
         return apply_files(SYSTEM, s, clock, list(paths))
 
@@ -32,7 +32,7 @@ def _copy_catalogue(tmp_path: Path) -> tuple[Path, Path]:
     return flavours, images
 
 
-def test_repository_catalogue_applies_and_is_idempotent(db: Database, clock) -> None:  # noqa: ANN001
+def test_repository_catalogue_applies_and_is_idempotent(db: Database, clock) -> None:
     diff = _apply(db, clock, ROOT / "flavours", ROOT / "images")
     assert "+ flavour esrf.gpu.a40 (16 cores, 32768 MB, 1x NVIDIA A40)" in diff.changes
     with db.sessionmaker() as s:
@@ -52,7 +52,7 @@ def test_repository_catalogue_applies_and_is_idempotent(db: Database, clock) -> 
     assert not again, str(again)
 
 
-def test_dry_run_changes_nothing(db: Database, clock, tmp_path: Path) -> None:  # noqa: ANN001
+def test_dry_run_changes_nothing(db: Database, clock, tmp_path: Path) -> None:
     _apply(db, clock, ROOT / "flavours", ROOT / "images")
     flavours, images = _copy_catalogue(tmp_path)
     (flavours / "esrf.large.yaml").write_text(
@@ -66,7 +66,7 @@ def test_dry_run_changes_nothing(db: Database, clock, tmp_path: Path) -> None:  
         assert s.scalar(select(Flavour.cores).where(Flavour.name == "esrf.large")) == 8
 
 
-def test_removed_entries_are_hidden_not_deleted(db: Database, clock, tmp_path: Path) -> None:  # noqa: ANN001
+def test_removed_entries_are_hidden_not_deleted(db: Database, clock, tmp_path: Path) -> None:
     _apply(db, clock, ROOT / "flavours", ROOT / "images")
     flavours, images = _copy_catalogue(tmp_path)
     (images / "bliss.yaml").unlink()
@@ -90,7 +90,7 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_file_is_refused_whole_naming_file_entry_field(db: Database, clock, tmp_path: Path, case: str) -> None:  # noqa: ANN001
+def test_bad_file_is_refused_whole_naming_file_entry_field(db: Database, clock, tmp_path: Path, case: str) -> None:
     _apply(db, clock, ROOT / "flavours", ROOT / "images")
     flavours, images = _copy_catalogue(tmp_path)
     rel, old, new, expected = BAD[case]

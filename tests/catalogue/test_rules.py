@@ -13,7 +13,7 @@ from visa.users.models import Role
 DEFAULTS = LifetimeSettings()
 
 
-def test_plans_filtered_by_role_and_instrument(session: Session, clock) -> None:  # noqa: ANN001
+def test_plans_filtered_by_role_and_instrument(session: Session, clock) -> None:
     medium_plan, gpu_plan = make_catalogue(session)
     alice = make_user(session, clock, "alice")
     carol = make_user(session, clock, "carol", roles=(Role.SCIENTIFIC_COMPUTING,))
@@ -26,7 +26,7 @@ def test_plans_filtered_by_role_and_instrument(session: Session, clock) -> None:
     assert set(plans_for(SYSTEM, session, [])) == {medium_plan, gpu_plan}
 
 
-def test_lifetime_is_the_maximum_of_the_rules_that_apply(session: Session, clock) -> None:  # noqa: ANN001
+def test_lifetime_is_the_maximum_of_the_rules_that_apply(session: Session, clock) -> None:
     _, gpu_plan = make_catalogue(session)
     medium = make_flavour(session, "plain")
     gpu = gpu_plan.flavour

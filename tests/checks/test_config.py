@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_check_config_reports_and_fails_on_errors(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_check_config_reports_and_fails_on_errors(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli("init").exit_code == 0
     r = cli("check-config")
     assert r.exit_code == 0, r.output
@@ -33,7 +33,7 @@ def test_check_config_reports_and_fails_on_errors(cli, tmp_path: Path, monkeypat
     assert r.exit_code == 2 and "base_url" in r.output
 
 
-def test_bad_settings_file_is_named(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_bad_settings_file_is_named(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = tmp_path / "visa.toml"
     bad.write_text("port = 'eighty'\n")
     monkeypatch.setenv("VISA_CONFIG", str(bad))
@@ -41,7 +41,7 @@ def test_bad_settings_file_is_named(cli, tmp_path: Path, monkeypatch: pytest.Mon
     assert r.exit_code != 0 and "port" in r.output and "invalid configuration" in r.output
 
 
-def test_the_production_example_is_valid(cli, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_the_production_example_is_valid(cli, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VISA_CONFIG", str(ROOT / "deploy/visa.example.toml"))
     monkeypatch.delenv("VISA_DATABASE_URL")
     from visa.settings import Settings
@@ -75,7 +75,7 @@ def test_check_config_asks_for_a_user_content_domain_off_this_machine(tmp_path: 
     from visa.checks import check_settings
     from visa.settings import Settings
 
-    def finding(**kw: str):  # noqa: ANN202
+    def finding(**kw: str):
         found = check_settings(Settings(data_dir=tmp_path, **kw))
         return next(f for f in found if f.subject == "user_content_domain")
 
@@ -85,7 +85,7 @@ def test_check_config_asks_for_a_user_content_domain_off_this_machine(tmp_path: 
     assert chosen.level == "ok" and "lab.example.net" in chosen.message
 
 
-def test_check_config_says_when_the_local_cloud_cannot_isolate(cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_check_config_says_when_the_local_cloud_cannot_isolate(cli, tmp_path: Path) -> None:
     assert cli("init").exit_code == 0
     config = tmp_path / "cloud.json"
     config.write_text(json.dumps({"isolation": "none", "operator_usernames": ["op"]}))
@@ -101,7 +101,7 @@ def test_check_config_says_when_the_local_cloud_cannot_isolate(cli, tmp_path: Pa
 
 
 def test_a_home_template_outside_its_root_is_named_with_its_file_and_field(
-    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bad = tmp_path / "visa.toml"
     bad.write_text('[provisioning]\nhome_mount_template = "nfs:/homes/{username}/../../etc"\n'
@@ -125,7 +125,7 @@ def test_a_home_template_outside_its_root_is_named_with_its_file_and_field(
     assert cli("clouds", "add", "homes", "--kind", "local", "--config", str(config)).exit_code == 0
 
 
-def test_check_config_warns_when_the_host_answers_at_the_metadata_address(cli, committed_db) -> None:  # noqa: ANN001
+def test_check_config_warns_when_the_host_answers_at_the_metadata_address(cli, committed_db) -> None:
     """On a host of the test's own (a network namespace) that serves 169.254.169.254:80. The
     namespace has no route to PostgreSQL: the whole check-config runs there on SQLite."""
     import os

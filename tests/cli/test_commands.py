@@ -17,7 +17,7 @@ from visa.users.models import User
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_init_catalogue_experiments_and_users(cli, db: Database, tmp_path: Path) -> None:  # noqa: ANN001
+def test_init_catalogue_experiments_and_users(cli, db: Database, tmp_path: Path) -> None:
     assert cli("init").exit_code == 0
     r = cli("catalogue", "apply", "--dry-run", str(ROOT / "flavours"), str(ROOT / "images"))
     assert r.exit_code == 0 and "+ flavour esrf.medium" in r.output and "dry run" in r.output
@@ -47,7 +47,7 @@ def test_init_catalogue_experiments_and_users(cli, db: Database, tmp_path: Path)
     assert "dora" in cli("users", "list").output
 
 
-def test_bad_catalogue_file_names_file_entry_field_and_applies_nothing(cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_bad_catalogue_file_names_file_entry_field_and_applies_nothing(cli, tmp_path: Path) -> None:
     cli("init")
     flavours = tmp_path / "flavours"
     shutil.copytree(ROOT / "flavours", flavours)

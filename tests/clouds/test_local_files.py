@@ -53,7 +53,7 @@ def session_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lo
 
 
 @pytest.fixture
-def client(app, db: Database, clock: FrozenClock, api_client, session_world) -> dict[str, Any]:  # noqa: ANN001
+def client(app, db: Database, clock: FrozenClock, api_client, session_world) -> dict[str, Any]:
     provider, server, processed = session_world
     app.extensions["visa"]._providers["local"] = provider
     with db.unit_of_work() as s:
@@ -86,7 +86,7 @@ def inside(world: dict[str, Any], script: str) -> None:
     assert out.returncode == 0, out.stderr
 
 
-def test_links_inside_the_session_lead_nowhere_outside(client) -> None:  # noqa: ANN001
+def test_links_inside_the_session_lead_nowhere_outside(client) -> None:
     w, c, uid, home = client, client["c"], client["uid"], client["home"]
     inside(w, "ln -sfn / ~/root-link && ln -sfn /etc/passwd ~/passwd-link")
     r = c.get(url(uid, "/content", path=f"{home}/root-link/etc/passwd"))
@@ -99,7 +99,7 @@ def test_links_inside_the_session_lead_nowhere_outside(client) -> None:  # noqa:
     assert r.status_code == 400
 
 
-def test_upload_and_download_are_byte_identical_and_run_as_the_sessions_account(client, db) -> None:  # noqa: ANN001
+def test_upload_and_download_are_byte_identical_and_run_as_the_sessions_account(client, db) -> None:
     w, c, uid, home = client, client["c"], client["uid"], client["home"]
     r = c.get(url(uid))
     assert r.status_code == 200, r.get_json()
@@ -125,7 +125,7 @@ def test_upload_and_download_are_byte_identical_and_run_as_the_sessions_account(
             ("instance.file.upload", len(data)), ("instance.file.upload", 1000), ("instance.file.download", 3000001)]
 
 
-def test_no_sftp_server_is_a_clear_error(client) -> None:  # noqa: ANN001
+def test_no_sftp_server_is_a_clear_error(client) -> None:
     provider = client["provider"]
     saved = provider.sftp_server
     provider.sftp_server = "/nonexistent/sftp-server"

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def on_sandbox(tmp_path: Path, db: Database, clock, openstack_sandbox: dict[str, Any], make_provider) -> Iterator:  # noqa: ANN001
+def on_sandbox(tmp_path: Path, db: Database, clock, openstack_sandbox: dict[str, Any], make_provider) -> Iterator:
     settings = Settings(data_dir=tmp_path / "data", database_url=db.url, secret_key="k",
                         instance_name_prefix=make_provider.prefix.rstrip("-"))
     services = Services(settings=settings, database=db, clock=clock)
@@ -78,7 +78,7 @@ def _sync_until_cloud_active(services: Services, uid: str) -> Instance:
         time.sleep(1)
 
 
-def test_a_desktop_that_never_answers_ends_in_error_not_starting(on_sandbox) -> None:  # noqa: ANN001
+def test_a_desktop_that_never_answers_ends_in_error_not_starting(on_sandbox) -> None:
     services, uid = on_sandbox
     timeout = services.settings.provisioning.boot_timeout_seconds
     assert run_pending_commands(services) == 1

@@ -41,7 +41,7 @@ def _restart(remove_identity: bool) -> str:
     return started.stderr
 
 
-def test_start_stop_start_keeps_the_compute_node(openstack_sandbox: dict[str, Any], make_provider) -> None:  # noqa: ANN001
+def test_start_stop_start_keeps_the_compute_node(openstack_sandbox: dict[str, Any], make_provider) -> None:
     before = IDENTITY.read_text().strip()
     hosts = _providers(openstack_sandbox)
     assert hosts == ["visa-sandbox-compute"]

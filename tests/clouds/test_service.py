@@ -17,7 +17,7 @@ from visa.clouds.models import Cloud
 from visa.errors import Forbidden, InvalidInput, NotFound
 
 
-def test_cli_registers_enables_and_disables(cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_cli_registers_enables_and_disables(cli, tmp_path: Path) -> None:
     assert cli("init").exit_code == 0
     config = tmp_path / "cloud.json"
     config.write_text(json.dumps({"max_instances": 3}))
@@ -37,7 +37,7 @@ def test_cli_registers_enables_and_disables(cli, tmp_path: Path) -> None:  # noq
     assert r.exit_code == 2 and "unknown cloud kind" in r.output
 
 
-def test_register_audits_without_the_settings(db) -> None:  # noqa: ANN001
+def test_register_audits_without_the_settings(db) -> None:
     clock = FrozenClock()
     with db.unit_of_work() as s:
         service.register_cloud(SYSTEM, s, clock, "remote", "local", {"password": {"env": "SECRET_VAR"}})
@@ -51,7 +51,7 @@ def test_register_audits_without_the_settings(db) -> None:  # noqa: ANN001
         assert "SECRET_VAR" not in json.dumps([e.details for e in events])
 
 
-def test_only_admins_and_the_system_manage_clouds(db) -> None:  # noqa: ANN001
+def test_only_admins_and_the_system_manage_clouds(db) -> None:
     clock = FrozenClock()
     with db.unit_of_work() as s:
         who = actor(make_user(s, clock, "someone"), clock)

@@ -61,7 +61,7 @@ def _node() -> str:
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # the Compose stack's database
 def test_a_browser_logs_in_with_the_compose_settings_and_two_provider_addresses(
     committed_db, tmp_path: Path
-) -> None:  # noqa: ANN001
+) -> None:
     require_chromium()
     node = _node()
     compose = _compose_env()

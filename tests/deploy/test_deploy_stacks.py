@@ -99,7 +99,7 @@ def test_compose_nginx_is_accepted_by_nginx(tmp_path: Path) -> None:
     assert "limit_req zone=visa_login" in conf
 
 
-def _helm():  # noqa: ANN202
+def _helm():
     try:
         import helm_python
     except ImportError:

@@ -153,7 +153,7 @@ def test_test_sized_rules_keep_their_shape() -> None:
 
 
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)
-def test_prometheus_scrapes_visa_and_the_scheduler_alerts_fire(committed_db, tmp_path: Path) -> None:  # noqa: ANN001
+def test_prometheus_scrapes_visa_and_the_scheduler_alerts_fire(committed_db, tmp_path: Path) -> None:
     prometheus = _need("prometheus")
     web, gateway, scheduler, prom_port = free_port(), free_port(), free_port(), free_port()
     env = {

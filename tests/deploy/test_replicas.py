@@ -167,7 +167,7 @@ def stack(vnc: Vnc, pg_database_url: str, tmp_path_factory: pytest.TempPathFacto
         database.dispose()
 
 
-def _context(browser, stack: Stack):  # noqa: ANN001, ANN202
+def _context(browser, stack: Stack):
     ctx = browser.new_context(base_url=stack.base, ignore_https_errors=True, viewport={"width": 1024, "height": 700})
     # The page's own EventSource, watched: every event it receives, with when.
     ctx.add_init_script("""(() => {

@@ -113,7 +113,7 @@ def test_a_wheel_built_from_a_clean_checkout_serves_its_pages(tmp_path: Path) ->
             page = browser.new_page()
             page.on("requestfailed", lambda r: failed.append(f"{r.url}: {r.failure}"))
 
-            def response(r) -> None:  # noqa: ANN001
+            def response(r) -> None:
                 loaded[r.url] = r.status
                 if r.status >= 400:
                     failed.append(f"{r.url}: HTTP {r.status}")

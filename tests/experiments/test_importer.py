@@ -22,13 +22,13 @@ RECORDS = [
 ]
 
 
-def _run(db: Database, clock, path: Path):  # noqa: ANN001, ANN202
+def _run(db: Database, clock, path: Path):
     specs = parse_file(path)
     with db.unit_of_work() as s:
         return import_experiments(SYSTEM, s, clock, specs)
 
 
-def test_json_import_is_idempotent(db: Database, clock, tmp_path: Path) -> None:  # noqa: ANN001
+def test_json_import_is_idempotent(db: Database, clock, tmp_path: Path) -> None:
     f = tmp_path / "exp.json"
     f.write_text(json.dumps({"experiments": RECORDS}))
     first = _run(db, clock, f)
@@ -43,7 +43,7 @@ def test_json_import_is_idempotent(db: Database, clock, tmp_path: Path) -> None:
         assert s.scalar(select(Proposal).where(Proposal.identifier == "ma6012")).public_at.year == 2029
 
 
-def test_csv_import_and_member_change(db: Database, clock, tmp_path: Path) -> None:  # noqa: ANN001
+def test_csv_import_and_member_change(db: Database, clock, tmp_path: Path) -> None:
     f = tmp_path / "exp.csv"
     f.write_text("id,proposal,instrument,start_date,end_date,members\nev1-id21,ev1,id21,2026-01-01,2026-01-03,alice;bob\n")
     assert _run(db, clock, f).created == 1
@@ -65,7 +65,7 @@ def test_csv_import_and_member_change(db: Database, clock, tmp_path: Path) -> No
         ({"instrument": None}, "field 'instrument'"),
     ],
 )
-def test_bad_record_refuses_the_whole_file(db: Database, clock, tmp_path: Path, record: dict, expected: str) -> None:  # noqa: ANN001
+def test_bad_record_refuses_the_whole_file(db: Database, clock, tmp_path: Path, record: dict, expected: str) -> None:
     good = tmp_path / "good.json"
     good.write_text(json.dumps(RECORDS[:1]))
     _run(db, clock, good)

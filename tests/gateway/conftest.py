@@ -273,7 +273,7 @@ GATEWAY_CONFIG = GatewayConfig(
 
 
 @pytest.fixture
-def live(app, committed_db, clock) -> Iterator[Live]:  # noqa: ANN001
+def live(app, committed_db, clock) -> Iterator[Live]:
     """Served from a thread: the data is committed (``committed_db``)."""
     db = committed_db
     sock = socket.socket()
@@ -319,7 +319,7 @@ class World:
     other: Instance
 
 
-def make_world(db, clock, vnc_port: int = 1, jupyter_port: int = 1) -> World:  # noqa: ANN001
+def make_world(db, clock, vnc_port: int = 1, jupyter_port: int = 1) -> World:
     """An ACTIVE instance with an owner, a USER and a GUEST, a stranger, and a second instance
     of the stranger's; their desktop and Jupyter are the fixtures' servers."""
     with db.unit_of_work() as s:

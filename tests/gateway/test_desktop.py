@@ -41,7 +41,7 @@ def _token(live: Live, username: str, uid: str = UID) -> dict:
         return r.json()  # type: ignore[no-any-return]
 
 
-def _open(live: Live, url: str, cookie: str | None = None, **kwargs):  # noqa: ANN003, ANN202
+def _open(live: Live, url: str, cookie: str | None = None, **kwargs):
     cookie = SESSIONS.get(_token_in(url), "") if cookie is None else cookie
     return connect(
         live.ws_base + url,
@@ -261,7 +261,7 @@ def test_guest_keys_never_reach_the_desktop(live: Live, world: World, vnc: Vnc) 
     assert vnc.typed() == before + b"abc"
 
 
-def _wait(condition, vnc: Vnc, timeout: float = 10) -> None:  # noqa: ANN001
+def _wait(condition, vnc: Vnc, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"the desktop received {vnc.typed()!r}"

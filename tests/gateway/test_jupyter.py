@@ -225,7 +225,7 @@ def _channels(live: Live, kernel: str) -> str:
     return f"{live.ws_base}/jupyter/{UID}/api/kernels/{kernel}/channels?session_id={uuid.uuid4()}"
 
 
-def _content_ws(live: Live, url: str, uid: str = "", **kwargs):  # noqa: ANN003, ANN202
+def _content_ws(live: Live, url: str, uid: str = "", **kwargs):
     """A websocket to a user-content host, over a socket to 127.0.0.1 (no DNS for *.localhost here)."""
     port = int(live.base.rsplit(":", 1)[1])
     sock = socket.create_connection(("127.0.0.1", port))
@@ -233,7 +233,7 @@ def _content_ws(live: Live, url: str, uid: str = "", **kwargs):  # noqa: ANN003,
     return connect(url, sock=sock, open_timeout=30, **kwargs)
 
 
-def _lab_ws(live: Live, lab: httpx.Client, kernel: str):  # noqa: ANN202
+def _lab_ws(live: Live, lab: httpx.Client, kernel: str):
     return _content_ws(
         live,
         _channels(live, kernel),
@@ -243,7 +243,7 @@ def _lab_ws(live: Live, lab: httpx.Client, kernel: str):  # noqa: ANN202
     )
 
 
-def _run(ws, code: str) -> str:  # noqa: ANN001
+def _run(ws, code: str) -> str:
     msg_id = uuid.uuid4().hex
     ws.send(json.dumps(_execute(code, msg_id)))
     output = ""
@@ -410,7 +410,7 @@ def test_the_secret_is_scrubbed_across_chunks() -> None:
     from visa.gateway.jupyter import scrub
 
     async def collect(chunks: list[bytes]) -> bytes:
-        async def source():  # noqa: ANN202
+        async def source():
             for c in chunks:
                 yield c
 

@@ -91,7 +91,7 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
         time.sleep(0.2)
 
 
-def _log_in(page, base: str, username: str) -> None:  # noqa: ANN001
+def _log_in(page, base: str, username: str) -> None:
     page.goto("/login")
     page.fill("#username", username)
     page.fill("#password", PASSWORD)
@@ -104,7 +104,7 @@ def _connect_requests(access_log: Path) -> int:
 
 
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)
-def test_a_desktop_survives_the_kill_of_the_gateway(db, committed_db, vnc: Vnc, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_desktop_survives_the_kill_of_the_gateway(db, committed_db, vnc: Vnc, tmp_path: Path) -> None:
     # committed_db: the web replicas and the gateway are other processes and read what the test wrote.
     from tests.browser import allow_errors, chromium, require_chromium
 

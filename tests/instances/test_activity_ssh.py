@@ -125,7 +125,7 @@ def _start_sshd(d: Path, services: Services, owner: str, display: str, host_key:
 
 
 def test_probe_refuses_a_machine_whose_host_key_is_not_the_one_visa_gave_it(
-    services: Services, world, clock: FrozenClock, start_sshd, owner: str  # noqa: ANN001
+    services: Services, world, clock: FrozenClock, start_sshd, owner: str
 ) -> None:
     """Someone answers at the instance's address with a key of their own, from the very first
     connection: trust on first use would take it; visa knows the instance's key and refuses."""
@@ -148,7 +148,7 @@ def test_probe_refuses_a_machine_whose_host_key_is_not_the_one_visa_gave_it(
 
 
 def test_another_instances_host_key_is_refused(
-    services: Services, world, clock: FrozenClock, start_sshd  # noqa: ANN001
+    services: Services, world, clock: FrozenClock, start_sshd
 ) -> None:
     """A machine given its own key by visa cannot stand in for another instance."""
     services.settings.provisioning.probe_username = "root"
@@ -162,7 +162,7 @@ def test_another_instances_host_key_is_refused(
 
 
 def test_probe_reads_cpu_and_x_input_and_keeps_a_computation_alive(
-    services: Services, world, clock: FrozenClock, start_sshd, owner: str, display: str  # noqa: ANN001
+    services: Services, world, clock: FrozenClock, start_sshd, owner: str, display: str
 ) -> None:
     services.settings.provisioning.probe_username = "root"
     uid = "probe-instance"

@@ -59,7 +59,7 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _starting(services: Services, world, clock: FrozenClock, cloud: ConsoleCloud, port: int) -> str:  # noqa: ANN001
+def _starting(services: Services, world, clock: FrozenClock, cloud: ConsoleCloud, port: int) -> str:
     with services.database.unit_of_work() as s:
         inst = add_instance(s, clock, world, state=InstanceState.STARTING, cloud_server_id="srv-1")
         uid = inst.uid
@@ -76,7 +76,7 @@ def _instance(services: Services, uid: str) -> Instance:
         return inst
 
 
-def test_a_failed_desktop_step_ends_in_error_at_once_and_stays_there(services: Services, world,  # noqa: ANN001
+def test_a_failed_desktop_step_ends_in_error_at_once_and_stays_there(services: Services, world,
                                                                      clock: FrozenClock) -> None:
     cloud = ConsoleCloud([], "booting\n" + SETUP_FAILED)
     uid = _starting(services, world, clock, cloud, _closed_port())
@@ -89,7 +89,7 @@ def test_a_failed_desktop_step_ends_in_error_at_once_and_stays_there(services: S
     assert _instance(services, uid).state == InstanceState.ERROR
 
 
-def test_data_that_did_not_mount_leave_a_working_desktop_partly_active(services: Services, world,  # noqa: ANN001
+def test_data_that_did_not_mount_leave_a_working_desktop_partly_active(services: Services, world,
                                                                        clock: FrozenClock, desktop: int) -> None:
     cloud = ConsoleCloud([], MOUNT_FAILED + "visa instance configured after 40 seconds\n")
     uid = _starting(services, world, clock, cloud, desktop)
@@ -103,7 +103,7 @@ def test_data_that_did_not_mount_leave_a_working_desktop_partly_active(services:
     assert cloud.reads == 1  # the console is read only while the instance is starting
 
 
-def test_a_clean_boot_becomes_active_and_the_console_is_read_sparingly(services: Services, world,  # noqa: ANN001
+def test_a_clean_boot_becomes_active_and_the_console_is_read_sparingly(services: Services, world,
                                                                        clock: FrozenClock) -> None:
     cloud = ConsoleCloud([], MOUNT_FAILED)  # data missing, desktop not up yet: it may still come
     uid = _starting(services, world, clock, cloud, _closed_port())
@@ -124,7 +124,7 @@ def test_a_clean_boot_becomes_active_and_the_console_is_read_sparingly(services:
     assert cloud.reads == 2  # read once more when the desktop first answered
 
 
-def test_a_console_the_cloud_cannot_read_changes_nothing(services: Services, world,  # noqa: ANN001
+def test_a_console_the_cloud_cannot_read_changes_nothing(services: Services, world,
                                                          clock: FrozenClock) -> None:
     cloud = ConsoleCloud([], CloudError("console unavailable", transient=True))
     uid = _starting(services, world, clock, cloud, _closed_port())
@@ -133,7 +133,7 @@ def test_a_console_the_cloud_cannot_read_changes_nothing(services: Services, wor
     assert inst.state == InstanceState.STARTING and inst.error_message is None
 
 
-def test_hostile_console_text_reaches_the_message_short_and_plain(services: Services, world,  # noqa: ANN001
+def test_hostile_console_text_reaches_the_message_short_and_plain(services: Services, world,
                                                                   clock: FrozenClock) -> None:
     reason = "\x1b]0;owned\x07<img src=x onerror=alert(1)>\u202e" + "B" * 5000
     cloud = ConsoleCloud([], f"visa: FAILED desktop-setup: {reason}\n" * 50)

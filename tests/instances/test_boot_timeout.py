@@ -20,7 +20,7 @@ def _state(services: Services, uid: str) -> Instance:
         return inst
 
 
-def test_a_desktop_that_never_answers_ends_in_error(services: Services, world, clock: FrozenClock) -> None:  # noqa: ANN001
+def test_a_desktop_that_never_answers_ends_in_error(services: Services, world, clock: FrozenClock) -> None:
     cloud = NeverReadyCloud()
     services.set_provider("local", cloud)
     try:

@@ -26,7 +26,7 @@ from visa.settings import Settings
 
 
 @pytest.fixture
-def world(committed_db: Database, clock, tmp_path: Path):  # noqa: ANN001, ANN201
+def world(committed_db: Database, clock, tmp_path: Path):
     settings = Settings(data_dir=tmp_path / "data", database_url=committed_db.url, secret_key="k")
     services = Services(settings=settings, database=committed_db, clock=clock)
     with committed_db.unit_of_work() as s:
@@ -46,7 +46,7 @@ def world(committed_db: Database, clock, tmp_path: Path):  # noqa: ANN001, ANN20
     services.close()
 
 
-def _queue(db: Database, clock, instance_id: int, action: CommandAction = CommandAction.STOP) -> int:  # noqa: ANN001
+def _queue(db: Database, clock, instance_id: int, action: CommandAction = CommandAction.STOP) -> int:
     with db.unit_of_work() as s:
         cmd = InstanceCommand(instance_id=instance_id, action=action, state=CommandState.PENDING, created_at=clock.now())
         s.add(cmd)
@@ -54,7 +54,7 @@ def _queue(db: Database, clock, instance_id: int, action: CommandAction = Comman
         return cmd.id
 
 
-def test_a_claim_lives_while_its_claimer_beats_and_moves_after_missed_beats(world, clock) -> None:  # noqa: ANN001
+def test_a_claim_lives_while_its_claimer_beats_and_moves_after_missed_beats(world, clock) -> None:
     services, ids = world
     first = _queue(services.database, clock, ids[0])
     later = _queue(services.database, clock, ids[0], CommandAction.START)  # same instance: after the first
@@ -89,7 +89,7 @@ def _cloud(services: Services, instance_id: int) -> int:
         return s.get(Instance, instance_id).cloud_id
 
 
-def test_concurrent_claimers_never_share_a_command(world, clock) -> None:  # noqa: ANN001
+def test_concurrent_claimers_never_share_a_command(world, clock) -> None:
     services, ids = world
     queued = {_queue(services.database, clock, i) for i in ids}
     got: list[list[int]] = []
@@ -114,7 +114,7 @@ def test_concurrent_claimers_never_share_a_command(world, clock) -> None:  # noq
         assert set(flat) == queued  # SKIP LOCKED: each took rows the others had not locked
 
 
-def test_per_cloud_slots(world, clock) -> None:  # noqa: ANN001
+def test_per_cloud_slots(world, clock) -> None:
     services, ids = world
     for i in ids:
         _queue(services.database, clock, i)
@@ -137,7 +137,7 @@ class ListCounter:
         return getattr(self.real, name)
 
 
-def test_one_follower_and_no_list_call_when_nothing_moves(world, clock) -> None:  # noqa: ANN001
+def test_one_follower_and_no_list_call_when_nothing_moves(world, clock) -> None:
     services, ids = world
     counter = ListCounter(services.provider("local"))
     services.set_provider("local", counter)

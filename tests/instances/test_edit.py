@@ -12,7 +12,7 @@ from visa.instances.models import Instance
 
 
 @pytest.fixture
-def made(db, clock, api_client):  # noqa: ANN001, ANN201
+def made(db, clock, api_client):
     with db.unit_of_work() as s:
         make_cloud(s, clock)
         alice = make_user(s, clock, "alice", password="alice-password")
@@ -27,12 +27,12 @@ def made(db, clock, api_client):  # noqa: ANN001, ANN201
     return owner, r.get_json()["uid"]
 
 
-def _row(db, uid: str) -> Instance:  # noqa: ANN001
+def _row(db, uid: str) -> Instance:
     with db.sessionmaker() as s:
         return s.scalar(select(Instance).where(Instance.uid == uid))
 
 
-def test_the_owner_changes_name_comments_keyboard_and_screen(db, made) -> None:  # noqa: ANN001
+def test_the_owner_changes_name_comments_keyboard_and_screen(db, made) -> None:
     owner, uid = made
     r = owner.patch(f"/api/instances/{uid}", json={"name": "fit of run 12", "comments": "with the new mask",
                                                    "keyboard_layout": "fr-fr", "screen_width": 1920,
@@ -68,7 +68,7 @@ def test_the_owner_changes_name_comments_keyboard_and_screen(db, made) -> None: 
         ({}, ""),
     ],
 )
-def test_bad_fields_are_named_and_nothing_is_written(db, made, payload: dict, field: str) -> None:  # noqa: ANN001
+def test_bad_fields_are_named_and_nothing_is_written(db, made, payload: dict, field: str) -> None:
     owner, uid = made
     before = _row(db, uid)
     r = owner.patch(f"/api/instances/{uid}", json={"comments": "changed", **payload} if payload else {})
@@ -80,7 +80,7 @@ def test_bad_fields_are_named_and_nothing_is_written(db, made, payload: dict, fi
         before.name, before.comments, before.keyboard_layout, before.screen_width, before.screen_height)
 
 
-def test_only_the_owner_edits(db, made, api_client) -> None:  # noqa: ANN001
+def test_only_the_owner_edits(db, made, api_client) -> None:
     owner, uid = made
     bob = api_client()
     bob.login("bob", "bob-password")

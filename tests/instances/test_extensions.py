@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("committed_db")
 
 
 @pytest.fixture(autouse=True)
-def _mail_sent(db):  # noqa: ANN001, ANN202
+def _mail_sent(db):
     """Emails go in background threads after the commit: let them finish before the database
     is emptied for the next test (a TRUNCATE under a sender's open transaction deadlocks)."""
     yield
@@ -32,7 +32,7 @@ def _mail_sent(db):  # noqa: ANN001, ANN202
 
 
 @pytest.fixture
-def app(services: Services, db, clock):  # noqa: ANN001, ANN201
+def app(services: Services, db, clock):
     from visa.web.app import create_app
 
     application = create_app(services.settings, database=db, clock=clock)
@@ -40,14 +40,14 @@ def app(services: Services, db, clock):  # noqa: ANN001, ANN201
     return application
 
 
-def _busy_instance(services: Services, world, lifetime: timedelta) -> tuple[int, str]:  # noqa: ANN001
+def _busy_instance(services: Services, world, lifetime: timedelta) -> tuple[int, str]:
     with services.database.unit_of_work() as s:
         inst = add_instance(s, services.clock, world, lifetime=lifetime,
                             last_compute_at=services.clock.now() + timedelta(days=90))
         return inst.id, inst.uid
 
 
-def _login(api_client, who: str):  # noqa: ANN001, ANN202
+def _login(api_client, who: str):
     from werkzeug.security import generate_password_hash
 
     from visa.users.models import User
@@ -62,7 +62,7 @@ def _login(api_client, who: str):  # noqa: ANN001, ANN202
 
 
 def test_accepted_extension_moves_the_deletion(services: Services, world, clock: FrozenClock, inbox: Inbox,
-                                               api_client) -> None:  # noqa: ANN001
+                                               api_client) -> None:
     start = clock.now()
     iid, uid = _busy_instance(services, world, timedelta(days=3))
     alice, root = _login(api_client, "alice"), _login(api_client, "root")
@@ -111,7 +111,7 @@ def test_accepted_extension_moves_the_deletion(services: Services, world, clock:
     assert len(inbox.wait_for(5)) == 5
 
 
-def test_refused_extension(services: Services, world, clock: FrozenClock, inbox: Inbox, api_client) -> None:  # noqa: ANN001
+def test_refused_extension(services: Services, world, clock: FrozenClock, inbox: Inbox, api_client) -> None:
     _, uid = _busy_instance(services, world, timedelta(days=3))
     alice, root = _login(api_client, "alice"), _login(api_client, "root")
     req = alice.post(f"/api/instances/{uid}/extensions",
@@ -124,7 +124,7 @@ def test_refused_extension(services: Services, world, clock: FrozenClock, inbox:
     assert "refused" in msg["Subject"] and "the cluster is full" in msg.get_body(("plain",)).get_content()
 
 
-def test_administrators_are_told_and_a_decision_is_final(services: Services, world, clock: FrozenClock,  # noqa: ANN001
+def test_administrators_are_told_and_a_decision_is_final(services: Services, world, clock: FrozenClock,
                                                          inbox: Inbox, api_client) -> None:
     from tests.factories import make_user
     from visa.instances.models import ExtensionRequest
@@ -168,7 +168,7 @@ def test_administrators_are_told_and_a_decision_is_final(services: Services, wor
     (AutoAccept.ALL, "alice", True), (AutoAccept.STAFF, "alice", False), (AutoAccept.STAFF, "sam", True),
     (AutoAccept.NONE, "sam", False),
 ])
-def test_auto_accept_rules(services: Services, world, clock: FrozenClock, inbox: Inbox, api_client,  # noqa: ANN001
+def test_auto_accept_rules(services: Services, world, clock: FrozenClock, inbox: Inbox, api_client,
                            rule: AutoAccept, owner: str, auto: bool) -> None:
     with services.database.unit_of_work() as s:
         s.execute(update(Image).values(autoaccept_extension=rule))

@@ -65,7 +65,7 @@ def account() -> Iterator[str]:
 
 
 @pytest.fixture
-def world(app, db: Database, clock: FrozenClock, account: str) -> dict[str, Any]:  # noqa: ANN001
+def world(app, db: Database, clock: FrozenClock, account: str) -> dict[str, Any]:
     """A running instance of the owner's (at 127.0.0.1), a USER and a GUEST member."""
     svc = app.extensions["visa"]
     # The cloud's provider reaches machines only over SSH (as OpenStack's): open_sftp is None.
@@ -147,14 +147,14 @@ def machine(db: Database, world: dict[str, Any], sshd: Callable[..., int]) -> di
     return world
 
 
-def login(api_client, name: str, password: str):  # noqa: ANN001, ANN201
+def login(api_client, name: str, password: str):
     c = api_client()
     assert c.login(name, password).status_code == 200
     return c
 
 
 @pytest.fixture
-def owner(api_client, machine):  # noqa: ANN001, ANN201
+def owner(api_client, machine):
     return login(api_client, OWNER, "ownerpassword")
 
 
@@ -172,7 +172,7 @@ def audit(db: Database) -> list[AuditEvent]:
 # ---------------------------------------------------------------------- the attacker's tests
 
 
-def test_a_link_out_of_the_home_is_refused_for_download_listing_and_upload(owner, machine, db) -> None:  # noqa: ANN001
+def test_a_link_out_of_the_home_is_refused_for_download_listing_and_upload(owner, machine, db) -> None:
     uid = machine["uid"]
     as_owner("ln", "-s", "/etc/passwd", str(HOME / "passwd"))
     as_owner("ln", "-s", "/etc", str(HOME / "etc"))
@@ -194,7 +194,7 @@ def test_a_link_out_of_the_home_is_refused_for_download_listing_and_upload(owner
     assert audit(db) == []
 
 
-def test_traversal_and_paths_outside_the_roots_are_refused_naming_the_problem(owner, machine) -> None:  # noqa: ANN001
+def test_traversal_and_paths_outside_the_roots_are_refused_naming_the_problem(owner, machine) -> None:
     uid = machine["uid"]
     cases = {
         f"{HOME}/../../etc/passwd": "'..' is not allowed",
@@ -211,7 +211,7 @@ def test_traversal_and_paths_outside_the_roots_are_refused_naming_the_problem(ow
     assert not Path("/etc/relative").exists()
 
 
-def test_hostile_names_list_exactly_and_reach_no_header_unescaped(owner, machine) -> None:  # noqa: ANN001
+def test_hostile_names_list_exactly_and_reach_no_header_unescaped(owner, machine) -> None:
     uid = machine["uid"]
     names = ["line\nbreak.txt", "tab\tand\rcr.txt", "quote\"; filename=evil.sh", "données-été-😀.dat",
              "<img src=x onerror=alert(1)>.html"]
@@ -239,7 +239,7 @@ def test_hostile_names_list_exactly_and_reach_no_header_unescaped(owner, machine
         assert r.headers["X-Content-Type-Options"] == "nosniff" or "sandbox" in r.headers["Content-Security-Policy"]
 
 
-def test_a_huge_listing_stops_at_the_limit(owner, machine) -> None:  # noqa: ANN001
+def test_a_huge_listing_stops_at_the_limit(owner, machine) -> None:
     machine["settings"].transfers.max_listing = 100
     as_owner("sh", "-c", f"mkdir {HOME}/many && cd {HOME}/many && seq 1 1500 | xargs touch")
     r = owner.get(files_url(machine["uid"], path=f"{HOME}/many"))
@@ -247,7 +247,7 @@ def test_a_huge_listing_stops_at_the_limit(owner, machine) -> None:  # noqa: ANN
     assert r.status_code == 200 and body["truncated"] is True and len(body["entries"]) == 100
 
 
-def test_a_file_over_the_limit_is_refused_before_anything_is_written(owner, machine, db) -> None:  # noqa: ANN001
+def test_a_file_over_the_limit_is_refused_before_anything_is_written(owner, machine, db) -> None:
     settings = machine["settings"]
     settings.transfers.max_upload_bytes = 1000
     r = owner.put(files_url(machine["uid"], "/content", path=f"{HOME}/big.bin"), data=b"x" * 1001)
@@ -263,7 +263,7 @@ def test_a_file_over_the_limit_is_refused_before_anything_is_written(owner, mach
     assert audit(db) == []
 
 
-def test_guests_may_not_transfer_users_may(api_client, machine, db) -> None:  # noqa: ANN001
+def test_guests_may_not_transfer_users_may(api_client, machine, db) -> None:
     uid = machine["uid"]
     as_owner("sh", "-c", f"echo hello > {HOME}/hello.txt")
     guest = login(api_client, "viewer", "viewerpassword")
@@ -282,7 +282,7 @@ def test_guests_may_not_transfer_users_may(api_client, machine, db) -> None:  # 
         ("colleague", "instance.file.download", 6), ("colleague", "instance.file.upload", 2)]
 
 
-def test_a_machine_with_another_host_key_is_refused(api_client, world, sshd, db) -> None:  # noqa: ANN001
+def test_a_machine_with_another_host_key_is_refused(api_client, world, sshd, db) -> None:
     impostor = sshd(host_key=host_keys.private_openssh(world["settings"].resolved_secret_key(), "another"))
     with db.unit_of_work() as s:
         s.scalar(select(Instance).where(Instance.uid == world["uid"])).provider_state = {"ports": {"ssh": impostor}}
@@ -294,7 +294,7 @@ def test_a_machine_with_another_host_key_is_refused(api_client, world, sshd, db)
 # ---------------------------------------------------------------------- the transfers themselves
 
 
-def test_upload_is_byte_identical_inside_and_download_of_a_file_written_inside_too(owner, machine, db) -> None:  # noqa: ANN001
+def test_upload_is_byte_identical_inside_and_download_of_a_file_written_inside_too(owner, machine, db) -> None:
     uid = machine["uid"]
     data = os.urandom(3 * 1024 * 1024 + 17)
     r = owner.put(files_url(uid, "/content", path=f"{HOME}/up.bin"), data=data)
@@ -315,7 +315,7 @@ def test_upload_is_byte_identical_inside_and_download_of_a_file_written_inside_t
     ]
 
 
-def test_transfers_resume(owner, machine) -> None:  # noqa: ANN001
+def test_transfers_resume(owner, machine) -> None:
     uid = machine["uid"]
     data = os.urandom(1_000_000)
     url = files_url(uid, "/content", path=f"{HOME}/resumed.bin")

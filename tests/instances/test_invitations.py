@@ -15,13 +15,13 @@ from visa.instances.models import Instance, InstanceMember, Invitation, MemberRo
 from visa.users.models import User
 
 
-def _members(db, uid: str) -> dict[str, str]:  # noqa: ANN001
+def _members(db, uid: str) -> dict[str, str]:
     with db.sessionmaker() as s:
         inst = s.scalar(select(Instance).where(Instance.uid == uid))
         return {m.user.username: m.role.value for m in inst.members}
 
 
-def test_a_link_gives_its_role_once(app, db, clock, api_client) -> None:  # noqa: ANN001
+def test_a_link_gives_its_role_once(app, db, clock, api_client) -> None:
     world = seed(db, clock)
     owner = login(api_client, db, "owner")
     r = owner.post(f"/api/instances/{world.uid}/invitations", json={"role": "GUEST", "hours": 2})
@@ -54,7 +54,7 @@ def test_a_link_gives_its_role_once(app, db, clock, api_client) -> None:  # noqa
     assert owner.delete(f"/api/instances/{world.uid}/invitations/{used_id}").status_code == 409
 
 
-def test_expired_unknown_and_token_redemptions_change_nothing(app, db, clock, api_client) -> None:  # noqa: ANN001
+def test_expired_unknown_and_token_redemptions_change_nothing(app, db, clock, api_client) -> None:
     world = seed(db, clock)
     owner = login(api_client, db, "owner")
     url = owner.post(f"/api/instances/{world.uid}/invitations", json={"role": "USER", "hours": 1}).get_json()["url"]
@@ -91,7 +91,7 @@ def test_expired_unknown_and_token_redemptions_change_nothing(app, db, clock, ap
     assert owner.post(f"/api/instances/{world.uid}/invitations", json={"hours": 100000}).status_code == 400
 
 
-def test_an_admin_cannot_let_anyone_into_a_staff_owners_machine(app, db, clock, api_client) -> None:  # noqa: ANN001
+def test_an_admin_cannot_let_anyone_into_a_staff_owners_machine(app, db, clock, api_client) -> None:
     """Only the owner lets people in: an administrator makes no link and adds nobody (they ask as
     support, which a staff owner approves); a link someone else made is worthless, to its creator first."""
     world = seed(db, clock)

@@ -23,7 +23,7 @@ from visa.settings import Settings
 
 
 @pytest.fixture
-def local(tmp_path: Path, committed_db: Database, clock):  # noqa: ANN001, ANN201
+def local(tmp_path: Path, committed_db: Database, clock):
     """The worker runs in a thread of its own: the data is committed."""
     db = committed_db
     facility = tmp_path / "facility"
@@ -82,7 +82,7 @@ def _act(services: Services, uid: str, action: CommandAction) -> None:
     assert run_pending_commands(services) == 1
 
 
-def test_create_to_active_stop_start_delete(local) -> None:  # noqa: ANN001
+def test_create_to_active_stop_start_delete(local) -> None:
     services, uid = local
     db = services.database
     assert _state(db, uid).state == InstanceState.BUILDING
@@ -115,7 +115,7 @@ def test_create_to_active_stop_start_delete(local) -> None:  # noqa: ANN001
     ]
 
 
-def test_lost_machine_becomes_error_and_create_failure_is_readable(local) -> None:  # noqa: ANN001
+def test_lost_machine_becomes_error_and_create_failure_is_readable(local) -> None:
     services, uid = local
     run_pending_commands(services)
     services.provider("local").delete(uid)  # someone removed it behind visa's back
@@ -124,7 +124,7 @@ def test_lost_machine_becomes_error_and_create_failure_is_readable(local) -> Non
     assert inst.state == InstanceState.ERROR and "no longer has" in inst.error_message
 
 
-def test_a_command_left_running_by_a_dead_process_is_carried_out(local) -> None:  # noqa: ANN001
+def test_a_command_left_running_by_a_dead_process_is_carried_out(local) -> None:
     services, uid = local
     from visa.instances.executor import claim_pending
 
@@ -137,7 +137,7 @@ def test_a_command_left_running_by_a_dead_process_is_carried_out(local) -> None:
     assert _state(services.database, uid).cloud_server_id == uid
 
 
-def test_a_computing_local_session_is_seen_as_active_without_a_browser(local) -> None:  # noqa: ANN001
+def test_a_computing_local_session_is_seen_as_active_without_a_browser(local) -> None:
     from visa.instances.activity import ActivityProbe
 
     services, uid = local
@@ -157,7 +157,7 @@ def test_a_computing_local_session_is_seen_as_active_without_a_browser(local) ->
     assert _state(services.database, uid).last_compute_at == services.clock.now()
 
 
-def test_the_worker_follows_an_instance_it_just_created_until_its_desktop_answers(local) -> None:  # noqa: ANN001
+def test_the_worker_follows_an_instance_it_just_created_until_its_desktop_answers(local) -> None:
     from visa.instances.worker import Worker, wake
 
     services, uid = local

@@ -28,7 +28,7 @@ def _instance(services: Services, instance_id: int) -> Instance:
         return inst
 
 
-def _new(services: Services, world: dict[str, int], owner: str = "alice", **fields) -> int:  # noqa: ANN003
+def _new(services: Services, world: dict[str, int], owner: str = "alice", **fields) -> int:
     with services.database.unit_of_work() as s:
         return add_instance(s, services.clock, world, owner, **fields).id  # type: ignore[arg-type]
 

@@ -26,7 +26,7 @@ from visa.users.models import Role, User
 
 
 @pytest.fixture
-def world(db: Database, clock) -> SimpleNamespace:  # noqa: ANN001
+def world(db: Database, clock) -> SimpleNamespace:
     """alice owns four instances (one deleted, one in error, one shared with bob as a user, one
     with two experiments and open data); bob owns one shared with alice as a guest; carol none."""
     with db.unit_of_work() as s:
@@ -59,7 +59,7 @@ def world(db: Database, clock) -> SimpleNamespace:  # noqa: ANN001
     return SimpleNamespace()
 
 
-def _user(s, clock, name: str):  # noqa: ANN001, ANN202
+def _user(s, clock, name: str):
     return actor(s.scalar(select(User).where(User.username == name)), clock)
 
 
@@ -70,7 +70,7 @@ def _normal(out: dict) -> dict:
 
 
 @pytest.mark.parametrize("name", ["alice", "bob", "carol"])
-def test_home_rows_give_what_instance_out_gives(world, db, clock, name) -> None:  # noqa: ANN001
+def test_home_rows_give_what_instance_out_gives(world, db, clock, name) -> None:
     with db.sessionmaker() as s:
         me = _user(s, clock, name)
         rows = [row_out(r, clock).model_dump(mode="json") for r in listing.home_rows(me, s)]
@@ -89,7 +89,7 @@ def test_home_rows_give_what_instance_out_gives(world, db, clock, name) -> None:
     {}, {"state": ["STOPPED", "ERROR"]}, {"deleted": True, "sort": "owner"}, {"sort": "-terminates_at", "per_page": 2},
     {"per_page": 2, "page": 2}, {"owner": "bob"}, {"per_page": 2, "page": 9},
 ])
-def test_admin_rows_give_what_admin_instance_gives(world, db, clock, query) -> None:  # noqa: ANN001
+def test_admin_rows_give_what_admin_instance_gives(world, db, clock, query) -> None:
     q = InstanceQuery(**query)
     with db.sessionmaker() as s:
         root = _user(s, clock, "root")
@@ -100,7 +100,7 @@ def test_admin_rows_give_what_admin_instance_gives(world, db, clock, query) -> N
     assert (got, total) == (want, orm_total)
 
 
-def test_an_admin_who_is_a_member_sees_their_role_and_others_see_none(db, clock) -> None:  # noqa: ANN001
+def test_an_admin_who_is_a_member_sees_their_role_and_others_see_none(db, clock) -> None:
     with db.unit_of_work() as s:
         cloud, plan = make_cloud(s, clock), make_plan(s, make_image(s), make_flavour(s, "esrf.medium"))
         root = make_user(s, clock, "root", roles=(Role.ADMIN,))
@@ -113,12 +113,12 @@ def test_an_admin_who_is_a_member_sees_their_role_and_others_see_none(db, clock)
     assert [r.role for r in theirs] == [None]
 
 
-def test_the_admin_search_refuses_a_user(world, db, clock) -> None:  # noqa: ANN001
+def test_the_admin_search_refuses_a_user(world, db, clock) -> None:
     with db.sessionmaker() as s, pytest.raises(Forbidden):
         listing.search_rows(_user(s, clock, "alice"), s, InstanceQuery())
 
 
-def _statements(db: Database, fn) -> int:  # noqa: ANN001
+def _statements(db: Database, fn) -> int:
     count = 0
 
     def _count(*_args: object) -> None:
@@ -133,7 +133,7 @@ def _statements(db: Database, fn) -> int:  # noqa: ANN001
     return count
 
 
-def test_statements_do_not_grow_with_the_instances(db, clock) -> None:  # noqa: ANN001
+def test_statements_do_not_grow_with_the_instances(db, clock) -> None:
     with db.unit_of_work() as s:
         cloud, plan = make_cloud(s, clock), make_plan(s, make_image(s), make_flavour(s, "esrf.medium"))
         alice = make_user(s, clock, "alice")

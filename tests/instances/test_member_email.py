@@ -15,13 +15,13 @@ from visa.users.models import User
 
 
 @pytest.fixture
-def settings(tmp_path, db: Database, smtp_server: tuple[Inbox, int]) -> Settings:  # noqa: ANN001, F811
+def settings(tmp_path, db: Database, smtp_server: tuple[Inbox, int]) -> Settings:  # noqa: F811
     return Settings(data_dir=tmp_path / "data", database_url=db.url, secret_key="test-secret-key",
                     base_url="http://visa.test",
                     smtp={"enabled": True, "host": "127.0.0.1", "port": smtp_server[1], "sender": "visa@visa.test"})
 
 
-def test_the_added_member_gets_an_email_with_the_link(app, db, clock, api_client, inbox: Inbox) -> None:  # noqa: ANN001, F811
+def test_the_added_member_gets_an_email_with_the_link(app, db, clock, api_client, inbox: Inbox) -> None:  # noqa: F811
     world = seed(db, clock)
     with db.unit_of_work() as s:
         s.scalar(select(User).where(User.username == "other")).email = "other@example.org"

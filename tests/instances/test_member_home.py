@@ -19,7 +19,7 @@ from visa.settings import Settings, SharingSettings
 from visa.users.models import User
 
 
-def _create(db, clock, world, name: str, settings: Settings, **kw) -> str:  # noqa: ANN001, ANN003
+def _create(db, clock, world, name: str, settings: Settings, **kw) -> str:
     with db.unit_of_work() as s:
         owner = s.scalar(select(User).where(User.username == "owner"))
         owner.instance_quota = 10
@@ -27,12 +27,12 @@ def _create(db, clock, world, name: str, settings: Settings, **kw) -> str:  # no
         return service.create_instance(actor(owner, clock), s, clock, settings, data).uid
 
 
-def _home(db, uid: str) -> InstanceHome:  # noqa: ANN001
+def _home(db, uid: str) -> InstanceHome:
     with db.sessionmaker() as s:
         return s.scalar(select(Instance.home).where(Instance.uid == uid))
 
 
-def test_the_home_is_chosen_at_create(db, clock) -> None:  # noqa: ANN001
+def test_the_home_is_chosen_at_create(db, clock) -> None:
     world = seed(db, clock)
     default = Settings(database_url=db.url, secret_key="x")
     assert _home(db, _create(db, clock, world, "alone", default)) == InstanceHome.SHARED  # the local cloud's homes
@@ -45,7 +45,7 @@ def test_the_home_is_chosen_at_create(db, clock) -> None:  # noqa: ANN001
     assert _home(db, _create(db, clock, world, "vm", vm)) == InstanceHome.OWN
 
 
-def test_nobody_acts_as_the_owner_in_a_machine_on_the_shared_home(app, db, clock, api_client) -> None:  # noqa: ANN001
+def test_nobody_acts_as_the_owner_in_a_machine_on_the_shared_home(app, db, clock, api_client) -> None:
     world = seed(db, clock)
     uid = _create(db, clock, world, "alone", Settings(database_url=db.url, secret_key="x"))
     owner = login(api_client, db, "owner")
@@ -83,7 +83,7 @@ def test_nobody_acts_as_the_owner_in_a_machine_on_the_shared_home(app, db, clock
     assert r.status_code == 403, r.get_json()
 
 
-def test_a_machine_with_a_home_of_its_own_is_shared_as_before(app, db, clock, api_client) -> None:  # noqa: ANN001
+def test_a_machine_with_a_home_of_its_own_is_shared_as_before(app, db, clock, api_client) -> None:
     world = seed(db, clock)
     uid = _create(db, clock, world, "together", Settings(database_url=db.url, secret_key="x"), own_home=True)
     owner = login(api_client, db, "owner")
@@ -96,7 +96,7 @@ def test_a_machine_with_a_home_of_its_own_is_shared_as_before(app, db, clock, ap
         assert allowed(member, "instance.input", inst) and allowed(member, "instance.files.write", inst)
 
 
-def test_the_facility_may_accept_members_acting_in_the_shared_home(db, clock) -> None:  # noqa: ANN001
+def test_the_facility_may_accept_members_acting_in_the_shared_home(db, clock) -> None:
     world = seed(db, clock)
     accepted = Settings(database_url=db.url, secret_key="x", sharing=SharingSettings(shared_instance_home="shared"))
     uid = _create(db, clock, world, "accepted", accepted)

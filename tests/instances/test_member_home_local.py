@@ -70,7 +70,7 @@ def _record(services: Services, uid: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def world(app, db: Database, clock, tmp_path: Path) -> Iterator[tuple[Services, int, int]]:  # noqa: ANN001
+def world(app, db: Database, clock, tmp_path: Path) -> Iterator[tuple[Services, int, int]]:
     if not Path(SFTP_SERVER).exists():
         pytest.skip("openssh-sftp-server is not installed")
     services: Services = app.extensions["visa"]
@@ -105,7 +105,7 @@ def world(app, db: Database, clock, tmp_path: Path) -> Iterator[tuple[Services, 
             subprocess.run(["groupdel", name], capture_output=True)
 
 
-def test_a_member_cannot_plant_code_in_the_owners_other_machines(world, api_client) -> None:  # noqa: ANN001
+def test_a_member_cannot_plant_code_in_the_owners_other_machines(world, api_client) -> None:
     services, plan_id, exp_id = world
     other = _create(services, plan_id, exp_id, "embargoed")  # on the owner's shared home
     shared = _create(services, plan_id, exp_id, "together", own_home=True)

@@ -23,7 +23,7 @@ from visa.users.models import User
 
 
 @pytest.fixture
-def world(db: Database, clock) -> SimpleNamespace:  # noqa: ANN001
+def world(db: Database, clock) -> SimpleNamespace:
     """alice has ev280 (no release date); bob's hc4321 opened 30 days ago, hc5555 opens in 100
     days, ma1111 never; alice's own ev100 opened 400 days ago."""
     now = clock.now()
@@ -46,7 +46,7 @@ def world(db: Database, clock) -> SimpleNamespace:  # noqa: ANN001
         return w
 
 
-def _create(s, clock, settings, username: str, plan: int, experiments: list[int], open_data: list[int]) -> Instance:  # noqa: ANN001
+def _create(s, clock, settings, username: str, plan: int, experiments: list[int], open_data: list[int]) -> Instance:
     user = s.scalar(select(User).where(User.username == username))
     data = CreateInstance(name="analysis", plan_id=plan, experiment_ids=experiments, open_data_ids=open_data)
     return service.create_instance(actor(user, clock), s, clock, settings, data)
@@ -57,7 +57,7 @@ def _instances(db: Database) -> int:
         return s.scalar(select(func.count(Instance.id))) or 0
 
 
-def test_open_data_is_stored_and_mounted_raw_and_read_only(world, db, clock, settings, tmp_path) -> None:  # noqa: ANN001
+def test_open_data_is_stored_and_mounted_raw_and_read_only(world, db, clock, settings, tmp_path) -> None:
     with db.unit_of_work() as s:
         uid = _create(s, clock, settings, "alice", world.plan, [world.mine], [world.opened, world.opened]).uid
     with db.unit_of_work() as s:
@@ -82,7 +82,7 @@ def test_open_data_is_stored_and_mounted_raw_and_read_only(world, db, clock, set
         assert "/data/visitor/hc4321/id11" in preview and "/data/processed/hc4321" not in preview
 
 
-def test_embargoed_or_unknown_open_data_is_refused_and_nothing_stored(world, db, clock, settings) -> None:  # noqa: ANN001
+def test_embargoed_or_unknown_open_data_is_refused_and_nothing_stored(world, db, clock, settings) -> None:
     cases = [
         (world.embargoed, Forbidden, f"experiment {world.embargoed} is under embargo until {world.embargo_ends}"),
         (world.never, Forbidden, f"experiment {world.never} has no release date"),
@@ -98,7 +98,7 @@ def test_embargoed_or_unknown_open_data_is_refused_and_nothing_stored(world, db,
     assert _instances(db) == 0
 
 
-def test_an_experiment_attached_as_ones_own_is_not_duplicated(world, db, clock, settings) -> None:  # noqa: ANN001
+def test_an_experiment_attached_as_ones_own_is_not_duplicated(world, db, clock, settings) -> None:
     with db.unit_of_work() as s:
         inst = _create(s, clock, settings, "alice", world.plan, [world.own_open], [world.own_open, world.opened])
         assert [e.id for e in inst.open_data_experiments] == [world.opened]
@@ -106,7 +106,7 @@ def test_an_experiment_attached_as_ones_own_is_not_duplicated(world, db, clock, 
         assert targets == ["/data/visitor/ev100/bm05", "/data/processed/ev100/bm05", "/data/visitor/hc4321/id11"]
 
 
-def test_embargo_brought_back_fails_the_create_rather_than_mount(world, db, clock, settings) -> None:  # noqa: ANN001
+def test_embargo_brought_back_fails_the_create_rather_than_mount(world, db, clock, settings) -> None:
     with db.unit_of_work() as s:
         inst = _create(s, clock, settings, "alice", world.plan, [world.mine], [world.opened])
         inst.open_data_experiments[0].proposal.public_at = clock.now() + timedelta(days=1)
@@ -117,16 +117,16 @@ def test_embargo_brought_back_fails_the_create_rather_than_mount(world, db, cloc
 # --- REST ------------------------------------------------------------------------------------------
 
 
-def _logged_in(api_client, who: str):  # noqa: ANN001, ANN202
+def _logged_in(api_client, who: str):
     c = api_client()
     assert c.login(who, f"{who}-pw").status_code == 200
     return c
 
 
-def test_api_creates_with_open_data_and_refuses_bad_ids(world, db, api_client) -> None:  # noqa: ANN001
+def test_api_creates_with_open_data_and_refuses_bad_ids(world, db, api_client) -> None:
     c = _logged_in(api_client, "alice")
 
-    def create(open_data: object):  # noqa: ANN202
+    def create(open_data: object):
         return c.post("/api/instances", json={"name": "x", "plan_id": world.plan, "experiment_ids": [world.mine],
                                               "open_data_ids": open_data})
 
@@ -155,7 +155,7 @@ def test_api_creates_with_open_data_and_refuses_bad_ids(world, db, api_client) -
     assert not doc["paths"]["/api/experiments/open-data"]["get"].get("x-undocumented")
 
 
-def test_search_finds_only_open_data(world, api_client) -> None:  # noqa: ANN001
+def test_search_finds_only_open_data(world, api_client) -> None:
     c = _logged_in(api_client, "alice")
 
     def found(query: str = "") -> list[str]:

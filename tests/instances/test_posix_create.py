@@ -9,7 +9,7 @@ from tests.factories import make_cloud, make_experiment, make_flavour, make_imag
 from visa.instances.models import Instance
 
 
-def _seed(db, clock, *, uid: int | None, cloud_config: dict | None = None):  # noqa: ANN001, ANN202
+def _seed(db, clock, *, uid: int | None, cloud_config: dict | None = None):
     with db.unit_of_work() as s:
         cloud = make_cloud(s, clock)
         cloud.config = cloud_config or {}  # default: the site's storage, NFS
@@ -19,12 +19,12 @@ def _seed(db, clock, *, uid: int | None, cloud_config: dict | None = None):  # n
         return exp.id, plan.id
 
 
-def _count(db) -> int:  # noqa: ANN001
+def _count(db) -> int:
     with db.sessionmaker() as s:
         return s.scalar(select(func.count(Instance.id)))
 
 
-def test_no_uid_and_data_on_shared_storage_is_refused_naming_what_is_missing(db, clock, api_client) -> None:  # noqa: ANN001
+def test_no_uid_and_data_on_shared_storage_is_refused_naming_what_is_missing(db, clock, api_client) -> None:
     exp_id, plan_id = _seed(db, clock, uid=None)
     c = api_client()
     c.login("alice", "alice-password")
@@ -40,7 +40,7 @@ def test_no_uid_and_data_on_shared_storage_is_refused_naming_what_is_missing(db,
     assert r.status_code != 409
 
 
-def test_on_host_directories_the_machine_is_made_unless_the_site_always_wants_a_uid(db, clock, app, api_client) -> None:  # noqa: ANN001
+def test_on_host_directories_the_machine_is_made_unless_the_site_always_wants_a_uid(db, clock, app, api_client) -> None:
     exp_id, plan_id = _seed(db, clock, uid=None, cloud_config={"provisioning": {"mount_type": "bind"}})
     c = api_client()
     c.login("alice", "alice-password")
@@ -52,7 +52,7 @@ def test_on_host_directories_the_machine_is_made_unless_the_site_always_wants_a_
     assert r.status_code == 409 and r.get_json()["field"] == "uid_number"
 
 
-def test_an_owner_with_a_uid_gets_the_machine(db, clock, api_client) -> None:  # noqa: ANN001
+def test_an_owner_with_a_uid_gets_the_machine(db, clock, api_client) -> None:
     exp_id, plan_id = _seed(db, clock, uid=23456)
     c = api_client()
     c.login("alice", "alice-password")

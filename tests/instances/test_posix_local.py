@@ -57,7 +57,7 @@ def _sh(services: Services, uid: str, script: str) -> str:
 
 
 def test_the_imported_uid_owns_the_data_and_the_home_outlives_the_machine(
-    tmp_path: Path, db: Database, clock  # noqa: ANN001
+    tmp_path: Path, db: Database, clock
 ) -> None:
     facility, homes = tmp_path / "facility", tmp_path / "homes"
     (facility / "visitor" / "ev280" / "id21").mkdir(parents=True)

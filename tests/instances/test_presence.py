@@ -23,22 +23,22 @@ from visa.users.models import Role, RoleGrant, User
 HOSTILE = '<img src=x onerror="alert(1)">&amp;'
 
 
-def _load(s, uid: str) -> Instance:  # noqa: ANN001
+def _load(s, uid: str) -> Instance:
     return s.scalar(select(Instance).where(Instance.uid == uid))
 
 
-def _user(s, name: str) -> User:  # noqa: ANN001
+def _user(s, name: str) -> User:
     return s.scalar(select(User).where(User.username == name))
 
 
-def _connect(db, clock, uid: str, name: str, protocol=ConnectionProtocol.DESKTOP, ttl: float = 45) -> int:  # noqa: ANN001
+def _connect(db, clock, uid: str, name: str, protocol=ConnectionProtocol.DESKTOP, ttl: float = 45) -> int:
     with db.unit_of_work() as s:
         inst, user = _load(s, uid), _user(s, name)
         role = next(m.role for m in inst.members if m.user_id == user.id)
         return presence.open_connection(s, clock, inst.id, user.id, role, protocol, ttl)
 
 
-def test_presence_is_for_members_only_and_names_are_data(app, db, clock, api_client) -> None:  # noqa: ANN001
+def test_presence_is_for_members_only_and_names_are_data(app, db, clock, api_client) -> None:
     world = seed(db, clock)
     with db.unit_of_work() as s:
         _user(s, "member").full_name = HOSTILE
@@ -67,7 +67,7 @@ def test_presence_is_for_members_only_and_names_are_data(app, db, clock, api_cli
     assert HOSTILE not in page and "&lt;img src=x onerror=" in page
 
 
-def test_rows_beat_expire_and_close_and_support_sessions_are_audited(app, db, clock, api_client) -> None:  # noqa: ANN001
+def test_rows_beat_expire_and_close_and_support_sessions_are_audited(app, db, clock, api_client) -> None:
     world = seed(db, clock)
     gone = _connect(db, clock, world.uid, "member", ttl=30)  # a gateway that dies: no close, no beat
     helping = _connect(db, clock, world.uid, "support", ttl=30)
@@ -96,7 +96,7 @@ def test_rows_beat_expire_and_close_and_support_sessions_are_audited(app, db, cl
     assert login(api_client, db, "member").get(f"/api/instances/{world.uid}/support/sessions").status_code == 403
 
 
-def test_members_connect_only_while_the_owner_is_connected(app, db, clock, api_client) -> None:  # noqa: ANN001
+def test_members_connect_only_while_the_owner_is_connected(app, db, clock, api_client) -> None:
     world = seed(db, clock)
     with db.unit_of_work() as s:
         inst = _load(s, world.uid)
@@ -148,7 +148,7 @@ def test_members_connect_only_while_the_owner_is_connected(app, db, clock, api_c
         assert next(m.role for m in inst.members if m.user_id == guest.id) == MemberRole.GUEST
 
 
-def test_administrators_set_the_rule_for_one_instance(app, db, clock, api_client) -> None:  # noqa: ANN001
+def test_administrators_set_the_rule_for_one_instance(app, db, clock, api_client) -> None:
     world = seed(db, clock)
     with db.unit_of_work() as s:  # the image lets members in alone; this instance will not
         inst = _load(s, world.uid)

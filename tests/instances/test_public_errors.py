@@ -12,7 +12,7 @@ from visa.instances.models import CommandAction, CommandState, Instance, Instanc
 FAULT = "Xvnc exited: [Errno 13] Permission denied: '/var/lib/visa/local-instances/0a1b/home/.vnc/passwd'"
 
 
-def test_instance_faults_reach_users_without_host_paths(app, db: Database, clock) -> None:  # noqa: ANN001
+def test_instance_faults_reach_users_without_host_paths(app, db: Database, clock) -> None:
     world = build(db, clock)
     with db.unit_of_work() as s:
         inst = s.scalar(select(Instance).where(Instance.uid == world.uids["a1"]))

@@ -19,16 +19,16 @@ from visa.users.models import Role
 
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:  # noqa: ANN001
+def settings(tmp_path) -> Settings:
     return Settings(data_dir=tmp_path)
 
 
-def _create(session, clock, settings, user, plan, experiments=(), **kw):  # noqa: ANN001, ANN202
+def _create(session, clock, settings, user, plan, experiments=(), **kw):
     data = CreateInstance(name="analysis", plan_id=plan.id, experiment_ids=[e.id for e in experiments], **kw)
     return service.create_instance(actor(user, clock), session, clock, settings, data)
 
 
-def test_quota_and_unlimited(session: Session, clock, settings: Settings) -> None:  # noqa: ANN001
+def test_quota_and_unlimited(session: Session, clock, settings: Settings) -> None:
     medium_plan, _ = make_catalogue(session)
     make_cloud(session, clock)
     alice = make_user(session, clock, "alice", quota=2)
@@ -49,7 +49,7 @@ def test_quota_and_unlimited(session: Session, clock, settings: Settings) -> Non
         users.set_quota(SYSTEM, session, clock, alice, -2)
 
 
-def test_create_rules(session: Session, clock, settings: Settings) -> None:  # noqa: ANN001
+def test_create_rules(session: Session, clock, settings: Settings) -> None:
     medium_plan, gpu_plan = make_catalogue(session)
     make_cloud(session, clock)
     alice = make_user(session, clock, "alice")

@@ -15,13 +15,13 @@ from visa.policy import allowed
 from visa.users.models import User
 
 
-def _load(s, uid: str, *names: str):  # noqa: ANN001, ANN202
+def _load(s, uid: str, *names: str):
     inst = s.scalar(select(Instance).where(Instance.uid == uid))
     users = [s.scalar(select(User).where(User.username == n)) for n in names]
     return inst, users
 
 
-def test_owner_shares_changes_and_revokes_and_every_change_is_audited(db, clock) -> None:  # noqa: ANN001
+def test_owner_shares_changes_and_revokes_and_every_change_is_audited(db, clock) -> None:
     world = seed(db, clock)
     seen: list[sharing.AccessChange] = []
     listener = sharing.on_access_changed(seen.append)
@@ -51,7 +51,7 @@ def test_owner_shares_changes_and_revokes_and_every_change_is_audited(db, clock)
         sharing._listeners.remove(listener)
 
 
-def test_nobody_escalates_through_sharing(db, clock) -> None:  # noqa: ANN001
+def test_nobody_escalates_through_sharing(db, clock) -> None:
     world = seed(db, clock)
     with db.unit_of_work() as s:
         inst, (owner, member, guest, admin) = _load(s, world.uid, "owner", "member", "guest", "admin")
@@ -77,7 +77,7 @@ def test_nobody_escalates_through_sharing(db, clock) -> None:  # noqa: ANN001
         assert not allowed(actor(guest, clock), "instance.view", inst)
 
 
-def test_support_joins_a_non_staff_owner_at_once_and_waits_for_a_staff_owner(db, clock) -> None:  # noqa: ANN001
+def test_support_joins_a_non_staff_owner_at_once_and_waits_for_a_staff_owner(db, clock) -> None:
     world = seed(db, clock)
     with db.unit_of_work() as s:
         mine, (owner, helpdesk, admin, member) = _load(s, world.uid, "owner", "helpdesk", "admin", "member")
@@ -108,7 +108,7 @@ def test_support_joins_a_non_staff_owner_at_once_and_waits_for_a_staff_owner(db,
         assert sharing.pending_support_requests(actor(owner, clock), s, clock, mine) == []
 
 
-def test_members_rest_and_user_search(db, clock, api_client) -> None:  # noqa: ANN001
+def test_members_rest_and_user_search(db, clock, api_client) -> None:
     world = seed(db, clock)
     owner = login(api_client, db, "owner")
     r = owner.get("/api/users/search?q=ot")
@@ -134,7 +134,7 @@ def test_members_rest_and_user_search(db, clock, api_client) -> None:  # noqa: A
     assert other.get(f"/api/instances/{world.uid}").status_code == 404
 
 
-def test_privilege_escalation_by_a_non_admin_granting_roles(db, clock, api_client) -> None:  # noqa: ANN001
+def test_privilege_escalation_by_a_non_admin_granting_roles(db, clock, api_client) -> None:
     """Roles are granted by admins only: not through the API, sharing, tokens or claims."""
     from visa.settings import OidcSettings
     from visa.users.models import Role

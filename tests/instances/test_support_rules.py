@@ -17,7 +17,7 @@ def _members(db: Database, uid: str) -> dict[str, MemberRole]:
         return {m.user.username: m.role for m in inst.members}
 
 
-def test_an_administrator_cannot_approve_their_own_support_request(app, db: Database, clock, api_client) -> None:  # noqa: ANN001
+def test_an_administrator_cannot_approve_their_own_support_request(app, db: Database, clock, api_client) -> None:
     world = seed(db, clock)  # "owner" is staff
     admin = login(api_client, db, "admin")
     r = admin.post(f"/api/instances/{world.uid}/support")
@@ -30,7 +30,7 @@ def test_an_administrator_cannot_approve_their_own_support_request(app, db: Data
     assert _members(db, world.uid)["admin"] == MemberRole.SUPPORT
 
 
-def test_staff_status_from_the_identity_provider_counts_for_the_owners_consent(app, db: Database, clock, api_client) -> None:  # noqa: ANN001
+def test_staff_status_from_the_identity_provider_counts_for_the_owners_consent(app, db: Database, clock, api_client) -> None:
     world = seed(db, clock)
     with db.unit_of_work() as s:
         owner = s.scalar(select(User).where(User.username == "owner"))

@@ -17,13 +17,13 @@ from visa.mail.outbox import CLAIMED, deliver
 from visa.services import Services
 
 
-def _idle(services: Services, world, days: float = 3.5) -> int:  # noqa: ANN001
+def _idle(services: Services, world, days: float = 3.5) -> int:
     with services.database.unit_of_work() as s:
         then = services.clock.now() - timedelta(days=days)
         return add_instance(s, services.clock, world, created_at=then, last_seen_at=then).id
 
 
-def _deliver(services: Services):  # noqa: ANN202
+def _deliver(services: Services):
     return deliver(services.database.sessionmaker, services.settings, services.clock)
 
 
@@ -32,7 +32,7 @@ def _rows(services: Services) -> list[SentEmail]:
         return list(s.scalars(select(SentEmail).order_by(SentEmail.id)))
 
 
-def test_smtp_down_then_back(services: Services, world, clock: FrozenClock, inbox: Inbox) -> None:  # noqa: ANN001
+def test_smtp_down_then_back(services: Services, world, clock: FrozenClock, inbox: Inbox) -> None:
     real_port = services.settings.smtp.port
     services.settings.smtp.port = free_port()  # nothing listens there
     _idle(services, world)
@@ -49,7 +49,7 @@ def test_smtp_down_then_back(services: Services, world, clock: FrozenClock, inbo
 
 
 def test_crash_after_the_decision_sends_on_the_next_cycle(services: Services, world, clock: FrozenClock,
-                                                          inbox: Inbox) -> None:  # noqa: ANN001
+                                                          inbox: Inbox) -> None:
     _idle(services, world)
     # The process dies right after the commit: the after-commit delivery never runs.
     with services.database.unit_of_work() as s:
@@ -65,7 +65,7 @@ def test_crash_after_the_decision_sends_on_the_next_cycle(services: Services, wo
 
 
 def test_crash_between_claim_and_send_never_duplicates(services: Services, world, clock: FrozenClock,
-                                                       inbox: Inbox) -> None:  # noqa: ANN001
+                                                       inbox: Inbox) -> None:
     _idle(services, world)
     with services.database.unit_of_work() as s:
         lifecycle.cycle(SYSTEM, s, clock, services.settings)
@@ -80,7 +80,7 @@ def test_crash_between_claim_and_send_never_duplicates(services: Services, world
 
 
 def test_event_that_no_longer_applies_is_not_sent(services: Services, world, clock: FrozenClock,
-                                                  inbox: Inbox) -> None:  # noqa: ANN001
+                                                  inbox: Inbox) -> None:
     iid = _idle(services, world)
     with services.database.unit_of_work() as s:
         lifecycle.cycle(SYSTEM, s, clock, services.settings)
@@ -93,7 +93,7 @@ def test_event_that_no_longer_applies_is_not_sent(services: Services, world, clo
     assert inbox.wait_for(1, timeout=0.5) == []
 
 
-def test_no_address_no_row(services: Services, world, clock: FrozenClock, inbox: Inbox) -> None:  # noqa: ANN001
+def test_no_address_no_row(services: Services, world, clock: FrozenClock, inbox: Inbox) -> None:
     from visa.users.models import User
 
     with services.database.unit_of_work() as s:

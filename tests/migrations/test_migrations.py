@@ -30,7 +30,7 @@ def test_no_drift_between_models_and_migrations(db: Database) -> None:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def empty_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:  # noqa: ANN001
+def empty_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
     """A database with nothing in it, on each backend."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'old.db'}"

@@ -21,7 +21,7 @@ schemathesis = pytest.importorskip("schemathesis")
 EXAMPLES = int(os.environ.get("VISA_FUZZ_EXAMPLES", "6"))
 
 
-def test_every_api_route_is_in_the_document(app) -> None:  # noqa: ANN001
+def test_every_api_route_is_in_the_document(app) -> None:
     doc = app.test_client().get("/api/openapi.json").get_json()
     assert doc["openapi"].startswith("3.1")
     documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
@@ -45,7 +45,7 @@ def test_every_api_route_is_in_the_document(app) -> None:  # noqa: ANN001
         "$ref": "#/components/schemas/FlavourSpec"}
 
 
-def test_docs_page_is_served_locally(app) -> None:  # noqa: ANN001
+def test_docs_page_is_served_locally(app) -> None:
     r = app.test_client().get("/api/docs")
     assert r.status_code == 200 and b"swagger-ui" in r.data
     assert b"http://" not in r.data and b"https://" not in r.data  # no CDN
@@ -62,7 +62,7 @@ def _checks() -> list:
     return [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
-def _operations(schema) -> list:  # noqa: ANN001
+def _operations(schema) -> list:
     out = []
     for result in schema.get_all_operations():
         op = result.ok()
@@ -75,17 +75,17 @@ def _operations(schema) -> list:  # noqa: ANN001
     return out
 
 
-def _fuzz(strategy, headers: dict[str, str], checks: list):  # noqa: ANN001, ANN202
+def _fuzz(strategy, headers: dict[str, str], checks: list):
     @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(case=strategy)
-    def run(case) -> None:  # noqa: ANN001
+    def run(case) -> None:
         case.call_and_validate(headers=headers, checks=checks)
 
     return run
 
 
-def test_the_api_matches_its_document(app, db, clock) -> None:  # noqa: ANN001
+def test_the_api_matches_its_document(app, db, clock) -> None:
     world = build(db, clock)
     schema = schemathesis.openapi.from_wsgi("/api/openapi.json", app)
     checks = _checks()

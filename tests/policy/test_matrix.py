@@ -241,11 +241,11 @@ def test_every_action_the_code_asks_for_is_in_the_policy() -> None:
     assert not unused, f"POLICY entries no code asks for: {unused}"
 
 
-def _methods(rule) -> set[str]:  # noqa: ANN001
+def _methods(rule) -> set[str]:
     return set(rule.methods or ()) - {"HEAD", "OPTIONS"}
 
 
-def test_every_flask_endpoint_has_a_row(app) -> None:  # noqa: ANN001
+def test_every_flask_endpoint_has_a_row(app) -> None:
     have = {(r.endpoint, r.method) for r in FLASK}
     missing = sorted(
         f"{m} {rule.rule} ({rule.endpoint})"
@@ -258,7 +258,7 @@ def test_every_flask_endpoint_has_a_row(app) -> None:  # noqa: ANN001
     assert not stale, f"rows for endpoints that no longer exist: {stale}"
 
 
-def _path(row: Row, world) -> str:  # noqa: ANN001
+def _path(row: Row, world) -> str:
     return row.path.format(uid=world.uid, other_uid=world.other_uid, member="member", guest="guest",
                            token_id=world.owner_token_id, requester="helpdesk", plan_id=world.plan_id)
 
@@ -279,7 +279,7 @@ def _check(row: Row, who: str, status: int, body: Any, location: str) -> str | N
     return f"{who}: expected {want}, got {got} ({status} {str(body)[:120]})"
 
 
-def _run(row: Row, app, db, clock, api_client) -> list[str]:  # noqa: ANN001
+def _run(row: Row, app, db, clock, api_client) -> list[str]:
     problems = []
     world = seed(db, clock)
     dirty = False
@@ -304,12 +304,12 @@ def _run(row: Row, app, db, clock, api_client) -> list[str]:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("row", FLASK, ids=[f"{r.method} {r.path}" for r in FLASK])
-def test_flask_matrix(row: Row, app, db, clock, api_client) -> None:  # noqa: ANN001
+def test_flask_matrix(row: Row, app, db, clock, api_client) -> None:
     problems = _run(row, app, db, clock, api_client)
     assert not problems, f"{row.method} {row.path}: " + "; ".join(problems)
 
 
-def test_no_cross_user_reads(app, db, clock, api_client) -> None:  # noqa: ANN001
+def test_no_cross_user_reads(app, db, clock, api_client) -> None:
     """Lists never show another user's things; nobody sees the other user's instance."""
     world = seed(db, clock)
     for who in ("owner", "member", "guest", "support", "admin"):
@@ -344,7 +344,7 @@ ASGI: list[AsgiRow] = [
 ]
 
 
-def _asgi_client(app):  # noqa: ANN001, ANN202
+def _asgi_client(app):
     from starlette.testclient import TestClient
 
     try:
@@ -354,7 +354,7 @@ def _asgi_client(app):  # noqa: ANN001, ANN202
     return TestClient(build_asgi(app), base_url="http://127.0.0.1:8080")
 
 
-def _cookie(app, db, who: str) -> dict[str, str]:  # noqa: ANN001
+def _cookie(app, db, who: str) -> dict[str, str]:
     if who == "anonymous":
         return {}
     from datetime import UTC, datetime
@@ -373,13 +373,13 @@ def _cookie(app, db, who: str) -> dict[str, str]:  # noqa: ANN001
     return {app.config["SESSION_COOKIE_NAME"]: value}
 
 
-def _asgi_routes(app) -> set[str]:  # noqa: ANN001
+def _asgi_routes(app) -> set[str]:
     client = _asgi_client(app)
     return {getattr(r, "path", "") for r in client.app.routes}  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("row", ASGI, ids=[f"{r.kind} {r.path}" for r in ASGI])
-def test_asgi_matrix(row: AsgiRow, app, db, clock) -> None:  # noqa: ANN001
+def test_asgi_matrix(row: AsgiRow, app, db, clock) -> None:
     from starlette.testclient import WebSocketDenialResponse
     from starlette.websockets import WebSocketDisconnect
 

@@ -16,7 +16,7 @@ from visa.services import Services
 from visa.users.models import Role, RoleGrant
 
 
-def test_orphans_grants_and_tokens(services: Services, world, clock: FrozenClock) -> None:  # noqa: ANN001
+def test_orphans_grants_and_tokens(services: Services, world, clock: FrozenClock) -> None:
     now = clock.now()
     with services.database.unit_of_work() as s:
         known = add_instance(s, clock, world, cloud_server_id="srv-known")

@@ -94,7 +94,7 @@ def _holder(database: Database) -> str | None:
         return row.holder if row is not None and row.expires_at > system_clock.now() else None
 
 
-def _wait(cond, timeout: float, what: str):  # noqa: ANN001, ANN202
+def _wait(cond, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = cond()

@@ -40,7 +40,7 @@ def _metric_names(expr: str) -> set[str]:
     return {n for n in names - PROMQL_WORDS if not re.fullmatch(r"\d+|e\d+", n)}
 
 
-def _exported(db) -> set[str]:  # noqa: ANN001
+def _exported(db) -> set[str]:
     """Every sample name visa's processes export: the process registry (web, gateway and
     scheduler metrics, imported as the processes import them) and the database-read collectors."""
     import visa.metrics
@@ -69,7 +69,7 @@ def _exported(db) -> set[str]:  # noqa: ANN001
     return names
 
 
-def test_alert_rules_parse_and_name_exported_metrics(db) -> None:  # noqa: ANN001
+def test_alert_rules_parse_and_name_exported_metrics(db) -> None:
     rules = yaml.safe_load(ALERTS.read_text())
     alerts = {r["alert"]: r for group in rules["groups"] for r in group["rules"]}
     # What the operator must be told: reaper stopped, no leader, sync failing, outbox backlog.
@@ -114,7 +114,7 @@ def _wait_health(port: int, proc: subprocess.Popen, status: int = 200, timeout: 
         time.sleep(0.2)
 
 
-def test_visa_scheduler_serves_metrics_health_and_json_logs(committed_db, tmp_path: Path) -> None:  # noqa: ANN001
+def test_visa_scheduler_serves_metrics_health_and_json_logs(committed_db, tmp_path: Path) -> None:
     db = committed_db  # the scheduler process reads it
     port = free_port()
     env = {

@@ -19,7 +19,7 @@ from visa.usage.models import TOTAL, UsageSample
 
 
 @pytest.fixture
-def app(services: Services, db, clock):  # noqa: ANN001, ANN201
+def app(services: Services, db, clock):
     from visa.web.app import create_app
 
     application = create_app(services.settings, database=db, clock=clock)
@@ -39,7 +39,7 @@ def _rows(services: Services) -> dict[tuple[str, str], UsageSample]:
         return {(r.cloud, r.flavour): r for r in s.scalars(select(UsageSample).where(UsageSample.taken_at == latest))}
 
 
-def test_a_sample_counts_per_cloud_and_flavour(services: Services, world, clock: FrozenClock) -> None:  # noqa: ANN001
+def test_a_sample_counts_per_cloud_and_flavour(services: Services, world, clock: FrozenClock) -> None:
     gpu = _gpu_plan(services)
     with services.database.unit_of_work() as s:
         add_instance(s, clock, world)  # ACTIVE, seen now: an active session
@@ -55,12 +55,12 @@ def test_a_sample_counts_per_cloud_and_flavour(services: Services, world, clock:
     assert (total.instances, total.active_sessions, total.cores, total.gpus) == (4, 2, 24, 1)
 
 
-def test_nothing_running_is_a_zero_not_a_gap(services: Services, world, clock: FrozenClock) -> None:  # noqa: ANN001
+def test_nothing_running_is_a_zero_not_a_gap(services: Services, world, clock: FrozenClock) -> None:
     assert jobs.run(services) == 1
     assert _rows(services)[(TOTAL, TOTAL)].instances == 0
 
 
-def test_samples_are_pruned_after_the_keep(services: Services, world, clock: FrozenClock) -> None:  # noqa: ANN001
+def test_samples_are_pruned_after_the_keep(services: Services, world, clock: FrozenClock) -> None:
     services.settings.scheduler.usage_keep_days = 2
     for _ in range(4):
         jobs.run(services)
@@ -71,8 +71,8 @@ def test_samples_are_pruned_after_the_keep(services: Services, world, clock: Fro
     assert kept == [clock.now() - timedelta(days=2), clock.now() - timedelta(days=1), clock.now()]
 
 
-def test_series_average_the_samples_of_each_point(services: Services, world, clock: FrozenClock,  # noqa: ANN001
-                                                   api_client) -> None:  # noqa: ANN001
+def test_series_average_the_samples_of_each_point(services: Services, world, clock: FrozenClock,
+                                                   api_client) -> None:
     from visa.actor import SYSTEM
     from visa.usage.service import usage_series
 

@@ -35,7 +35,7 @@ def _posix_events(db: Database, user_id: int) -> list[AuditEvent]:
                                                        AuditEvent.target_id == str(user_id))))
 
 
-def test_set_posix_on_the_command_line_is_checked_and_audited(cli, db: Database, clock) -> None:  # noqa: ANN001
+def test_set_posix_on_the_command_line_is_checked_and_audited(cli, db: Database, clock) -> None:
     assert cli("init").exit_code == 0
     assert cli("users", "add", "dora").exit_code == 0
     assert cli("users", "add", "eve").exit_code == 0
@@ -68,7 +68,7 @@ def test_set_posix_on_the_command_line_is_checked_and_audited(cli, db: Database,
     assert _posix_events(db, eve.id) == []
 
 
-def test_the_uid_is_unique_in_the_database_itself(db: Database, clock) -> None:  # noqa: ANN001
+def test_the_uid_is_unique_in_the_database_itself(db: Database, clock) -> None:
     from sqlalchemy.exc import IntegrityError
 
     with db.sessionmaker() as s:
@@ -79,11 +79,11 @@ def test_the_uid_is_unique_in_the_database_itself(db: Database, clock) -> None: 
 
 
 @pytest.fixture
-def world(db, clock):  # noqa: ANN001, ANN201
+def world(db, clock):
     return build(db, clock)
 
 
-def test_the_admin_api_sets_the_identity_and_names_what_is_wrong(app, world, db: Database) -> None:  # noqa: ANN001
+def test_the_admin_api_sets_the_identity_and_names_what_is_wrong(app, world, db: Database) -> None:
     client, h = app.test_client(), bearer(world.admin_token)
     url = "/api/admin/users/alice/posix"
     r = client.put(url, json={"uid_number": 23456, "gid_number": 23456, "extra_gids": [24001],
@@ -114,7 +114,7 @@ def test_the_admin_api_sets_the_identity_and_names_what_is_wrong(app, world, db:
     assert r.status_code == 403
 
 
-def test_an_identity_from_the_provider_is_not_overridden_by_later_sources(db: Database, clock, tmp_path: Path) -> None:  # noqa: ANN001
+def test_an_identity_from_the_provider_is_not_overridden_by_later_sources(db: Database, clock, tmp_path: Path) -> None:
     limits = PosixSettings(sources=["oidc", "import", "cli", "admin"])
     with db.unit_of_work() as s:
         user = make_user(s, clock, "olga", uid_number=None, gid_number=None)
@@ -131,12 +131,12 @@ def test_an_identity_from_the_provider_is_not_overridden_by_later_sources(db: Da
     assert result.identities_set == 0 and _user(db, "olga").uid_number == 30001
 
 
-def _import(db: Database, clock, path: Path):  # noqa: ANN001, ANN202
+def _import(db: Database, clock, path: Path):
     with db.unit_of_work() as s:
         return import_experiments(SYSTEM, s, clock, parse_file(path), limits=PosixSettings(), origin=str(path))
 
 
-def test_the_import_takes_members_identities_from_json_and_csv(db: Database, clock, tmp_path: Path) -> None:  # noqa: ANN001
+def test_the_import_takes_members_identities_from_json_and_csv(db: Database, clock, tmp_path: Path) -> None:
     f = tmp_path / "exp.json"
     f.write_text(json.dumps([{"id": "e1", "proposal": "p1", "instrument": "id21", "start_date": "2026-01-01",
                               "end_date": "2026-01-02", "members": [
@@ -171,7 +171,7 @@ def test_the_import_takes_members_identities_from_json_and_csv(db: Database, clo
     ],
 )
 def test_a_bad_identity_in_the_import_names_file_entry_and_field_and_writes_nothing(
-    db: Database, clock, tmp_path: Path, members: list, expected: str  # noqa: ANN001
+    db: Database, clock, tmp_path: Path, members: list, expected: str
 ) -> None:
     with db.unit_of_work() as s:
         make_user(s, clock, "ines", uid_number=23456)
@@ -193,7 +193,7 @@ def test_a_bad_csv_member_is_named(tmp_path: Path) -> None:
         parse_file(c)
 
 
-def _login_claims(db: Database, clock, name: str, settings, **claims) -> User:  # noqa: ANN001
+def _login_claims(db: Database, clock, name: str, settings, **claims) -> User:
     from visa.auth.oidc import user_from_claims
 
     with db.unit_of_work() as s:
@@ -202,7 +202,7 @@ def _login_claims(db: Database, clock, name: str, settings, **claims) -> User:  
     return _user(db, name)
 
 
-def test_provider_claims_count_only_when_trusted_and_within_bounds(db: Database, clock, caplog) -> None:  # noqa: ANN001
+def test_provider_claims_count_only_when_trusted_and_within_bounds(db: Database, clock, caplog) -> None:
     """A provider whose users may edit their own attributes must not give a home over /etc or gid 0:
     claims count only where ``posix.sources`` names the provider, and then only within the roots and range."""
     from visa.settings import OidcSettings, Settings
@@ -232,7 +232,7 @@ def test_provider_claims_count_only_when_trusted_and_within_bounds(db: Database,
     assert (ann.uid_number, ann.extra_gids, ann.home_path, ann.posix_source) == (40001, [40002], "/home/ann", "oidc")
 
 
-def test_homes_outside_the_roots_and_gids_outside_the_range_are_refused(app, world, db: Database) -> None:  # noqa: ANN001
+def test_homes_outside_the_roots_and_gids_outside_the_range_are_refused(app, world, db: Database) -> None:
     client, h = app.test_client(), bearer(world.admin_token)
     before = _user(db, "bob")
     for payload, field, words in [

@@ -15,7 +15,7 @@ from visa.users import service as users
 from visa.users.models import Role
 
 
-def test_role_expiry(session: Session, clock) -> None:  # noqa: ANN001
+def test_role_expiry(session: Session, clock) -> None:
     _, gpu_plan = make_catalogue(session)
     guest = make_user(session, clock, "guest1")
     users.grant_role(SYSTEM, session, clock, guest, Role.GUEST, expires_at=clock.now() + timedelta(days=1))
@@ -30,7 +30,7 @@ def test_role_expiry(session: Session, clock) -> None:  # noqa: ANN001
     assert users.purge_expired_grants(session, clock) == 2
 
 
-def test_guest_needs_expiry_and_grants_need_admin(session: Session, clock) -> None:  # noqa: ANN001
+def test_guest_needs_expiry_and_grants_need_admin(session: Session, clock) -> None:
     bob = make_user(session, clock, "bob")
     mallory = make_user(session, clock, "mallory", roles=(Role.STAFF,))
     with pytest.raises(InvalidInput, match="time-limited"):

@@ -9,7 +9,7 @@ from visa.users.models import Role
 from visa.users.search import MAX_RESULTS
 
 
-def test_guests_and_read_only_tokens_cannot_list_users(db, clock, app, api_client) -> None:  # noqa: ANN001
+def test_guests_and_read_only_tokens_cannot_list_users(db, clock, app, api_client) -> None:
     seed(db, clock)
     with db.unit_of_work() as s:
         make_user(s, clock, "visitor", roles=(Role.GUEST,), full_name="Visiting Person")
@@ -26,7 +26,7 @@ def test_guests_and_read_only_tokens_cannot_list_users(db, clock, app, api_clien
     assert owner.get("/api/users/search?q=person").status_code == 200
 
 
-def test_a_search_answers_one_page_at_most(db, clock, api_client) -> None:  # noqa: ANN001
+def test_a_search_answers_one_page_at_most(db, clock, api_client) -> None:
     seed(db, clock)
     with db.unit_of_work() as s:
         for i in range(MAX_RESULTS + 15):

@@ -6,7 +6,7 @@ from tests.factories import make_cloud, make_experiment, make_flavour, make_imag
 from visa.users.models import Role
 
 
-def _seed(db, clock):  # noqa: ANN001, ANN202
+def _seed(db, clock):
     with db.unit_of_work() as s:
         make_cloud(s, clock)
         alice = make_user(s, clock, "alice", password="alice-password", quota=1)
@@ -17,7 +17,7 @@ def _seed(db, clock):  # noqa: ANN001, ANN202
         return exp.id, plan.id
 
 
-def test_login_create_list_and_quota(db, clock, api_client) -> None:  # noqa: ANN001
+def test_login_create_list_and_quota(db, clock, api_client) -> None:
     exp_id, plan_id = _seed(db, clock)
     c = api_client()
     assert c.get("/api/instances").status_code == 401
@@ -40,7 +40,7 @@ def test_login_create_list_and_quota(db, clock, api_client) -> None:  # noqa: AN
     assert other.delete(f"/api/instances/{body['uid']}").status_code == 404
 
 
-def test_bad_input_is_a_json_400_naming_the_field(db, clock, api_client) -> None:  # noqa: ANN001
+def test_bad_input_is_a_json_400_naming_the_field(db, clock, api_client) -> None:
     exp_id, plan_id = _seed(db, clock)
     c = api_client()
     c.login("alice", "alice-password")
@@ -70,7 +70,7 @@ def test_bad_input_is_a_json_400_naming_the_field(db, clock, api_client) -> None
         assert r.status_code == 404 and r.is_json, (path, r.status_code)
 
 
-def test_csrf_is_required_for_cookie_sessions(db, clock, api_client) -> None:  # noqa: ANN001
+def test_csrf_is_required_for_cookie_sessions(db, clock, api_client) -> None:
     exp_id, plan_id = _seed(db, clock)
     c = api_client()
     c.login("alice", "alice-password")

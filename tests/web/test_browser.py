@@ -54,12 +54,12 @@ def browser(site: Site) -> Iterator:
         yield b
 
 
-def shot(page, name: str) -> None:  # noqa: ANN001
+def shot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
-def login(browser, site: Site, username: str):  # noqa: ANN001, ANN201
+def login(browser, site: Site, username: str):
     ctx = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=site.url)
     page = ctx.new_page()
     page.set_default_timeout(20_000)
@@ -98,7 +98,7 @@ def _find(root: Path, name: str, timeout: float) -> Path | None:
     return None
 
 
-def test_the_scientists_day(site: Site, browser) -> None:  # noqa: ANN001
+def test_the_scientists_day(site: Site, browser) -> None:
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     alice_ctx, page = login(browser, site, "alice")
     page.wait_for_selector('[data-testid="no-instances"]')
@@ -273,7 +273,7 @@ def test_the_scientists_day(site: Site, browser) -> None:  # noqa: ANN001
     alice_ctx.close()
 
 
-def test_announcements_are_read_then_dismissed(site: Site, browser) -> None:  # noqa: ANN001
+def test_announcements_are_read_then_dismissed(site: Site, browser) -> None:
     """An announcement an administrator published: a modal to acknowledge, a banner to dismiss."""
     from datetime import UTC, datetime
 

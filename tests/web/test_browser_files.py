@@ -56,7 +56,7 @@ def browser(site: Site) -> Iterator:
 
 
 @pytest.fixture(scope="module")
-def running(site: Site, browser) -> Iterator[dict[str, Any]]:  # noqa: ANN001
+def running(site: Site, browser) -> Iterator[dict[str, Any]]:
     """Alice's instance, made through the wizard and running; her page, and the session's cloud."""
     from visa.clouds.registry import make_provider
 
@@ -89,7 +89,7 @@ def inside(world: dict[str, Any], script: str) -> str:
     return out.stdout
 
 
-def test_upload_resumes_after_a_broken_chunk_and_download_is_byte_identical(site: Site, running) -> None:  # noqa: ANN001
+def test_upload_resumes_after_a_broken_chunk_and_download_is_byte_identical(site: Site, running) -> None:
     page, uid = running["page"], running["uid"]
     page.goto(f"/instances/{uid}")
     page.wait_for_selector('[data-testid="files-card"][data-loaded]')
@@ -166,7 +166,7 @@ def inside_bytes(world: dict[str, Any], rel: str) -> bytes:
     return base64.b64decode(out.stdout)
 
 
-def test_errors_of_a_transfer_are_shown_by_name(running) -> None:  # noqa: ANN001
+def test_errors_of_a_transfer_are_shown_by_name(running) -> None:
     page, uid = running["page"], running["uid"]
     page.goto(f"/instances/{uid}")
     page.wait_for_selector('[data-testid="files-card"][data-loaded]')
@@ -181,7 +181,7 @@ def test_errors_of_a_transfer_are_shown_by_name(running) -> None:  # noqa: ANN00
     assert "leads outside" in error.inner_text()
 
 
-def test_the_owner_edits_name_comments_keyboard_and_screen(site: Site, running) -> None:  # noqa: ANN001
+def test_the_owner_edits_name_comments_keyboard_and_screen(site: Site, running) -> None:
     page, uid = running["page"], running["uid"]
     page.goto(f"/instances/{uid}")
     page.fill('[data-testid="edit-name"]', "")
@@ -226,7 +226,7 @@ def _copy_inside(world: dict[str, Any], text: str) -> None:
     inside(world, f"printf %s {shlex.quote(text)} | xclip -selection clipboard -i -loops 0 >/dev/null 2>&1 &")
 
 
-def test_a_url_copied_in_the_desktop_opens_in_one_click_and_nothing_hostile_is_offered(running) -> None:  # noqa: ANN001
+def test_a_url_copied_in_the_desktop_opens_in_one_click_and_nothing_hostile_is_offered(running) -> None:
     page, uid, ctx = running["page"], running["uid"], running["ctx"]
     if subprocess.run(["sh", "-c", "command -v xclip"], capture_output=True).returncode:
         pytest.skip("xclip is not installed (deploy/system-packages.txt)")
@@ -263,7 +263,7 @@ def test_a_url_copied_in_the_desktop_opens_in_one_click_and_nothing_hostile_is_o
         ctx.unroute("https://doi.org/**")
 
 
-def test_the_files_api_is_the_pages_own_origin_only(site: Site, running) -> None:  # noqa: ANN001
+def test_the_files_api_is_the_pages_own_origin_only(site: Site, running) -> None:
     """Without the session cookie (another site's page, a script) nothing is listed."""
     r = httpx.get(f"{site.url}/api/instances/{running['uid']}/files", timeout=10)
     assert r.status_code == 401

@@ -14,7 +14,7 @@ from visa.instances.schemas import CreateInstance
 from visa.provisioning import names
 
 
-def test_every_offered_layout_is_accepted_and_rendered(app, db: Database, clock, api_client) -> None:  # noqa: ANN001
+def test_every_offered_layout_is_accepted_and_rendered(app, db: Database, clock, api_client) -> None:
     with db.unit_of_work() as s:
         make_cloud(s, clock)
         make_user(s, clock, "alice", password="alice-pw")

@@ -17,13 +17,13 @@ from visa.logs import JsonFormatter, RequestIdFilter
 
 
 @pytest.fixture(autouse=True)
-def _fresh_cloud_cache():  # noqa: ANN202
+def _fresh_cloud_cache():
     clear_cache()
     yield
     clear_cache()
 
 
-def test_health_and_readiness(app, db, clock, tmp_path, api_client) -> None:  # noqa: ANN001
+def test_health_and_readiness(app, db, clock, tmp_path, api_client) -> None:
     from tests.auth.world import login
 
     build(db, clock)
@@ -52,7 +52,7 @@ def test_health_and_readiness(app, db, clock, tmp_path, api_client) -> None:  # 
         assert r.status_code == 200 and r.get_json() == {"status": "degraded", "database": "ok"}
 
 
-def test_readiness_hides_the_database_error(clock, tmp_path) -> None:  # noqa: ANN001
+def test_readiness_hides_the_database_error(clock, tmp_path) -> None:
     from visa.db import Database
     from visa.settings import Settings
     from visa.web.app import create_app
@@ -65,7 +65,7 @@ def test_readiness_hides_the_database_error(clock, tmp_path) -> None:  # noqa: A
     assert "secret-name" not in r.get_data(as_text=True)
 
 
-def test_metrics(app, db, clock) -> None:  # noqa: ANN001
+def test_metrics(app, db, clock) -> None:
     from visa.metrics import observe_active
 
     world = build(db, clock)
@@ -91,14 +91,14 @@ def test_metrics(app, db, clock) -> None:  # noqa: ANN001
         assert name in text, name
 
 
-def _sample(client, name: str) -> float:  # noqa: ANN001
+def _sample(client, name: str) -> float:
     for line in client.get("/metrics").get_data(as_text=True).splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 
-def test_request_ids_in_every_log_line(app, db, clock) -> None:  # noqa: ANN001
+def test_request_ids_in_every_log_line(app, db, clock) -> None:
     world = build(db, clock)
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

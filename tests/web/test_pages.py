@@ -31,7 +31,7 @@ JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + bytes(200) + b"\xff\xd9"
 
 
 @pytest.fixture
-def world(db: Database, clock, settings):  # noqa: ANN001, ANN201
+def world(db: Database, clock, settings):
     """alice owns one instance (BUILDING) on experiment ev280; bob is a guest on it; carol is a stranger."""
     with db.unit_of_work() as s:
         make_cloud(s, clock)
@@ -63,7 +63,7 @@ def _set(db: Database, uid: str, state: InstanceState, command: CommandState | N
                 cmd.message = error
 
 
-def _logged_in(api_client, who: str):  # noqa: ANN001, ANN202
+def _logged_in(api_client, who: str):
     c = api_client()
     assert c.login(who, f"{who}-pw").status_code == 200
     return c
@@ -73,7 +73,7 @@ def _steps(html: str) -> dict[str, str]:
     return dict(re.findall(r'data-step="(\w+)" data-status="(\w+)"', html))
 
 
-def test_anonymous_visitors_are_sent_to_login_and_back(world, api_client) -> None:  # noqa: ANN001
+def test_anonymous_visitors_are_sent_to_login_and_back(world, api_client) -> None:
     c = api_client()
     for path, nxt in [("/", "/"), ("/instances/new", "/instances/new"), (f"/instances/{world.uid}/desktop?x=1", f"/instances/{world.uid}/desktop?x=1")]:
         r = c.get(path)
@@ -86,7 +86,7 @@ def test_anonymous_visitors_are_sent_to_login_and_back(world, api_client) -> Non
     assert c.get(f"/api/instances/{world.uid}/thumbnail").status_code == 401
 
 
-def test_home_lists_instances_with_state_lifetime_and_csrf(world, api_client) -> None:  # noqa: ANN001
+def test_home_lists_instances_with_state_lifetime_and_csrf(world, api_client) -> None:
     c = _logged_in(api_client, "alice")
     r = c.get("/")
     html = r.get_data(as_text=True)
@@ -106,7 +106,7 @@ def test_home_lists_instances_with_state_lifetime_and_csrf(world, api_client) ->
     assert 'data-testid="no-instances"' in empty
 
 
-def test_announcements_show_on_pages_until_dismissed(world, db, clock, api_client) -> None:  # noqa: ANN001
+def test_announcements_show_on_pages_until_dismissed(world, db, clock, api_client) -> None:
     from visa.announcements import service as notifications
     from visa.announcements.models import NotificationKind, NotificationLevel
 
@@ -131,7 +131,7 @@ def test_announcements_show_on_pages_until_dismissed(world, db, clock, api_clien
     assert "data-notice" not in api_client().get("/login").get_data(as_text=True)
 
 
-def test_create_wizard_offers_experiments_and_no_experiment_only_to_allowed_roles(world, api_client) -> None:  # noqa: ANN001
+def test_create_wizard_offers_experiments_and_no_experiment_only_to_allowed_roles(world, api_client) -> None:
     html = _logged_in(api_client, "alice").get("/instances/new").get_data(as_text=True)
     assert html.count("data-experiment=") == 2
     assert '<option value="id16a">' in html and '<option value="id21">' in html
@@ -144,7 +144,7 @@ def test_create_wizard_offers_experiments_and_no_experiment_only_to_allowed_role
     assert "data-experiment=" not in staff
 
 
-def test_wizard_offers_open_data_and_pages_mark_it_read_only(world, db, clock, settings, api_client) -> None:  # noqa: ANN001
+def test_wizard_offers_open_data_and_pages_mark_it_read_only(world, db, clock, settings, api_client) -> None:
     c = _logged_in(api_client, "alice")
     html = c.get("/instances/new").get_data(as_text=True)
     # The section the script fills from /api/experiments/open-data; no inline code (CSP).
@@ -171,7 +171,7 @@ def test_wizard_offers_open_data_and_pages_mark_it_read_only(world, db, clock, s
     assert "Open data (read-only)" in admin and "<td>hc4321</td>" in admin
 
 
-def test_progress_steps_follow_state_and_commands(world, db, api_client) -> None:  # noqa: ANN001
+def test_progress_steps_follow_state_and_commands(world, db, api_client) -> None:
     c = _logged_in(api_client, "alice")
     page = lambda: c.get(f"/instances/{world.uid}").get_data(as_text=True)  # noqa: E731
     assert _steps(page()) == {"requested": "done", "cloud": "current", "booting": "todo", "service": "todo", "ready": "todo"}
@@ -199,7 +199,7 @@ def test_progress_steps_follow_state_and_commands(world, db, api_client) -> None
     assert 'data-testid="progress"' not in html and 'data-action="start"' in html
 
 
-def test_members_see_what_their_role_allows_and_strangers_nothing(world, db, api_client) -> None:  # noqa: ANN001
+def test_members_see_what_their_role_allows_and_strangers_nothing(world, db, api_client) -> None:
     _set(db, world.uid, InstanceState.ACTIVE, CommandState.DONE)
     bob = _logged_in(api_client, "bob")
     html = bob.get("/").get_data(as_text=True)
@@ -225,7 +225,7 @@ def test_members_see_what_their_role_allows_and_strangers_nothing(world, db, api
         assert r.status_code == 404 and "tomo" not in r.get_data(as_text=True), path
 
 
-def test_thumbnail_written_by_the_owner_read_by_members(world, db, api_client) -> None:  # noqa: ANN001
+def test_thumbnail_written_by_the_owner_read_by_members(world, db, api_client) -> None:
     url = f"/api/instances/{world.uid}/thumbnail"
     alice, bob, carol = (_logged_in(api_client, u) for u in ("alice", "bob", "carol"))
     assert bob.get(url).status_code == 404
@@ -251,7 +251,7 @@ def test_thumbnail_written_by_the_owner_read_by_members(world, db, api_client) -
     assert re.search(rf'src="{url}\?v=\d+"', bob.get("/").get_data(as_text=True))
 
 
-def test_event_stream_pushes_state_list_and_thumbnail_changes(world, db, app, clock, api_client, monkeypatch) -> None:  # noqa: ANN001
+def test_event_stream_pushes_state_list_and_thumbnail_changes(world, db, app, clock, api_client, monkeypatch) -> None:
     from visa.web import events
 
     monkeypatch.setattr(events, "POLL_SECONDS", 0.02)
@@ -295,7 +295,7 @@ def test_event_stream_pushes_state_list_and_thumbnail_changes(world, db, app, cl
     assert gone == b'event: instances\ndata: {"uids":[]}\n\n'
 
 
-def test_a_state_change_by_this_process_s_worker_reaches_the_stream_at_once(world, db, app, api_client,  # noqa: ANN001
+def test_a_state_change_by_this_process_s_worker_reaches_the_stream_at_once(world, db, app, api_client,
                                                                           monkeypatch) -> None:
     from visa.instances import changes
     from visa.web import events
@@ -328,7 +328,7 @@ def test_a_state_change_by_this_process_s_worker_reaches_the_stream_at_once(worl
     assert changed.startswith(b"event: instance\n") and b'"state":"ACTIVE"' in changed
 
 
-def test_event_streams_are_short_and_end_when_the_session_does(world, db, app, api_client, monkeypatch) -> None:  # noqa: ANN001
+def test_event_streams_are_short_and_end_when_the_session_does(world, db, app, api_client, monkeypatch) -> None:
     from visa.web import events
 
     monkeypatch.setattr(events, "POLL_SECONDS", 0.01)
@@ -367,7 +367,7 @@ def test_event_streams_are_short_and_end_when_the_session_does(world, db, app, a
     assert chunks[-1].startswith(b"event: logout")
 
 
-def test_files_and_settings_are_on_the_page_for_whom_they_are_allowed(world, db, api_client) -> None:  # noqa: ANN001
+def test_files_and_settings_are_on_the_page_for_whom_they_are_allowed(world, db, api_client) -> None:
     """The owner gets the file browser with uploads and the settings form; a GUEST neither, nor
     the files script; a USER member the files, not the settings."""
     _set(db, world.uid, InstanceState.ACTIVE, CommandState.DONE)
@@ -385,7 +385,7 @@ def test_files_and_settings_are_on_the_page_for_whom_they_are_allowed(world, db,
     assert 'data-testid="files-card"' in user and 'id="files-upload"' in user and 'id="edit-form"' not in user
 
 
-def test_the_desktop_page_carries_the_clipboard_allow_list(world, db, app, api_client) -> None:  # noqa: ANN001
+def test_the_desktop_page_carries_the_clipboard_allow_list(world, db, app, api_client) -> None:
     _set(db, world.uid, InstanceState.ACTIVE, CommandState.DONE)
     app.extensions["visa"].settings.clipboard.url_hosts = ["doi.org", "*.esrf.fr"]
     html = _logged_in(api_client, "alice").get(f"/instances/{world.uid}/desktop").get_data(as_text=True)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def served(app, committed_db) -> Iterator[str]:  # noqa: ANN001
+def served(app, committed_db) -> Iterator[str]:
     """The embedded web process (the ASGI app of `visa run`), served by uvicorn in a thread."""
     settings = app.extensions["visa"].settings
     settings.request_body_seconds = 3
@@ -30,7 +30,7 @@ def served(app, committed_db) -> Iterator[str]:  # noqa: ANN001
     # Where uploads are (files_api): a route that reads its body as an upload does (a GET:
     # no CSRF token to bring).
     @app.get("/api/instances/<uid>/files/echo")
-    def echo(uid: str):  # noqa: ANN202
+    def echo(uid: str):
         from flask import request
 
         return {"received": len(request.stream.read())}
@@ -126,7 +126,7 @@ def test_slow_transfers_take_threads_of_their_own(served: str) -> None:
         assert 1.5 < time.monotonic() - start < 8
 
 
-def test_a_body_too_slow_or_too_large_is_refused(served: str, app) -> None:  # noqa: ANN001
+def test_a_body_too_slow_or_too_large_is_refused(served: str, app) -> None:
     port = int(served.rsplit(":", 1)[1])
     cap = app.extensions["visa"].settings.max_request_bytes
     # Declared over the cap: refused before a byte of it is read.

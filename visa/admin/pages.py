@@ -96,7 +96,7 @@ def _pages(total: int | Total, q: S.PageQuery, shown: int | None = None) -> dict
 
 @bp.get("/")
 @admin_page("view_all_instances")
-def dashboard(actor: Actor):  # noqa: ANN201
+def dashboard(actor: Actor):
     svc = services()
     stats = serialize.stats(actor, db_session(), svc.clock, svc).model_dump(mode="json")
     return _render("admin/dashboard.html", title="Dashboard", stats=stats)
@@ -104,7 +104,7 @@ def dashboard(actor: Actor):  # noqa: ANN201
 
 @bp.get("/instances")
 @admin_page("view_all_instances")
-def instances(actor: Actor):  # noqa: ANN201
+def instances(actor: Actor):
     q = parse_query(S.InstanceQuery)
     s, clock = db_session(), services().clock
     items, total = listing.search_rows(actor, s, q)  # read as rows, as the API reads them
@@ -115,7 +115,7 @@ def instances(actor: Actor):  # noqa: ANN201
 
 @bp.get("/instances/<uid>")
 @admin_page("view_all_instances")
-def instance(actor: Actor, uid: str):  # noqa: ANN201
+def instance(actor: Actor, uid: str):
     s, clock = db_session(), services().clock
     inst = instance_service.get_any_instance(actor, s, uid)
     detail = serialize.instance_detail(
@@ -137,7 +137,7 @@ def instance(actor: Actor, uid: str):  # noqa: ANN201
 
 @bp.get("/extensions")
 @admin_page("handle_extensions")
-def extensions(actor: Actor):  # noqa: ANN201
+def extensions(actor: Actor):
     hours = services().settings.lifetimes.untouched_tab_hours
     rows = [serialize.pending_extension(r, i, hours).model_dump(mode="json")
             for r, i in extension_service.pending_with_context(actor, db_session())]
@@ -146,14 +146,14 @@ def extensions(actor: Actor):  # noqa: ANN201
 
 @bp.get("/gpus")
 @admin_page("view_gpu_pools")
-def gpus(actor: Actor):  # noqa: ANN201
+def gpus(actor: Actor):
     clouds = [c.model_dump(mode="json") for c in serialize.gpu_pools(actor, db_session(), services())]
     return _render("admin/gpus.html", title="GPU pools", clouds=clouds)
 
 
 @bp.get("/catalogue")
 @admin_page("manage_catalogue")
-def catalogue(actor: Actor):  # noqa: ANN201
+def catalogue(actor: Actor):
     s = db_session()
     flavours = [f.model_dump(mode="json") for f in serialize.flavours(actor, s)]
     clouds = clouds_service.cloud_names(s)
@@ -165,7 +165,7 @@ def catalogue(actor: Actor):  # noqa: ANN201
 
 @bp.get("/users")
 @admin_page("manage_users")
-def users(actor: Actor):  # noqa: ANN201
+def users(actor: Actor):
     q = parse_query(S.UserQuery)
     found, total = serialize.users_page(actor, db_session(), services().clock, q)
     rows = [u.model_dump(mode="json") for u in found]
@@ -175,14 +175,14 @@ def users(actor: Actor):  # noqa: ANN201
 
 @bp.get("/notifications", endpoint="notifications")
 @admin_page("manage_notifications")
-def notifications_page(actor: Actor):  # noqa: ANN201
+def notifications_page(actor: Actor):
     rows = [notification_out(n, c).model_dump(mode="json") for n, c in notifications.list_all(actor, db_session())]
     return _render("admin/notifications.html", title="Notifications", rows=rows)
 
 
 @bp.get("/audit")
 @admin_page("view_audit")
-def audit(actor: Actor):  # noqa: ANN201
+def audit(actor: Actor):
     q = parse_query(S.AuditQuery)
     items, total = audit_service.audit_events(actor, db_session(), q)
     rows = [audit_out(e).model_dump(mode="json") for e in items]

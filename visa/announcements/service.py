@@ -14,7 +14,7 @@ from visa.errors import InvalidInput, NotFound, Unauthorized
 from visa.policy import require
 
 
-def _check_window(active_from, active_until) -> None:  # noqa: ANN001
+def _check_window(active_from, active_until) -> None:
     for value, name in ((active_from, "active_from"), (active_until, "active_until")):
         if value is not None and value.tzinfo is None:
             raise InvalidInput("give the time with a time zone", field=name)
@@ -22,7 +22,7 @@ def _check_window(active_from, active_until) -> None:  # noqa: ANN001
         raise InvalidInput("active_until must be after active_from", field="active_until")
 
 
-def _active_clause(now):  # noqa: ANN001, ANN202
+def _active_clause(now):
     return and_(
         SystemNotification.deleted_at.is_(None),
         or_(SystemNotification.active_from.is_(None), SystemNotification.active_from <= now),
@@ -78,7 +78,7 @@ def get(actor: Actor, session: Session, notification_id: int) -> SystemNotificat
     return n
 
 
-def create(actor: Actor, session: Session, clock: Clock, **fields) -> SystemNotification:  # noqa: ANN003
+def create(actor: Actor, session: Session, clock: Clock, **fields) -> SystemNotification:
     require(actor, "manage_notifications")
     _check_window(fields.get("active_from"), fields.get("active_until"))
     n = SystemNotification(created_at=clock.now(), **fields)
@@ -89,7 +89,7 @@ def create(actor: Actor, session: Session, clock: Clock, **fields) -> SystemNoti
     return n
 
 
-def update(actor: Actor, session: Session, clock: Clock, notification_id: int, **fields) -> SystemNotification:  # noqa: ANN003
+def update(actor: Actor, session: Session, clock: Clock, notification_id: int, **fields) -> SystemNotification:
     n = get(actor, session, notification_id)
     _check_window(fields.get("active_from"), fields.get("active_until"))
     for key, value in fields.items():

@@ -17,7 +17,7 @@ bp = Blueprint("audit_api", __name__, url_prefix="/api/admin")
 @bp.get("/audit")
 @doc("Audit events, newest first: filter by action (or 'prefix.'), actor, target, time",
      tags=["admin"], query=AuditQuery, response=Page[AuditOut])
-def events():  # noqa: ANN201
+def events():
     q = parse_query(AuditQuery)
     items, total = audit_events(current_actor(), db_session(), q)
     return respond(Page(items=[audit_out(e) for e in items], total=total, page=q.page, per_page=q.per_page))

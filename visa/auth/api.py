@@ -22,7 +22,7 @@ bp = Blueprint("auth_api", __name__)
 
 @bp.post("/api/login")
 @doc("Log in with a local account", tags=["auth"], body=LoginForm, response=MeOut, auth=False)
-def login():  # noqa: ANN201
+def login():
     svc = services()
     if not svc.settings.uses_local_accounts:
         raise Forbidden("local accounts are switched off: log in with the identity provider")
@@ -35,7 +35,7 @@ def login():  # noqa: ANN201
 
 @bp.post("/api/logout")
 @doc("Log out (ends the login session)", tags=["auth"], response=LogoutOut, auth=False)
-def logout():  # noqa: ANN201
+def logout():
     from visa.auth.pages import end_session
 
     return respond(LogoutOut(next=end_session()))
@@ -43,7 +43,7 @@ def logout():  # noqa: ANN201
 
 @bp.get("/api/me")
 @doc("Who am I", tags=["auth"], response=MeOut)
-def me():  # noqa: ANN201
+def me():
     actor = current_actor()
     assert actor.user is not None
     return respond(me_out(actor.user, sorted(r.value for r in actor.roles), csrf_token()))
@@ -51,14 +51,14 @@ def me():  # noqa: ANN201
 
 @bp.get("/api/tokens")
 @doc("The caller's personal API tokens (never their values)", tags=["auth"], response=list[TokenOut])
-def list_tokens():  # noqa: ANN201
+def list_tokens():
     return respond([token_out(t) for t in tokens.list_api_tokens(current_actor(), db_session())])
 
 
 @bp.post("/api/tokens")
 @doc("Create a personal API token (from a logged-in session); its value is shown once", tags=["auth"],
      body=NewToken, response=NewTokenOut, status=201)
-def create_token():  # noqa: ANN201
+def create_token():
     actor = current_actor()
     require(actor, "api_token.create")  # before the body or the rate limit: a refusal costs nothing
     data = parse_body(NewToken)
@@ -76,7 +76,7 @@ def create_token():  # noqa: ANN201
 
 @bp.delete("/api/tokens/<int:token_id>")
 @doc("Revoke one of the caller's tokens", tags=["auth"], response=TokenOut)
-def revoke_token(token_id: int):  # noqa: ANN201
+def revoke_token(token_id: int):
     actor = current_actor()
     s = db_session()
     token = tokens.own_api_token(actor, s, token_id)

@@ -37,13 +37,13 @@ def _login_page(error: str | None = None, status: int = 200, next_url: str = "/"
 
 
 @bp.get("/login")
-def login_page():  # noqa: ANN201
+def login_page():
     csrf_token()  # opens the session the form's token belongs to
     return _login_page(next_url=web.safe_next(request.args.get("next")))
 
 
 @bp.post("/login")
-def login():  # noqa: ANN201
+def login():
     svc = services()
     next_url = web.safe_next(request.form.get("next"))
     if not svc.settings.uses_local_accounts:
@@ -66,7 +66,7 @@ def login():  # noqa: ANN201
 
 
 @bp.get("/login/oidc")
-def login_oidc():  # noqa: ANN201
+def login_oidc():
     from visa.auth.oidc import client_for
 
     settings = services().settings
@@ -81,7 +81,7 @@ def login_oidc():  # noqa: ANN201
 
 
 @bp.get("/auth/callback")
-def callback():  # noqa: ANN201
+def callback():
     from visa.auth.oidc import LoginIncomplete, complete_login
 
     svc = services()
@@ -104,13 +104,13 @@ def callback():  # noqa: ANN201
 
 
 @bp.get("/logout")
-def logout_page():  # noqa: ANN201
+def logout_page():
     # Logging out changes state: a GET only shows the button (a link cannot log anyone out).
     return render_template("auth/logout.html"), 200
 
 
 @bp.post("/logout")
-def logout():  # noqa: ANN201
+def logout():
     return redirect(end_session(), 303)
 
 

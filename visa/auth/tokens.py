@@ -104,7 +104,7 @@ def actor_from_api_token(session: Session, clock: Clock, value: str, ip: str | N
     return dataclasses.replace(actor, credential="api_token")
 
 
-def actor_from_bearer(session: Session, services, value: str, ip: str | None = None) -> Actor:  # noqa: ANN001
+def actor_from_bearer(session: Session, services, value: str, ip: str | None = None) -> Actor:
     """A personal API token, or (when an identity provider is configured) an OIDC access token."""
     if value.startswith(TOKEN_PREFIX):
         return actor_from_api_token(session, services.clock, value, ip)

@@ -18,7 +18,7 @@ bp = Blueprint("catalogue_api", __name__, url_prefix="/api")
 @bp.get("/plans")
 @doc("Plans (image x flavour) the caller may pick for these experiments", tags=["catalogue"],
      query=PlansQuery, response=list[PlanOut])
-def plans():  # noqa: ANN201
+def plans():
     actor = current_actor()
     try:
         ids = [int(x) for x in request.args.getlist("experiment")]
@@ -31,7 +31,7 @@ def plans():  # noqa: ANN201
 @bp.get("/capacity")
 @doc("Whether each flavour can be had now, from its cloud's real capacity", tags=["catalogue"],
      query=CapacityQuery, response=list[FlavourCapacityOut])
-def capacity():  # noqa: ANN201
+def capacity():
     actor = current_actor()
     svc = services()
     names = [n.strip() for n in request.args.getlist("flavour") if n.strip()]

@@ -17,7 +17,7 @@ T = TypeVar("T", bound=BaseModel)
 
 
 @dataclass(frozen=True)
-class Sourced(Generic[T]):  # noqa: UP046 (Python 3.11)
+class Sourced(Generic[T]):  # Python 3.11
     """A validated entry and where it came from."""
 
     spec: T

@@ -875,7 +875,7 @@ class LocalProvider(Provider):
                 input=input,
                 check=False,
                 pass_fds=cmd.fds,
-                preexec_fn=cmd.preexec,  # noqa: PLW1509 - file writes only
+                preexec_fn=cmd.preexec,  # file writes only
             )
         finally:
             cmd.close()

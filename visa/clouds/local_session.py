@@ -529,7 +529,7 @@ class Supervisor:
                 stdout=self.log,
                 stderr=self.log,
                 pass_fds=tuple(fds),
-                preexec_fn=join_cgroups,  # noqa: PLW1509 - only file writes between fork and exec
+                preexec_fn=join_cgroups,  # only file writes between fork and exec
             )
         finally:
             for fd in fds:
@@ -603,7 +603,7 @@ class Supervisor:
                  str(self.netns_holder.pid), "tap0"],
                 env={"PATH": self.spec["path"]}, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
                 pass_fds=(exit_read, ready_write),
-                preexec_fn=lambda: private_tun(uid, gid),  # noqa: PLW1509 - the supervisor has one thread
+                preexec_fn=lambda: private_tun(uid, gid),  # the supervisor has one thread
             )  # fmt: skip
         finally:
             os.close(exit_read)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import paramiko
 from paramiko.common import byte_ord
-from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, CMD_STATUS, SFTPError  # noqa: F401
+from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, CMD_STATUS, SFTPError
 from paramiko.sftp_attr import SFTPAttributes
 
 # OpenSSH's sftp-server answers reads of at most 256 KiB; paramiko asks for 32 KiB. Anything
@@ -148,9 +148,9 @@ def over_process(argv: list[str], roots: tuple[str, ...], *, env: dict[str, str]
     and stdout are one end, paramiko the other. The program is killed when the session closes."""
     ours, theirs = socket.socketpair()
     try:
-        proc = subprocess.Popen(  # noqa: S603 - argv built by the provider
+        proc = subprocess.Popen(  # argv built by the provider
             argv, stdin=theirs, stdout=theirs, stderr=subprocess.DEVNULL, env=env, cwd=cwd,
-            pass_fds=pass_fds, preexec_fn=preexec_fn, close_fds=True,  # noqa: PLW1509 - cgroup writes only
+            pass_fds=pass_fds, preexec_fn=preexec_fn, close_fds=True,  # cgroup writes only
         )
     except BaseException:
         ours.close()

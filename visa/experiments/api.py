@@ -27,7 +27,7 @@ def _out(e: Experiment, now: datetime) -> ExperimentOut:
 
 @bp.get("")
 @doc("The caller's experiments", tags=["experiments"], response=list[ExperimentOut])
-def list_experiments():  # noqa: ANN201
+def list_experiments():
     actor = current_actor()
     now = services().clock.now()
     return respond([_out(e, now) for e in experiments_of(actor, db_session())])
@@ -36,7 +36,7 @@ def list_experiments():  # noqa: ANN201
 @bp.get("/open-data")
 @doc("Open data: experiments of any proposal whose embargo has ended (to mount read-only)",
      tags=["experiments"], query=OpenDataQuery, response=list[ExperimentOut])
-def open_data():  # noqa: ANN201
+def open_data():
     actor, query = current_actor(), parse_query(OpenDataQuery)
     clock = services().clock
     now = clock.now()

@@ -26,7 +26,7 @@ bp = Blueprint("gateway_api", __name__, url_prefix="/api/instances")
 @bp.post("/<uid>/connect")
 @doc("A one-time token (valid a few seconds) to open the desktop websocket", tags=["instances"],
      response=ConnectOut)
-def connect(uid: str):  # noqa: ANN201
+def connect(uid: str):
     actor = current_actor()
     s = db_session()
     svc = services()
@@ -53,7 +53,7 @@ def _apply_display(svc: Any, cloud: str | None, server_id: str | None, width: in
         return
     try:
         svc.provider(cloud).apply_display(server_id, width=width, height=height, keyboard_layout=layout)
-    except Exception as exc:  # noqa: BLE001 - the connection goes on; the log says why
+    except Exception as exc:  # the connection goes on; the log says why
         log.warning("display settings of %s not applied: %s", server_id, getattr(exc, "message", exc))
 
 
@@ -65,7 +65,7 @@ lab = Blueprint("gateway_jupyter", __name__)
 @lab.get("/jupyter/<uid>", defaults={"rest": ""})
 @lab.get("/jupyter/<uid>/", defaults={"rest": ""})
 @lab.get("/jupyter/<uid>/<path:rest>")
-def jupyter(uid: str, rest: str):  # noqa: ANN201
+def jupyter(uid: str, rest: str):
     actor = current_actor(required=False)
     if actor is None:
         if "text/html" in request.headers.get("Accept", ""):

@@ -74,7 +74,7 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
 
     @property
-    def clock(self):  # noqa: ANN201
+    def clock(self):
         return self.services.clock
 
     def _in_transaction(self, fn: Any, *args: Any) -> Any:

@@ -134,7 +134,7 @@ class DesktopSession:
                 self.close_code, self.close_reason = CLOSE_IDLE, "no input for too long"
                 return
 
-    def _tick(self, session, seen, interacted: bool) -> bool | str | None:  # noqa: ANN001
+    def _tick(self, session, seen, interacted: bool) -> bool | str | None:
         if seen is not None:
             service.record_activity(session, self.grant.instance_id, seen, seen if interacted else None)
         if self.connection_id is not None:

@@ -17,7 +17,7 @@ bp = Blueprint("instances_api", __name__, url_prefix="/api/instances")
 
 @bp.get("")
 @doc("The caller's instances and those shared with them", tags=["instances"], response=list[InstanceOut])
-def list_instances():  # noqa: ANN201
+def list_instances():
     clock = services().clock
     return respond([row_out(i, clock) for i in listing.home_rows(current_actor(), db_session())])
 
@@ -25,7 +25,7 @@ def list_instances():  # noqa: ANN201
 @bp.post("")
 @doc("Ask for a new instance (returns at once, in BUILDING)", tags=["instances"],
      body=CreateInstance, response=InstanceOut, status=201)
-def create_instance():  # noqa: ANN201
+def create_instance():
     actor = current_actor()
     data = parse_body(CreateInstance)
     svc = services()
@@ -35,7 +35,7 @@ def create_instance():  # noqa: ANN201
 
 @bp.get("/<uid>")
 @doc("One instance", tags=["instances"], response=InstanceOut)
-def get_instance(uid: str):  # noqa: ANN201
+def get_instance(uid: str):
     actor = current_actor()
     return respond(instance_out(service.get_instance(actor, db_session(), uid), actor, services().clock))
 
@@ -43,7 +43,7 @@ def get_instance(uid: str):  # noqa: ANN201
 @bp.patch("/<uid>")
 @doc("Change the name, comments, keyboard layout or screen size (the owner; the desktop gets the "
      "last two at the next connection)", tags=["instances"], body=EditInstance, response=InstanceOut)
-def edit_instance(uid: str):  # noqa: ANN201
+def edit_instance(uid: str):
     actor = current_actor()
     s = db_session()
     instance = service.get_instance(actor, s, uid)
@@ -54,7 +54,7 @@ def edit_instance(uid: str):  # noqa: ANN201
 
 @bp.post("/<uid>/<any(start, stop, reboot):action>")
 @doc("Start, stop or reboot an instance", tags=["instances"], response=InstanceOut, status=202)
-def act(uid: str, action: str):  # noqa: ANN201
+def act(uid: str, action: str):
     actor = current_actor()
     s = db_session()
     instance = service.get_instance(actor, s, uid)
@@ -64,7 +64,7 @@ def act(uid: str, action: str):  # noqa: ANN201
 
 @bp.delete("/<uid>")
 @doc("Delete an instance (shut down first, then deleted)", tags=["instances"], response=InstanceOut, status=202)
-def delete(uid: str):  # noqa: ANN201
+def delete(uid: str):
     actor = current_actor()
     s = db_session()
     instance = service.get_instance(actor, s, uid)

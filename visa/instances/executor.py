@@ -118,7 +118,7 @@ def claim_pending(services: Services, limit: int = 20, *, free: Callable[[int], 
         stmt = stmt.where(Instance.cloud_id.not_in(list(full)))
     taken: dict[int, int] = {}
 
-    def pick(rows: list) -> list[tuple[int, int]]:  # noqa: ANN001
+    def pick(rows: list) -> list[tuple[int, int]]:
         out, seen = [], set()
         for cid, instance_id, cloud_id in rows:
             if instance_id in seen:
@@ -193,7 +193,7 @@ def _fail_instance(services: Services, instance_id: int, message: str) -> None:
             instance.state_changed_at = services.clock.now()
 
 
-def store_server(instance: Instance, server: Server, now) -> None:  # noqa: ANN001
+def store_server(instance: Instance, server: Server, now) -> None:
     """Remember where the machine is and how to reach it."""
     instance.cloud_server_id = server.id
     if server.address:
@@ -209,7 +209,7 @@ def store_server(instance: Instance, server: Server, now) -> None:  # noqa: ANN0
     instance.provider_state = state
 
 
-def soft_delete(instance: Instance, now) -> None:  # noqa: ANN001
+def soft_delete(instance: Instance, now) -> None:
     instance.state = InstanceState.DELETED
     instance.deleted_at = now
     instance.state_changed_at = now

@@ -19,7 +19,7 @@ bp = Blueprint("extensions_api", __name__, url_prefix="/api")
 @bp.post("/instances/<uid>/extensions")
 @doc("Ask for a longer lifetime (accepted at once where the image's rule says so)", tags=["extensions"],
      body=RequestExtension, response=ExtensionOut, status=201)
-def request_extension(uid: str):  # noqa: ANN201
+def request_extension(uid: str):
     actor = current_actor()
     s, svc = db_session(), services()
     instance = service.get_instance(actor, s, uid)
@@ -31,7 +31,7 @@ def request_extension(uid: str):  # noqa: ANN201
 @bp.get("/extensions")
 @doc("Extension requests to handle (admins): pending by default", tags=["extensions", "admin"],
      query=ExtensionQuery, response=list[ExtensionOut])
-def list_extensions():  # noqa: ANN201
+def list_extensions():
     actor = current_actor()
     raw = request.args.get("state", "PENDING").upper()
     if raw not in {*ExtensionState.__members__, "ALL"}:
@@ -44,7 +44,7 @@ def list_extensions():  # noqa: ANN201
 @bp.post("/extensions/<int:request_id>/<any(accept, refuse):decision>")
 @doc("Accept (optionally until another date) or refuse an extension request", tags=["extensions", "admin"],
      body=HandleExtension, response=ExtensionOut)
-def handle_extension(request_id: int, decision: str):  # noqa: ANN201
+def handle_extension(request_id: int, decision: str):
     actor = current_actor()
     s, svc = db_session(), services()
     data = parse_body(HandleExtension)

@@ -40,7 +40,7 @@ def _release_connection() -> None:
 @bp.get("/<uid>/files")
 @doc("List a folder of the instance (default: the owner's home)", tags=["files"], query=FilesQuery,
      response=FileListingOut)
-def list_files(uid: str):  # noqa: ANN201
+def list_files(uid: str):
     actor = current_actor()
     q = parse_query(FilesQuery)
     svc = services()
@@ -66,7 +66,7 @@ def content_disposition(name: str) -> str:
 @bp.get("/<uid>/files/content")
 @doc("Download a file of the instance (Range requests resume)", tags=["files"], query=DownloadQuery,
      response="application/octet-stream", extra_responses={206: "Partial content", 416: "Range not satisfiable"})
-def download(uid: str):  # noqa: ANN201
+def download(uid: str):
     actor = current_actor()
     q = parse_query(DownloadQuery)
     svc = services()
@@ -111,7 +111,7 @@ def _send(svc: Services, actor: Actor, uid: str, access: files.FileAccess, dl: f
 @doc("Upload a file into the instance (raw body; offset resumes)", tags=["files"], query=UploadQuery,
      body="application/octet-stream", response=UploadOut, status=201,
      extra_responses={409: "Exists, or the offset is not the file's size", 413: "Over the size limit"})
-def upload(uid: str):  # noqa: ANN201
+def upload(uid: str):
     actor = current_actor()
     q = parse_query(UploadQuery)
     svc = services()

@@ -32,21 +32,21 @@ from visa.web.io import parse_body
 bp = Blueprint("members_api", __name__, url_prefix="/api/instances/<uid>")
 
 
-def _instance(uid: str):  # noqa: ANN202
+def _instance(uid: str):
     actor = current_actor()
     return actor, service.get_instance(actor, db_session(), uid)
 
 
 @bp.get("/members")
 @doc("An instance's members", tags=["sharing"], response=list[MemberOut])
-def list_members(uid: str):  # noqa: ANN201
+def list_members(uid: str):
     actor, instance = _instance(uid)
     return respond([member_out(m) for m in sharing.list_members(actor, db_session(), instance)])
 
 
 @bp.post("/members")
 @doc("Share an instance with a user", tags=["sharing"], body=NewMember, response=MemberOut, status=201)
-def add_member(uid: str):  # noqa: ANN201
+def add_member(uid: str):
     actor, instance = _instance(uid)
     data = parse_body(NewMember)
     member = sharing.add_member(actor, db_session(), services().clock, instance, data.username, data.role,
@@ -57,7 +57,7 @@ def add_member(uid: str):  # noqa: ANN201
 @bp.put("/members/<username>")
 @bp.patch("/members/<username>")
 @doc("Change a member's role", tags=["sharing"], body=RoleChange, response=MemberOut)
-def change_role(uid: str, username: str):  # noqa: ANN201
+def change_role(uid: str, username: str):
     actor, instance = _instance(uid)
     data = parse_body(RoleChange)
     member = sharing.change_role(actor, db_session(), services().clock, instance, username, data.role)
@@ -66,7 +66,7 @@ def change_role(uid: str, username: str):  # noqa: ANN201
 
 @bp.delete("/members/<username>")
 @doc("Remove a member", tags=["sharing"], status=204)
-def revoke_member(uid: str, username: str):  # noqa: ANN201
+def revoke_member(uid: str, username: str):
     actor, instance = _instance(uid)
     sharing.revoke_member(actor, db_session(), services().clock, instance, username)
     return "", 204
@@ -75,7 +75,7 @@ def revoke_member(uid: str, username: str):  # noqa: ANN201
 @bp.post("/support")
 @doc("Support staff ask to join an instance (joined at once, or pending the owner's approval)", tags=["sharing"],
      response=SupportOut, status=202, extra_responses={201: "Joined at once"})
-def request_support(uid: str):  # noqa: ANN201
+def request_support(uid: str):
     actor, instance = _instance(uid)
     joined = sharing.request_support_access(actor, db_session(), services().clock, instance)
     if isinstance(joined, InstanceMember):
@@ -86,14 +86,14 @@ def request_support(uid: str):  # noqa: ANN201
 
 @bp.get("/support")
 @doc("Pending support requests (owner)", tags=["sharing"], response=list[PendingSupportOut])
-def pending_support(uid: str):  # noqa: ANN201
+def pending_support(uid: str):
     actor, instance = _instance(uid)
     return respond(sharing.pending_support_requests(actor, db_session(), services().clock, instance))
 
 
 @bp.post("/support/<username>/<any(approve, deny):answer>")
 @doc("Approve or deny a support request (owner)", tags=["sharing"], response=SupportOut)
-def answer_support(uid: str, username: str, answer: str):  # noqa: ANN201
+def answer_support(uid: str, username: str, answer: str):
     actor, instance = _instance(uid)
     member = sharing.answer_support_request(
         actor, db_session(), services().clock, instance, username, approve=answer == "approve"
@@ -104,21 +104,21 @@ def answer_support(uid: str, username: str, answer: str):  # noqa: ANN201
 # --- presence, support history, invitation links ----------------------------------------------
 @bp.get("/presence")
 @doc("Who is connected to an instance now (desktop and JupyterLab)", tags=["sharing"], response=PresenceEvent)
-def presence(uid: str):  # noqa: ANN201
+def presence(uid: str):
     actor, instance = _instance(uid)
     return respond(presence_service.presence_of(actor, db_session(), services().clock, instance))
 
 
 @bp.get("/support/sessions")
 @doc("Who helped on an instance, and when (owner)", tags=["sharing"], response=list[SupportSessionOut])
-def support_sessions(uid: str):  # noqa: ANN201
+def support_sessions(uid: str):
     actor, instance = _instance(uid)
     return respond(presence_service.support_sessions(actor, db_session(), instance))
 
 
 @bp.get("/invitations")
 @doc("An instance's invitation links (owner)", tags=["sharing"], response=list[InvitationOut])
-def list_invitations(uid: str):  # noqa: ANN201
+def list_invitations(uid: str):
     actor, instance = _instance(uid)
     return respond(invitations.list_invitations(actor, db_session(), services().clock, instance))
 
@@ -126,7 +126,7 @@ def list_invitations(uid: str):  # noqa: ANN201
 @bp.post("/invitations")
 @doc("Make a single-use invitation link with a role (owner)", tags=["sharing"], body=NewInvitation,
      response=InvitationOut, status=201)
-def create_invitation(uid: str):  # noqa: ANN201
+def create_invitation(uid: str):
     actor, instance = _instance(uid)
     data = parse_body(NewInvitation)
     svc = services()
@@ -135,7 +135,7 @@ def create_invitation(uid: str):  # noqa: ANN201
 
 @bp.delete("/invitations/<int:invitation_id>")
 @doc("Withdraw an unused invitation link (owner)", tags=["sharing"], status=204)
-def revoke_invitation(uid: str, invitation_id: int):  # noqa: ANN201
+def revoke_invitation(uid: str, invitation_id: int):
     actor, instance = _instance(uid)
     invitations.revoke_invitation(actor, db_session(), services().clock, instance, invitation_id)
     return "", 204
@@ -147,7 +147,7 @@ redeem_bp = Blueprint("invitations_api", __name__, url_prefix="/api")
 @redeem_bp.post("/invitations/redeem")
 @doc("Join an instance with an invitation link (a logged-in browser)", tags=["sharing"], body=RedeemInvitation,
      response=RedeemedOut, status=201)
-def redeem():  # noqa: ANN201
+def redeem():
     data = parse_body(RedeemInvitation)
     return respond(invitations.redeem_invitation(current_actor(), db_session(), services().clock, data.token), 201)
 
@@ -155,6 +155,6 @@ def redeem():  # noqa: ANN201
 @redeem_bp.get("/support/instances")
 @doc("Instances the caller may help with, as support staff", tags=["sharing"], query=SupportQuery,
      response=list[SupportInstanceOut])
-def support_instances():  # noqa: ANN201
+def support_instances():
     query = parse_query(SupportQuery)
     return respond(support.support_instances(current_actor(), db_session(), services().clock, query))

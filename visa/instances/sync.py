@@ -51,7 +51,7 @@ _MOUNT_MESSAGE_START = report.summary([report.StepFailure("data-mount", "")]).sp
 _FAILED_MESSAGE_START = report.summary([report.StepFailure("boot", "")]).split("(", 1)[0]
 
 
-def _boot_failures(provider, inst: Instance, *, answered: bool) -> list[report.StepFailure]:  # noqa: ANN001
+def _boot_failures(provider, inst: Instance, *, answered: bool) -> list[report.StepFailure]:
     """What the starting machine's console says failed. Read once when its desktop first
     answers (the boot scripts start the desktop last), else at most every BOOT_REPORT_SECONDS."""
     if inst.state != InstanceState.STARTING or not inst.cloud_server_id:
@@ -75,7 +75,7 @@ def _timed_out_before(inst: Instance) -> bool:
     return message.startswith(BOOT_TIMEOUT_MESSAGE.split("{", 1)[0]) or message.startswith(_FAILED_MESSAGE_START)
 
 
-def _boot_timed_out(inst: Instance, now, timeout_seconds: int) -> bool:  # noqa: ANN001
+def _boot_timed_out(inst: Instance, now, timeout_seconds: int) -> bool:
     """The cloud has run the machine (STARTING) for longer than a boot may take, its desktop silent."""
     if inst.state != InstanceState.STARTING:
         return False
@@ -94,7 +94,7 @@ class SyncResult:
     seconds: float = 0.0
 
 
-def _decide(instance: Instance, server: Server | None, now) -> InstanceState | None:  # noqa: ANN001
+def _decide(instance: Instance, server: Server | None, now) -> InstanceState | None:
     """The state the cloud implies, or None to probe the ports (cloud ACTIVE)."""
     if server is None:
         return InstanceState.DELETED if instance.state == InstanceState.DELETING else InstanceState.ERROR
@@ -237,7 +237,7 @@ def _has_unstable(services: Services, cloud_name: str) -> bool:
         ) is not None
 
 
-def _set_state(inst: Instance, state: InstanceState, now, result: SyncResult) -> None:  # noqa: ANN001
+def _set_state(inst: Instance, state: InstanceState, now, result: SyncResult) -> None:
     if inst.state != state:
         result.changed[inst.uid] = f"{inst.state.value}->{state.value}"
         inst.state = state

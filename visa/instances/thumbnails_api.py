@@ -15,7 +15,7 @@ bp = Blueprint("thumbnails_api", __name__, url_prefix="/api/instances")
 
 @bp.put("/<uid>/thumbnail")
 @doc("Upload the desktop thumbnail (raw JPEG)", tags=["instances"], body="image/jpeg", response=ThumbnailOut)
-def put(uid: str):  # noqa: ANN201
+def put(uid: str):
     actor = current_actor()
     s = db_session()
     instance = service.get_instance(actor, s, uid)
@@ -28,7 +28,7 @@ def put(uid: str):  # noqa: ANN201
 @bp.get("/<uid>/thumbnail")
 @doc("The desktop thumbnail (JPEG)", tags=["instances"], response="image/jpeg",
      extra_responses={304: "Not modified"})
-def get(uid: str):  # noqa: ANN201
+def get(uid: str):
     actor = current_actor()
     s = db_session()
     thumb = thumbnails.get_thumbnail(actor, s, service.get_instance(actor, s, uid))

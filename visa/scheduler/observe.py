@@ -109,7 +109,7 @@ class MetricsServer:
         database = services.database
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 if self.path == "/metrics":
                     self._send(200, CONTENT_TYPE_LATEST, generate_latest(own) + generate_latest(scrape))
                 elif self.path == "/health":

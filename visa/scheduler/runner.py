@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-import visa.instances.emails  # noqa: F401  (the kinds of email the outbox sends)
+import visa.instances.emails  # the kinds of email the outbox sends
 import visa.models  # noqa: F401  (every model mapped before the first query)
 from visa.scheduler import observe
 from visa.scheduler.lease import Lease, LeaseLost

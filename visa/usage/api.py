@@ -15,7 +15,7 @@ bp = Blueprint("usage_api", __name__, url_prefix="/api/admin")
 @bp.get("/usage")
 @doc("Instances, active sessions, cores, memory and GPUs in use over the last day, week or month",
      tags=["admin"], query=UsageQuery, response=UsageSeriesOut)
-def usage():  # noqa: ANN201
+def usage():
     q = parse_query(UsageQuery)
     series = usage_series(current_actor(), db_session(), services().clock, q.span)
     return respond(UsageSeriesOut(**series.__dict__))

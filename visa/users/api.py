@@ -16,7 +16,7 @@ bp = Blueprint("users_api", __name__, url_prefix="/api/users")
 @bp.get("/search")
 @doc("Find users to share with (username and full name only)", tags=["sharing"],
      query=UserSearchQuery, response=list[UserBrief])
-def search():  # noqa: ANN201
+def search():
     actor = current_actor()
     key = ("search", actor.id)
     web.limits().search.check(key, "searches")

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class DbIdConverter(IntegerConverter):
     """`<int:...>` in every route: a number past the 32-bit ids is a 404, not a database overflow."""
 
-    def __init__(self, map: Map, *args: object, **kwargs: object) -> None:  # noqa: A002
+    def __init__(self, map: Map, *args: object, **kwargs: object) -> None:
         kwargs.setdefault("max", MAX_ID)
         super().__init__(map, *args, **kwargs)
 
@@ -70,11 +70,11 @@ def create_app(
     _register_blueprints(app)
 
     @app.get("/health")
-    def health():  # noqa: ANN202
+    def health():
         return jsonify({"status": "ok"})
 
     @app.get("/health/ready")
-    def ready():  # noqa: ANN202
+    def ready():
         # Anyone (a load balancer) learns up or down; why, only an administrator or the log:
         # database and cloud errors name hosts, ports, paths and accounts.
         body: dict[str, object]

@@ -93,7 +93,7 @@ def logout_session() -> None:
 
 def install(app: Flask) -> None:
     @app.after_request
-    def _commit(response):  # noqa: ANN001, ANN202
+    def _commit(response):
         # Commit before the response leaves, so a failed commit is never reported as success;
         # the teardown ends the unit of work (rolls back an error's, runs a commit's actions).
         s: Session | None = g.get("db_session")

@@ -31,7 +31,7 @@ def validation_body(exc: ValidationError) -> dict[str, object]:
     }
 
 
-def _respond(body: dict[str, object], status: int):  # noqa: ANN202
+def _respond(body: dict[str, object], status: int):
     if wants_json():
         return jsonify(body), status
     try:
@@ -42,26 +42,26 @@ def _respond(body: dict[str, object], status: int):  # noqa: ANN202
 
 def install(app: Flask) -> None:
     @app.errorhandler(VisaError)
-    def _domain(exc: VisaError):  # noqa: ANN202
+    def _domain(exc: VisaError):
         return _respond(exc.to_dict(), http_status(exc))
 
     @app.errorhandler(ValidationError)
-    def _validation(exc: ValidationError):  # noqa: ANN202
+    def _validation(exc: ValidationError):
         return _respond(validation_body(exc), 400)
 
     @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException):  # noqa: ANN202
+    def _http(exc: HTTPException):
         name = (exc.name or "error").lower().replace(" ", "_")
         return _respond({"error": name, "message": exc.description or exc.name}, exc.code or 500)
 
     @app.errorhandler(DataError)
     @app.errorhandler(OverflowError)
-    def _out_of_range(exc: Exception):  # noqa: ANN202
+    def _out_of_range(exc: Exception):
         # Input checks bound every number; this is the backstop when the database still refuses a value.
         log.warning("value refused by the database on %s %s: %s", request.method, request.path[:200], exc)
         return _respond({"error": "invalid_input", "message": "a value in the request is out of range"}, 400)
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):  # noqa: ANN202
+    def _unexpected(exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path[:200])
         return _respond({"error": "internal", "message": "internal error; it has been logged"}, 500)

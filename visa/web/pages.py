@@ -119,20 +119,20 @@ def _quota(actor: Actor) -> dict[str, int]:
 
 @bp.get("/")
 @page
-def home(actor: Actor):  # noqa: ANN201
+def home(actor: Actor):
     return render_template("home.html", instances=_home_items(actor), quota=_quota(actor),
                            live_versions=_live_versions(actor))
 
 
 @bp.get("/instances/_cards")
 @fragment
-def home_cards(actor: Actor):  # noqa: ANN201
+def home_cards(actor: Actor):
     return render_template("_cards.html", instances=_home_items(actor))
 
 
 @bp.get("/instances/new")
 @page
-def create(actor: Actor):  # noqa: ANN201
+def create(actor: Actor):
     experiments = [
         {
             "id": e.id, "external_id": e.external_id, "title": e.title or e.proposal.title,
@@ -164,7 +164,7 @@ def _instance_page_data(actor: Actor, uid: str) -> tuple[Instance, dict[str, Any
 
 @bp.get("/instances/<uid>")
 @page
-def instance(actor: Actor, uid: str):  # noqa: ANN201
+def instance(actor: Actor, uid: str):
     inst, data = _instance_page_data(actor, uid)
     members = sorted(
         ({"username": m.user.username, "full_name": m.user.full_name, "role": m.role.value} for m in inst.members),
@@ -181,7 +181,7 @@ def instance(actor: Actor, uid: str):  # noqa: ANN201
 
 @bp.get("/support")
 @page
-def support_page(actor: Actor):  # noqa: ANN201
+def support_page(actor: Actor):
     """Support staff: the instances they may help with, filtered; asking to join is the page's script."""
     q = SupportQuery(q=request.args.get("q", "")[:100], instrument=request.args.get("instrument", "")[:64],
                      state=request.args.get("state", "")[:32])
@@ -193,7 +193,7 @@ def support_page(actor: Actor):  # noqa: ANN201
 
 @bp.get("/invite/<token>")
 @page
-def invitation(actor: Actor, token: str):  # noqa: ANN201
+def invitation(actor: Actor, token: str):
     """An invitation link, after logging in: what it gives, and a button to join (spent only then)."""
     inst, role = invitations.peek_invitation(actor, db_session(), services().clock, token)
     return render_template("invite.html", token=token, name=inst.name, role=role.value,
@@ -202,14 +202,14 @@ def invitation(actor: Actor, token: str):  # noqa: ANN201
 
 @bp.get("/instances/<uid>/_status")
 @fragment
-def instance_status(actor: Actor, uid: str):  # noqa: ANN201
+def instance_status(actor: Actor, uid: str):
     _, data = _instance_page_data(actor, uid)
     return render_template("_status.html", i=data)
 
 
 @bp.get("/instances/<uid>/desktop")
 @page
-def desktop(actor: Actor, uid: str):  # noqa: ANN201
+def desktop(actor: Actor, uid: str):
     inst = service.get_instance(actor, db_session(), uid)
     # A member kept out only until the owner connects gets the page: it waits, then opens by itself.
     if not allowed(actor, "instance.connect", inst) and not presence.waiting_for_owner(actor, inst, services().clock.now()):
@@ -220,7 +220,7 @@ def desktop(actor: Actor, uid: str):  # noqa: ANN201
 
 @bp.get("/instances/<uid>/jupyter")
 @page
-def jupyter(actor: Actor, uid: str):  # noqa: ANN201
+def jupyter(actor: Actor, uid: str):
     inst = service.get_instance(actor, db_session(), uid)
     if not allowed(actor, "instance.jupyter", inst):
         abort(403, "JupyterLab is open to the owner only")

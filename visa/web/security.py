@@ -28,7 +28,7 @@ def install(app: Flask) -> None:
            "frame-src 'self'; frame-ancestors 'self'; object-src 'none'; base-uri 'self'")
 
     @app.after_request
-    def _headers(response):  # noqa: ANN001, ANN202
+    def _headers(response):
         h = response.headers
         h.setdefault("X-Content-Type-Options", "nosniff")
         h.setdefault("X-Frame-Options", "SAMEORIGIN")
