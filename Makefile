@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` runs visa, `make test` runs the tests.
-.PHONY: setup setup-dev demo test test-fast lint bench image
+.PHONY: setup setup-dev demo test test-fast lint bench image docs
 
 setup:
 	scripts/setup.sh
@@ -12,7 +12,15 @@ demo: setup
 
 test: setup-dev
 	.venv/bin/ruff check visa tests bench
+	$(MAKE) docs
 	.venv/bin/python -m pytest -q --durations=30
+
+# The documentation site in build/site: reference pages generated from the code, built with
+# warnings as errors, then every internal link and anchor checked offline.
+docs: setup-dev
+	.venv/bin/python scripts/docs_reference.py
+	.venv/bin/mkdocs build --strict
+	.venv/bin/python scripts/check_site_links.py build/site
 
 test-fast: setup-dev
 	.venv/bin/python -m pytest -q -m "not integration"

@@ -27,7 +27,7 @@ stamp=.venv/.visa-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   .venv/bin/pip install -q --upgrade pip
   if [[ "${1:-}" == "--dev" ]]; then
-    .venv/bin/pip install -q -e '.[test,local]'
+    .venv/bin/pip install -q -e '.[test,local,docs]'
   else
     .venv/bin/pip install -q -e '.[local]'  # the demo's local cloud serves JupyterLab sessions
   fi
