@@ -234,6 +234,34 @@ class GatewaySettings(BaseModel):
     )
     host: str = Field("127.0.0.1", description="Address `visa gateway` listens on")
     port: int = Field(8081, ge=1, le=65535, description="Port `visa gateway` listens on")
+    # What one user or one instance may hold of a gateway process (each worker counts its own).
+    connects_per_minute: int = Field(
+        30, ge=1, description="Desktop connect tokens a user may ask for per minute (per web process); then 429"
+    )
+    max_connections_per_user: int = Field(
+        16, ge=1, description="Desktop and JupyterLab websockets one user may hold open at once; then refused (429)"
+    )
+    max_connections_per_instance: int = Field(
+        32, ge=1, description="Desktop and JupyterLab websockets open to one instance at once; then refused (503)"
+    )
+    jupyter_connections_per_instance: int = Field(
+        32, ge=1, le=1024, description="HTTP connections to one instance's Jupyter at once; more requests wait"
+    )
+    jupyter_wait_seconds: float = Field(
+        10, gt=0, description="How long a Jupyter request waits for one of its instance's connections; then 503"
+    )
+    jupyter_requests_per_lab: int = Field(
+        64, ge=1, description="Jupyter requests one lab (browser) may have in progress or waiting; then 429"
+    )
+    jupyter_idle_seconds: float = Field(
+        300, gt=0, description="A Jupyter answer that sends nothing for this long is cut off (504 if none began)"
+    )
+    jupyter_page_bytes: int = Field(
+        16 * 1024**2, ge=65536, description="Largest JupyterLab page decoded to remove its token; longer is cut"
+    )
+    upstream_pools: int = Field(
+        1024, ge=1, description="Instances whose Jupyter connections are kept open; the least recently used go"
+    )
 
 
 class CvmfsDomainSettings(BaseModel):

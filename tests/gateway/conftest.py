@@ -273,7 +273,13 @@ GATEWAY_CONFIG = GatewayConfig(
 
 
 @pytest.fixture
-def live(app, committed_db, clock) -> Iterator[Live]:
+def gateway_config() -> GatewayConfig:
+    """The gateway's timings; a test module may override this fixture."""
+    return GATEWAY_CONFIG
+
+
+@pytest.fixture
+def live(app, committed_db, clock, gateway_config: GatewayConfig) -> Iterator[Live]:
     """Served from a thread: the data is committed (``committed_db``)."""
     db = committed_db
     sock = socket.socket()
@@ -283,7 +289,7 @@ def live(app, committed_db, clock) -> Iterator[Live]:
     app.extensions["visa"].settings.base_url = f"http://127.0.0.1:{port}"
     app.extensions["visa"].settings.user_content_domain = f"instances.localhost:{port}"
     asgi = Starlette(
-        routes=[*gateway_routes(app, GATEWAY_CONFIG), Mount("/", app=WSGIMiddleware(app, workers=4))]
+        routes=[*gateway_routes(app, gateway_config), Mount("/", app=WSGIMiddleware(app, workers=4))]
     )
     config = uvicorn.Config(
         asgi,

@@ -7,8 +7,9 @@ import logging
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, redirect, request
+from flask import Blueprint, current_app, redirect, request
 
+from visa.auth.ratelimit import SlidingWindow
 from visa.db import after_commit
 from visa.errors import Forbidden, NotFound, Unauthorized
 from visa.gateway import service
@@ -30,6 +31,7 @@ def connect(uid: str):
     actor = current_actor()
     s = db_session()
     svc = services()
+    _count_connect(svc, actor.user.id if actor.user is not None else None)
     instance = instances.get_instance(actor, s, uid)
     seconds = svc.settings.connect_token_seconds
     # A browser's token is spent only by a websocket of the same login session, while it lasts.
@@ -45,6 +47,20 @@ def connect(uid: str):
                       role=role.value)
     # A token must not linger in a cache.
     return respond(body, headers={"Cache-Control": "no-store"})
+
+
+def _count_connect(svc: Any, user_id: int | None) -> None:
+    """Connect tokens per user and minute are bounded (each one is a database write and an
+    audit record): RateLimited past ``gateway.connects_per_minute``."""
+    window = current_app.extensions.get("visa_connect_limit")
+    if window is None:
+        window = current_app.extensions["visa_connect_limit"] = SlidingWindow(
+            svc.settings.gateway.connects_per_minute, 60, lambda: svc.clock.now().timestamp()
+        )
+    window.limit = svc.settings.gateway.connects_per_minute
+    key = ("connect", user_id)
+    window.check(key, "connections asked for")
+    window.hit(key)
 
 
 def _apply_display(svc: Any, cloud: str | None, server_id: str | None, width: int, height: int,

@@ -43,6 +43,31 @@ class GatewayConfig:
     ws_max_bytes: int = 32 * 1024 * 1024
 
 
+class Counts:
+    """How many of something each key holds now (in this process), under a limit."""
+
+    def __init__(self) -> None:
+        self._held: dict[Any, int] = {}
+
+    def __getitem__(self, key: Any) -> int:
+        return self._held.get(key, 0)
+
+    def take(self, key: Any, limit: int) -> bool:
+        """One more for ``key``, unless it holds ``limit`` already."""
+        held = self._held.get(key, 0)
+        if held >= limit:
+            return False
+        self._held[key] = held + 1
+        return True
+
+    def give_back(self, key: Any) -> None:
+        held = self._held.get(key, 0) - 1
+        if held > 0:
+            self._held[key] = held
+        else:
+            self._held.pop(key, None)
+
+
 class Gateway:
     """The running visa (database, clock, settings) as the websocket code sees it."""
 
@@ -55,6 +80,30 @@ class Gateway:
         self.session_cookie: str = flask_app.config["SESSION_COOKIE_NAME"]
         self._session_max_age = int(flask_app.permanent_session_lifetime.total_seconds())
         self._serializer = flask_app.session_interface.get_signing_serializer(flask_app)  # type: ignore[attr-defined]
+        # Open desktop and JupyterLab websockets, per user and per instance.
+        self._open_by_user = Counts()
+        self._open_by_instance = Counts()
+
+    def admit(self, user_id: int, instance_id: int) -> tuple[int, dict[str, object]] | None:
+        """Count one more open websocket of this user to this instance, or say why not (the
+        status and JSON body of the refusal): no user or instance takes all of a gateway."""
+        limits = self.services.settings.gateway
+        if not self._open_by_user.take(user_id, limits.max_connections_per_user):
+            log.info("connection of user %s to instance %s refused: %s open", user_id, instance_id,
+                     limits.max_connections_per_user)
+            return 429, {"error": "rate_limited",
+                         "message": f"too many open connections: at most {limits.max_connections_per_user} at once"}
+        if not self._open_by_instance.take(instance_id, limits.max_connections_per_instance):
+            self._open_by_user.give_back(user_id)
+            log.info("connection of user %s to instance %s refused: the instance has %s open", user_id,
+                     instance_id, limits.max_connections_per_instance)
+            return 503, {"error": "unavailable", "message": "the instance has too many open connections "
+                         f"(at most {limits.max_connections_per_instance}): try again later"}
+        return None
+
+    def leave(self, user_id: int, instance_id: int) -> None:
+        self._open_by_user.give_back(user_id)
+        self._open_by_instance.give_back(instance_id)
 
     def browser_session(self, cookies: Mapping[str, str]) -> dict[str, Any] | None:
         """The contents of visa's session cookie, when it is valid and still fresh."""

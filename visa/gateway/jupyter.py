@@ -13,10 +13,19 @@ of its own under the user-content domain, ``<uid>.<settings.content_domain>``:
    that base URL) with ``Authorization: token <secret>`` added; the secret is removed from
    the pages JupyterLab renders (its page config carries the token).
 
-The proxy forwards no cookie of visa's, drops any Set-Cookie that is not host-only for the
-instance's host, streams every body, bounds websocket messages, refuses cross-origin writes
-and websockets (JupyterLab skips its XSRF check for token-authenticated requests) and
-closes a websocket whose user lost access. Nothing else is served on a user-content host.
+The proxy forwards no cookie at all (the token authenticates; a cookie may have been set by
+a script in the lab, or by another instance's for a parent domain), drops any Set-Cookie
+that is not host-only for the instance's host, streams every body, bounds websocket messages,
+refuses cross-origin writes and websockets (JupyterLab skips its XSRF check for
+token-authenticated requests) and closes a websocket whose user lost access. Nothing else is
+served on a user-content host.
+
+No instance takes more than its share: each has a pool of its own of upstream connections
+(``gateway.jupyter_connections_per_instance``; a request waits ``jupyter_wait_seconds`` for
+one, then 503), each lab (cookie) has at most ``jupyter_requests_per_lab`` requests in
+progress (then 429), an answer silent for ``jupyter_idle_seconds`` is cut off, a page is
+decoded up to ``jupyter_page_bytes`` only (a gzip bomb is cut there), and websockets count
+against the gateway's per-user and per-instance limits.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import asyncio
 import contextlib
 import re
 import time
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +42,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from starlette.background import BackgroundTask
+from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Host, Route, Router, WebSocketRoute
@@ -42,7 +52,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from visa.errors import NotFound, Unauthorized, VisaError
 from visa.gateway import relay, service
-from visa.gateway.common import Gateway, error_body, log, refuse
+from visa.gateway.common import Counts, Gateway, error_body, log, refuse
 from visa.instances import presence
 from visa.instances.models import ConnectionProtocol, MemberRole
 from visa.metrics import RelayMeter
@@ -79,6 +89,37 @@ class LabSession:
     epoch: str
     login: str  # the visa login session it came from: the lab ends with it
     target: service.Target
+
+
+class PageTooLarge(Exception):
+    """A page from the instance decodes to more than the gateway reads of one."""
+
+
+async def decoded(raw: AsyncIterator[bytes], encoding: str, limit: int) -> AsyncIterator[bytes]:
+    """A page's body without its content encoding, inflated ``limit`` bytes at most: a page
+    that would inflate further (a gzip bomb) raises ``PageTooLarge`` there, and no more than
+    64 KB is inflated from the instance's bytes at a time."""
+    inflate = None
+    if encoding in ("gzip", "x-gzip"):
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        inflate = zlib.decompressobj()
+    total = 0
+    async for chunk in raw:
+        data = chunk
+        while data:
+            if inflate is None:
+                piece, data = data, b""
+            else:
+                if inflate.eof:
+                    break
+                piece = inflate.decompress(data, 65536)
+                data = inflate.unconsumed_tail
+            total += len(piece)
+            if total > limit:
+                raise PageTooLarge(f"a page of more than {limit} bytes")
+            if piece:
+                yield piece
 
 
 def instance_cookie(set_cookie: str, reserved: frozenset[str]) -> bool:
@@ -128,6 +169,9 @@ class JupyterProxy:
         self._reserved = frozenset({LAB_COOKIE, SECURE_LAB_COOKIE, gateway.session_cookie})
         self._client: httpx.AsyncClient | None = None
         self._cache: dict[tuple[str, str], tuple[float, LabSession]] = {}
+        # One database check at a time per lab and instance: the others wait for its answer.
+        self._checking: dict[tuple[str, str], asyncio.Future[LabSession]] = {}
+        self._per_lab = Counts()  # requests in progress per lab cookie
 
     def routes(self) -> list[BaseRoute]:
         """The user-content hosts: their own router, which serves nothing of visa's."""
@@ -153,15 +197,23 @@ class JupyterProxy:
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            # No read timeout: kernels and downloads may take long; connects must not.
-            limits = httpx.Limits(max_connections=256, max_keepalive_connections=32)
+            limits = self.settings.gateway
             self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(None, connect=self.gateway.config.connect_timeout),
-                transport=relay.UpstreamTransport(limits),  # TCP or the session's unix socket
+                transport=relay.UpstreamTransport(  # a pool per instance: TCP or the session's unix socket
+                    limits.jupyter_connections_per_instance, limits.upstream_pools, limits.jupyter_idle_seconds
+                ),
                 follow_redirects=False,
                 trust_env=False,
             )
         return self._client
+
+    def _timeout(self) -> httpx.Timeout:
+        """Connects are quick; an answer may take long (a kernel, a download) but not be silent
+        for longer than the idle bound; a request waits a bounded time for its instance's pool."""
+        limits = self.settings.gateway
+        idle = limits.jupyter_idle_seconds
+        return httpx.Timeout(connect=self.gateway.config.connect_timeout, read=idle, write=idle,
+                             pool=limits.jupyter_wait_seconds)
 
     # ------------------------------------------------------------------ the upstream connection
 
@@ -182,23 +234,35 @@ class JupyterProxy:
             raise NotFound("no such instance")
         return uid
 
-    async def lab_session(self, cookie_header: str, uid: str) -> LabSession:
-        """The Jupyter of ``uid`` for this browser's lab cookie, or Unauthorized / NotFound."""
+    def signed_cookie(self, cookie_header: str, uid: str) -> tuple[str, dict[str, Any]]:
+        """The first lab cookie of this browser signed for ``uid`` and what it says (not yet
+        checked against the database), or Unauthorized."""
         for value in lab_cookies(cookie_header, self.lab_cookie):
-            key = (value, uid)
-            cached = self._cache.get(key)
-            if cached is not None and cached[0] > time.monotonic():
-                return cached[1]
             try:
                 data = self._signer.loads(value, max_age=self.max_age)
             except BadSignature:
                 continue
-            if (
-                not isinstance(data, dict)
-                or data.get("uid") != uid
-                or not isinstance(data.get("user_id"), int)
-            ):
-                continue
+            if isinstance(data, dict) and data.get("uid") == uid and isinstance(data.get("user_id"), int):
+                return value, data
+        raise Unauthorized("open JupyterLab from visa")
+
+    async def lab_session(self, cookie_header: str, uid: str) -> LabSession:
+        """The Jupyter of ``uid`` for this browser's lab cookie, or Unauthorized / NotFound."""
+        return await self.checked(*self.signed_cookie(cookie_header, uid), uid)
+
+    async def checked(self, value: str, data: dict[str, Any], uid: str) -> LabSession:
+        """The signed cookie ``value`` checked against the database (the answer kept a few
+        seconds; requests that arrive together wait for one check)."""
+        key = (value, uid)
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        running = self._checking.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[LabSession] = asyncio.get_running_loop().create_future()
+        self._checking[key] = future
+        try:
             login = data.get("login")
             target = await self.gateway.db(
                 service.jupyter_target, self.gateway.clock, data["user_id"], data.get("epoch"), login, uid
@@ -207,8 +271,17 @@ class JupyterProxy:
             if len(self._cache) > CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = (time.monotonic() + self.gateway.config.auth_cache_seconds, lab)
+            future.set_result(lab)
             return lab
-        raise Unauthorized("open JupyterLab from visa")
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                future.set_exception(exc)
+                future.exception()  # the waiters get it; nobody else needs to
+            else:
+                future.cancel()
+            raise
+        finally:
+            del self._checking[key]
 
     def same_origin(self, headers: Any, uid: str) -> bool:
         """A browser request from a page of this very host (not another instance's, not visa's)."""
@@ -272,14 +345,11 @@ class JupyterProxy:
         out = [(k, v) for k, v in headers.items() if k.lower() not in HOP_HEADERS]
         if ws:  # the websocket client library makes its own handshake headers
             out = [(k, v) for k, v in out if not k.lower().startswith("sec-websocket")]
-        # The instance's own cookies only: nothing the gateway or visa uses goes upstream.
-        cookies = [
-            c.strip()
-            for c in headers.get("cookie", "").split(";")
-            if c.strip() and c.split("=", 1)[0].strip() not in self._reserved
-        ]
-        if cookies:
-            out.append(("cookie", "; ".join(cookies)))
+        # No cookie: the token authenticates, and whatever a cookie holds was set by a script.
+        if not ws:  # a page's encoding is removed on the way: only what the gateway can decode
+            out = [(k, v) for k, v in out if k.lower() != "accept-encoding"]
+            if "gzip" in headers.get("accept-encoding", ""):
+                out.append(("accept-encoding", "gzip"))
         out.append(("authorization", f"token {target.secret}"))
         # Already checked to be ours: say so in JupyterLab's terms (its host, not ours).
         if "origin" in headers:
@@ -297,7 +367,31 @@ class JupyterProxy:
     async def http(self, request: Request) -> Response:
         try:
             uid = self._host_uid(request.path_params)
-            lab = await self.lab_session(request.headers.get("cookie", ""), uid)
+            value, data = self.signed_cookie(request.headers.get("cookie", ""), uid)
+        except VisaError as exc:
+            return self._refusal(request, exc)
+        most = self.settings.gateway.jupyter_requests_per_lab
+        if not self._per_lab.take(value, most):
+            return JSONResponse(
+                {"error": "rate_limited", "message": f"too many requests of this lab at once (at most {most})"},
+                status_code=429, headers={"Retry-After": "1"},
+            )
+        try:
+            response = await self._http(request, value, data, uid)
+        except BaseException:
+            self._per_lab.give_back(value)
+            raise
+        # The lab's request ends when its answer has been sent (or the browser went away).
+        tasks = BackgroundTasks()
+        if response.background is not None:
+            tasks.add_task(response.background)
+        tasks.add_task(self._per_lab.give_back, value)
+        response.background = tasks
+        return response
+
+    async def _http(self, request: Request, value: str, data: dict[str, Any], uid: str) -> Response:
+        try:
+            lab = await self.checked(value, data, uid)
         except VisaError as exc:
             return self._refusal(request, exc)
         if request.method not in SAFE_METHODS and not self.same_origin(request.headers, uid):
@@ -315,9 +409,17 @@ class JupyterProxy:
             self.upstream_url(target, path),
             headers=headers,
             content=request.stream() if has_body else None,
+            timeout=self._timeout(),
         )
         try:
             upstream = await self.client.send(upstream_request, stream=True)
+        except httpx.PoolTimeout:
+            log.warning("jupyter of instance %s busy: no connection free", target.instance_id)
+            return JSONResponse({"error": "unavailable", "message": "Jupyter is busy: try again"},
+                                status_code=503, headers={"Retry-After": "5"})
+        except httpx.TimeoutException as exc:
+            log.warning("jupyter of instance %s silent: %s", target.instance_id, type(exc).__name__)
+            return JSONResponse({"error": "unavailable", "message": "Jupyter does not answer"}, status_code=504)
         except httpx.HTTPError as exc:
             log.warning("jupyter of instance %s unreachable: %s", target.instance_id, type(exc).__name__)
             return JSONResponse(
@@ -325,6 +427,11 @@ class JupyterProxy:
             )
 
         html = upstream.headers.get("content-type", "").startswith("text/html")
+        encoding = upstream.headers.get("content-encoding", "").strip().lower()
+        if html and encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
+            await upstream.aclose()
+            return JSONResponse({"error": "unavailable", "message": "Jupyter sent a page the gateway cannot read"},
+                                status_code=502)
         out_headers: list[tuple[str, str]] = []
         for key, value in upstream.headers.multi_items():
             name = key.lower()
@@ -337,9 +444,14 @@ class JupyterProxy:
             out_headers.append((name, value))
         out_headers.append(("content-security-policy", CONTENT_CSP))
         # Pages carry JupyterLab's page config, with the token in it: removed, streaming.
-        body = scrub(upstream.aiter_bytes(), target.secret.encode()) if html else upstream.aiter_raw()
+        if html:
+            page = decoded(upstream.aiter_raw(), encoding, self.settings.gateway.jupyter_page_bytes)
+            body = scrub(page, target.secret.encode())
+        else:
+            body = upstream.aiter_raw()
         response = StreamingResponse(
-            body, status_code=upstream.status_code, background=BackgroundTask(upstream.aclose)
+            _cut_short(body, target.instance_id), status_code=upstream.status_code,
+            background=BackgroundTask(upstream.aclose),
         )
         response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out_headers]
         return response
@@ -362,6 +474,17 @@ class JupyterProxy:
             body, status = error_body(exc)
             await refuse(websocket, status, body)
             return
+        target = lab.target
+        refusal = self.gateway.admit(lab.user_id, target.instance_id)
+        if refusal is not None:
+            await refuse(websocket, *refusal)
+            return
+        try:
+            await self._websocket(websocket, lab, uid)
+        finally:
+            self.gateway.leave(lab.user_id, target.instance_id)
+
+    async def _websocket(self, websocket: WebSocket, lab: LabSession, uid: str) -> None:
         target = lab.target
         self.gateway.spawn(self.gateway.note_activity(target.instance_id))
 
@@ -491,3 +614,14 @@ class JupyterProxy:
                     log.debug("jupyter websocket relay ended: %r", result)
             with contextlib.suppress(Exception):
                 await websocket.close(code, reason)
+
+
+async def _cut_short(body: AsyncIterator[bytes], instance_id: int) -> AsyncIterator[bytes]:
+    """The body as it comes; an answer that falls silent or grows past its bound ends the
+    connection unfinished (the browser sees it cut, not complete)."""
+    try:
+        async for chunk in body:
+            yield chunk
+    except (httpx.TimeoutException, PageTooLarge) as exc:
+        log.warning("jupyter answer of instance %s cut off: %s", instance_id, exc or type(exc).__name__)
+        raise

@@ -15,6 +15,8 @@ import collections
 import contextlib
 import hashlib
 import socket
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -163,7 +165,9 @@ async def open_upstream(host: str, port: int, timeout: float = 5.0, socket_path:
 
 # Unix-socket upstreams get a made-up host name (RFC 6761 ``.invalid``: never resolved) that
 # the transport maps back to the socket, so one client serves TCP and socket targets alike.
-_SOCKET_HOSTS: dict[str, str] = {}
+# The map is bounded: the least recently named sockets go first (looked up again when needed).
+_SOCKET_HOSTS: collections.OrderedDict[str, str] = collections.OrderedDict()
+SOCKET_HOSTS_MAX = 4096
 SOCKET_DOMAIN = ".socket.invalid"
 
 
@@ -172,9 +176,10 @@ def http_origin(target: Any) -> str:
     if not target.socket:
         return f"http://{target.host}:{target.port}"
     host = hashlib.sha256(target.socket.encode()).hexdigest()[:24] + SOCKET_DOMAIN
-    if len(_SOCKET_HOSTS) > 4096:
-        _SOCKET_HOSTS.clear()  # targets are looked up again at the next request
     _SOCKET_HOSTS[host] = target.socket
+    _SOCKET_HOSTS.move_to_end(host)
+    while len(_SOCKET_HOSTS) > SOCKET_HOSTS_MAX:
+        _SOCKET_HOSTS.popitem(last=False)
     return f"http://{host}"
 
 
@@ -182,31 +187,98 @@ def ws_origin(target: Any) -> str:
     return "ws" + http_origin(target)[4:]
 
 
-class UpstreamTransport(httpx.AsyncBaseTransport):
-    """TCP for ordinary hosts, one pooled unix-socket transport per socket host."""
+class _Pool:
+    """One upstream's connections, and how many answers from it are still being read."""
 
-    def __init__(self, limits: httpx.Limits) -> None:
-        self._limits = limits
-        self._tcp = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
-        self._sockets: dict[str, httpx.AsyncHTTPTransport] = {}
+    def __init__(self, transport: httpx.AsyncHTTPTransport) -> None:
+        self.transport = transport
+        self.in_flight = 0
+        self.used_at = time.monotonic()
+
+
+class _Counted(httpx.AsyncByteStream):
+    """An upstream answer's body that gives its pool back when it is closed."""
+
+    def __init__(self, stream: Any, pool: _Pool) -> None:
+        self._stream = stream
+        self._pool: _Pool | None = pool
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            if self._pool is not None:
+                self._pool.in_flight -= 1
+                self._pool.used_at = time.monotonic()
+                self._pool = None
+
+
+class UpstreamTransport(httpx.AsyncBaseTransport):
+    """One connection pool per upstream (an instance's host:port or unix socket), so that an
+    instance holding all of its connections makes only its own requests wait (for the pool
+    timeout of the request, then ``httpx.PoolTimeout``).
+
+    The table of pools is bounded: past ``max_pools`` the least recently used pool with no
+    answer in progress is closed, and so is any pool unused for ``idle_seconds``."""
+
+    def __init__(self, connections: int, max_pools: int = 1024, idle_seconds: float = 300.0) -> None:
+        self.connections = connections
+        self.max_pools = max_pools
+        self.idle_seconds = idle_seconds
+        self._pools: collections.OrderedDict[str, _Pool] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pools)
+
+    def _pool(self, key: str, uds: str | None) -> _Pool:
+        pool = self._pools.get(key)
+        if pool is None:
+            limits = httpx.Limits(max_connections=self.connections,
+                                  max_keepalive_connections=min(self.connections, 8), keepalive_expiry=30)
+            pool = self._pools[key] = _Pool(httpx.AsyncHTTPTransport(uds=uds, limits=limits, trust_env=False))
+        self._pools.move_to_end(key)
+        return pool
+
+    async def _evict(self) -> None:
+        """Close the pools beyond the bound (least recently used first) and the idle ones."""
+        idle_before = time.monotonic() - self.idle_seconds
+        over = len(self._pools) - self.max_pools
+        for key, pool in list(self._pools.items()):
+            if pool.in_flight:
+                continue
+            if over > 0 or pool.used_at < idle_before:
+                del self._pools[key]
+                over -= 1
+                await pool.transport.aclose()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         host = request.url.host
-        if not host.endswith(SOCKET_DOMAIN):
-            return await self._tcp.handle_async_request(request)
-        path = _SOCKET_HOSTS.get(host)
-        if path is None:
-            raise httpx.ConnectError(f"no socket for {host}", request=request)
-        transport = self._sockets.get(path)
-        if transport is None:
-            transport = self._sockets[path] = httpx.AsyncHTTPTransport(uds=path, limits=self._limits)
-        return await transport.handle_async_request(request)
+        if host.endswith(SOCKET_DOMAIN):
+            path = _SOCKET_HOSTS.get(host)
+            if path is None:
+                raise httpx.ConnectError(f"no socket for {host}", request=request)
+            pool = self._pool("unix:" + path, path)
+        else:
+            pool = self._pool(f"{host}:{request.url.port}", None)
+        pool.in_flight += 1
+        pool.used_at = time.monotonic()
+        try:
+            await self._evict()
+            response = await pool.transport.handle_async_request(request)
+        except BaseException:
+            pool.in_flight -= 1
+            raise
+        response.stream = _Counted(response.stream, pool)
+        return response
 
     async def aclose(self) -> None:
-        await self._tcp.aclose()
-        for transport in self._sockets.values():
-            await transport.aclose()
-        self._sockets.clear()
+        pools, self._pools = list(self._pools.values()), collections.OrderedDict()
+        for pool in pools:
+            await pool.transport.aclose()
 
 
 async def ws_connect(target: Any, url: str, **kwargs: Any) -> ClientConnection:
