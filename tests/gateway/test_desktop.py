@@ -340,3 +340,37 @@ def test_spent_and_expired_tokens_are_purged(live: Live, world: World) -> None:
     with live.db.unit_of_work() as s:
         assert purge_connect_tokens(s, live.clock) == 1
         assert s.scalar(select(ConnectToken)) is None
+
+
+def test_open_desktops_are_capped_per_user_and_per_instance(live: Live, world: World) -> None:
+    gateway = live.app.extensions["visa"].settings.gateway
+    gateway.max_connections_per_user, gateway.max_connections_per_instance = 2, 3
+    opened = []
+    try:
+        for _ in range(2):
+            opened.append(_open(live, _token(live, "owner")["url"]))
+            assert WsRfb(opened[-1]).handshake() == [1]
+        url = _token(live, "owner")["url"]
+        with pytest.raises(InvalidStatus) as info:
+            _open(live, url).close()
+        assert info.value.response.status_code == 429
+        assert b"rate_limited" in info.value.response.body and b"open connections" in info.value.response.body
+        opened.append(_open(live, _token(live, "guest")["url"]))  # the instance's third
+        assert WsRfb(opened[-1]).handshake() == [1]
+        url = _token(live, "helper")["url"]
+        with pytest.raises(InvalidStatus) as info:
+            _open(live, url).close()
+        assert info.value.response.status_code == 503 and b"unavailable" in info.value.response.body
+        opened.pop().close()  # a closed desktop no longer counts
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                opened.append(_open(live, _token(live, "helper")["url"]))
+                break
+            except InvalidStatus:
+                assert time.monotonic() < deadline, "a closed desktop still counts"
+                time.sleep(0.1)
+        assert WsRfb(opened[-1]).handshake() == [1]
+    finally:
+        for ws in opened:
+            ws.close()

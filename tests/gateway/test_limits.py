@@ -217,3 +217,45 @@ def test_open_lab_connections_are_capped_per_user_and_per_instance(live: Live, w
     finally:
         for ws in opened:
             ws.close()
+
+
+# ---------------------------------------------------------------- the table of upstream pools
+
+
+def test_the_table_of_upstream_pools_is_bounded_and_evicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from visa.gateway import relay
+
+    async def run(ups: list[HostileUpstream]) -> None:
+        transport = relay.UpstreamTransport(connections=2, max_pools=2, idle_seconds=1.0)
+        async with httpx.AsyncClient(transport=transport, trust_env=False, timeout=10) as client:
+            for up in ups:
+                assert (await client.get(f"http://127.0.0.1:{up.port}/api/status")).status_code == 200
+            # The least recently used pool went, and its kept-alive connection with it.
+            assert len(transport) == 2
+            assert [up.connections for up in ups] == [0, 1, 1]
+            # An answer still being read keeps its pool, whatever the bound.
+            async with client.stream("GET", f"http://127.0.0.1:{ups[0].port}/api/stall") as stalled:
+                body = stalled.aiter_raw()
+                assert await body.__anext__() == b"begun"
+                await client.get(f"http://127.0.0.1:{ups[1].port}/api/status")
+                await client.get(f"http://127.0.0.1:{ups[2].port}/api/status")
+                assert ups[0].connections == 1 and len(transport) == 2
+            # Unused for idle_seconds: closed at the next request.
+            await asyncio.sleep(1.2)
+            await client.get(f"http://127.0.0.1:{ups[2].port}/api/status")
+            await asyncio.sleep(0.2)
+            assert len(transport) == 1 and [up.connections for up in ups] == [0, 0, 1]
+
+    with hostile_upstream() as a, hostile_upstream() as b, hostile_upstream() as c:
+        asyncio.run(run([a, b, c]))
+
+    # The names made up for unix sockets are bounded too: the least recently used go first.
+    monkeypatch.setattr(relay, "SOCKET_HOSTS_MAX", 3)
+    monkeypatch.setattr(relay, "_SOCKET_HOSTS", relay.collections.OrderedDict())
+    origins = [relay.http_origin(SimpleNamespace(socket=f"/run/s{i}")) for i in range(5)]
+    relay.http_origin(SimpleNamespace(socket="/run/s2"))  # used again: kept
+    relay.http_origin(SimpleNamespace(socket="/run/s5"))
+    assert list(relay._SOCKET_HOSTS.values()) == ["/run/s4", "/run/s2", "/run/s5"]
+    assert origins[0].removeprefix("http://") not in relay._SOCKET_HOSTS

@@ -215,3 +215,30 @@ def test_probe_reads_cpu_and_x_input_and_keeps_a_computation_alive(
     clock.advance(minutes=5)
     assert probe.run().computing == []
     print(f"\nfirst probe (two reports {probe.sample_gap} s apart): {first_probe:.2f} s")
+
+
+@pytest.mark.parametrize("report", [
+    "head -c 300000000 /dev/zero | tr '\\0' x",  # a flood: 300 MB of report
+    "while true; do printf x; sleep 0.5; done",  # a drip: a byte now and then, never silent for long
+])
+def test_a_hostile_machine_cannot_make_the_probe_read_without_end(
+    services: Services, world, clock: FrozenClock, start_sshd, tmp_path: Path, report: str  # noqa: ANN001
+) -> None:
+    """The machine is the user's: what it answers as its report is read up to a bound of size and time."""
+    from visa.instances.activity import SshReader
+
+    services.settings.provisioning.probe_username = "root"
+    uid = "hostile-instance"
+    sshd = start_sshd(host_keys.private_openssh(services.settings.resolved_secret_key(), uid))
+    hostile = tmp_path / "sshd0" / "report"
+    hostile.write_text(f"#!/bin/sh\n{report}\n")
+    hostile.chmod(0o755)
+    (tmp_path / "sshd0" / "keys" / "root").write_text(
+        f'restrict,command="{hostile}" {probe_keys.public_key(services.settings)}\n'
+    )
+    with services.database.unit_of_work() as s:
+        iid = add_instance(s, clock, world, uid=uid, address="127.0.0.1", provider_state={"ports": {"ssh": sshd}}).id
+    started = time.monotonic()
+    result = ActivityProbe(services, SshReader(services.settings, timeout=2), sample_gap=0.1).run()
+    assert time.monotonic() - started < 8
+    assert iid in result.failed and "report" in result.failed[iid], result.failed

@@ -205,6 +205,17 @@ async def desktop(gateway: Gateway, scope: Scope, receive: Receive, send: Send) 
         await refuse(websocket, 403 if status == 401 and token else status, body)
         return
 
+    refusal = gateway.admit(grant.user_id, grant.instance_id)
+    if refusal is not None:
+        await refuse(websocket, *refusal)
+        return
+    try:
+        await _relay(gateway, websocket, receive, send, grant)
+    finally:
+        gateway.leave(grant.user_id, grant.instance_id)
+
+
+async def _relay(gateway: Gateway, websocket: WebSocket, receive: Receive, send: Send, grant: service.Grant) -> None:
     config = gateway.config
     upstream: Upstream | None = None
     try:

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 COMPUTE_CORES = 0.15  # average cores used by the owner's processes that count as computing (idle desktops: ~0.02)
 PROBE_COMMAND = "visa-probe"
 SSH_TIMEOUT = 10.0
+# A report is a few KB; the machine is the user's, so what it answers is read up to this much.
+MAX_REPORT_BYTES = 256 * 1024
 RUNNING = (InstanceState.ACTIVE, InstanceState.PARTIALLY_ACTIVE)
 
 
@@ -121,11 +123,35 @@ class SshReader:
                 if i:
                     time.sleep(gap)
                 _, stdout, _ = client.exec_command(PROBE_COMMAND, timeout=self.timeout)
-                text = stdout.read().decode()
+                text = read_report(stdout.channel, self.timeout)
                 reports.append(Report.parse(text, time.monotonic()))
             return reports
         finally:
             client.close()
+
+
+def read_report(channel: paramiko.Channel, timeout: float, limit: int = MAX_REPORT_BYTES) -> str:
+    """The command's output, up to ``limit`` bytes and ``timeout`` seconds in all (a machine
+    that floods or drips is cut off there: ValueError, the probe of that machine failed)."""
+    deadline = time.monotonic() + timeout
+    data = bytearray()
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ValueError(f"no whole report within {timeout:g} s")
+            channel.settimeout(left)
+            chunk = channel.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > limit:
+                raise ValueError(f"a report of more than {limit} bytes")
+    except TimeoutError as exc:
+        raise ValueError(f"no whole report within {timeout:g} s") from exc
+    finally:
+        channel.close()
+    return data.decode(errors="replace")
 
 
 Reader = Callable[[Target, int, float], list[Report]]
