@@ -43,11 +43,11 @@ def world(live: Live, upstreams: tuple[HostileUpstream, HostileUpstream]) -> Wor
     return world
 
 
-def _gateway(live: Live):  # noqa: ANN202
+def _gateway(live: Live):
     return live.app.extensions["visa"].settings.gateway
 
 
-def test_a_cookie_planted_in_the_lab_never_reaches_jupyter(live: Live, world: World, upstreams) -> None:  # noqa: ANN001
+def test_a_cookie_planted_in_the_lab_never_reaches_jupyter(live: Live, world: World, upstreams) -> None:
     upstream = upstreams[0]
     with live.login("owner") as client, live.open_lab(client) as lab:
         # What a script of the lab can do: set a cookie for the lab's own host.
@@ -65,7 +65,7 @@ def _lab_cookie(live: Live, who: str, uid: str) -> str:
 
 
 def test_one_lab_holding_300_slow_requests_does_not_delay_another_instances_lab(
-    live: Live, world: World, upstreams  # noqa: ANN001
+    live: Live, world: World, upstreams
 ) -> None:
     slow, _ = upstreams
     slow.slow_seconds = 6
@@ -105,7 +105,7 @@ def test_one_lab_holding_300_slow_requests_does_not_delay_another_instances_lab(
     assert 503 in codes
 
 
-def test_a_lab_over_its_share_is_told_so(live: Live, world: World, upstreams) -> None:  # noqa: ANN001
+def test_a_lab_over_its_share_is_told_so(live: Live, world: World, upstreams) -> None:
     slow, _ = upstreams
     slow.slow_seconds = 5
     settings = _gateway(live)
@@ -130,7 +130,7 @@ def test_a_lab_over_its_share_is_told_so(live: Live, world: World, upstreams) ->
     assert first.status_code == 200
 
 
-def test_a_jupyter_that_stops_sending_is_cut_off(live: Live, world: World, upstreams) -> None:  # noqa: ANN001
+def test_a_jupyter_that_stops_sending_is_cut_off(live: Live, world: World, upstreams) -> None:
     slow, _ = upstreams
     slow.slow_seconds = 30
     _gateway(live).jupyter_idle_seconds = 1
@@ -143,7 +143,7 @@ def test_a_jupyter_that_stops_sending_is_cut_off(live: Live, world: World, upstr
         assert time.monotonic() - start < 10
 
 
-def test_a_gzip_bomb_page_is_cut_at_a_bound(live: Live, world: World, upstreams) -> None:  # noqa: ANN001
+def test_a_gzip_bomb_page_is_cut_at_a_bound(live: Live, world: World, upstreams) -> None:
     slow, _ = upstreams
     slow.bomb_bytes = 1024**3  # 1 GiB of page, about 1 MB on the wire
     bound = 4 * 1024**2
@@ -171,7 +171,7 @@ def test_connect_is_rate_limited_per_user(live: Live, world: World) -> None:
         assert other.post(f"/api/instances/{UID}/connect").status_code == 200
 
 
-def _lab_ws(live: Live, cookie: str, uid: str = UID):  # noqa: ANN202
+def _lab_ws(live: Live, cookie: str, uid: str = UID):
     port = int(live.base.rsplit(":", 1)[1])
     sock = socket.create_connection(("127.0.0.1", port))
     return connect(f"ws://{live.content(uid)}/jupyter/{uid}/api/events/subscribe", sock=sock, open_timeout=10,

@@ -222,7 +222,7 @@ def test_probe_reads_cpu_and_x_input_and_keeps_a_computation_alive(
     "while true; do printf x; sleep 0.5; done",  # a drip: a byte now and then, never silent for long
 ])
 def test_a_hostile_machine_cannot_make_the_probe_read_without_end(
-    services: Services, world, clock: FrozenClock, start_sshd, tmp_path: Path, report: str  # noqa: ANN001
+    services: Services, world, clock: FrozenClock, start_sshd, tmp_path: Path, report: str
 ) -> None:
     """The machine is the user's: what it answers as its report is read up to a bound of size and time."""
     from visa.instances.activity import SshReader
