@@ -189,6 +189,8 @@ def check_database(settings: Settings, *, probe_clouds: bool = False) -> list[Fi
                 out.append(Finding("ok", f"cloud {cloud.name}", f"{cloud.kind}{'' if cloud.enabled else ' (disabled)'}"))
             if cloud.kind == "local" and cloud.enabled:  # other kinds are asked with --probe-clouds only
                 out.append(_local_isolation(settings, cloud.name, cloud.config or {}))
+                with database.sessionmaker() as s:
+                    out.extend(_uids_in_range(s, cloud.name, cloud.config or {}))
         if any(cloud.kind == "local" and cloud.enabled for cloud in clouds):
             out += [f for f in [metadata_service("metadata service")] if f is not None]
         if probe_clouds:
@@ -236,6 +238,27 @@ def metadata_service(subject: str, timeout: float = 0.5) -> Finding | None:
         return Finding("warning", subject, f"this host answers on {METADATA_ADDRESS}:{port} (a cloud metadata "
                        "service): local sessions never reach it, but every other program of the host does")  # fmt: skip
     return None
+
+
+def _uids_in_range(session: Any, name: str, config: dict[str, Any]) -> list[Finding]:
+    """Users whose facility uid lies inside the local cloud's ``uid_range``: visa gives uids of that
+    range to the accounts it makes, so such a user's uid may be an account made for someone else."""
+    from visa.clouds.local import LocalConfig
+    from visa.users.models import User
+
+    low, high = LocalConfig.model_fields["uid_range"].default
+    raw = config.get("uid_range")
+    if isinstance(raw, list | tuple) and len(raw) == 2 and all(isinstance(n, int) for n in raw):
+        low, high = raw
+    inside = list(session.scalars(
+        select(User.username).where(User.uid_number.between(low, high)).order_by(User.username).limit(6)
+    ))
+    if not inside:
+        return []
+    shown = ", ".join(inside[:5]) + (", ..." if len(inside) > 5 else "")
+    return [Finding("warning", f"cloud {name} uid_range",
+                    f"uid_number of {shown} inside {low}-{high}, the range visa gives its own accounts uids from: "
+                    "move the range (the cloud's uid_range) outside the facility's uids")]
 
 
 def check_all(settings: Settings, *, probe_clouds: bool = False) -> list[Finding]:

@@ -338,6 +338,7 @@ def users_add(username: str, full_name: str, email: str | None, password: str | 
         user = service.create_user(
             SYSTEM, s, system_clock, username=username, full_name=full_name, email=email, password=password,
             quota=quota, default_quota=_settings().default_quota,
+            reserved=service.reserved_usernames(_settings().provisioning.probe_username),
         )
         for role in parsed:
             service.grant_role(SYSTEM, s, system_clock, user, role)

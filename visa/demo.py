@@ -59,8 +59,11 @@ def prepare_demo(settings: Settings, database: Database) -> list[str]:
         for username, password, roles in DEMO_USERS:
             user = s.scalar(select(User).where(User.username == username))
             if user is None:
-                user = users.create_user(SYSTEM, s, system_clock, username=username, full_name=username.title(),
-                                         default_quota=settings.default_quota)
+                user = users.create_user(
+                    SYSTEM, s, system_clock, username=username, full_name=username.title(),
+                    default_quota=settings.default_quota,
+                    reserved=users.reserved_usernames(settings.provisioning.probe_username),
+                )
             if user.password_hash is None:
                 users.set_password(SYSTEM, s, system_clock, user, password)
             for role in roles:

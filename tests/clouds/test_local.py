@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.clouds.accounts import recorded_account
 from tests.clouds.rfb import RfbAuthFailed, RfbClient, vnc_auth_response
 from tests.processes import pids_with_env
 from visa.clouds import local_session
@@ -56,6 +57,9 @@ def _spec(uid: str, protocols: dict[str, int], **kwargs: object) -> ServerSpec:
         "owner_username": OWNER,
     }
     base.update(kwargs)
+    if "account" not in base:
+        owner_uid = base.get("owner_uid")
+        base["account"] = recorded_account(str(base["owner_username"]), owner_uid if isinstance(owner_uid, int) else None)
     return ServerSpec(**base)  # type: ignore[arg-type]
 
 

@@ -3,6 +3,7 @@ writable where they must not be, and nothing of another user's experiment."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.clouds.accounts import recorded_account
 from tests.provisioning.cloudinit import cloud_config_part
 from tests.provisioning.factories import NOW, boot, make_experiment, make_image, make_instance, make_user
 from visa.instances.models import InstanceState
@@ -64,6 +66,8 @@ def test_rendered_mounts_on_the_local_provider(session, tmp_path: Path) -> None:
     ]
 
     provider = local.LocalProvider("local", {"root_dir": str(tmp_path / "instances")})
+    # The account the executor would have recorded for the owner before the create.
+    spec = dataclasses.replace(spec, account=recorded_account(owner.username))
     try:
         provider.create(spec)
         deadline = time.monotonic() + 45

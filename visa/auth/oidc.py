@@ -49,7 +49,7 @@ from visa.errors import Unauthorized, VisaError
 from visa.policy import MINT_TOKENS
 from visa.settings import OidcSettings
 from visa.users.models import Role, User
-from visa.users.service import Posix, create_user, set_posix, validate_username
+from visa.users.service import Posix, create_user, reserved_usernames, set_posix, validate_username
 
 log = logging.getLogger(__name__)
 
@@ -342,6 +342,10 @@ def user_from_claims(
             validate_username(wanted)
         except Exception as exc:
             raise Unauthorized(f"your account name {clip(wanted, 40)!r} cannot be used here") from exc
+        reserved = reserved_usernames(settings.provisioning.probe_username if settings is not None else "visa")
+        if wanted in reserved:
+            raise Unauthorized(f"your account name {wanted!r} is reserved here (a system account's): "
+                               "ask the facility for another")
         username = _free_username(session, wanted)
         if username != wanted:
             log.warning("first login of %s at %s: the name %s is taken, the new account is %s",
@@ -349,6 +353,7 @@ def user_from_claims(
         user = create_user(
             SYSTEM, session, clock, username=username, full_name=full_name,
             email=email if email and "@" in email else None, external_id=sub, default_quota=default_quota,
+            reserved=reserved,
         )
         user.identity_issuer = issuer
     if not user.active:

@@ -23,6 +23,7 @@ Edge cases every implementation must honour:
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -71,6 +72,9 @@ class ServerSpec:
     owner_uid: int | None = None
     owner_gid: int | None = None
     owner_groups: tuple[int, ...] = ()  # supplementary gids
+    # The unix account of visa's host recorded as the owner's (name, uid), for a cloud that runs
+    # sessions as host accounts (``Provider.new_account``): the only account it makes or adopts.
+    account: tuple[str, int] | None = None
     # The owner's persistent home share, mounted at their home (``target``) on every machine of
     # theirs; None: the provider keeps the home (the local cloud: one per user).
     home: MountSpec | None = None
@@ -295,6 +299,18 @@ class Provider(abc.ABC):
         :class:`visa.errors.CloudError` when the machine is not running; the session speaks
         for a hostile machine: callers check every path and bound every answer.
         """
+        return None
+
+    def new_account(self, username: str, uid: int | None, taken_uids: Collection[int]) -> tuple[str, int] | None:
+        """For a cloud that runs sessions as unix accounts of visa's own host: the account
+        (name, uid) to make for a user who has none recorded, not made yet. The caller records it
+        as the user's (the database's unique columns settle a race between two callers) and passes
+        it as ``ServerSpec.account``; the provider never makes or adopts any other.
+
+        ``uid``: the user's own uid at the facility, if known; ``taken_uids``: every uid and gid
+        other visa users have or were given, which a new account's uid never takes. None (the
+        default): the cloud makes no host accounts. Raises :class:`visa.errors.CloudError` when
+        no account can be given (a uid that is another account's, no free uid left)."""
         return None
 
     def isolation(self) -> tuple[bool, str] | None:

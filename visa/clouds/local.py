@@ -15,9 +15,11 @@ Isolation (:meth:`LocalProvider.isolation_report`): everything inside a session 
 hostile, so where it can visa runs each session in a bubblewrap sandbox
 
 * as the owner's own unix account: when visa is root it creates one on demand (the user's
-  ``uid_number``/``gid_number`` when set, else the next free uid of ``uid_range``), the way
-  JupyterHub's ``LocalAuthenticator`` creates system users; as another user, with user
-  namespaces, every sandbox runs as visa's own uid, mapped;
+  ``uid_number``/``gid_number`` when set, else a free uid of ``uid_range`` that no visa user
+  has), the way JupyterHub's ``LocalAuthenticator`` creates system users, but only the account
+  recorded in the database as the owner's (``ServerSpec.account``, planned by
+  :meth:`LocalProvider.new_account`): never one found by name or uid; as another user, with
+  user namespaces, every sandbox runs as visa's own uid, mapped;
 * seeing only the system's programs (``/usr``, a few files of ``/etc``, a private ``/tmp``),
   its home, its ``run`` directory and the mounts of its spec (raw data read-only,
   processed writable) at the targets a VM would have; not visa's data directory, nor
@@ -29,8 +31,9 @@ hostile, so where it can visa runs each session in a bubblewrap sandbox
   machine lets visa make them (``cgroup_root``).
 
 Where it cannot (not root and no user namespaces, no bubblewrap, or ``isolation = "none"``)
-the session runs as visa's own user with its data as symlinks, and the cloud serves only
-``operator_usernames`` (default: the unix name visa runs as): anyone else's create is refused.
+the session runs as visa's own user with its data as symlinks, and the cloud serves only the
+visa users named in ``operator_usernames`` (unset or empty: nobody); as root it serves nobody,
+for such a session would run as root.
 
 Everything the provider knows is on disk, so a restarted visa lists, stops and deletes the
 sessions an earlier one started. States: supervisor starting -> BUILDING, sockets answering
@@ -57,7 +60,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,6 +112,10 @@ PACKAGES = {
 OPTIONAL_PROGRAMS = ("xsetroot", "setxkbmap")
 _UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# A recorded account may be the facility's own (LDAP names may hold '.' or capitals).
+_HOST_ACCOUNT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
+# A visa username (visa.users.models.USERNAME_PATTERN): a directory name as it stands.
+_USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 # The lowest uid a session may run as, whatever the user's record says: never a system account.
 MIN_SESSION_UID = 1000
 # The files of /etc a desktop, a shell and JupyterLab read; nothing else of the host's /etc.
@@ -154,7 +161,8 @@ class LocalConfig(BaseModel):
     )
     account_prefix: str = Field("visa-", description="Unix account of user U: <prefix>U")
     operator_usernames: list[str] | None = Field(
-        None, description="Who is served without isolation; default: the unix name visa runs as"
+        None, description="The visa users served where sessions cannot be isolated (never when visa is "
+        "root); unset or empty: nobody"
     )
     cgroup_root: str = Field("/sys/fs/cgroup", description="Where the cgroup controllers are mounted")
     pids_max: int = Field(2048, ge=16, description="Processes and threads per session")
@@ -228,12 +236,15 @@ class Isolation:
     reasons: tuple[str, ...] = ()
     operators: tuple[str, ...] = field(default_factory=tuple)
     network: str = "without network"
+    as_root: bool = False  # visa runs as root: an unsandboxed session would too, so none is served
 
     def summary(self) -> str:
         if self.mode == "sandbox":
             who = "its owner's own unix account" if self.accounts else "visa's uid in a user namespace"
             text = f"sessions run in a bubblewrap sandbox as {who}, {self.network}"
             text += "; cores and memory enforced by cgroups" if self.cgroups else ""
+        elif self.as_root:
+            text = "sessions are not isolated and visa runs as root: nobody is served (a session would run as root)"
         else:
             text = "sessions are not isolated: only " + (", ".join(self.operators) or "nobody") + " is served"
         return text + ("" if not self.reasons else " (" + "; ".join(self.reasons) + ")")
@@ -304,6 +315,11 @@ class LocalProvider(Provider):
             raise CloudError(f"the local cloud cannot serve {', '.join(sorted(unknown))}")
         isolation = self.isolation_report()
         tools = self._check_programs(spec.protocols, isolation)
+        if isolation.mode == "none" and isolation.as_root:
+            raise CloudError(
+                "this local cloud cannot isolate sessions and visa runs as root: the session would run "
+                f"as root, refused: {'; '.join(isolation.reasons)}"
+            )
         if isolation.mode == "none" and spec.owner_username not in isolation.operators:
             raise CloudError(
                 "this local cloud cannot isolate sessions, so it serves only its operator "
@@ -542,7 +558,8 @@ class LocalProvider(Provider):
         cached = self._isolation_cache.get(key)
         if cached is not None:
             return cached
-        operators = tuple(cfg.operator_usernames if cfg.operator_usernames is not None else [_login_name()])
+        # Named explicitly: who has visa's unix name as a visa username is nobody in particular.
+        operators = tuple(cfg.operator_usernames or ())
         reasons: list[str] = []
         mode: Literal["sandbox", "none"] = "none"
         accounts = False
@@ -581,7 +598,8 @@ class LocalProvider(Provider):
                                "blocked_networks are reachable from sessions")  # fmt: skip
             if shutil.which("slirp4netns", path=self.path) is None:
                 reasons.append("network = outside needs slirp4netns (`apt-get install slirp4netns`)")
-        report = Isolation(mode, accounts, cgroups, tuple(reasons), operators, network)
+        as_root = mode == "none" and _is_root()
+        report = Isolation(mode, accounts, cgroups, tuple(reasons), () if as_root else operators, network, as_root)
         self._isolation_cache[key] = report
         if reasons:
             self._warn_once("local cloud: " + report.summary())
@@ -657,34 +675,91 @@ class LocalProvider(Provider):
     # ------------------------------------------------------------------ accounts
 
     def account_name(self, username: str) -> str:
-        """``<prefix><username>``, made a valid unix name; a name that had to change gets a
-        hash suffix, so two visa users never share an account."""
-        wanted = self.settings.account_prefix + username
-        clean = re.sub(r"[^a-z0-9_-]", "-", wanted.lower())[:32]
-        if clean != wanted or not _ACCOUNT_RE.match(clean):
-            digest = hashlib.sha256(username.encode()).hexdigest()[:6]
-            clean = clean[:25].rstrip("-") + "-" + digest
-        return clean
+        """The unix name proposed for ``username``'s account: ``<prefix><username>`` when that is
+        a unix name as it stands; any other username gets ``<prefix>-<stem>-<hash>``, whose '-'
+        right after the prefix no username yields (a username starts with a letter or '_'), so a
+        chosen username never names the account of one that had to change. Only a proposal: the
+        account recorded as the user's is the one used (``new_account``)."""
+        prefix = self.settings.account_prefix
+        if _ACCOUNT_RE.match(prefix + username) and re.match(r"[a-z_]", username):
+            return prefix + username
+        digest = hashlib.sha256(username.encode()).hexdigest()[:12]
+        stem = re.sub(r"[^a-z0-9_-]", "-", username.lower())[: 32 - len(prefix) - 2 - len(digest)]
+        return f"{prefix}-{stem}-{digest}"
+
+    def new_account(self, username: str, uid: int | None, taken_uids: Collection[int]) -> tuple[str, int] | None:
+        """The account to record for a user who has none: the facility's account of their own
+        ``uid`` when the host has one, else ``account_name`` with their uid or a free one of
+        ``uid_range`` outside ``taken_uids`` (every other visa user's). A name or uid the host
+        already gives another account is refused, never adopted."""
+        if not self.isolation_report().accounts:
+            return None
+        taken = set(taken_uids)
+        if uid is not None:
+            if uid < MIN_SESSION_UID:
+                raise CloudError(f"{username}'s uid {uid} is below {MIN_SESSION_UID}: refused")
+            if uid in taken:
+                raise CloudError(f"{username}'s uid {uid} is another visa user's account: refused")
+            try:
+                entry: pwd.struct_passwd | None = pwd.getpwuid(uid)
+            except KeyError:
+                entry = None
+            if entry is not None:
+                low, high = self.settings.uid_range
+                if low <= uid <= high:
+                    raise CloudError(
+                        f"{username}'s uid {uid} is the unix account {entry.pw_name}, inside the local cloud's "
+                        "uid_range, from which visa gave accounts to others: refused (see `visa check-config`)"
+                    )
+                if not _HOST_ACCOUNT_RE.match(entry.pw_name):
+                    raise CloudError(f"the unix account of uid {uid} has a name visa cannot use: refused")
+                return entry.pw_name, uid  # the facility's account: the uid is the user's own
+        else:
+            uid = self._free_id(taken)
+        name = self.account_name(username)
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            return name, uid
+        raise CloudError(
+            f"the unix account {name} exists but is not recorded as {username}'s: refused "
+            "(an operator removes it, or records it as theirs)"
+        )
 
     def _account(self, spec: ServerSpec) -> Account:
-        """The owner's unix account, created now if it does not exist."""
-        if not spec.owner_username:
-            raise CloudError("the session has no owner to run as")
-        name = self.account_name(spec.owner_username)
+        """The owner's recorded unix account (``spec.account``), made now if it does not exist."""
+        if spec.account is None:
+            raise CloudError(f"no unix account is recorded for {spec.owner_username or 'the owner'}: refused")
+        name, uid = spec.account
+        if not _HOST_ACCOUNT_RE.match(name) or uid < MIN_SESSION_UID:
+            raise CloudError(f"the recorded unix account {name!r} (uid {uid}) cannot run a session: refused")
+        if spec.owner_uid is not None and spec.owner_uid != uid:
+            raise CloudError(
+                f"{spec.owner_username}'s recorded unix account {name} has uid {uid}, not the user's "
+                f"uid {spec.owner_uid}: refused"
+            )
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         with _locked(self.root / ".accounts.lock"):
             for _attempt in range(5):
-                account = self._existing_account(name, spec)
+                account = self._existing_account(name, uid, spec)
                 if account is not None:
                     return account
-                uid = spec.owner_uid if spec.owner_uid is not None else self._free_id()
-                gid = spec.owner_gid if spec.owner_gid is not None else uid
-                if uid < MIN_SESSION_UID or gid < MIN_SESSION_UID:
-                    raise CloudError(f"{spec.owner_username}'s uid/gid is below {MIN_SESSION_UID}: refused")
                 try:
-                    grp.getgrgid(gid)
+                    other = pwd.getpwuid(uid).pw_name
+                except KeyError:
+                    other = None
+                if other is not None:
+                    raise CloudError(f"uid {uid} is the unix account {other}'s, not {name}: refused")
+                gid = spec.owner_gid if spec.owner_gid is not None else uid
+                if gid < MIN_SESSION_UID:
+                    raise CloudError(f"{spec.owner_username}'s gid is below {MIN_SESSION_UID}: refused")
+                try:
+                    group = grp.getgrgid(gid).gr_name
                 except KeyError:
                     _run_admin(["groupadd", "-g", str(gid), name], self.path)
+                else:
+                    if spec.owner_gid is None and group != name:
+                        raise CloudError(f"gid {gid} is the group {group}'s, not {name}: refused")
                 _run_admin(
                     ["useradd", "-u", str(uid), "-g", str(gid), "-M", "-N", "-d", f"{SANDBOX_HOME}/{name}",
                      "-s", "/bin/bash", "-c", f"visa session user {spec.owner_username}"[:60], name],
@@ -692,28 +767,23 @@ class LocalProvider(Provider):
                 )  # fmt: skip
             raise CloudError(f"could not create the unix account {name}")
 
-    def _existing_account(self, name: str, spec: ServerSpec) -> Account | None:
+    def _existing_account(self, name: str, uid: int, spec: ServerSpec) -> Account | None:
+        """The recorded account if the host has it, with the recorded uid (else refused)."""
         try:
             entry = pwd.getpwnam(name)
         except KeyError:
-            if spec.owner_uid is None:
-                return None
-            try:
-                entry = pwd.getpwuid(spec.owner_uid)  # the facility's account for this uid
-            except KeyError:
-                return None
-        if spec.owner_uid is not None and entry.pw_uid != spec.owner_uid:
-            raise CloudError(f"unix account {name} has uid {entry.pw_uid}, not the user's {spec.owner_uid}")
-        if entry.pw_uid < MIN_SESSION_UID:
-            raise CloudError(f"unix account {entry.pw_name} is a system account: refused")
+            return None
+        if entry.pw_uid != uid:
+            raise CloudError(f"unix account {name} has uid {entry.pw_uid}, not its recorded {uid}: refused")
         gid = spec.owner_gid if spec.owner_gid is not None else entry.pw_gid
         if gid < MIN_SESSION_UID or any(g < MIN_SESSION_UID for g in spec.owner_groups):
             raise CloudError(f"{spec.owner_username}'s gid or groups are below {MIN_SESSION_UID}: refused")
         return Account(entry.pw_name, entry.pw_uid, gid, tuple(spec.owner_groups))
 
-    def _free_id(self) -> int:
+    def _free_id(self, taken: Collection[int] = ()) -> int:
+        """A uid of ``uid_range`` no account or group of the host has, nor any visa user."""
         low, high = self.settings.uid_range
-        used = {p.pw_uid for p in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
+        used = {p.pw_uid for p in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()} | set(taken)
         for candidate in range(low, high + 1):
             if candidate not in used:
                 return candidate
@@ -751,7 +821,10 @@ class LocalProvider(Provider):
                 raise CloudError(f"the local cloud binds host directories and cannot mount the home {spec.home.source}")
             home = Path(spec.home.source)
         else:
-            name = account.name if account is not None else self.account_name(spec.owner_username or "operator")
+            # Without accounts (every session is visa's uid) the username itself names the home.
+            owner = spec.owner_username or "operator"
+            name = account.name if account is not None else (
+                self.settings.account_prefix + owner if _USERNAME_RE.match(owner) else self.account_name(owner))
             home = self.root / ".homes" / name
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             (self.root / ".homes").mkdir(mode=0o700, exist_ok=True)
@@ -1045,6 +1118,9 @@ class LocalProvider(Provider):
     def _launch(self, instance_dir: Path) -> None:
         """Start the supervisor; it forks away, so this waits only for its first half."""
         record = self._record(instance_dir)
+        if record.get("isolation") != "sandbox" and _is_root():
+            raise CloudError(f"the session of {instance_dir.name} has no sandbox and visa runs as root: "
+                             "it would run as root, refused")
         if record.get("isolation") == "sandbox":
             record.pop("slirp_account", None)
             if record.get("network") == "outside" and _is_root():

@@ -20,13 +20,15 @@ from datetime import timedelta
 from typing import TypeVar
 
 from sqlalchemy import and_, exists, or_, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
 
 from visa.clouds.base import Server
 from visa.errors import CloudError, VisaError
 from visa.instances.models import CommandAction, CommandState, Instance, InstanceCommand, InstanceState
 from visa.instances.spec import server_spec
 from visa.services import Services
+from visa.users.service import record_unix_account, unix_ids_in_use
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -233,6 +235,7 @@ def execute(services: Services, cid: int) -> None:
                 cmd.message = "nothing to create"
                 return
             try:
+                _record_account(services, s, instance)
                 spec = server_spec(instance, services.settings, services.clock.now(), _probe_key(services))
             except VisaError as exc:
                 instance.state, instance.error_message = InstanceState.ERROR, exc.message
@@ -274,6 +277,27 @@ def execute(services: Services, cid: int) -> None:
         _finish(services, cid, CommandState.FAILED, exc.message)
         return
     _finish(services, cid, CommandState.DONE)
+
+
+def _record_account(services: Services, session: Session, instance: Instance) -> None:
+    """A cloud that runs sessions as accounts of visa's host makes only the account recorded as
+    the owner's: one is planned and recorded here first, where none is. The unique columns
+    settle a race with another process (which recorded it, or took the name or uid): planned again."""
+    owner = instance.owner
+    provider = services.provider(instance.cloud.name)
+    for _attempt in range(3):
+        if owner.unix_account is not None:
+            return
+        planned = provider.new_account(owner.username, owner.uid_number, unix_ids_in_use(session, owner))
+        if planned is None:
+            return
+        try:
+            with session.begin_nested():
+                record_unix_account(session, services.clock, owner, *planned)
+            return
+        except IntegrityError:
+            session.refresh(owner)
+    raise CloudError(f"no unix account could be recorded for {owner.username}: try again", transient=True)
 
 
 def delete_gracefully(services: Services, instance_id: int, server_id: str, cloud_name: str) -> bool:

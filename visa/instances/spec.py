@@ -93,6 +93,7 @@ def server_spec(instance: Instance, settings: Settings, now: datetime, probe_pub
     image, flavour = instance.plan.image, instance.plan.flavour
     # The embargo is checked again: if it was brought back, the create fails rather than mount it.
     machine = boot_spec(instance, now=now, open_data=instance.open_data_experiments)
+    owner = instance.owner
     return ServerSpec(
         name=f"{settings.instance_name_prefix}-{instance.id}",
         instance_uid=instance.uid,
@@ -115,6 +116,8 @@ def server_spec(instance: Instance, settings: Settings, now: datetime, probe_pub
         owner_uid=instance.owner.uid_number,
         owner_gid=instance.owner.gid_number,
         owner_groups=tuple(instance.owner.extra_gids or ()),
+        account=(owner.unix_account, owner.unix_account_uid)
+        if owner.unix_account is not None and owner.unix_account_uid is not None else None,
         cores=flavour.cores,
         memory_mb=flavour.memory_mb,
     )

@@ -20,7 +20,11 @@ class User(Base):
     __tablename__ = "users"
     # An identity is the provider's subject within its issuer: two providers may reuse a subject.
     # A uid names one person on the facility's storage: two accounts never share one.
-    __table_args__ = (UniqueConstraint("identity_issuer", "external_id"), UniqueConstraint("uid_number"))
+    # A unix account of visa's host (the local cloud's sessions run as it) belongs to one user.
+    __table_args__ = (
+        UniqueConstraint("identity_issuer", "external_id"), UniqueConstraint("uid_number"),
+        UniqueConstraint("unix_account"), UniqueConstraint("unix_account_uid"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(32), unique=True)
@@ -40,6 +44,11 @@ class User(Base):
     # Which source set the unix identity last (visa.users.posix.SOURCES): a later source in that
     # order never overrides an earlier one's values.
     posix_source: Mapped[str | None] = mapped_column(String(16))
+    # The unix account of visa's own host this user's local sessions run as, recorded before it
+    # is made: the local cloud creates and adopts accounts only through this record, never by a
+    # name or uid it finds on the host.
+    unix_account: Mapped[str | None] = mapped_column(String(32))
+    unix_account_uid: Mapped[int | None] = mapped_column(Integer)
     instance_quota: Mapped[int] = mapped_column(Integer, default=2)
     password_hash: Mapped[str | None] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, default=True)

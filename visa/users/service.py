@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+import getpass
 import hashlib
+import os
 import posixpath
+import pwd
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -15,7 +18,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from visa.actor import Actor
+from visa.actor import SYSTEM, Actor
 from visa.audit.service import record
 from visa.clock import Clock
 from visa.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -38,6 +41,25 @@ def validate_username(username: str) -> str:
             field="username",
         )
     return username
+
+
+def reserved_usernames(probe_username: str = "visa") -> frozenset[str]:
+    """Names no visa account may take: ``root``, the unix login visa runs as and the activity
+    probe's account (``provisioning.probe_username``). Whoever had one would be taken for
+    that account by a machine or a host (a VM's probe login, the local cloud's operator)."""
+    try:
+        login = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        login = getpass.getuser()
+    return frozenset({"root", login, probe_username})
+
+
+def refuse_reserved(username: str, reserved: Collection[str]) -> None:
+    if username in reserved:
+        raise InvalidInput(
+            f"the username {username!r} is reserved (root, visa's own unix account or the activity probe's)",
+            field="username",
+        )
 
 
 MAX_QUOTA = 10_000  # instances per user; the admin API's bound too
@@ -81,9 +103,12 @@ def create_user(
     uid_number: int | None = None,
     gid_number: int | None = None,
     home_path: str | None = None,
+    reserved: Collection[str] | None = None,
 ) -> User:
+    """A new account; ``reserved``: the names it may not have (default ``reserved_usernames()``)."""
     require(actor, "manage_users")
     validate_username(username)
+    refuse_reserved(username, reserved_usernames() if reserved is None else reserved)
     if len(full_name) > 200:
         raise InvalidInput("full name longer than 200 characters", field="full_name")
     if email is not None and (len(email) > 254 or "@" not in email):
@@ -207,6 +232,27 @@ def set_posix(
     record(actor, session, clock, "user.posix", target_type="user", target_id=user.id, source=source,
            old_source=old_source, old=_posix_dict(old), new=_posix_dict(checked))
     return True
+
+
+def unix_ids_in_use(session: Session, but: User) -> set[int]:
+    """Every uid and gid other visa users have (their facility identity, their recorded host
+    account): what an account made for ``but`` must not take."""
+    used: set[int] = set()
+    rows = session.execute(
+        select(User.uid_number, User.gid_number, User.unix_account_uid, User.extra_gids).where(User.id != but.id)
+    )
+    for uid, gid, account_uid, extra in rows:
+        used.update(n for n in (uid, gid, account_uid) if n is not None)
+        used.update(g for g in extra or () if isinstance(g, int))
+    return used
+
+
+def record_unix_account(session: Session, clock: Clock, user: User, name: str, uid: int) -> None:
+    """Record the host account ``name`` (uid ``uid``) as the user's: from now on the only one their
+    local sessions run as. The database refuses a name or uid another user has (IntegrityError)."""
+    user.unix_account, user.unix_account_uid = name, uid
+    session.flush()
+    record(SYSTEM, session, clock, "user.unix_account", target_type="user", target_id=user.id, name=name, uid=uid)
 
 
 def posix_of(user: User) -> Posix:
