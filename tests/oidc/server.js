@@ -20,10 +20,12 @@
 // Users: alice/alice-password, bob/bob-password, sam/sam-password (realm role visa-admin).
 // alice has a unix identity (claims uidNumber, gidNumber, gidNumbers, homeDirectory); bob and sam none.
 // Scope visa:tokens (asked for like any scope) is granted to access tokens of every resource.
+// POST /test/register?user=<name>&password=<pw> signs a new user up with the username they chose.
 // POST /test/roles?user=<name>&roles=<comma-separated> changes a user's realm roles from now
 // on (the next token or refresh carries them), as an administrator would in Keycloak.
 
 import http from 'node:http';
+import { randomUUID } from 'node:crypto';
 import { URL } from 'node:url';
 import Provider, { errors } from 'oidc-provider';
 
@@ -225,6 +227,16 @@ async function start() {
   server.on('request', async (req, res) => {
     try {
       const url = new URL(req.url, issuer);
+      if (url.pathname === '/test/register' && req.method === 'POST') {
+        // Self-registration, as a realm that lets anyone sign up: the username is the user's choice.
+        const name = url.searchParams.get('user') || '';
+        if (!name || Object.hasOwn(USERS, name)) return send(res, 409, 'taken');
+        const user = { sub: randomUUID(), password: url.searchParams.get('password') || '', name, email: `${name}@example.org`, roles: [] };
+        USERS[name] = user;
+        bySub[user.sub] = { username: name, ...user };
+        res.writeHead(201);
+        return res.end();
+      }
       if (url.pathname === '/test/roles' && req.method === 'POST') {
         const user = USERS[url.searchParams.get('user')];
         if (!user) return send(res, 404, 'no such user');
