@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
 import os
 import re
@@ -355,3 +356,23 @@ def test_claims_are_read_as_ldap_gives_them() -> None:
     assert posix_from_claims({"gidNumber": 5}, settings) is None  # no uid: not an identity
     assert posix_from_claims({"ldap": {"uidNumber": True}}, settings) is None
     assert posix_from_claims({"ldap": {"uidNumber": 1000}}, OidcSettings()) is None  # no claim names set
+
+
+def test_a_first_login_may_not_take_a_system_accounts_name(oidc_app, idp, db) -> None:  # noqa: ANN001
+    """Anyone may sign up at the provider as ``root`` or ``visa`` (the activity probe's account):
+    visa refuses the name, saying so, and makes no account."""
+    from visa.users.models import User
+
+    for name in ("root", "visa"):
+        r = httpx.post(f"{idp}test/register", params={"user": name, "password": "chosen-password"})
+        assert r.status_code in (201, 409), r.text
+        client = oidc_app.test_client()
+        browser = httpx.Client(follow_redirects=False)
+        start = client.get("/login/oidc?next=/")
+        back = _sign_in(browser, _follow(browser, browser.get(start.headers["Location"])), name, "chosen-password")
+        done = client.get(back.headers["location"][len(BASE):])
+        page = html.unescape(done.get_data(as_text=True))
+        assert done.status_code == 401 and f"your account name {name!r} is reserved" in page
+        assert client.get("/api/me").status_code == 401
+    with db.sessionmaker() as s:
+        assert s.query(User).filter(User.username.in_(["root", "visa"])).count() == 0

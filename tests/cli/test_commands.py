@@ -77,3 +77,15 @@ def test_invalid_configuration_is_named(tmp_path: Path, monkeypatch: pytest.Monk
     r = CliRunner().invoke(main, ["users", "list"])
     assert r.exit_code != 0 and "port" in r.output and "Traceback" not in r.output
     get_settings.cache_clear()
+
+
+def test_the_system_accounts_names_are_refused_as_usernames(cli, monkeypatch) -> None:  # noqa: ANN001
+    """root, the unix login visa runs as and the activity probe's account are nobody's visa name."""
+    import getpass
+
+    monkeypatch.setenv("VISA_PROVISIONING__PROBE_USERNAME", "visaprobe")
+    assert cli("init").exit_code == 0
+    for name in ("root", getpass.getuser(), "visaprobe"):
+        r = cli("users", "add", name)
+        assert r.exit_code == 2 and f"the username {name!r} is reserved" in r.output, r.output
+    assert cli("users", "add", "visa-ops").exit_code == 0

@@ -13,6 +13,7 @@ under a data directory laid out like visa's, with a ``secret_key`` and a ``visa.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 import shlex
@@ -418,15 +419,42 @@ def test_a_socket_swapped_for_a_symlink_never_leads_the_gateway_elsewhere(world:
 def test_without_isolation_only_the_operator_is_served(tmp_path: Path) -> None:
     prov = LocalProvider("local", {"root_dir": str(tmp_path / "i"), "isolation": "none", "operator_usernames": ["op"]})
     report = prov.isolation_report()
-    assert report.mode == "none" and "isolation is off" in report.summary() and "only op" in report.summary()
-    with pytest.raises(CloudError, match="serves only its operator"):
+    assert report.mode == "none" and "isolation is off" in report.summary()
+    with pytest.raises(CloudError, match="serves only its operator|runs as root"):
         prov.create(_spec("refused", {}, owner_username="someone-else"))
     assert prov.get("refused") is None
+    if os.geteuid() == 0:  # the operator's session would run as root: nobody is served
+        assert "nobody is served" in report.summary() and report.operators == ()
+        with pytest.raises(CloudError, match="would run as root"):
+            prov.create(_spec("served", {}, owner_username="op"))
+        assert prov.get("served") is None
+        return
+    assert "only op" in report.summary()
     try:
         prov.create(_spec("served", {}, owner_username="op"))
         assert _wait_state(prov, "served").state == InstanceState.ACTIVE
     finally:
         _cleanup(prov)
+
+
+def test_the_operators_are_named_or_nobody_is(tmp_path: Path) -> None:
+    """Whoever has visa's unix name as their visa username is nobody in particular."""
+    for config in ({}, {"operator_usernames": []}):
+        prov = LocalProvider("local", {"root_dir": str(tmp_path / "o"), "isolation": "none", **config})
+        report = prov.isolation_report()
+        assert report.operators == () and "nobody" in report.summary()
+        with pytest.raises(CloudError, match="nobody|runs as root"):
+            prov.create(_spec("login", {}, owner_username=getpass.getuser()))
+        assert prov.get("login") is None
+
+
+def test_an_unsandboxed_session_never_runs_as_root(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("visa is not root here")
+    prov = LocalProvider("local", {"root_dir": str(tmp_path / "r"), "isolation": "none", "operator_usernames": ["op"]})
+    with pytest.raises(CloudError, match="would run as root"):
+        prov.create(_spec("asroot", {}, owner_username="op"))
+    assert prov.get("asroot") is None and not (tmp_path / "r" / "asroot").exists()
 
 
 def test_no_bubblewrap_means_no_isolation(tmp_path: Path) -> None:
@@ -464,8 +492,37 @@ def test_account_names_are_unix_names_of_their_own() -> None:
     prov = LocalProvider("local", {"root_dir": "/nonexistent"})
     assert prov.account_name("alice") == "visa-alice"
     odd = prov.account_name("Alice.Smith@example.org")
-    assert odd.startswith("visa-alice-smith") and odd != prov.account_name("alice.smith@example.org")
+    assert odd.startswith("visa--alice-smith") and odd != prov.account_name("alice.smith@example.org")
     assert len(prov.account_name("x" * 200)) <= 32
+    # A name that had to change has a form no username yields: a '-' right after the prefix.
+    assert prov.account_name("john.doe") != prov.account_name("john-doe-30f696") == "visa-john-doe-30f696"
+    assert prov.account_name("john.doe").startswith("visa--")
+
+
+def test_an_account_not_recorded_as_the_users_is_never_adopted(tmp_path: Path) -> None:
+    """A host account of the name visa would give is someone else's until the database says
+    otherwise; a recorded name whose uid differs is refused too."""
+    if os.geteuid() != 0 or shutil.which("bwrap") is None:
+        pytest.skip("accounts are made only when visa runs as root")
+    import pwd
+    import subprocess
+
+    from tests.clouds.accounts import remove_account
+
+    prov = LocalProvider("local", {"root_dir": str(tmp_path / "a"), "uid_range": [282000, 282999]})
+    squat = prov.account_name("h2-squat")
+    assert subprocess.run(["useradd", "-M", "-N", "-K", "UID_MIN=282000", "-K", "UID_MAX=282999", squat]).returncode == 0
+    try:
+        with pytest.raises(CloudError, match="not recorded"):
+            prov.new_account("h2-squat", None, ())
+        with pytest.raises(CloudError, match="no unix account is recorded"):
+            prov.create(_spec("unrecorded", {}, owner_username="h2-squat", account=None))
+        other_uid = pwd.getpwnam(squat).pw_uid + 1
+        with pytest.raises(CloudError, match="not its recorded"):
+            prov.create(_spec("otheruid", {}, owner_username="h2-squat", account=(squat, other_uid)))
+        assert prov.list_servers() == []
+    finally:
+        remove_account(squat)
 
 
 def test_a_users_uid_number_is_used_and_a_system_uid_refused(world: World, tmp_path: Path) -> None:
@@ -473,8 +530,11 @@ def test_a_users_uid_number_is_used_and_a_system_uid_refused(world: World, tmp_p
         pytest.skip("accounts are made only when visa runs as root")
     prov = LocalProvider("local", {"root_dir": str(tmp_path / "u")})
     try:
-        with pytest.raises(CloudError, match="below 1000|system account"):
-            prov.create(_spec("sysuid", {}, owner_username="iso-root-like", owner_uid=0, owner_gid=0))
+        with pytest.raises(CloudError, match="below 1000"):
+            prov.new_account("iso-root-like", 0, ())
+        with pytest.raises(CloudError, match="cannot run a session"):
+            prov.create(_spec("sysuid", {}, owner_username="iso-root-like", owner_uid=0, owner_gid=0,
+                              account=("visa-iso-root-like", 0)))
         import pwd
 
         uid = next(u for u in range(271000, 272000) if not _uid_taken(u))
