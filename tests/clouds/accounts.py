@@ -9,6 +9,7 @@ import pwd
 import subprocess
 
 from visa.clouds.local import LocalProvider
+from visa.db import Database
 
 # The accounts visa's database would record for the test owners (the executor plans one with
 # LocalProvider.new_account and records it before the create): one per owner, for the session.
@@ -37,3 +38,15 @@ def remove_account(name: str) -> None:
     """Delete a unix account (and its group) a test made: the host is left as it was."""
     subprocess.run(["userdel", name], capture_output=True, check=False)
     subprocess.run(["groupdel", name], capture_output=True, check=False)
+
+
+def remove_recorded_accounts(database: Database) -> None:
+    """After a test: the host accounts its database recorded go (the next run's database records
+    none, and would find them in its way)."""
+    from sqlalchemy import select
+
+    from visa.users.models import User
+
+    with database.sessionmaker() as s:
+        for name in s.scalars(select(User.unix_account).where(User.unix_account.is_not(None))):
+            remove_account(name)

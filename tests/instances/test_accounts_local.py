@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.auth.test_oidc import browser_login, idp, oidc_app  # noqa: F401 (fixtures)
-from tests.clouds.accounts import remove_account
+from tests.clouds.accounts import remove_recorded_accounts
 from tests.factories import actor, make_experiment, make_flavour, make_image, make_plan, make_user
 from visa.actor import SYSTEM
 from visa.clouds.models import Cloud
@@ -63,9 +63,7 @@ def world(oidc_app: Any, db: Database, tmp_path: Path) -> Iterator[tuple[Any, Se
         provider = services.provider("local")
         for server in provider.list_servers():
             provider.delete(server.id)
-        with db.sessionmaker() as s:
-            for name in s.scalars(select(User.unix_account).where(User.unix_account.is_not(None))):
-                remove_account(name)
+        remove_recorded_accounts(db)
 
 
 def _sign_up(idp: str, username: str) -> None:  # noqa: F811

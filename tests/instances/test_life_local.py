@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from tests.clouds.accounts import remove_account, remove_recorded_accounts
 from tests.factories import actor, make_experiment, make_flavour, make_image, make_plan, make_user
 from visa.catalogue.models import Protocol
+from visa.clouds.local import LocalProvider
 from visa.clouds.models import Cloud
 from visa.db import Database
 from visa.instances import service
@@ -50,12 +52,15 @@ def local(tmp_path: Path, committed_db: Database, clock):
             CreateInstance(name="analysis", plan_id=plan.id, experiment_ids=[exp.id], screen_width=1024, screen_height=768),
         )
         uid = inst.uid
+    # An account of alice's name left by an earlier run is not hers (this database records none).
+    remove_account(LocalProvider("local", {"root_dir": str(tmp_path / "instances")}).account_name("alice"))
     yield services, uid
     services.close()
-    # Whatever the test left running is stopped and removed.
+    # Whatever the test left running is stopped and removed, and the account made for alice.
     provider = services.provider("local")
     for server in provider.list_servers():
         provider.delete(server.id)
+    remove_recorded_accounts(db)
 
 
 def _state(db: Database, uid: str) -> Instance:
