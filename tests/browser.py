@@ -117,6 +117,24 @@ def local_site(data: Path, secret: str, experiments: list[dict[str, Any]], *, di
             yield Site(url=url, data_dir=data, env=env, log=log)
     finally:
         delete_local_sessions(data)
+        forget_local_accounts(env)
+
+
+def forget_local_accounts(env: dict[str, str]) -> None:
+    """The host accounts the site recorded for its users go with it (a later site's database
+    records none, and would find them in its way)."""
+    from tests.clouds.accounts import remove_recorded_accounts
+    from visa.db import Database
+    from visa.settings import Settings
+
+    url = Settings(data_dir=Path(env["VISA_DATA_DIR"]), database_url=env.get("VISA_DATABASE_URL")).sqlalchemy_url
+    database = Database(url)
+    try:
+        remove_recorded_accounts(database)
+    except Exception:  # noqa: BLE001 - a site that never got its schema recorded nothing
+        pass
+    finally:
+        database.dispose()
 
 
 def _stop(proc: subprocess.Popen) -> None:
