@@ -184,7 +184,7 @@ def test_check_config_reports_a_users_uid_inside_the_local_clouds_range(cli, tmp
     assert cli("users", "add", "olaf").exit_code == 0
     assert cli("users", "set-posix", "olaf", "--uid", "23456", "--gid", "23456").exit_code == 0
     assert "cloud ranged uid_range" not in cli("check-config").output
-    assert cli("users", "set-posix", "ines", "--uid", "250007", "--gid", "250007").exit_code == 0
+    assert cli("users", "set-posix", "ines", "--uid", "250007", "--gid", "23457").exit_code == 0
     r = cli("check-config")
     assert "warning cloud ranged uid_range: uid_number of ines inside 250000-250999" in r.output, r.output
     assert "olaf" not in r.output.split("uid_range:")[-1]
