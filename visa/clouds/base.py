@@ -301,14 +301,18 @@ class Provider(abc.ABC):
         """
         return None
 
-    def new_account(self, username: str, uid: int | None, taken_uids: Collection[int]) -> tuple[str, int] | None:
+    def new_account(
+        self, username: str, uid: int | None, taken_uids: Collection[int], taken_gids: Collection[int] = ()
+    ) -> tuple[str, int] | None:
         """For a cloud that runs sessions as unix accounts of visa's own host: the account
         (name, uid) to make for a user who has none recorded, not made yet. The caller records it
         as the user's (the database's unique columns settle a race between two callers) and passes
         it as ``ServerSpec.account``; the provider never makes or adopts any other.
 
-        ``uid``: the user's own uid at the facility, if known; ``taken_uids``: every uid and gid
-        other visa users have or were given, which a new account's uid never takes. None (the
+        ``uid``: the user's own uid at the facility, if known; ``taken_uids``: the uids other visa
+        users have or were given (their ``uid_number``, their recorded account), which no account
+        of this user's may have; ``taken_gids``: their gids, which a new uid (its private group's
+        gid too) never takes. None (the
         default): the cloud makes no host accounts. Raises :class:`visa.errors.CloudError` when
         no account can be given (a uid that is another account's, no free uid left)."""
         return None

@@ -687,10 +687,12 @@ class LocalProvider(Provider):
         stem = re.sub(r"[^a-z0-9_-]", "-", username.lower())[: 32 - len(prefix) - 2 - len(digest)]
         return f"{prefix}-{stem}-{digest}"
 
-    def new_account(self, username: str, uid: int | None, taken_uids: Collection[int]) -> tuple[str, int] | None:
+    def new_account(
+        self, username: str, uid: int | None, taken_uids: Collection[int], taken_gids: Collection[int] = ()
+    ) -> tuple[str, int] | None:
         """The account to record for a user who has none: the facility's account of their own
         ``uid`` when the host has one, else ``account_name`` with their uid or a free one of
-        ``uid_range`` outside ``taken_uids`` (every other visa user's). A name or uid the host
+        ``uid_range`` outside every other visa user's uids and gids. A name or uid the host
         already gives another account is refused, never adopted."""
         if not self.isolation_report().accounts:
             return None
@@ -715,7 +717,7 @@ class LocalProvider(Provider):
                     raise CloudError(f"the unix account of uid {uid} has a name visa cannot use: refused")
                 return entry.pw_name, uid  # the facility's account: the uid is the user's own
         else:
-            uid = self._free_id(taken)
+            uid = self._free_id(taken | set(taken_gids))
         name = self.account_name(username)
         try:
             pwd.getpwnam(name)

@@ -288,7 +288,7 @@ def _record_account(services: Services, session: Session, instance: Instance) ->
     for _attempt in range(3):
         if owner.unix_account is not None:
             return
-        planned = provider.new_account(owner.username, owner.uid_number, unix_ids_in_use(session, owner))
+        planned = provider.new_account(owner.username, owner.uid_number, *unix_ids_in_use(session, owner))
         if planned is None:
             return
         try:

@@ -234,17 +234,18 @@ def set_posix(
     return True
 
 
-def unix_ids_in_use(session: Session, but: User) -> set[int]:
-    """Every uid and gid other visa users have (their facility identity, their recorded host
-    account): what an account made for ``but`` must not take."""
-    used: set[int] = set()
+def unix_ids_in_use(session: Session, but: User) -> tuple[set[int], set[int]]:
+    """The uids (facility identity, recorded host account) and gids other visa users have: what
+    an account made for ``but`` must not take."""
+    uids: set[int] = set()
+    gids: set[int] = set()
     rows = session.execute(
         select(User.uid_number, User.gid_number, User.unix_account_uid, User.extra_gids).where(User.id != but.id)
     )
     for uid, gid, account_uid, extra in rows:
-        used.update(n for n in (uid, gid, account_uid) if n is not None)
-        used.update(g for g in extra or () if isinstance(g, int))
-    return used
+        uids.update(n for n in (uid, account_uid) if n is not None)
+        gids.update(g for g in (gid, *(extra or ())) if isinstance(g, int))
+    return uids, gids
 
 
 def record_unix_account(session: Session, clock: Clock, user: User, name: str, uid: int) -> None:
