@@ -300,12 +300,14 @@ def experiments() -> None:
 def experiments_import(file: Path) -> None:
     """Upsert instruments, proposals, experiments and members from a JSON or CSV file."""
     from visa.experiments.importer import import_experiments, parse_file
+    from visa.users.service import reserved_usernames
 
     specs = parse_file(file)
     database = _database()
     with database.unit_of_work() as s:
         result = import_experiments(SYSTEM, s, system_clock, specs, default_quota=_settings().default_quota,
-                                    limits=_settings().posix, origin=str(file))
+                                    limits=_settings().posix, origin=str(file),
+                                    reserved=reserved_usernames(_settings().provisioning.probe_username))
     click.echo(str(result))
 
 

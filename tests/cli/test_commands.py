@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def test_invalid_configuration_is_named(tmp_path: Path, monkeypatch: pytest.Monk
     get_settings.cache_clear()
 
 
-def test_the_system_accounts_names_are_refused_as_usernames(cli, monkeypatch) -> None:  # noqa: ANN001
+def test_the_system_accounts_names_are_refused_as_usernames(cli, monkeypatch, tmp_path) -> None:  # noqa: ANN001
     """root, the unix login visa runs as and the activity probe's account are nobody's visa name."""
     import getpass
 
@@ -89,3 +90,8 @@ def test_the_system_accounts_names_are_refused_as_usernames(cli, monkeypatch) ->
         r = cli("users", "add", name)
         assert r.exit_code == 2 and f"the username {name!r} is reserved" in r.output, r.output
     assert cli("users", "add", "visa-ops").exit_code == 0
+    listing = tmp_path / "members.json"
+    listing.write_text(json.dumps([{"id": "ev9-id21-1", "proposal": "ev9", "instrument": "id21",
+                                    "start_date": "2026-10-01", "end_date": "2026-10-04", "members": ["root"]}]))
+    r = cli("experiments", "import", str(listing))
+    assert r.exit_code == 2 and "member root: field 'username': the username 'root' is reserved" in r.output, r.output

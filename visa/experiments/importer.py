@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from visa.experiments.schemas import ExperimentSpec
 from visa.policy import require
 from visa.settings import PosixSettings
 from visa.users.models import User
-from visa.users.service import SOURCES, Posix, set_posix, validate_posix
+from visa.users.service import SOURCES, Posix, reserved_usernames, set_posix, validate_posix
 
 MAX_FILE_BYTES = 50_000_000
 CSV_COLUMNS = ["id", "proposal", "proposal_title", "public_at", "instrument", "start_date", "end_date", "title", "members"]
@@ -142,10 +143,11 @@ def _identities(
 
 def import_experiments(
     actor: Actor, session: Session, clock: Clock, specs: list[ExperimentSpec], *, default_quota: int = 2,
-    limits: PosixSettings | None = None, origin: str = "",
+    limits: PosixSettings | None = None, origin: str = "", reserved: Collection[str] | None = None,
 ) -> ImportResult:
     """Upsert the file's experiments and members. Members' unix identities are taken unless the
-    identity provider gave them (an earlier source, ``visa.users.service.SOURCES``)."""
+    identity provider gave them (an earlier source, ``visa.users.service.SOURCES``). A new member
+    may not have a reserved name (``reserved``, default ``reserved_usernames()``)."""
     require(actor, "import_experiments")
     result = ImportResult()
     now = clock.now()
@@ -155,6 +157,11 @@ def import_experiments(
     experiments = {e.external_id: e for e in session.scalars(select(Experiment))}
     usernames = {m.username for s in specs for m in s.members}
     users = {u.username: u for u in session.scalars(select(User).where(User.username.in_(usernames)))} if usernames else {}
+    refused = sorted((usernames - users.keys()) & (reserved_usernames() if reserved is None else set(reserved)))
+    if refused:
+        raise ImportFileError([f"{origin + ': ' if origin else ''}member {name}: field 'username': the username "
+                               f"{name!r} is reserved (root, visa's own unix account or the activity probe's)"
+                               for name in refused])
     identities = _identities(session, specs, limits, origin)
 
     for spec in specs:
