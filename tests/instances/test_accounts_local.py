@@ -175,7 +175,7 @@ def test_an_account_made_for_one_user_is_never_adopted_by_anothers_uid(world, db
     assert UID_RANGE[0] <= anna_uid <= UID_RANGE[1]
     with db.unit_of_work() as s:
         ben = s.scalar(select(User).where(User.username == "m1-ben"))
-        set_posix(SYSTEM, s, services.clock, ben, Posix(anna_uid, anna_uid), source="admin",
+        set_posix(SYSTEM, s, services.clock, ben, Posix(anna_uid, None), source="admin",
                   limits=services.settings.posix)
     bens = _create(services, plan, "m1-ben")
     instance = _instance(services, bens)
