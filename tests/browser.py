@@ -131,7 +131,7 @@ def forget_local_accounts(env: dict[str, str]) -> None:
     database = Database(url)
     try:
         remove_recorded_accounts(database)
-    except Exception:  # noqa: BLE001 - a site that never got its schema recorded nothing
+    except Exception:  # a site that never got its schema recorded nothing
         pass
     finally:
         database.dispose()

@@ -358,7 +358,7 @@ def test_claims_are_read_as_ldap_gives_them() -> None:
     assert posix_from_claims({"ldap": {"uidNumber": 1000}}, OidcSettings()) is None  # no claim names set
 
 
-def test_a_first_login_may_not_take_a_system_accounts_name(oidc_app, idp, db) -> None:  # noqa: ANN001
+def test_a_first_login_may_not_take_a_system_accounts_name(oidc_app, idp, db) -> None:
     """Anyone may sign up at the provider as ``root`` or ``visa`` (the activity probe's account):
     visa refuses the name, saying so, and makes no account."""
     from visa.users.models import User

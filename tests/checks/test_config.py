@@ -174,7 +174,7 @@ def test_check_config_warns_when_the_host_answers_at_the_metadata_address(cli, c
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def test_check_config_reports_a_users_uid_inside_the_local_clouds_range(cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_check_config_reports_a_users_uid_inside_the_local_clouds_range(cli, tmp_path: Path) -> None:
     """visa gives its own accounts uids of the range: a facility uid there may be one of them."""
     assert cli("init").exit_code == 0
     config = tmp_path / "cloud.json"

@@ -80,7 +80,7 @@ def test_invalid_configuration_is_named(tmp_path: Path, monkeypatch: pytest.Monk
     get_settings.cache_clear()
 
 
-def test_the_system_accounts_names_are_refused_as_usernames(cli, monkeypatch, tmp_path) -> None:  # noqa: ANN001
+def test_the_system_accounts_names_are_refused_as_usernames(cli, monkeypatch, tmp_path) -> None:
     """root, the unix login visa runs as and the activity probe's account are nobody's visa name."""
     import getpass
 

@@ -40,7 +40,7 @@ if os.geteuid() != 0 or shutil.which("bwrap") is None:
 UID_RANGE = (281000, 281999)
 
 
-def FACILITY(base: Path) -> Path:  # noqa: N802
+def _facility(base: Path) -> Path:
     return base / "facility"
 
 
@@ -53,8 +53,8 @@ def world(oidc_app: Any, db: Database, tmp_path: Path) -> Iterator[tuple[Any, Se
         s.add(Cloud(name="local", kind="local", enabled=True, created_at=services.clock.now(),
                     config={"root_dir": str(tmp_path / "instances"), "uid_range": list(UID_RANGE), "provisioning": {
                         "mount_type": "bind",
-                        "raw_mount_template": str(FACILITY(tmp_path) / "visitor/{proposal}/{beamline}"),
-                        "processed_mount_template": str(FACILITY(tmp_path) / "processed/{proposal}/{beamline}"),
+                        "raw_mount_template": str(_facility(tmp_path) / "visitor/{proposal}/{beamline}"),
+                        "processed_mount_template": str(_facility(tmp_path) / "processed/{proposal}/{beamline}"),
                     }}))
         plan = make_plan(s, make_image(s, "desktop"), make_flavour(s, "esrf.medium", cores=1, memory_mb=1024)).id
     try:
@@ -83,7 +83,7 @@ def _experiment_of(services: Services, username: str) -> int:
     with services.database.unit_of_work() as s:
         user = s.scalar(select(User).where(User.username == username))
         experiment = make_experiment(s, members=[user])
-        raw = FACILITY(services.settings.data_dir.parent) / "visitor" / experiment.proposal.identifier / "id21"
+        raw = _facility(services.settings.data_dir.parent) / "visitor" / experiment.proposal.identifier / "id21"
         raw.mkdir(parents=True)
         return experiment.id
 
@@ -130,7 +130,7 @@ def _user(db: Database, username: str) -> User:
         return user
 
 
-def test_a_chosen_username_never_takes_another_users_unix_account(world, idp, db: Database) -> None:  # noqa: ANN001, F811
+def test_a_chosen_username_never_takes_another_users_unix_account(world, idp, db: Database) -> None:  # noqa: F811
     """``john.doe`` is not a unix name as it stands; ``john-doe-30f696`` is, and once named the
     very account john.doe's had to be renamed to."""
     app, services, plan = world
@@ -163,7 +163,7 @@ def _create(services: Services, plan: int, username: str) -> str:
     return uid
 
 
-def test_an_account_made_for_one_user_is_never_adopted_by_anothers_uid(world, db: Database) -> None:  # noqa: ANN001
+def test_an_account_made_for_one_user_is_never_adopted_by_anothers_uid(world, db: Database) -> None:
     """Anna gets an account from the cloud's range; Ben is later given the same uid (an
     import or an administrator): Ben's machine is refused, it never runs as Anna."""
     _, services, plan = world
@@ -184,7 +184,7 @@ def test_an_account_made_for_one_user_is_never_adopted_by_anothers_uid(world, db
     assert _user(db, "m1-ben").unix_account is None
 
 
-def test_a_new_account_never_takes_a_uid_a_visa_user_has(world, db: Database) -> None:  # noqa: ANN001
+def test_a_new_account_never_takes_a_uid_a_visa_user_has(world, db: Database) -> None:
     """Carl's uid at the facility lies in the cloud's range (no account of this host has it yet);
     the account made for Dora, who has none, takes another."""
     _, services, plan = world
