@@ -1,6 +1,6 @@
 """The attack of a member on the owner's other machines, on real local sessions (root and
 bubblewrap): a USER member of a shared machine writes startup files (~/.bashrc, IPython's
-startup, Jupyter's config, openbox's autostart) through the machine's terminal and through the
+startup, Jupyter's config, openbox's autostart) with keys typed into the machine's xterm and through the
 files API; the owner's other machine, on their home shared by all their machines, never has them,
 so never runs them. And the machine on the shared home lets no USER member in at all."""
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,10 +117,20 @@ def test_a_member_cannot_plant_code_in_the_owners_other_machines(world, api_clie
     r = owner.post(f"/api/instances/{shared}/members", json={"username": "home-mallory", "role": "USER"})
     assert r.status_code == 201, r.get_json()
 
-    # The member, as the owner inside the shared machine: through its terminal...
-    script = "; ".join(f"mkdir -p ~/{Path(p).parent} && printf %s '{c.strip()}' > ~/{p}" for p, c in PLANTS.items()
-                       if p != ".bashrc") + f"; echo '{PLANTS['.bashrc'].strip()}' >> ~/.bashrc"
-    _sh(services, shared, ["sh", "-c", script])
+    # The member, as the owner inside the shared machine: keys typed into its xterm...
+    line = " && ".join(f"mkdir -p ~/{Path(p).parent} && echo \"{c.strip()}\" >> ~/{p}" for p, c in PLANTS.items())
+    typed = services.provider("local").exec_in_session(
+        shared,
+        ["xdotool", "search", "--sync", "--class", "xterm", "windowactivate", "--sync", "%1", "sleep", "0.5",
+         "type", "--delay", "2", f"{line} && echo END > ~/typed.txt\n"],
+        timeout=60,
+    )  # fmt: skip
+    assert typed.returncode == 0, typed.stderr
+    planted_in = Path(services.provider("local").instance_dir(shared)) / local_session.HOME_DIR
+    deadline = time.monotonic() + 60
+    while not (planted_in / "typed.txt").exists():
+        assert time.monotonic() < deadline, "the typed line never ran"
+        time.sleep(0.3)
     # ... and through the files API.
     mallory = api_client()
     assert mallory.login("home-mallory", "mallory-password").status_code == 200
@@ -128,7 +139,6 @@ def test_a_member_cannot_plant_code_in_the_owners_other_machines(world, api_clie
     r = mallory.put(f"/api/instances/{shared}/files/content?{query}", data=b"echo PLANTED-profile\n")
     assert r.status_code == 201, r.get_json()
 
-    planted_in = Path(services.provider("local").instance_dir(shared)) / local_session.HOME_DIR
     assert (planted_in / ".ipython/profile_default/startup/00-planted.py").exists()  # the plant took, there
     assert "PLANTED-profile" in (planted_in / ".profile").read_text()
 
