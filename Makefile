@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` runs visa, `make test` runs the tests.
-.PHONY: setup setup-dev demo test test-fast lint bench image docs
+.PHONY: setup setup-dev demo test test-fast lint format-check deps-check bench image docs
 
 setup:
 	scripts/setup.sh
@@ -27,7 +27,15 @@ test-fast: setup-dev
 
 lint: setup-dev
 	.venv/bin/ruff check visa tests bench
+
+# The tree is not formatted by ruff's formatter (its diff touches most files): not part of lint.
+format-check: setup-dev
 	.venv/bin/ruff format --check visa tests bench
+
+# The newest versions pyproject allows, in a throwaway virtualenv (requirements.lock ignored): what
+# changed and whether the modules import and a quick subset of the tests pass. Run on a schedule.
+deps-check:
+	scripts/deps-check.sh
 
 bench: setup-dev
 	.venv/bin/python -m bench

@@ -24,12 +24,14 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.visa-installed
-if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+# requirements.lock (scripts/lock.py) holds the versions the suite passes with: a new release of a
+# dependency reaches a fresh clone only through the lock (`make deps-check` tries the newest ones).
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || requirements.lock -nt $stamp ]]; then
   .venv/bin/pip install -q --upgrade pip
   if [[ "${1:-}" == "--dev" ]]; then
-    .venv/bin/pip install -q -e '.[test,local,docs]'
+    .venv/bin/pip install -q -c requirements.lock -e '.[test,local,docs]'
   else
-    .venv/bin/pip install -q -e '.[local]'  # the demo's local cloud serves JupyterLab sessions
+    .venv/bin/pip install -q -c requirements.lock -e '.[local]'  # the demo's local cloud serves JupyterLab sessions
   fi
   touch $stamp
 fi
