@@ -368,7 +368,7 @@ class LocalProvider(Provider):
             limitations = list(isolation.reasons)
             if mount_mode == "symlinks":
                 limitations.append("not isolated: data are symlinks under the instance directory, not read-only")
-            record = {
+            record: dict[str, Any] = {
                 "name": spec.name,
                 "instance_uid": spec.instance_uid,
                 "created_at": datetime.now(UTC).isoformat(),
