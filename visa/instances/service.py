@@ -34,7 +34,6 @@ from visa.instances.models import (
     InstanceCommand,
     InstanceHome,
     InstanceMember,
-    InstanceState,
     MemberRole,
 )
 from visa.instances.schemas import CreateInstance, EditInstance, InstanceQuery
@@ -43,6 +42,7 @@ from visa.policy import allowed, require
 from visa.provisioning.mounts import identity_needed
 from visa.provisioning.site import site_for_cloud
 from visa.settings import PosixSettings, ProvisioningSettings, Settings
+from visa.states import InstanceState
 from visa.users.models import User
 
 # What each action needs the instance to be in.
@@ -533,7 +533,7 @@ def owned_counts(session: Session, user_ids: list[int]) -> dict[int, int]:
     """How many live instances each of these users owns."""
     if not user_ids:
         return {}
-    return dict(session.execute(  # type: ignore[arg-type]
+    return dict(session.execute(
         select(Instance.owner_id, func.count(Instance.id))
         .where(Instance.owner_id.in_(user_ids), Instance.deleted_at.is_(None))
         .group_by(Instance.owner_id)
