@@ -12,6 +12,7 @@ demo: setup
 
 test: setup-dev
 	.venv/bin/ruff check visa tests bench
+	.venv/bin/mypy visa
 	$(MAKE) docs
 	.venv/bin/python -m pytest -q --durations=30
 
@@ -27,6 +28,7 @@ test-fast: setup-dev
 
 lint: setup-dev
 	.venv/bin/ruff check visa tests bench
+	.venv/bin/mypy visa
 
 # The tree is not formatted by ruff's formatter (its diff touches most files): not part of lint.
 format-check: setup-dev
