@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import dataclasses
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,25 +50,64 @@ def _database(check: bool = True) -> Database:
     return database
 
 
-def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Domain errors become a one-line message and exit status 2, never a traceback."""
+class DomainError(click.ClickException):
+    """A domain error (``visa.errors``) or invalid values: its message, exit status 1, no traceback.
+    Exit status 2 is click's alone: a usage error (unknown option, missing argument)."""
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(self.message, err=True)
+
+
+def _domain_error(exc: VisaError | ValidationError) -> DomainError:
+    if isinstance(exc, VisaError):
+        return DomainError(f"error: {exc.message}")
+    return DomainError("\n".join(f"error: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()))
+
+
+class VisaGroup(click.Group):
+    """Every command's domain errors become a message and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return fn(*args, **kwargs)
-        except VisaError as exc:
-            click.echo(f"error: {exc.message}", err=True)
-            sys.exit(2)
-        except ValidationError as exc:
-            for e in exc.errors():
-                click.echo(f"error: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}", err=True)
-            sys.exit(2)
-
-    return wrapper
+            return super().invoke(ctx)
+        except (VisaError, ValidationError) as exc:
+            raise _domain_error(exc) from None
 
 
-@click.group()
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--json``: the command's result as one JSON document on stdout (see :func:`emit`)."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text")(fn)
+
+
+def emit(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    """The one output path of the list and show commands: ``data`` (a dict, or a list of dicts:
+    one per row) as JSON, or each row through ``text``."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    for row in data if isinstance(data, list) else [data]:
+        click.echo(text(row))
+
+
+@contextlib.contextmanager
+def progress(label: str, quiet: bool = False) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr, updated with (done, total); shown only when stdout is a terminal
+    (never in a pipe, a log or with --json)."""
+    if quiet or not sys.stdout.isatty():
+        yield lambda done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+@click.group(cls=VisaGroup)
+@click.version_option(package_name="visa", prog_name="visa")
 def main() -> None:
     """visa: remote data-analysis machines in the browser."""
 
@@ -83,19 +123,26 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Bring the database schema to the current version."""
-    from visa.migrate import current_revision, upgrade
+    from visa.migrate import current_revision, pending_revisions, upgrade
 
     database = _database(check=False)
-    upgrade(database.engine)
+    steps = pending_revisions(database.engine)
+    with progress("migrating") as advance:
+        for done, revision in enumerate(steps):  # one revision at a time: the bar moves
+            advance(done, len(steps))
+            upgrade(database.engine, revision)
     click.echo(f"database at revision {current_revision(database.engine)}")
 
 
 @db.command("current")
-def db_current() -> None:
+@json_option
+def db_current(as_json: bool) -> None:
+    """Show the schema's revision and the one the code needs."""
     from visa.migrate import current_revision, head_revision
 
     database = _database(check=False)
-    click.echo(f"current: {current_revision(database.engine)}  head: {head_revision()}")
+    emit({"current": current_revision(database.engine), "head": head_revision()}, as_json,
+         lambda r: f"current: {r['current']}  head: {r['head']}")
 
 
 # --- setup ----------------------------------------------------------------------------------
@@ -126,7 +173,6 @@ def ensure_local_cloud(database: Database) -> None:
 
 
 @main.command()
-@friendly
 def init() -> None:
     """Create the data directory and the database, and register the local cloud."""
     from visa.migrate import upgrade
@@ -141,7 +187,6 @@ def init() -> None:
 @main.command()
 @click.option("--port", default=None, type=int, help="Port (default from settings: 8080)")
 @click.option("--no-serve", is_flag=True, help="Prepare the demo and exit")
-@friendly
 def demo(port: int | None, no_serve: bool) -> None:
     """Set up a demonstration on this machine (catalogue, experiments, users, data) and serve it."""
     from visa.demo import prepare_demo
@@ -245,17 +290,21 @@ def scheduler(no_worker: bool) -> None:
 
 @main.command("check-config")
 @click.option("--probe-clouds", is_flag=True, help="Also ask every enabled cloud for its limits (10 s timeout)")
-def check_config(probe_clouds: bool) -> None:
-    """Validate the configuration: settings, data directory, database schema, clouds."""
+@json_option
+def check_config(probe_clouds: bool, as_json: bool) -> None:
+    """Validate the configuration: settings, data directory, database schema, clouds. Exit
+    status 1 when an error is found."""
     from visa.checks import check_all
 
     findings = check_all(_settings(), probe_clouds=probe_clouds)
-    for finding in findings:
-        click.echo(str(finding))
     errors = sum(f.level == "error" for f in findings)
-    click.echo(f"{errors} error(s), {sum(f.level == 'warning' for f in findings)} warning(s)")
+    summary = f"{errors} error(s), {sum(f.level == 'warning' for f in findings)} warning(s)"
+    if as_json:
+        emit({"findings": [dataclasses.asdict(f) for f in findings], "errors": errors}, True, str)
+    else:
+        emit([str(f) for f in findings] + [summary], False, str)
     if errors:
-        sys.exit(2)
+        sys.exit(1)
 
 # --- catalogue ------------------------------------------------------------------------------
 
@@ -268,22 +317,22 @@ def catalogue() -> None:
 @catalogue.command("apply")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Show what would change and change nothing")
-@friendly
 def catalogue_apply(paths: tuple[Path, ...], dry_run: bool) -> None:
     """Validate catalogue files (flavours/, images/) and apply them in one transaction."""
     from visa.catalogue.service import apply_files
 
     database = _database()
-    if dry_run:
-        with database.sessionmaker() as s:
-            diff = apply_files(SYSTEM, s, system_clock, list(paths))
-            s.rollback()
-        click.echo(str(diff))
-        click.echo("(dry run: nothing applied)")
-        return
-    with database.unit_of_work() as s:
-        diff = apply_files(SYSTEM, s, system_clock, list(paths))
+    with progress("applying the catalogue") as advance:
+        if dry_run:
+            with database.sessionmaker() as s:
+                diff = apply_files(SYSTEM, s, system_clock, list(paths), progress=advance)
+                s.rollback()
+        else:
+            with database.unit_of_work() as s:
+                diff = apply_files(SYSTEM, s, system_clock, list(paths), progress=advance)
     click.echo(str(diff))
+    if dry_run:
+        click.echo("(dry run: nothing applied)")
 
 
 # --- experiments ----------------------------------------------------------------------------
@@ -296,7 +345,6 @@ def experiments() -> None:
 
 @experiments.command("import")
 @click.argument("file", type=click.Path(path_type=Path))
-@friendly
 def experiments_import(file: Path) -> None:
     """Upsert instruments, proposals, experiments and members from a JSON or CSV file."""
     from visa.experiments.importer import import_experiments, parse_file
@@ -304,9 +352,9 @@ def experiments_import(file: Path) -> None:
 
     specs = parse_file(file)
     database = _database()
-    with database.unit_of_work() as s:
+    with progress("importing experiments") as advance, database.unit_of_work() as s:
         result = import_experiments(SYSTEM, s, system_clock, specs, default_quota=_settings().default_quota,
-                                    limits=_settings().posix, origin=str(file),
+                                    limits=_settings().posix, origin=str(file), progress=advance,
                                     reserved=reserved_usernames(_settings().provisioning.probe_username))
     click.echo(str(result))
 
@@ -327,7 +375,6 @@ def users() -> None:
 @click.option("--prompt", is_flag=True, help="Ask for the password")
 @click.option("--quota", type=int, default=None)
 @click.option("--role", "roles", multiple=True, help="Grant a role (repeatable)")
-@friendly
 def users_add(username: str, full_name: str, email: str | None, password: str | None, prompt: bool,
               quota: int | None, roles: tuple[str, ...]) -> None:
     from visa.users import service
@@ -361,7 +408,6 @@ def _when(value: str | None) -> datetime | None:
 @click.argument("username")
 @click.argument("role")
 @click.option("--until", default=None, help="Expiry (ISO date or datetime); required for GUEST")
-@friendly
 def users_grant(username: str, role: str, until: str | None) -> None:
     from visa.users import service
 
@@ -374,7 +420,6 @@ def users_grant(username: str, role: str, until: str | None) -> None:
 @users.command("revoke")
 @click.argument("username")
 @click.argument("role")
-@friendly
 def users_revoke(username: str, role: str) -> None:
     from visa.users import service
 
@@ -387,7 +432,6 @@ def users_revoke(username: str, role: str) -> None:
 @users.command("quota", context_settings={"ignore_unknown_options": True})  # so "-1" is a value
 @click.argument("username")
 @click.argument("quota", type=int)
-@friendly
 def users_quota(username: str, quota: int) -> None:
     """Set the instance quota (-1 = unlimited)."""
     from visa.users import service
@@ -399,7 +443,6 @@ def users_quota(username: str, quota: int) -> None:
 
 @users.command("passwd")
 @click.argument("username")
-@friendly
 def users_passwd(username: str) -> None:
     from visa.users import service
 
@@ -411,7 +454,6 @@ def users_passwd(username: str) -> None:
 
 @users.command("logout")
 @click.argument("username")
-@friendly
 def users_logout(username: str) -> None:
     """End every login session of the user, in every browser (a stolen cookie stops working)."""
     from visa.users import service
@@ -423,7 +465,6 @@ def users_logout(username: str) -> None:
 
 @users.command("deactivate")
 @click.argument("username")
-@friendly
 def users_deactivate(username: str) -> None:
     """Refuse the account's logins and tokens, and end its sessions."""
     from visa.users import service
@@ -435,7 +476,6 @@ def users_deactivate(username: str) -> None:
 
 @users.command("activate")
 @click.argument("username")
-@friendly
 def users_activate(username: str) -> None:
     from visa.users import service
 
@@ -448,7 +488,6 @@ def users_activate(username: str) -> None:
 @click.argument("username")
 @click.argument("subject")
 @click.option("--issuer", help="Default: the configured identity provider's realm")
-@friendly
 def users_link(username: str, subject: str, issuer: str | None) -> None:
     """Link an existing account to an identity (the provider's subject): logins through the
     provider are matched by issuer and subject, never by name."""
@@ -480,7 +519,6 @@ def _gid_list(value: str | None) -> tuple[int, ...] | None:
 @click.option("--gid", "gid", type=int, default=None, help="Primary gid")
 @click.option("--groups", default=None, help="Supplementary gids, comma separated ('' for none)")
 @click.option("--home", default=None, help="Home path in the machines, e.g. /home/alice")
-@friendly
 def users_set_posix(username: str, uid: int | None, gid: int | None, groups: str | None, home: str | None) -> None:
     """Set a user's unix identity (values not given stay as they are). Refused when the identity
     provider gives it, for a uid another account has, and below the system range (posix.min_uid)."""
@@ -501,16 +539,39 @@ def users_set_posix(username: str, uid: int | None, gid: int | None, groups: str
     click.echo(f"{username}: {shown}" + ("" if changed else " (unchanged)"))
 
 
+def _user_row(u: Any, now: datetime) -> dict[str, Any]:
+    return {"username": u.username, "full_name": u.full_name, "email": u.email, "quota": u.instance_quota,
+            "uid": u.uid_number, "gid": u.gid_number, "roles": sorted(r.value for r in u.roles_at(now)),
+            "active": u.active}
+
+
+def _user_line(r: dict[str, Any]) -> str:
+    uid = "-" if r["uid"] is None else r["uid"]
+    return f"{r['username']:24} quota={r['quota']:<3} uid={uid!s:<8} roles={','.join(r['roles']) or '-'}"
+
+
 @users.command("list")
-def users_list() -> None:
+@json_option
+def users_list(as_json: bool) -> None:
+    """Every account, with its quota, uid and roles."""
     from visa.users.models import User
 
     now = system_clock.now()
     with _database().sessionmaker() as s:
-        for u in s.scalars(select(User).order_by(User.username)):
-            roles = ",".join(sorted(r.value for r in u.roles_at(now))) or "-"
-            uid = "-" if u.uid_number is None else u.uid_number
-            click.echo(f"{u.username:24} quota={u.instance_quota:<3} uid={uid!s:<8} roles={roles}")
+        rows = [_user_row(u, now) for u in s.scalars(select(User).order_by(User.username))]
+    emit(rows, as_json, _user_line)
+
+
+@users.command("show")
+@click.argument("username")
+@json_option
+def users_show(username: str, as_json: bool) -> None:
+    """One account: name, e-mail, quota, unix identity, roles, active or not."""
+    from visa.users import service
+
+    with _database().sessionmaker() as s:
+        row = _user_row(service.get_user(s, username), system_clock.now())
+    emit(row, as_json, lambda r: "\n".join(f"{k}: {v}" for k, v in r.items()))
 
 
 # --- clouds ---------------------------------------------------------------------------------
@@ -525,7 +586,6 @@ def clouds() -> None:
 @click.argument("name")
 @click.option("--kind", required=True, help="local or openstack")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON file of provider settings")
-@friendly
 def clouds_add(name: str, kind: str, config_file: Path | None) -> None:
     """Register (or update) a cloud. Secrets may be given as {"env": "VAR"}."""
     from visa.clouds.service import register_cloud
@@ -549,12 +609,14 @@ def clouds_add(name: str, kind: str, config_file: Path | None) -> None:
 
 
 @clouds.command("list")
-def clouds_list() -> None:
+@json_option
+def clouds_list(as_json: bool) -> None:
+    """Registered clouds and whether they take new instances (their settings are not shown: secrets)."""
     from visa.clouds.service import list_clouds
 
     with _database().sessionmaker() as s:
-        for c in list_clouds(s):
-            click.echo(f"{c.name:16} {c.kind:10} {'enabled' if c.enabled else 'disabled'}")
+        rows = [{"name": c.name, "kind": c.kind, "enabled": c.enabled} for c in list_clouds(s)]
+    emit(rows, as_json, lambda r: f"{r['name']:16} {r['kind']:10} {'enabled' if r['enabled'] else 'disabled'}")
 
 
 def _set_cloud_enabled(name: str, enabled: bool) -> None:
@@ -567,7 +629,6 @@ def _set_cloud_enabled(name: str, enabled: bool) -> None:
 
 @clouds.command("enable")
 @click.argument("name")
-@friendly
 def clouds_enable(name: str) -> None:
     """Let a cloud take new instances again."""
     _set_cloud_enabled(name, True)
@@ -575,7 +636,6 @@ def clouds_enable(name: str) -> None:
 
 @clouds.command("disable")
 @click.argument("name")
-@friendly
 def clouds_disable(name: str) -> None:
     """Give a cloud no new instances (those it has keep running)."""
     _set_cloud_enabled(name, False)
@@ -589,22 +649,50 @@ def instances() -> None:
     """Instances (for operators)."""
 
 
+def _instance_row(i: Any) -> dict[str, Any]:
+    return {"uid": i.uid, "name": i.name, "state": i.state.value, "owner": i.owner.username,
+            "image": i.plan.image.name, "flavour": i.plan.flavour.name,
+            "cloud": i.cloud.name if i.cloud is not None else None, "created_at": i.created_at.isoformat(),
+            "deleted_at": i.deleted_at.isoformat() if i.deleted_at else None}
+
+
+def _instance_line(r: dict[str, Any]) -> str:
+    return f"{r['uid']}  {r['state']:16} {r['owner']:16} {r['image']}/{r['flavour']}  {r['name']}"
+
+
 @instances.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Include deleted instances")
-def instances_list(show_all: bool) -> None:
+@json_option
+def instances_list(show_all: bool, as_json: bool) -> None:
+    """Instances, oldest first."""
     from visa.instances.models import Instance
 
     with _database().sessionmaker() as s:
         q = select(Instance).order_by(Instance.created_at)
         if not show_all:
             q = q.where(Instance.deleted_at.is_(None))
-        for i in s.scalars(q):
-            click.echo(f"{i.uid}  {i.state.value:16} {i.owner.username:16} {i.plan.image.name}/{i.plan.flavour.name}  {i.name}")
+        rows = [_instance_row(i) for i in s.scalars(q)]
+    emit(rows, as_json, _instance_line)
+
+
+@instances.command("show")
+@click.argument("uid")
+@json_option
+def instances_show(uid: str, as_json: bool) -> None:
+    """One instance: state, owner, image and flavour, cloud, dates."""
+    from visa.errors import NotFound
+    from visa.instances.models import Instance
+
+    with _database().sessionmaker() as s:
+        instance = s.scalar(select(Instance).where(Instance.uid == uid))
+        if instance is None:
+            raise NotFound(f"no instance {uid!r}")
+        row = _instance_row(instance)
+    emit(row, as_json, lambda r: "\n".join(f"{k}: {v}" for k, v in r.items()))
 
 
 @instances.command("render-userdata")
 @click.argument("uid")
-@friendly
 def instances_render_userdata(uid: str) -> None:
     """Print what an instance receives at boot (secrets masked)."""
     from visa.instances.spec import render_for_operator

@@ -28,6 +28,13 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
 
 
+def pending_revisions(engine: Engine) -> list[str]:
+    """The revisions an upgrade to head applies, oldest first."""
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    current = current_revision(engine)
+    return [r.revision for r in reversed(list(script.iterate_revisions("heads", current)))]
+
+
 def head_revision() -> str:
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     head = script.get_current_head()

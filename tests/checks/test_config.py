@@ -1,4 +1,4 @@
-"""`visa check-config` and the same checks before `visa run`: clear findings, exit status 2 on errors."""
+"""`visa check-config` and the same checks before `visa run`: clear findings, exit status 1 on errors."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_check_config_reports_and_fails_on_errors(cli, tmp_path: Path, monkeypat
     config.write_text(json.dumps({"provisioning": {"auth": {"password": {"env": "VISA_TEST_NO_SUCH_SECRET"}}}}))
     assert cli("clouds", "add", "remote", "--kind", "local", "--config", str(config)).exit_code == 0
     r = cli("check-config")
-    assert r.exit_code == 2 and "cloud remote: secrets not in the environment: provisioning.auth.password" in r.output
+    assert r.exit_code == 1 and "cloud remote: secrets not in the environment: provisioning.auth.password" in r.output
     r = cli("run", "--port", "1")
     assert r.exit_code == 1 and "invalid configuration" in r.output  # refused before serving
     monkeypatch.setenv("VISA_TEST_NO_SUCH_SECRET", "s3cret")
@@ -31,7 +31,7 @@ def test_check_config_reports_and_fails_on_errors(cli, tmp_path: Path, monkeypat
 
     monkeypatch.setenv("VISA_BASE_URL", "javascript:alert(1)")
     r = cli("check-config")
-    assert r.exit_code == 2 and "base_url" in r.output
+    assert r.exit_code == 1 and "base_url" in r.output
 
 
 def test_bad_settings_file_is_named(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,7 +101,7 @@ def test_check_config_says_when_the_local_cloud_cannot_isolate(cli, tmp_path: Pa
     config.write_text(json.dumps({"uid_range": [0, 10]}))
     assert cli("clouds", "add", "typo", "--kind", "local", "--config", str(config)).exit_code == 0
     r = cli("check-config")
-    assert r.exit_code == 2 and "cloud typo: local cloud config uid_range" in r.output
+    assert r.exit_code == 1 and "cloud typo: local cloud config uid_range" in r.output
 
 
 def test_a_home_template_outside_its_root_is_named_with_its_file_and_field(
@@ -121,7 +121,7 @@ def test_a_home_template_outside_its_root_is_named_with_its_file_and_field(
     config.write_text(json.dumps({"provisioning": {"mount_type": "bind", "home_mount_template": "/srv/{username}/..",
                                                    "home_mount_root": "/srv"}}))
     r = cli("clouds", "add", "homes", "--kind", "local", "--config", str(config))
-    assert r.exit_code == 2 and str(config) in r.output and "config.provisioning" in r.output
+    assert r.exit_code == 1 and str(config) in r.output and "config.provisioning" in r.output
     assert "outside home_mount_root" in r.output
     assert "homes" not in cli("clouds", "list").output  # nothing registered
     config.write_text(json.dumps({"provisioning": {"mount_type": "bind", "home_mount_template": "/srv/{username}",

@@ -1,4 +1,4 @@
-"""The command line on both databases: clear messages and exit status 2 on bad input, never a traceback."""
+"""The command line on both databases: clear messages and exit status 1 on bad input, never a traceback."""
 
 from __future__ import annotations
 
@@ -29,18 +29,18 @@ def test_init_catalogue_experiments_and_users(cli, db: Database, tmp_path: Path)
     assert r.exit_code == 0 and "3 experiments created" in r.output
     assert cli("users", "add", "dora", "--full-name", "Dora", "--quota", "3", "--role", "staff").exit_code == 0
     r = cli("users", "grant", "dora", "GUEST")
-    assert r.exit_code == 2 and "GUEST is a time-limited role" in r.output
+    assert r.exit_code == 1 and "GUEST is a time-limited role" in r.output
     assert cli("users", "grant", "dora", "GUEST", "--until", "2099-01-01").exit_code == 0
     r = cli("users", "quota", "dora", "-5")
-    assert r.exit_code == 2 and "invalid quota" in r.output
+    assert r.exit_code == 1 and "invalid quota" in r.output
     r = cli("users", "quota", "dora", str(2**40))  # past the column: refused, not a database error
-    assert r.exit_code == 2 and "invalid quota" in r.output
+    assert r.exit_code == 1 and "invalid quota" in r.output
     r = cli("users", "add", "Not A Name")
-    assert r.exit_code == 2 and "invalid username" in r.output
+    assert r.exit_code == 1 and "invalid username" in r.output
     r = cli("users", "grant", "nobody", "ADMIN")
-    assert r.exit_code == 2 and "no user 'nobody'" in r.output
+    assert r.exit_code == 1 and "no user 'nobody'" in r.output
     r = cli("users", "grant", "dora", "EMPEROR")
-    assert r.exit_code == 2 and "unknown role 'EMPEROR'" in r.output
+    assert r.exit_code == 1 and "unknown role 'EMPEROR'" in r.output
     with db.sessionmaker() as s:
         dora = s.scalar(select(User).where(User.username == "dora"))
         assert dora.instance_quota == 3
@@ -54,7 +54,7 @@ def test_bad_catalogue_file_names_file_entry_field_and_applies_nothing(cli, tmp_
     shutil.copytree(ROOT / "flavours", flavours)
     (flavours / "esrf.large.yaml").write_text((flavours / "esrf.large.yaml").read_text().replace("cores: 8", "cores: -8"))
     r = cli("catalogue", "apply", str(flavours))
-    assert r.exit_code == 2
+    assert r.exit_code == 1
     assert "esrf.large.yaml: entry 'esrf.large': field 'cores'" in r.output
     r = cli("catalogue", "apply", "--dry-run", str(ROOT / "flavours"))
     assert "+ flavour esrf.large" in r.output  # nothing of the bad run was stored

@@ -6,6 +6,7 @@ or disabled (plans), never deleted: instances still refer to them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,24 +152,33 @@ def apply_image(session: Session, spec: ImageSpec, image: Image | None, clouds: 
     return image
 
 
-def apply_catalogue(actor: Actor, session: Session, clock: Clock, catalogue: Catalogue) -> Diff:
+# Called with (entries done, entries in all) as a long apply goes (the CLI's progress bar).
+Progress = Callable[[int, int], None]
+
+
+def apply_catalogue(actor: Actor, session: Session, clock: Clock, catalogue: Catalogue, *,
+                    progress: Progress | None = None) -> Diff:
     """Apply validated files. The caller commits (or rolls back for a dry run)."""
     require(actor, "manage_catalogue")
+    total = len(catalogue.flavours) + len(catalogue.images)
+    tick = progress or (lambda done, total: None)
     diff = Diff()
     clouds = cloud_ids(session, catalogue)
     instruments: dict[str, Instrument] = {}
 
     flavours = {f.name: f for f in session.scalars(select(Flavour))}
     seen_flavours = set()
-    for item in catalogue.flavours:
+    for n, item in enumerate(catalogue.flavours, 1):
         flavours[item.spec.name] = apply_flavour(
             session, item.spec, flavours.get(item.spec.name), clouds, instruments, diff
         )
         seen_flavours.add(item.spec.name)
+        tick(n, total)
 
     images = {i.name: i for i in session.scalars(select(Image))}
-    for item in catalogue.images:
+    for n, item in enumerate(catalogue.images, 1):
         images[item.spec.name] = apply_image(session, item.spec, images.get(item.spec.name), clouds, diff)
+        tick(len(catalogue.flavours) + n, total)
     # What the files of a kind no longer name is hidden, not deleted: instances refer to it.
     for given, stored, kind in ((catalogue.flavours, flavours, "flavour"), (catalogue.images, images, "image")):
         named = {i.spec.name for i in given}

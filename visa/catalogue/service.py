@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor
 from visa.audit.service import record
-from visa.catalogue.apply import Diff, apply_catalogue, apply_flavour, apply_image, cloud_ids
+from visa.catalogue.apply import Diff, Progress, apply_catalogue, apply_flavour, apply_image, cloud_ids
 from visa.catalogue.loader import Catalogue, Sourced, load
 from visa.catalogue.models import Flavour, Image, Plan
 from visa.catalogue.schemas import (
@@ -98,11 +98,11 @@ def inactivity_limit_hours(roles: Iterable[Role], defaults: LifetimeSettings) ->
 
 
 def apply_files(
-    actor: Actor, session: Session, clock: Clock, paths: list[Path]
+    actor: Actor, session: Session, clock: Clock, paths: list[Path], *, progress: Progress | None = None
 ) -> Diff:
     """Validate the files and apply them (the caller's transaction decides dry run or not)."""
     known = frozenset(session.scalars(select(Flavour.name)))
-    return apply_catalogue(actor, session, clock, load(paths, known_flavours=known))
+    return apply_catalogue(actor, session, clock, load(paths, known_flavours=known), progress=progress)
 
 
 # --- editing the catalogue through the API (validated and applied as the files are) ------------------

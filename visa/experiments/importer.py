@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,7 @@ def _identities(
 def import_experiments(
     actor: Actor, session: Session, clock: Clock, specs: list[ExperimentSpec], *, default_quota: int = 2,
     limits: PosixSettings | None = None, origin: str = "", reserved: Collection[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ImportResult:
     """Upsert the file's experiments and members. Members' unix identities are taken unless the
     identity provider gave them (an earlier source, ``visa.users.service.SOURCES``). A new member
@@ -164,7 +165,9 @@ def import_experiments(
                                for name in refused])
     identities = _identities(session, specs, limits, origin)
 
-    for spec in specs:
+    for done, spec in enumerate(specs):
+        if progress:
+            progress(done, len(specs))
         inst = instruments.get(spec.instrument)
         if inst is None:
             inst = instruments[spec.instrument] = Instrument(name=spec.instrument)
