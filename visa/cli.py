@@ -539,6 +539,14 @@ def users_set_posix(username: str, uid: int | None, gid: int | None, groups: str
     click.echo(f"{username}: {shown}" + ("" if changed else " (unchanged)"))
 
 
+def _fields(row: dict[str, Any]) -> str:
+    """A show command's text: one ``key: value`` line per field ('-' for none)."""
+    def shown(v: Any) -> str:
+        return "-" if v is None or v == [] else ",".join(map(str, v)) if isinstance(v, list) else str(v)
+
+    return "\n".join(f"{k}: {shown(v)}" for k, v in row.items())
+
+
 def _user_row(u: Any, now: datetime) -> dict[str, Any]:
     return {"username": u.username, "full_name": u.full_name, "email": u.email, "quota": u.instance_quota,
             "uid": u.uid_number, "gid": u.gid_number, "roles": sorted(r.value for r in u.roles_at(now)),
@@ -571,7 +579,7 @@ def users_show(username: str, as_json: bool) -> None:
 
     with _database().sessionmaker() as s:
         row = _user_row(service.get_user(s, username), system_clock.now())
-    emit(row, as_json, lambda r: "\n".join(f"{k}: {v}" for k, v in r.items()))
+    emit(row, as_json, _fields)
 
 
 # --- clouds ---------------------------------------------------------------------------------
@@ -688,7 +696,7 @@ def instances_show(uid: str, as_json: bool) -> None:
         if instance is None:
             raise NotFound(f"no instance {uid!r}")
         row = _instance_row(instance)
-    emit(row, as_json, lambda r: "\n".join(f"{k}: {v}" for k, v in r.items()))
+    emit(row, as_json, _fields)
 
 
 @instances.command("render-userdata")

@@ -64,13 +64,19 @@ def active_instance_count(session: Session, user: User) -> int:
 
 
 def check_quota(session: Session, user: User) -> None:
-    if user.instance_quota < 0:
+    """Refuse one more machine past the owner's quota. The owner's row is locked until the commit
+    (PostgreSQL; SQLite has one writer at a time), so two creates at once count one after the other.
+    NO KEY UPDATE: rows that merely refer to the user (audit, sessions) are not held up."""
+    locked = session.scalar(
+        select(User.instance_quota).where(User.id == user.id).with_for_update(key_share=True)
+    )
+    quota = user.instance_quota if locked is None else locked
+    if quota < 0:
         return
     count = active_instance_count(session, user)
-    if count >= user.instance_quota:
+    if count >= quota:
         raise QuotaExceeded(
-            f"you have {count} instance(s) and your quota is {user.instance_quota}: delete one first",
-            quota=user.instance_quota,
+            f"you have {count} instance(s) and your quota is {quota}: delete one first", quota=quota,
         )
 
 
