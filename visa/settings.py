@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -276,7 +276,12 @@ class ProvisioningSettings(BaseModel):
     """Site configuration for what a machine receives at boot (rendered into cloud-init).
 
     Images add to it through their ``options`` (see ``visa.provisioning.site.ImageOptions``).
+    A cloud's own ``provisioning`` settings are checked by this model too, over the site's.
     """
+
+    # A misspelt key would leave the default in force, silently: refused, in the site's file as
+    # in a cloud's settings.
+    model_config = ConfigDict(extra="forbid")
 
     # --- CVMFS -------------------------------------------------------------------------
     cvmfs_repositories: list[str] = Field(

@@ -61,3 +61,57 @@ def test_only_admins_and_the_system_manage_clouds(db) -> None:
             service.set_cloud_enabled(SYSTEM, s, clock, "absent", True)
         with pytest.raises(InvalidInput):
             service.register_cloud(SYSTEM, s, clock, "", "local", {})
+
+
+BAD_OVERRIDES = [
+    ({"raw_mount_templat": "/srv/{proposal}"}, "config.provisioning.raw_mount_templat", "Extra inputs"),
+    ({"mount_type": "smb"}, "config.provisioning.mount_type", "nfs, ceph or bind"),
+    ({"cvmfs_quota_mb": "lots"}, "config.provisioning.cvmfs_quota_mb", "integer"),
+    ({"raw_mount_template": "/srv/{user}"}, "config.provisioning.raw_mount_template", "{proposal}"),
+    ({"home_mount_template": "/srv/{username}/..", "home_mount_root": "/srv"}, "config.provisioning",
+     "outside home_mount_root"),
+]
+
+
+@pytest.mark.parametrize("override, field, message", BAD_OVERRIDES)
+def test_a_bad_provisioning_override_is_refused_when_the_cloud_is_added(
+    db, override: dict, field: str, message: str,  # noqa: ANN001
+) -> None:
+    """A cloud's provisioning settings get the site settings' checks at registration, a
+    misspelt key included (it would leave the site's value in force, silently)."""
+    clock = FrozenClock()
+    with db.unit_of_work() as s, pytest.raises(InvalidInput) as refused:
+        service.register_cloud(SYSTEM, s, clock, "remote", "local", {"provisioning": override})
+    assert refused.value.field == field and message in refused.value.message
+    with db.sessionmaker() as s:
+        assert s.scalar(select(Cloud).where(Cloud.name == "remote")) is None
+
+
+def test_cli_names_the_bad_override_and_stores_nothing(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    assert cli("init").exit_code == 0
+    config = tmp_path / "cloud.json"
+    config.write_text(json.dumps({"provisioning": {"mount_type": "bind", "raw_mount_templat": "/srv/{proposal}"}}))
+    r = cli("clouds", "add", "typo", "--kind", "local", "--config", str(config))
+    assert r.exit_code == 1 and f"{config}: config.provisioning.raw_mount_templat" in r.stderr
+    assert "typo" not in cli("clouds", "list").output
+
+
+def test_a_stored_bad_override_is_not_rendered() -> None:
+    """A row stored before its checks (or edited in the database) is checked again at render."""
+    from visa.provisioning.site import site_for_cloud
+    from visa.settings import ProvisioningSettings
+
+    assert site_for_cloud({"provisioning": {"mount_type": "bind"}}, ProvisioningSettings()).mount_type == "bind"
+    for override, field, message in BAD_OVERRIDES:
+        with pytest.raises(InvalidInput) as refused:
+            site_for_cloud({"provisioning": override}, ProvisioningSettings())
+        assert refused.value.field == field and message in refused.value.message
+
+
+def test_the_site_settings_refuse_a_misspelt_provisioning_key() -> None:
+    from pydantic import ValidationError
+
+    from visa.settings import Settings
+
+    with pytest.raises(ValidationError, match="raw_mount_templat"):
+        Settings(secret_key="x", provisioning={"raw_mount_templat": "/srv/{proposal}"})

@@ -79,7 +79,18 @@ def site_for_cloud(cloud_config: dict[str, Any] | None, base: ProvisioningSettin
     the local cloud binds host directories where a VM mounts NFS."""
     base = base or current_site()
     overrides = (cloud_config or {}).get("provisioning") or {}
-    return base.model_copy(update=overrides) if overrides else base
+    if not overrides:
+        return base
+    # Checked again, not merged as given: a row stored before its checks, or edited in the
+    # database, renders nothing the checks at registration would have refused.
+    if not isinstance(overrides, dict):
+        raise InvalidInput("config.provisioning must be an object", field="config.provisioning")
+    try:
+        return ProvisioningSettings.model_validate({**base.model_dump(), **overrides})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(["config", "provisioning", *(str(p) for p in first["loc"])])
+        raise InvalidInput(f"the cloud's {where}: {first['msg']}", field=where) from None
 
 
 def current_site() -> ProvisioningSettings:
