@@ -20,10 +20,10 @@ def test_check_config_reports_and_fails_on_errors(cli, tmp_path: Path, monkeypat
     assert "cloud local isolation: sessions " in r.output
 
     config = tmp_path / "cloud.json"
-    config.write_text(json.dumps({"provisioning": {"auth": {"password": {"env": "VISA_TEST_NO_SUCH_SECRET"}}}}))
-    assert cli("clouds", "add", "remote", "--kind", "local", "--config", str(config)).exit_code == 0
+    config.write_text(json.dumps({"auth": {"password": {"env": "VISA_TEST_NO_SUCH_SECRET"}}}))
+    assert cli("clouds", "add", "remote", "--kind", "openstack", "--config", str(config)).exit_code == 0
     r = cli("check-config")
-    assert r.exit_code == 1 and "cloud remote: secrets not in the environment: provisioning.auth.password" in r.output
+    assert r.exit_code == 1 and "cloud remote: secrets not in the environment: auth.password" in r.output
     r = cli("run", "--port", "1")
     assert r.exit_code == 1 and "invalid configuration" in r.output  # refused before serving
     monkeypatch.setenv("VISA_TEST_NO_SUCH_SECRET", "s3cret")
