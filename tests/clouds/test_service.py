@@ -75,7 +75,7 @@ BAD_OVERRIDES = [
 
 @pytest.mark.parametrize("override, field, message", BAD_OVERRIDES)
 def test_a_bad_provisioning_override_is_refused_when_the_cloud_is_added(
-    db, override: dict, field: str, message: str,  # noqa: ANN001
+    db, override: dict, field: str, message: str,
 ) -> None:
     """A cloud's provisioning settings get the site settings' checks at registration, a
     misspelt key included (it would leave the site's value in force, silently)."""
@@ -87,7 +87,7 @@ def test_a_bad_provisioning_override_is_refused_when_the_cloud_is_added(
         assert s.scalar(select(Cloud).where(Cloud.name == "remote")) is None
 
 
-def test_cli_names_the_bad_override_and_stores_nothing(cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_cli_names_the_bad_override_and_stores_nothing(cli, tmp_path: Path) -> None:
     assert cli("init").exit_code == 0
     config = tmp_path / "cloud.json"
     config.write_text(json.dumps({"provisioning": {"mount_type": "bind", "raw_mount_templat": "/srv/{proposal}"}}))
