@@ -88,10 +88,10 @@ def test_the_system_accounts_names_are_refused_as_usernames(cli, monkeypatch, tm
     assert cli("init").exit_code == 0
     for name in ("root", getpass.getuser(), "visaprobe"):
         r = cli("users", "add", name)
-        assert r.exit_code == 2 and f"the username {name!r} is reserved" in r.output, r.output
+        assert r.exit_code == 1 and f"the username {name!r} is reserved" in r.output, r.output
     assert cli("users", "add", "visa-ops").exit_code == 0
     listing = tmp_path / "members.json"
     listing.write_text(json.dumps([{"id": "ev9-id21-1", "proposal": "ev9", "instrument": "id21",
                                     "start_date": "2026-10-01", "end_date": "2026-10-04", "members": ["root"]}]))
     r = cli("experiments", "import", str(listing))
-    assert r.exit_code == 2 and "member root: field 'username': the username 'root' is reserved" in r.output, r.output
+    assert r.exit_code == 1 and "member root: field 'username': the username 'root' is reserved" in r.output, r.output
