@@ -1,6 +1,6 @@
 """Time from create to a desktop that answers, split into the programs' part and visa's.
 
-    python -m bench.boot [--runs 3]
+    python -m bench.boot [--runs 3] [--modes follow,no-follow]
 
 On the local cloud (real desktop sessions on this machine), with visa's worker running as in
 ``visa run``. For each create the bench watches, every 20 ms and beside visa:
@@ -16,13 +16,20 @@ side by side: ``follow`` (after a command, the moving instances are synced every
 ``FOLLOW_INTERVAL``) and ``no-follow`` (a sync every ``unstable_sync_seconds``, as before).
 The event stream adds up to its ``POLL_SECONDS`` on top (visa/web/events.py).
 The real-VM figures come from tests/clouds/test_real_vm.py (deploy/openstack-sandbox/README.md).
+
+As root the sessions run as unix accounts the bench makes under a prefix of its own for each
+run (``vb<hex>-``, uids from the cloud's ``uid_range``), never an account of visa's or of the
+tests, and removes at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pwd
+import secrets
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -105,7 +112,15 @@ def one_run(services: Services, plan_id: int, exp_id: int, owner_id: int, n: int
     return marks
 
 
-def run(runs: int) -> dict[str, Any]:
+def _remove_accounts(prefix: str) -> None:
+    """The unix accounts (and their groups) this run's sessions were given."""
+    for entry in pwd.getpwall():
+        if entry.pw_name.startswith(prefix):
+            subprocess.run(["userdel", entry.pw_name], capture_output=True, check=False)
+            subprocess.run(["groupdel", entry.pw_name], capture_output=True, check=False)
+
+
+def run(runs: int, modes: tuple[str, ...] = ("no-follow", "follow")) -> dict[str, Any]:
     tmp = tempfile.TemporaryDirectory(prefix="visa-bench-boot-")
     root = Path(tmp.name)
     facility = root / "facility"
@@ -117,16 +132,19 @@ def run(runs: int) -> dict[str, Any]:
     clock = SystemClock()
     settings = Settings(data_dir=root / "data", database_url=url, secret_key="bench")
     services = Services(settings=settings, database=db, clock=clock)
+    prefix = f"vb{secrets.token_hex(3)}-"  # this run's accounts: no other run's, nor the tests'
     with db.unit_of_work() as s:
         s.add(Cloud(name="local", kind="local", enabled=True, created_at=clock.now(), config={
             "root_dir": str(root / "instances"),
+            "account_prefix": prefix,
             "provisioning": {
                 "mount_type": "bind",
                 "raw_mount_template": str(facility / "visitor/{proposal}/{beamline}"),
                 "processed_mount_template": str(facility / "processed/{proposal}/{beamline}"),
             },
         }))
-        alice = make_user(s, clock, "alice")
+        # No uid of a facility's directory: the session's account gets a free one of uid_range.
+        alice = make_user(s, clock, "alice", uid_number=None, gid_number=None)
         exp = make_experiment(s, members=[alice], proposal="ev280", instrument="id21")
         plan = make_plan(s, make_image(s, "desktop", {Protocol.VNC: 5901}), make_flavour(s, "esrf.medium"))
         ids = plan.id, exp.id, alice.id
@@ -134,6 +152,8 @@ def run(runs: int) -> dict[str, Any]:
                                "unstable_sync_s": settings.scheduler.unstable_sync_seconds}
     try:
         for mode, follow in (("no-follow", 0.0), ("follow", None)):
+            if mode not in modes:
+                continue
             worker = Worker(services) if follow is None else Worker(services, follow_seconds=follow)
             worker.start()
             samples = []
@@ -149,6 +169,7 @@ def run(runs: int) -> dict[str, Any]:
         for server in provider.list_servers():
             provider.delete(server.id)
         services.close()
+        _remove_accounts(prefix)
         tmp.cleanup()
     return results
 
@@ -174,8 +195,9 @@ def _summary(samples: list[dict[str, float | None]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--modes", default="no-follow,follow", help="worker behaviours to time")
     args = parser.parse_args()
-    print(json.dumps(run(args.runs), indent=1))
+    print(json.dumps(run(args.runs, tuple(args.modes.split(","))), indent=1))
 
 
 if __name__ == "__main__":
