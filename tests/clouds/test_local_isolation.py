@@ -13,6 +13,7 @@ under a data directory laid out like visa's, with a ``secret_key`` and a ``visa.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -40,6 +41,8 @@ from visa.gateway.service import Target
 from visa.instances.models import InstanceState
 
 ALICE_SECRET = "alice-Secret-0123456789"
+# session.log's cap in the module's cloud (the smallest the config allows).
+LOG_CAP = 65536
 BOB_SECRET = "bob-Secret-9876543210-x"
 KEY = "the-secret-key-of-visa-0123456789abcdef"
 
@@ -71,6 +74,7 @@ class World:
             "bob_raw_on_host": self.facility / "visitor" / "ev-bob" / "id00" / "bob.h5",
             "bob_raw_at_target": Path("/data/visitor/ev-bob/id00/bob.h5"),
             "bob_home_note": self.provider.root / ".homes" / self.provider.account_name("iso-bob") / "notes.txt",
+            "own_supervisor_log": self.provider.instance_dir(self.alice.id) / local_session.SUPERVISOR_LOG,
         }
 
 
@@ -106,13 +110,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         raw.mkdir(parents=True)
         (raw / f"{owner}.h5").write_text(f"frames of {owner}")
     # A session's cores and memory come from its flavour: alice's is small.
-    provider = LocalProvider("local", {"root_dir": str(data_dir / "local-instances")})
+    provider = LocalProvider("local", {"root_dir": str(data_dir / "local-instances"), "session_log_max_bytes": LOG_CAP})
     server, port = _host_service()
     try:
         provider.create(
             _spec("alice1", {"VNC": 5900, "JUPYTER": 8888}, secret=ALICE_SECRET, owner_username="iso-alice",
                   memory_mb=512, cores=1, mounts=(
                       MountSpec(str(facility / "visitor/ev-alice/id00"), "/data/visitor/ev-alice/id00", True, "bind"),
+                      # The proposal's processed directory, which its members may write (as on
+                      # the facility's storage): where a member plants links.
+                      MountSpec(str(facility / "processed/ev-alice"), "/data/proposal/ev-alice", False, "bind"),
                       MountSpec(str(facility / "processed/ev-alice/id00"), "/data/processed/ev-alice/id00", False,
                                 "bind"),
                   ))
@@ -156,6 +163,11 @@ def _probe_script(world: World) -> str:
             f"python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])' "
             f"{shlex.quote(path)} 2>/dev/null && echo CONNECTED {proto} || echo REFUSED {proto}"
         )
+    # The supervisor's log (host paths, the sandbox's options) through any file a process of
+    # the session holds open: /proc/<pid>/fd/<n> reopens it past the directory's 0700. The
+    # pattern is written so that this script, open in bash, does not match it.
+    lines.append("found=; for f in /proc/[0-9]*/fd/*; do [ -f \"$f\" ] && grep -qs 'supervisor[:] starting' \"$f\" "
+                 "&& found=1; done; [ -n \"$found\" ] && echo READ supervisor_log_by_fd || echo DENIED supervisor_log_by_fd")
     supervisor = local_session.read_pid_file(world.provider.instance_dir(world.alice.id))
     assert supervisor is not None
     for name, pid in (("test_process", os.getpid()), ("supervisor", supervisor[0]), ("sandbox_init", 1)):
@@ -173,6 +185,7 @@ def _verdicts(text: str) -> dict[str, str]:
 EXPECTED = {
     "secret_key": "DENIED", "database": "DENIED", "bob_secret": "DENIED", "bob_secret_old_layout": "DENIED",
     "bob_instance": "DENIED", "bob_raw_on_host": "DENIED", "bob_raw_at_target": "DENIED", "bob_home_note": "DENIED",
+    "own_supervisor_log": "DENIED", "supervisor_log_by_fd": "DENIED",
     "granted_raw": "READ", "raw_new": "DENIED", "raw_existing": "DENIED", "processed": "WROTE",
     "database_port": "REFUSED", "host_service": "REFUSED", "bob_vnc": "REFUSED", "bob_jupyter": "REFUSED",
     "test_process": "DENIED", "supervisor": "DENIED", "sandbox_init": "DENIED",
@@ -230,6 +243,9 @@ def test_attacks_typed_into_the_sessions_xterm_fail(world: World) -> None:
     assert prov.get(world.alice.id).state == InstanceState.ACTIVE  # type: ignore[union-attr]
     assert (world.facility / "processed/ev-alice/id00/out.txt").read_text() == "x\n"
     assert (world.facility / "visitor/ev-alice/id00/alice.h5").read_text() == "frames of alice"
+    # The supervisor's log is there, with what the probe looked for, and only visa's user reads it.
+    log = prov.instance_dir(world.alice.id) / local_session.SUPERVISOR_LOG
+    assert "supervisor: starting sandbox" in log.read_text() and log.stat().st_mode & 0o077 == 0
 
 
 # ---------------------------------------------------------------- through its Jupyter terminal
@@ -749,3 +765,250 @@ def _processes_of(uid: int) -> list[str]:
         except OSError:
             continue
     return names
+
+# ---------------------------------------------------------------- links, terminals, logs and paths
+
+
+def test_a_link_planted_in_the_proposal_directory_never_gives_root_directories_away(
+    world: World, tmp_path: Path
+) -> None:
+    """alice, a member who may write her proposal's processed directory, plants links there
+    from her Jupyter terminal: one where a new processed area will be (the leaf), one in place
+    of a directory above one (a parent), both to root's own directories. Creating a session
+    with those areas is refused, and nothing outside the facility's tree changes owner."""
+    scratch = {name: tmp_path / f"root-{name}" for name in ("leaf", "parent", "ro")}
+    for path in scratch.values():
+        path.mkdir(mode=0o755)
+    before = {name: path.stat() for name, path in scratch.items()}
+    plant = " && ".join(
+        f"ln -s {scratch[name]} /data/proposal/ev-alice/{link}"
+        for name, link in (("leaf", "id01"), ("parent", "linked"), ("ro", "id03"))
+    )
+    out = asyncio.run(_terminal_run(world.alice, ALICE_SECRET, f"{plant} && echo PLAN''TED", "PLANTED"))
+    assert "PLANTED" in out
+    proposal = world.facility / "processed/ev-alice"
+    assert (proposal / "id01").is_symlink() and (proposal / "linked").is_symlink()  # the attack is in place
+    attempts = {
+        "leaf": MountSpec(str(proposal / "id01"), "/data/processed/ev-alice/id01", False, "bind"),
+        "parent": MountSpec(str(proposal / "linked/id02"), "/data/processed/ev-alice/id02", False, "bind"),
+        "ro": MountSpec(str(proposal / "id03"), "/data/visitor/ev-alice/id03", True, "bind"),
+    }
+    for name, mount in attempts.items():
+        with pytest.raises(CloudError, match="symbolic link") as caught:
+            world.provider.create(_spec(f"planted-{name}", {}, owner_username="iso-alice", mounts=(mount,)))
+        assert str(proposal) in str(caught.value)
+        assert world.provider.get(f"planted-{name}") is None
+    for name, path in scratch.items():
+        after = path.stat()
+        assert (after.st_uid, after.st_gid, after.st_mode) == (before[name].st_uid, before[name].st_gid,
+                                                               before[name].st_mode), name
+        assert list(path.iterdir()) == [], name  # no processed area made inside either
+
+
+def test_a_processed_directory_swapped_for_a_link_is_not_bound_at_the_next_start(tmp_path: Path) -> None:
+    """Between two starts a member replaces the session's processed area by a link to root's
+    directory: the session does not start (it says why), and the directory stays root's."""
+    prov = LocalProvider("local", {"root_dir": str(tmp_path / "swap")})
+    area = tmp_path / "processed" / "ev-swap" / "id00"
+    target = tmp_path / "root-scratch"
+    target.mkdir(mode=0o755)
+    try:
+        prov.create(_spec("swap", {}, owner_username="iso-alice",
+                          mounts=(MountSpec(str(area), "/data/processed/ev-swap/id00", False, "bind"),)))
+        assert _wait_state(prov, "swap").state == InstanceState.ACTIVE
+        prov.stop("swap")
+        area.rename(area.with_name("id00.old"))
+        area.symlink_to(target)
+        with contextlib.suppress(CloudError):
+            prov.start("swap")
+        server = _wait_state(prov, "swap")
+        assert server.state == InstanceState.ERROR and "symbolic link" in (server.fault or ""), server.fault
+        assert target.stat().st_uid == os.geteuid() and list(target.iterdir()) == []
+    finally:
+        _cleanup(prov)
+
+
+WATCHER = """
+import os, stat, sys, time
+seen = {}
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode()
+            if not ("sleep 7.25" in cmd or "sftp-server" in cmd):
+                continue
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        try:  # sftp-server makes itself undumpable: its descriptors are out of reach
+            ttys = [n for n in (0, 1, 2) if stat.S_ISCHR(os.stat(f"/proc/{pid}/fd/{n}").st_mode)
+                    and os.major(os.stat(f"/proc/{pid}/fd/{n}").st_rdev) in (4, 5, *range(136, 144))]
+        except OSError:
+            ttys = "hidden"
+        seen[pid] = f"{cmd.split()[0].rsplit('/', 1)[-1]} tty_nr={fields[4]} tty_fds={ttys}"
+    time.sleep(0.02)
+open(sys.argv[1], "w").write("\\n".join(seen.values()) + "\\nEND\\n")
+"""
+
+VISA_UNDER_A_TERMINAL = """
+import sys, time
+from visa.clouds.local import LocalProvider
+provider = LocalProvider("local", {"root_dir": sys.argv[1], "session_log_max_bytes": 65536})
+with provider.open_sftp(sys.argv[2]) as access:
+    access.sftp.listdir(access.roots[0])
+    time.sleep(2)
+print("EXEC", provider.exec_in_session(sys.argv[2], ["sleep", "7.25"]).returncode, flush=True)
+"""
+
+
+def test_what_visa_runs_in_a_session_has_no_terminal_of_visas(world: World) -> None:
+    """visa runs under an operator's terminal (a CLI command, a service started by hand); a
+    process of alice's session watches for what visa starts in it (a command, sftp-server)
+    and looks for that terminal on them: as their controlling terminal (TIOCSTI reaches the
+    operator's shell through it) or as an open descriptor."""
+    import fcntl
+    import subprocess
+    import sys
+    import termios
+
+    home = _home(world)
+    (home / "watch.py").write_text(WATCHER)
+    if os.geteuid() == 0:
+        entry = json.loads((world.provider.instance_dir(world.alice.id) / local_session.INSTANCE_FILE).read_text())
+        os.chown(home / "watch.py", entry["account"]["uid"], entry["account"]["gid"])
+    out = asyncio.run(_terminal_run(world.alice, ALICE_SECRET,
+                                    "(python3 ~/watch.py ~/watched.txt 25 &) ; echo WATCH''ING", "WATCHING"))
+    assert "WATCHING" in out
+    master, slave = os.openpty()
+
+    def take_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    visa = subprocess.Popen(
+        [sys.executable, "-c", VISA_UNDER_A_TERMINAL, str(world.provider.root), world.alice.id],
+        stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True, preexec_fn=take_terminal,
+    )
+    os.close(slave)
+    try:
+        visa.wait(60)  # what it prints is a line: the terminal's buffer holds it
+        os.set_blocking(master, False)
+        said = b""
+        with contextlib.suppress(OSError):
+            while chunk := os.read(master, 65536):
+                said += chunk
+    finally:
+        os.close(master)
+    assert b"EXEC 0" in said, said
+    text = _wait_file(home / "watched.txt", "END", timeout=40)
+    rows = [line for line in text.splitlines() if line and line != "END"]
+    # The watcher saw both (the check is not blind), and neither has the terminal.
+    assert {row.split()[0] for row in rows} >= {"sleep", "sftp-server"}, text
+    assert all(row.endswith((" tty_nr=0 tty_fds=[]", " tty_nr=0 tty_fds=hidden")) for row in rows), text
+
+
+FLOOD = """
+import socket, sys
+for i in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect("/run/visa/jupyter.sock")
+    s.sendall(f"GET /jupyter/{sys.argv[1]}/flood-{i}-{'x' * 8000} HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n".encode())
+    while s.recv(65536):
+        pass
+    s.close()
+print("FLO" + "ODED")
+"""
+
+
+def test_what_a_session_prints_is_capped(world: World) -> None:
+    """alice makes her JupyterLab log without end (a request it refuses is a line of the log,
+    its URL in it): session.log stays within the cloud's bound, one older file kept."""
+    home = _home(world)
+    (home / "flood.py").write_text(FLOOD)
+    out = asyncio.run(_terminal_run(world.alice, ALICE_SECRET, f"python3 ~/flood.py {world.alice.id} 30",
+                                    "FLOODED"))
+    assert "FLOODED" in out
+    log = world.provider.instance_dir(world.alice.id) / local_session.LOG_FILE
+    old = log.with_name(log.name + ".1")
+    deadline = time.monotonic() + 10
+    while not (old.exists() and "flood-29" in log.read_text(errors="replace") + old.read_text(errors="replace")):
+        assert time.monotonic() < deadline, "the flood never reached the log"
+        time.sleep(0.2)
+    assert log.stat().st_size <= LOG_CAP and old.stat().st_size <= LOG_CAP
+    assert log.stat().st_mode & 0o077 == 0
+
+
+def test_visas_working_directory_is_not_shown_to_sessions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """jupyter_command names a program without a directory: nothing of visa's working directory
+    (here, a secret file beside it) is bound into the session."""
+    cwd = tmp_path / "visa-cwd"
+    cwd.mkdir()
+    (cwd / "secret.txt").write_text("operator-secret")
+    monkeypatch.chdir(cwd)
+    prov = LocalProvider("local", {"root_dir": str(tmp_path / "m4"), "jupyter_command": ["jupyter-lab"]})
+    try:
+        prov.create(_spec("cwd", {}, owner_username="iso-alice"))
+        assert _wait_state(prov, "cwd").state == InstanceState.ACTIVE
+        seen = prov.exec_in_session("cwd", ["sh", "-c", f"cat {cwd}/secret.txt; ls {cwd}; echo DONE"])
+        assert b"operator-secret" not in seen.stdout and b"secret.txt" not in seen.stdout
+        assert seen.stdout.endswith(b"DONE\n"), seen
+    finally:
+        _cleanup(prov)
+
+
+def test_a_bound_software_path_never_shows_visas_own_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from visa.errors import InvalidInput
+    from visa.settings import get_settings
+
+    data_dir = tmp_path / "var"
+    (data_dir / "local-instances").mkdir(parents=True)
+    config = tmp_path / "etc" / "visa.toml"
+    config.parent.mkdir()
+    config.write_text("")
+    monkeypatch.setenv("VISA_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("VISA_CONFIG", str(config))
+    monkeypatch.chdir(tmp_path / "etc")
+    get_settings.cache_clear()
+    try:
+        for paths, what in (
+            ([str(data_dir)], "data directory"),
+            ([str(tmp_path)], "data directory"),  # holds it
+            ([str(data_dir / "local-instances")], "data directory"),  # inside it
+            ([str(config.parent)], "configuration file"),
+        ):
+            with pytest.raises(InvalidInput) as caught:
+                LocalProvider("local", {"root_dir": str(data_dir / "local-instances"), "sandbox_paths": paths})
+            assert caught.value.field == "sandbox_paths" and paths[0] in caught.value.message, caught.value.message
+            assert what in caught.value.message, caught.value.message
+        LocalProvider("local", {"root_dir": str(data_dir / "local-instances"), "sandbox_paths": ["/opt"]})
+    finally:
+        get_settings.cache_clear()
+
+
+def test_visas_path_never_chooses_a_sessions_programs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory early in visa's own PATH (one someone else may write) holds programs of the
+    names a session runs: none of them runs, outside the sandbox (as root) or inside it."""
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    marker = tmp_path / "ran"
+    names = ("bwrap", "nsenter", "setpriv", "vncpasswd", "useradd", "groupadd", "Xtigervnc", "openbox", "xterm",
+             "sleep", "python3")
+    for name in names:
+        real = shutil.which(name)
+        if real is None:
+            continue
+        program = planted / name
+        program.write_text(f"#!/bin/sh\necho {name} >> {marker}\nexec {real} \"$@\"\n")
+        program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{planted}:{os.environ['PATH']}")
+    prov = LocalProvider("local", {"root_dir": str(tmp_path / "path")})
+    try:
+        prov.create(_spec("path", {"VNC": 5900}, owner_username="iso-alice"))
+        assert _wait_state(prov, "path").state == InstanceState.ACTIVE
+        assert prov.exec_in_session("path", ["sleep", "0"]).returncode == 0
+        record = json.loads((prov.instance_dir("path") / local_session.INSTANCE_FILE).read_text())
+        assert record["programs"]["Xtigervnc"].startswith("/usr/") and record["programs"]["bwrap"].startswith("/usr/")
+    finally:
+        _cleanup(prov)
+    assert not marker.exists(), marker.read_text()

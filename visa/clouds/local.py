@@ -137,7 +137,9 @@ class LocalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     root_dir: str | None = Field(None, description="Instance directories; default <data_dir>/local-instances")
-    path: str | None = Field(None, description="PATH of the sessions and for finding their programs")
+    path: str | None = Field(
+        None, description="Where the sessions' programs are found (never visa's own PATH); default " + DEFAULT_PATH
+    )
     vnc_server: Literal["tigervnc", "x11vnc"] = "tigervnc"
     isolation: Literal["auto", "none"] = Field(
         "auto", description="auto: sandbox each session where the machine allows; none: operator only"
@@ -179,6 +181,10 @@ class LocalConfig(BaseModel):
         16.0, gt=0, description="Cores sessions may be given per core of the host (cgroups share them)"
     )
     stop_timeout: float = Field(5, gt=0)
+    session_log_max_bytes: int = Field(
+        session.DEFAULT_LOG_MAX_BYTES, ge=65536,
+        description="session.log (what the session's programs print) is rotated at this size, one old file kept",
+    )
     provisioning: dict[str, Any] = Field(default_factory=dict, description="Read by visa.provisioning")
 
     @field_validator("uid_range")
@@ -285,15 +291,19 @@ class LocalProvider(Provider):
 
             root = str(default_root(get_settings()))
         self.root = Path(root).resolve()
-        self.path = str(cfg.path or os.environ.get("PATH") or DEFAULT_PATH)
+        # Programs are looked up here once and run by absolute path: whatever visa's own PATH
+        # holds (a directory someone else may write) never runs as root or in a session.
+        self.path = str(cfg.path or DEFAULT_PATH)
         self.vnc_server = cfg.vnc_server
-        self.jupyter_command = list(cfg.jupyter_command or [sys.executable, "-m", "jupyterlab"])
+        command = list(cfg.jupyter_command or [sys.executable, "-m", "jupyterlab"])
+        self.jupyter_command = [self._program(command[0]), *command[1:]]
         self.jupyter_allow_origin = cfg.jupyter_allow_origin
         self.sftp_server = cfg.sftp_server
         self.stop_timeout = cfg.stop_timeout
         self.max_instances = cfg.max_instances
         self.cpu_allocation_ratio = cfg.cpu_allocation_ratio
         self.isolate = cfg.isolation == "auto" and cfg.isolate_mounts is not False
+        self._software_paths()  # refuses a configuration that would show visa's own files
 
     @classmethod
     def configured(cls, name: str, config: dict[str, Any], settings: Settings) -> LocalProvider:
@@ -345,13 +355,7 @@ class LocalProvider(Provider):
         # A machine others act in gets the instance's own home (made below), never the owner's.
         home_dir = None if spec.own_home else self._home_dir(spec, account)
         for mount in spec.mounts:
-            if not mount.read_only:
-                # A processed-data area is made on first use, as the facility's storage would.
-                Path(mount.source).mkdir(parents=True, exist_ok=True)
-                if account is not None:
-                    self._grant_processed(Path(mount.source), account)
-            if not Path(mount.source).is_dir():
-                raise CloudError(f"data directory {mount.source} does not exist on this host")
+            self._prepare_data_dir(mount.source, writable=not mount.read_only, account=account)
 
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         staging = self.root / f".creating-{spec.instance_uid}-{secrets.token_hex(4)}"
@@ -389,7 +393,9 @@ class LocalProvider(Provider):
                 "limitations": limitations,
                 "vnc_server": self.vnc_server,
                 "path": self.path,
+                "programs": self._programs(),
                 "tools": tools,
+                "session_log_max_bytes": self.settings.session_log_max_bytes,
                 "jupyter_command": self.jupyter_command,
                 "jupyter_allow_origin": self.jupyter_allow_origin,
                 "network": self.settings.network if isolation.mode == "sandbox" else "host",
@@ -440,6 +446,8 @@ class LocalProvider(Provider):
             return
         record = self._record(instance_dir)
         record["tools"] = self._check_programs(record["protocols"], self.isolation_report())
+        record["programs"] = self._programs()
+        record["session_log_max_bytes"] = self.settings.session_log_max_bytes
         session.write_json(instance_dir / session.INSTANCE_FILE, record)
         (instance_dir / session.STOPPED_FILE).unlink(missing_ok=True)
         # A supervisor killed from outside (OOM, kill -9) may leave its children behind.
@@ -568,6 +576,9 @@ class LocalProvider(Provider):
             reasons.append("isolation is off in the cloud's config")
         elif bwrap is None:
             reasons.append("bubblewrap is not installed (`apt-get install bubblewrap`)")
+        elif not _bwrap_has(bwrap, "--bind-fd"):
+            reasons.append("bubblewrap is too old (no --bind-fd, which data directories are bound with): "
+                           "install bubblewrap 0.5 or later")
         elif _is_root():
             missing = [p for p in ("setpriv", "nsenter", "useradd", "groupadd") if not shutil.which(p, path=self.path)]
             if missing:
@@ -847,11 +858,24 @@ class LocalProvider(Provider):
             raise CloudError(f"the home {home} belongs to uid {info.st_uid}, not {spec.owner_username}'s")
         return home
 
-    def _grant_processed(self, path: Path, account: Account) -> None:
-        """A processed area visa or root made goes to the first session user who writes it."""
-        info = path.stat()
-        if info.st_uid == 0:
-            os.chown(path, account.uid, account.gid)
+    def _prepare_data_dir(self, source: str, *, writable: bool, account: Account | None) -> None:
+        """Check a data directory before it is bound: reached without any symbolic link (a
+        member may write the proposal's directory, so a link there could lead root to
+        ``/etc``). A processed-data area is made on first use, as the facility's storage
+        would, and given to the session's account only when visa has just made it: an
+        existing directory never changes owner. The supervisor binds it through a descriptor
+        it opens the same way, at each start."""
+        try:
+            fd, made = session.open_dir(source, create=writable)
+        except FileNotFoundError:
+            raise CloudError(f"data directory {source} does not exist on this host") from None
+        except OSError as exc:
+            raise CloudError(f"data directory {source} refused: {session.describe(exc)}") from None
+        try:
+            if made and account is not None:
+                session.grant_made_dir(fd, account.uid, account.gid)
+        finally:
+            os.close(fd)
 
     def _write_etc(self, staging: Path, record: dict[str, Any]) -> None:
         """passwd and group naming only the session's account, and a hostname."""
@@ -874,8 +898,10 @@ class LocalProvider(Provider):
 
     # ------------------------------------------------------------------ helpers for callers and tests
 
-    def sandbox_argv(self, instance_dir: Path, record: dict[str, Any], argv: list[str]) -> list[str]:
-        """bwrap and its arguments to run ``argv`` as the session's account in its sandbox."""
+    def sandbox_argv(self, instance_dir: Path, record: dict[str, Any], argv: list[str]) -> tuple[list[str], list[int]]:
+        """bwrap and its arguments to run ``argv`` as the session's account in its sandbox,
+        and the positions of the data directories among them: the supervisor opens each
+        (``open_dir``, no link followed) and puts the descriptor there (``--bind-fd``)."""
         acct = record["account"]
         home = record["home"]
         bwrap = shutil.which("bwrap", path=self.path) or "bwrap"
@@ -912,26 +938,58 @@ class LocalProvider(Provider):
         bind("--bind", record.get("home_dir") or str(instance_dir / session.HOME_DIR), home)
         bind("--bind", str(instance_dir / session.RUN_DIR), session.SANDBOX_RUN)
         bind("--ro-bind", session.__file__, session.SANDBOX_SCRIPT)
+        fds = []
         for mount in record["mounts"]:
-            bind("--ro-bind" if mount["read_only"] else "--bind", mount["source"], mount["target"])
+            bind("--ro-bind-fd" if mount["read_only"] else "--bind-fd", mount["source"], mount["target"])
+            fds.append(len(out) - 2)
         out += ["--chdir", home, "--"]
         if root:
-            out += ["setpriv", "--reuid", str(acct["uid"]), "--regid", str(acct["gid"]), *_groups_option(acct),
-                    "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]  # fmt: skip
-        return out + argv
+            out += [self._program("setpriv"), "--reuid", str(acct["uid"]), "--regid", str(acct["gid"]),
+                    *_groups_option(acct), "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]  # fmt: skip
+        return out + argv, fds
 
     def _software_paths(self) -> list[str]:
-        """Python's prefixes (JupyterLab runs from them) and configured extras, when outside /usr."""
-        paths = [*self.settings.sandbox_paths]
-        for prefix in (sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(self.jupyter_command[0]))):
+        """Python's prefixes (JupyterLab runs from them) and configured extras, when outside
+        /usr: only absolute directories, and never one that shows visa's own files (its data
+        directory, the sessions' root, its configuration file, its working directory).
+        Raises ``InvalidInput`` naming the setting and the path."""
+        found: list[tuple[str, str]] = [(path, "sandbox_paths") for path in self.settings.sandbox_paths]
+        prefixes = [sys.prefix, sys.base_prefix]
+        if os.path.isabs(self.jupyter_command[0]):  # a bare name found nowhere binds nothing
+            prefixes.append(os.path.dirname(os.path.dirname(self.jupyter_command[0])))
+            prefixes.append(os.path.dirname(os.path.dirname(os.path.realpath(self.jupyter_command[0]))))
+        for prefix in prefixes:
             for candidate in (prefix, os.path.realpath(prefix)):
-                if candidate and candidate != "/" and not candidate.startswith("/usr/"):
-                    paths.append(candidate)
+                if os.path.isabs(candidate) and candidate != "/" and not candidate.startswith("/usr/"):
+                    found.append((os.path.normpath(candidate), "jupyter_command"))
         unique: list[str] = []
-        for path in paths:
-            if path not in unique and os.path.isdir(path):
-                unique.append(path)
+        for path, setting in found:
+            if path in unique or not os.path.isdir(path):
+                continue
+            problem = self._shows_visa(os.path.realpath(path))
+            if problem:
+                raise InvalidInput(f"local cloud config {setting}: {path} would show the sessions {problem}",
+                                   field=setting)
+            unique.append(path)
         return unique
+
+    def _shows_visa(self, path: str) -> str | None:
+        """What of visa's own a directory bound into sessions is or holds, if anything."""
+        from visa.settings import get_settings
+
+        data_dir = os.path.realpath(get_settings().data_dir)
+        private = [("visa's data directory " + data_dir, data_dir), ("the sessions' root " + str(self.root), str(self.root))]
+        shown = [("visa's working directory " + os.getcwd(), os.path.realpath(os.getcwd()))]
+        if os.environ.get("VISA_CONFIG"):
+            config = os.path.realpath(os.environ["VISA_CONFIG"])
+            shown.append(("visa's configuration file " + config, config))
+        for what, own in [*private, *shown]:
+            if own == path or own.startswith(path.rstrip("/") + "/"):
+                return what
+        for what, own in private:  # nor anything inside them
+            if path.startswith(own + "/"):
+                return what
+        return None
 
     def exec_in_session(
         self, server_id: str, argv: list[str], *, timeout: float = 30, input: bytes | None = None
@@ -940,6 +998,9 @@ class LocalProvider(Provider):
         sandbox and cgroups, as its account, with its DISPLAY and HOME (activity probes such
         as ``xprintidle`` use this too)."""
         cmd = self._session_command(server_id, argv)
+        # Never visa's stdin or controlling terminal: a session's process could push keys
+        # into an operator's shell through them (TIOCSTI).
+        stdin: dict[str, Any] = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
         try:
             return subprocess.run(
                 cmd.argv,
@@ -947,10 +1008,11 @@ class LocalProvider(Provider):
                 cwd=cmd.cwd,
                 capture_output=True,
                 timeout=timeout,
-                input=input,
                 check=False,
                 pass_fds=cmd.fds,
+                start_new_session=True,
                 preexec_fn=cmd.preexec,  # file writes only
+                **stdin,
             )
         finally:
             cmd.close()
@@ -983,7 +1045,9 @@ class LocalProvider(Provider):
         return access
 
     def _session_command(self, server_id: str, argv: list[str]) -> _SessionCommand:
-        """``argv`` made to run inside a running session: see ``exec_in_session``."""
+        """``argv`` made to run inside a running session: see ``exec_in_session``. Its program
+        is found in the cloud's configured path, here, and run by absolute path."""
+        argv = [self._program(argv[0]), *argv[1:]]
         instance_dir = self._existing_dir(server_id)
         if self._supervisor(instance_dir) is None:
             raise CloudError(f"session {server_id} is not running")
@@ -1009,18 +1073,19 @@ class LocalProvider(Provider):
             acct = record["account"]
             namespaces = ["--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd"]
             if _is_root():
-                drop = ["setpriv", "--reuid", str(acct["uid"]), "--regid", str(acct["gid"]), *_groups_option(acct),
+                drop = [self._program("setpriv"), "--reuid", str(acct["uid"]), "--regid", str(acct["gid"]), *_groups_option(acct),
                         "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]  # fmt: skip
-                argv = ["nsenter", f"--target={target}", *namespaces, "--", *drop, "--", *argv]
+                argv = [self._program("nsenter"), f"--target={target}", *namespaces, "--", *drop, "--", *argv]
             else:
                 # bwrap's namespaces belong to its outer user namespace, its processes live in
                 # an inner one: enter the outer to join them, then the inner to be the session.
+                nsenter = self._program("nsenter")
                 inner = os.open(f"/proc/{target}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
                 fds = [inner, fcntl.ioctl(inner, NS_GET_PARENT)]
                 argv = [
-                    "nsenter", f"--target={target}", f"--user=/proc/self/fd/{fds[1]}", "--preserve-credentials",
-                    *namespaces, "--", "nsenter", f"--user=/proc/self/fd/{inner}", "--preserve-credentials", "--",
-                    "setpriv", "--inh-caps=-all", "--no-new-privs", "--", *argv,
+                    nsenter, f"--target={target}", f"--user=/proc/self/fd/{fds[1]}", "--preserve-credentials",
+                    *namespaces, "--", nsenter, f"--user=/proc/self/fd/{inner}", "--preserve-credentials", "--",
+                    self._program("setpriv"), "--inh-caps=-all", "--no-new-privs", "--", *argv,
                 ]  # fmt: skip
 
         if sandboxed and record.get("seccomp"):
@@ -1134,7 +1199,7 @@ class LocalProvider(Provider):
             inside["marker"] = str(instance_dir)
             session.write_json(instance_dir / session.RUN_DIR / session.INSIDE_FILE, inside, mode=0o644)
             python = shutil.which("python3", path="/usr/bin") or sys.executable
-            record["sandbox_argv"] = self.sandbox_argv(
+            record["sandbox_argv"], record["sandbox_fds"] = self.sandbox_argv(
                 instance_dir, record,
                 [python, "-I", session.SANDBOX_SCRIPT, "--inside", f"{session.SANDBOX_RUN}/{session.INSIDE_FILE}"],
             )  # fmt: skip
@@ -1156,20 +1221,24 @@ class LocalProvider(Provider):
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             session.MARKER_ENV: str(instance_dir),
         }
-        with open(instance_dir / session.LOG_FILE, "ab") as log_file:
+        log_fd = session.open_log(instance_dir / session.SUPERVISOR_LOG)
+        try:
             result = subprocess.run(
                 argv,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
+                stdout=log_fd,
+                stderr=log_fd,
                 timeout=30,
                 check=False,
+                start_new_session=True,
             )
+        finally:
+            os.close(log_fd)
         if result.returncode or not (instance_dir / session.PID_FILE).exists():
             raise CloudError(
                 f"the session of {instance_dir.name} did not start (exit {result.returncode}); "
-                f"see {instance_dir / session.LOG_FILE}"
+                f"see {instance_dir / session.SUPERVISOR_LOG}"
             )
 
     def _supervisor(self, instance_dir: Path) -> tuple[int, int] | None:
@@ -1234,6 +1303,14 @@ class LocalProvider(Provider):
                 )
         return tools
 
+    def _program(self, name: str) -> str:
+        """``name`` as an absolute path in the cloud's configured path (unchanged if not there)."""
+        return name if "/" in name else shutil.which(name, path=self.path) or name
+
+    def _programs(self) -> dict[str, str]:
+        """The absolute paths of the programs a session runs, for its record."""
+        return {name: path for name in PACKAGES if (path := shutil.which(name, path=self.path))}
+
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
             self._warned.add(message)
@@ -1254,7 +1331,7 @@ class LocalProvider(Provider):
             return
         # VncAuth uses the first 8 characters only; vncpasswd -f obfuscates them for the server.
         result = subprocess.run(
-            ["vncpasswd", "-f"],
+            [self._program("vncpasswd"), "-f"],
             input=(secret + "\n").encode(),
             capture_output=True,
             env={"PATH": self.path},
@@ -1304,6 +1381,15 @@ class _SessionCommand:
             os.close(fd)
 
 
+def _bwrap_has(bwrap: str, option: str) -> bool:
+    """Whether this bubblewrap knows ``option`` (its --help lists every one)."""
+    try:
+        out = subprocess.run([bwrap, "--help"], capture_output=True, stdin=subprocess.DEVNULL, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return option.encode() in out.stdout + out.stderr
+
+
 def _usr_links() -> list[str]:
     """/bin, /lib... as the host has them: symlinks into /usr (merged /usr) or bound."""
     out: list[str] = []
@@ -1327,8 +1413,11 @@ def _bwrap_disables_userns(bwrap: str) -> bool:
 
 
 def _run_admin(argv: list[str], path: str) -> None:
-    """useradd/groupadd; 'already exists' (another visa made it) is for the caller's retry."""
-    result = subprocess.run(argv, env={"PATH": path}, capture_output=True, timeout=30, check=False)
+    """useradd/groupadd (by absolute path, found in ``path``); 'already exists' (another visa
+    made it) is for the caller's retry."""
+    argv = [shutil.which(argv[0], path=path) or argv[0], *argv[1:]]
+    result = subprocess.run(argv, env={"PATH": path}, stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+                            check=False)
     if result.returncode not in (0, 4, 9):  # 4: id in use, 9: name in use: look again
         raise CloudError(f"{argv[0]} failed: {result.stderr.decode(errors='replace').strip()[:200]}")
 

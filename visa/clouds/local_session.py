@@ -24,6 +24,7 @@ without the script paying for visa's imports at every start.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import select
@@ -33,6 +34,7 @@ import stat
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,11 @@ INSTANCE_FILE = "instance.json"
 STATUS_FILE = "status.json"
 PID_FILE = "supervisor.pid"
 STOPPED_FILE = "stopped"
+# What the session's programs print, through a pipe the supervisor copies, capped.
 LOG_FILE = "session.log"
+# The supervisor's own notes (host paths, the sandbox's options): 0600, never open in the session.
+SUPERVISOR_LOG = "supervisor.log"
+DEFAULT_LOG_MAX_BYTES = 10 * 2**20
 HOME_DIR = "home"
 SYMLINK_DIR = "mounts"
 # The session's own directory (its account owns it): secrets it needs, its sockets.
@@ -80,6 +86,116 @@ def write_json(path: Path, data: dict[str, Any], mode: int = 0o600) -> None:
     with os.fdopen(fd, "w") as out:
         out.write(json.dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, path)
+
+
+def open_log(path: Path) -> int:
+    """An append descriptor on a log only visa's user may read (created 0600, never through a link)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)  # a log of an older visa was 0644
+    return fd
+
+
+class UnsafePath(OSError):
+    """A data directory reached through a symbolic link (or a component that is no directory)."""
+
+
+def open_dir(path: str, *, create: bool = False) -> tuple[int, bool]:
+    """An ``O_PATH`` descriptor on the directory ``path``, walked one component at a time from
+    ``/`` without following a symbolic link anywhere: a link planted by whoever may write a
+    parent (a proposal's members) never leads root elsewhere. With ``create``, missing
+    components are made (``mkdirat``). Returns the descriptor and whether the last component
+    was made now. Raises ``UnsafePath``, ``FileNotFoundError`` or another ``OSError``."""
+    if not path.startswith("/") or os.path.normpath(path) != path:
+        raise UnsafePath(errno.EINVAL, "not a normalised absolute path", path)
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open("/", flags)
+    made = False
+    walked = ""
+    try:
+        for name in [part for part in path.split("/") if part]:
+            walked += "/" + name
+            made = False
+            try:
+                child = os.open(name, flags, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise FileNotFoundError(errno.ENOENT, "does not exist", walked) from None
+                with contextlib.suppress(FileExistsError):  # made meanwhile: opened below, never ours
+                    os.mkdir(name, 0o777, dir_fd=fd)
+                    made = True
+                child = _open_component(name, fd, flags, walked)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                child = _open_component(name, fd, flags, walked)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, made
+
+
+def _open_component(name: str, parent: int, flags: int, walked: str) -> int:
+    try:
+        return os.open(name, flags, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        link = stat.S_ISLNK(os.lstat(name, dir_fd=parent).st_mode)
+        what = "is a symbolic link" if link else "is not a directory"
+        raise UnsafePath(exc.errno, what, walked) from None
+
+
+def describe(exc: OSError) -> str:
+    """``open_dir``'s refusal in words: which path, what is wrong with it."""
+    return f"{exc.filename} {exc.strerror}" if exc.filename else str(exc.strerror or exc)
+
+
+def grant_made_dir(fd: int, uid: int, gid: int) -> None:
+    """Give a directory visa has just made (``fd`` from ``open_dir``) to the session's account:
+    through the descriptor, and only while it is still root's own (never one that existed)."""
+    # fchown refuses an O_PATH descriptor: reopen what it names, the same inode.
+    readable = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(readable)
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+            os.fchown(readable, uid, gid)
+    finally:
+        os.close(readable)
+
+
+class CappedLog:
+    """A log file that never grows past ``max_bytes``: at the bound it becomes ``<name>.1``
+    (the one before is dropped) and a new one starts, so a session that prints without end
+    takes at most twice the bound of the disk that holds visa's data."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.fd = open_log(path)
+        self.size = os.fstat(self.fd).st_size
+
+    def write(self, data: bytes) -> None:
+        while data:
+            if self.size >= self.max_bytes:
+                self._rotate()
+            chunk = data[: self.max_bytes - self.size]
+            os.write(self.fd, chunk)
+            self.size += len(chunk)
+            data = data[len(chunk) :]
+
+    def _rotate(self) -> None:
+        os.close(self.fd)
+        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        self.fd = open_log(self.path)
+        self.size = 0
+
+    def copy_from(self, read_fd: int) -> None:
+        """Copy what comes down a pipe until every writer has closed it (run in a thread)."""
+        while chunk := os.read(read_fd, 65536):
+            self.write(chunk)
+        os.close(read_fd)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -270,6 +386,9 @@ class Session:
         self.home = home
         self.run_dir = run
         self.log = log
+        # Absolute paths the provider resolved against the cloud's configured path (older
+        # records: none, names looked up in that path).
+        self.programs: dict[str, str] = spec.get("programs") or {}
         self.critical: dict[str, subprocess.Popen[bytes]] = {}
         self.others: dict[str, subprocess.Popen[bytes]] = {}
         user = (spec.get("account") or {}).get("name") or spec.get("owner_username") or "visa"
@@ -287,7 +406,11 @@ class Session:
     def note(self, message: str) -> None:
         self.log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} session: {message}\n".encode())
 
+    def argv(self, argv: list[str]) -> list[str]:
+        return [self.programs.get(argv[0], argv[0]), *argv[1:]]
+
     def spawn(self, name: str, argv: list[str], *, critical: bool, **kwargs: Any) -> subprocess.Popen[bytes]:
+        argv = self.argv(argv)
         self.note("starting " + " ".join(argv))
         proc = subprocess.Popen(
             argv,
@@ -296,6 +419,7 @@ class Session:
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=self.log,
+            start_new_session=True,
             **kwargs,
         )
         (self.critical if critical else self.others)[name] = proc
@@ -378,11 +502,13 @@ class Session:
         if tools.get("setxkbmap"):
             layout, variant = xkb_layout(spec["keyboard_layout"])
             argv = ["setxkbmap", layout] + (["-variant", variant] if variant else [])
-            result = subprocess.run(argv, env=self.env, capture_output=True, timeout=10)
+            result = subprocess.run(self.argv(argv), env=self.env, stdin=subprocess.DEVNULL, capture_output=True,
+                                    timeout=10)
             if result.returncode:
                 self.note(f"keyboard layout {spec['keyboard_layout']!r} not applied: {result.stderr!r}")
         if tools.get("xsetroot"):
-            subprocess.run(["xsetroot", "-solid", "#2f4f6f"], env=self.env, capture_output=True, timeout=10)
+            subprocess.run(self.argv(["xsetroot", "-solid", "#2f4f6f"]), env=self.env, stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=10)
         self.spawn("wm", ["openbox"], critical=False)
         self.spawn(
             "terminal",
@@ -473,7 +599,14 @@ class Supervisor:
         self.spec: dict[str, Any] = json.loads((instance_dir / INSTANCE_FILE).read_text())
         self.status: dict[str, Any] = {"phase": "starting", "started_at": time.time(), "boot_id": boot_id()}
         self.stopping = False
-        self.log = open(instance_dir / LOG_FILE, "ab", buffering=0)  # noqa: SIM115 - lives as long as the session
+        self.log = open(open_log(instance_dir / SUPERVISOR_LOG), "ab", buffering=0)  # noqa: SIM115 - lives as long as the session
+        # The session's programs print into a pipe, never into a file they could reopen (and
+        # read) through /proc/self/fd; a thread copies it to session.log, capped.
+        read_fd, self.output_fd = os.pipe()
+        os.set_inheritable(self.output_fd, False)
+        capped = CappedLog(instance_dir / LOG_FILE, int(self.spec.get("session_log_max_bytes") or DEFAULT_LOG_MAX_BYTES))
+        threading.Thread(target=capped.copy_from, args=(read_fd,), daemon=True).start()
+        self.output = open(self.output_fd, "wb", buffering=0, closefd=False)  # noqa: SIM115 - as long as the session
         self.sandboxed = self.spec["isolation"] == "sandbox"
         self.sandbox: subprocess.Popen[bytes] | None = None
         self.slirp: subprocess.Popen[bytes] | None = None
@@ -481,7 +614,7 @@ class Supervisor:
         self.slirp_exit: int | None = None
         # The owner's home, kept across instances (older instances: their own directory).
         home = Path(self.spec.get("home_dir") or instance_dir / HOME_DIR)
-        self.session = Session(self.spec, home, instance_dir / RUN_DIR, str(instance_dir), self.log)
+        self.session = Session(self.spec, home, instance_dir / RUN_DIR, str(instance_dir), self.output)
 
     def _save(self, **changes: Any) -> None:
         self.status.update(changes)
@@ -491,44 +624,54 @@ class Supervisor:
         self.log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor: {message}\n".encode())
 
     def start_sandbox(self) -> None:
+        """bwrap, born in the session's cgroups: everything in the sandbox is counted there."""
         with contextlib.suppress(FileNotFoundError):
             (self.dir / RUN_DIR / FAULT_FILE).unlink()
-        """bwrap, born in the session's cgroups: everything in the sandbox is counted there."""
         cgroups = [Path(p) / "cgroup.procs" for p in self.spec.get("cgroups", [])]
 
         def join_cgroups() -> None:
             for procs in cgroups:
                 procs.write_text(f"{os.getpid()}\n")
 
-        argv = self.spec["sandbox_argv"]
+        argv = list(self.spec["sandbox_argv"])
         self._note("starting sandbox " + " ".join(argv))
-        # The options (host paths) go through a pipe: the sandbox's pid 1 is bwrap, whose
-        # command line its processes can read.
-        split = argv.index("--")
-        options = argv[1:split]
-        fds = []
-        if self.spec.get("seccomp"):
-            # bwrap loads the filter last, just before it execs the session's first program.
-            seccomp_fd = os.open(self.dir / SECCOMP_FILE, os.O_RDONLY | os.O_NOFOLLOW)
-            fds.append(seccomp_fd)
-            options += ["--seccomp", str(seccomp_fd)]
-        read_fd, write_fd = os.pipe()
-        fds.append(read_fd)
-        os.write(write_fd, b"".join(arg.encode() + b"\0" for arg in options))
-        os.close(write_fd)
+        # The data directories are bound through descriptors opened here, at each start, without
+        # following a link: bwrap (root) never resolves a path a member could have changed.
+        fds: list[int] = []
         enter: list[str] = []
         netns = None
         if self.spec.get("slirp_account"):
             holder, netns = self.prepare_network()
             enter = ["nsenter", f"--net=/proc/{holder}/ns/net", "--"]
         try:
+            for index in self.spec.get("sandbox_fds") or ():
+                try:
+                    fd, _ = open_dir(argv[index])
+                except OSError as exc:
+                    raise RuntimeError(f"data directory {argv[index]}: {describe(exc)}") from None
+                fds.append(fd)
+                argv[index] = str(fd)
+            # The options (host paths) go through a pipe: the sandbox's pid 1 is bwrap, whose
+            # command line its processes can read.
+            split = argv.index("--")
+            options = argv[1:split]
+            if self.spec.get("seccomp"):
+                # bwrap loads the filter last, just before it execs the session's first program.
+                seccomp_fd = os.open(self.dir / SECCOMP_FILE, os.O_RDONLY | os.O_NOFOLLOW)
+                fds.append(seccomp_fd)
+                options += ["--seccomp", str(seccomp_fd)]
+            read_fd, write_fd = os.pipe()
+            fds.append(read_fd)
+            os.write(write_fd, b"".join(arg.encode() + b"\0" for arg in options))
+            os.close(write_fd)
             self.sandbox = subprocess.Popen(
                 [*enter, argv[0], "--args", str(read_fd), *argv[split:]],
                 env={k: self.session.env[k] for k in ("PATH", "LANG", MARKER_ENV)},
                 stdin=subprocess.DEVNULL,
-                stdout=self.log,
-                stderr=self.log,
+                stdout=self.output,
+                stderr=self.output,
                 pass_fds=tuple(fds),
+                start_new_session=True,
                 preexec_fn=join_cgroups,  # only file writes between fork and exec
             )
         finally:
@@ -548,11 +691,13 @@ class Supervisor:
         elif self.spec.get("network") == "outside":
             # User-mode NAT into the sandbox's namespace; its 10.0.2.2 is not the host's loopback.
             self.slirp = subprocess.Popen(
-                ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", str(ns[0]), "tap0"],
+                [(self.spec.get("programs") or {}).get("slirp4netns", "slirp4netns"), "--configure", "--mtu=65520",
+                 "--disable-host-loopback", str(ns[0]), "tap0"],
                 env={"PATH": self.spec["path"]},
                 stdin=subprocess.DEVNULL,
                 stdout=self.log,
                 stderr=self.log,
+                start_new_session=True,
             )
 
     def _unprivileged(self) -> list[str]:

@@ -145,12 +145,14 @@ def over_process(argv: list[str], roots: tuple[str, ...], *, env: dict[str, str]
                  cwd: str | None = None, pass_fds: tuple[int, ...] = (),
                  preexec_fn: Callable[[], None] | None = None, timeout: float = 10) -> FileAccess:
     """SFTP spoken with a program (OpenSSH's ``sftp-server``) over a socket pair: its stdin
-    and stdout are one end, paramiko the other. The program is killed when the session closes."""
+    and stdout are one end, paramiko the other, and it runs in a session of its own (never
+    with visa's controlling terminal). The program is killed when the session closes."""
     ours, theirs = socket.socketpair()
     try:
         proc = subprocess.Popen(  # argv built by the provider
             argv, stdin=theirs, stdout=theirs, stderr=subprocess.DEVNULL, env=env, cwd=cwd,
             pass_fds=pass_fds, preexec_fn=preexec_fn, close_fds=True,  # cgroup writes only
+            start_new_session=True,
         )
     except BaseException:
         ours.close()
