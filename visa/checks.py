@@ -10,6 +10,7 @@ import ipaddress
 import os
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -191,6 +192,7 @@ def check_database(settings: Settings, *, probe_clouds: bool = False) -> list[Fi
                 out.append(_local_isolation(settings, cloud.name, cloud.config or {}))
                 with database.sessionmaker() as s:
                     out.extend(_uids_in_range(s, cloud.name, cloud.config or {}))
+                out += _local_homes(settings, cloud.name, cloud.config or {})
         if any(cloud.kind == "local" and cloud.enabled for cloud in clouds):
             out += [f for f in [metadata_service("metadata service")] if f is not None]
         if probe_clouds:
@@ -259,6 +261,35 @@ def _uids_in_range(session: Any, name: str, config: dict[str, Any]) -> list[Find
     return [Finding("warning", f"cloud {name} uid_range",
                     f"uid_number of {shown} inside {low}-{high}, the range visa gives its own accounts uids from: "
                     "move the range (the cloud's uid_range) outside the facility's uids")]
+def _device(path: Path) -> int | None:
+    """The file system of ``path``, or of its nearest existing parent (not made yet)."""
+    for candidate in (path, *path.parents):
+        try:
+            return candidate.stat().st_dev
+        except OSError:
+            continue
+    return None
+
+
+def _local_homes(settings: Settings, name: str, config: dict[str, Any]) -> list[Finding]:
+    """Sessions write their homes without bound: on the database's file system, a full home
+    is a full database (and a stopped visa)."""
+    from visa.provisioning.site import site_for_cloud
+
+    url = settings.sqlalchemy_url
+    database = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else settings.data_dir
+    root = Path(config.get("root_dir") or settings.data_dir / "local-instances").resolve()
+    homes = [root / ".homes"]
+    site = site_for_cloud(config, settings.provisioning)
+    if site.home_mount_template and site.home_mount_root and site.mount_type == "bind":
+        homes.append(Path(site.home_mount_root))
+    out = []
+    for home in homes:
+        if _device(home) is not None and _device(home) == _device(database):
+            out.append(Finding("warning", f"cloud {name} homes",
+                               f"{home} is on the same file system as {database}: a session that fills its home "
+                               "fills the database's disk; give homes a file system of their own, or quotas"))
+    return out
 
 
 def check_all(settings: Settings, *, probe_clouds: bool = False) -> list[Finding]:

@@ -104,6 +104,23 @@ def test_check_config_says_when_the_local_cloud_cannot_isolate(cli, tmp_path: Pa
     assert r.exit_code == 1 and "cloud typo: local cloud config uid_range" in r.output
 
 
+def test_check_config_warns_when_session_homes_share_the_databases_disk(cli, tmp_path: Path) -> None:
+    """The embedded setup keeps homes beside visa.db: a session filling its home fills the database's disk."""
+    assert cli("init").exit_code == 0
+    r = cli("check-config")
+    assert r.exit_code == 0, r.output
+    assert "warning cloud local homes: " in r.output and "same file system as" in r.output
+    assert "visa.db" in r.output or "data" in r.output
+    # Homes on another file system (here /dev/shm, a tmpfs of its own): no warning.
+    other = Path("/dev/shm")
+    if other.is_dir() and other.stat().st_dev != tmp_path.stat().st_dev:
+        config = tmp_path / "cloud.json"
+        config.write_text(json.dumps({"root_dir": str(other / f"visa-homes-{os.getpid()}")}))
+        assert cli("clouds", "add", "apart", "--kind", "local", "--config", str(config)).exit_code == 0
+        r = cli("check-config")
+        assert "cloud apart homes" not in r.output, r.output
+
+
 def test_a_home_template_outside_its_root_is_named_with_its_file_and_field(
     cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
