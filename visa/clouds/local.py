@@ -1073,8 +1073,8 @@ class LocalProvider(Provider):
             acct = record["account"]
             namespaces = ["--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd"]
             if _is_root():
-                drop = [self._program("setpriv"), "--reuid", str(acct["uid"]), "--regid", str(acct["gid"]), *_groups_option(acct),
-                        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]  # fmt: skip
+                drop = [self._program("setpriv"), "--reuid", str(acct["uid"]), "--regid", str(acct["gid"]),
+                        *_groups_option(acct), "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]  # fmt: skip
                 argv = [self._program("nsenter"), f"--target={target}", *namespaces, "--", *drop, "--", *argv]
             else:
                 # bwrap's namespaces belong to its outer user namespace, its processes live in
@@ -1381,6 +1381,7 @@ class _SessionCommand:
             os.close(fd)
 
 
+@functools.cache
 def _bwrap_has(bwrap: str, option: str) -> bool:
     """Whether this bubblewrap knows ``option`` (its --help lists every one)."""
     try:
@@ -1402,14 +1403,9 @@ def _usr_links() -> list[str]:
     return out
 
 
-@functools.cache
 def _bwrap_disables_userns(bwrap: str) -> bool:
     """bubblewrap 0.8 and later can forbid user namespaces inside its own."""
-    try:
-        usage = subprocess.run([bwrap, "--help"], capture_output=True, timeout=10, check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return b"--disable-userns" in usage
+    return _bwrap_has(bwrap, "--disable-userns")
 
 
 def _run_admin(argv: list[str], path: str) -> None:
