@@ -108,7 +108,7 @@ def data(root: Path) -> dict[str, Path]:
     raw = root / "src" / "raw"
     processed = root / "src" / "processed"
     raw.mkdir(parents=True)
-    processed.mkdir(parents=True)
+    # The processed area is made by the first session (visa gives only what it makes to the account).
     (raw / "scan_0001.h5").write_text("frames")
     return {"raw": raw, "processed": processed}
 

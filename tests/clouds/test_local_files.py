@@ -37,8 +37,7 @@ def session_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lo
     if not Path(SFTP_SERVER).exists():
         pytest.skip("openssh-sftp-server is not installed")
     base = tmp_path_factory.mktemp("files")
-    processed = base / "facility" / "processed"
-    processed.mkdir(parents=True)
+    processed = base / "facility" / "processed"  # made by the session's create, given to its account
     provider = LocalProvider("local", {"root_dir": str(base / "local-instances")})
     if provider.isolation_report().mode != "sandbox" or os.geteuid() != 0:
         pytest.skip("needs the local cloud's sandbox with accounts of its own (root and bwrap)")

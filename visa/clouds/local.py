@@ -960,7 +960,7 @@ class LocalProvider(Provider):
             prefixes.append(os.path.dirname(os.path.dirname(os.path.realpath(self.jupyter_command[0]))))
         for prefix in prefixes:
             for candidate in (prefix, os.path.realpath(prefix)):
-                if os.path.isabs(candidate) and candidate != "/" and not candidate.startswith("/usr/"):
+                if os.path.isabs(candidate) and candidate not in ("/", "/usr") and not candidate.startswith("/usr/"):
                     found.append((os.path.normpath(candidate), "jupyter_command"))
         unique: list[str] = []
         for path, setting in found:
@@ -968,8 +968,7 @@ class LocalProvider(Provider):
                 continue
             problem = self._shows_visa(os.path.realpath(path))
             if problem:
-                raise InvalidInput(f"local cloud config {setting}: {path} would show the sessions {problem}",
-                                   field=setting)
+                raise InvalidInput(f"local cloud config {setting}: {path} would show sessions {problem}", field=setting)
             unique.append(path)
         return unique
 
