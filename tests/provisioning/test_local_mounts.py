@@ -47,7 +47,7 @@ def test_rendered_mounts_on_the_local_provider(session, tmp_path: Path) -> None:
         raw = sources / "raw" / exp.proposal.identifier / exp.instrument.name
         raw.mkdir(parents=True)
         (raw / "scan_0001.h5").write_text(f"frames of {exp.proposal.identifier}")
-        (sources / "processed" / exp.proposal.identifier / exp.instrument.name).mkdir(parents=True)
+    # No processed area yet: the local cloud makes the owner's at the create, and gives it to them.
     # Open data reaches the provider the way the executor builds it: stored on the instance,
     # turned into ServerSpec.mounts by server_spec.
     instance = make_instance(
