@@ -256,8 +256,7 @@ async def _terminal_run(server: Server, secret: str, command: str, end: str) -> 
     target = Target(0, "127.0.0.1", 0, secret, socket=server.sockets["JUPYTER"])
     base = f"/jupyter/{server.id}"
     headers = {"Authorization": f"token {secret}"}
-    limits = httpx.Limits(max_connections=4)
-    async with httpx.AsyncClient(transport=relay.UpstreamTransport(limits), timeout=20) as client:
+    async with httpx.AsyncClient(transport=relay.UpstreamTransport(connections=4), timeout=20) as client:
         created = await client.post(relay.http_origin(target) + f"{base}/api/terminals", headers=headers)
         assert created.status_code == 200, created.text
         name = created.json()["name"]
