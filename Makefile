@@ -44,4 +44,4 @@ bench: setup-dev
 
 # visa's own cloud image (images/recipes, Debian 12 via debootstrap), cached by the recipe's hash.
 image:
-	python3 images/recipes/build.py $(or $(ENV),sandbox)
+	$(or $(wildcard .venv/bin/python),python3) images/recipes/build.py $(or $(ENV),sandbox)

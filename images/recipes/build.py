@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
 SUITE = "bookworm"
@@ -81,9 +82,53 @@ def recipe_hash(env: str) -> str:
     return digest.hexdigest()[:16]
 
 
+# While a terminal shows the build's progress bar: (the bar, its task, the log the commands write to).
+_bar: tuple[Any, Any, IO[bytes]] | None = None
+
+
+@contextlib.contextmanager
+def progress_bar(steps: int, log_path: Path) -> Iterator[None]:
+    """A progress bar of the build's commands, on a terminal where rich is installed (this script
+    needs nothing but the standard library): the commands' output then goes to ``log_path``, and
+    its end is shown when one fails. Elsewhere (a pipe, CI's log) the output streams as it comes."""
+    global _bar
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    except ImportError:
+        yield
+        return
+    if not sys.stdout.isatty():
+        yield
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with log_path.open("ab") as out, Progress(*columns, console=Console(stderr=True)) as bar:
+        _bar = (bar, bar.add_task("image", total=steps), out)
+        try:
+            yield
+        finally:
+            _bar = None
+
+
 def run(*cmd: str | Path, **kwargs: object) -> None:
-    log(" ".join(str(c) for c in cmd[:6]) + (" ..." if len(cmd) > 6 else ""))
-    subprocess.run([str(c) for c in cmd], check=True, stdin=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+    shown = " ".join(str(c) for c in cmd[:6]) + (" ..." if len(cmd) > 6 else "")
+    if _bar is None:
+        log(shown)
+        subprocess.run([str(c) for c in cmd], check=True, stdin=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+        return
+    bar, task, out = _bar
+    bar.update(task, description=shown[:60])
+    out.write(f"$ {shown}\n".encode())
+    out.flush()
+    try:
+        subprocess.run([str(c) for c in cmd], check=True, stdin=subprocess.DEVNULL, stdout=out,  # type: ignore[call-overload]
+                       stderr=subprocess.STDOUT, **kwargs)
+    except subprocess.CalledProcessError:
+        out.flush()
+        tail = Path(out.name).read_bytes()[-4000:].decode(errors="replace")
+        log(f"{shown} failed; the end of {out.name}:\n{tail}")
+        raise
+    bar.advance(task)
 
 
 @contextlib.contextmanager
@@ -122,6 +167,19 @@ def build(env: str) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     root = work / "root"
     work.mkdir(parents=True)
+    extra_cas = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
+    # debootstrap, apt-get update and install, the scripts, the CA updates, mkfs and qemu-img.
+    steps = 5 + len(scripts(values)) + (2 if extra_cas else 0)
+    with progress_bar(steps, out.with_name(out.name + ".log")):
+        _build(values, env, name, digest, work, root, extra_cas, started)
+    shutil.rmtree(out, ignore_errors=True)
+    work.rename(out)
+    log(f"{name}: built in {time.monotonic() - started:.0f} s ({out})")
+    return manifest
+
+
+def _build(values: dict[str, object], env: str, name: str, digest: str, work: Path, root: Path,
+           extra_cas: list[Path], started: float) -> None:
     run("debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, root, MIRROR)
     shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
     # No service may start inside the chroot.
@@ -142,7 +200,6 @@ def build(env: str) -> Path:
     }
     # This machine's own extra CA certificates (a TLS-inspecting proxy to PyPI) are trusted
     # during the build only.
-    extra_cas = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
     with chroot_mounts(root):
         run("chroot", root, "apt-get", "update", env=environment)
         for ca in extra_cas:
@@ -203,10 +260,6 @@ def build(env: str) -> Path:
         )
         + "\n"
     )
-    shutil.rmtree(out, ignore_errors=True)
-    work.rename(out)
-    log(f"{name}: built in {time.monotonic() - started:.0f} s ({out})")
-    return manifest
 
 
 def main(argv: list[str]) -> int:

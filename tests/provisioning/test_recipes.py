@@ -159,3 +159,37 @@ def test_the_local_builder_runs_the_scripts_packer_runs() -> None:
         assert ("apptainer.sh" in chosen) == values["apptainer"]
     # The cache key follows the recipe: another environment, another key.
     assert build.recipe_hash("sandbox") != build.recipe_hash("desktop")
+
+
+def _builder():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("image_build", RECIPES / "build.py")
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    return build
+
+
+def test_the_image_build_shows_a_progress_bar_on_a_terminal_only(tmp_path, monkeypatch, capfd) -> None:
+    """On a terminal the commands' output goes to the build's log under a bar of its steps, and the
+    log's end is shown when one fails; elsewhere it streams as before."""
+    import sys
+
+    build = _builder()
+    log = tmp_path / "image.log"
+    with build.progress_bar(2, log):  # not a terminal: no bar, the output where it was
+        build.run("sh", "-c", "echo streamed")
+    assert "streamed" in capfd.readouterr().out and not log.exists()
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    with build.progress_bar(2, log):
+        assert build._bar is not None
+        build.run("sh", "-c", "echo step one")
+        assert build._bar[0].tasks[0].completed == 1
+        with pytest.raises(subprocess.CalledProcessError):
+            build.run("sh", "-c", "echo the cause; exit 3")
+    assert build._bar is None
+    shown = capfd.readouterr()
+    assert "step one" in log.read_text() and "step one" not in shown.out
+    assert "the cause" in log.read_text() and "the cause" in shown.err  # the failing step's output
