@@ -162,6 +162,24 @@ def test_vnc_refuses_a_wrong_secret(desktop: tuple[LocalProvider, Server]) -> No
         client.handshake("not-the-secret")
 
 
+def test_probes_and_wrong_secrets_never_lock_the_desktop(desktop: tuple[LocalProvider, Server]) -> None:
+    """Every client of the desktop's socket has the same address to the VNC server: visa's
+    readiness probes (a connect and a close) and one wrong secret must not make it refuse the
+    next client (TigerVNC's blacklist would, for 10 s and more, after 5 of them)."""
+    import socket
+
+    _, server = desktop
+    for _ in range(12):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.connect(server.sockets["VNC"])
+        time.sleep(0.02)
+    with RfbClient(server.sockets["VNC"]) as client, pytest.raises(RfbAuthFailed):
+        client.handshake("not-the-secret")
+    time.sleep(0.2)
+    with RfbClient(server.sockets["VNC"]) as client:
+        assert client.handshake(SECRET).width == 1024
+
+
 def _listening_tcp(pid: int) -> list[str]:
     """TCP sockets a process's network namespace listens on."""
     rows = []

@@ -445,10 +445,15 @@ class Session:
         password = str(self.run_dir / VNC_PASSWORD_FILE)
         if spec["vnc_server"] == "tigervnc":
             # Xtigervnc is X server and VNC server in one process; RFB on a unix socket only.
+            # No blacklist: every client of the socket has one address (its path), so 5
+            # unauthenticated closes (visa's readiness probes) or failures would refuse
+            # everyone, the owner through visa's gateway included; only visa (root) and the
+            # session's own account can reach the 0600 socket, so it guards against nobody.
             argv = [
                 "Xtigervnc", *common,
                 "-geometry", f"{width}x{height}", "-depth", "24",
                 "-rfbport", "-1", "-rfbunixpath", vnc_socket, "-rfbunixmode", "0600",
+                "-UseBlacklist=0",
                 "-SecurityTypes", "VncAuth", "-PasswordFile", password,
                 "-AlwaysShared=1", "-desktop", spec["name"],
             ]  # fmt: skip
