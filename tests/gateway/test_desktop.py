@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import struct
+import subprocess
 import time
+import uuid
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -13,7 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests.gateway.conftest import OTHER_UID, SECRET, UID, Live, Vnc, World, make_world
-from tests.gateway.wsrfb import WsRfb, distinct_colours, key_event, pointer_event
+from tests.gateway.wsrfb import WsRfb, distinct_colours, key_event, pointer_event, update_request
 from visa.instances.models import ConnectToken, Instance, InstanceMember
 
 pytestmark = pytest.mark.timeout(120)
@@ -374,3 +378,127 @@ def test_open_desktops_are_capped_per_user_and_per_instance(live: Live, world: W
     finally:
         for ws in opened:
             ws.close()
+
+
+def _clipboard(rfb: WsRfb, seconds: float, until: bytes | None = None) -> list[bytes]:
+    """The clipboard texts the desktop sends this connection within ``seconds`` (stops at ``until``)."""
+    texts: list[bytes] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and until not in texts:
+        rfb.send(update_request(1, 1))
+        while True:
+            (kind,) = rfb.read(1)
+            if kind == 3:
+                _, length = struct.unpack(">3sI", rfb.read(7))
+                texts.append(rfb.read(length))
+                continue
+            assert kind == 0, f"unexpected server message {kind}"
+            (rects,) = struct.unpack(">xH", rfb.read(3))
+            for _ in range(rects):
+                _, _, w, h, _ = struct.unpack(">HHHHi", rfb.read(12))
+                rfb.read(w * h * 4)
+            break
+        time.sleep(0.1)
+    return texts
+
+
+def _copy_on_the_desktop(vnc: Vnc, text: bytes) -> subprocess.Popen:
+    """What a program on the desktop copies: xclip owns the clipboard until it is killed."""
+    proc = subprocess.Popen(["xclip", "-selection", "clipboard", "-i"], stdin=subprocess.PIPE,
+                            env={**os.environ, **vnc.env})
+    assert proc.stdin is not None
+    proc.stdin.write(text)
+    proc.stdin.close()
+    return proc
+
+
+def test_the_clipboard_reaches_viewers_only_when_the_owner_says_so(live: Live, world: World, vnc: Vnc) -> None:
+    owner, guest = _open(live, _token(live, "owner")["url"]), _open(live, _token(live, "guest")["url"])
+    copied: list[subprocess.Popen] = []
+    try:
+        owner_rfb, guest_rfb = WsRfb(owner), WsRfb(guest)
+        owner_rfb.handshake()
+        guest_rfb.handshake()
+        secret = b"copied on the desktop: " + uuid.uuid4().hex.encode()
+        copied.append(_copy_on_the_desktop(vnc, secret))
+        assert secret in _clipboard(owner_rfb, 10, until=secret)
+        assert secret not in _clipboard(guest_rfb, 2)  # a view-only member: not by default
+        assert guest_rfb.screen()  # and the desktop itself still flows
+
+        with live.db.unit_of_work() as s:
+            s.get(Instance, world.instance.id).clipboard_to_viewers = True
+        with _open(live, _token(live, "guest")["url"]) as allowed:
+            rfb = WsRfb(allowed)
+            rfb.handshake()
+            shared = b"shared with viewers: " + uuid.uuid4().hex.encode()
+            copied.append(_copy_on_the_desktop(vnc, shared))
+            assert shared in _clipboard(rfb, 10, until=shared)
+    finally:
+        owner.close()
+        guest.close()
+        for proc in copied:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_owner_sets_the_clipboard_policy(live: Live, world: World) -> None:
+    with live.login("owner") as client:
+        assert client.get(f"/api/instances/{UID}").json()["clipboard_to_viewers"] is False
+        r = client.patch(f"/api/instances/{UID}", json={"clipboard_to_viewers": True})
+        assert r.status_code == 200, r.text
+        assert client.get(f"/api/instances/{UID}").json()["clipboard_to_viewers"] is True
+        r = client.patch(f"/api/instances/{UID}", json={"clipboard_to_viewers": None})
+        assert r.status_code == 400 and "clipboard_to_viewers" in r.text
+    with live.login("helper") as member:  # a USER member acts in the machine, but sets no policy
+        assert member.patch(f"/api/instances/{UID}", json={"clipboard_to_viewers": False}).status_code in (403, 404)
+
+
+def test_the_viewers_filter_follows_a_real_tight_and_zrle_stream(vnc: Vnc) -> None:
+    """The encodings noVNC asks for, from a real Xtigervnc while its screen changes: the filter
+    keeps step with every message (it ends each quiet moment at a message boundary) and takes
+    out exactly the clipboard."""
+    import asyncio
+
+    from tests.gateway.wsrfb import PIXEL_FORMAT
+    from visa.gateway import rfb
+    from visa.gateway.relay import open_upstream
+
+    async def run(encodings: list[int]) -> None:
+        up = await open_upstream("127.0.0.1", vnc.port)
+        try:
+            init = await rfb.server_handshake(up, SECRET)
+            width, height = struct.unpack(">HH", init[:4])
+            flt = rfb.ServerFilter(init, drop_clipboard=True)
+            client = rfb.ClientFilter(view_only=True, server=flt)
+            asked = struct.pack(f">BxH{len(encodings)}i", 2, len(encodings), *encodings)
+            await up.write(client.feed(b"\x00\x00\x00\x00" + PIXEL_FORMAT + asked))
+            up.start_relay()
+            received = passed = 0
+            copied = b"not for viewers " + uuid.uuid4().hex.encode()
+            for step in range(8):
+                if step == 3:
+                    proc = _copy_on_the_desktop(vnc, copied)
+                await up.write(update_request(width, height, incremental=step % 2 == 1))
+                subprocess.run(["xdotool", "type", "--delay", "1", f"ls -la /usr/bin {step}\n"],
+                               env={**os.environ, **vnc.env}, check=True)
+                while True:
+                    try:
+                        async with asyncio.timeout(0.7):
+                            data = await up.read_chunk()
+                    except TimeoutError:
+                        break
+                    assert data is not None
+                    received += len(data)
+                    out = flt.feed(data)
+                    passed += len(out)
+                    assert copied not in out
+                assert flt._want == ("peek", 1) and not flt._held, flt._want
+            proc.kill()
+            proc.wait()
+            assert received - passed == 8 + len(copied), (received, passed)
+        finally:
+            up.close()
+
+    levels = [-26, -256 + 2]  # JPEG quality, compression level
+    asyncio.run(run([rfb.TIGHT, rfb.CURSOR, rfb.DESKTOP_SIZE, rfb.LAST_RECT, rfb.EXTENDED_DESKTOP_SIZE, *levels]))
+    asyncio.run(run([rfb.ZRLE, rfb.COPY_RECT, rfb.CURSOR, rfb.DESKTOP_NAME]))

@@ -21,9 +21,16 @@ from visa.errors import VisaError
 from visa.gateway import service
 from visa.gateway.common import Gateway, error_body, log, refuse, same_origin, session_binding
 from visa.gateway.relay import Upstream, UpstreamClosed, open_upstream
-from visa.gateway.rfb import BrowserReader, ClientFilter, RfbError, browser_handshake, server_handshake
+from visa.gateway.rfb import (
+    BrowserReader,
+    ClientFilter,
+    RfbError,
+    ServerFilter,
+    browser_handshake,
+    server_handshake,
+)
 from visa.instances import presence
-from visa.instances.models import ConnectionProtocol
+from visa.instances.models import ConnectionProtocol, MemberRole
 from visa.metrics import RelayMeter
 
 CLOSE_NORMAL = 1000
@@ -51,7 +58,13 @@ class DesktopSession:
         self.server_init = server_init
         self.grant = grant
         self.upstream = upstream
-        self.filter = ClientFilter(view_only=grant.view_only)
+        # Every connection but the owner's is followed, to keep the clipboard from viewers
+        # (a member's role may change while connected); the owner's is relayed untouched.
+        self.server_filter = (
+            None if grant.role == MemberRole.OWNER
+            else ServerFilter(server_init, drop_clipboard=grant.view_only and not grant.clipboard_to_viewers)
+        )
+        self.filter = ClientFilter(view_only=grant.view_only, server=self.server_filter)
         self.seen = False
         self.last_input = time.monotonic()
         self.close_code = CLOSE_NORMAL
@@ -81,7 +94,12 @@ class DesktopSession:
         upstream = self.upstream
         send = self.send
         meter = self.meter
+        server_filter = self.server_filter
         while (data := await upstream.read_chunk()) is not None:
+            if server_filter is not None:
+                data = server_filter.feed(data)
+                if not data:
+                    continue
             await send({"type": "websocket.send", "bytes": data})
             meter.to_client += len(data)
         self.close_code, self.close_reason = CLOSE_NORMAL, "the desktop closed the connection"
@@ -130,6 +148,8 @@ class DesktopSession:
                 )
                 return
             self.filter.view_only = not may_input  # a member's role may change while connected
+            if self.server_filter is not None:
+                self.server_filter.drop_clipboard = not may_input and not self.grant.clipboard_to_viewers
             if time.monotonic() - self.last_input > idle_limit:
                 self.close_code, self.close_reason = CLOSE_IDLE, "no input for too long"
                 return

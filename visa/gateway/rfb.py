@@ -14,7 +14,7 @@ noVNC sends (EnableContinuousUpdates, Fence, xvp, SetDesktopSize, QEMU key event
 from __future__ import annotations
 
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
@@ -210,10 +210,14 @@ class ClientFilter:
     ``feed`` returns the bytes to send to the server (whole messages only, input removed
     when view-only) and sets ``interacted`` when keyboard or mouse input went through."""
 
-    def __init__(self, view_only: bool) -> None:
+    def __init__(self, view_only: bool, server: ServerFilter | None = None) -> None:
         self.view_only = view_only
         self.interacted = False
         self._pending = bytearray()
+        # A connection whose server stream is followed: only encodings it can measure, and
+        # no change of pixel format once updates flow (they would race the change).
+        self.server = server
+        self._updating = False
 
     def feed(self, data: bytes) -> bytes:
         if self._pending:
@@ -231,6 +235,21 @@ class ClientFilter:
                 break
             kind = buf[pos]
             is_input = kind in INPUT_TYPES or (kind == QEMU and buf[pos + 1] == 0)
+            if self.server is not None and kind in (SET_ENCODINGS, SET_PIXEL_FORMAT, FRAMEBUFFER_UPDATE_REQUEST):
+                if kind == FRAMEBUFFER_UPDATE_REQUEST:
+                    self._updating = True
+                elif kind == SET_PIXEL_FORMAT:
+                    if self._updating:
+                        raise RfbError("the pixel format may not change once updates are sent")
+                    self.server.set_pixel_format(bytes(buf[pos + 4 : pos + 20]))
+                else:
+                    if pos > start:
+                        out.append(bytes(buf[start:pos]))
+                    count = (length - 4) // 4
+                    asked = list(struct.unpack_from(f">{count}i", buf, pos + 4))
+                    kept = measured_encodings(asked)
+                    out.append(struct.pack(f">BxH{len(kept)}i", SET_ENCODINGS, len(kept), *kept))
+                    start = pos + length
             if is_input and self.view_only:
                 if pos > start:
                     out.append(bytes(buf[start:pos]))
@@ -243,3 +262,194 @@ class ClientFilter:
         rest = bytes(buf[pos:]) if pos < end else b""
         self._pending = bytearray(rest)
         return out[0] if len(out) == 1 else b"".join(out)
+
+
+# ---------------------------------------------------------------------- the server's stream
+
+# Server message types.
+FRAMEBUFFER_UPDATE = 0
+SET_COLOUR_MAP_ENTRIES = 1
+BELL = 2
+SERVER_CUT_TEXT = 3
+END_OF_CONTINUOUS_UPDATES = 150
+SERVER_FENCE = 248
+SERVER_XVP = 250
+
+# Encodings whose rectangles ``ServerFilter`` can measure; a filtered connection asks the
+# server for these only (raw is always allowed).
+RAW, COPY_RECT, TIGHT, ZRLE = 0, 1, 7, 16
+CURSOR, DESKTOP_SIZE, LAST_RECT, QEMU_KEY = -239, -223, -224, -258
+DESKTOP_NAME, EXTENDED_DESKTOP_SIZE, XVP_PSEUDO, FENCE, CONTINUOUS_UPDATES = -307, -308, -309, -312, -313
+MEASURED = frozenset({RAW, COPY_RECT, TIGHT, ZRLE, CURSOR, DESKTOP_SIZE, LAST_RECT, QEMU_KEY, DESKTOP_NAME,
+                      EXTENDED_DESKTOP_SIZE, XVP_PSEUDO, FENCE, CONTINUOUS_UPDATES})
+# JPEG quality and compression level pseudo-encodings carry no data.
+LEVELS = frozenset(range(-32, -22)) | frozenset(range(-256, -246))
+
+
+# What the filter asks for: peek n bytes (held, sent back), pass or drop the next n bytes.
+Steps = Generator[tuple[str, int], bytes, None]
+
+
+def measured_encodings(encodings: list[int]) -> list[int]:
+    """The client's encodings that the server filter can follow, in the client's order."""
+    return [e for e in encodings if e in MEASURED or e in LEVELS]
+
+
+class ServerFilter:
+    """Follows the server's messages to remove its clipboard (ServerCutText) from the stream
+    of a viewer the owner's policy does not give it to. Only message and rectangle headers
+    are read; pixel data passes through in the chunks it came in.
+
+    ``feed`` returns the bytes to send on; ``drop_clipboard`` may change at any time."""
+
+    def __init__(self, server_init: bytes, drop_clipboard: bool) -> None:
+        self.drop_clipboard = drop_clipboard
+        self.set_pixel_format(server_init[4:20])
+        self._held = bytearray()
+        self._steps = self._messages()
+        self._want = next(self._steps)
+
+    def set_pixel_format(self, pixel_format: bytes) -> None:
+        bpp, depth, _, true_colour, rmax, gmax, bmax = struct.unpack(">BBBBHHH", pixel_format[:10])
+        if bpp not in (8, 16, 32):
+            raise RfbError(f"unsupported pixel format ({bpp} bits per pixel)")
+        self.bytes_per_pixel = bpp // 8
+        # Tight sends 24-bit true colour pixels of a 32-bit format in 3 bytes.
+        self.tight_pixel = 3 if (bpp == 32 and depth == 24 and true_colour and rmax == gmax == bmax == 255) \
+            else self.bytes_per_pixel
+
+    def feed(self, data: bytes) -> bytes:
+        out: list[bytes | memoryview] = []
+        view = memoryview(data)
+        pos, end = 0, len(data)
+        while True:
+            op, n = self._want
+            if op == "peek":
+                need = n - len(self._held)
+                if need > 0:
+                    take = min(need, end - pos)
+                    self._held += view[pos : pos + take]
+                    pos += take
+                    if len(self._held) < n:
+                        break
+                self._want = self._steps.send(bytes(self._held[:n]))
+                continue
+            held = min(n, len(self._held))
+            if held:
+                if op == "pass":
+                    out.append(bytes(self._held[:held]))
+                del self._held[:held]
+                n -= held
+            take = min(n, end - pos)
+            if take and op == "pass":
+                out.append(view[pos : pos + take])
+            pos += take
+            n -= take
+            if n:
+                self._want = (op, n)
+                break
+            self._want = next(self._steps)
+        if len(out) == 1 and len(out[0]) == end:
+            return data
+        return b"".join(out)
+
+    def _messages(self) -> Steps:
+        """The server's messages, told as steps: peek n bytes (held), pass or drop n bytes."""
+        while True:
+            (kind,) = yield ("peek", 1)
+            if kind == FRAMEBUFFER_UPDATE:
+                head = yield ("peek", 4)
+                (rects,) = struct.unpack(">H", head[2:4])
+                yield ("pass", 4)
+                done = 0
+                while done < rects:
+                    rect = yield ("peek", 12)
+                    _, _, w, h, encoding = struct.unpack(">HHHHi", rect)
+                    yield ("pass", 12)
+                    if encoding == LAST_RECT:
+                        break
+                    yield from self._rectangle(w, h, encoding)
+                    done += 1
+            elif kind == SET_COLOUR_MAP_ENTRIES:
+                head = yield ("peek", 6)
+                yield ("pass", 6 + 6 * struct.unpack(">H", head[4:6])[0])
+            elif kind in (BELL, END_OF_CONTINUOUS_UPDATES):
+                yield ("pass", 1)
+            elif kind == SERVER_CUT_TEXT:
+                head = yield ("peek", 8)
+                length = abs(struct.unpack(">i", head[4:8])[0])
+                yield ("drop" if self.drop_clipboard else "pass", 8 + length)
+            elif kind == SERVER_FENCE:
+                head = yield ("peek", 9)
+                yield ("pass", 9 + head[8])
+            elif kind == SERVER_XVP:
+                yield ("pass", 4)
+            else:
+                raise RfbError(f"unknown server message type {kind}")
+
+    def _rectangle(self, w: int, h: int, encoding: int) -> Steps:
+        if encoding == RAW:
+            yield ("pass", w * h * self.bytes_per_pixel)
+        elif encoding == COPY_RECT:
+            yield ("pass", 4)
+        elif encoding == ZRLE:
+            head = yield ("peek", 4)
+            yield ("pass", 4 + struct.unpack(">I", head)[0])
+        elif encoding == TIGHT:
+            yield from self._tight(w, h)
+        elif encoding == CURSOR:
+            yield ("pass", w * h * self.bytes_per_pixel + (w + 7) // 8 * h)
+        elif encoding == DESKTOP_NAME:
+            head = yield ("peek", 4)
+            yield ("pass", 4 + struct.unpack(">I", head)[0])
+        elif encoding == EXTENDED_DESKTOP_SIZE:
+            head = yield ("peek", 1)
+            yield ("pass", 4 + 16 * head[0])
+        elif encoding in (DESKTOP_SIZE, QEMU_KEY, XVP_PSEUDO, FENCE, CONTINUOUS_UPDATES):
+            return
+        else:
+            raise RfbError(f"the server used encoding {encoding}, which was not asked for")
+
+    def _tight(self, w: int, h: int) -> Steps:
+        (control,) = yield ("peek", 1)
+        yield ("pass", 1)
+        kind = control >> 4
+        if kind == 8:  # fill
+            yield ("pass", self.tight_pixel)
+            return
+        if kind in (9, 10):  # JPEG, PNG
+            yield from self._compact_data()
+            return
+        if kind > 7:
+            raise RfbError(f"unknown tight compression {kind}")
+        size = w * h * self.tight_pixel
+        if control & 0x40:  # a filter follows
+            (flt,) = yield ("peek", 1)
+            yield ("pass", 1)
+            if flt == 1:  # palette
+                (colours,) = yield ("peek", 1)
+                colours += 1
+                yield ("pass", 1 + colours * self.tight_pixel)
+                size = (w + 7) // 8 * h if colours == 2 else w * h
+            elif flt not in (0, 2):
+                raise RfbError(f"unknown tight filter {flt}")
+        if size < 12:
+            yield ("pass", size)
+        else:
+            yield from self._compact_data()
+
+    def _compact_data(self) -> Steps:
+        """Tight's compact length (1 to 3 bytes) and the data it counts."""
+        length, shift, used = 0, 0, 0
+        while True:
+            head = yield ("peek", used + 1)
+            byte = head[used]
+            used += 1
+            if used == 3:
+                length |= byte << 14
+                break
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        yield ("pass", used + length)

@@ -75,6 +75,8 @@ class Grant:
     # The login session the token was bound to ("" for an API token's client): when it ends
     # (logout, revocation), the open desktop ends with it.
     login: str = ""
+    # The owner's policy: whether the desktop's clipboard reaches this member while view only.
+    clipboard_to_viewers: bool = False
 
 
 def _live_instance(session: Session, uid: str) -> Instance | None:
@@ -190,6 +192,7 @@ def consume_connect_token(session: Session, clock: Clock, uid: str, token: str, 
         view_only=not allowed(actor, "instance.input", instance),
         target=target_for(instance, Protocol.VNC),
         login=binding,
+        clipboard_to_viewers=instance.clipboard_to_viewers,
     )
 
 

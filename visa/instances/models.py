@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
@@ -156,6 +157,8 @@ class Instance(Base):
     # (``Image.members_need_owner``); True lets them in alone, False never does (VISA's
     # unrestricted member access, set by administrators).
     unrestricted_member_access: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    # The owner's policy: whether the desktop's clipboard reaches view-only members (GUESTs) too.
+    clipboard_to_viewers: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     home: Mapped[InstanceHome] = mapped_column(enum_column(InstanceHome, length=8), default=InstanceHome.SHARED,
                                                server_default=InstanceHome.SHARED.value)
     # Loaded when a rule asks (the owner-presence rule), not with every instance.

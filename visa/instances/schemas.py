@@ -53,6 +53,9 @@ class EditInstance(BaseModel):
     screen_width: int | None = Field(None, ge=640, le=7680)
     screen_height: int | None = Field(None, ge=480, le=4320)
     keyboard_layout: str | None = Field(None, max_length=32, description="One of the layouts the create page offers")
+    clipboard_to_viewers: bool | None = Field(
+        None, description="Whether the desktop's clipboard reaches view-only members (GUESTs) too"
+    )
 
     @field_validator("keyboard_layout")
     @classmethod
@@ -61,7 +64,8 @@ class EditInstance(BaseModel):
             raise ValueError(f"unknown keyboard layout; one of {', '.join(sorted(KEYBOARD_NAMES))}")
         return value
 
-    @field_validator("name", "comments", "screen_width", "screen_height", "keyboard_layout", mode="before")
+    @field_validator("name", "comments", "screen_width", "screen_height", "keyboard_layout", "clipboard_to_viewers",
+                     mode="before")
     @classmethod
     def _not_null(cls, value: object) -> object:
         # Run only for values sent: an explicit null is a mistake, not "unchanged".
@@ -72,7 +76,8 @@ class EditInstance(BaseModel):
     @model_validator(mode="after")
     def _something(self) -> EditInstance:
         if not self.model_fields_set:
-            raise ValueError("nothing to change: give name, comments, keyboard_layout or screen_width/screen_height")
+            raise ValueError("nothing to change: give name, comments, keyboard_layout, screen_width/screen_height "
+                             "or clipboard_to_viewers")
         return self
 
 
@@ -177,6 +182,7 @@ class InstanceOut(BaseModel):
     cloud: str
     screen: Screen
     keyboard_layout: str
+    clipboard_to_viewers: bool = Field(description="Whether the desktop's clipboard reaches view-only members")
     error: str | None
     created_at: Timestamp
     terminates_at: Timestamp

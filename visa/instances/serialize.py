@@ -50,6 +50,7 @@ def instance_out(instance: Instance, actor: Actor, clock: Clock) -> InstanceOut:
         cloud=instance.cloud.name,
         screen=Screen(width=instance.screen_width, height=instance.screen_height),
         keyboard_layout=instance.keyboard_layout,
+        clipboard_to_viewers=instance.clipboard_to_viewers,
         error=instance.error_message,
         created_at=instance.created_at,
         terminates_at=instance.terminates_at,

@@ -319,12 +319,13 @@ def request_action(
     return cmd
 
 
-EDITABLE = ("name", "comments", "keyboard_layout", "screen_width", "screen_height")
+EDITABLE = ("name", "comments", "keyboard_layout", "screen_width", "screen_height", "clipboard_to_viewers")
 
 
 def edit_instance(actor: Actor, session: Session, clock: Clock, instance: Instance, data: EditInstance) -> list[str]:
-    """The owner changes the name, comments, keyboard layout or screen size; the desktop is
-    given the last two at the next connection. Returns the fields that changed (audited)."""
+    """The owner changes the name, comments, keyboard layout, screen size or whether the desktop's
+    clipboard reaches view-only members; the desktop is given these at the next connection.
+    Returns the fields that changed (audited)."""
     require(actor, "instance.edit", instance)
     if instance.state == InstanceState.DELETING:
         raise Conflict("the instance is being deleted")
