@@ -69,7 +69,8 @@ class InstanceRow:
 
 _COLUMNS = (
     Instance.id, Instance.uid, Instance.name, Instance.state, Instance.comments,
-    Instance.screen_width, Instance.screen_height, Instance.keyboard_layout, Instance.error_message,
+    Instance.screen_width, Instance.screen_height, Instance.keyboard_layout, Instance.clipboard_to_viewers,
+    Instance.error_message,
     Instance.created_at, Instance.terminates_at, Instance.last_seen_at,
     Instance.state_changed_at, Instance.deleted_at, Instance.cloud_server_id, Instance.address,
     User.username.label("owner_username"), User.full_name.label("owner_full_name"),

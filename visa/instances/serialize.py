@@ -88,6 +88,7 @@ def row_fields(item: InstanceRow, clock: Clock) -> dict:
         "cloud": r.cloud_name,
         "screen": {"width": r.screen_width, "height": r.screen_height},
         "keyboard_layout": r.keyboard_layout,
+        "clipboard_to_viewers": r.clipboard_to_viewers,
         "error": r.error_message,
         "created_at": r.created_at,
         "terminates_at": r.terminates_at,
