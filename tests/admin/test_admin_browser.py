@@ -57,7 +57,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, P
     env = visa_env(data, port, VISA_SECRET_KEY="admin-browser-test-secret", VISA_SCHEDULER__ENABLED_IN_WEB="false")
     cli(env, "init")
     cli(env, "catalogue", "apply", str(ROOT / "flavours"), str(ROOT / "images"))
-    cli(env, "users", "add", "root", "--full-name", "Ada Admin", "--password", "root-password", "--role", "ADMIN")
+    cli(env, "users", "add", "ada", "--full-name", "Ada Admin", "--password", "ada-password", "--role", "ADMIN")
     cli(env, "users", "add", "alice", "--full-name", "Alice Martin", "--password", "alice-password")
     cli(env, "users", "add", "bob", "--full-name", "Bob Leroy", "--password", "bob-password")
     uid = _seed_instance(data)
@@ -91,7 +91,7 @@ def _shot(page, name: str) -> None:
 
 def test_flavour_limited_to_a_role_reaches_the_user(site, browser) -> None:
     url, _, _ = site
-    admin, alice = _context(browser, url, "root"), _context(browser, url, "alice")
+    admin, alice = _context(browser, url, "ada"), _context(browser, url, "alice")
     page = admin.new_page()
     page.goto("/admin/")
     assert page.get_by_test_id("total-instances").inner_text() == "1"
@@ -151,7 +151,7 @@ def test_flavour_limited_to_a_role_reaches_the_user(site, browser) -> None:
 
 def test_admin_acts_on_an_instance(site, browser) -> None:
     url, uid, _ = site
-    admin = _context(browser, url, "root")
+    admin = _context(browser, url, "ada")
     page = admin.new_page()
     page.on("dialog", lambda d: d.accept())
     page.goto("/admin/instances?owner=alice")
@@ -164,7 +164,7 @@ def test_admin_acts_on_an_instance(site, browser) -> None:
 
     page.get_by_test_id("action-reboot").click()
     page.wait_for_selector("[data-testid=commands] td:has-text('REBOOT')")
-    assert "root" in page.get_by_test_id("commands").inner_text()
+    assert "ada" in page.get_by_test_id("commands").inner_text()
 
     from datetime import UTC, datetime
 
@@ -197,7 +197,7 @@ def test_admin_acts_on_an_instance(site, browser) -> None:
 
 def test_admin_logs_a_user_out_and_deactivates_them(site, browser) -> None:
     url, _, _ = site
-    admin, bob = _context(browser, url, "root"), _context(browser, url, "bob")
+    admin, bob = _context(browser, url, "ada"), _context(browser, url, "bob")
     assert bob.request.get("/api/me").ok
     page = admin.new_page()
     page.on("dialog", lambda d: d.accept())
@@ -265,7 +265,7 @@ def _sample_usage(data_dir: Path) -> None:
 def test_dashboard_charts_draw_from_samples(site, browser) -> None:
     url, _, data = site
     _sample_usage(data)
-    page = _context(browser, url, "root").new_page()
+    page = _context(browser, url, "ada").new_page()
     page.goto("/admin/")
     charts = page.locator("#usage-charts[data-drawn=day] .usage-chart")
     charts.first.wait_for()

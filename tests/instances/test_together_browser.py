@@ -2,7 +2,7 @@
 local cloud with a real desktop, SQLite in a fresh data dir, a real SMTP server on loopback).
 
 Each person is a browser context of their own: alice owns the machine, bob is a member, carol
-is invited by a link, sam is IT support, root administers. Presence appears and disappears,
+is invited by a link, sam is IT support, ada administers. Presence appears and disappears,
 the owner-presence rule keeps bob out and then lets him in, an invitation link is redeemed after
 logging in, a support request is prompted live on alice's page, accepted and connected, and an
 extension is requested, accepted on /admin/extensions, with both emails received.
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 ARTIFACTS = ROOT / "tests" / "artifacts" / "together"
 PEOPLE = {
     "alice": ("Alice Martin", ()), "bob": ("Bob Durand", ()), "carol": ("Carol Petit", ()),
-    "sam": ("Sam Support", ("IT_SUPPORT",)), "root": ("Ada Admin", ("ADMIN",)),
+    "sam": ("Sam Support", ("IT_SUPPORT",)), "ada": ("Ada Admin", ("ADMIN",)),
 }
 
 
@@ -286,7 +286,7 @@ def test_support_is_prompted_accepted_and_connects(site: Together, browser: Any)
 
 
 def test_extension_requested_accepted_on_the_admin_page_with_emails(site: Together, browser: Any) -> None:
-    alice, root = person(browser, site, "alice"), person(browser, site, "root")
+    alice, root = person(browser, site, "alice"), person(browser, site, "ada")
     page = alice.new_page()
     page.goto(f"/instances/{site.uid}")
     page.fill("#ext-comment", "the tomography reconstruction needs another week")
@@ -296,7 +296,7 @@ def test_extension_requested_accepted_on_the_admin_page_with_emails(site: Togeth
     request = ext.value.json()
     assert request["state"] == "PENDING"
     asked = site.inbox.wait_for_kind("extension_requested", timeout=15)
-    assert [m["To"] for m in asked] == ["root@example.org"]
+    assert [m["To"] for m in asked] == ["ada@example.org"]
     assert "Beamtime analysis" in asked[0].get_body(("plain",)).get_content()
 
     admin = root.new_page()
