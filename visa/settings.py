@@ -235,14 +235,15 @@ class GatewaySettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address `visa gateway` listens on")
     port: int = Field(8081, ge=1, le=65535, description="Port `visa gateway` listens on")
     # What one user or one instance may hold of a gateway process (each worker counts its own).
+    # JupyterLab opens a websocket per kernel, terminal and shared document, and one for events.
     connects_per_minute: int = Field(
         30, ge=1, description="Desktop connect tokens a user may ask for per minute (per web process); then 429"
     )
     max_connections_per_user: int = Field(
-        16, ge=1, description="Desktop and JupyterLab websockets one user may hold open at once; then refused (429)"
+        48, ge=1, description="Desktop and JupyterLab websockets one user may hold open at once; then refused (429)"
     )
     max_connections_per_instance: int = Field(
-        32, ge=1, description="Desktop and JupyterLab websockets open to one instance at once; then refused (503)"
+        64, ge=1, description="Desktop and JupyterLab websockets open to one instance at once; then refused (503)"
     )
     jupyter_connections_per_instance: int = Field(
         32, ge=1, le=1024, description="HTTP connections to one instance's Jupyter at once; more requests wait"
