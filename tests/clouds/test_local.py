@@ -488,3 +488,17 @@ def test_a_home_share_that_is_a_symlink_is_refused(provider: LocalProvider, root
     with pytest.raises(CloudError, match="symbolic link"):
         provider.create(_spec("homelink", {}, home=MountSpec(str(link), "/home/lc-alice", False, "bind")))
     assert provider.get("homelink") is None
+
+
+def test_a_command_flooding_its_output_is_cut_and_killed(desktop: tuple[LocalProvider, Server]) -> None:
+    # What a command prints inside a session is the session's: visa keeps a bounded part.
+    prov, server = desktop
+    started = time.monotonic()
+    flood = prov.exec_in_session(server.id, ["sh", "-c", "yes; echo never-reached >&2"], max_output=4096, timeout=20)
+    assert len(flood.stdout) == 4096 and flood.stdout.startswith(b"y\ny\n")
+    assert flood.returncode == -9 and b"never-reached" not in flood.stderr
+    assert time.monotonic() - started < 10
+    small = prov.exec_in_session(server.id, ["sh", "-c", "printf ok; printf err >&2"], max_output=4096)
+    assert (small.returncode, small.stdout, small.stderr) == (0, b"ok", b"err")
+    fed = prov.exec_in_session(server.id, ["cat"], input=b"fed through stdin")
+    assert fed.stdout == b"fed through stdin"

@@ -126,6 +126,8 @@ SANDBOX_ETC = (
 )  # fmt: skip
 SANDBOX_HOME = "/home"
 UNIX_PATH_MAX = 107
+# What visa keeps of a command's output in a session (each stream): the session writes it.
+EXEC_MAX_OUTPUT = 1 << 20
 NS_GET_PARENT = 0xB702  # ioctl on a namespace fd: its parent user namespace (linux/nsfs.h)
 # Never reached from a session with network = "outside": link-local, cloud metadata services.
 ALWAYS_BLOCKED = ("169.254.0.0/16",)
@@ -991,30 +993,38 @@ class LocalProvider(Provider):
         return None
 
     def exec_in_session(
-        self, server_id: str, argv: list[str], *, timeout: float = 30, input: bytes | None = None
+        self,
+        server_id: str,
+        argv: list[str],
+        *,
+        timeout: float = 30,
+        input: bytes | None = None,
+        max_output: int = EXEC_MAX_OUTPUT,
     ) -> subprocess.CompletedProcess[bytes]:
         """Run a command as part of a running session, the way its own programs run: in its
         sandbox and cgroups, as its account, with its DISPLAY and HOME (activity probes such
-        as ``xprintidle`` use this too)."""
+        as ``xprintidle`` use this too). What it prints is the session's: at most
+        ``max_output`` bytes of each stream are kept, and a command that prints more is killed
+        (returncode -9, its output cut), as is one that outlives ``timeout``
+        (``subprocess.TimeoutExpired``)."""
         cmd = self._session_command(server_id, argv)
-        # Never visa's stdin or controlling terminal: a session's process could push keys
-        # into an operator's shell through them (TIOCSTI).
-        stdin: dict[str, Any] = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
         try:
-            return subprocess.run(
+            # Never visa's stdin or controlling terminal: a session's process could push keys
+            # into an operator's shell through them (TIOCSTI).
+            process = subprocess.Popen(
                 cmd.argv,
                 env=cmd.env,
                 cwd=cmd.cwd,
-                capture_output=True,
-                timeout=timeout,
-                check=False,
+                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 pass_fds=cmd.fds,
                 start_new_session=True,
                 preexec_fn=cmd.preexec,  # file writes only
-                **stdin,
             )
         finally:
             cmd.close()
+        return _bounded_output(process, argv, input, timeout, max_output)
 
     def open_sftp(self, server_id: str) -> FileAccess:
         """OpenSSH's ``sftp-server`` run inside the session exactly as ``exec_in_session`` runs
@@ -1112,7 +1122,7 @@ class LocalProvider(Provider):
         status = session.read_json(instance_dir / session.STATUS_FILE) or {}
         x_idle = None
         if "VNC" in (record.get("protocols") or {}):
-            out = self.exec_in_session(server_id, ["xprintidle"], timeout=5)
+            out = self.exec_in_session(server_id, ["xprintidle"], timeout=5, max_output=64)
             if out.returncode == 0 and out.stdout.strip().isdigit():
                 x_idle = int(out.stdout.strip())
         tick = os.sysconf("SC_CLK_TCK")
@@ -1468,3 +1478,55 @@ def _host_memory_mb(field: str = "MemTotal:") -> int | None:
     except OSError:
         pass
     return None
+
+
+def _bounded_output(
+    process: subprocess.Popen[bytes], argv: list[str], input: bytes | None, timeout: float, limit: int
+) -> subprocess.CompletedProcess[bytes]:
+    """``process``'s output read as it comes, never more than ``limit`` bytes a stream: a
+    session's program that floods its output is killed, not read whole into visa's memory."""
+    import selectors
+
+    assert process.stdout is not None and process.stderr is not None
+    kept = {process.stdout: bytearray(), process.stderr: bytearray()}
+    deadline = time.monotonic() + timeout
+    flooded = False
+    with selectors.DefaultSelector() as selector:
+        for stream in kept:
+            selector.register(stream, selectors.EVENT_READ)
+        if process.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                process.stdin.write(input or b"")
+            process.stdin.close()
+        while selector.get_map() and not flooded:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                _kill_group(process)
+                raise subprocess.TimeoutExpired(argv, timeout, bytes(kept[process.stdout]), bytes(kept[process.stderr]))
+            for key, _ in selector.select(min(left, 1.0)):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    continue
+                buffer = kept[key.fileobj]  # type: ignore[index]
+                flooded = len(buffer) + len(chunk) > limit
+                buffer += chunk[: limit - len(buffer)]
+    if flooded:
+        _kill_group(process)
+    try:
+        returncode = process.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        raise subprocess.TimeoutExpired(argv, timeout, bytes(kept[process.stdout]), bytes(kept[process.stderr])) from None
+    finally:
+        process.stdout.close()
+        process.stderr.close()
+    return subprocess.CompletedProcess(argv, returncode, bytes(kept[process.stdout]), bytes(kept[process.stderr]))
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    process.wait()
