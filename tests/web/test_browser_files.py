@@ -196,15 +196,18 @@ def test_the_owner_edits_name_comments_keyboard_and_screen(site: Site, running) 
     page.fill('[data-testid="edit-comments"]', "with the new mask")
     page.select_option('[data-testid="edit-keyboard"]', "fr-fr")
     page.select_option('[data-testid="edit-screen"]', "1920x1080")
+    assert not page.is_checked('[data-testid="edit-clipboard"]')  # viewers get no clipboard unless the owner says so
+    page.check('[data-testid="edit-clipboard"]')
     with page.expect_response(lambda r: r.url.endswith(f"/api/instances/{uid}") and r.request.method == "PATCH") as resp:
         page.click('[data-testid="edit-save"]')
     assert resp.value.status == 200, resp.value.text()
     page.wait_for_selector('[data-testid="instance-name"]:text-is("fit of run 12")')
     assert page.locator('[data-error-for="name"]').is_hidden()
     got = running["ctx"].request.get(f"/api/instances/{uid}").json()
-    assert (got["name"], got["comments"], got["keyboard_layout"], got["screen"]) == (
-        "fit of run 12", "with the new mask", "fr-fr", {"width": 1920, "height": 1080})
+    assert (got["name"], got["comments"], got["keyboard_layout"], got["screen"], got["clipboard_to_viewers"]) == (
+        "fit of run 12", "with the new mask", "fr-fr", {"width": 1920, "height": 1080}, True)
     page.reload()
+    assert page.is_checked('[data-testid="edit-clipboard"]')
     assert page.input_value('[data-testid="edit-keyboard"]') == "fr-fr"
     assert page.input_value('[data-testid="edit-screen"]') == "1920x1080"
     shot(page, "files-03-edited")

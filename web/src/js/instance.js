@@ -262,6 +262,7 @@ if (editForm) {
       keyboard_layout: editForm.elements.keyboard_layout.value,
       screen_width: w,
       screen_height: h,
+      clipboard_to_viewers: editForm.elements.clipboard_to_viewers.checked,
     };
     try {
       const r = await api("PATCH", `/api/instances/${uid}`, body);
