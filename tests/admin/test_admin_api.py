@@ -219,6 +219,26 @@ def test_stats_and_clouds(client, world) -> None:
     assert clouds[0]["status"] in ("ok", "unavailable")
 
 
+def test_a_bad_provisioning_override_is_a_400_naming_the_key(client, world, db) -> None:
+    from sqlalchemy import select
+
+    from visa.clouds.models import Cloud
+
+    h = bearer(world.admin_token)
+    bad = {"kind": "local", "config": {"provisioning": {"mount_type": "bind", "raw_mount_templat": "/srv/{proposal}"}}}
+    r = client.put("/api/admin/clouds/spare", json=bad, headers=h)
+    assert r.status_code == 400 and r.get_json()["field"] == "config.provisioning.raw_mount_templat"
+    r = client.put("/api/admin/clouds/spare", json={"kind": "local", "config": {"provisioning": {"mount_type": "smb"}}},
+                   headers=h)
+    assert r.status_code == 400 and r.get_json()["field"] == "config.provisioning.mount_type"
+    with db.sessionmaker() as s:
+        assert s.scalar(select(Cloud).where(Cloud.name == "spare")) is None  # nothing stored
+    good = {"kind": "local", "config": {"provisioning": {"mount_type": "bind"}}}
+    r = client.put("/api/admin/clouds/spare", json=good, headers=h)
+    assert r.status_code == 200 and r.get_json() == {"name": "spare", "kind": "local", "enabled": True}
+    assert client.put("/api/admin/clouds/spare", json=good, headers=bearer(world.user_token)).status_code == 403
+
+
 def test_a_long_list_counts_up_to_the_limit_and_pages_on(client, world, monkeypatch) -> None:
     import visa.paging
 

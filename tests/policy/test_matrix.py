@@ -124,6 +124,8 @@ FLASK: list[Row] = [
     # administration: admins only (staff, support and everyone else refused)
     Row("admin_api.stats", "GET", "/api/admin/stats", "FFFFAFU"),
     Row("admin_api.clouds", "GET", "/api/admin/clouds", "FFFFAFU"),
+    Row("admin_api.register_cloud", "PUT", "/api/admin/clouds/spare", "FFFFAFU", json={"kind": "local"},
+        why="a cloud's settings decide what every machine on it mounts: admins only"),
     Row("admin_api.gpu_pools", "GET", "/api/admin/gpus", "FFFFAFU"),
     Row("usage_api.usage", "GET", "/api/admin/usage", "FFFFAFU"),
     Row("admin_api.list_users", "GET", "/api/admin/users", "FFFFAFU"),

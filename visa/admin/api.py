@@ -51,6 +51,16 @@ def clouds():
     return respond(serialize.clouds(current_actor(), db_session(), services()))
 
 
+@bp.put("/clouds/<name>")
+@doc("Register a cloud, or change the kind and settings of the one of this name (audited, settings not logged)",
+     tags=["admin"], body=S.CloudIn, response=S.CloudRegisteredOut)
+def register_cloud(name: str):
+    actor, data, svc = current_actor(), parse_body(S.CloudIn), services()
+    cloud = clouds_service.register_cloud(actor, db_session(), svc.clock, name, data.kind, data.config,
+                                          site=svc.settings.provisioning)
+    return respond(S.CloudRegisteredOut(name=cloud.name, kind=cloud.kind, enabled=cloud.enabled))
+
+
 @bp.get("/gpus")
 @doc("GPU pools per cloud (the cloud's own total and used) and visa's machines holding GPUs",
      tags=["admin"], response=list[S.GpuPoolsOut])

@@ -271,6 +271,21 @@ class CloudUsage(BaseModel):
     gpus: int
 
 
+class CloudIn(_In):
+    kind: str = Field(description="Provider: local or openstack", max_length=32)
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Provider settings, as `visa clouds add --config`; secrets as {\"env\": \"VAR\"}. Its "
+        "`provisioning` overrides get the site's [provisioning] checks (a bad or misspelt key: 400 naming it)",
+    )
+
+
+class CloudRegisteredOut(BaseModel):
+    name: str
+    kind: str
+    enabled: bool
+
+
 class CloudOut(BaseModel):
     name: str
     kind: str
