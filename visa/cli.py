@@ -701,12 +701,14 @@ def instances_show(uid: str, as_json: bool) -> None:
 
 @instances.command("render-userdata")
 @click.argument("uid")
-def instances_render_userdata(uid: str) -> None:
+@json_option
+def instances_render_userdata(uid: str, as_json: bool) -> None:
     """Print what an instance receives at boot (secrets masked)."""
     from visa.instances.spec import render_for_operator
 
     with _database().sessionmaker() as s:
-        click.echo(render_for_operator(s, uid))
+        user_data = render_for_operator(s, uid)
+    emit({"uid": uid, "user_data": user_data}, as_json, lambda r: r["user_data"])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -83,6 +83,14 @@ def test_a_show_in_json_says_what_its_text_says(cli: Cli, world: dict[str, Any],
         assert data["uid"] == world["uid"] and data["name"] == "tomography" and data["owner"] == "alice"
 
 
+def test_render_userdata_in_json(cli: Cli, world: dict[str, Any]) -> None:
+    text = cli("instances", "render-userdata", world["uid"])
+    assert text.exit_code == 0, text.output
+    data = _json(cli("instances", "render-userdata", world["uid"], "--json"))
+    assert data["uid"] == world["uid"] and data["user_data"] + "\n" == text.stdout
+    assert data["user_data"].startswith("#cloud-config") or "MIME" in data["user_data"]
+
+
 def test_db_current_in_json(cli: Cli, world: dict[str, Any]) -> None:
     from visa.migrate import head_revision
 
@@ -99,6 +107,7 @@ def test_check_config_json(cli: Cli, world: dict[str, Any]) -> None:
 @pytest.mark.parametrize("args, message", [
     (("users", "show", "nobody"), "no user 'nobody'"),
     (("instances", "show", "000000000000"), "no instance '000000000000'"),
+    (("instances", "render-userdata", "000000000000"), "no instance '000000000000'"),
     (("users", "grant", "alice", "EMPEROR"), "unknown role 'EMPEROR'"),
     (("users", "quota", "alice", "-5"), "invalid quota"),
     (("clouds", "enable", "nowhere"), "no cloud 'nowhere'"),
