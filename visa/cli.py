@@ -539,6 +539,24 @@ def users_set_posix(username: str, uid: int | None, gid: int | None, groups: str
     click.echo(f"{username}: {shown}" + ("" if changed else " (unchanged)"))
 
 
+@users.command("unix-account")
+@click.argument("username")
+@click.argument("account")
+@click.option("--replace", is_flag=True, help="Change the account already recorded for the user")
+def users_unix_account(username: str, account: str, replace: bool) -> None:
+    """Record ACCOUNT, a unix account this host has, as the one USERNAME's local sessions run as:
+    for an account made before visa recorded them, or the facility's own. visa never adopts an
+    account it merely finds; an operator says so here."""
+    from visa.clouds.local import host_account
+    from visa.users import service
+
+    name, uid = host_account(account)
+    with _database().unit_of_work() as s:
+        user = service.get_user(s, username)
+        service.adopt_unix_account(SYSTEM, s, system_clock, user, name, uid, replace=replace)
+    click.echo(f"{username}: local sessions run as {name} (uid {uid})")
+
+
 def _fields(row: dict[str, Any]) -> str:
     """A show command's text: one ``key: value`` line per field ('-' for none)."""
     def shown(v: Any) -> str:

@@ -113,6 +113,10 @@ def test_check_config_json(cli: Cli, world: dict[str, Any]) -> None:
     (("clouds", "enable", "nowhere"), "no cloud 'nowhere'"),
     (("clouds", "add", "x", "--kind", "vmware"), "unknown cloud kind"),
     (("users", "add", "Not A Name"), "invalid username"),
+    (("users", "unix-account", "alice", "no-such-account"), "this host has no unix account no-such-account"),
+    (("users", "unix-account", "alice", "daemon"), "daemon is a system account"),
+    (("users", "unix-account", "alice", "nobody"), "nobody is a system account"),
+    (("users", "unix-account", "alice", "../etc"), "is not a unix account name"),
 ])
 def test_a_domain_error_exits_1_with_its_message_on_stderr(cli: Cli, world: dict[str, Any], args: tuple[str, ...],
                                                            message: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.auth.test_oidc import browser_login, idp, oidc_app  # noqa: F401 (fixtures)
-from tests.clouds.accounts import remove_recorded_accounts
+from tests.clouds.accounts import remove_account, remove_recorded_accounts
 from tests.factories import actor, make_experiment, make_flavour, make_image, make_plan, make_user
 from visa.actor import SYSTEM
 from visa.clouds.models import Cloud
@@ -211,3 +212,38 @@ def _taken(uid: int) -> bool:
         return True
     except KeyError:
         return False
+
+
+def test_an_operator_records_an_account_made_before_accounts_were_recorded(world, db: Database) -> None:
+    """An account (and its home) from a visa that did not record accounts is refused, not
+    adopted, until an operator records it (``visa users unix-account``); then the user's
+    machines run as it, with the home they had."""
+    from visa.clouds.local import host_account
+    from visa.users.service import adopt_unix_account
+
+    _, services, plan = world
+    free = next(u for u in range(*UID_RANGE) if not _taken(u))
+    name = "visa-m2-erik"
+    subprocess.run(["groupadd", "-g", str(free), name], check=True)
+    subprocess.run(["useradd", "-u", str(free), "-g", str(free), "-M", "-N", "-c", "visa session user m2-erik",
+                    name], check=True)
+    try:
+        home = services.provider("local").root / ".homes" / name
+        home.mkdir(parents=True)
+        (home / "thesis.tex").write_text("kept\n")
+        os.chown(home, free, free)
+        with db.unit_of_work() as s:
+            make_user(s, services.clock, "m2-erik", uid_number=None, gid_number=None)
+        refused = _instance(services, _create(services, plan, "m2-erik"))
+        assert refused.state == InstanceState.ERROR and "not recorded" in (refused.error_message or "")
+
+        with db.unit_of_work() as s:
+            erik = s.scalar(select(User).where(User.username == "m2-erik"))
+            assert erik is not None
+            adopt_unix_account(SYSTEM, s, services.clock, erik, *host_account(name))
+        machine = _create(services, plan, "m2-erik")
+        assert _sh(services, machine, "id -un; id -u; cat ~/thesis.tex") == [name, str(free), "kept"]
+    finally:
+        for server in services.provider("local").list_servers():
+            services.provider("local").delete(server.id)
+        remove_account(name)

@@ -118,6 +118,7 @@ _HOST_ACCOUNT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
 _USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 # The lowest uid a session may run as, whatever the user's record says: never a system account.
 MIN_SESSION_UID = 1000
+NOBODY_UID = 65534  # the overflow uid: files of unmapped owners show as its
 # The files of /etc a desktop, a shell and JupyterLab read; nothing else of the host's /etc.
 SANDBOX_ETC = (
     "alternatives", "bash.bashrc", "ca-certificates", "ca-certificates.conf", "fonts", "inputrc",
@@ -1415,6 +1416,20 @@ def _usr_links() -> list[str]:
 def _bwrap_disables_userns(bwrap: str) -> bool:
     """bubblewrap 0.8 and later can forbid user namespaces inside its own."""
     return _bwrap_has(bwrap, "--disable-userns")
+
+
+def host_account(name: str) -> tuple[str, int]:
+    """``name`` and its uid, for an operator recording an account this host already has: only a
+    unix account a session may run as (not a system account)."""
+    if not _HOST_ACCOUNT_RE.match(name):
+        raise InvalidInput(f"{name!r} is not a unix account name", field="account")
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise InvalidInput(f"this host has no unix account {name}", field="account") from None
+    if entry.pw_uid < MIN_SESSION_UID or entry.pw_uid == NOBODY_UID:
+        raise InvalidInput(f"{name} is a system account (uid {entry.pw_uid}): refused", field="account")
+    return entry.pw_name, entry.pw_uid
 
 
 def _run_admin(argv: list[str], path: str) -> None:

@@ -44,6 +44,8 @@ OTHERS = Member("USER", "GUEST", "SUPPORT")
 POLICY: dict[str, list[Rule]] = {
     # global actions
     "manage_users": [System(), ADMIN],
+    # Which host account a user's local sessions run as: the host's operators alone (the CLI).
+    "record_unix_account": [System()],
     "manage_roles": [System(), ADMIN],
     "manage_catalogue": [System(), ADMIN],
     "manage_clouds": [System(), ADMIN],

@@ -256,6 +256,32 @@ def record_unix_account(session: Session, clock: Clock, user: User, name: str, u
     record(SYSTEM, session, clock, "user.unix_account", target_type="user", target_id=user.id, name=name, uid=uid)
 
 
+def adopt_unix_account(
+    actor: Actor, session: Session, clock: Clock, user: User, name: str, uid: int, *, replace: bool = False
+) -> None:
+    """Record an account the host already has (checked by the caller: ``name`` has uid ``uid``) as
+    the user's, as an operator does for an account made before accounts were recorded, or for the
+    facility's own account of the user. Refused: a name or uid another visa user has (recorded, or
+    as their facility identity), and a user who has another recorded account unless ``replace``."""
+    require(actor, "record_unix_account")
+    if (user.unix_account, user.unix_account_uid) == (name, uid):
+        return
+    if user.unix_account is not None and not replace:
+        raise Conflict(
+            f"{user.username} already runs as the unix account {user.unix_account}: give --replace to change it",
+            field="account",
+        )
+    if user.uid_number is not None and user.uid_number != uid:
+        raise Conflict(f"{user.username}'s uid is {user.uid_number}, not {name}'s {uid}", field="account")
+    holder = session.scalar(select(User.username).where(User.unix_account == name, User.id != user.id))
+    if holder is not None:
+        raise Conflict(f"the unix account {name} is recorded as {holder}'s", field="account")
+    uids, _gids = unix_ids_in_use(session, user)
+    if uid in uids:
+        raise Conflict(f"uid {uid} is another visa user's", field="account")
+    record_unix_account(session, clock, user, name, uid)
+
+
 def posix_of(user: User) -> Posix:
     return Posix(user.uid_number, user.gid_number, tuple(user.extra_gids or ()), user.home_path)
 
