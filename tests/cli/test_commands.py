@@ -48,6 +48,25 @@ def test_init_catalogue_experiments_and_users(cli, db: Database, tmp_path: Path)
     assert "dora" in cli("users", "list").output
 
 
+def test_init_registers_the_local_cloud_as_clouds_add_does(cli, db: Database) -> None:
+    """Audited like any registration, once: a second init keeps the settings an operator gave it."""
+    from visa.audit.models import AuditEvent
+    from visa.clouds.models import Cloud
+
+    assert cli("init").exit_code == 0
+    with db.sessionmaker() as s:
+        events = [(e.action, e.target_id, e.actor_name) for e in s.scalars(select(AuditEvent))]
+        assert events == [("cloud.register", "local", "system")]
+        cloud = s.scalar(select(Cloud).where(Cloud.name == "local"))
+        assert cloud is not None and cloud.kind == "local" and cloud.enabled
+        cloud.config = {"provisioning": {"mount_type": "none"}}
+        s.commit()
+    assert cli("init").exit_code == 0
+    with db.sessionmaker() as s:
+        assert len(s.scalars(select(AuditEvent)).all()) == 1
+        assert s.scalar(select(Cloud.config).where(Cloud.name == "local")) == {"provisioning": {"mount_type": "none"}}
+
+
 def test_bad_catalogue_file_names_file_entry_field_and_applies_nothing(cli, tmp_path: Path) -> None:
     cli("init")
     flavours = tmp_path / "flavours"

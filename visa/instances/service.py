@@ -412,6 +412,24 @@ def get_any_instance(actor: Actor, session: Session, uid: str, *, deleted: bool 
     return instance
 
 
+def all_instances(actor: Actor, session: Session, *, deleted: bool = False) -> list[Instance]:
+    """Every instance, oldest first; deleted ones too if ``deleted`` (for operators)."""
+    require(actor, "view_all_instances")
+    query = select(Instance).order_by(Instance.created_at)
+    if not deleted:
+        query = query.where(Instance.deleted_at.is_(None))
+    return list(session.scalars(query))
+
+
+def instance_by_uid(actor: Actor, session: Session, uid: str) -> Instance:
+    """Any instance, deleted or not, by its uid; the error names the uid asked for (for operators)."""
+    require(actor, "view_all_instances")
+    instance = session.scalar(select(Instance).where(Instance.uid == uid))
+    if instance is None:
+        raise NotFound(f"no instance {uid!r}", field="uid")
+    return instance
+
+
 def instance_commands(actor: Actor, session: Session, instance: Instance, limit: int = 50) -> list[tuple[InstanceCommand, str | None]]:
     require(actor, "view_all_instances")
     rows = session.execute(

@@ -537,6 +537,12 @@ def list_users(actor: Actor, session: Session, clock: Clock, q: UserQuery) -> tu
     return users, total
 
 
+def all_users(actor: Actor, session: Session) -> list[User]:
+    """Every account, by name (for the operator's ``visa users list``)."""
+    require(actor, "manage_users")
+    return list(session.scalars(select(User).order_by(User.username)))
+
+
 def find_user(actor: Actor, session: Session, username: str) -> User:
     """A user, for those who manage users."""
     require(actor, "manage_users")

@@ -1,0 +1,5 @@
+"""``python -m visa.cli``: the ``visa`` command."""
+
+from visa.cli import main
+
+main()
