@@ -87,7 +87,7 @@ def seed(url: str, scale: float = 1.0) -> dict[str, Any]:
 
     import visa.models  # noqa: F401
     from visa.actor import SYSTEM, actor_for
-    from visa.auth.sessions import session_epoch
+    from visa.auth.sessions import open_login_session, session_epoch
     from visa.auth.tokens import create_api_token
     from visa.catalogue.service import apply_files
     from visa.clock import system_clock
@@ -95,7 +95,6 @@ def seed(url: str, scale: float = 1.0) -> dict[str, Any]:
     from visa.db import Database
     from visa.migrate import upgrade
     from visa.users.models import Role, RoleGrant, User
-    from visa.users.service import open_login_session
 
     rng = random.Random(42)
     started = time.perf_counter()

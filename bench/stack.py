@@ -85,12 +85,11 @@ def make_world(url: str, users: int, per_user: int = 2) -> World:
     """Users with ``per_user`` ACTIVE instances each on the local cloud, and their cookies."""
     import visa.models  # noqa: F401  (every model mapped)
     from tests.factories import make_cloud, make_flavour, make_image, make_plan, make_user
-    from visa.auth.sessions import session_epoch
+    from visa.auth.sessions import open_login_session, session_epoch
     from visa.clock import system_clock
     from visa.db import Database
     from visa.instances.models import Instance, InstanceMember, InstanceState, MemberRole
     from visa.settings import Settings
-    from visa.users.service import open_login_session
     from visa.web.app import create_app
 
     root = Path(tempfile.mkdtemp(prefix="visa-bench-"))

@@ -125,8 +125,8 @@ def token_for(idp: str, username: str, password: str, resource: str = "urn:visa:
 
 def _row(db, client):
     """The server-side session of a test client's cookie."""
+    from visa.auth.sessions import _sid_hash
     from visa.users.models import LoginSession
-    from visa.users.service import _sid_hash
 
     with client.session_transaction() as s:
         sid = s.get("sid")

@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 
 from tests.factories import make_user
 from visa.actor import SYSTEM
+from visa.auth import sessions
 from visa.db import Database
 from visa.users import service as users
 from visa.users.models import LoginSession, Role
@@ -115,11 +116,11 @@ def test_a_session_ends_after_its_lifetime_and_is_purged(app, db: Database, cloc
     _people(db, clock)
     alice = api_client()
     assert alice.login("alice", "alice-pw").status_code == 200
-    later = datetime.now(UTC) + users.SESSION_LIFETIME + timedelta(minutes=1)
-    monkeypatch.setattr(users, "_wall", lambda: later)
+    later = datetime.now(UTC) + sessions.SESSION_LIFETIME + timedelta(minutes=1)
+    monkeypatch.setattr(sessions, "_wall", lambda: later)
     assert alice.get("/api/me").status_code == 401
     with db.unit_of_work() as s:
-        assert users.purge_expired_sessions(s) == 1
+        assert sessions.purge_expired_sessions(s) == 1
 
 
 def test_the_cli_ends_sessions_and_deactivates(app, db: Database, clock, api_client, cli) -> None:

@@ -20,7 +20,7 @@ from tests.factories import (
     make_plan,
     make_user,
 )
-from visa.auth.sessions import session_epoch
+from visa.auth.sessions import open_login_session, session_epoch
 from visa.auth.tokens import create_api_token
 from visa.clock import Clock
 from visa.instances import service, sharing
@@ -28,7 +28,6 @@ from visa.instances.models import Instance, InstanceMember, MemberRole
 from visa.instances.schemas import CreateInstance
 from visa.settings import Settings
 from visa.users.models import Role, User
-from visa.users.service import open_login_session
 
 PASSWORD = "correct-horse-battery"
 # name -> (roles, member role on the instance)

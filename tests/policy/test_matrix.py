@@ -363,9 +363,8 @@ def _cookie(app, db, who: str) -> dict[str, str]:
 
     from sqlalchemy import select
 
-    from visa.auth.sessions import session_epoch
+    from visa.auth.sessions import open_login_session, session_epoch
     from visa.users.models import User
-    from visa.users.service import open_login_session
 
     with db.unit_of_work() as s:
         user = s.scalar(select(User).where(User.username == who))

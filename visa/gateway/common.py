@@ -19,12 +19,12 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
+from visa.auth.sessions import login_session_hash
 from visa.errors import VisaError, http_status
 from visa.gateway import service
 from visa.instances import presence
 from visa.instances.models import ConnectionProtocol, MemberRole
 from visa.services import Services
-from visa.users import service as users
 
 log = logging.getLogger("visa.gateway")
 
@@ -179,7 +179,7 @@ def session_binding(session_data: Mapping[str, Any] | None) -> str:
     the server-side login session its cookie names (the one record of that session, so a token
     dies with it). Empty for a caller without a browser session (an API token)."""
     sid = session_data.get("sid") if session_data else None
-    return users.login_session_hash(sid) or ""
+    return login_session_hash(sid) or ""
 
 
 def same_origin(headers: Headers, base_url: str) -> bool:

@@ -17,14 +17,13 @@ from sqlalchemy.orm import Session
 
 from visa.actor import Actor, actor_for
 from visa.audit.service import record
-from visa.auth.sessions import session_epoch
+from visa.auth.sessions import live_login_session_by_hash, session_epoch
 from visa.catalogue.models import Protocol
 from visa.clock import Clock
 from visa.errors import Conflict, Forbidden, NotFound, Unauthorized
 from visa.instances import presence
 from visa.instances.models import ConnectToken, Instance, InstanceState, MemberRole
 from visa.policy import allowed, member_role, require
-from visa.users import service as users
 from visa.users.models import User
 
 
@@ -177,7 +176,7 @@ def consume_connect_token(session: Session, clock: Clock, uid: str, token: str, 
     instance = _live_instance(session, uid)
     if instance is None:
         raise Unauthorized("invalid connect token")
-    if binding and users.live_login_session_by_hash(session, binding) is None:
+    if binding and live_login_session_by_hash(session, binding) is None:
         raise Unauthorized("invalid connect token")  # the session that asked has ended: not spent
     row = _spend(session, now, instance, hash_token(token, binding))
     user = session.get(User, row.user_id)
@@ -206,7 +205,7 @@ def check_access(
     user = session.get(User, user_id)
     if instance is None or instance.deleted_at is not None or user is None or not user.active:
         return None
-    if login and users.live_login_session_by_hash(session, login) is None:
+    if login and live_login_session_by_hash(session, login) is None:
         return None
     actor = actor_for(user, clock.now())
     if not allowed(actor, action, instance):
@@ -242,7 +241,7 @@ def issue_jupyter_token(
     require(actor, "instance.jupyter", instance)
     if actor.user is None:
         raise Forbidden("the system does not open JupyterLab")
-    if users.live_login_session_by_hash(session, login, actor.user.id) is None:
+    if live_login_session_by_hash(session, login, actor.user.id) is None:
         raise Unauthorized("open JupyterLab from a browser session of visa")
     target_for(instance, Protocol.JUPYTER)
     token = secrets.token_urlsafe(32)  # no "." in it
@@ -277,7 +276,7 @@ def consume_jupyter_token(session: Session, clock: Clock, uid: str, token: str) 
     invalid = "invalid or expired link: open JupyterLab from visa again"
     secret, _, login = token.partition(".")
     instance = _live_instance(session, uid) if secret and login else None
-    if instance is None or users.live_login_session_by_hash(session, login) is None:
+    if instance is None or live_login_session_by_hash(session, login) is None:
         raise Unauthorized(invalid)
     try:
         row = _spend(session, clock.now(), instance, hash_token(secret, login, purpose="jupyter"))
@@ -299,7 +298,7 @@ def jupyter_target(
     user = session.get(User, user_id)
     if user is None or not user.active or epoch != session_epoch(user):
         raise Unauthorized("log in first")
-    if users.live_login_session_by_hash(session, login, user_id) is None:
+    if live_login_session_by_hash(session, login, user_id) is None:
         raise Unauthorized("log in first")
     instance = _live_instance(session, uid)
     actor = actor_for(user, clock.now())

@@ -14,13 +14,14 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
+from visa.auth.sessions import purge_expired_sessions
 from visa.clouds.models import Cloud
 from visa.clouds.reconcile import reconcile
 from visa.errors import CloudError
 from visa.gateway.service import purge_connect_tokens
 from visa.instances.models import Instance
 from visa.services import Services
-from visa.users.service import purge_expired_grants, purge_expired_sessions
+from visa.users.service import purge_expired_grants
 
 log = logging.getLogger(__name__)
 

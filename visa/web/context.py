@@ -13,11 +13,10 @@ from flask import Flask, current_app, g, request, session
 from sqlalchemy.orm import Session
 
 from visa.actor import Actor
-from visa.auth.sessions import session_epoch, session_user
+from visa.auth.sessions import end_login_session, open_login_session, session_epoch, session_user
 from visa.db import end_unit_of_work
 from visa.errors import Unauthorized
 from visa.services import Services
-from visa.users import service as users
 from visa.users.models import LoginSession, Role, User
 
 
@@ -68,9 +67,9 @@ def login_session(user: User, method: str = "local", *, refresh_token: str | Non
                   refresh_at: datetime | None = None, idp_roles: Iterable[Role] = ()) -> LoginSession:
     """Open a server-side session for the user; the cookie carries only its id. A session this
     browser had before ends (no fixation, no orphan)."""
-    users.end_login_session(db_session(), session.get("sid"))
+    end_login_session(db_session(), session.get("sid"))
     session.clear()
-    row, sid = users.open_login_session(
+    row, sid = open_login_session(
         db_session(), user, services().clock.now(), method=method, ip=request.remote_addr,
         refresh_token=refresh_token, refresh_at=refresh_at, idp_roles=idp_roles,
     )
@@ -85,7 +84,7 @@ def login_session(user: User, method: str = "local", *, refresh_token: str | Non
 
 def logout_session() -> None:
     """End this browser's session on the server (a copied cookie stops working too)."""
-    users.end_login_session(db_session(), session.get("sid"))
+    end_login_session(db_session(), session.get("sid"))
     session.clear()
     g.pop("actor", None)
     g.pop("login_session", None)
