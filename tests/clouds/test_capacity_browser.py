@@ -94,7 +94,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, openstack_sandbox: dict[str, 
     cli(env, "users", "add", "alice", "--full-name", "Alice Martin", "--password", "alice-password",
         "--role", "STAFF")
     cli(env, "users", "quota", "alice", "-1")
-    cli(env, "users", "add", "root", "--full-name", "Ada Admin", "--password", "root-password", "--role", "ADMIN")
+    cli(env, "users", "add", "ada", "--full-name", "Ada Admin", "--password", "ada-password", "--role", "ADMIN")
     log = data / "server.log"
     try:
         with served(env, port, log) as url:
@@ -190,7 +190,7 @@ def test_gpu_flavour_unavailable_when_the_sandbox_gpus_are_used_up(site: Site, b
 
     # The administrators' view of the pool: Placement's figures, and who holds them.
     admin = browser.new_context(base_url=site.url, viewport={"width": 1280, "height": 900})
-    assert admin.request.post("/api/login", data={"username": "root", "password": "root-password"}).ok
+    assert admin.request.post("/api/login", data={"username": "ada", "password": "ada-password"}).ok
     pools = admin.new_page()
     pools.goto("/admin/gpus")
     pool = pools.get_by_test_id("pool-sandbox-CUSTOM_GPU_A40").inner_text()
