@@ -159,7 +159,10 @@ def test_upload_resumes_after_a_broken_chunk_and_download_is_byte_identical(site
 
 
 def inside_bytes(world: dict[str, Any], rel: str) -> bytes:
-    out = world["provider"].exec_in_session(world["server"], ["sh", "-c", f"base64 -w0 ~/{shlex.quote(rel)}"])
+    # A whole uploaded file comes back: more than exec_in_session keeps by default.
+    out = world["provider"].exec_in_session(
+        world["server"], ["sh", "-c", f"base64 -w0 ~/{shlex.quote(rel)}"], max_output=256 * 1024**2
+    )
     assert out.returncode == 0, out.stderr
     import base64
 
