@@ -55,6 +55,7 @@ import os
 import pwd
 import re
 import secrets
+import selectors
 import shutil
 import signal
 import subprocess
@@ -1500,8 +1501,6 @@ def _bounded_output(
 ) -> subprocess.CompletedProcess[bytes]:
     """``process``'s output read as it comes, never more than ``limit`` bytes a stream: a
     session's program that floods its output is killed, not read whole into visa's memory."""
-    import selectors
-
     assert process.stdout is not None and process.stderr is not None
     kept = {process.stdout: bytearray(), process.stderr: bytearray()}
     deadline = time.monotonic() + timeout
@@ -1524,7 +1523,8 @@ def _bounded_output(
                     selector.unregister(key.fileobj)
                     continue
                 buffer = kept[key.fileobj]  # type: ignore[index]
-                flooded = len(buffer) + len(chunk) > limit
+                # Once flooded, stays so: the other stream's next small chunk must not clear it.
+                flooded = flooded or len(buffer) + len(chunk) > limit
                 buffer += chunk[: limit - len(buffer)]
     if flooded:
         _kill_group(process)
