@@ -1,8 +1,8 @@
 """Runs every benchmark in turn: ``python -m bench [NAME ...]`` (``make bench``).
 
 Each prints its figures side by side with the peer or the reference's way it is compared to.
-Names: gateway, desktop, desktop_load, lifecycle, api_latency, reconnect, transfer, sync_calls (the last needs
-the OpenStack sandbox: deploy/openstack-sandbox/sandbox.sh start).
+Names: gateway, desktop, desktop_load, lifecycle, api_latency, usage_report, reconnect, transfer,
+sync_calls (the last needs the OpenStack sandbox: deploy/openstack-sandbox/sandbox.sh start).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ BENCHES = {
     "desktop_load": [],
     "lifecycle": [],
     "api_latency": [],
+    "usage_report": [],
     "reconnect": [],
     "transfer": [],
     "sync_calls": ["--sizes", "100", "--extrapolate", "1000,5000"],

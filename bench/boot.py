@@ -15,7 +15,13 @@ visa's part is ``visa_active - vnc_answers`` (goal: under 1 s). Both worker beha
 side by side: ``follow`` (after a command, the moving instances are synced every
 ``FOLLOW_INTERVAL``) and ``no-follow`` (a sync every ``unstable_sync_seconds``, as before).
 The event stream adds up to its ``POLL_SECONDS`` on top (visa/web/events.py).
-The real-VM figures come from tests/clouds/test_real_vm.py (deploy/openstack-sandbox/README.md).
+``--real`` times the same marks on real VMs of the OpenStack sandbox (``sandbox.sh start --real``
+first; root: it runs in the sandbox's network namespace): a warm create (the plan's pool boots
+a machine, the create takes it; ``warm_boot_s`` is the pool's boot and check, before anyone
+asks) and, with ``--cold``, a cold one (the VM boots after the create). With a warm machine the
+machine's part, ``vnc_answers``, is the assignment (account, data mounts, desktop start over the
+helper's SSH channel); cold, it is the whole boot. The browser's figures (first pixels through
+the gateway in Chromium) come from tests/clouds/test_real_vm.py (deploy/openstack-sandbox/README.md).
 
 As root the sessions run as unix accounts the bench makes under a prefix of its own for each
 run (``vb<hex>-``, uids from the cloud's ``uid_range``), never an account of visa's or of the
@@ -30,6 +36,7 @@ import pwd
 import secrets
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,14 +47,15 @@ from sqlalchemy import select
 import visa.models  # noqa: F401
 from tests.clouds.rfb import RfbClient
 from tests.factories import actor, make_experiment, make_flavour, make_image, make_plan, make_user
-from visa.catalogue.models import Protocol
+from visa.catalogue.models import Plan, Protocol
 from visa.clock import SystemClock
 from visa.clouds.models import Cloud
+from visa.commands import readiness
+from visa.commands.worker import FOLLOW_INTERVAL, Worker
 from visa.db import Database
-from visa.instances import readiness, service
+from visa.instances import service
 from visa.instances.models import CommandAction, Instance, InstanceState
 from visa.instances.schemas import CreateInstance
-from visa.instances.worker import FOLLOW_INTERVAL, Worker, wake
 from visa.migrate import upgrade
 from visa.services import Services
 from visa.settings import Settings
@@ -60,10 +68,11 @@ def _instance(db: Database, uid: str) -> Instance | None:
         return s.scalar(select(Instance).where(Instance.uid == uid))
 
 
-def _pixels(inst: Instance, started: float) -> float | None:
+def _pixels(inst: Instance, started: float, *, remote: bool = False) -> float | None:
     """Seconds from the create until one full screen was read over RFB."""
     path = ((inst.provider_state or {}).get("sockets") or {}).get("VNC")
-    where = path or (readiness.endpoint(inst, Protocol.VNC) or (None, None))[1]
+    endpoint = readiness.endpoint(inst, Protocol.VNC)
+    where: str | int | tuple[str, int] | None = path or (endpoint if remote else (endpoint or (None, None))[1])
     if where is None:
         return None
     with RfbClient(where) as client:
@@ -72,7 +81,7 @@ def _pixels(inst: Instance, started: float) -> float | None:
 
 
 def one_run(services: Services, plan_id: int, exp_id: int, owner_id: int, n: int,
-            timeout: float = 120) -> dict[str, float | None]:
+            timeout: float = 120, cloud: str = "local") -> dict[str, float | None]:
     from visa.users.models import User
 
     clock = services.clock
@@ -85,10 +94,9 @@ def one_run(services: Services, plan_id: int, exp_id: int, owner_id: int, n: int
         )
         uid = inst.uid
     started = time.perf_counter()
-    wake()
     marks: dict[str, float | None] = {"cloud_active": None, "vnc_answers": None, "visa_active": None,
                                       "first_pixels": None}
-    provider = services.provider("local")
+    provider = services.provider(cloud)
     while time.perf_counter() - started < timeout and marks["visa_active"] is None:
         now = time.perf_counter() - started
         current = _instance(services.database, uid)
@@ -103,12 +111,11 @@ def one_run(services: Services, plan_id: int, exp_id: int, owner_id: int, n: int
                 marks["vnc_answers"] = time.perf_counter() - started
             if current.state == InstanceState.ACTIVE:
                 marks["visa_active"] = now
-                marks["first_pixels"] = _pixels(current, started)
+                marks["first_pixels"] = _pixels(current, started, remote=cloud != "local")
         time.sleep(TICK)
     with services.database.unit_of_work() as s:
         inst = s.scalar(select(Instance).where(Instance.uid == uid))
         service.request_action(actor(inst.owner, clock), s, clock, inst, CommandAction.DELETE)
-    wake()
     return marks
 
 
@@ -192,11 +199,94 @@ def _summary(samples: list[dict[str, float | None]]) -> dict[str, Any]:
     }
 
 
+REAL_SANDBOX = Path(__file__).resolve().parents[1] / "deploy" / "openstack-sandbox" / "sandbox.py"
+REAL_NETNS = "visa-sandbox-real"
+REAL_NFS = "10.213.0.1"
+REAL_BOOT_TIMEOUT = 900.0
+
+
+def run_real(cold: bool) -> dict[str, Any]:
+    """A warm create (and, with ``cold``, a cold one) on the real-VM sandbox, in its namespace."""
+    from tests.netns import run_in
+
+    creds = json.loads(subprocess.run([sys.executable, str(REAL_SANDBOX), "--real", "credentials", "--json"],
+                                      capture_output=True, text=True, check=True, timeout=120).stdout)
+    return run_in(REAL_NETNS, _real, creds, cold)
+
+
+def _real(creds: dict[str, Any], cold: bool) -> dict[str, Any]:
+    from visa.instances import warm
+
+    tmp = tempfile.TemporaryDirectory(prefix="visa-bench-boot-real-")
+    root = Path(tmp.name)
+    url = f"sqlite:///{root / 'visa.db'}"
+    db = Database(url)
+    upgrade(db.engine)
+    clock = SystemClock()
+    settings = Settings(data_dir=root / "data", database_url=url, secret_key="bench", provisioning={
+        "raw_mount_template": f"{REAL_NFS}:/facility/visitor/{{proposal}}/{{beamline}}",
+        "processed_mount_template": f"{REAL_NFS}:/facility/processed/{{proposal}}/{{beamline}}",
+    }, instance_name_prefix=f"vb{secrets.token_hex(3)}")
+    services = Services(settings=settings, database=db, clock=clock)
+    with db.unit_of_work() as s:
+        cloud = Cloud(name="sandbox-real", kind="openstack", enabled=True, created_at=clock.now(), config=creds)
+        s.add(cloud)
+        s.flush()
+        image = make_image(s, "vm-desktop", {Protocol.VNC: 5901})
+        image.cloud_image_ref, image.cloud_id, image.options = "visa-sandbox-desktop", cloud.id, {
+            "desktop_session": "openbox"}
+        flavour = make_flavour(s, "visa.vm")
+        flavour.cloud_flavour_ref, flavour.cloud_id, flavour.cores, flavour.memory_mb = "visa.vm", cloud.id, 1, 1024
+        alice = make_user(s, clock, "alice", uid_number=21001, gid_number=21001)
+        exp = make_experiment(s, members=[alice], proposal="ev280", instrument="id21")
+        plan = make_plan(s, image, flavour)
+        plan.warm = [{"from": "00:00", "to": "24:00", "count": 1}]
+        ids = plan.id, exp.id, alice.id
+    results: dict[str, Any] = {"cloud": "OpenStack sandbox, Nova libvirt (plain emulation)"}
+    worker = Worker(services)
+    worker.start()
+    try:
+        started = time.perf_counter()
+        uid = None
+        while uid is None:
+            assert time.perf_counter() - started < REAL_BOOT_TIMEOUT, "no warm machine ready"
+            ready = warm.run(services).ready
+            uid = ready[0] if ready else None
+            time.sleep(1)
+        with db.unit_of_work() as s:  # no refill: its boot would share the two cores with the timed one
+            s.get(Plan, ids[0]).warm = []  # type: ignore[union-attr]
+        sample = one_run(services, *ids, 0, timeout=120, cloud="sandbox-real")
+        results["warm"] = {**_summary([sample]), "warm_boot_s": round(time.perf_counter() - started, 1)}
+        if cold:
+            time.sleep(5)
+            results["cold"] = _summary([one_run(services, *ids, 1, timeout=REAL_BOOT_TIMEOUT, cloud="sandbox-real")])
+            # Side by side: each mark of the cold create and of the warm one (seconds after the create).
+            results["cold_vs_warm"] = {key: [results["cold"][key], results["warm"][key]] for key in (
+                "cloud_active_s", "vnc_answers_s", "visa_active_s", "first_pixels_s")}
+    finally:
+        worker.stop()
+        provider = services.provider("sandbox-real")
+        ours = [server.id for server in provider.list_servers() if settings.instance_name_prefix in server.name]
+        for server_id in ours:  # this run's only
+            provider.delete(server_id)
+        deadline = time.perf_counter() + 300
+        while any(provider.get(i) is not None for i in ours) and time.perf_counter() < deadline:
+            time.sleep(2)  # gone before the sandbox may be stopped: a later run finds nothing of ours
+        services.close()
+        tmp.cleanup()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--modes", default="no-follow,follow", help="worker behaviours to time")
+    parser.add_argument("--real", action="store_true", help="real VMs on the real-VM sandbox: a warm create")
+    parser.add_argument("--cold", action="store_true", help="with --real, a cold create too (minutes)")
     args = parser.parse_args()
+    if args.real:
+        print(json.dumps(run_real(args.cold), indent=1))
+        return
     print(json.dumps(run(args.runs, tuple(args.modes.split(","))), indent=1))
 
 

@@ -1,21 +1,18 @@
-"""The desktop over a real network: input-to-pixel latency, frame rate and bytes on the wire.
+"""The desktop over a real network: input-to-pixel latency, moving pictures and bytes on the wire.
 
     python -m bench.desktop [--quick] [--profiles lan,wifi,home,poor] [--baseline-ref REF]
 
-A real desktop (Xtigervnc + openbox, xterms, a matplotlib animation) is watched by noVNC in
-headless Chromium through a link shaper (bench/shaper.py) with the profiles of
+A real desktop (Xtigervnc + openbox, xterms, frame sources of bench/framesource.py) is watched
+by noVNC in headless Chromium through a link shaper (bench/shaper.py) with the profiles of
 ``bench.shaper.PROFILES``. Three peers, interleaved in one run (each profile runs every peer
 in turn, the order rotating), against the same X server:
 
 * ``field default``: websockify + noVNC as Open OnDemand ships it (quality 2, compression
   6, the client doing VncAuth), TigerVNC's default options;
-* ``visa as it was``: the gateway of ``--baseline-ref`` (visa/ extracted from git) and the
-  desktop page's former fixed levels (quality 6, compression 2);
-* ``visa tuned``: this tree's gateway and the desktop page's link adaptation
-  (web/src/js/desktop-link.js).
-
-Every peer gets TigerVNC's default server options (set with vncconfig before it runs, so a
-variant can be tried by changing ``Peer.server_options``).
+* ``visa as it is``: the gateway and the desktop page's link adaptation of ``--baseline-ref``
+  (visa/ and web/src/js/desktop-link.js extracted from git);
+* ``visa, video proxy``: this tree's gateway, the link adaptation, and the video proxy
+  (visa/clouds/local/videoproxy.py) in front of the VNC server, as a session would run it.
 
 Workloads, on one connection per peer and profile:
 
@@ -23,23 +20,28 @@ Workloads, on one connection per peer and profile:
   (timed in the page: a keydown listener and a hook on noVNC's display flip);
 * ``scroll``: ``seq 10000`` in the xterm: Enter until the last update is painted;
 * ``drag``: a window dragged by its title bar, each mouse step until the moved window is painted;
-* ``animation``: a 1024x1024 matplotlib animation at its natural rate: updates painted per
-  second in the page.
+* ``volume`` and ``detector``: pre-rendered frames at 30 fps (1024x768, through MIT-SHM, each
+  with its number in a marker): distinct frame numbers painted per second, the source's own
+  rate beside it (a row whose source fell below 28 fps is marked and not counted), and the
+  SSIM of painted frames against the server's frame of the same number; typing while the
+  volume runs.
 
-Bytes per second are counted by the shaper (both directions), gateway CPU from /proc for
-the relay's processes (websockify's forks included) over each workload. With
-``BENCH_SHOTS=DIR`` the page is photographed before and after each peer's workloads.
+Bytes per second are counted by the shaper (both directions); CPU from /proc: the gateway's
+side is the relay's processes (websockify's forks included), the instance's side the VNC
+server and, for the video peer, its proxy. With ``BENCH_SHOTS=DIR`` the page is photographed
+before and after each peer's workloads.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import io
 import os
 import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +49,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from bench import framesource
 from bench.gateway import PASSWORD, _children, prepare_database
 from bench.shaper import PROFILES, Profile, ShaperProcess
 from tests.processes import free_port, wait_port
@@ -57,41 +63,11 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 WIDTH, HEIGHT = 1280, 1080
-BASELINE_REF = "8ebc523"  # visa before this benchmark's tuning
-
-ANIMATION = """
-import sys, time
-import matplotlib
-matplotlib.use("TkAgg")
-matplotlib.rcParams["toolbar"] = "None"
-import matplotlib.pyplot as plt
-import numpy as np
-from matplotlib.animation import FuncAnimation
-
-fig = plt.figure("animation", figsize=(10.24, 10.24), dpi=100)
-fig.canvas.manager.window.wm_geometry("+256+0")
-ax = fig.add_axes([0, 0, 1, 1])
-ax.set_axis_off()
-y, x = np.mgrid[0:1024, 0:1024] / 1024.0
-base = (plt.get_cmap("viridis")(np.sin(12 * x) * np.cos(9 * y + 4 * x * x) * 0.5 + 0.5)[..., :3] * 255).astype(np.uint8)
-im = ax.imshow(base, interpolation="nearest", animated=True)
-count = [0]
-out = open(sys.argv[1], "w")
-
-def step(_):
-    n = count[0] = count[0] + 1
-    frame = np.roll(base, 6 * n, axis=1)
-    # A frame marker the page reads: eight well-apart grey levels in turn.
-    frame[:48, :48] = (n % 8) * 32 + 16
-    im.set_data(frame)
-    if n % 5 == 0:
-        out.seek(0); out.write(f"{time.monotonic()} {n}\\n"); out.flush()
-    return (im,)
-
-anim = FuncAnimation(fig, step, interval=1, blit=True, cache_frame_data=False)
-plt.show()
-"""
-
+BASELINE_REF = "a161d90"  # visa before the moving pictures' work
+FRAMES = 60  # pictures in a frame source's loop (2 s at 30 fps)
+ANIMATION_AT = (246, 0)  # where the source's window goes: right of the typing terminal
+SSIM_SHOTS = 3  # painted frames compared with the server's per source
+MIN_SOURCE_FPS = 28  # a source below this rate measured the machine: its row is marked, not counted
 
 # ---------------------------------------------------------------- the desktop
 
@@ -128,7 +104,7 @@ class Desktop:
         self._spawn(["openbox"])
         time.sleep(0.5)
         # The typing/scrolling terminal (fixed font, no blinking cursor: idle means no updates).
-        self._spawn(["xterm", "-geometry", "30x40+10+40", "-fa", "Monospace", "-fs", "10", "+bc", "-T", "typing",
+        self._spawn(["xterm", "-geometry", "28x40+10+40", "-fa", "Monospace", "-fs", "10", "+bc", "-T", "typing",
                      "-e", "bash", "--norc", "--noprofile"])  # fmt: skip
         self._spawn(["xterm", "-geometry", "50x16+880+600", "-T", "drag", "-bg", "#fdf6e3"])
         time.sleep(1.5)
@@ -171,10 +147,14 @@ class Desktop:
         time.sleep(0.3)
         return 880, 600
 
-    def start_animation(self, count_file: Path) -> subprocess.Popen:
-        script = self.tmp / "animation.py"
-        script.write_text(ANIMATION)
-        return self._spawn([sys.executable, str(script), str(count_file)])
+    def start_animation(self, kind: str, count_file: Path) -> subprocess.Popen:
+        env = {**self.env, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.framesource", kind, str(count_file), "--frames", str(FRAMES)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        self.procs.append(proc)
+        return proc
 
     def close(self) -> None:
         for proc in reversed(self.procs):
@@ -240,7 +220,8 @@ class Peer:
     name: str
     port: int  # where the relay listens (the shaper forwards there)
     page: str  # path of the page, with its query string but no path/token
-    pids: object  # () -> list[int]
+    pids: object  # () -> list[int]: the relay's processes (the gateway's side)
+    instance_pids: object  # () -> list[int]: the desktop's encoder (the instance's side)
     server_options: dict[str, str]
     tokens: list[str] = field(default_factory=list)
     ws_path: str = "/websockify"
@@ -274,8 +255,10 @@ class Phase:
     seconds: float = 0.0
     bytes: int = 0
     cpu: float = 0.0
+    instance_cpu: float = 0.0
     fps: float | None = None
     app_fps: float | None = None
+    ssim: float | None = None
     done_s: float | None = None
 
 
@@ -290,6 +273,8 @@ class Meter:
         self.b0 = sum(self.shaper.bytes)
         self.pids = self.peer.pids()
         self.c0 = _cpu_seconds(self.pids)
+        self.ipids = self.peer.instance_pids()
+        self.i0 = _cpu_seconds(self.ipids)
         return self
 
     def finish(self, phase: Phase) -> None:
@@ -297,6 +282,7 @@ class Meter:
         phase.bytes = sum(self.shaper.bytes) - self.b0
         pids = sorted(set(self.pids) | set(self.peer.pids()))
         phase.cpu = _cpu_seconds(pids) - self.c0
+        phase.instance_cpu = _cpu_seconds(self.ipids) - self.i0
 
     def __exit__(self, *exc: object) -> None:
         pass
@@ -416,44 +402,101 @@ async def drag(page, desktop: Desktop, meter: Meter, steps: int, rtt_ms: float) 
     return phase
 
 
+def ssim(a: np.ndarray, b: np.ndarray, size: int = 8) -> float:
+    """Structural similarity of two RGB images' luminance (Wang et al. 2004, the usual
+    constants), over windows of ``size`` x ``size`` pixels, a mean of the map."""
+
+    def luma(img: np.ndarray) -> np.ndarray:
+        return img[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+    def box(v: np.ndarray) -> np.ndarray:  # the mean over every window, by summed-area tables
+        c = np.pad(v, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+        return (c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]) / size**2
+
+    x, y = luma(a), luma(b)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = box(x), box(y)
+    vx, vy, cov = box(x * x) - mx * mx, box(y * y) - my * my, box(x * y) - mx * my
+    return float((((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))).mean())
+
+
+def _app_rate(count_file: Path) -> tuple[float, int] | None:
+    words = count_file.read_text().split()
+    return (float(words[0]), int(words[1])) if len(words) >= 2 else None
+
+
 async def animation(
-    page, desktop: Desktop, meter: Meter, seconds: float, samples: int, tmp: Path
-) -> tuple[Phase, Phase]:
+    page, desktop: Desktop, meter: Meter, kind: str, seconds: float, samples: int, tmp: Path, busy_typing: bool
+) -> tuple[Phase, Phase | None]:
+    """One frame source for ``seconds``: distinct frame numbers painted per second, the source's
+    own rate, then a few painted frames compared with the server's, then typing meanwhile."""
     phase = Phase()
-    count_file = tmp / "frames"
+    count_file = tmp / f"frames-{kind}"
     count_file.write_text("")
-    proc = desktop.start_animation(count_file)
+    proc = desktop.start_animation(kind, count_file)
+    busy = None
     try:
-        window = desktop._window("animation")
-        geometry = dict(
-            line.strip().split(": ", 1) for line in desktop.xdo("getwindowgeometry", window).splitlines()[1:]
-        )
-        wx, wy = (int(v) for v in geometry["Position"].split()[0].split(","))
-        await page.evaluate(f"bench.marker = {{x: {wx + 24}, y: {wy + 24}, last: null, frames: 0}}")
-        for _ in range(100):  # the window maps, the animation starts
-            if count_file.read_text().strip():
+        window = desktop._window(framesource.TITLE)
+        desktop.xdo("windowmove", "--sync", window, str(ANIMATION_AT[0]), str(ANIMATION_AT[1]))
+        desktop.xdo("windowactivate", "--sync", desktop.typing_window)  # typing goes on meanwhile
+        await asyncio.sleep(0.3)
+        # (xdotool's getwindowgeometry counts the frame's decorations twice.)
+        wx, wy = framesource.window_origin(int(window), desktop.display)
+        await page.evaluate(f"bench.startMarker({wx}, {wy})")
+        for _ in range(150):  # the window maps, the source starts, the first frames arrive
+            if _app_rate(count_file) and await page.evaluate("bench.marker.frames") > 0:
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(1.5)  # the stream settles
-        app0 = count_file.read_text().split()
+        app0 = _app_rate(count_file)
         with meter:
             t0, n0 = await page.evaluate("[performance.now(), bench.marker.frames]")
             await asyncio.sleep(seconds)
             t1, n1 = await page.evaluate("[performance.now(), bench.marker.frames]")
             meter.finish(phase)
-        await page.evaluate("bench.marker = null")
-        app1 = count_file.read_text().split()
+        app1 = _app_rate(count_file)
         phase.fps = (n1 - n0) / ((t1 - t0) / 1000)
-        if len(app0) == 2 and len(app1) == 2:
-            phase.app_fps = (int(app1[1]) - int(app0[1])) / (float(app1[0]) - float(app0[0]))
-        # Typing while the animation streams: the key's echo queues behind the frames.
-        await page.mouse.click(100, 300)  # focus back on the terminal
-        await asyncio.sleep(0.3)
-        busy = await typing(page, desktop, meter, samples, busy=True)
+        if app0 and app1 and app1[0] > app0[0]:
+            phase.app_fps = (app1[1] - app0[1]) / (app1[0] - app0[0])
+        # Quality: frames painted, each against the frame of its number as the server held it
+        # (the source's frames are deterministic: tests/bench/test_framesource.py checks that
+        # the X server's framebuffer holds exactly them).
+        await page.evaluate(f"bench.capture = {{want: {SSIM_SHOTS}, every: 400, last: 0, shots: []}}")
+        for _ in range(60):
+            if await page.evaluate("bench.capture.shots.length") >= SSIM_SHOTS:
+                break
+            await asyncio.sleep(0.1)
+        shots = await page.evaluate("bench.capture.shots")
+        await page.evaluate("bench.capture = null")
+        scores = []
+        for n, url in shots:
+            painted = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+            reference = framesource.rgb(_frame_like(kind, n))
+            scores.append(ssim(painted, reference))
+        phase.ssim = min(scores) if scores else None
+        if busy_typing:
+            # Typing while the pictures stream: the key's echo queues behind the frames.
+            await page.mouse.click(100, 300)  # focus back on the terminal
+            await asyncio.sleep(0.3)
+            busy = await typing(page, desktop, meter, samples, busy=True)
+        await page.evaluate("bench.marker = null")
     finally:
         _stop(proc)
     await _quiet(page, 300)
     return phase, busy
+
+
+def _frame_like(kind: str, n: int) -> np.ndarray:
+    """Frame ``n`` as shown: the frame of its place in the loop, rendered once, and its marker."""
+    key = (kind, n % FRAMES)
+    if key not in _FRAME_CACHE:
+        _FRAME_CACHE[key] = framesource.frame(kind, n % FRAMES, FRAMES)
+    pixels = _FRAME_CACHE[key].copy()
+    framesource.mark(pixels, n)
+    return pixels
+
+
+_FRAME_CACHE: dict[tuple[str, int], np.ndarray] = {}
 
 
 async def measure(
@@ -483,14 +526,19 @@ async def measure(
             "scroll": await scroll(page, desktop, meter),
             "drag": await drag(page, desktop, meter, args.samples, 2 * profile.delay_ms),
         }
-        out["animation"], out["typing (animation on)"] = await animation(
-            page, desktop, meter, args.animation_seconds, args.samples, tmp
-        )
+        for kind in framesource.KINDS:
+            out[kind], busy = await animation(
+                page, desktop, meter, kind, args.animation_seconds, args.samples, tmp, kind == "volume"
+            )
+            if busy is not None:
+                out["typing (animation on)"] = busy
         if shots:
             await page.screenshot(path=f"{shots}/{profile.name}-{peer.port}-end.png")
         levels = await page.evaluate("bench.levels")
         if levels:
             print(f"    {peer.name} levels: {levels}", file=sys.stderr)
+        flow = await page.evaluate("[bench.rfb._enabledContinuousUpdates, bench.rfb._supportsFence, bench.encodings]")
+        print(f"    {peer.name}: continuous updates {flow[0]}, fences {flow[1]}, encodings {flow[2]}", file=sys.stderr)
         if errors:
             raise RuntimeError(f"{peer.name}: page errors {errors}")
         return out
@@ -503,23 +551,27 @@ async def measure(
 
 
 def _baseline_tree(ref: str, dest: Path) -> Path:
+    """visa/ and the desktop page's link adaptation as they were at ``ref``."""
     dest.mkdir(parents=True)
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", ref, "visa"], capture_output=True, check=True
-    ).stdout
+        ["git", "-C", str(ROOT), "archive", ref, "visa", "web/src/js/desktop-link.js"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest
 
 
-def _web_dir(dest: Path) -> Path:
-    """The page, this tree's noVNC and its link-adaptation module, served by every relay."""
+def _web_dir(dest: Path, baseline: Path) -> Path:
+    """The page, this tree's noVNC and the link-adaptation modules (this tree's in js/, the
+    baseline's in js-base/), served by every relay."""
     novnc = ROOT / "visa" / "static" / "vendor" / "novnc"
     if not (novnc / "core" / "rfb.js").exists():
         raise SystemExit("noVNC is not built: scripts/build-web.sh")
     shutil.copytree(WEB, dest)
     shutil.copytree(novnc, dest / "vendor" / "novnc")
-    (dest / "js").mkdir()
-    shutil.copy(ROOT / "web" / "src" / "js" / "desktop-link.js", dest / "js")
+    for sub, tree in (("js", ROOT), ("js-base", baseline)):
+        (dest / sub).mkdir()
+        shutil.copy(tree / "web" / "src" / "js" / "desktop-link.js", dest / sub)
     return dest
 
 
@@ -542,49 +594,48 @@ async def run(args: argparse.Namespace) -> None:
         return proc
 
     try:
-        web = _web_dir(tmp / "web")
-        desktop = Desktop(tmp)
-        database_url = f"sqlite:///{tmp / 'bench.db'}"
-        profiles = [PROFILES[p] for p in args.profiles.split(",")]
-        uid, tokens = prepare_database(database_url, desktop.port, 4 * len(profiles) + 4)
-        ws_port, base_port, tuned_port = free_port(), free_port(), free_port()
-        wsfy = start([websockify, "--web", str(web), f"127.0.0.1:{ws_port}", f"127.0.0.1:{desktop.port}"])
         base_tree = _baseline_tree(args.baseline_ref, tmp / "baseline")
-        gateways = {}
-        for name, port, tree in (("base", base_port, base_tree), ("tuned", tuned_port, None)):
+        web = _web_dir(tmp / "web", base_tree)
+        desktop = Desktop(tmp)
+        profiles = [PROFILES[p] for p in args.profiles.split(",")]
+        ws_port, base_port, video_port, proxy_port = free_port(), free_port(), free_port(), free_port()
+        # The video proxy in front of the desktop's VNC server, as a session would run it.
+        proxy = start([sys.executable, "-m", "visa.clouds.local.videoproxy", "--listen", f"127.0.0.1:{proxy_port}",
+                       "--upstream", f"127.0.0.1:{desktop.port}", "--password-file", str(tmp / "vncpasswd")],
+                      {**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        wsfy = start([websockify, "--web", str(web), f"127.0.0.1:{ws_port}", f"127.0.0.1:{desktop.port}"])
+        gateways, tokens = {}, {}
+        for name, port, tree, backend in (("base", base_port, base_tree, desktop.port),
+                                          ("video", video_port, None, proxy_port)):  # fmt: skip
+            database_url = f"sqlite:///{tmp / name}.db"
+            uid, tokens[name] = prepare_database(database_url, backend, 2 * len(profiles) + 2)
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in (tree, ROOT) if p)}
             # Any origin the shaper gives the page is the gateway's own (same host:port).
             gateways[name] = start(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.desktop",
-                    "gateway",
-                    database_url,
-                    str(tmp),
-                    str(port),
-                    "http://127.0.0.1",
-                ],
+                [sys.executable, "-m", "bench.desktop", "gateway", database_url, str(tmp), str(port),
+                 "http://127.0.0.1"],
                 env,
-            )
-        for proc, port in ((wsfy, ws_port), (gateways["base"], base_port), (gateways["tuned"], tuned_port)):
+            )  # fmt: skip
+        for proc, port in ((proxy, proxy_port), (wsfy, ws_port), (gateways["base"], base_port),
+                           (gateways["video"], video_port)):  # fmt: skip
             wait_port(port, proc)
-        half = len(tokens) // 2
         defaults = {"FrameRate": "60", "CompareFB": "2", "ZlibLevel": "-1"}
+        xvnc = lambda: [desktop.xvnc.pid]  # noqa: E731
         peers = [
-            Peer("field default (websockify, noVNC q2/c6)", ws_port, f"/page.html?quality=2&compression=6&password={PASSWORD}",
-                 lambda: _children(wsfy.pid), defaults),
-            Peer("visa as it was (q6/c2)", base_port, "/bench/page.html?quality=6&compression=2",
-                 lambda: [gateways["base"].pid], defaults, tokens[:half], f"/ws/desktop/{uid}"),
-            Peer("visa tuned", tuned_port, "/bench/page.html?tuned=1",
-                 lambda: [gateways["tuned"].pid], defaults, tokens[half:], f"/ws/desktop/{uid}"),
+            Peer(FIELD, ws_port, f"/page.html?quality=2&compression=6&password={PASSWORD}",
+                 lambda: _children(wsfy.pid), xvnc, defaults),
+            Peer(f"visa as it is ({args.baseline_ref})", base_port, "/bench/page.html?tuned=1&link=js-base",
+                 lambda: [gateways["base"].pid], xvnc, defaults, tokens["base"], f"/ws/desktop/{uid}"),
+            Peer(VIDEO, video_port, "/bench/page.html?tuned=1",
+                 lambda: [gateways["video"].pid], lambda: [desktop.xvnc.pid, proxy.pid], defaults, tokens["video"],
+                 f"/ws/desktop/{uid}"),
         ]  # fmt: skip
         results: dict[tuple[str, str], dict[str, Phase]] = {}
         started = time.monotonic()
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             for i, profile in enumerate(profiles):
-                order = peers[i % 3 :] + peers[: i % 3]  # who goes first rotates
+                order = peers[i % len(peers) :] + peers[: i % len(peers)]  # who goes first rotates
                 for peer in order:
                     print(f"  {profile}: {peer.name}", file=sys.stderr, flush=True)
                     results[(profile.name, peer.name)] = await measure(
@@ -600,50 +651,71 @@ async def run(args: argparse.Namespace) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+FIELD = "field default (websockify, noVNC q2/c6)"
+VIDEO = "visa, video proxy (this tree)"
+MARK = "†"
+
+
+def _lat(p: Phase | None) -> str:
+    return f"{_pct(p.latencies, 0.5):.0f} / {_pct(p.latencies, 0.99):.0f}" if p and p.latencies else "-"
+
+
+def _counted(p: Phase) -> bool:
+    return p.app_fps is not None and p.app_fps >= MIN_SOURCE_FPS
+
+
 def report(results, profiles, peers, args, elapsed: float) -> None:
     load = os.getloadavg()
     print(
         f"\nDesktop {WIDTH}x{HEIGHT}, Xtigervnc {_xvnc_version()}, noVNC in headless Chromium, through the shaper; "
-        f"{args.samples} inputs per latency workload, {args.animation_seconds:g} s of animation; one run of "
+        f"{args.samples} inputs per latency workload, {args.animation_seconds:g} s per frame source; one run of "
         f"{elapsed / 60:.1f} min, peers interleaved; {os.cpu_count()} CPUs, shared and busy (load {load[0]:.1f})."
     )
     print("Latency: input until the changed pixels are painted in the page's canvas (ms, p50 / p99).")
     print(
-        "KB/s: bytes on the wire, both directions, at the shaper. CPU: the relay's processes, % of one core.\n"
+        "fps: distinct frame numbers painted per second (the source's own rate in brackets; "
+        f"{MARK}: the source fell below {MIN_SOURCE_FPS} fps, the row is not counted). SSIM: the worst of "
+        f"{SSIM_SHOTS} painted frames against the server's frame of the same number.\n"
+        "KB/s: bytes on the wire, both directions, at the shaper. CPU, % of one core during the volume "
+        "source: instance = the desktop's VNC server (and its encoder), gateway = the relay.\n"
     )
-    header = ("| link | peer | typing p50 / p99 | KB/s | drag p50 / p99 | KB/s | scroll 10k lines s | KB/s "
-              "| animation fps (app) | KB/s | relay CPU % (anim.) | typing, animation on: p50 / p99 |")  # fmt: skip
+    header = ("| link | peer | typing p50 / p99 | drag p50 / p99 | scroll 10k lines s | volume fps (source) | KB/s "
+              "| SSIM | detector fps (source) | KB/s | SSIM | typing, volume on: p50 / p99 | CPU instance / gateway % |")  # fmt: skip
     print(header)
     print("|" + "|".join("---" for _ in header.split("|")[1:-1]) + "|")
     for profile in profiles:
         for peer in peers:
             r = results[(profile.name, peer.name)]
-            cells = [profile.name, peer.name]
-            for w in ("typing", "drag"):
-                p = r[w]
-                lat = f"{_pct(p.latencies, 0.5):.0f} / {_pct(p.latencies, 0.99):.0f}" if p.latencies else "-"
-                cells += [lat, f"{p.bytes / p.seconds / 1024:,.1f}"]
-            s = r["scroll"]
-            cells += [f"{s.done_s:.2f}", f"{s.bytes / s.seconds / 1024:,.0f}"]
-            a = r["animation"]
-            app = f" ({a.app_fps:.0f})" if a.app_fps else ""
-            cells += [
-                f"{a.fps:.1f}{app}",
-                f"{a.bytes / a.seconds / 1024:,.0f}",
-                f"{100 * a.cpu / a.seconds:.0f}",
-            ]
-            b = r["typing (animation on)"].latencies
-            cells.append(f"{_pct(b, 0.5):.0f} / {_pct(b, 0.99):.0f}" if b else "-")
+            cells = [profile.name, peer.name, _lat(r["typing"]), _lat(r["drag"]), f"{r['scroll'].done_s:.2f}"]
+            for kind in framesource.KINDS:
+                a = r[kind]
+                app = f" ({a.app_fps:.0f})" if a.app_fps else " (?)"
+                cells += [
+                    f"{a.fps:.1f}{app}{'' if _counted(a) else ' ' + MARK}",
+                    f"{a.bytes / a.seconds / 1024:,.0f}",
+                    f"{a.ssim:.2f}" if a.ssim is not None else "-",
+                ]
+            cells.append(_lat(r.get("typing (animation on)")))
+            v = r["volume"]
+            cells.append(f"{100 * v.instance_cpu / v.seconds:.0f} / {100 * v.cpu / v.seconds:.0f}")
             print("| " + " | ".join(cells) + " |")
-    home = next((p for p in profiles if p.name == "home"), None)
-    if home is not None:
-        field_, _, tuned = (results[(home.name, p.name)] for p in peers)
-        ft, tt = field_["typing"], tuned["typing"]
-        print(
-            f"\nHome: tuned/field typing p50 = {statistics.median(tt.latencies) / statistics.median(ft.latencies):.2f}x "
-            f"(goal <= 0.7x) at {tt.bytes / tt.seconds / max(1, ft.bytes / ft.seconds):.2f}x the bytes/s; "
-            f"animation fps {tuned['animation'].fps / max(0.01, field_['animation'].fps):.2f}x (goal >= 1.5x)."
-        )
+    after = peers[-1]
+    for profile in profiles:
+        field_, ours = results[(profile.name, FIELD)], results[(profile.name, after.name)]
+        parts = []
+        for kind in framesource.KINDS:
+            f, o = field_[kind], ours[kind]
+            if not (_counted(f) and _counted(o)):
+                parts.append(f"{kind}: a source below {MIN_SOURCE_FPS} fps, not counted")
+                continue
+            parts.append(
+                f"{kind} fps {o.fps / max(0.01, f.fps):.2f}x at {o.bytes / o.seconds / max(1, f.bytes / f.seconds):.2f}x "
+                f"the bytes/s, SSIM {o.ssim if o.ssim is not None else float('nan'):.2f}"
+            )
+        fb, ob = field_.get("typing (animation on)"), ours.get("typing (animation on)")
+        if fb and ob and fb.latencies and ob.latencies:
+            parts.append(f"typing p99 with the volume on {_pct(ob.latencies, 0.99) / _pct(fb.latencies, 0.99):.2f}x")
+        print(f"{profile.name}: {after.name} against the field default: " + "; ".join(parts) + ".")
 
 
 def _xvnc_version() -> str:

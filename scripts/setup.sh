@@ -41,6 +41,11 @@ if [[ -x scripts/build-web.sh ]]; then
 fi
 scripts/build-apidocs.sh  # admin pages' assets and Swagger UI for /api/docs
 
+# axe-core, which the browser tests run on every page they visit (WCAG 2.1 AA).
+if [[ ! -d tests/a11y/node_modules ]] && command -v npm >/dev/null 2>&1; then
+  npm ci --prefix tests/a11y --no-audit --no-fund
+fi
+
 # The OIDC server the login tests start (npm oidc-provider, Keycloak's URL layout).
 if [[ ! -d tests/oidc/node_modules ]] && command -v npm >/dev/null 2>&1; then
   npm ci --prefix tests/oidc --no-audit --no-fund

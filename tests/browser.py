@@ -87,14 +87,14 @@ class Site:
 
 
 @contextmanager
-def local_site(data: Path, secret: str, experiments: list[dict[str, Any]], *, dirs: tuple[str, ...] = (),
+def local_site(data: Path, secret: str, experiments: list[dict[str, Any]] | dict[str, Any], *, dirs: tuple[str, ...] = (),
                people: Callable[[dict[str, str]], None] | None = None, **settings: str) -> Iterator[Site]:
     """A visa of its own on the embedded default (data dir ``data``, the local cloud), served
     until the block ends: the web assets built, the shipped catalogue applied, ``experiments``
-    imported (after ``people``, given the environment to add users with the CLI), ``dirs``
-    made under the facility's storage (`visa init` points the local cloud's data mounts at
-    <data dir>/facility). The scheduler's periodic jobs are not under test; moving instances
-    are followed closely."""
+    imported (a list, or an export with its ``instruments``; after ``people``, given the environment
+    to add users with the CLI), ``dirs`` made under the facility's storage (`visa init` points the
+    local cloud's data mounts at <data dir>/facility). The scheduler's periodic jobs are not under
+    test; moving instances are followed closely."""
     from tests.processes import delete_local_sessions, free_port
 
     require_chromium()
@@ -222,3 +222,51 @@ def chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+# axe-core (tests/a11y/package.json, installed by scripts/setup.sh): WCAG 2.0 and 2.1, levels A and AA.
+AXE = ROOT / "tests" / "a11y" / "node_modules" / "axe-core" / "axe.min.js"
+WCAG_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+_AXE_RUN = """async ([tags, exclude]) => {
+  const result = await axe.run({exclude: exclude.map((s) => [s])}, {runOnly: {type: "tag", values: tags},
+                                                                   resultTypes: ["violations"]});
+  return result.violations.filter((v) => v.impact === "serious" || v.impact === "critical").map((v) => ({
+    id: v.id, impact: v.impact, help: v.help,
+    nodes: v.nodes.slice(0, 5).map((n) => `${n.target.join(" ")}: ${n.failureSummary.replace(/\\s+/g, " ")}`),
+  }));
+}"""
+
+
+def _axe_source() -> str:
+    if not AXE.exists():
+        subprocess.run(["npm", "ci", "--prefix", str(AXE.parents[2]), "--no-audit", "--no-fund", "--loglevel=error"],
+                       check=True, capture_output=True, timeout=300)
+    return AXE.read_text()
+
+
+def accessibility_problems(page: Any, *, exclude: tuple[str, ...] = ()) -> list[str]:
+    """axe-core's serious and critical violations of the WCAG 2.1 A and AA rules on the page as it
+    is now, each naming the rule and its elements. axe is injected through the DevTools protocol,
+    which the pages' Content-Security-Policy does not apply to (``exclude``: selectors of parts
+    that are not visa's, e.g. a remote desktop's canvas)."""
+    if not page.evaluate("() => typeof window.axe !== 'undefined'"):
+        page.evaluate(_axe_source())
+    found = page.evaluate(_AXE_RUN, [WCAG_AA, list(exclude)])
+    return [f"{page.url}: {v['id']} ({v['impact']}): {v['help']}\n    " + "\n    ".join(v["nodes"]) for v in found]
+
+
+def assert_accessible(page: Any, *, exclude: tuple[str, ...] = ()) -> None:
+    """Fails the test on a serious or critical WCAG 2.1 A/AA violation (``accessibility_problems``)."""
+    found = accessibility_problems(page, exclude=exclude)
+    if found:
+        pytest.fail("accessibility:\n" + "\n".join(found), pytrace=False)
+
+
+def logged_in(browser: Any, url: str, username: str) -> Any:
+    """A browser context of its own for ``username`` (password ``<username>-password``), logged in
+    with visa's local login."""
+    ctx = browser.new_context(base_url=url, viewport={"width": 1280, "height": 860})
+    ctx.set_default_timeout(30_000)
+    r = ctx.request.post("/api/login", data={"username": username, "password": f"{username}-password"})
+    assert r.ok, r.text()
+    return ctx

@@ -8,7 +8,6 @@ the end. Where no server answers, PostgreSQL cases are skipped outside CI and fa
 from __future__ import annotations
 
 import contextlib
-import copy
 import grp
 import os
 import pwd
@@ -45,7 +44,7 @@ def _watched_phase():
     return result
 
 
-# The comment the local cloud gives the unix accounts it makes for sessions (visa/clouds/local.py).
+# The comment the local cloud gives the unix accounts it makes for sessions (visa/clouds/local/provider.py).
 SESSION_ACCOUNT_COMMENT = "visa session user "
 
 
@@ -106,6 +105,9 @@ def pg_database_url() -> Iterator[str]:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
     yield url
+    from visa import pubsub
+
+    pubsub.close_listener(url)  # it would try to reconnect to the dropped database until the end
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
@@ -165,10 +167,9 @@ def _rolled_back(database: Database, engines: dict[str, Engine]) -> Iterator[Dat
         engines[database.url] = engine
     connection = engines[database.url].connect()
     outer = connection.begin()
-    bound = copy.copy(database)
-    bound.sessionmaker = sessionmaker(
+    bound = database.with_sessions(sessionmaker(
         bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
-    )
+    ))
     try:
         yield bound
     finally:

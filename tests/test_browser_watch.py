@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CASES = '''
@@ -48,3 +50,69 @@ def test_errors_fail_the_test_whose_pages_reported_them(tmp_path: Path) -> None:
     assert r.returncode == 1, out
     assert "1 failed, 2 passed, 1 error" in out, out
     assert "ERROR" in out and "test_error_in_a_fixture" in out and "(setup)" in out
+
+
+# Pages served with visa's own policy (default-src 'self': no inline style or script), each
+# breaking it one way.
+PAGES = {
+    "/style-attribute": '<p style="color: red">inline style attribute</p>',
+    "/style-element": "<style>p { color: red }</style><p>style element</p>",
+    "/style-set-later": '<p id="p">set by a script</p><script src="/later.js"></script>',
+    "/inline-script": "<script>document.title = 'x'</script>",
+    "/clean": '<link rel="stylesheet" href="/ok.css"><p>nothing wrong</p>',
+}
+FILES = {
+    "/later.js": ("text/javascript", 'document.getElementById("p").setAttribute("style", "color: red");'),
+    "/ok.css": ("text/css", "p { color: green }"),
+}
+
+
+@pytest.mark.integration
+def test_the_watch_catches_every_kind_of_csp_violation_in_a_real_chromium() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests import browser
+
+    browser.require_chromium()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path in FILES:
+                kind, body = FILES[self.path]
+            else:
+                kind = "text/html"
+                body = f"<!doctype html><html lang='en'><title>t</title><link rel='icon' href='data:,'>{PAGES[self.path]}"
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self' data:")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    found: dict[str, list[str]] = {}
+    try:
+        with browser.chromium() as chromium:
+            page = chromium.new_page()
+            for path in PAGES:
+                browser.ERRORS.clear()
+                page.goto(url + path)
+                page.wait_for_load_state("load")
+                page.wait_for_timeout(200)  # violation events are dispatched asynchronously
+                found[path] = list(browser.ERRORS)
+            page.close()
+    finally:
+        browser.ERRORS.clear()
+        server.shutdown()
+        server.server_close()
+    assert found.pop("/clean") == []
+    for path, errors in found.items():
+        assert any("CSP violation" in e for e in errors), (path, errors)
+    assert any("style-src" in e for e in found["/style-attribute"]), found

@@ -7,21 +7,29 @@ Layers, lowest first (the names are packages or top-level modules of ``visa``):
    ``metrics`` (the counters every layer increments), ``policy``, ``paging`` (page and LIKE helpers for
    queries), the mail (``mail``: the outbox, its ``SentEmail`` model, rendering and SMTP; each feature
    registers its own email kinds, so the outbox imports no feature and every feature may queue mail)
-   and any other module that depends on nothing of visa (``pubsub``: PostgreSQL's LISTEN/NOTIFY);
+   and any other module that depends on nothing of visa (``pubsub``: PostgreSQL's LISTEN/NOTIFY;
+   ``bus``: the event bus each running visa owns, which wakes its event streams);
 1. ``clouds``, ``users`` (with ``actor``, the user a request acts as, and ``audit``, which every
    service writes to);
 2. ``experiments``, ``catalogue``, ``provisioning`` (with ``services``, the running settings,
    database, clock and cloud providers that the instances' workers are given);
-3. ``instances``, and ``usage`` (samples of what instances hold, over time);
-4. ``auth``, ``web``, ``gateway``, the banners (``announcements``) and ``openapi``;
-5. ``admin``, ``scheduler``, ``cli``, ``checks`` (the configuration checks ``visa check-config`` and the
+3. ``instances`` (the machine itself: its rows, rules, spec, lifecycle and the hook that says what
+   changed), ``usage`` (samples of what instances hold, over time) and ``network`` (the security
+   groups the network rules give servers);
+4. what is done with an instance, each a feature of its own built on ``instances``: ``sharing``
+   (members, invitations, presence, support), ``transfers`` (files to and from it), ``commands``
+   (carrying out the queued commands and following the machines as they move) and ``bookings``
+   (GPU machines held for a beamtime's days, and the machines made from them);
+5. ``auth``, ``web``, ``gateway``, the banners (``announcements``), ``openapi`` and the help pages
+   (``help``);
+6. ``admin``, ``scheduler``, ``cli``, ``checks`` (the configuration checks ``visa check-config`` and the
    dashboard run: they look at every part), ``asgi`` and ``serving``, ``demo``, the migrations,
    ``visa.models`` (it imports every feature's models to fill the metadata) and ``visa.web.app`` (the
    factory that assembles every feature's blueprints).
 
 A feature's modules count by their role (docs/architecture.md): its HTTP modules (``api.py``,
-``*_api.py``, ``pages.py``, ``views.py``) are the HTTP layer of the feature and sit in layer 4 with
-``web``; its ``jobs.py`` is the scheduler's part and sits in layer 5. The rest (models, service,
+``*_api.py``, ``pages.py``, ``views.py``) are the HTTP layer of the feature and sit in layer 5 with
+``web``; its ``jobs.py`` is the scheduler's part and sits in layer 6. The rest (models, service,
 schemas, ...) sits at the feature's layer.
 
 Every import counts, also one inside a function: it is a dependency all the same, taken later.
@@ -42,14 +50,15 @@ ROOT = Path(__file__).resolve().parent.parent / "visa"
 
 LAYERS: list[set[str]] = [
     {"db", "errors", "settings", "clock", "types", "states", "logs", "migrate", "metrics", "policy", "paging", "mail",
-     "pubsub"},
+     "pubsub", "bus"},
     {"clouds", "users", "actor", "audit"},
     {"experiments", "catalogue", "provisioning", "services"},
-    {"instances", "usage"},
-    {"auth", "web", "gateway", "announcements", "openapi"},
+    {"instances", "usage", "network"},
+    {"sharing", "transfers", "commands", "bookings"},
+    {"auth", "web", "gateway", "announcements", "openapi", "help"},
     {"admin", "scheduler", "cli", "checks", "asgi", "serving", "demo", "migrations", "models"},
 ]
-HTTP_LAYER, SCHEDULER_LAYER, TOP_LAYER = 4, 5, 5
+HTTP_LAYER, SCHEDULER_LAYER, TOP_LAYER = 5, 6, 6
 # Modules placed by what they do rather than by their package.
 ASSEMBLERS = {"visa.web.app", "visa.models", "visa.__main__"}
 HTTP_NAMES = {"api", "pages", "views"}
@@ -288,7 +297,9 @@ def test_the_checker_finds_upward_imports_cycles_and_respects_roles(tmp_path: Pa
 
 def test_roles_place_a_features_http_and_job_modules() -> None:
     assert layer_of("visa.instances.service") == 3
-    assert layer_of("visa.instances.api") == layer_of("visa.instances.members_api") == HTTP_LAYER
+    assert layer_of("visa.instances.api") == layer_of("visa.sharing.api") == HTTP_LAYER
+    assert layer_of("visa.instances.service") < layer_of("visa.sharing.service") < HTTP_LAYER
+    assert layer_of("visa.commands.worker") == layer_of("visa.transfers.service") == layer_of("visa.sharing.service")
     assert layer_of("visa.catalogue.jobs") == SCHEDULER_LAYER
     assert layer_of("visa.web.app") == layer_of("visa.models") == TOP_LAYER
     assert layer_of("visa.clouds.local") == 1 and layer_of("visa.settings") == 0
@@ -323,3 +334,47 @@ def test_no_upward_import_and_no_cycle() -> None:
     report = _report(ups, loops, unplaced(modules))
     print(report)
     assert not ups and not loops, report
+
+
+# --- settings are passed in ----------------------------------------------------------------------
+
+# The entry points read visa's settings (the environment and VISA_CONFIG) once, at the top, and
+# hand them down: the command line, the app factory when an ASGI/WSGI server calls it with none,
+# and Alembic's environment. Every other module is given its settings.
+SETTINGS_READERS = {"visa.settings", "visa.cli.common", "visa.web.app", "visa.migrations.env"}
+
+
+def settings_reads(root: Path) -> list[tuple[str, int]]:
+    """(module, line) of every mention of ``get_settings`` outside the entry points, in a module
+    above the ground floor: a call, an import of it, or passing it along."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        module = _module_name(path, root)
+        if module in SETTINGS_READERS or layer_of(module) == 0:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.ImportFrom) else []
+            if ((isinstance(node, ast.Name) and node.id == "get_settings")
+                    or (isinstance(node, ast.Attribute) and node.attr == "get_settings")
+                    or "get_settings" in names):
+                out.append((module, node.lineno))
+    return sorted(set(out))
+
+
+def test_the_settings_checker_finds_a_global_read(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {
+        "__init__.py": "",
+        "settings.py": "def get_settings(): ...\n",
+        "clouds/__init__.py": "",
+        "clouds/lazy.py": "def f():\n    from visa.settings import get_settings\n    return get_settings().data_dir\n",
+        "clouds/dotted.py": "import visa.settings\nroot = visa.settings.get_settings()\n",
+        "clouds/given.py": "def f(settings):\n    return settings.data_dir\n",
+        "cli/__init__.py": "",
+        "cli/common.py": "from visa.settings import get_settings\n",
+    })
+    assert settings_reads(root) == [("visa.clouds.dotted", 2), ("visa.clouds.lazy", 2), ("visa.clouds.lazy", 3)]
+
+
+def test_no_module_above_the_ground_floor_reads_the_settings_itself() -> None:
+    found = settings_reads(ROOT)
+    assert not found, "get_settings() outside the entry points:\n" + "\n".join(f"  {m}:{n}" for m, n in found)

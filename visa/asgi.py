@@ -46,7 +46,7 @@ def _lifespan(flask_app: Flask, background: bool):
         if not background:
             yield
             return
-        from visa.instances.worker import Worker
+        from visa.commands.worker import Worker
         from visa.scheduler.lease import follower_lease
 
         services = flask_app.extensions["visa"]
@@ -72,7 +72,7 @@ def _lifespan(flask_app: Flask, background: bool):
 
 
 WEB_WORKERS = 16  # threads for pages and the REST API
-# Where bodies are files streamed to an instance (visa.instances.files_api), not read whole.
+# Where bodies are files streamed to an instance (visa.transfers.api), not read whole.
 TRANSFER_PATH = re.compile(r"^/api/instances/[^/]+/files(/|$)")
 
 Scope = dict[str, Any]

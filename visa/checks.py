@@ -123,12 +123,14 @@ def check_settings(settings: Settings) -> list[Finding]:
                            "with the same key; set VISA_SECRET_KEY (or secret_key in the TOML file)"))
     elif settings.secret_key and len(settings.secret_key) < 32:
         out.append(Finding("warning", "secret_key", "shorter than 32 characters"))
-    if settings.oidc.server_url:
-        problem = _url(settings.oidc.server_url, "oidc.server_url")
-        out.append(problem or Finding("ok", "oidc", f"{settings.oidc.server_url} realm {settings.oidc.realm}"))
+    if settings.oidc.enabled:
+        if settings.oidc.issuer:
+            out.append(Finding("ok", "oidc", f"issuer {settings.oidc.issuer}"))
+        else:
+            out.append(Finding("ok", "oidc", f"Keycloak {settings.oidc.server_url} realm {settings.oidc.realm} "
+                               f"(issuer {settings.oidc.issuer_url})"))
         if settings.oidc.browser_url:
-            problem = _url(settings.oidc.browser_url, "oidc.browser_url")
-            out.append(problem or Finding("ok", "oidc.browser_url", f"browsers log in at {settings.oidc.browser_url}"))
+            out.append(Finding("ok", "oidc.browser_url", f"browsers log in at {settings.oidc.browser_url}"))
         if not settings.oidc.client_secret:
             out.append(Finding("warning", "oidc.client_secret", "unset: only a public client can log users in"))
         claims = [c for c in ("uid_claim", "gid_claim", "groups_claim", "home_claim") if getattr(settings.oidc, c)]
@@ -147,6 +149,50 @@ def check_settings(settings: Settings) -> list[Finding]:
     if settings.scheduler.lease_seconds <= settings.scheduler.unstable_sync_seconds:
         out.append(Finding("warning", "scheduler.lease_seconds",
                            "not longer than a sync period: leadership may flap between processes"))
+    return out
+
+
+def _contrast_with_white(colour: str) -> float:
+    """WCAG's contrast ratio of white on ``colour`` (#rgb or #rrggbb)."""
+    digits = colour[1:]
+    if len(digits) == 3:
+        digits = "".join(c * 2 for c in digits)
+    channels = [int(digits[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+    return 1.05 / (0.2126 * r + 0.7152 * g + 0.0722 * b + 0.05)
+
+
+def check_face(settings: Settings) -> list[Finding]:
+    """The facility's face: its logo file, help pages and email templates, as they will be served."""
+    import visa.bookings.emails
+    import visa.instances.emails  # noqa: F401  (the email kinds, with their variables)
+    from visa.help.content import HelpError, load_pages
+    from visa.mail.outbox import SAMPLES
+    from visa.mail.render import check_templates, common_context
+
+    out: list[Finding] = []
+    for name in ("brand_colour", "accent_colour"):
+        ratio = _contrast_with_white(getattr(settings.site, name))
+        if ratio < 4.5:  # WCAG 2.1 AA for normal text: the top bar's and buttons' white text on it
+            out.append(Finding("warning", f"site.{name}", f"white text on it has a contrast of {ratio:.1f}:1, "
+                               "below WCAG AA's 4.5:1: choose a darker colour"))
+    logo = settings.site.logo
+    if logo and "://" not in logo:
+        if not os.access(logo, os.R_OK) or not Path(logo).is_file():
+            out.append(Finding("error", "site.logo", f"{logo}: no such readable file"))
+        else:
+            out.append(Finding("ok", "site.logo", logo))
+    if settings.help.dir is not None:
+        try:
+            pages = load_pages(settings.help.dir)
+            out.append(Finding("ok", "help.dir", f"{settings.help.dir}: {len(pages)} pages"))
+        except HelpError as exc:
+            out.append(Finding("error", "help.dir", str(exc)))
+    if settings.mail.templates_dir is not None:
+        problems = check_templates(settings.mail.templates_dir, SAMPLES, common_context(settings))
+        out.extend(Finding("error", "mail.templates_dir", p) for p in problems)
+        if not problems:
+            out.append(Finding("ok", "mail.templates_dir", f"{settings.mail.templates_dir}: every template renders"))
     return out
 
 
@@ -202,7 +248,7 @@ def check_database(settings: Settings, *, probe_clouds: bool = False) -> list[Fi
             services = Services(settings=settings, database=database)
             for status in cloud_statuses(services, timeout=10, max_age=0):
                 if status.status == "unavailable":
-                    out.append(Finding("error", f"cloud {status.name}", f"does not answer: {status.message}"))
+                    out.append(Finding("error", f"cloud {status.name}", f"does not work: {status.message}"))
                 elif status.status == "ok":
                     out.append(Finding("ok", f"cloud {status.name}", "answers"))
     finally:
@@ -215,9 +261,8 @@ def _local_isolation(settings: Settings, name: str, config: dict[str, Any]) -> F
     from visa.clouds.local import LocalProvider
     from visa.errors import InvalidInput
 
-    config = {"root_dir": str((settings.data_dir / "local-instances").resolve()), **config}
     try:
-        isolated, how = LocalProvider(name, config).isolation()
+        isolated, how = LocalProvider.configured(name, config, settings).isolation()
     except InvalidInput as exc:
         return Finding("error", f"cloud {name}", exc.message)
     return Finding("ok" if isolated else "warning", f"cloud {name} isolation", how)
@@ -292,5 +337,32 @@ def _local_homes(settings: Settings, name: str, config: dict[str, Any]) -> list[
     return out
 
 
-def check_all(settings: Settings, *, probe_clouds: bool = False) -> list[Finding]:
-    return check_settings(settings) + check_database(settings, probe_clouds=probe_clouds)
+def check_identity_provider(settings: Settings, *, level: Literal["warning", "error"] = "error",
+                            timeout: float = 5.0) -> list[Finding]:
+    """The provider's discovery document and keys, read as the service reads them (nothing when
+    users log in with local accounts)."""
+    if not settings.oidc.enabled:
+        return []
+    from visa.auth.oidc import DiscoveryError, OidcClient
+
+    client = OidcClient(settings.oidc, timeout=timeout)
+    try:
+        doc = client.discovery()
+        keys = client.fetch_keys()
+    except DiscoveryError as exc:
+        return [Finding(level, "oidc discovery", str(exc))]
+    missing = [name for name in ("end_session_endpoint",) if not doc.get(name)]
+    message = f"{settings.oidc.discovery_url}: issuer {doc['issuer']}, {len(list(keys))} signing key(s)"
+    out = [Finding("ok", "oidc discovery", message)]
+    if missing:
+        out.append(Finding("warning", "oidc discovery", "no end_session_endpoint: logging out of visa leaves the "
+                           "provider's own session open in the browser"))
+    return out
+
+
+def check_all(settings: Settings, *, probe_clouds: bool = False,
+              provider_level: Literal["warning", "error"] = "error") -> list[Finding]:
+    """Every check. An unreachable identity provider is an error for ``visa check-config``; ``visa run``
+    asks for a warning (the provider may come back after visa has started)."""
+    return (check_settings(settings) + check_face(settings) + check_identity_provider(settings, level=provider_level)
+            + check_database(settings, probe_clouds=probe_clouds))

@@ -86,9 +86,8 @@ def _local_cloud_for_demo(settings: Settings, database: Database) -> str:
         cloud = s.scalar(select(Cloud).where(Cloud.name == "local", Cloud.kind == "local"))
         if cloud is None:
             return "local cloud: not registered"
-        defaults = {"root_dir": str((settings.data_dir / "local-instances").resolve())}
-        provider = LocalProvider(cloud.name, {**defaults, **cloud.config})
+        provider = LocalProvider.configured(cloud.name, cloud.config, settings)
         if provider.isolation_report().mode == "none" and "operator_usernames" not in cloud.config:
             cloud.config = {**cloud.config, "operator_usernames": ["scientist"]}
-            provider = LocalProvider(cloud.name, {**defaults, **cloud.config})
+            provider = LocalProvider.configured(cloud.name, cloud.config, settings)
         return f"local cloud: {provider.isolation_report().summary()}"

@@ -41,9 +41,10 @@ def truncate(value: Any, limit: int = MAX_VALUE) -> Any:
 # One-time tokens travel in some URLs (the desktop websocket, the user-content login):
 # uvicorn logs a websocket's path with its query string, so every line is cleaned. An
 # invitation link carries its token in the path (``/invite/<token>``, also URL-encoded in the
-# login page's ``next``): whoever reads the logs must not be able to join with it.
+# login page's ``next``), and so does a view link (``/view/<token>``): whoever reads the logs
+# must not be able to join or watch with them.
 _SECRET_PARAM = re.compile(r"([?&;](?:token|_xsrf)=)[^&\s\"';]+", re.IGNORECASE)
-_SECRET_PATH = re.compile(r"((?:/|%2F)invite(?:/|%2F))[^/?#&\s\"';%]+", re.IGNORECASE)
+_SECRET_PATH = re.compile(r"((?:/|%2F)(?:invite|view)(?:/|%2F))[^/?#&\s\"';%]+", re.IGNORECASE)
 
 
 def redact(text: str) -> str:

@@ -46,9 +46,6 @@ class Doc:
     extra_responses: dict[int, str] = field(default_factory=dict)
 
 
-_BY_ENDPOINT: dict[str, Doc] = {}
-
-
 def doc(summary: str, **kwargs: Any) -> Any:
     """Decorate a handler with its documentation (put it under the route decorator)."""
     d = Doc(summary=summary, tags=tuple(kwargs.pop("tags", ())), **kwargs)
@@ -58,11 +55,6 @@ def doc(summary: str, **kwargs: Any) -> Any:
         return fn
 
     return wrap
-
-
-def document(endpoint: str, summary: str, **kwargs: Any) -> None:
-    """Document a handler by its endpoint name, without touching its module."""
-    _BY_ENDPOINT[endpoint] = Doc(summary=summary, tags=tuple(kwargs.pop("tags", ())), **kwargs)
 
 
 def respond(
@@ -206,7 +198,7 @@ def build_document(app: Flask) -> dict[str, Any]:
         if not (rule.rule == "/api" or rule.rule.startswith("/api/")):
             continue
         view = app.view_functions[rule.endpoint]
-        d = getattr(view, "__openapi__", None) or _BY_ENDPOINT.get(rule.endpoint)
+        d = getattr(view, "__openapi__", None)
         methods = sorted(m.lower() for m in (rule.methods or ()) if m.lower() in HTTP_METHODS)
         for path, params in _expand(rule.rule):
             for method in methods:
@@ -258,7 +250,7 @@ def _version() -> str:
 bp = Blueprint("openapi", __name__)
 
 _DOCS_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>visa API</title>
+<html lang="en"><head><meta charset="utf-8"><title>visa API</title><link rel="icon" href="data:,">
 {% if vendored %}<link rel="stylesheet" href="{{ url_for('static', filename='vendor/swagger-ui/swagger-ui.css') }}">{% endif %}
 <link rel="stylesheet" href="{{ url_for('static', filename='admin/apidocs.css') }}">
 </head><body>
@@ -295,7 +287,8 @@ def parse_query(model: type[Q]) -> Q:
     from flask import request
 
     data: dict[str, Any] = {}
-    for name, info in model.model_fields.items():
+    for attribute, info in model.model_fields.items():
+        name = info.alias or attribute  # a parameter named like a Python keyword ("from") has an alias
         if name not in request.args:
             continue
         origin = getattr(info.annotation, "__origin__", None)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
+
+from visa.types import Input
 
 T = TypeVar("T")
 
@@ -17,9 +19,7 @@ MAX_PER_PAGE = 200
 COUNT_LIMIT = 10_000
 
 
-class PageQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
+class PageQuery(Input):
     page: int = Field(1, ge=1, le=100_000)
     per_page: int = Field(50, ge=1, le=MAX_PER_PAGE)
 

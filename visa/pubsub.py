@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, make_url
 log = logging.getLogger(__name__)
 
 EVENTS = "visa_events"  # an instance or a user's session changed: payload "i<id>,u<id>,..." or "*"
-COMMANDS = "visa_commands"  # a command was queued: payload the cloud id
+COMMANDS = "visa_commands"  # "c": a command was queued (visa.db.QUEUED); "follow": one finished
 CHANNELS = (EVENTS, COMMANDS)
 PAYLOAD_LIMIT = 7000  # PostgreSQL's limit is 8000 bytes
 
@@ -150,6 +150,14 @@ def listener(url: str) -> Listener | None:
         if found is None:
             found = _listeners[url] = Listener(url).start()
     return found
+
+
+def close_listener(url: str) -> None:
+    """Stop this process's listener for a database, if it has one (a database about to go away)."""
+    with _listeners_lock:
+        found = _listeners.pop(url, None)
+    if found is not None:
+        found.stop()
 
 
 def wait_connected(found: Listener | None, timeout: float = 5.0) -> bool:

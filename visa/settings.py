@@ -8,6 +8,7 @@ setup: SQLite in the data directory, the local provider and local accounts.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -45,25 +46,51 @@ class SmtpSettings(BaseModel):
 
 
 class OidcSettings(BaseModel):
-    """Keycloak (or any OIDC server with Keycloak's URL layout)."""
+    """The OpenID Connect provider: any one, by its issuer (discovery), or Keycloak by server and realm."""
 
+    issuer: str | None = Field(
+        None,
+        description="The provider's issuer, e.g. https://aai.egi.eu/auth/realms/egi (empty: local accounts, "
+        "unless server_url is set). visa reads <issuer>/.well-known/openid-configuration for the endpoints, "
+        "keys, end-session and refresh",
+    )
     server_url: str | None = Field(
         None,
-        description="e.g. https://sso.example.org/ (empty: local accounts). The back channel: where visa's "
-        "processes fetch tokens, keys and user info",
+        description="Keycloak's shorthand for the issuer <browser_url or server_url>/realms/<realm>, e.g. "
+        "https://sso.example.org/. The back channel: where visa's processes fetch discovery, tokens, keys "
+        "and user info",
     )
     browser_url: str | None = Field(
         None,
-        description="The front channel: the provider's address as browsers reach it, for the login and "
-        "logout redirects and the tokens' issuer (default: server_url). Set it when visa reaches the provider "
-        "by another name, e.g. http://keycloak:8080/ inside Compose and http://sso.localhost:8180/ outside",
+        description="With server_url: the front channel, Keycloak's address as browsers reach it, for the "
+        "login and logout redirects and the tokens' issuer (default: server_url). Set it when visa reaches "
+        "Keycloak by another name, e.g. http://keycloak:8080/ inside Compose and http://sso.localhost:8180/ "
+        "outside",
     )
-    realm: str = "visa"
+    realm: str = Field("visa", description="With server_url: the Keycloak realm")
+    name: str | None = Field(
+        None, max_length=60,
+        description="The provider's name on the login page's button (default: the realm, or the issuer's host)",
+    )
     client_id: str = "visa"
     client_secret: str | None = None
     audience: str | None = Field(None, description="Expected 'aud' of bearer tokens (default: client_id)")
-    role_claim: str | None = Field(None, description="Claim holding roles, e.g. realm_access.roles")
-    role_mapping: dict[str, str] = Field(default_factory=dict, description="token role -> visa role")
+    role_claim: str | None = Field(
+        None,
+        description="Claim holding roles, as a dotted path: realm_access.roles (Keycloak), "
+        "eduperson_entitlement (research federations); a list or a space-separated string",
+    )
+    role_mapping: dict[str, str] = Field(
+        default_factory=dict,
+        description="Claim value -> visa role (ADMIN, STAFF, ...). A value with * matches any run of characters, "
+        "e.g. urn:mace:egi.eu:group:vo.example.eu:role=manager#* (values no entry matches give no role)",
+    )
+    user_group_claim: str | None = Field(
+        None,
+        description="Claim holding the user's groups (visa's user groups, which flavour limits, lifetimes and "
+        "network rules name), as a dotted path, e.g. groups; read at each login: the groups it names are the "
+        "user's, beside those administrators add",
+    )
     verify_tls: bool = True
     refresh_seconds: int = Field(
         300, ge=10, le=86400,
@@ -81,16 +108,86 @@ class OidcSettings(BaseModel):
         description="Scope an OIDC access token must carry to create long-lived API tokens",
     )
 
+    @field_validator("issuer", "server_url", "browser_url")
+    @classmethod
+    def _http_url(cls, value: str | None, info: Any) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(f"oidc.{info.field_name}: {value!r} is not an http(s) URL without query or fragment")
+        return value
+
+    @field_validator("role_claim", "uid_claim", "gid_claim", "groups_claim", "home_claim", "user_group_claim")
+    @classmethod
+    def _claim_path(cls, value: str | None, info: Any) -> str | None:
+        if value is not None and not re.fullmatch(r"[^.\s]+(\.[^.\s]+)*", value):
+            raise ValueError(f"oidc.{info.field_name}: {value!r} is not a claim name or dotted path (a.b.c)")
+        return value
+
+    @field_validator("role_mapping")
+    @classmethod
+    def _visa_roles(cls, mapping: dict[str, str]) -> dict[str, str]:
+        from visa.policy.roles import Role
+
+        known = [r.value for r in Role]
+        out = {}
+        for value, role in mapping.items():
+            if not value or value.strip("*") == "":
+                raise ValueError(f"oidc.role_mapping: {value!r} would match every claim value: name one")
+            if role.upper() not in known:
+                raise ValueError(f"oidc.role_mapping: {value!r} maps to {role!r}, not a visa role "
+                                 f"(one of {', '.join(known)})")
+            out[value] = role.upper()
+        return out
+
+    @model_validator(mode="after")
+    def _one_provider(self) -> OidcSettings:
+        if self.issuer and self.server_url:
+            raise ValueError("oidc: set issuer (any provider) or server_url and realm (Keycloak's shorthand), "
+                             "not both")
+        if self.browser_url and not self.server_url:
+            raise ValueError("oidc.browser_url goes with server_url (Keycloak's shorthand); with issuer, browsers "
+                             "use the addresses of the discovery document")
+        if self.role_mapping and not self.role_claim:
+            raise ValueError("oidc.role_mapping needs oidc.role_claim: the claim whose values it maps")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether users log in at the provider (else with local accounts)."""
+        return bool(self.issuer or self.server_url)
+
+    @property
+    def keycloak(self) -> bool:
+        """Configured by Keycloak's shorthand: its back-channel logout may be used."""
+        return bool(self.server_url)
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        return self.realm if self.keycloak else urlsplit(self.issuer or "").hostname or "identity provider"
+
     @property
     def frontchannel_base(self) -> str:
-        """The provider's base URL as browsers reach it, ending with a slash."""
+        """Keycloak's base URL as browsers reach it, ending with a slash."""
         return (self.browser_url or self.server_url or "").rstrip("/") + "/"
 
     @property
-    def issuer(self) -> str:
-        """The realm as tokens name it: the browser-facing address, as Keycloak names itself when
-        its hostname is set (KC_HOSTNAME), whichever address visa fetched the token from."""
+    def issuer_url(self) -> str:
+        """The issuer tokens name: ``issuer``, or the realm at the browser-facing address, as Keycloak
+        names itself when its hostname is set (KC_HOSTNAME), whichever address visa fetched the token from."""
+        if self.issuer:
+            return self.issuer
         return f"{self.frontchannel_base}realms/{self.realm}"
+
+    @property
+    def discovery_url(self) -> str:
+        """Where visa's processes read the provider's discovery document (the back channel)."""
+        if self.issuer:
+            return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        return f"{(self.server_url or '').rstrip('/')}/realms/{self.realm}/.well-known/openid-configuration"
 
 
 # Where a unix identity may come from (``visa.users.service.SOURCES``).
@@ -180,6 +277,45 @@ class SharingSettings(BaseModel):
     )
 
 
+class ImportSourceSettings(BaseModel):
+    """Where the facility's extractor serves the user office's export: a command's output or a URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: list[str] | None = Field(
+        None, min_length=1, description="A program and its arguments (no shell), run as visa's account; "
+        "its standard output is the export"
+    )
+    url: str | None = Field(None, description="An http(s) URL answering the export to a GET")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Headers of the GET (e.g. Authorization); never logged"
+    )
+    format: Literal["json", "csv"] = Field("json", description="What the export is written in")
+    timeout_seconds: float = Field(120, gt=0, le=3600, description="The command or the GET is given up after this")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and (urlsplit(value).scheme not in {"http", "https"} or not urlsplit(value).hostname):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _one(self) -> ImportSourceSettings:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give either command or url")
+        return self
+
+
+class ExperimentsSettings(BaseModel):
+    """The user office's export, imported on a schedule (``visa experiments import`` without a file)."""
+
+    import_source: ImportSourceSettings | None = Field(
+        None, description="The extractor's command or URL; none: experiments come only from `visa experiments import FILE`"
+    )
+    import_seconds: int = Field(3600, ge=60, description="How often the scheduler imports from import_source")
+
+
 class SchedulerSettings(BaseModel):
     """Periods of the background jobs, in seconds."""
 
@@ -192,11 +328,18 @@ class SchedulerSettings(BaseModel):
     # Emails whose sender died between the decision and the send (the rest go at once).
     outbox_seconds: int = Field(60, ge=1)
     orphan_grace_hours: int = Field(24, ge=0)
+    warm_seconds: int = Field(
+        30, ge=1, description="How often the warm pools are checked and refilled (plans' `warm` in the catalogue)"
+    )
     usage_seconds: int = Field(300, ge=10, description="How often instance counts and resources in use are sampled")
     usage_keep_days: int = Field(35, ge=1, description="How long usage samples are kept (the job prunes older ones)")
     lease_seconds: int = Field(30, ge=5)
     command_concurrency: int = Field(
         4, ge=1, le=64, description="Commands a process runs at once on one cloud (a hung cloud stalls only its own)"
+    )
+    cloud_call_seconds: float = Field(
+        60.0, gt=0, le=3600, description="A cloud call, with its retries of transient failures, starts no try "
+        "after this long (then it fails; the command frees its cloud slot)"
     )
     command_heartbeat_seconds: float = Field(
         5.0, gt=0, le=300, description="How often a process says it still runs the commands it claimed"
@@ -208,6 +351,49 @@ class SchedulerSettings(BaseModel):
     metrics_port: int = Field(
         9464, ge=0, le=65535, description="Port of `visa scheduler`'s /metrics and /health (0: not served)"
     )
+
+
+class NetworkSettings(BaseModel):
+    """Who may reach the servers' ports, and how often the network rules are applied to running servers."""
+
+    base_group: str | None = Field(
+        None,
+        description="Security group given to every server at create, opening the desktop, Jupyter and SSH ports "
+        "to `access_from` only (`visa clouds secure-network` checks and creates it); none: not given",
+    )
+    access_from: list[str] = Field(
+        default_factory=list,
+        description="Addresses or ranges (CIDR) of visa's gateway and activity probe, as the servers see them",
+    )
+    ssh_port: int = Field(22, ge=1, le=65535, description="The servers' SSH port (the activity probe, file transfers)")
+    rules_seconds: int = Field(
+        300, ge=10, description="How often the network rules are applied to running servers (roles, memberships, "
+        "beamtime)"
+    )
+
+    @field_validator("access_from")
+    @classmethod
+    def _ranges(cls, value: list[str]) -> list[str]:
+        for i, item in enumerate(value):
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"item {i + 1} ({item[:64]!r}) is not an address or CIDR range") from None
+        return value
+
+
+class BookingSettings(BaseModel):
+    """GPU bookings: the days a booking may cover around the beamtime it serves, and how far ahead
+    the calendar looks."""
+
+    beamtime_margin_days: int = Field(
+        7, ge=0, le=365,
+        description="A booking may start this many days before its experiment's beamtime and end this many after",
+    )
+    horizon_days: int = Field(
+        180, ge=1, le=3650, description="How far ahead bookings may be made, and the create page looks for a free day",
+    )
+    max_days: int = Field(31, ge=1, le=3650, description="The longest booking, in days")
 
 
 class DatabasePoolSettings(BaseModel):
@@ -334,6 +520,10 @@ class ProvisioningSettings(BaseModel):
     )
     user_shell: str = "/bin/bash"
     probe_username: str = Field("visa", description="Account the scheduler uses over SSH to read activity")
+    assign_username: str = Field(
+        "visa-assign", description="Account of a warm machine whose key may only run the assignment helper "
+        "(the owner given to an already booted machine)"
+    )
     probe_public_key: str | None = Field(
         None, description="OpenSSH public key of the probe account (one line); none: no probe account"
     )
@@ -347,6 +537,17 @@ class ProvisioningSettings(BaseModel):
     desktop_display: int = Field(1, ge=1, le=99, description="X display of the desktop (:1 -> VNC 5901)")
     jupyter_command: str = Field(
         "/opt/visa/jupyterlab/bin/jupyter-lab", description="JupyterLab executable the image recipes install"
+    )
+    jupyter_cull_idle_seconds: int = Field(
+        3 * 3600, ge=0, le=30 * 86400,
+        description="JupyterLab shuts down a kernel idle this long, freeing its memory and GPU "
+        "(MappingKernelManager.cull_idle_timeout; 0: never). A busy kernel is never culled",
+    )
+    jupyter_cull_interval_seconds: int = Field(
+        300, ge=1, le=86400, description="How often JupyterLab looks for idle kernels (cull_interval)"
+    )
+    jupyter_cull_connected: bool = Field(
+        False, description="Cull idle kernels that a notebook tab still has open too (cull_connected)"
     )
     apptainer_image_dir: str = Field(
         "/cvmfs/software.esrf.fr/containers", description="Container images Apptainer users are pointed to"
@@ -362,71 +563,6 @@ class ProvisioningSettings(BaseModel):
         if value not in {"nfs", "ceph", "bind"}:
             raise ValueError("mount_type must be nfs, ceph or bind")
         return value
-
-    @field_validator("raw_mount_template", "processed_mount_template")
-    @classmethod
-    def _known_placeholders(cls, value: str) -> str:
-        names = _placeholders(value)
-        if not names <= {"proposal", "beamline"}:
-            raise ValueError(f"only {{proposal}} and {{beamline}} may be used, not {sorted(names)}")
-        return value
-
-    @model_validator(mode="after")
-    def _home_inside_root(self) -> ProvisioningSettings:
-        check_home_template(self.home_mount_template, self.home_mount_root)
-        return self
-
-
-def _placeholders(template: str) -> set[str]:
-    import string
-
-    try:
-        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    except ValueError as exc:
-        raise ValueError(f"not a template: {exc}") from None
-
-
-def split_source(source: str) -> tuple[str, str]:
-    """(server, path) of a mount source: ``host:/path`` (NFS), ``mon1,mon2:/path`` (CephFS) or
-    ``/path`` (bind)."""
-    if source.startswith("/"):
-        return "", source
-    server, sep, path = source.partition(":")
-    return (server, path) if sep else ("", source)
-
-
-def home_source_inside(source: str, root: str) -> bool:
-    """Whether a rendered home source is a directory strictly inside ``root`` (same server,
-    a normalised path below the root's, no ``..``)."""
-    import posixpath
-
-    server, path = split_source(source)
-    root_server, root_path = split_source(root)
-    if server != root_server or not path.startswith("/") or posixpath.normpath(path) != path:
-        return False
-    base = posixpath.normpath(root_path)
-    return path.startswith(base.rstrip("/") + "/") and path != base
-
-
-# A sample identity to render a home template with when it is checked: a template that leaves
-# its root with these values leaves it for anyone.
-_SAMPLE = {"username": "visa-sample", "uid": 123456}
-
-
-def check_home_template(template: str | None, root: str | None) -> None:
-    """Refuse a home template that is not one directory per user inside its root (raises ValueError)."""
-    if template is None:
-        return
-    if not root:
-        raise ValueError("home_mount_template needs home_mount_root (the directory every home lies inside)")
-    names = _placeholders(template)
-    if not names <= {"username", "uid"}:
-        raise ValueError(f"home_mount_template: only {{username}} and {{uid}} may be used, not {sorted(names)}")
-    if "username" not in names and "uid" not in names:
-        raise ValueError("home_mount_template must contain {username} or {uid}: one home per user")
-    rendered = template.format(**_SAMPLE)
-    if not home_source_inside(rendered, root):
-        raise ValueError(f"home_mount_template renders {rendered!r}, outside home_mount_root {root!r}")
 
 
 class TransferSettings(BaseModel):
@@ -469,6 +605,89 @@ class ClipboardSettings(BaseModel):
                 raise ValueError(f"{host!r} is not a host name (or *.domain)")
             out.append(clean)
         return out
+
+
+_COLOUR = re.compile(r"#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})")
+LOGO_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".webp", ".gif")
+
+
+class SiteSettings(BaseModel):
+    """The facility's face: every page and every email carries its name, logo, colours and contact."""
+
+    name: str = Field("VISA", min_length=1, max_length=60, description="The service's name in pages and emails")
+    tagline: str = Field("remote analysis", max_length=80, description="Beside the name in the pages' top bar")
+    logo: str | None = Field(
+        None,
+        description="The facility's logo in the top bar: an image file (absolute path; .png, .svg, .jpg, .jpeg, "
+        ".webp or .gif) that visa serves as /site/logo, or an https:// URL (its origin is added to the "
+        "pages' img-src)",
+    )
+    logo_alt: str = Field("", max_length=120, description="The logo's text for screen readers (default: the name)")
+    brand_colour: str = Field("#1f4e79", description="The top bar's colour (#rgb or #rrggbb; white text on it)")
+    accent_colour: str = Field("#2f6fb0", description="Links and main buttons (#rgb or #rrggbb; white text on it)")
+    contact_email: str | None = Field(
+        None, max_length=254, pattern=r"^[^@\s<>\"]+@[^@\s<>\"]+$",
+        description="Where users ask for help: in every page's footer, the help pages and every email",
+    )
+
+    @field_validator("brand_colour", "accent_colour")
+    @classmethod
+    def _colour(cls, value: str) -> str:
+        if not _COLOUR.fullmatch(value):
+            raise ValueError(f"{value[:40]!r} is not a colour: #rgb or #rrggbb, e.g. #1f4e79")
+        return value.lower()
+
+    @field_validator("logo")
+    @classmethod
+    def _logo(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if "://" in value:
+            parts = urlsplit(value)
+            if parts.scheme != "https" or not parts.hostname or parts.username or any(c.isspace() for c in value):
+                raise ValueError("a logo URL must be an https:// URL with a host")
+            return value
+        if not value.startswith("/"):
+            raise ValueError("a logo file must be an absolute path (or give an https:// URL)")
+        if not value.lower().endswith(LOGO_SUFFIXES):
+            raise ValueError(f"a logo file must end in one of {', '.join(LOGO_SUFFIXES)}")
+        return value
+
+    @property
+    def logo_url(self) -> str | None:
+        """Where pages find the logo: visa's own /site/logo for a file, else the URL."""
+        if self.logo is None:
+            return None
+        return self.logo if "://" in self.logo else "/site/logo"
+
+    @property
+    def logo_origin(self) -> str | None:
+        """The origin a logo URL's image comes from (for the pages' Content-Security-Policy)."""
+        if self.logo is None or "://" not in self.logo:
+            return None
+        parts = urlsplit(self.logo)
+        return f"https://{parts.netloc}"
+
+
+class HelpSettings(BaseModel):
+    """The help pages, /help: Markdown files the facility writes."""
+
+    dir: Path | None = Field(
+        None,
+        description="A directory of Markdown files (index.md first; one page per *.md, its name the file's); "
+        "unset: visa's own user guide",
+    )
+
+
+class MailSettings(BaseModel):
+    """The emails' templates."""
+
+    templates_dir: Path | None = Field(
+        None,
+        description="A directory of email templates that replace visa's own file by file (same names: "
+        "<kind>.txt, <kind>.html, _base.html); `visa check-config` renders each with the variables "
+        "visa gives it",
+    )
 
 
 class Settings(BaseSettings):
@@ -515,6 +734,12 @@ class Settings(BaseSettings):
     provisioning: ProvisioningSettings = Field(default_factory=ProvisioningSettings)
     transfers: TransferSettings = Field(default_factory=TransferSettings)
     clipboard: ClipboardSettings = Field(default_factory=ClipboardSettings)
+    experiments: ExperimentsSettings = Field(default_factory=ExperimentsSettings)
+    network: NetworkSettings = Field(default_factory=NetworkSettings)
+    bookings: BookingSettings = Field(default_factory=BookingSettings)
+    site: SiteSettings = Field(default_factory=SiteSettings)
+    help: HelpSettings = Field(default_factory=HelpSettings)
+    mail: MailSettings = Field(default_factory=MailSettings)
 
     @field_validator("database_url")
     @classmethod
@@ -586,7 +811,7 @@ class Settings(BaseSettings):
     def uses_local_accounts(self) -> bool:
         if self.local_accounts is not None:
             return self.local_accounts
-        return not self.oidc.server_url
+        return not self.oidc.enabled
 
     def private_data_dir(self) -> Path:
         """The data directory, made if need be, readable by visa's own account only (0700)."""

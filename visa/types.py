@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import Field, PlainSerializer, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from sqlalchemy import JSON, Enum
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -24,6 +24,14 @@ def enum_column(enum_cls: type[enum.Enum], length: int = 32) -> Enum:
 
 
 JsonDict: Any = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Input(BaseModel):
+    """What a client or an operator sends (a body, a query string, a catalogue or import entry):
+    a field not declared is refused (a misspelt one would leave its default in force, silently),
+    and strings lose their surrounding spaces."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
 # Database ids are 32-bit integers: larger numbers never name anything, so input refuses them

@@ -13,10 +13,20 @@ rfb.resizeSession = false;
 
 const bench = { connected: false, flips: [], inputs: [], levels: [], error: null };
 window.bench = bench;
+// Rectangles decoded, by encoding: which path the server took.
+bench.encodings = {};
+for (const [encoding, decoder] of Object.entries(rfb._decoders)) {
+  const decode = decoder.decodeRect.bind(decoder);
+  decoder.decodeRect = (...args) => {
+    const done = decode(...args);
+    if (done) bench.encodings[encoding] = (bench.encodings[encoding] || 0) + 1;
+    return done;
+  };
+}
 
 if (q.get("tuned") === "1") {
   // visa's own link adaptation, exactly as the desktop page uses it.
-  const { tuneForLink } = await import("./js/desktop-link.js");
+  const { tuneForLink } = await import(`./${q.get("link") ?? "js"}/desktop-link.js`);
   const tuner = tuneForLink(rfb);
   tuner.onchange = (levels) => bench.levels.push([performance.now(), levels.quality, levels.compression]);
   bench.tuner = tuner;
@@ -36,20 +46,36 @@ display.flip = (fromQueue) => {
   const out = flip(fromQueue);
   if (real && area > 0) {
     bench.flips.push([performance.now(), area]);
-    if (bench.marker) countFrame(bench.marker);
+    if (bench.marker) readFrame(bench.marker);
     const w = bench.watch;
     if (w && w.base !== null && w.hit === null && sample(w) !== w.base) w.hit = performance.now();
   }
   return out;
 };
-// The animation paints a grey marker whose level changes with every frame it draws: a frame
-// delivered is a change of the marker's colour (JPEG moves colours a little, levels are far apart).
-function countFrame(marker) {
-  const [r, g, b] = display._targetCtx.getImageData(marker.x, marker.y, 1, 1).data;
-  const v = (r + g + b) / 3;
-  if (marker.last === null || Math.abs(v - marker.last) > 14) {
-    if (marker.last !== null) marker.frames += 1;
-    marker.last = v;
+// A frame source's window carries each frame's number in a marker at its top-left corner
+// (bench/framesource.py): 16 cells of 16x16 pixels, white for a one, and below them the same
+// inverted. A frame delivered is a new number painted; a torn marker reads as none.
+bench.startMarker = (x, y) => { bench.marker = { x, y, seen: new Set(), frames: 0, last: null }; };
+function readFrame(marker) {
+  const data = display._targetCtx.getImageData(marker.x, marker.y, 256, 32).data;
+  let n = 0;
+  for (let bit = 0; bit < 16; bit++) {
+    const at = (y) => { const i = (y * 256 + bit * 16 + 8) * 4; return data[i] + data[i + 1] + data[i + 2] > 384; };
+    const top = at(8);
+    if (top === at(24)) return;
+    n = (n << 1) | (top ? 1 : 0);
+  }
+  marker.last = n;
+  if (!marker.seen.has(n)) { marker.seen.add(n); marker.frames += 1; }
+  const c = bench.capture;
+  const now = performance.now();
+  if (c && c.shots.length < c.want && now - c.last >= c.every) {
+    // The painted frame, whole, as PNG: compared with the server's frame of this number.
+    c.last = now;
+    const crop = document.createElement("canvas");
+    crop.width = 1024; crop.height = 768;
+    crop.getContext("2d").drawImage(display._targetCtx.canvas, -marker.x, -marker.y);
+    c.shots.push([n, crop.toDataURL("image/png")]);
   }
 }
 // Typing is timed on the terminal's line only (other windows may be painting meanwhile):

@@ -104,7 +104,10 @@ def real_services() -> list[Service]:
                 socket="/run/libvirt/virtlogd-sock"),
         Service("libvirtd", argv=("libvirtd", "-f", str(etc / "libvirt/libvirtd.conf"), "-p", str(RUN / "libvirtd.real.pid")),
                 socket="/run/libvirt/libvirt-sock"),
-        Service("tapbridge", argv=(str(BIN / "python"), "-m", "sandbox_plugins.tapbridge", configs.BRIDGE)),
+        # The VMs' L2 agent and firewall: it reads the ports' security groups as admin.
+        Service("tapbridge", argv=(str(BIN / "python"), "-m", "sandbox_plugins.tapbridge", configs.BRIDGE),
+                env={"OS_AUTH_URL": f"{configs.KEYSTONE}/v3", "OS_PASSWORD": configs.ADMIN_PASSWORD,
+                     "VISA_SANDBOX_LOCKS": str(data / "locks")}),
         Service("nfs-ganesha", 2049, argv=("ganesha.nfsd", "-F", "-f", str(etc / "ganesha/ganesha.conf"),
                                            "-L", str(LOGS / "nfs-ganesha.log"), "-p", str(RUN / "ganesha.real.pid")),
                 address=configs.BRIDGE_ADDRESS),
@@ -370,12 +373,26 @@ def install_venv() -> None:
     _mark("venv", fingerprint)
 
 
+def _owns_databases() -> bool:
+    # (A state directory from before the "databases" marker has filled the databases itself.)
+    return _step("databases") or any(_step(f"{s}-db") for s in ("keystone", "glance", "placement", "nova", "neutron"))
+
+
+def _refuse_to_take_over() -> None:
+    """A new state directory drops the databases it finds: never while another sandbox runs on them."""
+    if not REAL and not _owns_databases() and _port_open(5000):
+        raise SystemExit(
+            f"[sandbox] another sandbox answers on 127.0.0.1:5000 and uses the databases {configs.DB_PREFIX}*: "
+            f"one started from the new state directory {STATE} would drop them under it. Point "
+            "VISA_OS_SANDBOX_STATE at that sandbox's state directory (or stop that sandbox first)."
+        )
+
+
 def install_databases() -> None:
     py = BIN / "python"
     # A new state directory starts from new databases: an earlier sandbox's (another checkout,
-    # a destroyed state) would not match its keys and node identity. (A state directory from
-    # before this marker has filled the databases itself: they are its own.)
-    owned = _step("databases") or any(_step(f"{s}-db") for s in ("keystone", "glance", "placement", "nova", "neutron"))
+    # a destroyed state) would not match its keys and node identity.
+    owned = _owns_databases()
     _run(py, HERE / "bootstrap.py", "databases", PG, *([] if owned else ["--fresh"]))
     _mark("databases")
     etc = STATE / "etc"
@@ -439,6 +456,7 @@ def install_databases() -> None:
 
 def install() -> None:
     t0 = time.monotonic()
+    _refuse_to_take_over()
     STATE.mkdir(parents=True, exist_ok=True)
     install_venv()
     configs.render(STATE, VENV, PG)

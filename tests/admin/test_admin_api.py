@@ -144,7 +144,7 @@ def test_flavour_limited_to_a_role_reaches_the_user(client, world) -> None:
     user = {"Authorization": f"Bearer {world.user_token}"}
     assert plan_id not in [p["id"] for p in client.get("/api/plans", headers=user).get_json()]
     r = client.put("/api/admin/flavours/esrf.gpu.test/limits", json={"roles": []}, headers=h)
-    assert r.status_code == 200 and r.get_json()["limits"] == {"roles": [], "instruments": []}
+    assert r.status_code == 200 and r.get_json()["limits"] == {"roles": [], "groups": [], "instruments": []}
     plans = client.get("/api/plans", headers=user).get_json()
     assert {"id": plan_id, "lifetime": 48} == {"id": plan_id, "lifetime": next(
         p["max_lifetime_hours"] for p in plans if p["id"] == plan_id)}
@@ -176,8 +176,16 @@ def test_images_through_the_api(client, world) -> None:
     assert r.status_code == 400 and r.get_json()["field"] == "plans"
     r = client.post("/api/admin/images", json={**image, "name": "x", "protocols": []}, headers=h)
     assert r.status_code == 400 and r.get_json()["field"] == "protocols"
+    for bad, field in (([{"name": "dash", "port": 80}], "web_services.0.port"),
+                       ([{"name": "-dash", "port": 8050}], "web_services.0.name"),
+                       ([{"name": "vnc", "port": 8050}], "web_services")):
+        r = client.put("/api/admin/images/bliss", json={**image, "web_services": bad}, headers=h)
+        assert r.status_code == 400 and r.get_json()["field"] == field, r.get_json()
+    web = [{"name": "dash", "port": 8050}]
+    r = client.put("/api/admin/images/bliss", json={**image, "web_services": web}, headers=h)
+    assert r.status_code == 200 and r.get_json()["web_services"] == web
     r = client.put("/api/admin/images/bliss", json={**image, "plans": []}, headers=h)
-    assert r.status_code == 200
+    assert r.status_code == 200 and r.get_json()["web_services"] == []
     assert not [p for p in client.get("/api/admin/plans", headers=h).get_json() if p["image"] == "bliss"][0]["enabled"]
     assert client.delete("/api/admin/images/bliss", headers=h).get_json()["visible"] is False
     assert client.get("/api/admin/images/none", headers=h).status_code == 404
@@ -253,3 +261,53 @@ def test_a_long_list_counts_up_to_the_limit_and_pages_on(client, world, monkeypa
     assert (exact["total"], exact["total_exact"]) == (2, True)  # as many as the limit: exact
     monkeypatch.setattr(visa.paging, "COUNT_LIMIT", 10_000)
     assert client.get("/api/admin/instances", headers=h).get_json()["total_exact"] is True
+
+
+def test_an_openstack_configuration_with_an_unknown_key_is_a_400_naming_it(client, world, db) -> None:
+    from sqlalchemy import select
+
+    from visa.clouds.models import Cloud
+
+    h = bearer(world.admin_token)
+    config = {"auth_type": "v3applicationcredential", "auth_url": "https://keystone.example.org:5000/v3",
+              "application_credential_id": "abc", "application_credential_secret": {"env": "OS_SECRET"}}
+    r = client.put("/api/admin/clouds/site", json={"kind": "openstack", "config": {**config, "regoin_name": "N"}},
+                   headers=h)
+    assert r.status_code == 400 and r.get_json()["field"] == "config.regoin_name"
+    assert "unknown key" in r.get_json()["message"]
+    r = client.put("/api/admin/clouds/site", json={"kind": "openstack", "config": {**config, "project_name": "p"}},
+                   headers=h)
+    assert r.status_code == 400 and r.get_json()["field"] == "config.project_name"
+    with db.sessionmaker() as s:
+        assert s.scalar(select(Cloud).where(Cloud.name == "site")) is None  # nothing stored
+    r = client.put("/api/admin/clouds/site", json={"kind": "openstack", "config": {**config, "region_name": "N"}},
+                   headers=h)
+    assert r.status_code == 200
+
+
+def test_instrument_scientists_through_the_api(client, world, db) -> None:
+    from sqlalchemy import select
+
+    from visa.audit.models import AuditEvent
+
+    h = bearer(world.admin_token)
+    assert client.get("/api/admin/instruments", headers=bearer(world.user_token)).status_code == 403
+    r = client.post("/api/admin/instruments/id21/scientists", json={"username": "alice"}, headers=h)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["scientists"][0]["username"] == "alice"
+    assert "INSTRUMENT_SCIENTIST" in [g["role"] for g in client.get("/api/admin/users/alice", headers=h).get_json()["roles"]]
+    body = client.get("/api/admin/instruments", headers=h).get_json()
+    assert {i["name"]: [p["username"] for p in i["scientists"]] for i in body}["id21"] == ["alice"]
+
+    r = client.post("/api/admin/instruments/id21/scientists", json={"username": "Alice Smith"}, headers=h)
+    assert r.status_code == 400 and "username" in r.get_data(as_text=True)
+    r = client.post("/api/admin/instruments/nope/scientists", json={"username": "alice"}, headers=h)
+    assert r.status_code == 404 and "no instrument 'nope'" in r.get_data(as_text=True)
+    r = client.post("/api/admin/instruments/id21/scientists", json={"username": "nobody"}, headers=h)
+    assert r.status_code == 404
+
+    r = client.delete("/api/admin/instruments/id21/scientists/alice", headers=h)
+    assert r.status_code == 200 and r.get_json()["scientists"] == []
+    with db.sessionmaker() as s:
+        assert list(s.scalars(select(AuditEvent.action).where(AuditEvent.action.like("instrument.%"))
+                              .order_by(AuditEvent.id))) == ["instrument.scientist.add", "instrument.scientist.remove"]

@@ -280,3 +280,27 @@ def test_dashboard_charts_draw_from_samples(site, browser) -> None:
     page.locator("#usage-charts[data-drawn=week] .usage-chart[data-chart=cores]").wait_for()
     # Six hours of a week: a short stretch of line at the right end.
     assert page.locator(".usage-chart[data-chart=cores]").evaluate(COLOURED_PIXELS) > 10
+
+
+def test_usage_report_draws_its_chart_and_exports_csv(site, browser) -> None:
+    url, _, _ = site
+    page = _context(browser, url, "ada").new_page()
+    page.goto("/admin/usage?by=owner")
+    # alice's machine has held its flavour for an hour (bob's two too, once the dashboard's test ran).
+    chart = page.locator("#usage-report-charts[data-drawn=true] .usage-chart[data-chart=core_hours]")
+    chart.wait_for()
+    assert int(chart.get_attribute("data-bars") or 0) >= 1
+    assert chart.evaluate(COLOURED_PIXELS) > 100
+    table = page.get_by_test_id("usage-report")
+    assert "alice" in table.inner_text()
+    _shot(page, "usage-report")
+    href = page.get_by_test_id("usage-csv").get_attribute("href")
+    assert href and "by=owner" in href
+    answer = page.context.request.get(href)
+    assert answer.ok and answer.headers["content-type"].startswith("text/csv")
+    assert answer.text().splitlines()[0] == "owner,instances,hours,core_hours,memory_gb_hours,gpu_hours"
+    # A period that ends before it begins: the page names the field, the chart is not drawn.
+    allow_errors(r"status of 400")
+    response = page.goto("/admin/usage?from=2026-02-01&to=2026-01-01")
+    assert response is not None and response.status == 400
+    assert "from (2026-02-01" in page.get_by_test_id("usage-error").inner_text()

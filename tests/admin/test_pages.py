@@ -19,6 +19,7 @@ def test_pages_for_admins_only(db, clock, api_client) -> None:
                         ("/admin/instances?state=&owner=alice&sort=name", "second"),
                         (f"/admin/instances/{a1}", "#cloud-config"), ("/admin/catalogue", "esrf.medium"),
                         ("/admin/users?q=ali", "alice@example.org"), ("/admin/notifications", "New notification"),
+                        ("/admin/instruments", 'data-instrument="id21"'),
                         ("/admin/audit", "Audit log")):
         r = admin.get(url)
         assert r.status_code == 200, (url, r.status_code, r.get_data(as_text=True)[:300])

@@ -105,9 +105,9 @@ def test_the_event_stream_checks_the_server_session(app, db: Database, clock, ap
     stream = events.EventStream(app)
     request = SimpleNamespace(cookies={"visa_session": alice.client.get_cookie("visa_session").value})
     ident = stream.identify(request)
-    assert ident is not None and events.UserStream(stream.services, *ident).session_valid()
+    assert ident is not None and stream.stream(*ident).session_valid()
     assert alice.post("/api/logout").status_code == 200
-    assert not events.UserStream(stream.services, *ident).session_valid()
+    assert not stream.stream(*ident).session_valid()
 
 
 def test_a_session_ends_after_its_lifetime_and_is_purged(app, db: Database, clock, api_client, monkeypatch) -> None:

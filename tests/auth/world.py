@@ -23,10 +23,11 @@ from tests.factories import (
 from visa.auth.sessions import open_login_session, session_epoch
 from visa.auth.tokens import create_api_token
 from visa.clock import Clock
-from visa.instances import service, sharing
+from visa.instances import service
 from visa.instances.models import Instance, InstanceMember, MemberRole
 from visa.instances.schemas import CreateInstance
 from visa.settings import Settings
+from visa.sharing import service as sharing
 from visa.users.models import Role, User
 
 PASSWORD = "correct-horse-battery"

@@ -20,7 +20,8 @@ def test_check_config_reports_and_fails_on_errors(cli, tmp_path: Path, monkeypat
     assert "cloud local isolation: sessions " in r.output
 
     config = tmp_path / "cloud.json"
-    config.write_text(json.dumps({"auth": {"password": {"env": "VISA_TEST_NO_SUCH_SECRET"}}}))
+    config.write_text(json.dumps({"auth_url": "http://127.0.0.1:9/v3", "username": "visa", "project_name": "visa",
+                                  "auth": {"password": {"env": "VISA_TEST_NO_SUCH_SECRET"}}}))
     assert cli("clouds", "add", "remote", "--kind", "openstack", "--config", str(config)).exit_code == 0
     r = cli("check-config")
     assert r.exit_code == 1 and "cloud remote: secrets not in the environment: auth.password" in r.output
@@ -205,3 +206,46 @@ def test_check_config_reports_a_users_uid_inside_the_local_clouds_range(cli, tmp
     r = cli("check-config")
     assert "warning cloud ranged uid_range: uid_number of ines inside 250000-250999" in r.output, r.output
     assert "olaf" not in r.output.split("uid_range:")[-1]
+
+
+def test_check_config_says_why_the_providers_discovery_fails(cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An issuer nobody answers at, and one that answers a web page: each named, with its URL."""
+    import http.server
+    import threading
+
+    from tests.processes import free_port
+
+    assert cli("init").exit_code == 0
+    nobody = f"http://127.0.0.1:{free_port()}/"
+    monkeypatch.setenv("VISA_OIDC__ISSUER", nobody)
+    r = cli("check-config")
+    assert r.exit_code == 1, r.output
+    assert (f"error   oidc discovery: the identity provider's discovery document at "
+            f"{nobody}.well-known/openid-configuration is unreachable") in r.output
+
+    class Portal(http.server.BaseHTTPRequestHandler):  # a sign-in portal's page where the issuer should be
+        def do_GET(self) -> None:
+            body = b"<!DOCTYPE html><title>Sign in</title>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Portal)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        portal = f"http://127.0.0.1:{server.server_address[1]}/auth"
+        monkeypatch.setenv("VISA_OIDC__ISSUER", portal)
+        r = cli("check-config", "--json")
+        assert r.exit_code == 1
+        found = [f for f in json.loads(r.output)["findings"] if f["subject"] == "oidc discovery"]
+        assert found == [{"level": "error", "subject": "oidc discovery", "message":
+                          f"the identity provider's discovery document at {portal}/.well-known/openid-configuration "
+                          "is not JSON (text/html)"}]
+    finally:
+        server.shutdown()
+        server.server_close()

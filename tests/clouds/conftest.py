@@ -6,6 +6,7 @@ already running when the session began is left running.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,8 @@ def openstack_sandbox() -> Iterator[dict[str, Any]]:
     was_running = sandbox("status").returncode == 0
     started = sandbox("start", timeout=1800)
     if started.returncode != 0:
+        if not was_running:  # a half-started sandbox would outlive the tests, its services running
+            sandbox("stop")
         pytest.fail(f"the OpenStack sandbox did not start:\n{started.stderr[-4000:]}")
     creds = json.loads(sandbox("credentials", "--json").stdout)
     yield creds
@@ -88,3 +92,65 @@ def make_provider(
         except Exception:  # a failed test may have left the API down; the session cleans up
             pass
         provider.close()
+
+
+@dataclass
+class Credentials:
+    """Application credentials of visa's sandbox account, made through Keystone's API."""
+
+    conn: Any
+    prefix: str
+    made: list[str]
+
+    def new(self, name: str) -> Any:
+        cred = self.conn.identity.create_application_credential(
+            self.conn.current_user_id, name=f"{self.prefix}{name}-{uuid.uuid4().hex[:6]}",
+            description="made by visa's tests")
+        self.made.append(cred.id)
+        return cred
+
+    def delete(self, cred: Any) -> None:
+        self.conn.identity.delete_application_credential(self.conn.current_user_id, cred.id)
+        self.made.remove(cred.id)
+
+    def config(self, cred: Any, secret: str | None = None, **extra: Any) -> dict[str, Any]:
+        """A cloud config that authenticates with ``cred`` (or ``secret`` in place of its own)."""
+        return {"auth_type": "v3applicationcredential", "auth_url": self.auth_url,
+                "application_credential_id": cred.id,
+                "application_credential_secret": cred.secret if secret is None else secret,
+                "region_name": "RegionOne", "interface": "public", **extra}
+
+    @property
+    def auth_url(self) -> str:
+        return str(self.conn.config.config["auth"]["auth_url"])
+
+
+@pytest.fixture
+def application_credentials(openstack_sandbox: dict[str, Any], run_prefix: str) -> Iterator[Credentials]:
+    """Makes application credentials on the sandbox's Keystone; those left are deleted after the test."""
+    import openstack
+
+    keys = ("auth_url", "username", "password", "project_name", "user_domain_name", "project_domain_name")
+    conn = openstack.connect(**{k: openstack_sandbox[k] for k in keys}, region_name="RegionOne",
+                             load_yaml_config=False, load_envvars=False)
+    creds = Credentials(conn, run_prefix, [])
+    yield creds
+    for cred_id in list(creds.made):
+        with contextlib.suppress(Exception):  # already gone
+            conn.identity.delete_application_credential(conn.current_user_id, cred_id)
+    conn.close()
+
+
+def sandbox_catalogue(session: Any, cloud_id: int) -> tuple[Any, Any]:
+    """The desktop image and the tiny size the sandbox has (its image and its Nova flavour), on
+    the cloud ``cloud_id``; flushed."""
+    from visa.catalogue.models import Flavour, Image, ImageProtocol, Protocol
+
+    image = Image(name="desktop", environment="Desktop", version="1", cloud_image_ref="visa-sandbox-image",
+                  visible=True, options={}, cloud_id=cloud_id)
+    image.protocols.append(ImageProtocol(protocol=Protocol.VNC, port=5901))
+    flavour = Flavour(name="visa.tiny", cores=1, memory_mb=256, cloud_flavour_ref="visa.tiny", visible=True,
+                      gpu_count=0, cloud_id=cloud_id)
+    session.add_all([image, flavour])
+    session.flush()
+    return image, flavour

@@ -38,9 +38,11 @@ class Framebuffer:
 
 
 class RfbClient:
-    def __init__(self, where: int | str, timeout: float = 5.0) -> None:
-        """A loopback TCP port, or the path of a unix socket (the local cloud's sessions)."""
-        if isinstance(where, str):
+    def __init__(self, where: int | str | tuple[str, int], timeout: float = 5.0) -> None:
+        """A loopback TCP port, an address and port, or the path of a unix socket (the local cloud's sessions)."""
+        if isinstance(where, tuple):
+            self.sock = socket.create_connection(where, timeout=timeout)
+        elif isinstance(where, str):
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.settimeout(timeout)
             self.sock.connect(where)

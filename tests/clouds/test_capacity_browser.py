@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import pytest
 
 from tests.browser import ROOT, allow_errors, chromium, cli, require_chromium, served, visa_env
 from tests.processes import free_port
+from tests.sandbox_wait import delete_servers, placement_free, wait_scheduled, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -56,22 +56,6 @@ class Site:
     uids: list[str] = field(default_factory=list)
 
 
-def _delete_servers(credentials: dict[str, Any], prefix: str) -> None:
-    """The servers this module made on the sandbox (by their name prefix), whatever visa did."""
-    from visa.clouds.openstack import OpenStackProvider
-
-    provider = OpenStackProvider("sandbox", {**credentials, "name_prefix": prefix})
-    try:
-        for server in provider.list_servers():
-            if server.name.startswith(prefix):
-                provider.delete(server.id)
-        deadline = time.monotonic() + 60  # the GPUs go back to the others who share the sandbox
-        while any(s.name.startswith(prefix) for s in provider.list_servers()) and time.monotonic() < deadline:
-            time.sleep(1)
-    finally:
-        provider.close()
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, openstack_sandbox: dict[str, Any]) -> Iterator[Site]:
     # The session's sandbox (tests/clouds/conftest.py): started if need be, shared with the other
@@ -100,7 +84,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, openstack_sandbox: dict[str, 
         with served(env, port, log) as url:
             yield Site(url=url, log=log, prefix=prefix, credentials=credentials)
     finally:
-        _delete_servers(credentials, prefix)
+        delete_servers(credentials, prefix)
 
 
 @pytest.fixture(scope="module")
@@ -118,24 +102,6 @@ def _room(api: httpx.Client) -> dict[str, Any]:
     r = api.get("/api/capacity", params={"flavour": GPU})
     assert r.status_code == 200, r.text
     return r.json()[0]
-
-
-def _wait_scheduled(site: Site, count: int) -> None:
-    """Until Nova has placed (or refused) every server visa made here: Placement counts them then."""
-    from visa.clouds.openstack import OpenStackProvider
-    from visa.states import InstanceState
-
-    provider = OpenStackProvider("sandbox", {**site.credentials, "name_prefix": site.prefix})
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            mine = [s for s in provider.list_servers() if s.name.startswith(site.prefix)]
-            if len(mine) >= count and all(s.state != InstanceState.BUILDING for s in mine):
-                return
-            assert time.monotonic() < deadline, (mine, site.log.read_text()[-3000:])
-            time.sleep(0.5)
-    finally:
-        provider.close()
 
 
 def _create_page(page: Any) -> Any:
@@ -173,10 +139,15 @@ def test_gpu_flavour_unavailable_when_the_sandbox_gpus_are_used_up(site: Site, b
             assert "CUSTOM_GPU_A40" in r.json().get("message", ""), r.text
             break
         site.uids.append(r.json()["uid"])
-        _wait_scheduled(site, len(site.uids))
-    deadline = time.monotonic() + 60  # Nova allocates as it schedules; visa reads Placement at most every 15 s
-    while (room := _room(api))["available"] is not False and time.monotonic() < deadline:
-        time.sleep(1)
+        wait_scheduled(site.credentials, site.prefix, len(site.uids), site.log)
+    # Nova allocates as it schedules; visa reads Placement at most every 15 s. The create page may
+    # say "unavailable" sooner (visa's own machines count until their lifetimes end, as bookings
+    # need), while the administrators' pool view shows Placement's figures: wait for both.
+    admin_api = httpx.Client(base_url=site.url, timeout=60)
+    assert admin_api.post("/api/login", json={"username": "ada", "password": "ada-password"}).status_code == 200
+    wait_until(lambda: _room(api)["available"] is False and placement_free(admin_api, "sandbox", "CUSTOM_GPU_A40") == 0)
+    admin_api.close()
+    room = _room(api)
     assert room["available"] is False, (room, site.log.read_text()[-3000:])
     assert "CUSTOM_GPU_A40" in room["message"], room
 

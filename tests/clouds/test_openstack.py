@@ -262,7 +262,7 @@ def test_sync_of_a_fleet_is_one_list_call(fleet: Fleet, openstack_sandbox: dict[
 
 def test_compute_api_killed_mid_sync(fleet: Fleet, openstack_sandbox: dict[str, Any]) -> None:
     provider = OpenStackProvider(
-        "sandbox", {**openstack_sandbox, "page_size": PAGE, "retries": 2, "backoff": 0.2, "timeout": 10}
+        "sandbox", {**openstack_sandbox, "page_size": PAGE, "timeout": 10}
     )
     before = {s.id: s.state for s in provider.list_servers() if s.id in fleet.ids}
     assert before.keys() == fleet.ids

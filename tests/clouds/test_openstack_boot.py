@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from tests.clouds.conftest import sandbox_catalogue
 from tests.factories import actor, make_experiment, make_plan, make_user
-from visa.catalogue.models import Flavour, Image, ImageProtocol, Protocol
 from visa.clouds.models import Cloud
+from visa.commands.executor import run_pending_commands
+from visa.commands.sync import sync_cloud
 from visa.db import Database
 from visa.instances import service
-from visa.instances.executor import run_pending_commands
 from visa.instances.models import CommandAction, Instance, InstanceState
 from visa.instances.schemas import CreateInstance
-from visa.instances.sync import sync_cloud
 from visa.provisioning import report
 from visa.services import Services
 from visa.settings import Settings
@@ -40,13 +40,7 @@ def on_sandbox(tmp_path: Path, db: Database, clock, openstack_sandbox: dict[str,
                       config={**openstack_sandbox, "name_prefix": make_provider.prefix})
         s.add(cloud)
         s.flush()
-        image = Image(name="desktop", environment="Desktop", version="1", cloud_image_ref="visa-sandbox-image",
-                      visible=True, options={}, cloud_id=cloud.id)
-        image.protocols.append(ImageProtocol(protocol=Protocol.VNC, port=5901))
-        flavour = Flavour(name="visa.tiny", cores=1, memory_mb=256, cloud_flavour_ref="visa.tiny", visible=True,
-                          gpu_count=0, cloud_id=cloud.id)
-        s.add_all([image, flavour])
-        s.flush()
+        image, flavour = sandbox_catalogue(s, cloud.id)
         alice = make_user(s, clock, "alice")
         exp = make_experiment(s, members=[alice], proposal="ev280", instrument="id21")
         plan = make_plan(s, image, flavour)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import time
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
@@ -138,34 +136,6 @@ def test_translate(exc: Exception, reason: str, transient: bool) -> None:
     assert "'site'" in error.message
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_unreachable_cloud_is_retried_then_transient() -> None:
-    provider = OpenStackProvider(
-        "down",
-        {
-            "auth_url": f"http://127.0.0.1:{_closed_port()}/v3",
-            "username": "visa",
-            "password": "x",
-            "project_name": "visa",
-            "retries": 2,
-            "backoff": 0.1,
-            "timeout": 2,
-        },
-    )
-    started = time.monotonic()
-    with pytest.raises(CloudError) as info:
-        provider.list_servers()
-    assert info.value.transient
-    assert info.value.details["reason"] == "unavailable"
-    assert time.monotonic() - started >= 0.1 + 0.2  # two backoffs: it did retry
-    provider.close()
-
-
 def test_overlong_metadata_is_refused_before_any_call() -> None:
     provider = OpenStackProvider("x", {"auth_url": "http://127.0.0.1:9/v3"})
     spec = ServerSpec(
@@ -180,3 +150,10 @@ def test_overlong_metadata_is_refused_before_any_call() -> None:
     with pytest.raises(CloudError) as info:
         provider._metadata(spec)
     assert info.value.details["reason"] == "invalid_metadata"
+
+
+def test_an_unknown_application_credential_is_refused_credentials() -> None:
+    error = translate(ksa_exc.NotFound("Could not find Application Credential: abc.", url="http://k/v3/auth/tokens",
+                                       method="POST"), "list servers", "site")
+    assert error.details["reason"] == "auth" and not error.transient
+    assert "Could not find Application Credential" in error.message

@@ -15,6 +15,8 @@ from visa.clock import FrozenClock
 from visa.clouds import service
 from visa.clouds.models import Cloud
 from visa.errors import Forbidden, InvalidInput, NotFound
+from visa.provisioning.site import cloud_check
+from visa.settings import ProvisioningSettings
 
 
 def test_cli_registers_enables_and_disables(cli, tmp_path: Path) -> None:
@@ -68,8 +70,8 @@ BAD_OVERRIDES = [
     ({"mount_type": "smb"}, "config.provisioning.mount_type", "nfs, ceph or bind"),
     ({"cvmfs_quota_mb": "lots"}, "config.provisioning.cvmfs_quota_mb", "integer"),
     ({"raw_mount_template": "/srv/{user}"}, "config.provisioning.raw_mount_template", "{proposal}"),
-    ({"home_mount_template": "/srv/{username}/..", "home_mount_root": "/srv"}, "config.provisioning",
-     "outside home_mount_root"),
+    ({"home_mount_template": "/srv/{username}/..", "home_mount_root": "/srv"},
+     "config.provisioning.home_mount_template", "outside home_mount_root"),
 ]
 
 
@@ -81,7 +83,8 @@ def test_a_bad_provisioning_override_is_refused_when_the_cloud_is_added(
     misspelt key included (it would leave the site's value in force, silently)."""
     clock = FrozenClock()
     with db.unit_of_work() as s, pytest.raises(InvalidInput) as refused:
-        service.register_cloud(SYSTEM, s, clock, "remote", "local", {"provisioning": override})
+        service.register_cloud(SYSTEM, s, clock, "remote", "local", {"provisioning": override},
+                               check_site=cloud_check(ProvisioningSettings()))
     assert refused.value.field == field and message in refused.value.message
     with db.sessionmaker() as s:
         assert s.scalar(select(Cloud).where(Cloud.name == "remote")) is None
@@ -99,7 +102,6 @@ def test_cli_names_the_bad_override_and_stores_nothing(cli, tmp_path: Path) -> N
 def test_a_stored_bad_override_is_not_rendered() -> None:
     """A row stored before its checks (or edited in the database) is checked again at render."""
     from visa.provisioning.site import site_for_cloud
-    from visa.settings import ProvisioningSettings
 
     assert site_for_cloud({"provisioning": {"mount_type": "bind"}}, ProvisioningSettings()).mount_type == "bind"
     for override, field, message in BAD_OVERRIDES:

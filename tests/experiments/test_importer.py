@@ -63,6 +63,13 @@ def test_csv_import_and_member_change(db: Database, clock, tmp_path: Path) -> No
         ({"end_date": "2026-09-01"}, "end_date is before start_date"),
         ({"title": "x" * 5000}, "field 'title'"),
         ({"instrument": None}, "field 'instrument'"),
+        ({"doi": "11.1234/x"}, "field 'doi': Value error, not a DOI"),
+        ({"doi": "10.1234/a b"}, "field 'doi'"),
+        ({"data_url": "javascript:alert(1)"}, "field 'data_url': Value error, must be an http"),
+        ({"data_url": "//evil.example/x"}, "field 'data_url'"),
+        ({"logbook_url": "https://evil.example/\nx"}, "field 'logbook_url'"),
+        ({"logbook_url": "https://user:pw@logbook.example.org/"}, "field 'logbook_url'"),
+        ({"logbook_url": "ftp://logbook.example.org/"}, "field 'logbook_url'"),
     ],
 )
 def test_bad_record_refuses_the_whole_file(db: Database, clock, tmp_path: Path, record: dict, expected: str) -> None:
@@ -71,10 +78,10 @@ def test_bad_record_refuses_the_whole_file(db: Database, clock, tmp_path: Path, 
     _run(db, clock, good)
     bad = tmp_path / "bad.json"
     broken = {**RECORDS[0], **record, "id": "ev999-id21"}
-    bad.write_text(json.dumps([RECORDS[1], broken]))
+    bad.write_text(f"[\n  {json.dumps(RECORDS[1])},\n  {json.dumps(broken)}\n]\n")
     with pytest.raises(ImportFileError) as err:
         parse_file(bad)
-    assert "bad.json: entry 'ev999-id21'" in err.value.message
+    assert "bad.json: line 3: entry 'ev999-id21'" in err.value.message
     assert expected in err.value.message
     with db.sessionmaker() as s:
         assert s.scalar(select(func.count(Experiment.id))) == 1
@@ -92,3 +99,27 @@ def test_duplicate_id_and_not_a_list(tmp_path: Path) -> None:
     c.write_text("id,proposal\n1,2\n")
     with pytest.raises(ImportFileError, match="missing CSV column"):
         parse_file(c)
+
+
+def test_links_to_the_data_are_imported_and_updated(db: Database, clock, tmp_path: Path) -> None:
+    f = tmp_path / "exp.csv"
+    f.write_text("id,proposal,instrument,start_date,end_date,doi,data_url,logbook_url\n"
+                 "ev1-id21,ev1,id21,2026-01-01,2026-01-03,https://doi.org/10.15151/ESRF-ES-1,"
+                 "https://data.example.org/ev1,\n")
+    assert _run(db, clock, f).created == 1
+    with db.sessionmaker() as s:
+        exp = s.scalar(select(Experiment))
+        assert (exp.doi, exp.data_url, exp.logbook_url) == ("10.15151/ESRF-ES-1", "https://data.example.org/ev1", None)
+        assert exp.doi_url == "https://doi.org/10.15151/ESRF-ES-1"
+    f = tmp_path / "exp.json"
+    f.write_text(json.dumps([{"id": "ev1-id21", "proposal": "ev1", "instrument": "id21", "start_date": "2026-01-01",
+                              "end_date": "2026-01-03", "doi": "doi:10.5072/a<b>\"c#d",
+                              "logbook_url": "HTTPS://logbook.example.org/ev1?a=1&b=2"}]))
+    result = _run(db, clock, f)
+    assert result.experiments_updated == [("ev1-id21", ["doi", "data_url", "logbook_url"])]
+    with db.sessionmaker() as s:
+        exp = s.scalar(select(Experiment))
+        assert exp.doi == '10.5072/a<b>"c#d'
+        # Every character a link's address could misread is escaped in the resolver's URL.
+        assert exp.doi_url == "https://doi.org/10.5072/a%3Cb%3E%22c%23d"
+        assert exp.logbook_url == "HTTPS://logbook.example.org/ev1?a=1&b=2"

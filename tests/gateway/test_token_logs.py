@@ -32,11 +32,16 @@ def test_connect_tokens_are_not_written_to_the_logs(tmp_path: Path) -> None:
             with pytest.raises(InvalidStatus) as info:
                 connect(f"{ws}/ws/desktop/abc123?token={TOKEN}", origin=origin, open_timeout=10).close()  # type: ignore[arg-type]
             assert info.value.response.status_code in (401, 403)
+            with pytest.raises(InvalidStatus) as info:  # a view link's socket
+                connect(f"{ws}/ws/view?token={TOKEN}", origin=origin, open_timeout=10).close()  # type: ignore[arg-type]
+            assert info.value.response.status_code == 403
+        assert httpx.get(f"{url}/view/{TOKEN}").status_code == 404  # a view link's page
         content = f"abc123.instances.localhost:{port}"
         r = httpx.get(f"{url}/_visa/login?token={TOKEN}&next=/jupyter/abc123/lab", headers={"Host": content})
     text = log.read_text()
     # The lines were written, without the token.
     assert '"WebSocket /ws/desktop/abc123?token=[redacted]" 403' in text, text[-3000:]
+    assert '"WebSocket /ws/view?token=[redacted]" 403' in text and "/view/[redacted]" in text, text[-3000:]
     assert TOKEN not in text
     assert r.status_code == 401  # the user-content login refused it, and the log kept nothing
 

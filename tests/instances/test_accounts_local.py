@@ -14,18 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select
 
-from tests.auth.test_oidc import browser_login, idp, oidc_app  # noqa: F401 (fixtures)
+from tests.auth.test_oidc import Idp, browser_login, idp, oidc_app  # noqa: F401 (fixtures)
 from tests.clouds.accounts import remove_account, remove_recorded_accounts
 from tests.factories import actor, make_experiment, make_flavour, make_image, make_plan, make_user
 from visa.actor import SYSTEM
 from visa.clouds.models import Cloud
+from visa.commands.executor import run_pending_commands
 from visa.db import Database
 from visa.instances import service
-from visa.instances.executor import run_pending_commands
 from visa.instances.models import Instance, InstanceState
 from visa.instances.schemas import CreateInstance
 from visa.services import Services
@@ -67,14 +66,9 @@ def world(oidc_app: Any, db: Database, tmp_path: Path) -> Iterator[tuple[Any, Se
         remove_recorded_accounts(db)
 
 
-def _sign_up(idp: str, username: str) -> None:  # noqa: F811
-    r = httpx.post(f"{idp}test/register", params={"user": username, "password": f"{username}-password"})
-    assert r.status_code in (201, 409), r.text  # 409: signed up for the run on the other database
-
-
-def _first_login(app: Any, idp: str, username: str) -> Any:  # noqa: F811
+def _first_login(app: Any, idp: Idp, username: str) -> Any:  # noqa: F811
     """A new user signs up at the provider with the name they chose, and logs in to visa."""
-    _sign_up(idp, username)
+    idp.register(username, f"{username}-password")  # 409 (already there) for the run on the other database
     client, _ = browser_login(app, username, f"{username}-password")
     return client
 

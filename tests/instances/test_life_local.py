@@ -14,12 +14,12 @@ from tests.factories import actor, make_experiment, make_flavour, make_image, ma
 from visa.catalogue.models import Protocol
 from visa.clouds.local import LocalProvider
 from visa.clouds.models import Cloud
+from visa.commands.executor import run_pending_commands
+from visa.commands.sync import TRANSITION_GRACE, sync_cloud
 from visa.db import Database
 from visa.instances import service
-from visa.instances.executor import run_pending_commands
 from visa.instances.models import CommandAction, CommandState, Instance, InstanceCommand, InstanceState
 from visa.instances.schemas import CreateInstance
-from visa.instances.sync import sync_cloud
 from visa.services import Services
 from visa.settings import Settings
 
@@ -124,6 +124,11 @@ def test_lost_machine_becomes_error_and_create_failure_is_readable(local) -> Non
     services, uid = local
     run_pending_commands(services)
     services.provider("local").delete(uid)  # someone removed it behind visa's back
+    # A machine just asked for may not be listed yet (Nova lists a server once it is scheduled):
+    # for a short while it stays BUILDING, then it is taken for lost.
+    sync_cloud(services, "local", probe_timeout=1)
+    assert _state(services.database, uid).state == InstanceState.BUILDING
+    services.clock.advance(seconds=TRANSITION_GRACE.total_seconds() + 1)
     sync_cloud(services, "local", probe_timeout=1)
     inst = _state(services.database, uid)
     assert inst.state == InstanceState.ERROR and "no longer has" in inst.error_message
@@ -131,7 +136,7 @@ def test_lost_machine_becomes_error_and_create_failure_is_readable(local) -> Non
 
 def test_a_command_left_running_by_a_dead_process_is_carried_out(local) -> None:
     services, uid = local
-    from visa.instances.executor import claim_pending
+    from visa.commands.executor import claim_pending
 
     assert claim_pending(services) != []  # this "process" dies here, its command RUNNING
     assert run_pending_commands(services) == 0
@@ -163,7 +168,7 @@ def test_a_computing_local_session_is_seen_as_active_without_a_browser(local) ->
 
 
 def test_the_worker_follows_an_instance_it_just_created_until_its_desktop_answers(local) -> None:
-    from visa.instances.worker import Worker, wake
+    from visa.commands.worker import Worker
 
     services, uid = local
     # The usual sync of moving instances is a minute apart here: only the close following
@@ -171,7 +176,7 @@ def test_the_worker_follows_an_instance_it_just_created_until_its_desktop_answer
     worker = Worker(services, sync_seconds=60.0)
     worker.start()
     try:
-        wake()
+        worker.wake()
         deadline = time.monotonic() + 40
         while _state(services.database, uid).state != InstanceState.ACTIVE and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -11,9 +11,9 @@ from tests.factories import actor, make_experiment, make_flavour, make_plan
 from tests.services import Inbox, add_instance
 from visa.catalogue.models import Image
 from visa.clock import FrozenClock
+from visa.commands.executor import run_pending_commands
 from visa.instances import lifecycle, service
 from visa.instances.activity import Observation, record
-from visa.instances.executor import run_pending_commands
 from visa.instances.models import CommandAction, Instance, InstanceCommand, InstanceState
 from visa.instances.schemas import CreateInstance
 from visa.mail.models import SentEmail

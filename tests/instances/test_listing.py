@@ -19,9 +19,10 @@ from visa.catalogue.models import Protocol
 from visa.db import Database
 from visa.errors import Forbidden
 from visa.instances import listing, service
-from visa.instances.models import Instance, InstanceMember, InstanceState, MemberRole
+from visa.instances.models import Instance, InstanceHome, InstanceMember, InstanceState, MemberRole
 from visa.instances.schemas import InstanceQuery
 from visa.instances.serialize import instance_out, row_out
+from visa.policy import allowed
 from visa.users.models import Role, User
 
 
@@ -152,3 +153,47 @@ def test_statements_do_not_grow_with_the_instances(db, clock) -> None:
             other_plan = make_plan(s, make_image(s, f"image{i}"), make_flavour(s, f"flavour{i}"))
             make_instance(s, clock, alice, other_plan, cloud, experiments=[make_experiment(s, members=[alice])])
     assert _statements(db, run) == one
+
+
+# Every action the pages ask of an instance in a list (visa/instances/pages.py ``_card``).
+PAGE_ACTIONS = ["instance.view", "instance.control", "instance.delete", "instance.share", "instance.invite",
+                "instance.extend", "instance.connect", "instance.jupyter", "instance.input", "instance.edit",
+                "instance.files.read", "instance.files.write"]
+
+
+@pytest.mark.parametrize("home", list(InstanceHome))
+@pytest.mark.parametrize(("access", "image_needs_owner"), [(None, True), (None, False), (True, True), (False, False)])
+@pytest.mark.parametrize("owner_connected", [False, True])
+def test_the_policy_answers_rows_as_it_answers_models(
+    world, db, clock, home, access, image_needs_owner, owner_connected
+) -> None:
+    """The home page asks the policy of its rows (listing.RowTarget): for every member and every
+    action a page asks, the answer is the model's, whatever the home, the owner-presence setting
+    (the instance's, else its image's) and whether the owner is connected."""
+    from visa.instances.models import ConnectionProtocol, InstanceConnection
+    from visa.sharing import presence
+
+    with db.unit_of_work() as s:
+        for inst in s.scalars(select(Instance)):
+            inst.home, inst.unrestricted_member_access = home, access
+            inst.plan.image.members_need_owner = image_needs_owner
+            if owner_connected:
+                s.add(InstanceConnection(instance_id=inst.id, user_id=inst.owner_id, protocol=ConnectionProtocol.DESKTOP,
+                                         role=MemberRole.OWNER, gateway="test:1", started_at=clock.now(),
+                                         expires_at=clock.now() + timedelta(minutes=5)))
+    asked = 0
+    for name in ("alice", "bob", "carol"):
+        with db.sessionmaker() as s:
+            me = _user(s, clock, name)
+            rows = listing.home_rows(me, s)
+            targets = listing.policy_targets(me, s, rows, clock.now())
+            for row, target in zip(rows, targets, strict=True):
+                model = s.get(Instance, row.row.id)
+                for action in PAGE_ACTIONS:
+                    assert allowed(me, action, target) == allowed(me, action, model), (name, model.name, action)
+                    asked += 1
+                assert presence.waiting_for_owner(me, target, clock.now()) == \
+                    presence.waiting_for_owner(me, model, clock.now())
+                assert target.members_may_act == model.members_may_act
+    assert asked == len(PAGE_ACTIONS) * 6  # alice's four live instances, bob's two
+

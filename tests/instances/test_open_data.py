@@ -78,7 +78,7 @@ def test_open_data_is_stored_and_mounted_raw_and_read_only(world, db, clock, set
         assert "ro" in fstab["/data/visitor/hc4321/id11"][3].split(",")
         assert sorted(fstab) == sorted(mounts)
         # Operators preview the same user-data.
-        preview = render_for_operator(s, uid)
+        preview = render_for_operator(s, uid, settings.provisioning)
         assert "/data/visitor/hc4321/id11" in preview and "/data/processed/hc4321" not in preview
 
 

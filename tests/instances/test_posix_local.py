@@ -17,11 +17,11 @@ from tests.instances.test_life_local import _act, _sync_until
 from visa.actor import SYSTEM
 from visa.catalogue.models import Protocol
 from visa.clouds.models import Cloud
+from visa.commands.executor import run_pending_commands
 from visa.db import Database
 from visa.experiments.importer import import_experiments, parse_file
 from visa.experiments.models import Experiment
 from visa.instances import service
-from visa.instances.executor import run_pending_commands
 from visa.instances.models import CommandAction, InstanceState
 from visa.instances.schemas import CreateInstance
 from visa.services import Services

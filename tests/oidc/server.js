@@ -1,7 +1,15 @@
-// An OpenID Connect server with Keycloak's URL layout, for visa's login tests. Loopback only.
+// An OpenID Connect server for visa's login tests, with Keycloak's URL layout or as a plain issuer
+// (a research federation's proxy, such as EGI Check-in or eduTEAMS). Loopback only.
 //
 //   node server.js            (environment below; prints "ready <issuer>" once listening)
 //
+// OIDC_LAYOUT        keycloak (default): the issuer http://host:port/realms/<realm>, Keycloak's endpoint
+//                    paths, roles in realm_access.roles and Keycloak's back-channel logout;
+//                    plain: the issuer http://host:port/ with oidc-provider's own endpoint paths, and
+//                    roles as eduperson_entitlement values (below); no back-channel logout
+// OIDC_USERINFO_ONLY 1 (plain layout): like some federation proxies, access tokens are opaque (unless a
+//                    resource is asked for) and the profile claims, entitlements included, are given at
+//                    the userinfo endpoint only, not in the ID token
 // OIDC_PORT          port on 127.0.0.1 (default 0: any free port)
 // OIDC_REALM         realm name (default visa)
 // OIDC_REDIRECTS     comma-separated redirect URIs allowed for the client `visa`
@@ -11,7 +19,7 @@
 //                    browsers use it, the server still listens on 127.0.0.1 (a *.localhost name
 //                    reaches it in Chromium), and a client may call it on 127.0.0.1 (back channel)
 //
-// Endpoints, as Keycloak serves them under /realms/<realm>:
+// Endpoints (keycloak layout), as Keycloak serves them under /realms/<realm>:
 //   /.well-known/openid-configuration, /protocol/openid-connect/{auth,token,certs,userinfo,
 //   logout,token/introspect,revoke}. Logout also accepts Keycloak's back-channel form
 //   (POST refresh_token + client credentials -> 204), which ends the user's session.
@@ -21,20 +29,37 @@
 // alice has a unix identity (claims uidNumber, gidNumber, gidNumbers, homeDirectory); bob and sam none.
 // Scope visa:tokens (asked for like any scope) is granted to access tokens of every resource.
 // POST /test/register?user=<name>&password=<pw> signs a new user up with the username they chose.
+//                    (&sub=<subject>: with that subject, as a facility's directory would have it)
 // POST /test/roles?user=<name>&roles=<comma-separated> changes a user's realm roles from now
 // on (the next token or refresh carries them), as an administrator would in Keycloak.
+// In the plain layout a role r is the entitlement urn:mace:egi.eu:group:vo.example.eu:r:role=member#aai.example.eu
+// (membership of the VO's subgroup r), and every user also has the VO's own membership.
+// POST /test/rotate rotates the signing key: a new key signs from now on, the old ones stay published
+// (with ?retire=1 they are withdrawn). Sessions, grants and tokens survive it.
 
 import http from 'node:http';
-import { randomUUID } from 'node:crypto';
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { URL } from 'node:url';
 import Provider, { errors } from 'oidc-provider';
 
+const LAYOUT = process.env.OIDC_LAYOUT || 'keycloak';
+if (!['keycloak', 'plain'].includes(LAYOUT)) throw new Error(`OIDC_LAYOUT: ${LAYOUT} is not keycloak or plain`);
+const KEYCLOAK = LAYOUT === 'keycloak';
+const USERINFO_ONLY = !KEYCLOAK && process.env.OIDC_USERINFO_ONLY === '1';
 const REALM = process.env.OIDC_REALM || 'visa';
 const PORT = Number(process.env.OIDC_PORT || 0);
 const SECRET = process.env.OIDC_CLIENT_SECRET || 'visa-secret';
 const list = (v, d) => (v ? v.split(',').filter(Boolean) : d);
-const PREFIX = `/realms/${REALM}`;
+const PREFIX = KEYCLOAK ? `/realms/${REALM}` : '';
 const OIDC = '/protocol/openid-connect';
+const VO = 'urn:mace:egi.eu:group:vo.example.eu';
+const entitlement = (group) => `${VO}${group ? `:${group}` : ''}:role=member#aai.example.eu`;
+
+let signingKeys = [];
+function newSigningKey() {
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  return { ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), use: 'sig', alg: 'RS256' };
+}
 
 const USERS = {
   alice: {
@@ -54,13 +79,16 @@ const RESOURCES = {
 };
 
 function claimsOf(user) {
+  const roles = KEYCLOAK
+    ? { realm_access: { roles: user.roles } }
+    : { eduperson_entitlement: [entitlement(''), ...user.roles.map(entitlement)] };
   return {
     sub: user.sub,
     preferred_username: user.username,
     name: user.name,
     email: user.email,
     email_verified: true,
-    realm_access: { roles: user.roles },
+    ...roles,
     ...(user.posix || {}),
   };
 }
@@ -74,9 +102,15 @@ const esc = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
 async function start() {
   const server = http.createServer();
   await new Promise((resolve) => server.listen(PORT, '127.0.0.1', resolve));
-  const issuer = `http://${process.env.OIDC_FRONT_HOST || '127.0.0.1'}:${server.address().port}${PREFIX}`;
+  const issuer = `http://${process.env.OIDC_FRONT_HOST || '127.0.0.1'}:${server.address().port}${PREFIX || '/'}`;
+  signingKeys = [newSigningKey()];
+  // A new Provider per key rotation: its keys are fixed at construction. Sessions, grants and
+  // tokens live in oidc-provider's memory adapter, one per process, so they carry over.
+  let provider = makeProvider();
+  let callback = provider.callback();
 
-  const provider = new Provider(issuer, {
+  function makeProvider() {
+  const p = new Provider(issuer, {
     clients: [{
       client_id: 'visa',
       client_secret: SECRET,
@@ -88,22 +122,26 @@ async function start() {
     }],
     clientAuthMethods: ['client_secret_post', 'client_secret_basic'],
     pkce: { required: () => true },
-    routes: {
-      authorization: `${OIDC}/auth`,
-      token: `${OIDC}/token`,
-      jwks: `${OIDC}/certs`,
-      userinfo: `${OIDC}/userinfo`,
-      end_session: `${OIDC}/logout`,
-      introspection: `${OIDC}/token/introspect`,
-      revocation: `${OIDC}/revoke`,
-    },
+    jwks: { keys: signingKeys },
+    ...(KEYCLOAK ? {
+      routes: {
+        authorization: `${OIDC}/auth`,
+        token: `${OIDC}/token`,
+        jwks: `${OIDC}/certs`,
+        userinfo: `${OIDC}/userinfo`,
+        end_session: `${OIDC}/logout`,
+        introspection: `${OIDC}/token/introspect`,
+        revocation: `${OIDC}/revoke`,
+      },
+    } : {}),
     scopes: ['openid', 'profile', 'email', 'offline_access', 'visa:tokens'],
     claims: {
       openid: ['sub'],
-      profile: ['name', 'preferred_username', 'realm_access', 'uidNumber', 'gidNumber', 'gidNumbers', 'homeDirectory'],
+      profile: ['name', 'preferred_username', 'realm_access', 'eduperson_entitlement', 'uidNumber', 'gidNumber',
+        'gidNumbers', 'homeDirectory'],
       email: ['email', 'email_verified'],
     },
-    conformIdTokenClaims: false, // like Keycloak: profile claims in the ID token too
+    conformIdTokenClaims: USERINFO_ONLY, // false, like Keycloak: profile claims in the ID token too
     findAccount: async (_ctx, sub) => {
       const user = bySub[sub];
       return user && { accountId: sub, claims: async () => claimsOf(user) };
@@ -130,7 +168,7 @@ async function start() {
       },
       resourceIndicators: {
         enabled: true,
-        defaultResource: async (_ctx, _client, oneOf) => oneOf || 'urn:visa:api',
+        defaultResource: async (_ctx, _client, oneOf) => oneOf || (USERINFO_ONLY ? undefined : 'urn:visa:api'),
         useGrantedResource: async () => true,
         getResourceServerInfo: async (_ctx, resource) => {
           const info = RESOURCES[resource];
@@ -143,7 +181,9 @@ async function start() {
     ttl: { Session: 3600, Grant: 3600, Interaction: 600, AuthorizationCode: 60, IdToken: 300, RefreshToken: 3600 },
     cookies: { keys: ['visa-test-oidc-cookie-key'] },
   });
-  provider.proxy = false;
+  p.proxy = false;
+  return p;
+  }
 
   async function readForm(req) {
     let body = '';
@@ -223,7 +263,6 @@ async function start() {
       + '<button id="kc-login" type="submit">Sign In</button></form>');
   }
 
-  const callback = provider.callback();
   server.on('request', async (req, res) => {
     try {
       const url = new URL(req.url, issuer);
@@ -231,7 +270,7 @@ async function start() {
         // Self-registration, as a realm that lets anyone sign up: the username is the user's choice.
         const name = url.searchParams.get('user') || '';
         if (!name || Object.hasOwn(USERS, name)) return send(res, 409, 'taken');
-        const user = { sub: randomUUID(), password: url.searchParams.get('password') || '', name, email: `${name}@example.org`, roles: [] };
+        const user = { sub: url.searchParams.get('sub') || randomUUID(), password: url.searchParams.get('password') || '', name, email: `${name}@example.org`, roles: [] };
         USERS[name] = user;
         bySub[user.sub] = { username: name, ...user };
         res.writeHead(201);
@@ -245,11 +284,19 @@ async function start() {
         res.writeHead(204);
         return res.end();
       }
+      if (url.pathname === '/test/rotate' && req.method === 'POST') {
+        const kept = url.searchParams.get('retire') ? [] : signingKeys;
+        signingKeys = [newSigningKey(), ...kept];
+        provider = makeProvider();
+        callback = provider.callback();
+        res.writeHead(200, { 'Content-Type': 'application/json' });
+        return res.end(JSON.stringify({ kid: signingKeys[0].kid }));
+      }
       if (!url.pathname.startsWith(PREFIX)) return send(res, 404, 'not found');
       const rest = url.pathname.slice(PREFIX.length);
       const m = rest.match(/^\/login-actions\/([\w-]+)(?:\/(login))?$/);
       if (m) return await interaction(req, res, m[1], m[2]);
-      if (rest === `${OIDC}/logout` && req.method === 'POST'
+      if (KEYCLOAK && rest === `${OIDC}/logout` && req.method === 'POST'
           && (req.headers['content-type'] || '').startsWith('application/x-www-form-urlencoded')
           && !(req.headers.cookie || '').includes('_session')) {
         const form = await readForm(req);

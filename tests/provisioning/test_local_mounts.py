@@ -23,7 +23,7 @@ from visa.provisioning import instance_mounts
 from visa.settings import ProvisioningSettings, Settings
 
 local = pytest.importorskip(
-    "visa.clouds.local", reason="visa/clouds/local.py (LocalProvider) is not in the tree yet"
+    "visa.clouds.local", reason="visa/clouds/local/ (LocalProvider) is not in the tree yet"
 )
 
 if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
 from pathlib import Path
@@ -93,8 +94,11 @@ def test_every_image_renders_valid_cloud_config(
     probe = config["users"][1]
     assert probe["name"] == "visa" and probe["ssh_authorized_keys"][0].endswith(PROBE_KEY)
     assert probe["ssh_authorized_keys"][0].startswith('restrict,command="/usr/local/libexec/visa/probe" ')
+    # As the owner, the probe may read the X idle time and the Jupyter kernels' states, nothing else.
+    assert probe["sudo"] == "ALL=(alice) NOPASSWD: /usr/local/libexec/visa/x-idle, /usr/local/libexec/visa/jupyter-kernels"
 
     files = _files(config)
+    assert files["/usr/local/libexec/visa/jupyter-kernels"]["permissions"] == "0755"
     options = IMAGES[image_name]["options"]
     cvmfs = files["/etc/cvmfs/default.local"]["content"]
     for repo in ["software.esrf.fr", "software.eessi.io", *options.get("cvmfs_repositories", [])]:
@@ -112,6 +116,12 @@ def test_every_image_renders_valid_cloud_config(
     if "JUPYTER" in protocols:
         assert f"VISA_JUPYTER_BASE_URL=/jupyter/{instance.uid}/" in env
         assert f"VISA_JUPYTER_PORT={protocols['JUPYTER']}" in env
+        # Idle kernels culled after the site's time (busy ones never are).
+        jupyter = json.loads(files["/etc/visa/jupyter_server_config.json"]["content"])
+        assert jupyter["MappingKernelManager"] == {
+            "cull_idle_timeout": site.jupyter_cull_idle_seconds, "cull_interval": site.jupyter_cull_interval_seconds,
+            "cull_connected": False,
+        }
     if "VNC" in protocols:
         assert f"VISA_VNC_PORT={protocols['VNC']}" in env and "VISA_GEOMETRY=1280x800" in env
         assert files["/etc/visa/desktop.secret"]["permissions"] == "0600"
@@ -411,11 +421,11 @@ def test_a_home_template_by_uid(session, tmp_path) -> None:
     ],
 )
 def test_a_home_template_outside_its_root_is_refused(template: str, root: str | None, words: str) -> None:
-    from pydantic import ValidationError
+    from visa.provisioning.sources import check_sources
 
-    with pytest.raises(ValidationError) as caught:
-        ProvisioningSettings(home_mount_template=template, home_mount_root=root)
-    assert words in str(caught.value) and "home_mount" in str(caught.value)
+    with pytest.raises(InvalidInput) as caught:
+        check_sources(ProvisioningSettings(home_mount_template=template, home_mount_root=root))
+    assert words in caught.value.message and caught.value.field == "provisioning.home_mount_template"
 
 
 def test_a_home_that_renders_outside_its_root_for_one_user_is_refused_at_render(session) -> None:
@@ -453,3 +463,29 @@ def test_a_machine_with_a_home_of_its_own_never_mounts_the_home_share(session, t
     assert "no_create_home" not in config["users"][0]
     assert "VISA_HOME_SHARE=0" in _files(config)["/etc/visa/instance.env"]["content"]
     assert boot(instance).own_home and home_mount(boot(instance), site=site) is None
+
+
+def test_an_rdp_image_sets_the_owners_password_to_the_secret_from_a_root_only_file(session, tmp_path, site) -> None:
+    """xrdp logs the owner in with the instance secret (what visa's RDP bridge sends): the
+    password comes from a root-only file chpasswd reads, removed at once, never a command line;
+    SSH still refuses passwords."""
+    owner = make_user(session, "bob")
+    image = make_image(session, "xrdp", protocols=[{"protocol": "RDP", "port": 3389}])
+    config = validate(render_user_data(boot(make_instance(session, owner, image)), site=site), tmp_path)
+    password = _files(config)["/etc/visa/rdp.password"]
+    assert password["permissions"] == "0600" and password["content"] == f"bob:{SECRET}\n"
+    step = next(c for c in config["runcmd"] if "rdp-password" in c)
+    assert "chpasswd < /etc/visa/rdp.password" in step[-1] and "rm -f /etc/visa/rdp.password" in step[-1]
+    assert SECRET not in json.dumps(config["runcmd"])  # on no command line
+    assert config["ssh_pwauth"] is False
+    sshd = _files(config)["/etc/ssh/sshd_config.d/00-visa-no-passwords.conf"]["content"]
+    assert sshd == "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+    # sshd refuses passwords before the owner has one.
+    assert config["runcmd"].index(["systemctl", "try-reload-or-restart", "ssh"]) < config["runcmd"].index(step)
+    assert "VISA_RDP_PORT=3389\n" in _files(config)["/etc/visa/instance.env"]["content"]
+    # A VNC image: the account keeps no password.
+    vnc = validate(render_user_data(boot(make_instance(session, owner, make_image(session))), site=site), tmp_path)
+    assert "/etc/visa/rdp.password" not in _files(vnc)
+    assert "/etc/ssh/sshd_config.d/00-visa-no-passwords.conf" not in _files(vnc)
+    assert not [c for c in vnc["runcmd"] if "chpasswd" in json.dumps(c)]
+    assert "VISA_RDP_PORT=\n" in _files(vnc)["/etc/visa/instance.env"]["content"]

@@ -56,3 +56,22 @@ def test_orphans_grants_and_tokens(services: Services, world, clock: FrozenClock
     clock.advance(hours=1)
     assert cleanup.run().removed == {"local": ["srv-stray"]}
     assert sorted(cloud.servers) == ["srv-known", "srv-waiting"]
+
+
+def test_view_links_ended_over_a_week_ago_are_purged(services: Services, world, clock: FrozenClock) -> None:
+    from visa.sharing.models import ViewLink
+
+    now = clock.now()
+    with services.database.unit_of_work() as s:
+        inst = add_instance(s, clock, world)
+        ends = {"live": (now + timedelta(hours=1), None), "expired-6d": (now - timedelta(days=6), None),
+                "expired-8d": (now - timedelta(days=8), None),
+                "revoked-8d": (now + timedelta(days=30), now - timedelta(days=8)),
+                "revoked-1d": (now + timedelta(days=30), now - timedelta(days=1))}
+        for label, (expires, revoked) in ends.items():
+            s.add(ViewLink(instance_id=inst.id, token_hash=label, label=label, created_by_id=world["alice"],
+                           created_at=now - timedelta(days=40), expires_at=expires, revoked_at=revoked))
+    services.set_provider("local", InMemoryCloud([]))
+    assert Cleanup(services).run().view_links == 2
+    with services.database.sessionmaker() as s:
+        assert sorted(s.scalars(select(ViewLink.label))) == ["expired-6d", "live", "revoked-1d"]

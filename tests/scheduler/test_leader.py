@@ -19,8 +19,8 @@ from sqlalchemy import func, select, text
 from tests.factories import make_cloud, make_flavour, make_image, make_plan, make_user
 from tests.services import Inbox
 from visa.clock import FrozenClock, system_clock
+from visa.commands.executor import run_pending_commands
 from visa.db import Base, Database
-from visa.instances.executor import run_pending_commands
 from visa.instances.models import (
     CommandAction,
     Instance,

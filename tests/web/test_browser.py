@@ -72,6 +72,22 @@ def login(browser, site: Site, username: str):
     return ctx, page
 
 
+def create_desktop(page, name: str) -> str:
+    """A Desktop on esrf.medium made through the wizard (the user's only experiment chosen already),
+    followed until ACTIVE: its uid."""
+    page.goto("/instances/new")
+    page.wait_for_function("() => document.querySelectorAll('[data-experiment] input:checked').length === 1")
+    page.click('#environments [data-image="desktop"]')
+    page.locator("#flavours [data-plan]").first.wait_for()
+    page.click("#flavours [data-plan] >> text=esrf.medium")
+    page.fill("#name", name)
+    page.click('[data-testid="create"]')
+    page.wait_for_url(re.compile(r"/instances/[0-9a-f]+$"))
+    uid = page.url.rstrip("/").rsplit("/", 1)[1]
+    page.wait_for_selector('[data-testid="status-card"][data-state="ACTIVE"]', timeout=120_000)
+    return uid
+
+
 SCREEN_STATS = """() => {
   const c = document.querySelector('#screen canvas');
   if (!c || !c.width) return null;

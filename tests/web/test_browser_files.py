@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import httpx
 import pytest
 
 from tests.browser import Site, allow_errors, chromium, cli, local_site
-from tests.web.test_browser import _find, login, shot
+from tests.web.test_browser import _find, create_desktop, login, shot
 
 pytestmark = pytest.mark.integration
 
@@ -61,17 +62,7 @@ def running(site: Site, browser) -> Iterator[dict[str, Any]]:
     from visa.clouds.registry import make_provider
 
     ctx, page = login(browser, site, "alice")
-    page.goto("/instances/new")
-    # Her only experiment is chosen already.
-    page.wait_for_function("() => document.querySelectorAll('[data-experiment] input:checked').length === 1")
-    page.click('#environments [data-image="desktop"]')
-    page.locator("#flavours [data-plan]").first.wait_for()
-    page.click('#flavours [data-plan] >> text=esrf.medium')
-    page.fill("#name", "files of ev280")
-    page.click('[data-testid="create"]')
-    page.wait_for_url(re.compile(r"/instances/[0-9a-f]+$"))
-    uid = page.url.rstrip("/").rsplit("/", 1)[1]
-    page.wait_for_selector('[data-testid="status-card"][data-state="ACTIVE"]', timeout=120_000)
+    uid = create_desktop(page, "files of ev280")  # her only experiment is chosen already
     # The page was opened while the machine was building: its files open as it comes up.
     page.wait_for_selector('[data-testid="files-card"][data-running="true"][data-loaded]', timeout=30_000)
     provider = make_provider("local", "local", {"root_dir": str(site.data_dir / "local-instances")})
@@ -267,6 +258,31 @@ def test_a_url_copied_in_the_desktop_opens_in_one_click_and_nothing_hostile_is_o
         tab.close()
     finally:
         ctx.unroute("https://doi.org/**")
+
+
+def test_a_print_inside_the_desktop_is_offered_as_its_pdf(running) -> None:
+    """``lp`` in the desktop: the session's printer writes ~/PDF/report.pdf, the desktop page
+    offers it, and the PDF downloaded holds the text printed. A PDF that was there before the
+    page opened is not offered as news."""
+    page, uid = running["page"], running["uid"]
+    if not shutil.which("cupsd") or not shutil.which("pdftotext"):
+        pytest.skip("needs cups and poppler-utils (deploy/system-packages.txt)")
+    inside(running, "rm -rf ~/PDF && mkdir ~/PDF && printf '%%PDF-1.4' > ~/PDF/earlier.pdf")
+    page.goto(f"/instances/{uid}/desktop")
+    page.wait_for_selector('body[data-desktop="connected"][data-printed="watching"]', state="attached",
+                           timeout=30_000)
+    inside(running, "printf 'Trace elements in Roman glass, scan 42\\n' > /tmp/report.txt"
+                    " && for i in $(seq 100); do lpstat -r >/dev/null 2>&1 && break; sleep 0.1; done"
+                    " && lp -t report.txt /tmp/report.txt")
+    link = page.locator('[data-testid="printed-link"]')
+    link.wait_for(timeout=30_000)
+    assert link.count() == 1 and link.inner_text() == "Printed: report.pdf"
+    shot(page, "files-05-printed")
+    with page.expect_download() as dl:
+        link.click()
+    assert dl.value.suggested_filename == "report.pdf"
+    text = subprocess.run(["pdftotext", dl.value.path(), "-"], capture_output=True, text=True, check=True).stdout
+    assert "Trace elements in Roman glass, scan 42" in text
 
 
 def test_the_files_api_is_the_pages_own_origin_only(site: Site, running) -> None:

@@ -271,7 +271,7 @@ def test_event_stream_pushes_state_list_and_thumbnail_changes(world, db, app, cl
     assert ident is not None
 
     async def run() -> list[bytes]:
-        gen = stream.events(events.UserStream(stream.services, *ident), request(cookie))
+        gen = stream.events(stream.stream(*ident), request(cookie))
         out = [await gen.__anext__(), await gen.__anext__()]  # retry, ready
         _set(db, world.uid, InstanceState.ACTIVE, CommandState.DONE)
         out.append(await asyncio.wait_for(gen.__anext__(), 5))
@@ -297,7 +297,6 @@ def test_event_stream_pushes_state_list_and_thumbnail_changes(world, db, app, cl
 
 def test_a_state_change_by_this_process_s_worker_reaches_the_stream_at_once(world, db, app, api_client,
                                                                           monkeypatch) -> None:
-    from visa.instances import changes
     from visa.web import events
 
     monkeypatch.setattr(events, "POLL_SECONDS", 60.0)  # the poll alone would not see it in time
@@ -313,12 +312,12 @@ def test_a_state_change_by_this_process_s_worker_reaches_the_stream_at_once(worl
     assert ident is not None
 
     async def run() -> bytes:
-        gen = stream.events(events.UserStream(stream.services, *ident), request)
+        gen = stream.events(stream.stream(*ident), request)
         await gen.__anext__(), await gen.__anext__()  # retry, ready
         pending = asyncio.ensure_future(gen.__anext__())
         await asyncio.sleep(0.1)  # the stream is waiting now
         _set(db, world.uid, InstanceState.ACTIVE, CommandState.DONE)
-        await asyncio.get_running_loop().run_in_executor(None, changes.notify)  # as the worker's sync does
+        await asyncio.get_running_loop().run_in_executor(None, stream.services.bus.notify)  # as the worker's sync does
         try:
             return await asyncio.wait_for(pending, 10)
         finally:
@@ -348,7 +347,7 @@ def test_event_streams_are_short_and_end_when_the_session_does(world, db, app, a
         return [chunk async for chunk in stream.events(user_stream, request)]
 
     ident = stream.identify(request)
-    chunks = asyncio.run(asyncio.wait_for(drain(events.UserStream(stream.services, *ident)), 5))
+    chunks = asyncio.run(asyncio.wait_for(drain(stream.stream(*ident)), 5))
     assert chunks[0].startswith(b"retry:") and chunks[1].startswith(b"event: ready")  # then it ends on its own
     assert b'"versions":{"' in chunks[1]
 
@@ -363,7 +362,7 @@ def test_event_streams_are_short_and_end_when_the_session_does(world, db, app, a
 
     with db.unit_of_work() as s:
         s.scalar(select(User).where(User.username == "alice")).password_hash = generate_password_hash("new-pw")
-    chunks = asyncio.run(asyncio.wait_for(drain(events.UserStream(stream.services, *ident)), 5))
+    chunks = asyncio.run(asyncio.wait_for(drain(stream.stream(*ident)), 5))
     assert chunks[-1].startswith(b"event: logout")
 
 

@@ -14,10 +14,18 @@ from visa.audit import service as audit
 from visa.catalogue import service as catalogue
 from visa.catalogue.schemas import FlavourLimitsSpec, FlavourSpec, ImageSpec
 from visa.clouds import service as clouds_service
-from visa.instances import listing
+from visa.errors import NotFound
+from visa.experiments import service as experiments
+from visa.experiments.models import Instrument
+from visa.instances import attributes, listing
 from visa.instances import service as instances
+from visa.instances.serialize import member_access
 from visa.openapi import MAX_ID, doc, parse_query, respond
+from visa.provisioning.site import cloud_check
+from visa.users import groups
 from visa.users import service as users
+from visa.users.models import GroupSource, UserGroup
+from visa.users.schemas import GroupIn, GroupMemberIn, GroupMemberOut, GroupOut
 from visa.web.context import current_actor, db_session, services
 from visa.web.io import parse_body
 
@@ -57,7 +65,7 @@ def clouds():
 def register_cloud(name: str):
     actor, data, svc = current_actor(), parse_body(S.CloudIn), services()
     cloud = clouds_service.register_cloud(actor, db_session(), svc.clock, name, data.kind, data.config,
-                                          site=svc.settings.provisioning)
+                                          check_site=cloud_check(svc.settings.provisioning))
     return respond(S.CloudRegisteredOut(name=cloud.name, kind=cloud.kind, enabled=cloud.enabled))
 
 
@@ -72,7 +80,7 @@ def gpu_pools():
 
 
 @bp.get("/instances")
-@doc("Everyone's instances: filter by state, owner, image, flavour, cloud; sort; paginate",
+@doc("Everyone's instances: filter by state, owner, image, flavour, cloud, attribute (key:value); sort; paginate",
      tags=["admin"], query=S.InstanceQuery, response=S.Page[S.AdminInstanceOut])
 def list_instances():
     actor, q = current_actor(), parse_query(S.InstanceQuery)
@@ -92,11 +100,54 @@ def get_instance(uid: str):
     return respond(serialize.instance_detail(instance, actor, services().clock, commands, history))
 
 
+@bp.get("/attributes")
+@doc("The attribute keys administrators set on instances, with their labels and how many instances have one",
+     tags=["admin"], response=list[S.AttributeDefinitionOut])
+def list_attributes():
+    return respond(attributes.list_definitions(current_actor(), db_session()))
+
+
+@bp.post("/attributes")
+@doc("Define an attribute key, or change its label (audited)", tags=["admin"], body=S.AttributeDefinitionIn,
+     response=S.AttributeDefinitionOut, status=201)
+def define_attribute():
+    data = parse_body(S.AttributeDefinitionIn)
+    out, created = attributes.define_attribute(current_actor(), db_session(), services().clock, data)
+    return respond(out, 201 if created else 200)
+
+
+@bp.delete("/attributes/<key>")
+@doc("Remove an attribute key and its values on every instance (audited)", tags=["admin"], status=204)
+def delete_attribute(key: str):
+    attributes.delete_definition(current_actor(), db_session(), services().clock, key)
+    return "", 204
+
+
+@bp.put("/instances/<uid>/attributes")
+@doc("Set a defined attribute on an instance (audited); an unknown key or a value over 255 characters "
+     "is refused with the field named", tags=["admin"], body=S.AttributeIn, response=S.InstanceAttributesOut)
+def set_instance_attribute(uid: str):
+    actor, s = current_actor(), db_session()
+    instance = instances.get_any_instance(actor, s, uid, deleted=False)
+    attributes.set_attribute(actor, s, services().clock, instance, parse_body(S.AttributeIn))
+    return respond(S.InstanceAttributesOut(uid=instance.uid, attributes=attributes.attributes_of(instance)))
+
+
+@bp.delete("/instances/<uid>/attributes/<key>")
+@doc("Remove an attribute from an instance (audited)", tags=["admin"], response=S.InstanceAttributesOut)
+def unset_instance_attribute(uid: str, key: str):
+    actor, s = current_actor(), db_session()
+    instance = instances.get_any_instance(actor, s, uid, deleted=False)
+    attributes.unset_attribute(actor, s, services().clock, instance, key)
+    return respond(S.InstanceAttributesOut(uid=instance.uid, attributes=attributes.attributes_of(instance)))
+
+
 @bp.get("/instances/<uid>/userdata")
 @doc("The user-data the machine receives at boot, as rendered now (secrets masked)",
      tags=["admin"], response=S.UserDataOut)
 def instance_userdata(uid: str):
-    text = instances.render_userdata(current_actor(), db_session(), services().clock, uid)
+    svc = services()
+    text = instances.render_userdata(current_actor(), db_session(), svc.clock, svc.settings, uid)
     return respond(S.UserDataOut(uid=uid, user_data=text))
 
 
@@ -123,8 +174,10 @@ def instance_termination(uid: str):
      body=S.MemberAccessIn, response=S.MemberAccessOut)
 def instance_member_access(uid: str):
     actor, data = current_actor(), parse_body(S.MemberAccessIn)
-    instance = instances.set_member_access(actor, db_session(), services().clock, uid, data.mode)
-    return respond(serialize.member_access(instance))
+    s = db_session()
+    instance = instances.get_any_instance(actor, s, uid, deleted=False)
+    instances.set_member_access(actor, s, services().clock, instance, data.mode)
+    return respond(member_access(instance))
 
 
 # --- users ------------------------------------------------------------------------------------
@@ -166,6 +219,59 @@ def revoke_role(username: str, role: str):
     return respond(_user_out(username))
 
 
+def _group_out(name: str) -> GroupOut:
+    actor, s = current_actor(), db_session()
+    for group, members in groups.list_groups(actor, s):
+        if group.name == name:
+            return _group(group, members)
+    raise NotFound("no such group", field="group")
+
+
+def _group(group: UserGroup, members: list[tuple[str, GroupSource]]) -> GroupOut:
+    return GroupOut(name=group.name, description=group.description,
+                    members=[GroupMemberOut(username=u, source=src.value) for u, src in members])
+
+
+@bp.get("/groups")
+@doc("User groups and their members (added by administrators, or from the identity provider's claim)",
+     tags=["admin"], response=list[GroupOut])
+def list_groups():
+    return respond([_group(g, m) for g, m in groups.list_groups(current_actor(), db_session())])
+
+
+@bp.post("/groups")
+@doc("Make a user group (audited); flavour limits, lifetimes and network rules name it", tags=["admin"],
+     body=GroupIn, response=GroupOut, status=201)
+def create_group():
+    data = parse_body(GroupIn)
+    group = groups.create_group(current_actor(), db_session(), services().clock, data.name, data.description)
+    return respond(_group(group, []), 201)
+
+
+@bp.delete("/groups/<name>")
+@doc("Remove a user group and its memberships (audited)", tags=["admin"], status=204)
+def delete_group(name: str):
+    groups.delete_group(current_actor(), db_session(), services().clock, name)
+    return "", 204
+
+
+@bp.put("/groups/<name>/members")
+@doc("Put a user in a group (audited)", tags=["admin"], body=GroupMemberIn, response=GroupOut)
+def add_group_member(name: str):
+    actor, data, s = current_actor(), parse_body(GroupMemberIn), db_session()
+    groups.add_member(actor, s, services().clock, name, users.get_user(s, data.username))
+    return respond(_group_out(name))
+
+
+@bp.delete("/groups/<name>/members/<username>")
+@doc("Take a user out of a group (audited; one the identity provider names comes back at their next login)",
+     tags=["admin"], response=GroupOut)
+def remove_group_member(name: str, username: str):
+    actor, s = current_actor(), db_session()
+    groups.remove_member(actor, s, services().clock, name, users.get_user(s, username))
+    return respond(_group_out(name))
+
+
 @bp.put("/users/<username>/quota")
 @doc("Set the instance quota (-1 = unlimited)", tags=["admin"], body=S.QuotaIn, response=S.AdminUserOut)
 def set_quota(username: str):
@@ -202,6 +308,40 @@ def revoke_sessions(username: str):
     actor, s = current_actor(), db_session()
     users.revoke_sessions(actor, s, services().clock, users.get_user(s, username))
     return respond(_user_out(username))
+
+
+# --- instruments ------------------------------------------------------------------------------
+
+
+def _instrument_out(inst: Instrument) -> S.InstrumentOut:
+    return S.InstrumentOut(name=inst.name, scientists=[
+        S.ScientistOut(username=u.username, full_name=u.full_name) for u in sorted(inst.scientists, key=lambda u: u.username)
+    ])
+
+
+@bp.get("/instruments")
+@doc("Instruments with their scientists (who see the instrument's machines on /support)",
+     tags=["admin"], response=list[S.InstrumentOut])
+def list_instruments():
+    return respond([_instrument_out(i) for i in experiments.list_instruments(current_actor(), db_session())])
+
+
+@bp.post("/instruments/<name>/scientists")
+@doc("Make a user a scientist of the instrument (granting INSTRUMENT_SCIENTIST); audited. An import that "
+     "states the instrument's scientists sets them again as the user office says",
+     tags=["admin"], body=S.ScientistIn, response=S.InstrumentOut)
+def add_scientist(name: str):
+    actor, data, s = current_actor(), parse_body(S.ScientistIn), db_session()
+    experiments.add_scientist(actor, s, services().clock, name, data.username)
+    return respond(_instrument_out(experiments.get_instrument(s, name)))
+
+
+@bp.delete("/instruments/<name>/scientists/<username>")
+@doc("The user no longer supports the instrument's users; audited", tags=["admin"], response=S.InstrumentOut)
+def remove_scientist(name: str, username: str):
+    actor, s = current_actor(), db_session()
+    experiments.remove_scientist(actor, s, services().clock, name, username)
+    return respond(_instrument_out(experiments.get_instrument(s, name)))
 
 
 # --- catalogue: flavours ----------------------------------------------------------------------

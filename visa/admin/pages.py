@@ -1,4 +1,4 @@
-"""Admin pages: dashboard, instances, catalogue, users, notifications, audit.
+"""Admin pages: dashboard, instances, catalogue, users, groups, instruments, notifications, audit.
 
 Views read through each feature's service functions and hand the documented models (as dicts) to the
 templates; every change goes through ``/api/admin`` from the page script, so the rules and
@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, redirect, render_template, request
 from jinja2 import TemplateNotFound
+from pydantic import ValidationError
 
 from visa.actor import Actor
 from visa.admin import schemas as S
@@ -23,13 +24,18 @@ from visa.audit import service as audit_service
 from visa.audit.serialize import audit_out
 from visa.catalogue import service as catalogue_service
 from visa.clouds import service as clouds_service
+from visa.errors import InvalidInput
+from visa.experiments import service as experiments
+from visa.instances import attributes, listing
 from visa.instances import extensions as extension_service
-from visa.instances import listing
 from visa.instances import service as instance_service
 from visa.instances.models import InstanceState
 from visa.openapi import parse_query
 from visa.paging import Total
 from visa.policy import require
+from visa.usage import service as usage_service
+from visa.usage.schemas import DIMENSIONS, UsageReportQuery
+from visa.users import groups as user_groups
 from visa.users.models import Role
 from visa.web.context import current_actor, db_session, services
 
@@ -38,7 +44,9 @@ bp = Blueprint("admin_pages", __name__, url_prefix="/admin")
 SECTIONS = [
     ("admin_pages.dashboard", "Dashboard"), ("admin_pages.instances", "Instances"),
     ("admin_pages.extensions", "Extensions"), ("admin_pages.gpus", "GPU pools"),
+    ("admin_pages.usage_report", "Usage report"),
     ("admin_pages.catalogue", "Catalogue"), ("admin_pages.users", "Users"),
+    ("admin_pages.groups", "Groups"), ("admin_pages.instruments", "Instruments"),
     ("admin_pages.notifications", "Notifications"), ("admin_pages.audit", "Audit log"),
 ]
 
@@ -102,6 +110,24 @@ def dashboard(actor: Actor):
     return _render("admin/dashboard.html", title="Dashboard", stats=stats)
 
 
+@bp.get("/usage")
+@admin_page("view_usage")
+def usage_report(actor: Actor):
+    """The usage report of a period, as a table with its chart and CSV; a bad filter is named on the page."""
+    error, report, status = None, None, 200
+    try:
+        q = parse_query(UsageReportQuery)
+        report = usage_service.usage_report(actor, db_session(), services().clock, q)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        error, status = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}", 400
+    except InvalidInput as exc:
+        error, status = exc.message, 400
+    args = {k: v for k, v in request.args.items() if v != ""}
+    return _render("admin/usage.html", title="Usage report", report=report, error=error, args=args,
+                   dimensions=DIMENSIONS), status
+
+
 @bp.get("/instances")
 @admin_page("view_all_instances")
 def instances(actor: Actor):
@@ -110,7 +136,8 @@ def instances(actor: Actor):
     items, total = listing.search_rows(actor, s, q)  # read as rows, as the API reads them
     rows = [serialize.admin_row(i, clock).model_dump(mode="json") for i in items]
     return _render("admin/instances.html", title="Instances", rows=rows, q=q, pages=_pages(total, q, len(rows)),
-                   states=[st.value for st in InstanceState], sorts=S.INSTANCE_SORTS)
+                   states=[st.value for st in InstanceState], sorts=S.INSTANCE_SORTS,
+                   definitions=attributes.list_definitions(actor, s))
 
 
 @bp.get("/instances/<uid>")
@@ -122,7 +149,8 @@ def instance(actor: Actor, uid: str):
         inst, actor, clock, instance_service.instance_commands(actor, s, inst), audit_service.instance_history(actor, s, inst.uid)
     ).model_dump(mode="json")
     try:
-        user_data, user_data_error = instance_service.render_userdata(actor, s, clock, uid, audit=False), None
+        user_data, user_data_error = instance_service.render_userdata(actor, s, clock, services().settings, uid,
+                                                                      audit=False), None
     except Exception as exc:  # a preview that cannot render says why, the page still shows
         user_data, user_data_error = None, str(getattr(exc, "message", exc))[:300]
     from visa.instances.models import CommandAction
@@ -131,6 +159,7 @@ def instance(actor: Actor, uid: str):
     can = {a.value.lower(): inst.state in ALLOWED_FROM[a] for a in ALLOWED_FROM}
     can["delete"] = inst.deleted_at is None and inst.state != InstanceState.DELETING
     return _render("admin/instance.html", title=f"Instance {inst.name}", i=detail, user_data=user_data,
+                   definitions=attributes.list_definitions(actor, s),
                    user_data_error=user_data_error, can=can, deleted=inst.deleted_at is not None,
                    actions=[a.value.lower() for a in (CommandAction.REBOOT, CommandAction.STOP, CommandAction.START)])
 
@@ -171,6 +200,23 @@ def users(actor: Actor):
     rows = [u.model_dump(mode="json") for u in found]
     return _render("admin/users.html", title="Users", rows=rows, q=q, pages=_pages(total, q),
                    roles=[r.value for r in Role])
+
+
+@bp.get("/groups")
+@admin_page("manage_groups")
+def groups(actor: Actor):
+    rows = [{"name": g.name, "description": g.description,
+             "members": [{"username": u, "source": src.value} for u, src in members]}
+            for g, members in user_groups.list_groups(actor, db_session())]
+    return _render("admin/groups.html", title="Groups", rows=rows)
+
+
+@bp.get("/instruments")
+@admin_page("manage_instruments")
+def instruments(actor: Actor):
+    rows = [{"name": i.name, "scientists": sorted((u.username, u.full_name) for u in i.scientists)}
+            for i in experiments.list_instruments(actor, db_session())]
+    return _render("admin/instruments.html", title="Instruments", rows=rows)
 
 
 @bp.get("/notifications", endpoint="notifications")

@@ -7,25 +7,35 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, Field, StrictBool
 
 from visa.announcements.schemas import NotificationIn, NotificationOut
 from visa.audit.schemas import AuditOut, AuditQuery
 from visa.catalogue.schemas import FlavourLimitsSpec, GpuSpec, LifetimeSpec, PlanIn, PlanPatch
 from visa.instances.models import CommandAction
-from visa.instances.schemas import INSTANCE_SORTS, InstanceOut, InstanceQuery
+from visa.instances.schemas import (
+    INSTANCE_SORTS,
+    AttributeDefinitionIn,
+    AttributeDefinitionOut,
+    AttributeIn,
+    AttributeOut,
+    InstanceAttributesOut,
+    InstanceOut,
+    InstanceQuery,
+    MemberAccessIn,
+    MemberAccessMode,
+    MemberAccessOut,
+    MembersNeedOwner,
+)
 from visa.paging import Page, PageQuery
-from visa.types import Timestamp
-from visa.users.models import Role
+from visa.types import Input, Timestamp
+from visa.users.models import USERNAME_PATTERN, Role
 from visa.users.schemas import UserQuery
 from visa.users.service import MAX_QUOTA
 
-
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-
 # --- instances --------------------------------------------------------------------------------
+
+
 
 
 class AdminInstanceOut(InstanceOut):
@@ -68,17 +78,12 @@ class InstanceDetailOut(AdminInstanceOut):
     history: list[AuditOut]
     last_interaction_at: Timestamp | None
     owner_email: str | None
-    member_access: str = Field(description="image, owner_required or unrestricted")
-    members_need_owner: bool = Field(description="what applies now: the instance's mode or its image's rule")
+    attributes: list[AttributeOut]
+    member_access: MemberAccessMode
+    members_need_owner: MembersNeedOwner
 
 
-class MemberAccessOut(BaseModel):
-    uid: str
-    member_access: str = Field(description="image, owner_required or unrestricted")
-    members_need_owner: bool = Field(description="what applies now: the instance's mode or its image's rule")
-
-
-class ActionIn(_In):
+class ActionIn(Input):
     action: Literal["start", "stop", "reboot", "delete"]
 
     @property
@@ -86,15 +91,9 @@ class ActionIn(_In):
         return CommandAction(self.action.upper())
 
 
-class TerminationIn(_In):
+class TerminationIn(Input):
     terminates_at: datetime = Field(description="New termination date (ISO 8601 with a time zone)")
     reason: str = Field("", max_length=500)
-
-
-class MemberAccessIn(_In):
-    mode: Literal["image", "owner_required", "unrestricted"] = Field(
-        description="Members other than the owner connect only while the owner is connected: as the "
-        "image says, always, or never (staff never wait)")
 
 
 class UserDataOut(BaseModel):
@@ -178,16 +177,32 @@ class AdminUserOut(BaseModel):
     last_login_at: Timestamp | None
 
 
-class GrantIn(_In):
+class GrantIn(Input):
     role: Role
     expires_at: datetime | None = Field(None, description="Required for GUEST; absent: no expiry")
 
 
-class ActiveIn(_In):
+class ScientistIn(Input):
+    username: str = Field(pattern=USERNAME_PATTERN, description="The user who supports the instrument's users")
+
+
+class ScientistOut(BaseModel):
+    username: str
+    full_name: str
+
+
+class InstrumentOut(BaseModel):
+    """An instrument and the scientists who see its users' machines on /support."""
+
+    name: str
+    scientists: list[ScientistOut]
+
+
+class ActiveIn(Input):
     active: StrictBool = Field(description="false: the account is deactivated and logged out everywhere")
 
 
-class PosixIn(_In):
+class PosixIn(Input):
     """A user's whole unix identity (absent or null: none); the ranges are checked by the service."""
 
     uid_number: int | None = Field(None, ge=0, le=2**31 - 2)
@@ -196,7 +211,7 @@ class PosixIn(_In):
     home_path: str | None = Field(None, max_length=255, description="e.g. /home/alice")
 
 
-class QuotaIn(_In):
+class QuotaIn(Input):
     quota: int = Field(ge=-1, le=MAX_QUOTA, description="Instances; -1 = unlimited")
 
 
@@ -215,6 +230,7 @@ class FlavourOut(BaseModel):
     visible: bool
     limits: FlavourLimitsSpec
     lifetimes: list[LifetimeSpec]
+    idle_warning_hours: int | None
     instances: int
 
 
@@ -237,6 +253,7 @@ class ImageOut(BaseModel):
     autoaccept_extension: str
     protocols: list[ProtocolOut]
     options: dict[str, Any]
+    web_services: list[dict[str, Any]] = Field(default_factory=list, description="Declared web services: name, port")
 
 
 class AdminPlanOut(BaseModel):
@@ -249,7 +266,7 @@ class AdminPlanOut(BaseModel):
     flavour_visible: bool
 
 
-class LifetimesIn(_In):
+class LifetimesIn(Input):
     lifetimes: list[LifetimeSpec] = Field(max_length=20)
 
 
@@ -271,7 +288,7 @@ class CloudUsage(BaseModel):
     gpus: int
 
 
-class CloudIn(_In):
+class CloudIn(Input):
     kind: str = Field(description="Provider: local or openstack", max_length=32)
     config: dict[str, Any] = Field(
         default_factory=dict,
@@ -317,6 +334,7 @@ InstanceDetailOut.model_rebuild()
 
 
 __all__ = [
-    "INSTANCE_SORTS", "AuditOut", "AuditQuery", "InstanceQuery", "NotificationIn", "NotificationOut", "Page", "PageQuery", "PlanIn",
+    "INSTANCE_SORTS", "AttributeDefinitionIn", "AttributeDefinitionOut", "AttributeIn", "InstanceAttributesOut",
+    "AuditOut", "AuditQuery", "InstanceQuery", "MemberAccessIn", "MemberAccessOut", "NotificationIn", "NotificationOut", "Page", "PageQuery", "PlanIn",
     "PlanPatch", "UserQuery",
 ]

@@ -18,6 +18,7 @@ from visa.clock import Clock
 from visa.clouds.base import is_gpu_class
 from visa.clouds.service import CloudHost, CloudStatus, cloud_capacity, cloud_statuses, list_clouds
 from visa.instances import service as instances
+from visa.instances.attributes import attributes_of
 from visa.instances.listing import InstanceRow
 from visa.instances.models import ExtensionRequest, Instance, InstanceCommand
 from visa.instances.serialize import instance_out, row_fields
@@ -98,16 +99,13 @@ def instance_detail(
         history=[audit_out(e) for e in history],
         last_interaction_at=instance.last_interaction_at,
         owner_email=instance.owner.email,
+        attributes=attributes_of(instance),
         **_member_access(instance),
     )
 
 
 def _member_access(instance: Instance) -> dict:
     return {"member_access": instances.member_access_mode(instance), "members_need_owner": instance.members_need_owner}
-
-
-def member_access(instance: Instance) -> S.MemberAccessOut:
-    return S.MemberAccessOut(uid=instance.uid, **_member_access(instance))
 
 
 def pending_extension(req: ExtensionRequest, instance: Instance, untouched_tab_hours: float
@@ -139,7 +137,7 @@ def image(i: Image, clouds: dict[int, str]) -> S.ImageOut:
         icon=i.icon, cloud=clouds.get(i.cloud_id) if i.cloud_id else None, cloud_image=i.cloud_image_ref,
         visible=i.visible, autoaccept_extension=i.autoaccept_extension.value,
         protocols=[S.ProtocolOut(protocol=p.protocol.value, port=p.port, optional=p.optional) for p in i.protocols],
-        options=i.options or {},
+        options=i.options or {}, web_services=list(i.web_services or []),
     )
 
 

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from visa.announcements.models import NotificationKind, NotificationLevel
-from visa.types import Timestamp
+from visa.types import Input, Timestamp
 
 
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-
-class NotificationIn(_In):
+class NotificationIn(Input):
     message: str = Field(min_length=1, max_length=4000)
     level: NotificationLevel = NotificationLevel.INFO
     kind: NotificationKind = NotificationKind.BANNER

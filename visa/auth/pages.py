@@ -9,15 +9,19 @@ to ``next`` only if it is a same-origin relative path.
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 
 from flask import Blueprint, redirect, render_template, request, session, url_for
 
 from visa.auth import web
 from visa.auth.login import local_login, record_logout
+from visa.auth.logsafe import clip
 from visa.errors import InvalidInput, RateLimited, Unauthorized, VisaError
 from visa.web.context import current_actor, current_login, db_session, login_session, logout_session, services
 from visa.web.csrf import csrf_token
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("auth_pages", __name__)
 bp.before_app_request(web.before_request)
@@ -31,7 +35,7 @@ def _login_page(error: str | None = None, status: int = 200, next_url: str = "/"
     settings = services().settings
     return render_template(
         "auth/login.html", error=error, next=next_url, local=settings.uses_local_accounts,
-        oidc=bool(settings.oidc.server_url), provider=settings.oidc.realm,
+        oidc=bool(settings.oidc.enabled), provider=settings.oidc.display_name,
         logged_out="logged_out" in request.args,
     ), status
 
@@ -70,9 +74,14 @@ def login_oidc():
     from visa.auth.oidc import client_for
 
     settings = services().settings
-    if not settings.oidc.server_url:
+    if not settings.oidc.enabled:
         return redirect(url_for("auth_pages.login_page"), 303)
-    start = client_for(settings.oidc).start_login(_callback_url())
+    try:
+        start = client_for(settings.oidc).start_login(_callback_url())
+    except OSError as exc:  # its discovery document cannot be read: say so, and log why
+        log.warning("login not started: %s", clip(str(exc), 300))
+        return _login_page("The identity provider cannot be reached: please try again later.", 503,
+                           web.safe_next(request.args.get("next")))
     session["oidc_login"] = {
         "state": start.state, "nonce": start.nonce, "verifier": start.verifier,
         "next": web.safe_next(request.args.get("next")), "at": time.time(),
@@ -86,7 +95,7 @@ def callback():
 
     svc = services()
     flow = session.pop("oidc_login", None)
-    if not svc.settings.oidc.server_url:
+    if not svc.settings.oidc.enabled:
         return redirect(url_for("auth_pages.login_page"), 303)
     answer = {k: request.args[k] for k in ("error", "state", "code") if k in request.args}
     try:
@@ -125,7 +134,7 @@ def end_session() -> str:
     record_logout(actor, db_session(), svc, method)
     logout_session()  # the row goes: the cookie, or a copy of it, opens nothing any more
     done = url_for("auth_pages.login_page", logged_out=1)
-    if method != "oidc" or not svc.settings.oidc.server_url:
+    if method != "oidc" or not svc.settings.oidc.enabled:
         return done
     client = client_for(svc.settings.oidc)
     if refresh_token:

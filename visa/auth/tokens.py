@@ -108,7 +108,7 @@ def actor_from_bearer(session: Session, services, value: str, ip: str | None = N
     """A personal API token, or (when an identity provider is configured) an OIDC access token."""
     if value.startswith(TOKEN_PREFIX):
         return actor_from_api_token(session, services.clock, value, ip)
-    if services.settings.oidc.server_url:
+    if services.settings.oidc.enabled:
         from visa.auth.oidc import actor_from_access_token
 
         return actor_from_access_token(session, services, value, ip)

@@ -96,7 +96,7 @@ def _refresh_oidc_session() -> None:
     if row.refresh_at is not None and svc.clock.now() < row.refresh_at:
         return
     id_hash, user_id = row.id_hash, row.user_id
-    if not svc.settings.oidc.server_url or not row.refresh_token:
+    if not svc.settings.oidc.enabled or not row.refresh_token:
         _end(id_hash, "no identity provider to refresh with")
         return
     client = client_for(svc.settings.oidc)

@@ -16,8 +16,16 @@ from sqlalchemy.orm import Session
 from visa.actor import Actor
 from visa.audit.service import record
 from visa.catalogue.loader import Catalogue, CatalogueError
-from visa.catalogue.models import Flavour, FlavourLifetime, FlavourLimit, Image, ImageProtocol, Plan
-from visa.catalogue.schemas import FlavourSpec, ImageSpec
+from visa.catalogue.models import (
+    Flavour,
+    FlavourLifetime,
+    FlavourLimit,
+    Image,
+    ImageProtocol,
+    NetworkRule,
+    Plan,
+)
+from visa.catalogue.schemas import FlavourSpec, ImageSpec, NetworkRuleSpec
 from visa.clock import Clock
 from visa.clouds.models import Cloud
 from visa.experiments.models import Instrument
@@ -47,11 +55,12 @@ def _set(obj: Any, label: str, attr: str, value: Any, diff: Diff) -> None:
 
 
 def cloud_ids(session: Session, catalogue: Catalogue) -> dict[str, int]:
-    wanted = {i.spec.cloud for i in [*catalogue.flavours, *catalogue.images] if i.spec.cloud}
+    entries: list[Any] = [*catalogue.flavours, *catalogue.images, *catalogue.network_rules]
+    wanted = {i.spec.cloud for i in entries if i.spec.cloud}
     found = {c.name: c.id for c in session.scalars(select(Cloud).where(Cloud.name.in_(wanted)))}
     problems = [
         f"{item.file}: entry {item.spec.name!r}: field 'cloud': unknown cloud {item.spec.cloud!r}"
-        for item in [*catalogue.flavours, *catalogue.images]
+        for item in entries
         if item.spec.cloud and item.spec.cloud not in found
     ]
     if problems:
@@ -88,6 +97,7 @@ def apply_flavour(
     _set(flavour, label, "cloud_flavour_ref", spec.cloud_flavour, diff)
     _set(flavour, label, "cloud_id", clouds.get(spec.cloud) if spec.cloud else None, diff)
     _set(flavour, label, "visible", spec.visible, diff)
+    _set(flavour, label, "idle_warning_hours", spec.idle_warning_hours, diff)
 
     want_limits = {("role", r.value) for r in spec.limits.roles} | {("instrument", n) for n in spec.limits.instruments}
     have = {
@@ -104,7 +114,10 @@ def apply_flavour(
             flavour.limits.append(FlavourLimit(instrument=_instrument(session, value, instruments, diff)))
         diff.add(f"+ {label}: limit {kind} {value}")
 
-    want_lt = {lt.role: lt.hours for lt in spec.lifetimes}
+    _set(flavour, label, "limit_groups", sorted(set(spec.limits.groups)), diff)
+    _set(flavour, label, "group_lifetimes",
+         {lt.group: lt.hours for lt in sorted(spec.lifetimes, key=lambda x: x.group or "") if lt.group is not None}, diff)
+    want_lt = {lt.role: lt.hours for lt in spec.lifetimes if lt.group is None}
     have_lt = {lt.role: lt for lt in flavour.lifetimes}
     for role in set(have_lt) - set(want_lt):
         flavour.lifetimes.remove(have_lt[role])
@@ -135,6 +148,7 @@ def apply_image(session: Session, spec: ImageSpec, image: Image | None, clouds: 
         ("autoaccept_extension", spec.autoaccept_extension),
         ("members_need_owner", spec.members_need_owner),
         ("options", spec.options),
+        ("web_services", [w.model_dump() for w in spec.web_services]),
     ):
         _set(image, label, attr, value, diff)
     want = {p.protocol: p for p in spec.protocols}
@@ -152,6 +166,28 @@ def apply_image(session: Session, spec: ImageSpec, image: Image | None, clouds: 
     return image
 
 
+def apply_network_rule(
+    session: Session, spec: NetworkRuleSpec, rule: NetworkRule | None, clouds: dict[str, int], diff: Diff
+) -> NetworkRule:
+    label = f"network rule {spec.name}"
+    if rule is None:
+        rule = NetworkRule(name=spec.name)
+        session.add(rule)
+        diff.add(f"+ {label} ({', '.join(spec.security_groups)})")
+    for attr, value in (
+        ("description", spec.description),
+        ("security_groups", list(spec.security_groups)),
+        ("cloud_id", clouds.get(spec.cloud) if spec.cloud else None),
+        ("roles", sorted(r.value for r in spec.roles)),
+        ("groups", sorted(set(spec.groups))),
+        ("flavours", sorted(spec.flavours)),
+        ("instruments", sorted(spec.instruments)),
+        ("beamtime", spec.beamtime),
+    ):
+        _set(rule, label, attr, value, diff)
+    return rule
+
+
 # Called with (entries done, entries in all) as a long apply goes (the CLI's progress bar).
 Progress = Callable[[int, int], None]
 
@@ -160,7 +196,7 @@ def apply_catalogue(actor: Actor, session: Session, clock: Clock, catalogue: Cat
                     progress: Progress | None = None) -> Diff:
     """Apply validated files. The caller commits (or rolls back for a dry run)."""
     require(actor, "manage_catalogue")
-    total = len(catalogue.flavours) + len(catalogue.images)
+    total = len(catalogue.flavours) + len(catalogue.images) + len(catalogue.network_rules)
     tick = progress or (lambda done, total: None)
     diff = Diff()
     clouds = cloud_ids(session, catalogue)
@@ -198,13 +234,15 @@ def apply_catalogue(actor: Actor, session: Session, clock: Clock, catalogue: Cat
                 plan = plans.get(key)
                 label = f"plan {key[0]}/{key[1]}"
                 if plan is None:
-                    plan = Plan(image=images[key[0]], flavour=flavours[key[1]], preset=ps.preset, enabled=ps.enabled)
+                    plan = Plan(image=images[key[0]], flavour=flavours[key[1]], preset=ps.preset, enabled=ps.enabled,
+                                warm=ps.warm_windows())
                     session.add(plan)
                     plans[key] = plan
                     diff.add(f"+ {label}{' (preset)' if ps.preset else ''}")
                 else:
                     _set(plan, label, "preset", ps.preset, diff)
                     _set(plan, label, "enabled", ps.enabled, diff)
+                    _set(plan, label, "warm", ps.warm_windows(), diff)
         if any(k in wanted and p.preset for k, p in plans.items()):
             for key, plan in plans.items():
                 if key not in wanted and plan.preset:
@@ -217,6 +255,17 @@ def apply_catalogue(actor: Actor, session: Session, clock: Clock, catalogue: Cat
                 plan.enabled = False
                 plan.preset = False
                 diff.add(f"- plan {key[0]}/{key[1]} (disabled)")
+    # Rules are referred to by nothing: what the files of rules no longer name is deleted (the network
+    # job then takes its groups off the servers that had them).
+    if catalogue.network_rules:
+        rules = {r.name: r for r in session.scalars(select(NetworkRule))}
+        done = len(catalogue.flavours) + len(catalogue.images)
+        for n, rule_item in enumerate(catalogue.network_rules, 1):
+            apply_network_rule(session, rule_item.spec, rules.pop(rule_item.spec.name, None), clouds, diff)
+            tick(done + n, total)
+        for name, old in sorted(rules.items()):
+            session.delete(old)
+            diff.add(f"- network rule {name}")
     session.flush()
     if diff:
         record(actor, session, clock, "catalogue.apply", target_type="catalogue", changes=diff.changes[:200])

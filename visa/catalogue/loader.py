@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from visa.catalogue.schemas import FlavourSpec, ImageSpec
+from visa.catalogue.schemas import FlavourSpec, ImageSpec, NetworkRuleSpec
 from visa.errors import InvalidInput
 
 MAX_FILE_BYTES = 1_000_000
@@ -28,6 +28,7 @@ class Sourced(Generic[T]):  # Python 3.11
 class Catalogue:
     flavours: list[Sourced[FlavourSpec]]
     images: list[Sourced[ImageSpec]]
+    network_rules: list[Sourced[NetworkRuleSpec]] = field(default_factory=list)
 
 
 class CatalogueError(InvalidInput):
@@ -79,6 +80,8 @@ def _kind_of(raw: dict[str, Any], file: Path) -> type[BaseModel] | None:
         return FlavourSpec
     if kind == "image" or (kind is None and file.parent.name == "images"):
         return ImageSpec
+    if kind == "network_rule" or (kind is None and file.parent.name == "network-rules"):
+        return NetworkRuleSpec
     return None
 
 
@@ -107,8 +110,8 @@ def load(paths: list[Path], known_flavours: frozenset[str] = frozenset()) -> Cat
                 raw = {k: v for k, v in raw.items() if k != "kind"}
             if model is None:
                 problems.append(
-                    f"{file}: {_entry_label(raw, index)}: field 'kind': say 'flavour' or 'image' "
-                    "(or keep the file under flavours/ or images/)"
+                    f"{file}: {_entry_label(raw, index)}: field 'kind': say 'flavour', 'image' or "
+                    "'network_rule' (or keep the file under flavours/, images/ or network-rules/)"
                 )
                 continue
             spec = _parse(model, raw, file, index, problems)
@@ -116,6 +119,8 @@ def load(paths: list[Path], known_flavours: frozenset[str] = frozenset()) -> Cat
                 catalogue.flavours.append(Sourced(spec, str(file)))
             elif isinstance(spec, ImageSpec):
                 catalogue.images.append(Sourced(spec, str(file)))
+            elif isinstance(spec, NetworkRuleSpec):
+                catalogue.network_rules.append(Sourced(spec, str(file)))
     problems.extend(_cross_check(catalogue, known_flavours))
     if problems:
         raise CatalogueError(problems)
@@ -124,7 +129,10 @@ def load(paths: list[Path], known_flavours: frozenset[str] = frozenset()) -> Cat
 
 def _cross_check(catalogue: Catalogue, known_flavours: frozenset[str]) -> list[str]:
     problems: list[str] = []
-    for label, items in (("flavour", catalogue.flavours), ("image", catalogue.images)):
+    kinds: tuple[tuple[str, list[Any]], ...] = (
+        ("flavour", catalogue.flavours), ("image", catalogue.images), ("network rule", catalogue.network_rules)
+    )
+    for label, items in kinds:
         seen: dict[str, str] = {}
         for item in items:
             name = item.spec.name
@@ -144,6 +152,12 @@ def _cross_check(catalogue: Catalogue, known_flavours: frozenset[str]) -> list[s
                 )
             if plan.preset:
                 presets.append(f"{item.spec.name}/{plan.flavour}")
+    for rule in catalogue.network_rules:
+        for i, name in enumerate(rule.spec.flavours):
+            if name not in flavour_names:
+                problems.append(
+                    f"{rule.file}: entry {rule.spec.name!r}: field 'flavours.{i}': unknown flavour {name!r}"
+                )
     if len(presets) > 1:
         problems.append(f"plans: only one plan may be the preset, found {len(presets)}: {', '.join(presets)}")
     return problems

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from visa.db import Base
@@ -48,6 +48,9 @@ class Image(Base):
     # Members other than the owner connect only while the owner is connected (staff exempt);
     # an instance's own setting overrides it (``Instance.unrestricted_member_access``).
     members_need_owner: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Web applications the machine serves besides JupyterLab ({"name": ..., "port": ...}), each
+    # on a user-content host of its own (``visa.gateway.webservice``).
+    web_services: Mapped[list[dict[str, Any]]] = mapped_column(JsonDict, default=list)
 
     protocols: Mapped[list[ImageProtocol]] = relationship(
         back_populates="image", cascade="all, delete-orphan", lazy="selectin", order_by="ImageProtocol.port"
@@ -55,6 +58,9 @@ class Image(Base):
 
     def port_of(self, protocol: Protocol) -> int | None:
         return next((p.port for p in self.protocols if p.protocol == protocol), None)
+
+    def web_service_port(self, name: str) -> int | None:
+        return next((int(w["port"]) for w in self.web_services or [] if w.get("name") == name), None)
 
     def __repr__(self) -> str:
         return f"<Image {self.name!r} {self.version}>"
@@ -83,6 +89,7 @@ class Flavour(Base):
         CheckConstraint("cores > 0", name="cores_positive"),
         CheckConstraint("memory_mb > 0", name="memory_positive"),
         CheckConstraint("gpu_count >= 0", name="gpu_count_non_negative"),
+        CheckConstraint("idle_warning_hours > 0", name="idle_warning_positive"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -95,7 +102,14 @@ class Flavour(Base):
     cloud_flavour_ref: Mapped[str] = mapped_column(String(255))
     cloud_id: Mapped[int | None] = mapped_column(ForeignKey("clouds.id", ondelete="RESTRICT"))
     visible: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Idle this long, a machine of this size is warned (and deleted after the usual notice),
+    # even when the owner's inactivity limit is longer; None: that limit alone.
+    idle_warning_hours: Mapped[int | None] = mapped_column(Integer)
 
+    # User groups (by name, as the files give them) that may use this flavour, beside its
+    # limits' roles and instruments; and each group's maximum lifetime in hours.
+    limit_groups: Mapped[list[str]] = mapped_column(JsonDict, default=list)
+    group_lifetimes: Mapped[dict[str, int]] = mapped_column(JsonDict, default=dict)
     limits: Mapped[list[FlavourLimit]] = relationship(
         back_populates="flavour", cascade="all, delete-orphan", lazy="selectin"
     )
@@ -157,9 +171,37 @@ class Plan(Base):
     flavour_id: Mapped[int] = mapped_column(ForeignKey("flavours.id", ondelete="CASCADE"))
     preset: Mapped[bool] = mapped_column(Boolean, default=False)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Machines kept booted and unassigned, by time of day at the site: [{"from": "07:00", "to":
+    # "19:00", "count": 2}, ...] (``catalogue.service.warm_wanted``); empty: none.
+    warm: Mapped[list[dict[str, Any]]] = mapped_column(JsonDict, default=list, server_default=text("'[]'"))
 
     image: Mapped[Image] = relationship(lazy="joined")
     flavour: Mapped[Flavour] = relationship(lazy="joined")
 
     def __repr__(self) -> str:
         return f"<Plan {self.id} image={self.image_id} flavour={self.flavour_id}>"
+
+
+class NetworkRule(Base):
+    """Security groups given to a server while its conditions hold (``network-rules`` catalogue entries).
+
+    Conditions are lists of names, as in the files: empty lists are no condition. Names (not ids)
+    are kept for flavours and instruments: a rule may name an instrument before the user office's
+    import brings it, and what a rule names is matched as the files say it.
+    """
+
+    __tablename__ = "network_rules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    security_groups: Mapped[list[str]] = mapped_column(JsonDict, default=list)
+    cloud_id: Mapped[int | None] = mapped_column(ForeignKey("clouds.id", ondelete="CASCADE"))
+    roles: Mapped[list[str]] = mapped_column(JsonDict, default=list)
+    groups: Mapped[list[str]] = mapped_column(JsonDict, default=list)
+    flavours: Mapped[list[str]] = mapped_column(JsonDict, default=list)
+    instruments: Mapped[list[str]] = mapped_column(JsonDict, default=list)
+    beamtime: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    def __repr__(self) -> str:
+        return f"<NetworkRule {self.name!r} -> {self.security_groups}>"

@@ -11,7 +11,7 @@ from visa.settings import LifetimeSettings
 from visa.users.models import Role
 
 
-def plan_out(plan: Plan, roles: Iterable[Role], lifetimes: LifetimeSettings) -> PlanOut:
+def plan_out(plan: Plan, roles: Iterable[Role], lifetimes: LifetimeSettings, groups: Iterable[str] = ()) -> PlanOut:
     image, flavour = plan.image, plan.flavour
     return PlanOut(
         id=plan.id,
@@ -24,5 +24,5 @@ def plan_out(plan: Plan, roles: Iterable[Role], lifetimes: LifetimeSettings) -> 
             name=flavour.name, description=flavour.description, cores=flavour.cores, memory_mb=flavour.memory_mb,
             gpu_kind=flavour.gpu_kind, gpu_count=flavour.gpu_count,
         ),
-        max_lifetime_hours=max_lifetime_hours(flavour, roles, lifetimes),
+        max_lifetime_hours=max_lifetime_hours(flavour, roles, lifetimes, groups),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import time
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,13 @@ from visa.settings import LifetimeSettings
 from visa.users.models import STAFF_ROLES, Role
 
 
-def flavour_allowed(flavour: Flavour, roles: Iterable[Role], experiments: Iterable[Experiment]) -> bool:
-    """Open to all without limits; with limits, a listed role or an experiment on a listed instrument."""
-    if not flavour.limits:
+def flavour_allowed(flavour: Flavour, roles: Iterable[Role], experiments: Iterable[Experiment],
+                    groups: Iterable[str] = ()) -> bool:
+    """Open to all without limits; with limits, a listed role or user group, or an experiment on a
+    listed instrument."""
+    if not flavour.limits and not flavour.limit_groups:
+        return True
+    if set(groups) & set(flavour.limit_groups):
         return True
     roles = set(roles)
     instrument_ids = {e.instrument_id for e in experiments}
@@ -60,7 +65,8 @@ def plans_for(actor: Actor, session: Session, experiments: Iterable[Experiment])
     ).all()
     if allowed(actor, "catalogue.all_plans"):
         return list(plans)
-    return [p for p in plans if flavour_allowed(p.flavour, actor.roles, experiments)]
+    groups = actor.user.group_names() if actor.user is not None else frozenset()
+    return [p for p in plans if flavour_allowed(p.flavour, actor.roles, experiments, groups)]
 
 
 def offered_plans(actor: Actor, session: Session, experiment_ids: Iterable[int]) -> list[Plan]:
@@ -77,24 +83,30 @@ def _default_lifetime(role: Role | None, defaults: LifetimeSettings) -> int:
     return defaults.staff_max_hours if role in STAFF_ROLES else defaults.user_max_hours
 
 
-def max_lifetime_hours(flavour: Flavour, roles: Iterable[Role], defaults: LifetimeSettings) -> int:
+def max_lifetime_hours(flavour: Flavour, roles: Iterable[Role], defaults: LifetimeSettings,
+                       groups: Iterable[str] = ()) -> int:
     """The maximum of the rules that apply to the owner.
 
     Every user is subject to the rule for everyone (a flavour's role-less lifetime, else the
     user default); each role they hold adds its own rule (the flavour's lifetime for that
-    role, else the default for that role). The longest wins.
+    role, else the default for that role), and each of their user groups the flavour's
+    lifetime for that group, if it has one. The longest wins.
     """
     per_role = {lt.role: lt.lifetime_hours for lt in flavour.lifetimes}
     candidates = [per_role.get(None, defaults.user_max_hours)]
     for role in roles:
         candidates.append(per_role.get(role, _default_lifetime(role, defaults)))
+    candidates += [hours for group, hours in (flavour.group_lifetimes or {}).items() if group in set(groups)]
     return max(candidates)
 
 
-def inactivity_limit_hours(roles: Iterable[Role], defaults: LifetimeSettings) -> int:
-    if set(roles) & STAFF_ROLES:
-        return defaults.staff_inactivity_hours
-    return defaults.user_inactivity_hours
+def inactivity_limit_hours(roles: Iterable[Role], defaults: LifetimeSettings, flavour: Flavour | None = None) -> int:
+    """Hours idle before deletion: the owner's limit, shortened by the flavour's ``idle_warning_hours``
+    (warned then, deleted ``inactivity_warning_hours`` later)."""
+    limit = defaults.staff_inactivity_hours if set(roles) & STAFF_ROLES else defaults.user_inactivity_hours
+    if flavour is not None and flavour.idle_warning_hours is not None:
+        limit = min(limit, flavour.idle_warning_hours + defaults.inactivity_warning_hours)
+    return limit
 
 
 def apply_files(
@@ -117,9 +129,12 @@ def flavour_spec(flavour: Flavour, clouds: dict[int, str]) -> FlavourSpec:
         cloud=clouds.get(flavour.cloud_id) if flavour.cloud_id else None, cloud_flavour=flavour.cloud_flavour_ref, visible=flavour.visible,
         limits=FlavourLimitsSpec(
             roles=sorted({lim.role for lim in flavour.limits if lim.role is not None}),
+            groups=list(flavour.limit_groups or []),
             instruments=sorted({lim.instrument.name for lim in flavour.limits if lim.instrument is not None}),
         ),
-        lifetimes=[LifetimeSpec(role=lt.role, hours=lt.lifetime_hours) for lt in flavour.lifetimes],
+        lifetimes=[LifetimeSpec(role=lt.role, group=None, hours=lt.lifetime_hours) for lt in flavour.lifetimes]
+        + [LifetimeSpec(role=None, group=g, hours=h) for g, h in sorted((flavour.group_lifetimes or {}).items())],
+        idle_warning_hours=flavour.idle_warning_hours,
     )
 
 
@@ -308,3 +323,16 @@ def update_plan(actor: Actor, session: Session, clock: Clock, plan_id: int, data
 def disable_plan(actor: Actor, session: Session, clock: Clock, plan_id: int) -> Plan:
     """Plans are disabled, never deleted: instances still refer to them."""
     return update_plan(actor, session, clock, plan_id, PlanPatch(enabled=False))
+
+
+def warm_wanted(plan: Plan, local_time: time) -> int:
+    """How many machines of this plan are kept warm at ``local_time`` (the site's clock): the
+    largest count of the plan's windows that hold then; a window past midnight wraps."""
+    at = local_time.strftime("%H:%M")
+    counts = [0]
+    for window in plan.warm or []:
+        start, end, count = str(window.get("from")), str(window.get("to")), int(window.get("count") or 0)
+        inside = start <= at < end if start <= end else (at >= start or at < end)
+        if inside:
+            counts.append(count)
+    return max(counts)

@@ -1,7 +1,7 @@
 """The ``visa`` command line. Every command calls the same services as the web, as the system actor.
 
 One module per command group (``db``, ``serve``: init, demo and the servers, ``catalogue``,
-``experiments``, ``users``, ``clouds``, ``instances``), what they share in ``common`` (the settings
+``experiments``, ``users``, ``clouds``, ``instances``, ``usage``, ``bookings``), what they share in ``common`` (the settings
 and database, the domain errors' exit status, the one ``--json`` emitter); here, the root group.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 import visa.models  # noqa: F401  (every mapped class known before the first query)
-from visa.cli import catalogue, clouds, db, experiments, instances, serve, users
+from visa.cli import bookings, catalogue, clouds, db, experiments, instances, serve, usage, users
 from visa.cli.common import VisaGroup
 
 
@@ -21,6 +21,6 @@ def main() -> None:
 
 
 for _command in (db.db, serve.init, serve.demo, serve.run, serve.web, serve.gateway, serve.scheduler,
-                 serve.check_config, catalogue.catalogue, experiments.experiments, users.users, clouds.clouds,
-                 instances.instances):
+                 serve.check_config, catalogue.catalogue, experiments.experiments, experiments.instruments, users.users,
+                 clouds.clouds, instances.instances, usage.usage, bookings.bookings):
     main.add_command(_command)

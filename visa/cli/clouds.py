@@ -25,6 +25,7 @@ def clouds() -> None:
 def clouds_add(name: str, kind: str, config_file: Path | None) -> None:
     """Register (or update) a cloud. Secrets may be given as {"env": "VAR"}."""
     from visa.clouds.service import register_cloud
+    from visa.provisioning.site import cloud_check
 
     config: dict[str, Any] = {}
     if config_file:
@@ -38,7 +39,8 @@ def clouds_add(name: str, kind: str, config_file: Path | None) -> None:
 
     try:
         with open_database().unit_of_work() as s:
-            register_cloud(SYSTEM, s, system_clock, name, kind, config, site=load_settings().provisioning)
+            register_cloud(SYSTEM, s, system_clock, name, kind, config,
+                           check_site=cloud_check(load_settings().provisioning))
     except InvalidInput as exc:
         raise InvalidInput(f"{config_file or 'config'}: {exc.message}", field=exc.field) from None
     click.echo(f"cloud {name} ({kind}) registered")
@@ -75,3 +77,35 @@ def clouds_enable(name: str) -> None:
 def clouds_disable(name: str) -> None:
     """Give a cloud no new instances (those it has keep running)."""
     _set_cloud_enabled(name, False)
+
+
+@clouds.command("secure-network")
+@click.argument("name")
+@click.option("--create", is_flag=True, help="Make the group right: create it, add what is missing, delete what is too open")
+@click.option("--group", help="The group's name (default: network.base_group)")
+@json_option
+def clouds_secure_network(name: str, create: bool, group: str | None, as_json: bool) -> None:
+    """Check the base security group of a cloud: the servers' desktop, Jupyter and SSH ports open
+    only to network.access_from (visa's gateway and probe). Exits 1 when it is not right."""
+    from visa.network.service import check_base_group
+    from visa.services import Services
+
+    settings = load_settings()
+    services = Services(settings=settings, database=open_database())
+    try:
+        with services.database.sessionmaker() as s:
+            report = check_base_group(SYSTEM, s, services.provider(name), settings.network, create=create,
+                                      group=group)
+    finally:
+        services.close()
+    data = {"cloud": report.cloud, "group": report.group, "ports": list(report.ports),
+            "sources": list(report.sources), "ok": create or not report.lines, "lines": list(report.lines)}
+    if as_json:
+        emit(data, True, str)
+    else:
+        click.echo(f"cloud {report.cloud}: security group {report.group!r}, TCP {', '.join(map(str, report.ports))} "
+                   f"from {', '.join(report.sources)} only")
+        for line in report.lines or ["right as it is"]:
+            click.echo(f"  {line}")
+    if not data["ok"]:
+        raise SystemExit(1)

@@ -13,21 +13,28 @@ import click
 from pydantic import ValidationError
 
 from visa.db import Database
-from visa.errors import VisaError
+from visa.errors import InvalidInput, VisaError
 from visa.settings import Settings, get_settings
 
 
 def load_settings() -> Settings:
-    try:
-        return get_settings()
-    except ValidationError as exc:
-        import os
+    """visa's settings, read here once for the command line, the site's mount sources checked."""
+    import os
 
+    from visa.provisioning.sources import check_sources
+
+    where = f" ({os.environ['VISA_CONFIG']})" if os.environ.get("VISA_CONFIG") else ""
+    try:
+        settings = get_settings()
+        check_sources(settings.provisioning)
+    except ValidationError as exc:
         lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        where = f" ({os.environ['VISA_CONFIG']})" if os.environ.get("VISA_CONFIG") else ""
         raise click.ClickException(f"invalid configuration{where}:\n" + "\n".join(lines)) from None
+    except InvalidInput as exc:
+        raise click.ClickException(f"invalid configuration{where}:\n  {exc.message}") from None
     except ValueError as exc:
         raise click.ClickException(f"invalid configuration: {exc}") from None
+    return settings
 
 
 def open_database(check: bool = True) -> Database:
@@ -106,3 +113,14 @@ def fields(row: dict[str, Any]) -> str:
         return "-" if v is None or v == [] else ",".join(map(str, v)) if isinstance(v, list) else str(v)
 
     return "\n".join(f"{k}: {shown(v)}" for k, v in row.items())
+
+
+def emails_sent(timeout: float = 30) -> None:
+    """Wait for the emails a command's commit sent in the background (``visa.mail.outbox``): the
+    process would otherwise end before they leave (an unsent one waits for the scheduler's next
+    cycle)."""
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == "visa-mail":
+            thread.join(timeout=timeout)

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from visa.actor import SYSTEM
-from visa.cli.common import emit, fields, json_option, open_database
+from visa.cli.common import emit, fields, json_option, load_settings, open_database
 
 
 @click.group()
@@ -57,6 +57,7 @@ def instances_render_userdata(uid: str, as_json: bool) -> None:
     """Print what an instance receives at boot (secrets masked)."""
     from visa.instances.spec import render_for_operator
 
+    settings = load_settings()
     with open_database().sessionmaker() as s:
-        user_data = render_for_operator(s, uid)
+        user_data = render_for_operator(s, uid, settings.provisioning)
     emit({"uid": uid, "user_data": user_data}, as_json, lambda r: r["user_data"])

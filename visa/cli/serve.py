@@ -32,6 +32,7 @@ def ensure_local_cloud(database: Database) -> None:
     """Register the local cloud, once: as ``visa clouds add`` does (validated, audited); a local
     cloud already there keeps the settings an operator gave it."""
     from visa.clouds.service import list_clouds, register_cloud
+    from visa.provisioning.site import cloud_check
 
     settings = load_settings()
     if settings.default_cloud != "local":
@@ -39,7 +40,7 @@ def ensure_local_cloud(database: Database) -> None:
     with database.unit_of_work() as s:
         if all(c.name != "local" for c in list_clouds(s)):
             register_cloud(SYSTEM, s, system_clock, "local", "local", local_cloud_config(settings),
-                           site=settings.provisioning)
+                           check_site=cloud_check(settings.provisioning))
 
 
 @click.command()
@@ -81,7 +82,7 @@ def run(host: str | None, port: int | None, workers: int) -> None:
     open_database()  # refuse to start on an old schema, with the command that fixes it
     from visa.checks import check_all
 
-    problems = [f for f in check_all(settings) if f.level != "ok"]
+    problems = [f for f in check_all(settings, provider_level="warning") if f.level != "ok"]
     for finding in problems:
         click.echo(str(finding), err=True)
     if any(f.level == "error" for f in problems):

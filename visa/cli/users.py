@@ -137,7 +137,7 @@ def users_activate(username: str) -> None:
 @users.command("link")
 @click.argument("username")
 @click.argument("subject")
-@click.option("--issuer", help="Default: the configured identity provider's realm")
+@click.option("--issuer", help="Default: the configured identity provider's issuer")
 def users_link(username: str, subject: str, issuer: str | None) -> None:
     """Link an existing account to an identity (the provider's subject): logins through the
     provider are matched by issuer and subject, never by name."""
@@ -145,9 +145,9 @@ def users_link(username: str, subject: str, issuer: str | None) -> None:
 
     settings = load_settings()
     if issuer is None:
-        if not settings.oidc.server_url:
+        if not settings.oidc.enabled:
             raise click.ClickException("no identity provider configured: give --issuer")
-        issuer = settings.oidc.issuer
+        issuer = settings.oidc.issuer_url
     with open_database().unit_of_work() as s:
         service.link_identity(SYSTEM, s, system_clock, service.get_user(s, username), issuer, subject)
     click.echo(f"{username}: linked to {subject} at {issuer}")
@@ -240,3 +240,64 @@ def users_show(username: str, as_json: bool) -> None:
     with open_database().sessionmaker() as s:
         row = _user_row(service.get_user(s, username), system_clock.now())
     emit(row, as_json, fields)
+
+
+@users.command("groups")
+@json_option
+def users_groups(as_json: bool) -> None:
+    """User groups and their members (from an administrator, or the identity provider's claim)."""
+    from visa.users import groups
+
+    with open_database().sessionmaker() as s:
+        rows = [{"name": g.name, "description": g.description,
+                 "members": [{"username": u, "source": src.value} for u, src in members]}
+                for g, members in groups.list_groups(SYSTEM, s)]
+    emit(rows, as_json, lambda r: f"{r['name']}: " + (", ".join(
+        m["username"] + (" (provider)" if m["source"] == "IDP" else "") for m in r["members"]) or "-"))
+
+
+@users.command("group-add")
+@click.argument("name")
+@click.option("--description", default="")
+def users_group_add(name: str, description: str) -> None:
+    """Make a user group (flavour limits, lifetimes and network rules may name it)."""
+    from visa.users import groups
+
+    with open_database().unit_of_work() as s:
+        groups.create_group(SYSTEM, s, system_clock, name, description)
+    click.echo(f"group {name} made")
+
+
+@users.command("group-remove")
+@click.argument("name")
+def users_group_remove(name: str) -> None:
+    """Remove a user group and its memberships."""
+    from visa.users import groups
+
+    with open_database().unit_of_work() as s:
+        groups.delete_group(SYSTEM, s, system_clock, name)
+    click.echo(f"group {name} removed")
+
+
+@users.command("join")
+@click.argument("username")
+@click.argument("group")
+def users_join(username: str, group: str) -> None:
+    """Put a user in a group."""
+    from visa.users import groups, service
+
+    with open_database().unit_of_work() as s:
+        added = groups.add_member(SYSTEM, s, system_clock, group, service.get_user(s, username))
+    click.echo(f"{username} is in {group}" + ("" if added else " already"))
+
+
+@users.command("leave")
+@click.argument("username")
+@click.argument("group")
+def users_leave(username: str, group: str) -> None:
+    """Take a user out of a group."""
+    from visa.users import groups, service
+
+    with open_database().unit_of_work() as s:
+        groups.remove_member(SYSTEM, s, system_clock, group, service.get_user(s, username))
+    click.echo(f"{username} left {group}")

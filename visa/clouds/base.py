@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from visa.errors import CloudError
 from visa.states import InstanceState
 
 if TYPE_CHECKING:
@@ -83,6 +84,13 @@ class ServerSpec:
     own_home: bool = False
     cores: int = 1
     memory_mb: int = 1024
+    # Security groups the network rules give this machine (besides the cloud's own configured ones).
+    security_groups: tuple[str, ...] = ()
+    # JupyterLab's culling of idle kernels (``provisioning.jupyter_cull_*``; 0 s: none), for a
+    # cloud that starts JupyterLab itself (a VM's comes in its user-data).
+    jupyter_cull_idle_seconds: int = 0
+    jupyter_cull_interval_seconds: int = 300
+    jupyter_cull_connected: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,9 @@ class Server:
     instance_uid: str | None = None
     fault: str | None = None
     created_at: datetime | None = None
+    # The security groups the server has, when the cloud's list says (else None: ask
+    # ``Provider.server_security_groups``).
+    security_groups: frozenset[str] | None = None
     provider_state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -209,6 +220,18 @@ class Provider(abc.ABC):
         """The provider of a configured cloud; a subclass fills in the defaults it takes from visa's settings."""
         return cls(name, config)
 
+    @classmethod  # noqa: B027 (optional hook)
+    def check_config(cls, config: dict[str, Any]) -> None:
+        """Refuse a configuration this provider cannot use, before it is stored: raise
+        :class:`visa.errors.InvalidInput` naming the key (``config.<key>``). Secrets may still be
+        ``{"env": "VAR"}`` here. The default accepts anything."""
+
+    @classmethod
+    def config_files(cls, config: dict[str, Any]) -> list[str]:
+        """Files the provider reads its settings from besides ``config`` (a ``clouds.yaml``): one
+        edited in place gets a new provider too, as a cloud registered again does. Default none."""
+        return []
+
     @abc.abstractmethod
     def create(self, spec: ServerSpec) -> Server:
         """Ask the cloud for a new server; return at once."""
@@ -248,6 +271,33 @@ class Provider(abc.ABC):
     def limits(self) -> CloudLimits:
         return CloudLimits()
 
+    # --- security groups of one server (the network rules) -------------------------------------
+
+    def server_security_groups(self, server_id: str) -> set[str] | None:
+        """The names of the security groups the server has now. None (the default): this cloud has
+        no security groups, and the network rules are reported for it, never applied. Edge cases: a
+        server that is gone gives an empty set; may raise :class:`visa.errors.CloudError`."""
+        return None
+
+    def add_security_group(self, server_id: str, group: str) -> None:
+        """Give the server a security group by name (all its ports). Adding one it has succeeds doing
+        nothing. Raises :class:`visa.errors.CloudError` (``reason="security_group_not_found"``) for a
+        group the cloud does not have."""
+        raise CloudError(f"cloud {self.name!r} has no security groups", reason="unsupported")
+
+    def remove_security_group(self, server_id: str, group: str) -> None:
+        """Take a security group off the server. Removing one it lacks succeeds doing nothing."""
+        raise CloudError(f"cloud {self.name!r} has no security groups", reason="unsupported")
+
+    def base_group_report(self, group: str, ports: Collection[int], sources: Collection[str], *,
+                          create: bool = False) -> list[str]:
+        """Check the base security group ``group``: every port of ``ports`` open (TCP, ingress) to
+        each address range of ``sources`` and to nothing else, no other ingress rule. Returns what is
+        wrong, one line each (empty: it is right). ``create``: make the group, or add its missing
+        rules and delete its too-open ones, and report what was done. The default: the cloud has no
+        security groups (one line saying so)."""
+        return [f"cloud {self.name!r} has no security groups: its servers' ports are not filtered by it"]
+
     def capacity(self) -> Capacity | None:
         """What the cloud can still give now, per host and resource class, or None (the default)
         when it cannot say. Read from the cloud's own accounting (OpenStack Placement's
@@ -274,8 +324,9 @@ class Provider(abc.ABC):
 
     def apply_display(self, server_id: str, *, width: int, height: int, keyboard_layout: str) -> None:
         """Give a running desktop the instance's current screen size and keyboard layout (the owner
-        changed them): called when the owner connects. Edge cases: the default does nothing (a VM
-        keeps what its first boot set); a server that is gone or stopped is left alone; may raise
+        changed them): called when the owner connects, for a cloud of sessions on visa's host. Edge
+        cases: the default does nothing (a VM takes them from its root helper over SSH,
+        ``visa.instances.display``); a server that is gone or stopped is left alone; may raise
         :class:`visa.errors.CloudError`, which callers log and ignore (the connection goes on)."""
         return None
 

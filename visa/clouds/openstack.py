@@ -1,21 +1,25 @@
 """The OpenStack provider: Nova servers, with Glance images and Neutron networks, via openstacksdk.
 
-Config keys (the Cloud row's config; ``password`` may be ``{"env": "VAR"}``):
+Config keys (the Cloud row's config): :mod:`visa.clouds.openstack_config` types and checks them.
 
-* ``auth_url``, ``username``, ``password``, ``project_name``, ``user_domain_name`` and
-  ``project_domain_name`` (default ``Default``), ``region_name``: the credentials;
+* how to reach the cloud: a ``clouds.yaml`` entry (``cloud``, ``clouds_yaml``), or ``auth_type``
+  (``password``, ``v3applicationcredential``, ``token``) with its credentials, ``auth_url``;
+  ``region_name``, ``interface``, ``cacert`` and ``verify``; secrets may be ``{"env": "VAR"}``;
 * ``network``: name or id of the network servers are attached to; ``auto`` (the default:
   the project's only network) or ``none`` as Nova understands them;
-* ``security_groups``: names given to every server (default none: the project's default);
+* ``security_groups``: names given to every server (default none: the project's default); the
+  network rules add theirs (``ServerSpec.security_groups``) at create and on running servers;
 * ``name_prefix``: prepended to server names, so operators see visa's servers at a glance;
-* ``timeout`` (seconds per HTTP request, default 30), ``retries`` (of transient failures,
-  default 3), ``backoff`` (first delay in seconds, doubled each retry, default 0.5),
-  ``page_size`` (servers per list page, default 0: the cloud's own, 1000 on a stock Nova);
+* ``timeout`` (seconds per HTTP request, default 30), ``page_size`` (servers per list page,
+  default 0: the cloud's own, 1000 on a stock Nova);
 * ``reboot_type``: ``SOFT`` (default) or ``HARD``;
 * ``placement``: credentials for reading Placement (``capacity``), as a mapping of the keys
   above that differ (e.g. ``username``, ``password``, ``project_name``): Placement lets only
   admin or service accounts read providers, which visa's own project account rarely is.
   Without it visa asks with its own credentials, and a refusal means "capacity unknown".
+
+Each method makes one try: a failure is a :class:`visa.errors.CloudError`, ``transient`` when
+trying again may help; the callers retry (:mod:`visa.clouds.retry`, one deadline per call).
 
 visa recognises its servers by the tag ``visa`` and the metadata key ``visa`` (holding the
 instance uid): ``list_servers`` is one paginated ``GET /servers/detail?tags=visa``.
@@ -26,17 +30,18 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import ipaddress
 import logging
-import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from keystoneauth1 import exceptions as ksa_exc
 from openstack import exceptions as os_exc
+from openstack.compute.v2 import server as _server
 
 from visa.clouds.base import (
     DISK_GB,
@@ -54,7 +59,8 @@ from visa.clouds.base import (
     Server,
     ServerSpec,
 )
-from visa.errors import CloudError
+from visa.clouds.openstack_config import ConnectionConfig, OpenStackConfig, parse_config
+from visa.errors import CloudError, InvalidInput
 from visa.states import InstanceState
 
 log = logging.getLogger(__name__)
@@ -170,6 +176,7 @@ def to_server(raw: Any, network_name: str | None = None) -> Server:
     metadata = dict(getattr(raw, "metadata", None) or {})
     task_state, vm_state = getattr(raw, "task_state", None), getattr(raw, "vm_state", None)
     fault = getattr(raw, "fault", None)
+    groups = getattr(raw, "security_groups", None)
     return Server(
         id=raw.id,
         name=raw.name or "",
@@ -178,6 +185,9 @@ def to_server(raw: Any, network_name: str | None = None) -> Server:
         instance_uid=metadata.get(VISA_TAG),
         fault=fault_message(fault),
         created_at=_created_at(getattr(raw, "created_at", None)),
+        # Nova's server details name the groups of its ports (none listed: no port, or none yet).
+        security_groups=None if not isinstance(groups, list)
+        else frozenset(str(g["name"]) for g in groups if isinstance(g, dict) and g.get("name")),
         provider_state={
             "status": raw.status,
             "task_state": task_state,
@@ -192,6 +202,10 @@ def translate(exc: BaseException, action: str, cloud: str) -> CloudError:
     if isinstance(exc, CloudError):
         return exc
     where = f"cloud {cloud!r}"
+    if isinstance(exc, ksa_exc.SSLError):
+        # Not transient: a certificate does not become trusted by asking again.
+        return CloudError(f"{where}: its TLS certificate was not accepted to {action} (give the CA bundle "
+                          f"that signed it as cacert): {exc}", reason="tls")
     if isinstance(exc, ksa_exc.ConnectTimeout):
         return CloudError(f"{where} did not answer in time to {action}", transient=True, reason="timeout")
     if isinstance(exc, ksa_exc.ConnectionError | ksa_exc.RetriableConnectionFailure):
@@ -215,8 +229,10 @@ def translate(exc: BaseException, action: str, cloud: str) -> CloudError:
         return CloudError(
             f"No hypervisor on {where} can take this machine now: {text}", reason="no_valid_host"
         )
-    if status == 401:
-        return CloudError(f"{where} refused visa's credentials", reason="auth")
+    # Keystone answers 404 for an application credential it does not know (deleted, rotated away).
+    at_keystone = isinstance(exc, ksa_exc.HttpError) and "/auth/tokens" in str(getattr(exc, "url", "") or "")
+    if status == 401 or (status == 404 and at_keystone):
+        return CloudError(f"{where} refused visa's credentials (Keystone said: {text})", reason="auth")
     if status == 404:
         return CloudError(f"{where}: not found while trying to {action}: {text}", reason="not_found")
     if status == 409:
@@ -226,19 +242,49 @@ def translate(exc: BaseException, action: str, cloud: str) -> CloudError:
     return CloudError(f"{where} failed to {action}: {text}", reason="error")
 
 
+def base_sources(sources: Collection[str]) -> list[str]:
+    """Addresses or ranges as Neutron writes them (``10.0.0.5`` -> ``10.0.0.5/32``)."""
+    return sorted({str(ipaddress.ip_network(s.strip(), strict=False)) for s in sources})
+
+
+def rule_key(rule: Any) -> tuple[int, str] | None:
+    """(port, source range) of a rule opening one TCP port to an address range; None for any other."""
+    if rule.protocol not in ("tcp", "6") or rule.remote_group_id or not rule.remote_ip_prefix:
+        return None
+    if rule.port_range_min is None or rule.port_range_min != rule.port_range_max:
+        return None
+    try:
+        return int(rule.port_range_min), str(ipaddress.ip_network(rule.remote_ip_prefix, strict=False))
+    except ValueError:
+        return None
+
+
+def describe_rule(rule: Any) -> str:
+    proto = (rule.protocol or "any protocol").upper()
+    lo, hi = rule.port_range_min, rule.port_range_max
+    ports = "all ports" if lo is None else (f"port {lo}" if lo == hi else f"ports {lo}-{hi}")
+    source = rule.remote_ip_prefix or (f"group {rule.remote_group_id}" if rule.remote_group_id else "anywhere")
+    return f"{proto} {ports} from {source}"
+
+
 class OpenStackProvider(Provider):
     kind = "openstack"
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
-        self.timeout = float(config.get("timeout", 30))
-        self.retries = int(config.get("retries", 3))
-        self.backoff = float(config.get("backoff", 0.5))
-        self.page_size = int(config.get("page_size", 0))
-        self.name_prefix = str(config.get("name_prefix", ""))
-        self.network = config.get("network") or None
-        self.group_names = list(config.get("security_groups") or [])
-        self.reboot_type = str(config.get("reboot_type", "SOFT")).upper()
+        # A stored configuration that no longer passes its checks fails every call, clearly.
+        self.misconfigured: str | None = None
+        try:
+            self.settings = parse_config(config)
+        except InvalidInput as exc:
+            self.misconfigured = exc.message
+            self.settings = OpenStackConfig.model_construct()
+        self.timeout = self.settings.timeout
+        self.page_size = self.settings.page_size
+        self.name_prefix = self.settings.name_prefix
+        self.network = self.settings.network or None
+        self.group_names = list(self.settings.security_groups)
+        self.reboot_type = self.settings.reboot_type
         # HTTP requests made, by host:port of the API (the benchmarks and tests read it).
         self.http_calls: Counter[str] = Counter()
         self._conn: Any = None
@@ -246,63 +292,85 @@ class OpenStackProvider(Provider):
         self._ids: dict[tuple[str, str], str] = {}
         self._needs: dict[str, tuple[float, dict[str, int]]] = {}
 
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
+        parse_config(config)
+
+    @classmethod
+    def config_files(cls, config: dict[str, Any]) -> list[str]:
+        if not config.get("cloud"):
+            return []
+        if config.get("clouds_yaml"):
+            return [str(config["clouds_yaml"])]
+        from openstack.config import loader
+
+        return [*loader.CONFIG_FILES, *loader.SECURE_FILES]
+
     # ------------------------------------------------------------- plumbing
 
     @property
     def conn(self) -> Any:
         if self._conn is None:
-            self._conn = self._connect(self.config)
+            self._conn = self._connect(self.settings)
         return self._conn
 
     @property
     def placement_conn(self) -> Any:
         """The connection Placement is read with: its own credentials when configured."""
-        override = self.config.get("placement")
-        if not override:
+        if self.settings.placement is None:
             return self.conn
         if self._placement_conn is None:
-            self._placement_conn = self._connect({**self.config, **dict(override)})
+            self._placement_conn = self._connect(self.settings.placement_connection())
         return self._placement_conn
 
-    def _connect(self, cfg: dict[str, Any]) -> Any:
-        import openstack
+    def _connect(self, cfg: ConnectionConfig) -> Any:
+        """An openstacksdk connection (no request made yet: Keystone is asked at the first call)."""
+        from openstack.config.loader import OpenStackConfig as SdkConfig
+        from openstack.connection import Connection
 
-        conn = openstack.connect(
-            auth_url=cfg["auth_url"],
-            username=cfg["username"],
-            password=cfg["password"],
-            project_name=cfg["project_name"],
-            user_domain_name=cfg.get("user_domain_name", "Default"),
-            project_domain_name=cfg.get("project_domain_name", "Default"),
-            region_name=cfg.get("region_name"),
-            api_timeout=self.timeout,
-            # Retries are ours, with backoff and one clear error at the end.
-            connect_retries=0,
-            status_code_retries=0,
-            load_envvars=False,
-            load_yaml_config=False,
-        )
+        if self.misconfigured:
+            raise CloudError(f"cloud {self.name!r} is misconfigured: {self.misconfigured}", reason="config")
+        options: dict[str, Any] = {
+            "auth_type": cfg.auth_type, "region_name": cfg.region_name, "interface": cfg.interface,
+            "cacert": cfg.cacert, "verify": cfg.verify,
+            "api_timeout": self.timeout,
+            # Retries are the caller's, with one deadline per call (visa.clouds.retry).
+            "connect_retries": 0, "status_code_retries": 0,
+        }
+        options = {k: v for k, v in options.items() if v is not None}
+        auth = cfg.credentials()
+        if auth:
+            options["auth"] = auth
+        if not cfg.cloud:
+            options.setdefault("auth_type", "password")
+            if options["auth_type"] in ("password", "v3applicationcredential") and (
+                    auth.get("username") and not auth.get("user_domain_id")):
+                auth.setdefault("user_domain_name", "Default")
+            if auth.get("project_name") and not auth.get("project_domain_id"):
+                auth.setdefault("project_domain_name", "Default")
+        try:
+            loader = SdkConfig(
+                config_files=[cfg.clouds_yaml] if cfg.clouds_yaml else None,
+                load_yaml_config=bool(cfg.cloud), load_envvars=False, app_name="visa",
+            )
+            region = loader.get_one(cloud=cfg.cloud, **options)
+            conn = Connection(config=region)
+        except Exception as exc:
+            where = f" (clouds.yaml entry {cfg.cloud!r}{f' in {cfg.clouds_yaml}' if cfg.clouds_yaml else ''})" \
+                if cfg.cloud else ""
+            raise CloudError(f"cloud {self.name!r} cannot be configured{where}: {exc}", reason="config") from exc
         conn.session.session.hooks["response"].append(self._count)
         return conn
 
     def _count(self, response: Any, *args: Any, **kwargs: Any) -> None:
         self.http_calls[urlsplit(response.url).netloc] += 1
 
-    def _call(self, action: str, fn: Callable[[], T], *, retry: bool = True) -> T:
-        """Run ``fn``; retry transient failures with exponential backoff; raise CloudError."""
-        delay = self.backoff
-        attempts = self.retries + 1 if retry else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                return fn()
-            except Exception as exc:
-                error = translate(exc, action, self.name)
-                if not error.transient or attempt == attempts:
-                    raise error from exc
-                log.warning("cloud %s: %s (attempt %d of %d)", self.name, error.message, attempt, attempts)
-                time.sleep(delay * random.uniform(1.0, 1.5))
-                delay *= 2
-        raise AssertionError("unreachable")
+    def _call(self, action: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` once; any failure as a CloudError (``transient`` when a retry may help)."""
+        try:
+            return fn()
+        except Exception as exc:
+            raise translate(exc, action, self.name) from exc
 
     def _resolve(self, kind: str, ref: str, finder: Callable[[str], Any]) -> str:
         key = (kind, ref)
@@ -341,8 +409,9 @@ class OpenStackProvider(Provider):
                 "network", self.network, lambda r: c.network.find_network(r, ignore_missing=True)
             )
             attrs["networks"] = [{"uuid": net_id}]
-        if self.group_names:
-            attrs["security_groups"] = [{"name": g} for g in self.group_names]
+        groups = list(dict.fromkeys([*self.group_names, *spec.security_groups]))
+        if groups:
+            attrs["security_groups"] = [{"name": g} for g in groups]
         attrs = {k: v for k, v in attrs.items() if v is not None}
 
         def attempt() -> Any:
@@ -406,10 +475,10 @@ class OpenStackProvider(Provider):
             output = (answer or {}).get("output") if isinstance(answer, dict) else None
             return None if output is None else str(output)[-REPORT_MAX_CHARS:]
 
-        return self._call("read console", read, retry=False)
+        return self._call("read console", read)
 
     def list_servers(self) -> list[Server]:
-        # Materialised inside the retry, so that a failure on page N starts over instead
+        # Materialised inside one try, so that a failure on page N starts over instead
         # of returning a partial list (which the reconcile would take for lost servers).
         raws = self._call("list servers", self._list_pages)
         return [to_server(raw, self.network) for raw in raws]
@@ -617,6 +686,91 @@ class OpenStackProvider(Provider):
                     max_unit=max(max_unit, seen.max_unit or 0) if seen else max_unit,
                 )
         return Capacity(tuple(HostCapacity(names.get(root, root), pools) for root, pools in sorted(trees.items())))
+
+    # ------------------------------------------------------------- security groups
+
+    def server_security_groups(self, server_id: str) -> set[str]:
+        """Nova's ``GET /servers/{id}/os-security-groups``: the groups of all the server's ports."""
+
+        def read() -> set[str]:
+            try:
+                found = _server.Server(id=server_id).fetch_security_groups(self.conn.compute)
+            except os_exc.NotFoundException:
+                return set()
+            return {str(g.get("name")) for g in (found.security_groups or []) if g.get("name")}
+
+        return self._call("list the server's security groups", read)
+
+    def _group_action(self, verb: str, server_id: str, group: str) -> None:
+        """Nova's ``addSecurityGroup`` / ``removeSecurityGroup``; a repeat is no error."""
+        server = _server.Server(id=server_id)
+        run = server.add_security_group if verb == "add" else server.remove_security_group
+        action = f"{verb} security group {group!r}"
+        try:
+            self._call(action, lambda: run(self.conn.compute, group))
+        except CloudError as error:
+            if error.details.get("reason") not in ("not_found", "error", "conflict"):
+                raise
+            have = self.server_security_groups(server_id)
+            if (group in have) == (verb == "add"):
+                return  # Nova refuses a group the server already has (or lacks): done all the same
+            if verb == "add" and error.details.get("reason") == "not_found" and self.get(server_id) is not None:
+                raise CloudError(f"security group {group!r} does not exist on cloud {self.name!r}",
+                                 reason="security_group_not_found") from error
+            raise
+
+    def add_security_group(self, server_id: str, group: str) -> None:
+        self._group_action("add", server_id, group)
+
+    def remove_security_group(self, server_id: str, group: str) -> None:
+        self._group_action("remove", server_id, group)
+
+    def base_group_report(self, group: str, ports: Collection[int], sources: Collection[str], *,
+                          create: bool = False) -> list[str]:
+        """Neutron's group of that name in visa's project and its ingress rules (egress is left alone)."""
+        return self._call(f"check security group {group!r}",
+                          lambda: self._base_group(group, sorted(set(ports)), base_sources(sources), create))
+
+    def _base_group(self, name: str, ports: list[int], sources: list[str], create: bool) -> list[str]:
+        net = self.conn.network
+        project = self.conn.current_project_id
+        found = list(net.security_groups(name=name, project_id=project))
+        if len(found) > 1:
+            return [f"security group {name!r}: {len(found)} groups have this name in visa's project; keep one"]
+        lines: list[str] = []
+        if not found:
+            if not create:
+                return [f"security group {name!r} is missing (create it with --create)"]
+            sg = net.create_security_group(
+                name=name, description="visa: desktop, Jupyter and SSH ports from visa's gateway and probe only"
+            )
+            lines.append(f"created security group {name!r}")
+        else:
+            sg = found[0]
+        wanted = {(port, cidr) for port in ports for cidr in sources}
+        have: set[tuple[int, str]] = set()
+        for rule in net.security_group_rules(security_group_id=sg.id, direction="ingress"):
+            key = rule_key(rule)
+            if key is not None and key in wanted and key not in have:
+                have.add(key)
+                continue
+            text = f"too open: {describe_rule(rule)}"
+            if create:
+                net.delete_security_group_rule(rule.id)
+                lines.append(f"deleted rule ({text})")
+            else:
+                lines.append(f"security group {name!r} is {text}")
+        for port, cidr in sorted(wanted - have):
+            if create:
+                net.create_security_group_rule(
+                    security_group_id=sg.id, direction="ingress", protocol="tcp", port_range_min=port,
+                    port_range_max=port, remote_ip_prefix=cidr,
+                    ethertype="IPv6" if ":" in cidr else "IPv4",
+                )
+                lines.append(f"added rule: TCP {port} from {cidr}")
+            else:
+                lines.append(f"security group {name!r} lacks TCP {port} from {cidr}")
+        return lines
 
     def close(self) -> None:
         if self._placement_conn is not None:

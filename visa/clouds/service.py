@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ class _Database(Protocol):
 class CloudHost(Protocol):
     """What the probes need of the application (``visa.services.Services`` is one)."""
 
-    database: _Database
+    @property
+    def database(self) -> _Database: ...  # read-only: a Services' Database is one
 
     def provider(self, cloud_name: str) -> Provider: ...
 
@@ -41,17 +43,21 @@ class CloudHost(Protocol):
 # --- registering ------------------------------------------------------------------------------
 
 
-def check_provisioning(config: dict[str, Any], site: ProvisioningSettings | None = None) -> None:
-    """A cloud's own provisioning settings (``config["provisioning"]``), over the site's, must be
-    valid settings (a home template inside its root, known mount types and placeholders)."""
+# How a cloud's own provisioning settings (``config["provisioning"]``) are checked: the
+# provisioning rules over the site's settings (visa.provisioning.site.cloud_check). Provisioning
+# sits above the clouds, so the caller hands them in; raises InvalidInput.
+SiteCheck = Callable[[dict[str, Any]], object]
+
+
+def check_provisioning(config: dict[str, Any]) -> None:
+    """Without the site's rules: a cloud's own provisioning settings are at least typed settings."""
     overrides = config.get("provisioning")
     if overrides is None:
         return
     if not isinstance(overrides, dict):
         raise InvalidInput("config.provisioning must be an object", field="config.provisioning")
-    base = (site or ProvisioningSettings()).model_dump()
     try:
-        ProvisioningSettings.model_validate({**base, **overrides})
+        ProvisioningSettings.model_validate(overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(["config", "provisioning", *(str(p) for p in first["loc"])])
@@ -59,16 +65,20 @@ def check_provisioning(config: dict[str, Any], site: ProvisioningSettings | None
 
 
 def register_cloud(actor: Actor, session: Session, clock: Clock, name: str, kind: str, config: dict[str, Any],
-                   *, site: ProvisioningSettings | None = None) -> Cloud:
+                   *, check_site: SiteCheck | None = None) -> Cloud:
     """Add a cloud, or change the kind and settings of the one of this name (it stays enabled or not).
-    ``site``: the site's provisioning settings the cloud's own ones are checked over."""
+    ``check_site``: the provisioning rules the cloud's own provisioning settings are checked by."""
     require(actor, "manage_clouds")
     if not name or len(name) > 64:
         raise InvalidInput("a cloud name is 1-64 characters", field="name")
-    provider_class(kind)  # InvalidInput for a kind no provider answers to
+    cls = provider_class(kind)  # InvalidInput for a kind no provider answers to
     if not isinstance(config, dict):
         raise InvalidInput("the provider settings are a JSON object", field="config")
-    check_provisioning(config, site)
+    if check_site is not None:
+        check_site(config)
+    else:
+        check_provisioning(config)
+    cls.check_config(config)
     cloud = session.scalar(select(Cloud).where(Cloud.name == name))
     if cloud is None:
         cloud = Cloud(name=name, kind=kind, config=config, enabled=True, created_at=clock.now())

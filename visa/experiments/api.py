@@ -15,13 +15,15 @@ from visa.web.context import current_actor, db_session, services
 bp = Blueprint("experiments_api", __name__, url_prefix="/api/experiments")
 
 
-def _out(e: Experiment, now: datetime) -> ExperimentOut:
+def _out(e: Experiment, now: datetime, *, member: bool = True) -> ExperimentOut:
+    # The logbook is the team's own notebook: its address goes to the experiment's members only.
     return ExperimentOut(
         id=e.id, external_id=e.external_id, title=e.title,
         proposal=e.proposal.identifier, proposal_title=e.proposal.title,
         instrument=e.instrument.name,
         start_date=e.start_date.isoformat(), end_date=e.end_date.isoformat(),
         open_data=e.proposal.is_open_data(now), public_at=e.proposal.public_at,
+        doi=e.doi, data_url=e.data_url, logbook_url=e.logbook_url if member else None,
     )
 
 
@@ -40,4 +42,4 @@ def open_data():
     actor, query = current_actor(), parse_query(OpenDataQuery)
     clock = services().clock
     now = clock.now()
-    return respond([_out(e, now) for e in search_open_data(actor, db_session(), clock, query)])
+    return respond([_out(e, now, member=False) for e in search_open_data(actor, db_session(), clock, query)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from sqlalchemy import Column, Date, ForeignKey, String, Table, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -72,11 +73,25 @@ class Experiment(Base):
     start_date: Mapped[date] = mapped_column(Date)
     end_date: Mapped[date] = mapped_column(Date)
     title: Mapped[str] = mapped_column(Text, default="")
+    # Where the experiment's data is described and found, as the user office gives them: its DOI
+    # (for papers to cite), the data portal's page and the electronic logbook's (http/https only).
+    doi: Mapped[str | None] = mapped_column(String(255))
+    data_url: Mapped[str | None] = mapped_column(Text)
+    logbook_url: Mapped[str | None] = mapped_column(Text)
 
     proposal: Mapped[Proposal] = relationship(lazy="joined")
     instrument: Mapped[Instrument] = relationship(lazy="joined")
     members: Mapped[list[User]] = relationship(secondary=experiment_members)
 
+    @property
+    def doi_url(self) -> str | None:
+        """The DOI's resolver link (https://doi.org/...), its characters escaped for a URL."""
+        return doi_url(self.doi) if self.doi else None
+
     def __repr__(self) -> str:
         return f"<Experiment {self.external_id!r} {self.proposal_id}@{self.instrument_id}>"
+
+
+def doi_url(doi: str) -> str:
+    return "https://doi.org/" + quote(doi, safe="/:;()._-")
 

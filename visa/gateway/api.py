@@ -1,4 +1,4 @@
-"""REST: a one-time token to open an instance's desktop; the way to an instance's JupyterLab."""
+"""REST: a one-time token to open an instance's desktop; the way to its JupyterLab and web services."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, current_app, redirect, request
 
+from visa.actor import Actor
 from visa.auth.ratelimit import SlidingWindow
 from visa.db import after_commit
 from visa.errors import Forbidden, NotFound, Unauthorized
@@ -16,8 +17,11 @@ from visa.gateway import service
 from visa.gateway.jupyter import LOGIN_PATH
 from visa.gateway.schemas import ConnectOut
 from visa.instances import service as instances
+from visa.instances.display import Display
+from visa.instances.display import apply as apply_display
 from visa.instances.models import MemberRole
 from visa.openapi import doc, respond
+from visa.users.models import LoginSession
 from visa.web.context import current_actor, current_login, db_session, services
 
 log = logging.getLogger(__name__)
@@ -40,9 +44,7 @@ def connect(uid: str):
     token, role, view_only = service.issue_connect_token(actor, s, svc.clock, instance, seconds, binding)
     if role == MemberRole.OWNER:
         # What the owner changed since (keyboard layout, screen size) reaches the desktop now.
-        after_commit(s, functools.partial(_apply_display, svc, instance.cloud.name if instance.cloud else None,
-                                          instance.cloud_server_id, instance.screen_width, instance.screen_height,
-                                          instance.keyboard_layout))
+        after_commit(s, functools.partial(_apply_display, svc, Display.of(instance)))
     body = ConnectOut(url=f"/ws/desktop/{uid}?token={token}", expires_in=seconds, view_only=view_only,
                       role=role.value)
     # A token must not linger in a cache.
@@ -63,14 +65,11 @@ def _count_connect(svc: Any, user_id: int | None) -> None:
     window.hit(key)
 
 
-def _apply_display(svc: Any, cloud: str | None, server_id: str | None, width: int, height: int,
-                   layout: str) -> None:
-    if cloud is None or server_id is None:
-        return
+def _apply_display(svc: Any, display: Display) -> None:
     try:
-        svc.provider(cloud).apply_display(server_id, width=width, height=height, keyboard_layout=layout)
+        apply_display(svc, display)
     except Exception as exc:  # the connection goes on; the log says why
-        log.warning("display settings of %s not applied: %s", server_id, getattr(exc, "message", exc))
+        log.warning("display settings of %s not applied: %s", display.uid, getattr(exc, "message", exc))
 
 
 # ``/jupyter/<uid>/...`` on visa's own host serves no instance content: it sends the owner,
@@ -82,14 +81,9 @@ lab = Blueprint("gateway_jupyter", __name__)
 @lab.get("/jupyter/<uid>/", defaults={"rest": ""})
 @lab.get("/jupyter/<uid>/<path:rest>")
 def jupyter(uid: str, rest: str):
-    actor = current_actor(required=False)
-    if actor is None:
-        if "text/html" in request.headers.get("Accept", ""):
-            return redirect("/login?" + urlencode({"next": request.full_path.rstrip("?")}), 303)
-        raise Unauthorized("log in first")
-    login = current_login()
-    if login is None:  # an API token: the lab is bound to a browser's login session
-        raise Unauthorized("open JupyterLab from a browser session of visa")
+    if (logged_in := _browser_login("JupyterLab")) is None:
+        return redirect("/login?" + urlencode({"next": request.full_path.rstrip("?")}), 303)
+    actor, login = logged_in
     s = db_session()
     svc = services()
     instance = instances.get_instance(actor, s, uid)
@@ -102,10 +96,49 @@ def jupyter(uid: str, rest: str):
     wanted = f"/jupyter/{uid}/{rest}" + (
         f"?{request.query_string.decode('latin-1')}" if request.query_string else ""
     )
-    url = f"{svc.settings.user_content_origin(uid)}{LOGIN_PATH}?" + urlencode(
-        {"token": token, "next": wanted}
-    )
-    response = redirect(url, 303)
+    return _hand_over(svc.settings.user_content_origin(uid), token, wanted)
+
+
+def _browser_login(what: str) -> tuple[Actor, LoginSession] | None:
+    """The actor and browser login session a content host's link is bound to. None: nobody is
+    logged in and a page asked (it is sent to log in); any other anonymous request is
+    Unauthorized, and an API token is refused."""
+    actor = current_actor(required=False)
+    if actor is None:
+        if "text/html" in request.headers.get("Accept", ""):
+            return None
+        raise Unauthorized("log in first")
+    login = current_login()
+    if login is None:  # an API token: what a content host serves is bound to a browser's login
+        raise Unauthorized(f"open {what} from a browser session of visa")
+    return actor, login
+
+
+def _hand_over(origin: str, token: str, wanted: str):
+    """To the content host's login path with the one-time token, leaving no trace of it behind."""
+    response = redirect(f"{origin}{LOGIN_PATH}?" + urlencode({"token": token, "next": wanted}), 303)
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
+
+
+# ``/services/<uid>/<name>/...``: the same way to a web service the image declares, on the
+# service's own user-content host (``visa.gateway.webservice``).
+@lab.get("/services/<uid>/<name>", defaults={"rest": ""})
+@lab.get("/services/<uid>/<name>/", defaults={"rest": ""})
+@lab.get("/services/<uid>/<name>/<path:rest>")
+def web_service(uid: str, name: str, rest: str):
+    if (logged_in := _browser_login("the web service")) is None:
+        return redirect("/login?" + urlencode({"next": request.full_path.rstrip("?")}), 303)
+    actor, login = logged_in
+    s = db_session()
+    svc = services()
+    instance = instances.get_instance(actor, s, uid)
+    try:
+        token = service.issue_web_service_token(
+            actor, s, svc.clock, instance, name, svc.settings.connect_token_seconds, login.id_hash
+        )
+    except Forbidden as exc:  # the owner's: others learn nothing of it
+        raise NotFound("no such instance") from exc
+    wanted = f"/{rest}" + (f"?{request.query_string.decode('latin-1')}" if request.query_string else "")
+    return _hand_over(svc.settings.user_content_origin(service.web_service_host(uid, name)), token, wanted)

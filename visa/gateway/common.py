@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,9 +22,9 @@ from starlette.websockets import WebSocket
 from visa.auth.sessions import login_session_hash
 from visa.errors import VisaError, http_status
 from visa.gateway import service
-from visa.instances import presence
 from visa.instances.models import ConnectionProtocol, MemberRole
 from visa.services import Services
+from visa.sharing import presence
 
 log = logging.getLogger("visa.gateway")
 
@@ -84,7 +84,7 @@ class Gateway:
         self._open_by_user = Counts()
         self._open_by_instance = Counts()
 
-    def admit(self, user_id: int, instance_id: int) -> tuple[int, dict[str, object]] | None:
+    def admit(self, user_id: Hashable, instance_id: int) -> tuple[int, dict[str, object]] | None:
         """Count one more open websocket of this user to this instance, or say why not (the
         status and JSON body of the refusal): no user or instance takes all of a gateway."""
         limits = self.services.settings.gateway
@@ -101,7 +101,7 @@ class Gateway:
                          f"(at most {limits.max_connections_per_instance}): try again later"}
         return None
 
-    def leave(self, user_id: int, instance_id: int) -> None:
+    def leave(self, user_id: Hashable, instance_id: int) -> None:
         self._open_by_user.give_back(user_id)
         self._open_by_instance.give_back(instance_id)
 

@@ -1,4 +1,5 @@
-"""``/ws/desktop/<uid>?token=...``: the browser's desktop, relayed to the instance's VNC server.
+"""``/ws/desktop/<uid>?token=...``: the browser's desktop, relayed to the instance's VNC server
+(or, for a machine that offers RDP and no VNC, to the RDP bridge's, ``visa.gateway.rdp``).
 
 1. The one-time token is spent (in a worker thread); nothing is accepted before that.
 2. The gateway connects to the VNC server and authenticates with the instance secret.
@@ -13,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from visa.catalogue.models import Protocol
 from visa.errors import VisaError
-from visa.gateway import service
+from visa.gateway import rdp, service
 from visa.gateway.common import Gateway, error_body, log, refuse, same_origin, session_binding
 from visa.gateway.relay import Upstream, UpstreamClosed, open_upstream
 from visa.gateway.rfb import (
@@ -29,11 +32,12 @@ from visa.gateway.rfb import (
     browser_handshake,
     server_handshake,
 )
-from visa.instances import presence
 from visa.instances.models import ConnectionProtocol, MemberRole
 from visa.metrics import RelayMeter
+from visa.sharing import presence
 
 CLOSE_NORMAL = 1000
+DESKTOP_CLOSED = "the desktop closed the connection"
 CLOSE_PROTOCOL = 1002
 CLOSE_UPSTREAM = 1011
 CLOSE_REVOKED = 4403  # access was withdrawn while connected
@@ -102,7 +106,7 @@ class DesktopSession:
                     continue
             await send({"type": "websocket.send", "bytes": data})
             meter.to_client += len(data)
-        self.close_code, self.close_reason = CLOSE_NORMAL, "the desktop closed the connection"
+        self.close_code, self.close_reason = CLOSE_NORMAL, DESKTOP_CLOSED
 
     async def browser_to_server(self, pending: bytes) -> None:
         flt = self.filter
@@ -188,7 +192,7 @@ class DesktopSession:
                 if isinstance(exc, RfbError):
                     self.close_code, self.close_reason = CLOSE_PROTOCOL, str(exc)[:120]
                 elif isinstance(exc, UpstreamClosed):
-                    self.close_code, self.close_reason = CLOSE_NORMAL, "the desktop closed the connection"
+                    self.close_code, self.close_reason = CLOSE_NORMAL, DESKTOP_CLOSED
                 elif exc is not None:  # mostly the browser gone mid-send
                     log.debug("desktop relay of instance %s ended: %r", self.grant.instance_id, exc)
         finally:
@@ -230,39 +234,62 @@ async def desktop(gateway: Gateway, scope: Scope, receive: Receive, send: Send) 
         await refuse(websocket, *refusal)
         return
     try:
-        await _relay(gateway, websocket, receive, send, grant)
+        await relay(gateway, websocket, receive, send, grant)
     finally:
         gateway.leave(grant.user_id, grant.instance_id)
 
 
-async def _relay(gateway: Gateway, websocket: WebSocket, receive: Receive, send: Send, grant: service.Grant) -> None:
+SessionFactory = Callable[[Gateway, Receive, Send, service.Grant, Upstream, bytes], DesktopSession]
+
+
+async def relay(gateway: Gateway, websocket: WebSocket, receive: Receive, send: Send, grant: service.Grant,
+                make_session: SessionFactory = DesktopSession, *, presence_row: bool = True) -> None:
+    """Connect to the desktop, accept the browser and relay until either side ends; ``presence_row``:
+    the connection is shown among who is connected (a member's, not a view link's)."""
     config = gateway.config
     upstream: Upstream | None = None
+    bridge: rdp.Bridge | None = None
+    target = grant.target
     try:
         try:
-            upstream = await open_upstream(
-                grant.target.host, grant.target.port, config.connect_timeout, grant.target.socket
-            )
+            if target.protocol == Protocol.RDP:  # an RDP machine: through a bridge of its own
+                bridge = await rdp.open_bridge(target.host, target.port, target.username, target.secret,
+                                               target.screen, config.connect_timeout, target.keyboard_layout)
+                upstream = bridge.upstream
+            else:
+                upstream = await open_upstream(target.host, target.port, config.connect_timeout, target.socket)
             async with asyncio.timeout(config.handshake_timeout):
-                server_init = await server_handshake(upstream, grant.target.secret)
+                server_init = await server_handshake(upstream, target.secret)
+        except rdp.BridgeUnavailable as exc:
+            log.error("desktop of instance %s: %s", grant.instance_id, exc)
+            await refuse(websocket, 502, {"error": "unavailable", "message": "the RDP bridge cannot run here"})
+            return
         except (OSError, TimeoutError, RfbError) as exc:
             log.warning("desktop of instance %s unreachable: %s", grant.instance_id, type(exc).__name__)
             await refuse(websocket, 502, {"error": "unavailable", "message": "the desktop does not answer"})
             return
         wanted = websocket.scope.get("subprotocols") or []
         await websocket.accept(subprotocol="binary" if "binary" in wanted else None)
-        session = DesktopSession(gateway, receive, send, grant, upstream, server_init)
+        session = make_session(gateway, receive, send, grant, upstream, server_init)
         try:
             with session.meter:
                 reader = await session.handshake()
-                session.connection_id = await gateway.open_connection(
-                    grant.instance_id, grant.user_id, grant.role, ConnectionProtocol.DESKTOP
-                )
+                if presence_row:
+                    session.connection_id = await gateway.open_connection(
+                        grant.instance_id, grant.user_id, grant.role, ConnectionProtocol.DESKTOP
+                    )
                 await session.run(reader)
         except (RfbError, TimeoutError) as exc:
             session.close_code, session.close_reason = CLOSE_PROTOCOL, str(exc)[:120] or "handshake timed out"
         finally:
             await gateway.close_connection(session.connection_id)
+        if bridge is not None and session.close_reason == DESKTOP_CLOSED:
+            # The RDP machine ended it: FreeRDP's exit status says why, in visa's words.
+            reason = await bridge.ended()
+            if reason is not None:
+                session.close_code, session.close_reason = CLOSE_UPSTREAM, reason
+                log.warning("desktop of instance %s: %s (FreeRDP exit status %s)", grant.instance_id, reason,
+                            bridge.proc.returncode)
         with contextlib.suppress(Exception):  # the browser may be gone already
             await send(
                 {"type": "websocket.close", "code": session.close_code, "reason": session.close_reason}
@@ -270,3 +297,5 @@ async def _relay(gateway: Gateway, websocket: WebSocket, receive: Receive, send:
     finally:
         if upstream is not None:
             upstream.close()
+        if bridge is not None:
+            await bridge.close()

@@ -35,7 +35,7 @@ import contextlib
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,9 +53,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from visa.errors import NotFound, Unauthorized, VisaError
 from visa.gateway import relay, service
 from visa.gateway.common import Counts, Gateway, error_body, log, refuse
-from visa.instances import presence
 from visa.instances.models import ConnectionProtocol, MemberRole
 from visa.metrics import RelayMeter
+from visa.sharing import presence
 
 LAB_COOKIE = "visa_lab"
 SECURE_LAB_COOKIE = "__Host-visa_lab"  # over https: host-only, Secure, Path=/ by the browser's rule
@@ -158,6 +158,10 @@ async def scrub(chunks: AsyncIterator[bytes], secret: bytes) -> AsyncIterator[by
 
 
 class JupyterProxy:
+    # Where a cookie's user reaches the instance, and how a one-time link is spent.
+    lookup: Callable[..., service.Target] = staticmethod(service.jupyter_target)
+    consume: Callable[..., service.LabLogin] = staticmethod(service.consume_jupyter_token)
+
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         app = gateway.flask_app
@@ -265,7 +269,7 @@ class JupyterProxy:
         try:
             login = data.get("login")
             target = await self.gateway.db(
-                service.jupyter_target, self.gateway.clock, data["user_id"], data.get("epoch"), login, uid
+                self.lookup, self.gateway.clock, data["user_id"], data.get("epoch"), login, uid
             )
             lab = LabSession(data["user_id"], str(data.get("epoch")), str(login), target)
             if len(self._cache) > CACHE_LIMIT:
@@ -300,11 +304,22 @@ class JupyterProxy:
         body, status = error_body(exc)
         if status == 401 and request.method == "GET" and "text/html" in request.headers.get("accept", ""):
             # Back to visa, which checks its own session and sends a fresh one-time link.
-            again = self.settings.base_url.rstrip("/") + request.url.path
+            again = self.settings.base_url.rstrip("/") + self.visa_path(request.path_params, request.url.path)
             if request.url.query:
                 again += "?" + request.url.query
             return RedirectResponse(again, status_code=303)
         return JSONResponse(body, status_code=status)
+
+    def visa_path(self, params: dict[str, Any], path: str) -> str:
+        """The path on visa's host that opens ``path`` of this host again."""
+        return path
+
+    def landing(self, uid: str, wanted: str) -> str:
+        """Where a spent link leads: ``wanted`` if it is a page of this lab, else the lab."""
+        lab = f"/jupyter/{uid}/"
+        if not wanted.startswith(lab) or any(c in wanted for c in "\\\r\n"):
+            return lab + "lab"
+        return wanted
 
     async def login(self, request: Request) -> Response:
         """Spend a one-time token from visa; answer with this host's own cookie."""
@@ -314,14 +329,9 @@ class JupyterProxy:
             body, status = error_body(exc)
             return JSONResponse(body, status_code=status)
         token = request.query_params.get("token", "")
-        wanted = request.query_params.get("next", "")
-        lab = f"/jupyter/{uid}/"
-        if not wanted.startswith(lab) or any(c in wanted for c in "\\\r\n"):
-            wanted = lab + "lab"
+        wanted = self.landing(uid, request.query_params.get("next", ""))
         try:
-            spent: service.LabLogin = await self.gateway.db(
-                service.consume_jupyter_token, self.gateway.clock, uid, token
-            )
+            spent: service.LabLogin = await self.gateway.db(self.consume, self.gateway.clock, uid, token)
         except VisaError as exc:
             body, status = error_body(exc)
             return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
@@ -532,7 +542,7 @@ class JupyterProxy:
     async def _still_allowed(self, lab: LabSession, uid: str) -> bool:
         try:
             await self.gateway.db(
-                service.jupyter_target, self.gateway.clock, lab.user_id, lab.epoch, lab.login, uid
+                self.lookup, self.gateway.clock, lab.user_id, lab.epoch, lab.login, uid
             )
         except VisaError:
             return False

@@ -277,10 +277,10 @@ SERVER_XVP = 250
 
 # Encodings whose rectangles ``ServerFilter`` can measure; a filtered connection asks the
 # server for these only (raw is always allowed).
-RAW, COPY_RECT, TIGHT, ZRLE = 0, 1, 7, 16
+RAW, COPY_RECT, ZLIB, TIGHT, ZRLE, H264 = 0, 1, 6, 7, 16, 50
 CURSOR, DESKTOP_SIZE, LAST_RECT, QEMU_KEY = -239, -223, -224, -258
 DESKTOP_NAME, EXTENDED_DESKTOP_SIZE, XVP_PSEUDO, FENCE, CONTINUOUS_UPDATES = -307, -308, -309, -312, -313
-MEASURED = frozenset({RAW, COPY_RECT, TIGHT, ZRLE, CURSOR, DESKTOP_SIZE, LAST_RECT, QEMU_KEY, DESKTOP_NAME,
+MEASURED = frozenset({RAW, COPY_RECT, ZLIB, TIGHT, ZRLE, H264, CURSOR, DESKTOP_SIZE, LAST_RECT, QEMU_KEY, DESKTOP_NAME,
                       EXTENDED_DESKTOP_SIZE, XVP_PSEUDO, FENCE, CONTINUOUS_UPDATES})
 # JPEG quality and compression level pseudo-encodings carry no data.
 LEVELS = frozenset(range(-32, -22)) | frozenset(range(-256, -246))
@@ -392,9 +392,12 @@ class ServerFilter:
             yield ("pass", w * h * self.bytes_per_pixel)
         elif encoding == COPY_RECT:
             yield ("pass", 4)
-        elif encoding == ZRLE:
+        elif encoding in (ZRLE, ZLIB):
             head = yield ("peek", 4)
             yield ("pass", 4 + struct.unpack(">I", head)[0])
+        elif encoding == H264:  # length, flags, the stream's bytes
+            head = yield ("peek", 4)
+            yield ("pass", 8 + struct.unpack(">I", head)[0])
         elif encoding == TIGHT:
             yield from self._tight(w, h)
         elif encoding == CURSOR:

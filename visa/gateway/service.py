@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, or_, select, update
@@ -21,9 +21,9 @@ from visa.auth.sessions import live_login_session_by_hash, session_epoch
 from visa.catalogue.models import Protocol
 from visa.clock import Clock
 from visa.errors import Conflict, Forbidden, NotFound, Unauthorized
-from visa.instances import presence
 from visa.instances.models import ConnectToken, Instance, InstanceState, MemberRole
 from visa.policy import allowed, member_role, require
+from visa.sharing import presence
 from visa.users.models import User
 
 
@@ -56,6 +56,12 @@ class Target:
     secret: str
     # A unix socket of this host, when the protocol answers there rather than at host:port.
     socket: str | None = None
+    # RDP: the desktop is an RDP server, shown through visa's bridge (``visa.gateway.rdp``), which
+    # logs in as ``username`` with the secret at the screen size asked for.
+    protocol: Protocol = Protocol.VNC
+    username: str = ""
+    screen: tuple[int, int] = (1280, 800)
+    keyboard_layout: str = "en-us"
 
     def __repr__(self) -> str:  # never print the secret
         where = self.socket or f"{self.host}:{self.port}"
@@ -101,6 +107,17 @@ def target_for(instance: Instance, protocol: Protocol) -> Target:
     return Target(instance.id, instance.address, int(port), instance.secret)
 
 
+def desktop_target(instance: Instance) -> Target:
+    """Where the desktop answers: the machine's VNC server, else its RDP server (an image that
+    offers RDP and no VNC, a Windows machine or one running xrdp), as its owner's account."""
+    offered = {p.protocol for p in instance.plan.image.protocols}
+    if Protocol.VNC in offered or Protocol.RDP not in offered:
+        return target_for(instance, Protocol.VNC)
+    rdp = target_for(instance, Protocol.RDP)
+    return replace(rdp, protocol=Protocol.RDP, username=instance.owner.username,
+                   screen=(instance.screen_width, instance.screen_height), keyboard_layout=instance.keyboard_layout)
+
+
 def connect_role(actor: Actor, instance: Instance) -> MemberRole:
     """The member role a connection has; admins who are not members connect as support."""
     return member_role(actor, instance) or MemberRole.SUPPORT
@@ -119,7 +136,7 @@ def issue_connect_token(
     require(actor, "instance.connect", instance)
     if actor.user is None:
         raise Forbidden("the system does not open desktops")
-    target_for(instance, Protocol.VNC)  # refuse now rather than in the websocket
+    desktop_target(instance)  # refuse now rather than in the websocket
     token = secrets.token_urlsafe(32)
     now = clock.now()
     role = connect_role(actor, instance)
@@ -189,7 +206,7 @@ def consume_connect_token(session: Session, clock: Clock, uid: str, token: str, 
         instance_id=instance.id,
         role=connect_role(actor, instance),
         view_only=not allowed(actor, "instance.input", instance),
-        target=target_for(instance, Protocol.VNC),
+        target=desktop_target(instance),
         login=binding,
         clipboard_to_viewers=instance.clipboard_to_viewers,
     )
@@ -273,13 +290,19 @@ def consume_jupyter_token(session: Session, clock: Clock, uid: str, token: str) 
     """Spend a Jupyter token on instance ``uid`` while the login session that asked for it lasts,
     or Unauthorized."""
 
-    invalid = "invalid or expired link: open JupyterLab from visa again"
+    return _consume(session, clock, uid, token, "jupyter",
+                    "invalid or expired link: open JupyterLab from visa again")
+
+
+def _consume(session: Session, clock: Clock, uid: str, token: str, purpose: str, invalid: str) -> LabLogin:
+    """Spend a one-time token of ``purpose`` on the live instance ``uid`` while the login session
+    that asked for it lasts: the login of its user, or Unauthorized(``invalid``)."""
     secret, _, login = token.partition(".")
     instance = _live_instance(session, uid) if secret and login else None
     if instance is None or live_login_session_by_hash(session, login) is None:
         raise Unauthorized(invalid)
     try:
-        row = _spend(session, clock.now(), instance, hash_token(secret, login, purpose="jupyter"))
+        row = _spend(session, clock.now(), instance, hash_token(secret, login, purpose=purpose))
     except Unauthorized as exc:
         raise Unauthorized(invalid) from exc
     user = session.get(User, row.user_id)
@@ -305,6 +328,86 @@ def jupyter_target(
     if instance is None or not allowed(actor, "instance.jupyter", instance):
         raise NotFound("no such instance")
     return target_for(instance, Protocol.JUPYTER)
+
+
+def web_service_host(uid: str, name: str) -> str:
+    """The user-content host label of a declared web service: ``<uid>-<name>`` (an instance uid
+    has no "-", so the label names both, and no instance's own host is one)."""
+    return f"{uid}-{name}"
+
+
+def _split_host(label: str) -> tuple[str, str]:
+    uid, _, name = label.partition("-")
+    return uid, name
+
+
+def web_service_target_for(instance: Instance, name: str) -> Target:
+    """Where a declared web service answers: the port the provider reported for it
+    (``ports["web:<name>"]``), else the image's. It gets no secret: visa authenticates."""
+    port = instance.plan.image.web_service_port(name)
+    if port is None:
+        raise NotFound("no such web service")
+    if instance.state not in CONNECTABLE_STATES:
+        raise Conflict(f"the instance is {instance.state.value}, not running")
+    if not instance.address:
+        raise Conflict("the instance has no address yet")
+    reported = ((instance.provider_state or {}).get("ports") or {}).get(f"web:{name}")
+    return Target(instance.id, instance.address, int(reported or port), "")
+
+
+def issue_web_service_token(
+    actor: Actor, session: Session, clock: Clock, instance: Instance, name: str, seconds: int, login: str
+) -> str:
+    """A one-time token that the web service's own user-content host exchanges for a cookie of
+    its own; bound to the login session ``login`` like a Jupyter token, and to the service."""
+    require(actor, "instance.web_service", instance)
+    if actor.user is None:
+        raise Forbidden("the system does not open web services")
+    if live_login_session_by_hash(session, login, actor.user.id) is None:
+        raise Unauthorized("open the web service from a browser session of visa")
+    web_service_target_for(instance, name)
+    token = secrets.token_urlsafe(32)
+    now = clock.now()
+    session.add(
+        ConnectToken(
+            token_hash=hash_token(token, login, purpose=f"web:{name}"),
+            instance_id=instance.id,
+            user_id=actor.user.id,
+            role=MemberRole.OWNER,
+            created_at=now,
+            expires_at=now + timedelta(seconds=seconds),
+        )
+    )
+    session.flush()
+    return f"{token}.{login}"
+
+
+def consume_web_service_token(session: Session, clock: Clock, host: str, token: str) -> LabLogin:
+    """Spend a web service token on the host ``<uid>-<name>`` it was issued for, or Unauthorized."""
+    invalid = "invalid or expired link: open the web service from visa again"
+    uid, name = _split_host(host)
+    if not name:
+        raise Unauthorized(invalid)
+    return _consume(session, clock, uid, token, f"web:{name}", invalid)
+
+
+def web_service_target(
+    session: Session, clock: Clock, user_id: int, epoch: str | None, login: str | None, host: str
+) -> Target:
+    """The web service of host ``<uid>-<name>`` for the user of its cookie: Unauthorized once the
+    login session it came from has ended, NotFound for anyone but the owner or a service the
+    image does not declare."""
+    user = session.get(User, user_id)
+    if user is None or not user.active or epoch != session_epoch(user):
+        raise Unauthorized("log in first")
+    if live_login_session_by_hash(session, login, user_id) is None:
+        raise Unauthorized("log in first")
+    uid, name = _split_host(host)
+    instance = _live_instance(session, uid)
+    actor = actor_for(user, clock.now())
+    if instance is None or not allowed(actor, "instance.web_service", instance):
+        raise NotFound("no such instance")
+    return web_service_target_for(instance, name)
 
 
 def purge_connect_tokens(session: Session, clock: Clock) -> int:

@@ -11,6 +11,10 @@ load and the owner's processes with their CPU time.
   on average, sets ``last_compute_at``: a computation keeps its machine alive with no
   browser attached. The first report of a machine is paired with a second one taken
   ``sample_gap`` seconds later; afterwards each report is paired with the previous cycle's.
+* A GPU computing for the owner (``nvidia-smi``: a GPU busy and one of the owner's processes
+  on it, see ``signals``) sets ``last_compute_at``, whatever the CPU does.
+* A Jupyter kernel running a cell (``execution_state`` busy) sets ``last_compute_at``; the
+  kernels' ``last_activity`` moves it forward too (a cell run between two probes counts).
 
 Host keys: visa gives each machine its SSH host key (``provisioning/host_keys``, derived from
 visa's secret key and the instance uid, written by cloud-init) and accepts that key alone,
@@ -33,7 +37,7 @@ from sqlalchemy import or_, select, update
 
 from visa.clouds.models import Cloud
 from visa.errors import VisaError
-from visa.instances import probe_keys
+from visa.instances import probe_keys, signals
 from visa.instances.models import Instance, InstanceState
 from visa.provisioning import host_keys
 from visa.services import Services
@@ -58,18 +62,40 @@ class Report:
     load: tuple[float, ...]
     cpu_count: int
     cpu_seconds: dict[int, float]  # the owner's processes: pid -> CPU time so far
+    gpu_apps: dict[int, int | None] = field(default_factory=dict)  # pid -> GPU memory (MiB)
+    gpu_utilization: tuple[int, ...] = ()  # percent, one per GPU
+    kernels: tuple[signals.Kernel, ...] = ()
 
     @classmethod
     def parse(cls, text: str, taken_at: float) -> Report:
-        data = json.loads(text)
-        idle = data.get("x_idle_ms")
-        return cls(
-            taken_at=taken_at,
-            x_idle_ms=int(idle) if idle is not None else None,
-            load=tuple(float(v) for v in data.get("load", ())),
-            cpu_count=int(data.get("cpu_count") or 1),
-            cpu_seconds={int(p["pid"]): float(p["cpu_seconds"]) for p in data.get("processes", [])},
-        )
+        """The report; ValueError for one that is not (never another error: the machine wrote it)."""
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError("a report is a JSON object")
+            idle = data.get("x_idle_ms")
+            gpu = data.get("gpu")
+            gpu = gpu if isinstance(gpu, dict) else {}
+            return cls(
+                taken_at=taken_at,
+                x_idle_ms=int(idle) if idle is not None else None,
+                load=tuple(float(v) for v in data.get("load", ())),
+                cpu_count=int(data.get("cpu_count") or 1),
+                cpu_seconds={int(p["pid"]): float(p["cpu_seconds"]) for p in data.get("processes", [])},
+                gpu_apps=signals.compute_apps(gpu.get("apps")),
+                gpu_utilization=signals.utilization(gpu.get("utilization")),
+                kernels=signals.kernels(data.get("kernels")),
+            )
+        except (TypeError, AttributeError, KeyError, OverflowError) as exc:
+            raise ValueError(f"not an activity report ({type(exc).__name__})") from None
+
+    @property
+    def gpu_busy(self) -> bool:
+        return signals.gpu_busy(self.gpu_apps, self.gpu_utilization, set(self.cpu_seconds))
+
+    @property
+    def busy_kernels(self) -> int:
+        return sum(k.busy for k in self.kernels)
 
 
 def cores_used(before: Report, after: Report) -> float:
@@ -183,6 +209,9 @@ class Observation:
     cores: float
     computing: bool
     last_input: datetime | None
+    gpu: bool = False  # the owner computes on a GPU
+    busy_kernels: int = 0
+    last_kernel_activity: datetime | None = None  # never later than now
 
 
 @dataclass
@@ -240,7 +269,12 @@ class ActivityProbe:
         cores = cores_used(before, after)
         now = self.services.clock.now()
         last_input = now - timedelta(milliseconds=after.x_idle_ms) if after.x_idle_ms is not None else None
-        return Observation(target.instance_id, cores, cores >= COMPUTE_CORES, last_input)
+        kernel_times = [k.last_activity for k in after.kernels if k.last_activity is not None]
+        # The machine's clock, or a hostile answer, may be ahead: never later than now.
+        last_kernel = min(max(kernel_times), now) if kernel_times else None
+        gpu, kernels = after.gpu_busy, after.busy_kernels
+        return Observation(target.instance_id, cores, cores >= COMPUTE_CORES or gpu or kernels > 0, last_input,
+                           gpu=gpu, busy_kernels=kernels, last_kernel_activity=last_kernel)
 
     def run(self, targets: list[Target] | None = None) -> ProbeResult:
         """Probe every running machine (in parallel) and record what was seen."""
@@ -276,6 +310,14 @@ def record(services: Services, observations: list[Observation]) -> None:
             if o.computing:
                 s.execute(update(Instance).where(Instance.id == o.instance_id).values(last_compute_at=now),
                           execution_options={"synchronize_session": False})
+            elif o.last_kernel_activity is not None:
+                s.execute(
+                    update(Instance)
+                    .where(Instance.id == o.instance_id,
+                           or_(Instance.last_compute_at.is_(None), Instance.last_compute_at < o.last_kernel_activity))
+                    .values(last_compute_at=o.last_kernel_activity),
+                    execution_options={"synchronize_session": False},
+                )
             if o.last_input is not None:
                 s.execute(
                     update(Instance)

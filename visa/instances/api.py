@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint
 
+from visa.bookings import service as bookings
 from visa.instances import listing, service
 from visa.instances.models import CommandAction
-from visa.instances.schemas import CreateInstance, EditInstance, InstanceOut
-from visa.instances.serialize import instance_out, row_out
+from visa.instances.schemas import CreateInstance, EditInstance, InstanceOut, MemberAccessIn, MemberAccessOut
+from visa.instances.serialize import instance_out, member_access, row_out
 from visa.openapi import doc, respond
 from visa.web.context import current_actor, db_session, services
 from visa.web.io import parse_body
@@ -23,13 +24,14 @@ def list_instances():
 
 
 @bp.post("")
-@doc("Ask for a new instance (returns at once, in BUILDING)", tags=["instances"],
+@doc("Ask for a new instance (returns at once, in BUILDING); a GPU size comes from the caller's accepted "
+     "booking for today when they have one, and ends with it", tags=["instances"],
      body=CreateInstance, response=InstanceOut, status=201)
 def create_instance():
     actor = current_actor()
     data = parse_body(CreateInstance)
     svc = services()
-    instance = service.create_instance(actor, db_session(), svc.clock, svc.settings, data, capacity=svc)
+    instance = bookings.create_instance(actor, db_session(), svc.clock, svc.settings, svc, data)
     return respond(instance_out(instance, actor, svc.clock), 201)
 
 
@@ -50,6 +52,18 @@ def edit_instance(uid: str):
     data = parse_body(EditInstance)
     service.edit_instance(actor, s, services().clock, instance, data)
     return respond(instance_out(instance, actor, services().clock))
+
+
+@bp.put("/<uid>/member-access")
+@doc("Whether members may use the desktop while the owner is away: as the image says, never "
+     "(only while the owner is connected) or always (the owner's choice; audited)", tags=["instances"],
+     body=MemberAccessIn, response=MemberAccessOut)
+def set_member_access(uid: str):
+    actor, s = current_actor(), db_session()
+    instance = service.get_instance(actor, s, uid)
+    data = parse_body(MemberAccessIn)
+    service.set_member_access(actor, s, services().clock, instance, data.mode)
+    return respond(member_access(instance))
 
 
 @bp.post("/<uid>/<any(start, stop, reboot):action>")

@@ -35,7 +35,8 @@ def _auto_limit(instance: Instance, now: datetime, settings: Settings) -> dateti
     roles = instance.owner.roles_at(now)
     if rule == AutoAccept.NONE or (rule == AutoAccept.STAFF and not roles & STAFF_ROLES):
         return None
-    return now + timedelta(hours=max_lifetime_hours(instance.plan.flavour, roles, settings.lifetimes))
+    return now + timedelta(hours=max_lifetime_hours(instance.plan.flavour, roles, settings.lifetimes,
+                                                    instance.owner.group_names()))
 
 
 def request_extension(actor: Actor, session: Session, clock: Clock, settings: Settings, instance: Instance,
@@ -44,6 +45,7 @@ def request_extension(actor: Actor, session: Session, clock: Clock, settings: Se
     now = clock.now()
     if data.requested_until <= instance.terminates_at:
         raise InvalidInput("ask for a date after the current end of the instance's lifetime", field="until")
+    _within_booking(instance, data.requested_until)
     pending = session.scalar(select(ExtensionRequest.id).where(
         ExtensionRequest.instance_id == instance.id, ExtensionRequest.state == ExtensionState.PENDING))
     if pending is not None:
@@ -64,6 +66,13 @@ def request_extension(actor: Actor, session: Session, clock: Clock, settings: Se
         admins = holders_of(session, Role.ADMIN, now)
         enqueue_many(session, clock, settings, [(emails.EXTENSION_REQUESTED, request.id, str(a.id)) for a in admins])
     return request
+
+
+def _within_booking(instance: Instance, until: datetime) -> None:
+    """A machine made from a booking lives no longer than the booking."""
+    if instance.booked_until is not None and until > instance.booked_until:
+        raise InvalidInput(f"this machine was made from a booking that ends on {instance.booked_until:%Y-%m-%d %H:%M} "
+                           "UTC: it cannot live longer", field="until")
 
 
 def pending_with_context(actor: Actor, session: Session) -> list[tuple[ExtensionRequest, Instance]]:
@@ -100,6 +109,7 @@ def accept_extension(actor: Actor, session: Session, clock: Clock, settings: Set
     until = data.granted_until or request.requested_until
     if until <= clock.now() or until <= instance.terminates_at:
         raise InvalidInput("the new date must be later than now and than the current end", field="until")
+    _within_booking(instance, until)
     _accept(actor, session, clock, settings, request, instance, until, data.response)
     return request
 

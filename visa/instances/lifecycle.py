@@ -13,6 +13,8 @@ Rules (hours from ``settings.lifetimes``):
   owner's roles now) minus ``inactivity_warning_hours`` a warning goes out; new activity
   cancels it; deletion needs the limit passed *and* the warning sent at least
   ``inactivity_warning_hours`` ago, so a late warning still gives the full notice.
+  A flavour may warn sooner (``idle_warning_hours``, for scarce sizes such as GPUs): its
+  machines' limit is then the shorter of the owner's and that time plus the notice.
 
 Every decision is one set-based statement over indexed or narrow columns, never a loop over
 all instances in Python: finding who to warn among 100,000 instances is one UPDATE. The
@@ -23,7 +25,7 @@ email row written in the same transaction carries a unique key.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -31,6 +33,7 @@ from sqlalchemy import ColumnElement, and_, func, not_, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from visa.actor import SYSTEM, Actor
+from visa.catalogue.models import Flavour, Plan
 from visa.clock import Clock
 from visa.instances import emails
 from visa.instances.models import CommandAction, Instance, InstanceState
@@ -88,14 +91,32 @@ def no_activity_since(t: datetime, untouched: timedelta) -> ColumnElement[bool]:
     )
 
 
-def idle_at(when: datetime, now: datetime, lt: LifetimeSettings) -> ColumnElement[bool]:
-    """True when, at ``when`` and with no new activity, the instance is past its inactivity limit."""
+def idle_at(when: datetime, now: datetime, lt: LifetimeSettings,
+            flavour_warnings: Sequence[int] = ()) -> ColumnElement[bool]:
+    """True when, at ``when`` and with no new activity, the instance is past its inactivity limit.
+
+    ``flavour_warnings``: the flavours' ``idle_warning_hours`` in use (few values: one condition
+    each, over an uncorrelated set of plans, rather than arithmetic on columns).
+    """
     untouched = timedelta(hours=lt.untouched_tab_hours)
+    notice = timedelta(hours=lt.inactivity_warning_hours)
     staff = owner_is_staff(now)
     return or_(
         and_(staff, no_activity_since(when - timedelta(hours=lt.staff_inactivity_hours), untouched)),
         and_(not_(staff), no_activity_since(when - timedelta(hours=lt.user_inactivity_hours), untouched)),
+        *(
+            and_(Instance.plan_id.in_(select(Plan.id).join(Flavour, Flavour.id == Plan.flavour_id)
+                                      .where(Flavour.idle_warning_hours == hours)),
+                 no_activity_since(when - timedelta(hours=hours) - notice, untouched))
+            for hours in flavour_warnings
+        ),
     )
+
+
+def flavour_warnings(session: Session) -> list[int]:
+    """The distinct ``idle_warning_hours`` the flavours set."""
+    found = session.scalars(select(Flavour.idle_warning_hours).distinct().where(Flavour.idle_warning_hours.is_not(None)))
+    return sorted(hours for hours in found if hours is not None)
 
 
 def last_activity(instance: Instance, lt: LifetimeSettings) -> datetime:
@@ -144,12 +165,13 @@ def cycle(actor: Actor, session: Session, clock: Clock, settings: Settings, *, l
     result = CycleResult()
     inactivity_notice = timedelta(hours=lt.inactivity_warning_hours)
     lifetime_notice = timedelta(hours=lt.lifetime_warning_hours)
+    early = flavour_warnings(session)
 
     # New activity cancels an inactivity warning.
     cancelled = session.execute(
         update(Instance)
         .where(Instance.inactivity_warned_at.is_not(None), Instance.deleted_at.is_(None),
-               not_(idle_at(now + inactivity_notice, now, lt)))
+               not_(idle_at(now + inactivity_notice, now, lt, early)))
         .values(inactivity_warned_at=None),
         execution_options={"synchronize_session": False},
     )
@@ -159,7 +181,7 @@ def cycle(actor: Actor, session: Session, clock: Clock, settings: Settings, *, l
     expired = and_(live(), Instance.terminates_at <= now, Instance.lifetime_warned_at.is_not(None),
                    Instance.lifetime_warned_at < now)
     idle = and_(live(), Instance.inactivity_warned_at.is_not(None),
-                Instance.inactivity_warned_at <= now - inactivity_notice, idle_at(now, now, lt))
+                Instance.inactivity_warned_at <= now - inactivity_notice, idle_at(now, now, lt, early))
     for reason, where in (("lifetime", expired), ("inactivity", idle)):
         due = _ids(session, where, limit - len(result.deleted))
         for instance in _load(session, due):
@@ -173,7 +195,7 @@ def cycle(actor: Actor, session: Session, clock: Clock, settings: Settings, *, l
         limit, lifetime_warned_at=now,
     )
     result.inactivity_warned = _mark(
-        session, and_(live(), Instance.inactivity_warned_at.is_(None), idle_at(now + inactivity_notice, now, lt)),
+        session, and_(live(), Instance.inactivity_warned_at.is_(None), idle_at(now + inactivity_notice, now, lt, early)),
         limit, inactivity_warned_at=now,
     )
     session.flush()

@@ -7,14 +7,15 @@ instances with their image's protocols, their experiments and open data in a sec
 (with, for the admin pages, their members), turned into the same
 ``InstanceOut`` / ``AdminInstanceOut`` that ``instance_out`` gives (tests/instances/test_listing.py
 compares the two field by field).
-Pages that also ask the policy about each instance (the home page's buttons) load the ORM
-objects instead (``service.list_instances``).
+Pages that also ask the policy about each instance (the home page's buttons) ask it of the same
+rows (``RowTarget``, ``policy_targets``): the rules read no more than the row holds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Integer, String, any_, bindparam, cast, func, literal, select, union_all
@@ -27,6 +28,8 @@ from visa.clouds.models import Cloud
 from visa.experiments.models import Experiment, Instrument, Proposal
 from visa.instances.models import (
     Instance,
+    InstanceConnection,
+    InstanceHome,
     InstanceMember,
     MemberRole,
     instance_experiments,
@@ -81,6 +84,9 @@ _COLUMNS = (
     Flavour.memory_mb.label("flavour_memory_mb"), Flavour.gpu_kind.label("flavour_gpu_kind"),
     Flavour.gpu_count.label("flavour_gpu_count"),
     Cloud.name.label("cloud_name"),
+    # What the policy reads of an instance besides its members (RowTarget).
+    Instance.owner_id, Instance.home, Instance.unrestricted_member_access,
+    Image.members_need_owner.label("image_members_need_owner"),
 )
 
 
@@ -128,6 +134,13 @@ def _statements(array: bool) -> dict[str, Any]:
             .order_by(Instance.created_at.desc(), Instance.id.desc())
         ),
         "page": _instances().where(_among(Instance.id, "ids", array)),
+        # Which of these instances' owners have a live connection now (the owner-presence rule).
+        "owners_live": (
+            select(InstanceConnection.instance_id).distinct()
+            .join(Instance, Instance.id == InstanceConnection.instance_id)
+            .where(_among(InstanceConnection.instance_id, "ids", array),
+                   InstanceConnection.user_id == Instance.owner_id, InstanceConnection.expires_at > bindparam("now"))
+        ),
         "experiments": union_all(
             _experiments(instance_experiments, "e", array), _experiments(instance_open_data, "o", array)
         ).order_by("experiment_id"),
@@ -198,3 +211,53 @@ def search_rows(actor: Actor, session: Session, q: InstanceQuery) -> tuple[list[
     """``service.search_instances`` (its checks, filters, sort and count) read as rows."""
     ids, total = search_instance_ids(actor, session, q)
     return page_rows(actor, session, ids), total
+
+
+@dataclass
+class RowTarget:
+    """An instance of a list as the policy table reads it (the protocols of ``visa.policy.rules``),
+    so that a page asks the same rules of rows as of models (tests/instances/test_listing.py
+    compares the answers for every action a page asks). The caller's own membership is the only
+    one known: the rules read no other (``member_role``). The experiments, which only the support
+    rules read, are loaded if a rule asks for them."""
+
+    item: InstanceRow
+    user_id: int | None
+    owner_live: bool  # the owner had a live connection when the list was read
+    session: Session
+
+    @property
+    def members(self) -> list[MemberRow]:
+        if self.item.role is None or self.user_id is None:
+            return []
+        return [MemberRow(self.user_id, "", "", self.item.role)]
+
+    @property
+    def experiments(self) -> Any:
+        instance = self.session.get(Instance, self.item.row.id)
+        return instance.experiments if instance is not None else []
+
+    @property
+    def members_need_owner(self) -> bool:
+        unrestricted = self.item.row.unrestricted_member_access
+        if unrestricted is not None:
+            return not unrestricted
+        return bool(self.item.row.image_members_need_owner)
+
+    @property
+    def members_may_act(self) -> bool:
+        return bool(self.item.row.home != InstanceHome.SHARED)
+
+    def owner_connected(self, now: datetime) -> bool:
+        return self.owner_live
+
+
+def policy_targets(actor: Actor, session: Session, items: list[InstanceRow], now: datetime) -> list[RowTarget]:
+    """The rows of a list as policy targets, with whether each owner is connected now (one query,
+    and none when no row's rules can ask it: the caller owns them all, or members need no owner)."""
+    user_id = actor.user.id if actor.kind is ActorKind.USER and actor.user is not None else None
+    asked = [i.row.id for i in items if i.role is not MemberRole.OWNER]
+    live: set[int] = set()
+    if asked:
+        live = {r.instance_id for r in _read(session, "owners_live", ids=asked, now=now)}
+    return [RowTarget(i, user_id, i.row.id in live, session) for i in items]

@@ -17,10 +17,17 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    case,
+    event,
     false,
+    insert,
+    inspect,
+    literal,
     text,
+    update,
 )
-from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Mapped, Mapper, mapped_column, relationship, validates
 
 from visa.db import Base, UTCDateTime
 from visa.errors import without_host_paths
@@ -137,6 +144,8 @@ class Instance(Base):
     provider_state: Mapped[dict[str, Any]] = mapped_column(JsonDict, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)  # the admin list's default order
     terminates_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # The end of the booking the machine was made from (visa.bookings): it never lives past it.
+    booked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_interaction_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_compute_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -155,12 +164,16 @@ class Instance(Base):
     )
     # None: the image decides whether members other than the owner need the owner connected
     # (``Image.members_need_owner``); True lets them in alone, False never does (VISA's
-    # unrestricted member access, set by administrators).
+    # unrestricted member access, set by the owner or an administrator).
     unrestricted_member_access: Mapped[bool | None] = mapped_column(Boolean, default=None)
     # The owner's policy: whether the desktop's clipboard reaches view-only members (GUESTs) too.
     clipboard_to_viewers: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     home: Mapped[InstanceHome] = mapped_column(enum_column(InstanceHome, length=8), default=InstanceHome.SHARED,
                                                server_default=InstanceHome.SHARED.value)
+    # Key/value pairs administrators set (``AttributeDefinition``); loaded when read.
+    attributes: Mapped[list[InstanceAttribute]] = relationship(
+        cascade="all, delete-orphan", lazy="select", passive_deletes=True,
+    )
     # Loaded when a rule asks (the owner-presence rule), not with every instance.
     connections: Mapped[list[InstanceConnection]] = relationship(
         back_populates="instance", cascade="all, delete-orphan", lazy="select", passive_deletes=True,
@@ -215,6 +228,36 @@ class InstanceMember(Base):
     user: Mapped[User] = relationship(lazy="joined")
 
 
+class AttributeDefinition(Base):
+    """A key administrators may set on instances (``InstanceAttribute``), with its label."""
+
+    __tablename__ = "attribute_definitions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"<AttributeDefinition {self.key}>"
+
+
+class InstanceAttribute(Base):
+    """One defined attribute's value on one instance."""
+
+    __tablename__ = "instance_attributes"
+
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
+    definition_id: Mapped[int] = mapped_column(ForeignKey("attribute_definitions.id", ondelete="CASCADE"),
+                                               primary_key=True, index=True)
+    value: Mapped[str] = mapped_column(String(255))
+
+    definition: Mapped[AttributeDefinition] = relationship(lazy="joined")
+
+    def __repr__(self) -> str:
+        return f"<InstanceAttribute instance={self.instance_id} {self.definition_id}>"
+
+
 class InstanceCommand(Base):
     """Who asked for what on an instance, and how it ended."""
 
@@ -229,7 +272,7 @@ class InstanceCommand(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # When a process took it: a RUNNING command claimed long ago belongs to a process that died.
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # Which process runs it, and when that process last said it still does (visa.instances.executor):
+    # Which process runs it, and when that process last said it still does (visa.commands.executor):
     # a RUNNING command whose heartbeat stopped belongs to a process that died.
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -281,6 +324,41 @@ class InstanceThumbnail(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class WarmState(enum.StrEnum):
+    BOOTING = "BOOTING"  # asked of the cloud, not yet checked
+    READY = "READY"  # booted, its helper answered: a create may take it
+    TAKEN = "TAKEN"  # a create took it; its owner is being given (then the row goes)
+
+
+class WarmMachine(Base):
+    """A machine of a plan booted before anyone asked, with nothing of anyone's on it. A create
+    that matches takes it once (READY -> TAKEN, one conditional UPDATE): the instance gets its
+    uid, server, address and desktop secret, and the row goes once the owner is given. Its uid
+    is the future instance's: the host key visa derives from it is already the machine's."""
+
+    __tablename__ = "warm_machines"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uid: Mapped[str] = mapped_column(String(16), unique=True)
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id", ondelete="RESTRICT"), index=True)
+    cloud_id: Mapped[int] = mapped_column(ForeignKey("clouds.id", ondelete="RESTRICT"), index=True)
+    cloud_server_id: Mapped[str | None] = mapped_column(String(255))
+    address: Mapped[str | None] = mapped_column(String(255))
+    provider_state: Mapped[dict[str, Any]] = mapped_column(JsonDict, default=dict)
+    secret: Mapped[str] = mapped_column(String(64))  # the desktop secret, the instance's once taken
+    state: Mapped[WarmState] = mapped_column(enum_column(WarmState, length=16), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    taken_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    instance_id: Mapped[int | None] = mapped_column(ForeignKey("instances.id", ondelete="SET NULL"), unique=True)
+
+    plan: Mapped[Plan] = relationship(lazy="joined")
+    cloud: Mapped[Cloud] = relationship(lazy="joined")
+
+    def __repr__(self) -> str:
+        return f"<WarmMachine {self.uid} {self.state}>"
+
+
 class ConnectionProtocol(enum.StrEnum):
     DESKTOP = "DESKTOP"
     JUPYTER = "JUPYTER"
@@ -309,49 +387,57 @@ class InstanceConnection(Base):
         return f"<InstanceConnection {self.protocol} user={self.user_id} instance={self.instance_id}>"
 
 
-class Invitation(Base):
-    """A one-time link to join an instance with a role; only the hash of its secret is stored."""
-
-    __tablename__ = "instance_invitations"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    role: Mapped[MemberRole] = mapped_column(enum_column(MemberRole))
-    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    used_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
-
-    def __repr__(self) -> str:
-        return f"<Invitation {self.id} instance={self.instance_id} {self.role}>"
 
 
-class SupportState(enum.StrEnum):
-    PENDING = "PENDING"
-    ACCEPTED = "ACCEPTED"
-    REFUSED = "REFUSED"
+class InstanceStatePeriod(Base):
+    """One stretch of an instance's life in one state: the history usage is accounted from.
 
+    Written by the mapper hooks below whenever an instance's state is stored (created, or
+    changed by any code path that sets ``Instance.state``), from ``state_changed_at``: the
+    open period of an instance (``ended_at`` NULL) is closed and the new one opened in the same
+    flush. DELETED opens no period. Instances older than the table have one period, from their
+    state when it was made (the migration)."""
 
-class SupportRequest(Base):
-    """Support staff asking to join an instance. While ``prompt_until`` has not passed, the owner's
-    open page shows a prompt; a request unanswered after it falls back to the consent rules
-    (``visa.instances.sharing``); after ``expires_at`` it is forgotten."""
-
-    __tablename__ = "support_requests"
+    __tablename__ = "instance_state_periods"
+    __table_args__ = (
+        # At most one open period per instance, found at once when it closes.
+        Index("ix_instance_state_periods_open", "instance_id", unique=True,
+              postgresql_where=text("ended_at IS NULL"), sqlite_where=text("ended_at IS NULL")),
+        # The usage report sums each instance's periods: read in the instance's order from the
+        # index alone (no sort, no visit of the table), as are an instance's periods.
+        Index("ix_instance_state_periods_instance", "instance_id", "started_at", "ended_at", "state"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
-    requester_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    state: Mapped[SupportState] = mapped_column(enum_column(SupportState))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    prompt_until: Mapped[datetime] = mapped_column(UTCDateTime)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    answered_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
-    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-
-    requester: Mapped[User] = relationship(lazy="joined", foreign_keys=[requester_id])
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    state: Mapped[InstanceState] = mapped_column(enum_column(InstanceState))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     def __repr__(self) -> str:
-        return f"<SupportRequest {self.id} instance={self.instance_id} {self.state}>"
+        return f"<InstanceStatePeriod {self.instance_id} {self.state} {self.started_at:%Y-%m-%d %H:%M}>"
+
+
+def _open_period(connection: Connection, instance: Instance, close: bool) -> None:
+    at = instance.state_changed_at or instance.created_at
+    period = InstanceStatePeriod
+    if close:
+        # Never before it began (another process's clock a little behind): no negative hours.
+        ended = case((period.started_at > at, period.started_at), else_=literal(at, UTCDateTime()))
+        connection.execute(update(period).where(period.instance_id == instance.id, period.ended_at.is_(None))
+                           .values(ended_at=ended))
+    if instance.state != InstanceState.DELETED:
+        connection.execute(insert(period).values(instance_id=instance.id, state=instance.state, started_at=at))
+
+
+@event.listens_for(Instance, "after_insert")
+def _first_period(_mapper: Mapper[Instance], connection: Connection, instance: Instance) -> None:
+    _open_period(connection, instance, close=False)
+
+
+@event.listens_for(Instance, "after_update")
+def _next_period(_mapper: Mapper[Instance], connection: Connection, instance: Instance) -> None:
+    # The state set without being read first has no old value here: a new period all the same.
+    history = inspect(instance).attrs.state.history
+    if history.added and (not history.deleted or history.added[0] != history.deleted[0]):
+        _open_period(connection, instance, close=True)

@@ -3,20 +3,19 @@ and the answers that show them (never their secret, never a connect token)."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 
 from visa.instances.models import InstanceState
 from visa.paging import PageQuery
 from visa.provisioning.names import KEYBOARD_NAMES
-from visa.types import DbId, Timestamp
+from visa.types import DbId, Input, Timestamp
 
 
-class CreateInstance(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
+class CreateInstance(Input):
     name: str = Field(min_length=1, max_length=100)
     plan_id: DbId
     experiment_ids: list[DbId] = Field(default_factory=list, max_length=50)
@@ -42,11 +41,25 @@ class CreateInstance(BaseModel):
         return value
 
 
-class EditInstance(BaseModel):
+MemberAccessMode = Annotated[str, Field(description="image, owner_required or unrestricted")]
+MembersNeedOwner = Annotated[bool, Field(description="what applies now: the instance's mode or its image's rule")]
+
+
+class MemberAccessIn(Input):
+    mode: Literal["image", "owner_required", "unrestricted"] = Field(
+        description="Members other than the owner connect only while the owner is connected: as the "
+        "image says, always, or never (staff never wait)")
+
+
+class MemberAccessOut(BaseModel):
+    uid: str
+    member_access: MemberAccessMode
+    members_need_owner: MembersNeedOwner
+
+
+class EditInstance(Input):
     """What the owner may change after creation (absent: unchanged); the desktop gets the keyboard
     layout and screen size at the next connection."""
-
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     name: str | None = Field(None, min_length=1, max_length=100)
     comments: str | None = Field(None, max_length=2000)
@@ -81,28 +94,13 @@ class EditInstance(BaseModel):
         return self
 
 
-class NewMember(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    username: str = Field(min_length=1, max_length=64)
-    role: Literal["USER", "GUEST"] = "USER"
-
-
-class RoleChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    role: Literal["USER", "GUEST"]
-
-
 def _aware(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("give a timezone (e.g. 2026-02-01T12:00:00Z)")
     return value
 
 
-class RequestExtension(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
+class RequestExtension(Input):
     requested_until: datetime = Field(validation_alias=AliasChoices("requested_until", "until"))
     comment: str = Field("", max_length=2000)
 
@@ -112,9 +110,7 @@ class RequestExtension(BaseModel):
         return _aware(value)
 
 
-class HandleExtension(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
+class HandleExtension(Input):
     granted_until: datetime | None = Field(
         None, validation_alias=AliasChoices("granted_until", "until"),
         description="Accept until this date (default: the date asked for)",
@@ -191,33 +187,6 @@ class InstanceOut(BaseModel):
     comments: str
 
 
-class ProgressStep(BaseModel):
-    key: str
-    label: str
-    status: Literal["done", "current", "failed", "todo"]
-    at: str | None = None
-
-
-class ProgressOut(BaseModel):
-    """The named steps of the latest build, start or reboot."""
-
-    action: str
-    steps: list[ProgressStep]
-    done: int
-    total: int
-    failed: bool
-    message: str | None
-    finished: bool
-
-
-class CommandOut(BaseModel):
-    action: str
-    state: str
-    message: str | None
-    created_at: str
-    finished_at: str | None
-
-
 # --- the event stream (``GET /api/events``): one model per event -----------------------------
 
 
@@ -234,75 +203,10 @@ class InstancesEvent(BaseModel):
     uids: list[str]
 
 
-class InstanceEvent(BaseModel):
-    """One changed instance: the instance, its progress and its latest commands."""
-
-    instance: InstanceOut
-    progress: ProgressOut | None
-    history: list[CommandOut]
-    version: str | None = None
-
-
 class ThumbnailEvent(BaseModel):
     uid: str
     updated_at: Timestamp | None
     url: str
-
-
-class MemberOut(BaseModel):
-    username: str
-    full_name: str
-    role: str
-    since: Timestamp
-
-
-class SupportOut(BaseModel):
-    status: Literal["pending", "joined", "approved", "denied"]
-    message: str | None = None
-    member: MemberOut | None = None
-    # Pending: when the owner's prompt times out (asking again then joins, unless the owner is staff).
-    prompt_until: Timestamp | None = None
-
-
-class PendingSupportOut(BaseModel):
-    username: str
-    requested_at: Timestamp
-
-
-class FilesQuery(BaseModel):
-    path: str | None = Field(None, max_length=4096, description="Absolute path in the instance (default: the home)")
-
-
-class DownloadQuery(BaseModel):
-    path: str = Field(max_length=4096, description="Absolute path of a file in the instance")
-
-
-class UploadQuery(BaseModel):
-    path: str = Field(max_length=4096, description="Absolute path of the file to write in the instance")
-    offset: int = Field(0, ge=0, description="Resume: the bytes the file already has (the body is the rest)")
-    overwrite: bool = Field(False, description="Replace an existing regular file")
-
-
-class FileEntryOut(BaseModel):
-    name: str
-    path: str
-    kind: Literal["file", "dir", "link", "other"]
-    size: int | None
-    modified: int | None = Field(description="Seconds since the epoch, as the instance says")
-
-
-class FileListingOut(BaseModel):
-    path: str
-    roots: list[str] = Field(description="Where files may be read and written: the home first")
-    entries: list[FileEntryOut]
-    truncated: bool = Field(description="More entries than the listing limit: the rest are not shown")
-    skipped: int = Field(description="Entries left out because their names are not UTF-8")
-
-
-class UploadOut(BaseModel):
-    path: str
-    bytes: int = Field(description="Bytes written by this request")
-    size: int = Field(description="The file's size now (offset + bytes)")
 
 
 class ThumbnailOut(BaseModel):
@@ -344,6 +248,50 @@ InstanceSort = Literal[
 ]
 
 
+ATTRIBUTE_KEY = r"^[a-z][a-z0-9_.-]{0,63}$"
+AttributeKey = Annotated[str, Field(pattern=ATTRIBUTE_KEY, max_length=64,
+                                    description="Lower-case letters, digits, '_', '.', '-'; a letter first")]
+AttributeValue = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class AttributeDefinitionIn(Input):
+    key: AttributeKey
+    label: str = Field(min_length=1, max_length=100, description="What the pages call it")
+
+
+class AttributeDefinitionOut(BaseModel):
+    key: str
+    label: str
+    instances: int = Field(description="How many instances have a value for it")
+
+
+class AttributeIn(Input):
+    key: AttributeKey
+    value: AttributeValue
+
+
+class AttributeOut(BaseModel):
+    key: str
+    label: str
+    value: str
+
+
+class InstanceAttributesOut(BaseModel):
+    uid: str
+    attributes: list[AttributeOut]
+
+
+def parse_attribute_filter(item: str) -> tuple[str, str]:
+    """``key:value`` of the ``attribute`` filter (the value may hold ':')."""
+    key, sep, value = item.partition(":")
+    if not sep or not value:
+        raise ValueError("give key:value")
+    if len(value) > 255:
+        raise ValueError("the value is longer than 255 characters")
+    if not re.fullmatch(ATTRIBUTE_KEY, key):
+        raise ValueError("the key is not an attribute key")
+    return key, value
+
 
 class InstanceQuery(PageQuery):
     state: list[InstanceState] = Field(default_factory=list, description="Any of these states")
@@ -353,97 +301,13 @@ class InstanceQuery(PageQuery):
     cloud: str | None = Field(None, max_length=64, description="Cloud name")
     q: str | None = Field(None, max_length=100, description="Part of the name or uid")
     deleted: bool = Field(False, description="Include deleted instances")
+    attribute: list[str] = Field(default_factory=list, max_length=10,
+                                 description="key:value: instances with this attribute value (all given must match)")
     sort: InstanceSort = "-created_at"
 
-
-# --- presence, invitations, support -------------------------------------------------------------
-class ConnectedOut(BaseModel):
-    username: str
-    full_name: str
-    role: str
-    protocols: list[Literal["DESKTOP", "JUPYTER"]]
-    since: Timestamp
-
-
-class PresenceEvent(BaseModel):
-    """Who is connected to an instance now (the ``presence`` event and ``GET .../presence``)."""
-
-    uid: str
-    connected: list[ConnectedOut] = Field(default_factory=list)
-    owner_connected: bool = False
-    # Members other than the owner may not connect now: the rule applies and the owner is away.
-    waiting_for_owner: bool = False
-
-
-class NewInvitation(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    role: Literal["USER", "GUEST"] = "USER"
-    hours: int = Field(48, ge=1, le=24 * 14, description="How long the link may be used")
-
-
-class InvitationOut(BaseModel):
-    id: int
-    role: str
-    created_at: Timestamp
-    expires_at: Timestamp
-    used_at: Timestamp | None = None
-    used_by: str | None = None
-    url: str | None = Field(None, description="The link itself: in the answer that creates it only")
-
-
-class RedeemInvitation(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    token: str = Field(min_length=16, max_length=128)
-
-
-class RedeemedOut(BaseModel):
-    uid: str
-    name: str
-    role: str
-
-
-class SupportPrompt(BaseModel):
-    username: str
-    full_name: str
-    roles: list[str]
-    requested_at: Timestamp
-    prompt_until: Timestamp
-    owner_must_answer: bool = Field(description="The owner is staff: no answer means no access")
-
-
-class SupportPromptEvent(BaseModel):
-    """Support requests the owner's open page asks about (the ``support`` event)."""
-
-    uid: str
-    requests: list[SupportPrompt] = Field(default_factory=list)
-
-
-class SupportSessionOut(BaseModel):
-    username: str
-    full_name: str
-    protocol: str
-    started_at: Timestamp
-    ended_at: Timestamp | None = None
-
-
-class SupportQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    q: str = Field("", max_length=100, description="Part of the instance's name, uid, or the owner's name")
-    instrument: str = Field("", max_length=64)
-    state: str = Field("", max_length=32)
-    limit: int = Field(100, ge=1, le=500)
-
-
-class SupportInstanceOut(BaseModel):
-    uid: str
-    name: str
-    state: str
-    owner: str
-    owner_name: str
-    instruments: list[str]
-    proposals: list[str]
-    created_at: Timestamp
-    access: Literal["member", "pending", "refused", "none"]
+    @field_validator("attribute")
+    @classmethod
+    def _attribute_pairs(cls, items: list[str]) -> list[str]:
+        for item in items:
+            parse_attribute_filter(item)
+        return items

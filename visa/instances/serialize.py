@@ -6,7 +6,7 @@ from visa.actor import Actor
 from visa.clock import Clock
 from visa.experiments.models import Experiment
 from visa.instances.listing import ExperimentRow, InstanceRow
-from visa.instances.models import ExtensionRequest, Instance, InstanceMember
+from visa.instances.models import ExtensionRequest, Instance
 from visa.instances.schemas import (
     ExperimentBrief,
     ExtensionInstance,
@@ -14,17 +14,23 @@ from visa.instances.schemas import (
     FlavourBrief,
     ImageBrief,
     InstanceOut,
-    MemberOut,
+    MemberAccessOut,
     OwnerOut,
     PlanBrief,
     Screen,
 )
+from visa.instances.service import member_access_mode
 from visa.policy import member_role
 
 
 def _experiment(e: Experiment) -> ExperimentBrief:
     return ExperimentBrief(id=e.id, external_id=e.external_id, proposal=e.proposal.identifier,
                            instrument=e.instrument.name)
+
+
+def member_access(instance: Instance) -> MemberAccessOut:
+    return MemberAccessOut(uid=instance.uid, member_access=member_access_mode(instance),
+                           members_need_owner=instance.members_need_owner)
 
 
 def instance_out(instance: Instance, actor: Actor, clock: Clock) -> InstanceOut:
@@ -100,10 +106,6 @@ def row_fields(item: InstanceRow, clock: Clock) -> dict:
 
 def row_out(item: InstanceRow, clock: Clock) -> InstanceOut:
     return InstanceOut.model_validate(row_fields(item, clock))
-
-
-def member_out(m: InstanceMember) -> MemberOut:
-    return MemberOut(username=m.user.username, full_name=m.user.full_name, role=m.role.value, since=m.created_at)
 
 
 def extension_out(req: ExtensionRequest, instance: Instance | None = None) -> ExtensionOut:

@@ -8,6 +8,8 @@ after the transaction commits.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,15 +24,17 @@ from visa.catalogue.service import max_lifetime_hours, plans_for
 from visa.clock import Clock
 from visa.clouds.models import Cloud
 from visa.clouds.service import CloudHost
-from visa.db import after_commit
 from visa.errors import Conflict, Forbidden, InvalidInput, NoCapacity, NotFound, QuotaExceeded
 from visa.experiments.models import Experiment
+from visa.instances import warm
+from visa.instances.attributes import attribute_filters
 from visa.instances.models import (
     CommandAction,
     CommandState,
     ExtensionRequest,
     ExtensionState,
     Instance,
+    InstanceAttribute,
     InstanceCommand,
     InstanceHome,
     InstanceMember,
@@ -44,6 +48,11 @@ from visa.provisioning.site import site_for_cloud
 from visa.settings import PosixSettings, ProvisioningSettings, Settings
 from visa.states import InstanceState
 from visa.users.models import User
+
+
+def _groups(actor: Actor) -> frozenset[str]:
+    return actor.user.group_names() if actor.user is not None else frozenset()
+
 
 # What each action needs the instance to be in.
 ALLOWED_FROM: dict[CommandAction, frozenset[InstanceState]] = {
@@ -158,17 +167,33 @@ def _cloud_for(session: Session, plan: Plan, settings: Settings) -> Cloud:
     return cloud
 
 
+@dataclass(frozen=True)
+class Allowance:
+    """What a feature built on instances (GPU bookings) says of one machine before it is stored:
+    ``refusal`` when units it needs over its life are held for others; ``until`` when it is
+    made from the owner's own booking, which it may not outlive."""
+
+    refusal: str | None = None
+    until: datetime | None = None
+
+
+# (the cloud, the flavour, when the machine would end) -> the allowance for it.
+CheckAllowance = Callable[[Cloud, Flavour, datetime], Allowance]
+
+
 def new_uid() -> str:
     return secrets.token_hex(6)
 
 
 def create_instance(
     actor: Actor, session: Session, clock: Clock, settings: Settings, data: CreateInstance, *,
-    capacity: CloudHost | None = None,
+    capacity: CloudHost | None = None, allowance: CheckAllowance | None = None,
 ) -> Instance:
     """Store a new instance and queue its creation. With ``capacity`` (the running clouds), a
     flavour the cloud has no room for now is refused before the cloud is asked (NoCapacity);
-    where the cloud cannot say, it decides (its "no valid host" stays the last word)."""
+    where the cloud cannot say, it decides (its "no valid host" stays the last word).
+    ``allowance`` (the bookings' say) refuses a machine whose units are booked by others during
+    its life, or ends it with the owner's booking it is made from."""
     require(actor, "create_instance")
     assert actor.user is not None
     owner = actor.user
@@ -184,7 +209,10 @@ def create_instance(
         raise InvalidInput("this plan is not available to you for these experiments", field="plan_id")
     check_quota(session, owner)
     cloud = _cloud_for(session, plan, settings)
-    if capacity is not None:
+    # A machine of the plan already booted, if its pool has one (its room is taken already): its
+    # owner is given by the CREATE command. Taken in this transaction: a refusal below gives it back.
+    warm_machine = warm.take(session, plan, cloud, now)
+    if capacity is not None and warm_machine is None:
         room = room_on(capacity, cloud, plan.flavour)
         if room.available is False:
             raise NoCapacity(
@@ -195,8 +223,18 @@ def create_instance(
     site = site_for_cloud(cloud.config, settings.provisioning)
     check_identity(owner, experiments, site, settings.posix)
 
-    max_hours = max_lifetime_hours(plan.flavour, actor.roles, settings.lifetimes)
+    max_hours = max_lifetime_hours(plan.flavour, actor.roles, settings.lifetimes, _groups(actor))
     hours = min(data.lifetime_hours or max_hours, max_hours)
+    terminates_at = now + timedelta(hours=hours)
+    booked_until = None
+    if allowance is not None:
+        said = allowance(cloud, plan.flavour, terminates_at)
+        if said.refusal is not None:
+            raise NoCapacity(f"{plan.flavour.name} cannot be had now: {said.refusal}", field="plan_id",
+                             flavour=plan.flavour.name)
+        if said.until is not None:
+            booked_until = said.until
+            terminates_at = min(terminates_at, said.until)
     instance = Instance(
         uid=new_uid(),
         name=data.name,
@@ -212,19 +250,24 @@ def create_instance(
         provider_state={},
         created_at=now,
         state_changed_at=now,
-        terminates_at=now + timedelta(hours=hours),
+        terminates_at=terminates_at,
+        booked_until=booked_until,
         last_seen_at=now,
         experiments=experiments,
         open_data_experiments=open_data,
         home=_home(data.own_home, cloud.kind == "local" or bool(site.home_mount_template), settings),
     )
     instance.members.append(InstanceMember(user=owner, role=MemberRole.OWNER, created_at=now))
+    if warm_machine is not None:
+        warm.hand_over(warm_machine, instance)
     session.add(instance)
     session.flush()
+    if warm_machine is not None:
+        warm_machine.instance_id = instance.id
     _command(actor, session, clock, instance, CommandAction.CREATE)
     record(actor, session, clock, "instance.create", target_type="instance", target_id=instance.uid,
            plan=plan.id, experiments=[e.external_id for e in experiments],
-           open_data=[e.external_id for e in open_data])
+           open_data=[e.external_id for e in open_data], warm=warm_machine is not None)
     return instance
 
 
@@ -242,19 +285,8 @@ def _command(actor: Actor, session: Session, clock: Clock, instance: Instance, a
         state=CommandState.PENDING, created_at=clock.now(),
     )
     session.add(cmd)
-    session.flush()
-    if session.get_bind().dialect.name == "postgresql":  # every process's worker, at the commit
-        from visa import pubsub
-
-        pubsub.send(session.connection(), pubsub.COMMANDS, str(instance.cloud_id))
-    after_commit(session, _wake_worker)
+    session.flush()  # the flush hook wakes the workers at the commit (visa.db, visa.instances.changes)
     return cmd
-
-
-def _wake_worker() -> None:
-    from visa.instances.worker import wake
-
-    wake()
 
 
 def get_instance(actor: Actor, session: Session, uid: str) -> Instance:
@@ -383,6 +415,10 @@ def search_instance_ids(actor: Actor, session: Session, q: InstanceQuery) -> tup
         query = query.where(Instance.plan_id.in_(plans))
     if q.cloud:
         query = query.where(Instance.cloud_id.in_(select(Cloud.id).where(Cloud.name == q.cloud)))
+    if q.attribute:
+        for definition_id, value in attribute_filters(session, q.attribute):
+            query = query.where(Instance.id.in_(select(InstanceAttribute.instance_id).where(
+                InstanceAttribute.definition_id == definition_id, InstanceAttribute.value == value)))
     if q.q:
         like = f"%{escape_like(q.q)}%"
         query = query.where(or_(Instance.name.ilike(like, escape="\\"), Instance.uid.ilike(like, escape="\\")))
@@ -466,6 +502,10 @@ def change_termination(
         raise InvalidInput("the termination date must be in the future", field="terminates_at")
     if terminates_at - now > MAX_LIFETIME_CHANGE:
         raise InvalidInput("the termination date must be within a year", field="terminates_at")
+    if instance.booked_until is not None and terminates_at > instance.booked_until:
+        # Its booking's units go to others after it: a longer life needs another booking.
+        raise InvalidInput(f"this machine was made from a booking that ends on {instance.booked_until:%Y-%m-%d %H:%M} "
+                           "UTC: it cannot live longer", field="terminates_at")
     old = instance.terminates_at
     instance.terminates_at = terminates_at
     if terminates_at > old:
@@ -483,12 +523,12 @@ def member_access_mode(instance: Instance) -> str:
     return {v: k for k, v in MEMBER_ACCESS.items()}[instance.unrestricted_member_access]
 
 
-def set_member_access(actor: Actor, session: Session, clock: Clock, uid: str, mode: str) -> Instance:
+def set_member_access(actor: Actor, session: Session, clock: Clock, instance: Instance, mode: str) -> Instance:
     """Whether members other than the owner may connect only while the owner is connected, for
     this instance: as its image says (``image``), always (``owner_required``) or never
-    (``unrestricted``). Staff never wait either way. Audited with the old and new modes."""
-    require(actor, "instance.member_access")
-    instance = get_any_instance(actor, session, uid, deleted=False)
+    (``unrestricted``). The owner chooses, or an administrator; staff never wait either way.
+    Audited with the old and new modes."""
+    require(actor, "instance.member_access", instance)
     if mode not in MEMBER_ACCESS:
         raise InvalidInput(f"unknown mode; one of {', '.join(MEMBER_ACCESS)}", field="mode")
     old = member_access_mode(instance)
@@ -500,7 +540,8 @@ def set_member_access(actor: Actor, session: Session, clock: Clock, uid: str, mo
     return instance
 
 
-def render_userdata(actor: Actor, session: Session, clock: Clock, uid: str, *, audit: bool = True) -> str:
+def render_userdata(actor: Actor, session: Session, clock: Clock, settings: Settings, uid: str, *,
+                    audit: bool = True) -> str:
     """What the machine receives at boot, as rendered now, with its secrets masked.
 
     Reads through the API are audited; the instance page's preview is part of viewing it.
@@ -508,7 +549,7 @@ def render_userdata(actor: Actor, session: Session, clock: Clock, uid: str, *, a
     instance = get_any_instance(actor, session, uid)
     from visa.instances.spec import render_for_operator
 
-    text = render_for_operator(session, instance.uid)
+    text = render_for_operator(session, instance.uid, settings.provisioning)
     if audit:
         record(actor, session, clock, "instance.userdata.view", target_type="instance", target_id=uid)
     return text

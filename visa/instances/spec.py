@@ -12,6 +12,7 @@ from visa.clouds.base import ServerSpec
 from visa.errors import Forbidden, NotFound
 from visa.experiments.models import Experiment, Proposal
 from visa.instances.models import Instance, InstanceHome
+from visa.network.service import groups_at_create
 from visa.provisioning import host_keys, names
 from visa.provisioning.mounts import home_mount, instance_mounts
 from visa.provisioning.site import site_for_cloud
@@ -82,7 +83,7 @@ def boot_spec(instance: Instance, *, now: datetime, open_data: Sequence[Experime
     )
 
 
-def site_for_instance(instance: Instance, base: ProvisioningSettings | None = None) -> ProvisioningSettings:
+def site_for_instance(instance: Instance, base: ProvisioningSettings) -> ProvisioningSettings:
     """The site settings with the instance's cloud's own overrides."""
     return site_for_cloud(instance.cloud.config if instance.cloud is not None else None, base)
 
@@ -94,6 +95,8 @@ def server_spec(instance: Instance, settings: Settings, now: datetime, probe_pub
     # The embargo is checked again: if it was brought back, the create fails rather than mount it.
     machine = boot_spec(instance, now=now, open_data=instance.open_data_experiments)
     owner = instance.owner
+    session = object_session(instance)
+    groups = groups_at_create(session, instance, now, settings.network.base_group) if session is not None else ()
     return ServerSpec(
         name=f"{settings.instance_name_prefix}-{instance.id}",
         instance_uid=instance.uid,
@@ -120,10 +123,14 @@ def server_spec(instance: Instance, settings: Settings, now: datetime, probe_pub
         if owner.unix_account is not None and owner.unix_account_uid is not None else None,
         cores=flavour.cores,
         memory_mb=flavour.memory_mb,
+        security_groups=groups,
+        jupyter_cull_idle_seconds=site.jupyter_cull_idle_seconds,
+        jupyter_cull_interval_seconds=site.jupyter_cull_interval_seconds,
+        jupyter_cull_connected=site.jupyter_cull_connected,
     )
 
 
-def render_for_operator(session: Session, uid: str) -> str:
+def render_for_operator(session: Session, uid: str, base: ProvisioningSettings) -> str:
     """User-data of instance ``uid`` as it would be rendered now, secrets masked (``visa instances render-userdata``)."""
     instance = session.scalars(select(Instance).where(Instance.uid == uid)).first()
     if instance is None:
@@ -131,7 +138,7 @@ def render_for_operator(session: Session, uid: str) -> str:
     machine = boot_spec(instance, now=datetime.now(UTC), open_data=instance.open_data_experiments)
     # The host key's private half is masked: a placeholder stands for it.
     text = render_user_data(
-        machine, site=site_for_instance(instance), mask_secrets=True,
+        machine, site=site_for_instance(instance, base), mask_secrets=True,
         host_key=(MASK, "ssh-ed25519 (derived by visa)"),
     )
     if instance.secret and instance.secret in text:  # the masking must never miss one

@@ -7,7 +7,7 @@ import hashlib
 import smtplib
 import ssl
 from email.message import EmailMessage
-from email.utils import formatdate
+from email.utils import formataddr, formatdate
 
 from visa.mail.render import Rendered
 from visa.settings import SmtpSettings
@@ -20,9 +20,13 @@ def message_id(key: str) -> str:
     return f"<{hashlib.sha256(key.encode()).hexdigest()[:32]}@visa>"
 
 
-def build_message(smtp: SmtpSettings, key: str, recipient: str, email: Rendered) -> EmailMessage:
+def build_message(smtp: SmtpSettings, key: str, recipient: str, email: Rendered, *, site_name: str = "",
+                  reply_to: str | None = None) -> EmailMessage:
     msg = EmailMessage()
-    msg["From"] = smtp.sender
+    # The facility's name as the sender's (a bare address when the sender setting names one already).
+    msg["From"] = formataddr((site_name, smtp.sender)) if site_name and "<" not in smtp.sender else smtp.sender
+    if reply_to:
+        msg["Reply-To"] = reply_to  # answers reach the facility's contact, not an unread mailbox
     msg["To"] = recipient
     msg["Subject"] = email.subject
     msg["Date"] = formatdate(localtime=False)

@@ -39,7 +39,7 @@ from visa.clock import Clock
 from visa.db import after_commit
 from visa.mail.mailer import Mailer, build_message
 from visa.mail.models import SentEmail
-from visa.mail.render import Rendered, render
+from visa.mail.render import Rendered, common_context, render
 from visa.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,14 @@ Builder = Callable[[Session, Settings, int, str], "tuple[str, dict[str, Any]] | 
 BUILDERS: dict[str, tuple[str, Builder]] = {}
 
 
-def kind(name: str, template: str) -> Callable[[Builder], Builder]:
+# template -> an example of each variable its builder gives it: what `visa check-config` renders
+# a facility's replacement with (visa.mail.render.check_templates), and the tests visa's own.
+SAMPLES: dict[str, dict[str, Any]] = {}
+
+
+def kind(name: str, template: str, sample: dict[str, Any]) -> Callable[[Builder], Builder]:
+    SAMPLES[template] = sample
+
     def register(fn: Builder) -> Builder:
         BUILDERS[name] = (template, fn)
         return fn
@@ -81,7 +88,7 @@ def _build(session: Session, settings: Settings, key: str) -> tuple[str, Rendere
     if built is None:
         return None
     recipient, context = built
-    return recipient, render(template, {"base_url": settings.base_url.rstrip("/"), **context})
+    return recipient, render(template, {**common_context(settings), **context}, settings.mail.templates_dir)
 
 
 def enqueue(session: Session, clock: Clock, settings: Settings, kind_name: str, object_id: int,
@@ -215,7 +222,8 @@ def _claim(factory: sessionmaker[Session], settings: Settings, email_id: int,
 
 def _send(mailer: Mailer, settings: Settings, key: str, recipient: str, rendered: Rendered) -> str | None:
     """None when the server accepted the message; else what the row's error becomes."""
-    msg = build_message(settings.smtp, key, recipient, rendered)
+    msg = build_message(settings.smtp, key, recipient, rendered, site_name=settings.site.name,
+                        reply_to=settings.site.contact_email)
     try:
         mailer.ensure_connected()
     except (OSError, smtplib.SMTPException) as exc:

@@ -241,6 +241,34 @@ class MembersMayAct(Rule):
         return bool(target.members_may_act)
 
 
+class BookingTarget(Protocol):
+    """What booking rules read of ``visa.bookings.models.Booking``."""
+
+    @property
+    def user_id(self) -> int: ...
+    @property
+    def instruments(self) -> Iterable[Instrument]: ...
+
+
+@dataclass(frozen=True, repr=False)
+class Requester(Rule):
+    """The user who asked for the booking."""
+
+    def allows(self, actor: PolicyActor, target: BookingTarget, now: datetime | None) -> bool:
+        return actor.kind is ActorKind.USER and actor.user is not None and target.user_id == actor.user.id
+
+
+@dataclass(frozen=True, repr=False)
+class ScientistOf(Rule):
+    """An instrument scientist of an instrument the booking's beamtime is on."""
+
+    def allows(self, actor: PolicyActor, target: BookingTarget, now: datetime | None) -> bool:
+        if actor.kind is not ActorKind.USER or actor.user is None or Role.INSTRUMENT_SCIENTIST not in actor.roles:
+            return False
+        uid = actor.user.id
+        return any(uid in {s.id for s in i.scientists} for i in target.instruments)
+
+
 def member_role(actor: PolicyActor, instance: InstanceTarget) -> Any:
     """The actor's member role on the instance (a ``MemberRole``), or None."""
     if actor.kind is not ActorKind.USER or actor.user is None:

@@ -23,7 +23,9 @@ from visa.policy.rules import (
     MembersMayAct,
     OwnerPresent,
     PolicyActor,
+    Requester,
     Rule,
+    ScientistOf,
     SupportFor,
     System,
     TokenScope,
@@ -47,10 +49,16 @@ POLICY: dict[str, list[Rule]] = {
     # Which host account a user's local sessions run as: the host's operators alone (the CLI).
     "record_unix_account": [System()],
     "manage_roles": [System(), ADMIN],
+    # User groups and who is in them (an identity provider's claim gives its own at login).
+    "manage_groups": [System(), ADMIN],
     "manage_catalogue": [System(), ADMIN],
     "manage_clouds": [System(), ADMIN],
     "import_experiments": [System(), ADMIN],
+    # Who supports each instrument's users (also set by an import that states it).
+    "manage_instruments": [System(), ADMIN],
     "view_all_instances": [System(), ADMIN],
+    # Instance attributes: the keys and their labels; values on instances are "instance.attributes".
+    "manage_attributes": [System(), ADMIN],
     "view_audit": [System(), ADMIN],
     "view_cloud_status": [System(), ADMIN],
     "handle_extensions": [System(), ADMIN],
@@ -89,12 +97,17 @@ POLICY: dict[str, list[Rule]] = {
     # alone; an administrator joins as support, which a staff owner approves.
     "instance.invite": [Member("OWNER")],
     "instance.extend": [Member("OWNER"), ADMIN],
+    # A public view-only link to the desktop, for someone without an account: the owner's consent alone.
+    "instance.view_link": [Member("OWNER")],
     # Name, comments, keyboard layout and screen size, for the next connection: the owner's own.
     "instance.edit": [Member("OWNER")],
-    # Whether members need the owner connected, for one instance against its image's rule.
-    "instance.member_access": [System(), ADMIN],
+    # Whether members may use the desktop while the owner is away, for one instance against its
+    # image's rule: the owner's choice (and an administrator's).
+    "instance.member_access": [System(), ADMIN, Member("OWNER")],
+    # Key/value attributes on an instance, to find and tell machines apart: administrators'.
+    "instance.attributes": [System(), ADMIN],
     # Support staff (admins included) connect as SUPPORT members: they join at once when the
-    # owner is not staff, else once the owner approves (visa.instances.sharing). A desktop
+    # owner is not staff, else once the owner approves (visa.sharing.service). A desktop
     # takes input, so a read-only token may not open one. Where the image or the instance says
     # so, members other than the owner connect only while the owner is connected; staff never wait.
     "instance.connect": [Member("OWNER") & WRITE, OTHERS & WRITE & OwnerPresent(), OTHERS & WRITE & STAFF],
@@ -105,11 +118,21 @@ POLICY: dict[str, list[Rule]] = {
     "instance.presence": [System(), ADMIN, Member()],  # who is connected now
     "instance.support.history": [System(), ADMIN, Member("OWNER")],  # who helped, when
     "instance.jupyter": [Member("OWNER")],
+    # A web service the image declares (visa.gateway.webservice): the owner's, like JupyterLab.
+    "instance.web_service": [Member("OWNER")],
     # Files in and out over SFTP as the owner's account: not for view-only GUESTs, nor SUPPORT.
     "instance.files.read": [Member("OWNER"), Member("USER") & MembersMayAct()],
     "instance.files.write": [Member("OWNER") & WRITE, Member("USER") & WRITE & MembersMayAct()],
     "instance.thumbnail.write": [Member("OWNER")],
     "instance.request_support": [SupportFor()],
+    # GPU bookings (visa.bookings): anyone may ask for one for their own beamtime; administrators
+    # decide on all, instrument scientists on those of their instruments.
+    "booking.request": [AnyUser()],
+    "booking.view": [System(), ADMIN, Requester(), ScientistOf()],
+    "booking.decide": [System(), ADMIN, ScientistOf()],
+    "booking.cancel": [System(), ADMIN, Requester()],
+    # The list of bookings to decide on (an instrument scientist's holds their instruments' only).
+    "booking.list_all": [System(), ADMIN, HasRole(Role.INSTRUMENT_SCIENTIST)],
 }
 
 
@@ -127,6 +150,7 @@ def require(actor: PolicyActor, action: str, target: Any = None, *, now: datetim
         return
     if (
         target is not None
+        and action.startswith("instance.")
         and action != "instance.view"
         and not allowed(actor, "instance.view", target, now=now)
     ):

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from visa.clouds.base import MountSpec
 from visa.errors import InvalidInput
 from visa.provisioning import names
+from visa.provisioning.sources import check_home_template, home_source_inside
 from visa.provisioning.spec import BootSpec, ExperimentData
-from visa.settings import ProvisioningSettings, check_home_template, home_source_inside, system_dir
+from visa.settings import ProvisioningSettings, system_dir
 
 log = logging.getLogger(__name__)
 

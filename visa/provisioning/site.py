@@ -16,13 +16,15 @@ Image options live in the catalogue (``images/*.yaml`` -> ``Image.options``)::
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from visa.errors import InvalidInput
 from visa.provisioning import names
-from visa.settings import ProvisioningSettings, get_settings
+from visa.provisioning.sources import check_sources
+from visa.settings import ProvisioningSettings
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +76,9 @@ def image_options(raw: dict[str, Any] | None) -> ImageOptions:
     return options
 
 
-def site_for_cloud(cloud_config: dict[str, Any] | None, base: ProvisioningSettings | None = None) -> ProvisioningSettings:
+def site_for_cloud(cloud_config: dict[str, Any] | None, base: ProvisioningSettings) -> ProvisioningSettings:
     """The site settings with a cloud's own overrides (its ``config["provisioning"]``):
     the local cloud binds host directories where a VM mounts NFS."""
-    base = base or current_site()
     overrides = (cloud_config or {}).get("provisioning") or {}
     if not overrides:
         return base
@@ -86,15 +87,19 @@ def site_for_cloud(cloud_config: dict[str, Any] | None, base: ProvisioningSettin
     if not isinstance(overrides, dict):
         raise InvalidInput("config.provisioning must be an object", field="config.provisioning")
     try:
-        return ProvisioningSettings.model_validate({**base.model_dump(), **overrides})
+        site = ProvisioningSettings.model_validate({**base.model_dump(), **overrides})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(["config", "provisioning", *(str(p) for p in first["loc"])])
-        raise InvalidInput(f"the cloud's {where}: {first['msg']}", field=where) from None
+        raise InvalidInput(f"{where}: {first['msg']}", field=where) from None
+    check_sources(site, "config.provisioning")
+    return site
 
 
-def current_site() -> ProvisioningSettings:
-    return get_settings().provisioning
+def cloud_check(base: ProvisioningSettings) -> Callable[[dict[str, Any]], ProvisioningSettings]:
+    """What a cloud's registration checks its ``provisioning`` settings with: the rules, over the site's
+    (visa.clouds.service.register_cloud is given it: provisioning sits above the clouds)."""
+    return lambda cloud_config: site_for_cloud(cloud_config, base)
 
 
 def check_site(site: ProvisioningSettings) -> None:

@@ -39,7 +39,7 @@ from visa.clouds.base import VISA_TAG, MountSpec
 from visa.errors import InvalidInput
 from visa.provisioning import names
 from visa.provisioning.mounts import DataMount, data_mounts, fstab_entry, home_mount, home_path
-from visa.provisioning.site import DESKTOP_SESSIONS, ImageOptions, check_site, current_site, image_options
+from visa.provisioning.site import DESKTOP_SESSIONS, ImageOptions, check_site, image_options
 from visa.provisioning.spec import BootSpec
 from visa.settings import ProvisioningSettings
 
@@ -250,14 +250,40 @@ def _probe(v: _Checked, site: ProvisioningSettings, parts: _Parts) -> None:
                 "lock_passwd": True,
                 # The key can run the probe and nothing else, with no forwarding or terminal.
                 "ssh_authorized_keys": [f'restrict,command="{LIBEXEC}/probe" {v.probe_key}'],
-                "sudo": f"ALL=({v.username}) NOPASSWD: {LIBEXEC}/x-idle",
+                "sudo": f"ALL=({v.username}) NOPASSWD: {LIBEXEC}/x-idle, {LIBEXEC}/jupyter-kernels",
             }
         )
 
 
+ASSIGNED_MARKER = "/etc/visa/assigned"
+
+
+def helper_account(site: ProvisioningSettings, key: str) -> dict[str, Any]:
+    """The account whose key (visa's) may run the root helper (``files/assign.py``) and nothing else."""
+    name = site.assign_username
+    return {
+        "name": name, "gecos": "visa helper", "homedir": f"/var/lib/{name}", "shell": "/bin/sh",
+        "lock_passwd": True,
+        "ssh_authorized_keys": [f'restrict,command="sudo -n {LIBEXEC}/assign" {key}'],
+        "sudo": f"ALL=(root) NOPASSWD: {LIBEXEC}/assign",
+    }
+
+
+def _helper(v: _Checked, site: ProvisioningSettings, parts: _Parts) -> None:
+    """The root helper, as on a warm machine: here the machine has its owner from its boot (the
+    marker says so: no assignment is ever taken), and the helper only takes the owner's later
+    display settings (``display``: keyboard layout, screen size)."""
+    if v.probe_key:
+        parts.users.append(helper_account(site, v.probe_key))
+        parts.write_files += [
+            {"path": f"{LIBEXEC}/assign", "permissions": "0755", "content": _file("assign.py")},
+            {"path": ASSIGNED_MARKER, "permissions": "0600", "content": "at boot\n"},
+        ]
+
+
 def _environment(
     v: _Checked, site: ProvisioningSettings, vnc_port: int | None, jupyter_port: int | None,
-    home: MountSpec | None, parts: _Parts,
+    home: MountSpec | None, parts: _Parts, rdp_port: int | None = None,
 ) -> None:
     """``instance.env``, read by every boot script, and the probe's scripts."""
     env: dict[str, str | int] = {
@@ -269,6 +295,7 @@ def _environment(
         "VISA_PROCESSED_ROOT": site.processed_root,
         "VISA_DISPLAY": f":{site.desktop_display}",
         "VISA_VNC_PORT": vnc_port or "",
+        "VISA_RDP_PORT": rdp_port or "",
         "VISA_GEOMETRY": f"{v.width}x{v.height}",
         "VISA_XKB_LAYOUT": v.xkb_layout,
         "VISA_XKB_VARIANT": v.xkb_variant,
@@ -282,6 +309,7 @@ def _environment(
         {"path": ENV_FILE, "permissions": "0644", "content": _env_file(env)},
         {"path": f"{LIBEXEC}/x-idle", "permissions": "0755", "content": _file("x-idle.sh")},
         {"path": f"{LIBEXEC}/probe", "permissions": "0755", "content": _file("probe.py")},
+        {"path": f"{LIBEXEC}/jupyter-kernels", "permissions": "0755", "content": _file("jupyter-kernels.py")},
         {"path": f"{LIBEXEC}/step", "permissions": "0755", "content": _file("step.sh")},
     ]
 
@@ -324,12 +352,42 @@ def _desktop(v: _Checked, parts: _Parts) -> None:
     parts.services.append("visa-desktop.service")
 
 
-def _jupyter(v: _Checked, parts: _Parts) -> None:
+RDP_PASSWORD_FILE = "/etc/visa/rdp.password"
+# A machine whose owner has a password (RDP) refuses it over SSH whatever the image ships: sshd
+# takes the first value it reads, and its drop-ins come before its main file, this one first.
+SSHD_NO_PASSWORDS = {
+    "path": "/etc/ssh/sshd_config.d/00-visa-no-passwords.conf",
+    "permissions": "0644",
+    "content": "PasswordAuthentication no\nKbdInteractiveAuthentication no\n",
+}
+
+
+def _rdp(v: _Checked, parts: _Parts) -> None:
+    """An RDP server (xrdp) logs the owner in with the instance secret (visa's RDP bridge sends it):
+    the owner's password is set to it, read by chpasswd from a root-only file deleted at once; it
+    is on no command line. SSH still refuses passwords (``ssh_pwauth: false``)."""
+    parts.write_files += [
+        SSHD_NO_PASSWORDS,
+        {"path": RDP_PASSWORD_FILE, "permissions": "0600", "content": f"{v.username}:{v.secret}\n"},
+    ]
+    parts.runcmd.append(["systemctl", "try-reload-or-restart", "ssh"])  # before the password is set
+    parts.runcmd.append([f"{LIBEXEC}/step", "rdp-password", "sh", "-c",
+                         f"chpasswd < {RDP_PASSWORD_FILE}; status=$?; rm -f {RDP_PASSWORD_FILE}; exit $status"])
+
+
+def _jupyter(v: _Checked, site: ProvisioningSettings, parts: _Parts) -> None:
     """JupyterLab under ``/jupyter/<uid>/``, its token the instance secret."""
     jupyter_config = {
         "ServerApp": {"allow_remote_access": True, "trust_xheaders": True},
         "IdentityProvider": {"token": v.secret},
     }
+    if site.jupyter_cull_idle_seconds > 0:
+        # Idle kernels hold memory (and GPUs) nobody uses; busy ones are never culled.
+        jupyter_config["MappingKernelManager"] = {
+            "cull_idle_timeout": site.jupyter_cull_idle_seconds,
+            "cull_interval": site.jupyter_cull_interval_seconds,
+            "cull_connected": site.jupyter_cull_connected,
+        }
     parts.write_files += [
         {
             # Deferred: the owner's account exists only after the users module ran.
@@ -392,13 +450,16 @@ def _build(
     parts = _Parts()
     _account(machine, v, site, home, parts)
     _probe(v, site, parts)
-    _environment(v, site, vnc_port, jupyter_port, home, parts)
+    _helper(v, site, parts)
+    _environment(v, site, vnc_port, jupyter_port, home, parts, machine.port_of(Protocol.RDP))
     _home(home, parts)
     _software(v, site, parts)
     if vnc_port:
         _desktop(v, parts)
+    if machine.port_of(Protocol.RDP):
+        _rdp(v, parts)
     if jupyter_port:
-        _jupyter(v, parts)
+        _jupyter(v, site, parts)
     _start(mounts, parts)
     packages = list(dict.fromkeys([*site.packages, *v.options.packages]))
 
@@ -450,7 +511,7 @@ def _multipart(cloud_config: str, boot_script: str) -> str:
 def render_user_data(
     machine: BootSpec,
     *,
-    site: ProvisioningSettings | None = None,
+    site: ProvisioningSettings,
     probe_public_key: str | None = None,
     host_key: tuple[str, str] | None = None,
     mask_secrets: bool = False,
@@ -460,7 +521,6 @@ def render_user_data(
     ``probe_public_key`` defaults to ``site.probe_public_key``. ``host_key``: the machine's
     SSH host key (private OpenSSH text, public line), from :mod:`visa.provisioning.host_keys`.
     """
-    site = site or current_site()
     config, boot_script, mount_count = _build(
         machine, site=site, probe_public_key=probe_public_key, host_key=host_key, mask_secrets=mask_secrets
     )

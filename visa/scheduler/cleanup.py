@@ -1,4 +1,5 @@
-"""Daily clean-up: orphan servers, expired role grants, used and expired connect tokens.
+"""Daily clean-up: orphan servers, expired role grants, used and expired connect tokens, view links
+ended more than a week ago.
 
 Orphans are servers tagged as visa's that no live instance knows (see
 ``visa.clouds.reconcile``): they are reported at once and deleted once older than
@@ -19,8 +20,9 @@ from visa.clouds.models import Cloud
 from visa.clouds.reconcile import reconcile
 from visa.errors import CloudError
 from visa.gateway.service import purge_connect_tokens
-from visa.instances.models import Instance
+from visa.instances.models import Instance, WarmMachine
 from visa.services import Services
+from visa.sharing.viewlinks import purge_view_links
 from visa.users.service import purge_expired_grants
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ class CleanupResult:
     grants: int = 0
     tokens: int = 0
     sessions: int = 0  # login sessions past their lifetime
+    view_links: int = 0  # view links ended more than a week ago
     orphans: dict[str, list[str]] = field(default_factory=dict)  # cloud -> orphan server ids seen
     removed: dict[str, list[str]] = field(default_factory=dict)  # cloud -> server ids deleted
 
@@ -46,6 +49,7 @@ class Cleanup:
             result.grants = purge_expired_grants(s, self.services.clock)
             result.tokens = purge_connect_tokens(s, self.services.clock)
             result.sessions = purge_expired_sessions(s)
+            result.view_links = purge_view_links(s, self.services.clock)
             clouds = list(s.scalars(select(Cloud.name).where(Cloud.enabled.is_(True))))
         for name in clouds:
             try:
@@ -62,9 +66,14 @@ class Cleanup:
         servers = provider.list_servers()
         # Read what visa knows only after listing: anything created before the list is in it.
         with self.services.database.sessionmaker() as s:
-            rows = s.execute(
+            rows = list(s.execute(
                 select(Instance.cloud_server_id, Instance.uid).join(Cloud, Cloud.id == Instance.cloud_id)
                 .where(Cloud.name == cloud_name, Instance.deleted_at.is_(None))
+            ).all())
+            # A warm pool's machines are visa's too (visa.instances.warm), before and after they are taken.
+            rows += s.execute(
+                select(WarmMachine.cloud_server_id, WarmMachine.uid).join(Cloud, Cloud.id == WarmMachine.cloud_id)
+                .where(Cloud.name == cloud_name)
             ).all()
         found = reconcile(servers, [r[0] for r in rows if r[0]], known_uids=[r[1] for r in rows])
         now = self.services.clock.now()

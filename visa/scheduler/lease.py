@@ -101,5 +101,5 @@ class Lease:
 
 
 def follower_lease(database: Database, clock: Clock, seconds: int, *, holder: str | None = None) -> Lease:
-    """The lease of the one process that follows unstable instances (visa.instances.worker)."""
+    """The lease of the one process that follows unstable instances (visa.commands.worker)."""
     return Lease(database, clock, seconds, name="follower", holder=holder)

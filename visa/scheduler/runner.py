@@ -6,13 +6,18 @@ jobs (each with its period from ``settings.scheduler``); when it loses it, the j
 
 Jobs:
 
-* ``sync`` — the state of every instance from one list call per cloud (``instances.sync``);
+* ``sync`` — the state of every instance from one list call per cloud (``commands.sync``);
   instances in moving states are followed faster by the command worker, or here
   (``sync-unstable``) when this process has no worker.
 * ``activity`` — the SSH activity probe of running machines (``instances.activity``).
 * ``lifecycle`` — warnings and deletions (``instances.lifecycle``), fenced by the lease.
 * ``outbox`` — emails not sent yet (a crash between a decision and its email).
 * ``cleanup`` — orphan servers, expired role grants and connect tokens (``scheduler.cleanup``).
+* ``usage`` — samples of what instances hold (``usage.jobs``).
+* ``experiments-import`` — the user office's export from ``experiments.import_source``, when set
+  (``experiments.jobs``).
+* ``network`` — the network rules' security groups on running servers (``network.jobs``).
+* ``warm`` — the plans' warm pools: failed machines deleted, missing ones started (``instances.warm``).
 
 ``visa scheduler`` runs a Runner (and a command worker) on its own, with ``/metrics`` and
 ``/health`` on ``scheduler.metrics_port`` (``scheduler.observe``); ``visa run`` runs one in the
@@ -31,7 +36,8 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-import visa.instances.emails  # the kinds of email the outbox sends
+import visa.bookings.emails  # the kinds of email the outbox sends
+import visa.instances.emails
 import visa.models  # noqa: F401  (every model mapped before the first query)
 from visa.scheduler import observe
 from visa.scheduler.lease import Lease, LeaseLost
@@ -67,10 +73,12 @@ class Runner:
 
     def jobs(self) -> list[Job]:
         if self._jobs is None:
-            from visa.instances import lifecycle
+            from visa.commands.sync import sync_all
+            from visa.experiments import jobs as experiments
+            from visa.instances import lifecycle, warm
             from visa.instances.activity import ActivityProbe
-            from visa.instances.sync import sync_all
             from visa.mail.outbox import deliver
+            from visa.network import jobs as network
             from visa.scheduler.cleanup import Cleanup
             from visa.usage import jobs as usage
 
@@ -83,7 +91,12 @@ class Runner:
                 Job("outbox", cfg.outbox_seconds, lambda: deliver(svc.database.sessionmaker, svc.settings, svc.clock)),
                 Job("cleanup", cfg.cleanup_seconds, cleanup.run),
                 Job("usage", cfg.usage_seconds, lambda: usage.run(svc)),
+                Job("network", svc.settings.network.rules_seconds, lambda: network.run(svc)),
+                Job("warm", cfg.warm_seconds, lambda: warm.run(svc)),
             ]
+            if svc.settings.experiments.import_source is not None:
+                jobs.append(Job("experiments-import", svc.settings.experiments.import_seconds,
+                                lambda: experiments.run(svc)))
             if self.unstable_sync:
                 jobs.insert(1, Job("sync-unstable", cfg.unstable_sync_seconds,
                                    lambda: sync_all(svc, only_unstable=True)))
@@ -157,7 +170,7 @@ class Runner:
 
     def start(self) -> Runner:
         if self.with_worker:
-            from visa.instances.worker import Worker
+            from visa.commands.worker import Worker
             from visa.scheduler.lease import follower_lease
 
             svc = self.services

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, request
+from flask import Blueprint
 
 from visa.auth import web
-from visa.openapi import doc, respond
+from visa.openapi import doc, parse_query, respond
 from visa.users.schemas import UserBrief, UserSearchQuery
 from visa.users.search import search_users
 from visa.web.context import current_actor, db_session
@@ -21,5 +21,5 @@ def search():
     key = ("search", actor.id)
     web.limits().search.check(key, "searches")
     web.limits().search.hit(key)
-    users = search_users(actor, db_session(), request.args.get("q", ""))
+    users = search_users(actor, db_session(), parse_query(UserSearchQuery).q)
     return respond([UserBrief(username=u.username, full_name=u.full_name) for u in users])

@@ -1,7 +1,8 @@
-"""Users, their roles and role grants."""
+"""Users, their roles and role grants, and user groups."""
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 
 from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
@@ -59,15 +60,64 @@ class User(Base):
         back_populates="user", cascade="all, delete-orphan", foreign_keys="RoleGrant.user_id"
     )
 
+    # Loaded when read (the plans, lifetimes and network rules a user gets), not with every user.
+    memberships: Mapped[list[GroupMembership]] = relationship(
+        back_populates="user", cascade="all, delete-orphan", lazy="select", passive_deletes=True,
+    )
+
     def roles_at(self, when: datetime) -> set[Role]:
         """Roles in force at ``when``: expired grants no longer count."""
         return {g.role for g in self.grants if g.expires_at is None or g.expires_at > when}
+
+    def group_names(self) -> frozenset[str]:
+        """The user groups this user is in (made by administrators or from the identity provider)."""
+        return frozenset(m.group.name for m in self.memberships)
 
     def idp_roles_set(self) -> set[Role]:
         return {Role(r) for r in self.idp_roles.split() if r in Role.__members__}
 
     def __repr__(self) -> str:
         return f"<User {self.id} {self.username!r}>"
+
+
+# A group's name, as catalogue files and identity providers' claims give it.
+GROUP_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$"
+
+
+class GroupSource(enum.StrEnum):
+    ADMIN = "ADMIN"  # added by an administrator (page, API or command line)
+    IDP = "IDP"  # from the identity provider's group claim at the last login: re-read at each
+
+
+class UserGroup(Base):
+    """A named set of users that catalogue limits, lifetimes and network rules may name, as they
+    name roles."""
+
+    __tablename__ = "user_groups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    memberships: Mapped[list[GroupMembership]] = relationship(
+        back_populates="group", cascade="all, delete-orphan", passive_deletes=True,
+    )
+
+    def __repr__(self) -> str:
+        return f"<UserGroup {self.name!r}>"
+
+
+class GroupMembership(Base):
+    __tablename__ = "group_memberships"
+
+    group_id: Mapped[int] = mapped_column(ForeignKey("user_groups.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True)
+    source: Mapped[GroupSource] = mapped_column(enum_column(GroupSource, length=8))
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    group: Mapped[UserGroup] = relationship(back_populates="memberships", lazy="joined")
+    user: Mapped[User] = relationship(back_populates="memberships")
 
 
 class RoleGrant(Base):

@@ -15,10 +15,11 @@ from visa.db import Database
 from visa.errors import VisaError
 from visa.instances.metrics import InstanceStates
 from visa.policy import allowed
+from visa.provisioning.sources import check_sources
 from visa.services import Services
 from visa.settings import Settings, get_settings
 from visa.types import MAX_ID
-from visa.web import context, csrf, errors, security
+from visa.web import context, csrf, errors, events, security
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def create_app(
     check_schema: bool = True,
 ) -> Flask:
     settings = settings or get_settings()
+    check_sources(settings.provisioning)  # the rules the settings' values follow (InvalidInput)
     if database is None and not settings.database_url:
         settings.private_data_dir()  # before SQLite creates its file in it
     database = database or Database(settings.sqlalchemy_url, **settings.engine_options())
@@ -67,6 +69,7 @@ def create_app(
     errors.install(app)
     security.install(app)
     csrf.install(app)
+    events.init_app(app)
     _register_blueprints(app)
 
     @app.get("/health")
@@ -112,29 +115,41 @@ def _register_blueprints(app: Flask) -> None:
     from visa.admin import register as register_admin
     from visa.auth.api import bp as auth_api
     from visa.auth.pages import bp as auth_pages
+    from visa.bookings.api import bp as bookings_api
+    from visa.bookings.pages import bp as booking_pages
     from visa.catalogue.api import bp as catalogue_api
     from visa.experiments.api import bp as experiments_api
     from visa.gateway.api import bp as gateway_api
     from visa.gateway.api import lab as gateway_jupyter
+    from visa.help.pages import bp as help_pages
     from visa.instances.api import bp as instances_api
     from visa.instances.extensions_api import bp as extensions_api
-    from visa.instances.files_api import bp as files_api
-    from visa.instances.members_api import bp as members_api
-    from visa.instances.members_api import redeem_bp as invitations_api
+    from visa.instances.pages import bp as instance_pages
+    from visa.instances.thumbnails_api import bp as thumbnails_api
+    from visa.sharing.api import bp as members_api
+    from visa.sharing.api import redeem_bp as invitations_api
+    from visa.sharing.pages import bp as sharing_pages
+    from visa.transfers.api import bp as files_api
     from visa.usage.api import bp as usage_api
     from visa.users.api import bp as users_api
-    from visa.web.pages import register as register_pages
+    from visa.web.pages import bp as pages
+    from visa.web.site import bp as site
 
     for bp in (auth_api, catalogue_api, experiments_api, instances_api):
         app.register_blueprint(bp)
     app.register_blueprint(auth_pages)
+    app.register_blueprint(site)
+    app.register_blueprint(help_pages)
     app.register_blueprint(members_api)
     app.register_blueprint(invitations_api)
     app.register_blueprint(users_api)
-    register_pages(app)
+    for bp in (pages, instance_pages, sharing_pages, thumbnails_api):  # pages, and the REST part only they use
+        app.register_blueprint(bp)
     app.register_blueprint(gateway_api)
     app.register_blueprint(gateway_jupyter)
     register_admin(app)
     app.register_blueprint(extensions_api)
     app.register_blueprint(usage_api)
     app.register_blueprint(files_api)
+    app.register_blueprint(bookings_api)
+    app.register_blueprint(booking_pages)

@@ -2,11 +2,11 @@
 
 Events: ``instance`` (one instance changed state: its dict and progress), ``instances``
 (an instance appeared or went away: the new list of uids), ``thumbnail`` (a new desktop
-picture), and the kinds features register as feeds (``visa.instances.changes.feed``: presence,
-support prompts). On PostgreSQL a stream reads the database only when told: every commit that
-changes an instance or a session notifies (``pg_notify``), one listening connection per
-process (visa.pubsub) hears it and wakes the streams concerned (visa.instances.changes), which
-read what they show; an idle stream costs no query, whatever the number of open tabs. On
+picture), and the kinds features declare as feeds (``visa.instances.changes.feed``: presence,
+support prompts; :func:`init_app` gives an app the feeds it serves). On PostgreSQL a stream
+reads the database only when told: every commit that changes an instance or a session
+notifies (``pg_notify``), one listening connection per process (visa.pubsub) hears it and the
+app's event bus (visa.bus, its Services') wakes the streams concerned, which read what they show; an idle stream costs no query, whatever the number of open tabs. On
 SQLite (one process) the stream polls with one cheap query every ``POLL_SECONDS`` and is woken
 sooner by its own process's commits. It authenticates with the Flask session cookie, and
 re-checks it when that user's sessions change (and every ``RECHECK_SECONDS`` when polling,
@@ -38,11 +38,15 @@ from starlette.routing import BaseRoute, Route
 from visa import pubsub
 from visa.actor import actor_for
 from visa.auth.sessions import session_user
-from visa.instances import changes, presence, progress, support  # noqa: F401 (presence, support: their feeds)
+from visa.bus import Subscription
+from visa.commands import progress
+from visa.commands.schemas import InstanceEvent
+from visa.instances import changes
 from visa.instances.models import Instance, InstanceCommand, InstanceMember, InstanceThumbnail
-from visa.instances.schemas import InstanceEvent, InstancesEvent, ReadyEvent, ThumbnailEvent
+from visa.instances.schemas import InstancesEvent, ReadyEvent, ThumbnailEvent
 from visa.instances.serialize import instance_out
 from visa.services import Services
+from visa.sharing import presence, support  # noqa: F401 (their feeds)
 from visa.users.models import User
 
 log = logging.getLogger(__name__)
@@ -76,6 +80,7 @@ def sse(event: str | None, data: BaseModel | None = None, *, comment: str | None
 @dataclass
 class UserStream:
     services: Services
+    feeds_served: changes.Feeds
     user_id: int
     epoch: str
     sid: str = ""
@@ -95,7 +100,7 @@ class UserStream:
     def feeds(self) -> dict[tuple[str, str], BaseModel]:
         """What the registered feeds say for this user now (one small query each)."""
         with self.services.database.sessionmaker() as s:
-            return changes.read_feeds(s, self.user_id, self.services.clock.now())
+            return changes.read_feeds(self.feeds_served, s, self.user_id, self.services.clock.now())
 
     def describe(self, uids: list[str]) -> list[InstanceEvent]:
         """The instances that changed, with their progress."""
@@ -175,8 +180,9 @@ class EventStream:
     def listening(self) -> bool:
         """Whether this process hears the database's notifications (PostgreSQL), once connected."""
         if self._listening is None:
-            changes.set_resolver(self.members)
-            self._listening = self.services.settings.database_notify and changes.listen(self.services.database.url)
+            self.services.bus.set_resolver(self.members)
+            self._listening = self.services.settings.database_notify and self.services.bus.listen(
+                self.services.database.url)
         if not self._listening:
             return False
         return pubsub.wait_connected(pubsub.listener(self.services.database.url), LISTEN_WAIT_SECONDS)
@@ -184,6 +190,13 @@ class EventStream:
     @property
     def services(self) -> Services:
         return self.flask_app.extensions["visa"]  # type: ignore[no-any-return]
+
+    @property
+    def feeds(self) -> changes.Feeds:
+        return self.flask_app.extensions[FEEDS]  # type: ignore[no-any-return]
+
+    def stream(self, user_id: int, epoch: str, sid: str = "") -> UserStream:
+        return UserStream(self.services, self.feeds, user_id, epoch, sid)
 
     def identify(self, request: Request) -> tuple[int, str, str] | None:
         """(user id, session epoch, session id) from the Flask session cookie, or None."""
@@ -207,7 +220,7 @@ class EventStream:
         ident = self.identify(request)
         if ident is None:
             return JSONResponse({"error": "unauthorized", "message": "log in first"}, status_code=401)
-        stream = UserStream(self.services, *ident)
+        stream = self.stream(*ident)
         if not await to_thread.run_sync(stream.session_valid):
             return JSONResponse({"error": "unauthorized", "message": "log in first"}, status_code=401)
         headers = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
@@ -215,14 +228,15 @@ class EventStream:
 
     async def events(self, stream: UserStream, request: Request) -> AsyncIterator[bytes]:
         listening = await to_thread.run_sync(self.listening)
-        sub = changes.subscribe(stream.user_id)  # before the first read: nothing falls in between
+        bus = self.services.bus
+        sub = bus.subscribe(stream.user_id)  # before the first read: nothing falls in between
         try:
             async for chunk in self._events(stream, sub, request, listening):
                 yield chunk
         finally:
-            changes.unsubscribe(sub)
+            bus.unsubscribe(sub)
 
-    async def _events(self, stream: UserStream, sub: changes.Subscription, request: Request,
+    async def _events(self, stream: UserStream, sub: Subscription, request: Request,
                       listening: bool) -> AsyncIterator[bytes]:
         started = last_beat = last_check = time.monotonic()
         if listening:
@@ -268,7 +282,7 @@ class EventStream:
             except Exception:
                 log.warning("event stream feeds failed", exc_info=True)
                 fed_now = fed
-            fed_changes = changes.feed_changes(fed, fed_now)
+            fed_changes = changes.feed_changes(stream.feeds_served, fed, fed_now)
             fed = fed_now
             for name, model in fed_changes:
                 yield sse(name, model)
@@ -289,6 +303,14 @@ class EventStream:
             elif now - last_beat >= HEARTBEAT_SECONDS:
                 last_beat = now
                 yield sse(None, comment="ping")
+
+
+FEEDS = "visa.feeds"
+
+
+def init_app(app: Flask) -> None:
+    """Give the app the feeds its streams serve: every one declared (presence, support)."""
+    app.extensions[FEEDS] = changes.declared_feeds()
 
 
 def event_routes(flask_app: Flask) -> list[BaseRoute]:

@@ -24,7 +24,9 @@ def install(app: Flask) -> None:
     # cannot open one to a server of its choosing. 'self' alone does not cover ws: everywhere.
     public = urlsplit(settings.base_url)
     own_ws = f"{'wss' if https else 'ws'}://{public.netloc}"
-    csp = (f"default-src 'self'; img-src 'self' data: blob:; connect-src 'self' {own_ws}; "
+    # A facility's logo may come from its own web site (settings site.logo): that origin only.
+    logo = f" {settings.site.logo_origin}" if settings.site.logo_origin else ""
+    csp = (f"default-src 'self'; img-src 'self' data: blob:{logo}; connect-src 'self' {own_ws}; "
            "frame-src 'self'; frame-ancestors 'self'; object-src 'none'; base-uri 'self'")
 
     @app.after_request

@@ -21,6 +21,29 @@ apt-get install -y --no-install-recommends \
     tigervnc-standalone-server tigervnc-tools xauth util-linux x11-xkb-utils x11-utils \
     xprintidle dbus-x11 dbus-daemon fonts-dejavu-core \
     $DESKTOP_BROWSER $session_packages
+# Printing: CUPS with one queue, PDF (cups-pdf), the default: whatever an application prints
+# lands in the user's ~/PDF (Debian's cups-pdf.conf: Out ${HOME}/PDF), which visa offers on the desktop page. Local queues only: no
+# printer of the network is looked for or shared.
+apt-get install -y --no-install-recommends cups printer-driver-cups-pdf
+systemctl disable cups-browsed.service 2>/dev/null || true
+# cupsd runs at the first boot, not in the build's chroot: the queue is made then (visa-printer.service).
+cat > /etc/systemd/system/visa-printer.service <<'UNIT'
+[Unit]
+Description=The PDF print queue (cups-pdf), made once
+After=cups.service
+Requires=cups.service
+ConditionPathExists=!/var/lib/visa/printer-made
+
+[Service]
+Type=oneshot
+ExecStart=/usr/sbin/lpadmin -p PDF -E -v cups-pdf:/ -P /usr/share/ppd/cups-pdf/CUPS-PDF_opt.ppd -o printer-is-shared=false
+ExecStart=/usr/sbin/lpadmin -d PDF
+ExecStart=/bin/sh -c 'mkdir -p /var/lib/visa && touch /var/lib/visa/printer-made'
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+systemctl enable cups.service visa-printer.service
 # The openbox session opens a terminal where the owner sees it first (others bring their own).
 if [ "$DESKTOP_SESSION" = openbox ]; then
     printf '%s\n' 'xterm -geometry 100x30+40+40 &' >> /etc/xdg/openbox/autostart

@@ -5,7 +5,8 @@
 # work, and visa shows the instance as partly available with this message.
 # /etc/visa/mounts: one mount point a line, written by visa.
 set -eu
-mount -a -t nfs,nfs4,ceph >&2 || true
+# -F: one mount process per file system, all at once (each waits on its server).
+mount -a -F -t nfs,nfs4,ceph >&2 || true
 missing=""
 while IFS= read -r target; do
     [ -n "$target" ] || continue

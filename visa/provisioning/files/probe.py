@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """Activity report for the scheduler: the probe account's only command (forced by its key).
 
-Prints one JSON object: the owner's X idle time, the load average, the CPU count and
-the owner's processes with their CPU time. Nothing else can be run with the probe key.
+Prints one JSON object: the owner's X idle time, the load average, the CPU count, the
+owner's processes with their CPU time, what ``nvidia-smi`` says of the GPUs and their
+processes (as it printed it: visa reads it), and the owner's Jupyter kernels. Nothing else
+can be run with the probe key.
 """
 
 import json
@@ -13,6 +15,8 @@ import sys
 
 ENV_FILE = "/etc/visa/instance.env"
 ALLOWED = {"", "visa-probe"}
+NVIDIA_SMI = "/usr/bin/nvidia-smi"
+MAX_TEXT = 64 * 1024  # characters of each answer passed on
 
 
 def read_env() -> dict:
@@ -37,6 +41,39 @@ def x_idle_ms() -> "int | None":
         return int(out.strip())
     except (OSError, ValueError, subprocess.SubprocessError):
         return None
+
+
+def nvidia_smi(query: str) -> str:
+    try:
+        out = subprocess.run(
+            [NVIDIA_SMI, query, "--format=csv,noheader,nounits"], capture_output=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout[:MAX_TEXT].decode(errors="replace") if out.returncode == 0 else ""
+
+
+def gpu() -> "dict | None":
+    if not os.access(NVIDIA_SMI, os.X_OK):
+        return None
+    return {
+        "apps": nvidia_smi("--query-compute-apps=pid,used_memory"),
+        "utilization": nvidia_smi("--query-gpu=utilization.gpu"),
+    }
+
+
+def kernels() -> "list | None":
+    try:
+        out = subprocess.run(
+            ["sudo", "-n", "-u", OWNER, "/usr/local/libexec/visa/jupyter-kernels"],
+            capture_output=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        found = json.loads(out[:MAX_TEXT * 2])
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    return found if isinstance(found, list) else None
 
 
 def processes(uid: int) -> list:
@@ -71,6 +108,8 @@ report = {
     "load": load,
     "cpu_count": os.cpu_count(),
     "processes": processes(pwd.getpwnam(OWNER).pw_uid),
+    "gpu": gpu(),
+    "kernels": kernels() if ENV.get("VISA_JUPYTER_PORT") else None,
 }
 json.dump(report, sys.stdout)
 sys.stdout.write("\n")

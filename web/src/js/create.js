@@ -119,6 +119,11 @@ function renderFlavours() {
 function capacityNote(name) {
   const c = state.capacity.get(name);
   if (!c) return null;
+  // From one's own accepted GPU booking: the machine is made from it and ends with it.
+  if (c.available === true && c.booked_until) {
+    return el("span", { class: "capacity ok", "data-capacity": "available", "data-booked-until": c.booked_until },
+      `Booked for you until ${c.booked_until}: the machine ends with your booking`);
+  }
   if (c.available === true) return el("span", { class: "capacity ok", "data-capacity": "available" }, "Available now");
   if (c.available === false) return el("span", { class: "capacity full", "data-capacity": "unavailable", title: c.message }, `Not available now: ${c.message}`);
   return el("span", { class: "capacity unknown", "data-capacity": "unknown", title: c.message }, "Availability unknown");

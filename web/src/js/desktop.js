@@ -1,6 +1,8 @@
 // The desktop: noVNC's RFB client on a one-time gateway URL. The gateway checks the token
 // and does the VNC authentication itself, so no password ever reaches the browser.
 import RFB from "../vendor/novnc/core/rfb.js";
+import { encodingName } from "../vendor/novnc/core/encodings.js";
+import { supportsWebCodecsH264Decode } from "../vendor/novnc/core/util/browser.js";
 import { api, ApiError, onEvent, toast } from "./app.js";
 import { offerableUrl } from "./clipboard-url.js";
 import { tuneForLink } from "./desktop-link.js";
@@ -76,13 +78,19 @@ async function connect() {
   }
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   const url = /^wss?:/.test(session.url) ? session.url : `${proto}//${location.host}${session.url}`;
-  rfb = new RFB(screen, url, { shared: true });
+  // The socket is made here to read how the gateway closed it: with code 1011 its reason is a
+  // fixed text of visa's saying why the machine ended the connection (an RDP login refused...).
+  const socket = new WebSocket(url);
+  let gatewayReason = "";
+  socket.addEventListener("close", (ev) => { if (ev.code === 1011) gatewayReason = ev.reason || ""; });
+  rfb = new RFB(screen, socket, { shared: true });
   let wasUp = false; // this socket reached the desktop (a drop, not a refusal at the door)
   rfb.viewOnly = !!session.view_only;
   rfb.focusOnClick = true;
   rfb.background = "#0f141b";
   // JPEG quality and compression from the measured link, adapted to what the screen shows.
   tuneForLink(rfb, { probeUrl: "/health" });
+  watchEncodings(rfb);
   applyViewMode();
   const role = (session.role || "").toLowerCase();
   document.getElementById("role-badge").textContent = session.view_only ? `${role} · view only` : role;
@@ -95,10 +103,20 @@ async function connect() {
     setStatus(session.view_only ? "Connected · view only" : "Connected", "connected");
     if (!session.view_only) rfb.focus();
     if (session.role === "OWNER") scheduleThumbnails();
+    watchPrinted(true);
   });
   rfb.addEventListener("disconnect", (ev) => {
     stopThumbnails();
+    watchPrinted(false);
     rfb = null;
+    if (gatewayReason) {
+      reconnect.refused = true; // the machine said why: trying again would not change it
+      reconnectDone();
+      setStatus("Disconnected", "failed");
+      showOverlay(`The desktop closed the connection: ${gatewayReason}.`);
+      reconnectBtn.classList.remove("hidden");
+      return;
+    }
     if (lostSocket(wasUp)) return;
     const clean = ev.detail && ev.detail.clean;
     setStatus("Disconnected", "disconnected");
@@ -124,6 +142,37 @@ async function connect() {
   rfb.addEventListener("desktopname", (ev) => { document.title = `${ev.detail.name} · VISA`; });
 }
 
+// --- the encoding the pictures arrive in, for tests and support: body[data-encoding] is the one
+// that decoded the most pixels in the last second ("H.264" while something moves and the desktop
+// streams it as video, a lossless one once the screen rests), kept while nothing arrives;
+// body[data-video] says whether this browser decodes H.264 (WebCodecs), so noVNC offers it. ---
+const ENCODING_WINDOW_MS = 1000;
+let decodedRecently = []; // [time, encoding name, pixels] of each rectangle decoded
+document.body.dataset.video = supportsWebCodecsH264Decode ? "h264" : "none";
+
+function watchEncodings(client) {
+  // noVNC keeps its decoders by encoding number (no public hook): each is wrapped to count.
+  for (const [number, decoder] of Object.entries(client._decoders || {})) {
+    const name = encodingName(Number(number));
+    const decode = decoder.decodeRect.bind(decoder);
+    decoder.decodeRect = (...args) => {
+      const done = decode(...args);
+      if (done) decodedRecently.push([performance.now(), name, args[2] * args[3]]);
+      return done;
+    };
+  }
+}
+
+setInterval(() => {
+  const since = performance.now() - ENCODING_WINDOW_MS;
+  decodedRecently = decodedRecently.filter(([at]) => at >= since);
+  if (!decodedRecently.length) return;
+  const counts = new Map();
+  for (const [, name, pixels] of decodedRecently) counts.set(name, (counts.get(name) || 0) + pixels);
+  const [top] = [...counts].reduce((a, b) => (b[1] > a[1] ? b : a));
+  if (document.body.dataset.encoding !== top) document.body.dataset.encoding = top;
+}, 250);
+
 // A URL copied in the desktop, on the allow-list: one click opens it here, in a new tab that
 // knows nothing of this page (noopener noreferrer). Anything else is not offered.
 function offerLink(text) {
@@ -135,6 +184,64 @@ function offerLink(text) {
   document.body.dataset.clipboardUrl = href ? "offered" : "none"; // read by tests
 }
 openLink.addEventListener("click", () => { setTimeout(() => offerLink(""), 0); });
+
+// --- printed: a print inside the machine lands as a PDF in the owner's ~/PDF; each one that
+// appears while this page is open is offered for download here. Names are the machine's: text
+// only, never markup, and the link is visa's own download URL. ----------------------------------
+const PRINTED_EVERY_MS = 5000;
+const printedEl = document.getElementById("printed");
+let printedSeen = null; // name -> modified, as first listed: what was there before is not news
+let printedTimer = null;
+let printedRun = 0; // which watch a poll belongs to: one that outlived its watch stops
+
+// Polled while the desktop is connected and this page is seen: a machine that cannot be listed
+// says so in the answer (unavailable), and is asked again at the next turn.
+async function pollPrinted(run) {
+  printedTimer = null;
+  if (document.visibilityState === "visible") {
+    let listing;
+    try {
+      listing = await api("GET", `/api/instances/${uid}/printed`);
+    } catch (err) {
+      console.warn("printed PDFs not listed", err);
+      return; // refused (no longer a member, logged out): not again
+    }
+    if (run !== printedRun) return; // disconnected meanwhile: connecting again starts over
+    if (listing.unavailable) {
+      // Nothing to compare with: the files are not reachable now.
+    } else if (printedSeen === null) {
+      printedSeen = new Map(listing.files.map((f) => [f.name, f.modified]));
+      document.body.dataset.printed = "watching"; // read by tests
+    } else {
+      showPrinted(listing.files.filter((f) => printedSeen.get(f.name) !== f.modified));
+    }
+  }
+  printedTimer = setTimeout(pollPrinted, PRINTED_EVERY_MS, run);
+}
+
+function watchPrinted(on) {
+  clearTimeout(printedTimer);
+  printedTimer = null;
+  printedRun += 1;
+  if (on && bar.dataset.files === "true") printedTimer = setTimeout(pollPrinted, 0, printedRun);
+}
+
+function showPrinted(files) {
+  printedEl.replaceChildren();
+  for (const f of files.slice(0, 3)) {
+    const item = document.createElement(f.downloadable ? "a" : "span");
+    item.className = f.downloadable ? "btn small" : "muted";
+    item.textContent = f.downloadable ? `Printed: ${f.name}` : `Printed: ${f.name} (too large to download)`;
+    item.title = f.path;
+    if (f.downloadable) {
+      item.href = `/api/instances/${encodeURIComponent(uid)}/files/content?path=${encodeURIComponent(f.path)}`;
+      item.setAttribute("download", f.name);
+      item.dataset.testid = "printed-link";
+    }
+    printedEl.append(item);
+  }
+  printedEl.classList.toggle("hidden", files.length === 0);
+}
 
 // --- waiting for the owner: this machine admits its other members only while the owner is
 // connected. The owner's arrival comes on the event stream; a slow retry covers a missed one. ---

@@ -282,3 +282,70 @@ if (editForm) {
     }
   });
 }
+
+// --- whether members may use the desktop while the owner is away (the owner's) -----------------
+const accessForm = document.getElementById("member-access-form");
+if (accessForm) {
+  accessForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      await api("PUT", `/api/instances/${uid}/member-access`, { mode: accessForm.elements.mode.value });
+      toast("Saved");
+      refresh();
+    } catch (err) {
+      toast(err.message, "error");
+    }
+  });
+}
+
+// --- public view links: the desktop, view only, for someone without an account (the owner's) ----
+const viewForm = document.getElementById("view-link-form");
+if (viewForm) {
+  const list = document.getElementById("view-link-list");
+  const render = (links) => {
+    list.replaceChildren(...links.filter((l) => l.active).map((l) => {
+      const li = document.createElement("li");
+      li.dataset.viewLink = String(l.id);
+      const what = document.createElement("span");
+      const until = new Date(l.expires_at).toISOString().slice(0, 16).replace("T", " ");
+      what.append(l.label, " ", Object.assign(document.createElement("span"), { className: "muted small", textContent: `until ${until} UTC` }));
+      const revoke = Object.assign(document.createElement("button"), { type: "button", className: "btn small danger", textContent: "Revoke" });
+      revoke.dataset.testid = "view-link-revoke";
+      revoke.addEventListener("click", async () => {
+        try {
+          await api("DELETE", `/api/instances/${uid}/view-links/${l.id}`);
+          toast("Revoked: the link opens nothing more");
+          load();
+        } catch (err) {
+          toast(err.message, "error");
+        }
+      });
+      li.append(what, revoke);
+      return li;
+    }));
+  };
+  const load = async () => {
+    try {
+      render(await api("GET", `/api/instances/${uid}/view-links`));
+    } catch (err) {
+      toast(err.message, "error");
+    }
+  };
+  viewForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      const made = await api("POST", `/api/instances/${uid}/view-links`, {
+        label: viewForm.elements.label.value.trim(),
+        hours: Number(viewForm.elements.hours.value),
+      });
+      const input = document.getElementById("view-link");
+      input.value = made.url;
+      document.getElementById("view-link-box").classList.remove("hidden");
+      input.select();
+      load();
+    } catch (err) {
+      toast(err.message, "error");
+    }
+  });
+  load();
+}

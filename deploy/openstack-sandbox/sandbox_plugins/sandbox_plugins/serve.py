@@ -28,6 +28,11 @@ class _App(BaseApplication):  # type: ignore[misc]
             "threads": 8,
             "timeout": 300,
             "graceful_timeout": 5,
+            # gunicorn closes an idle kept-alive connection after 2 s by default: a client that
+            # polls every 2 s (as openstacksdk callers do) then reuses a socket the server is
+            # closing and gets "Remote end closed connection without response". Idle
+            # connections wait in the poller, not in a thread, so keeping them longer is cheap.
+            "keepalive": 120,
             "proc_name": f"visa-sandbox-{self._name}",
             # One control socket per user by default: several gunicorns would fight over it.
             "control_socket_disable": True,
@@ -39,7 +44,22 @@ class _App(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         module, _, attr = self._target.partition(":")
-        return getattr(import_module(module), attr)
+        app = getattr(import_module(module), attr)
+        if module.startswith("neutron."):
+            # Neutron lists ports through ``Port.port_forwardings``, a backref that exists only once
+            # SQLAlchemy has configured its mappers, which the first query of another kind does:
+            # when a port listing comes first (Nova's, at a server's build), every one fails with
+            # "type object 'Port' has no attribute 'port_forwardings'" until then. Its plugins
+            # (port forwarding among them) are loaded with the application: configure now.
+            # Its policy enforcer is made lazily, unlocked, by the first request that needs it:
+            # another request arriving meanwhile (gunicorn's threads) finds it without its rules
+            # and is refused ("rule:create_network is disallowed by policy", for an admin).
+            from neutron import policy
+            from sqlalchemy.orm import configure_mappers
+
+            configure_mappers()
+            policy.init()
+        return app
 
 
 def main() -> None:
