@@ -120,6 +120,44 @@ def local_site(data: Path, secret: str, experiments: list[dict[str, Any]] | dict
         forget_local_accounts(env)
 
 
+def api_client(url: str, username: str) -> httpx.Client:
+    """A logged-in API client of ``username`` (password ``<username>-password``) that sends the
+    CSRF header as the pages do."""
+    client = httpx.Client(base_url=url, timeout=30)
+    r = client.post("/api/login", json={"username": username, "password": f"{username}-password"})
+    assert r.status_code == 200, r.text
+    client.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+    return client
+
+
+def session_logs(data: Path, tail: int = 1500) -> str:
+    """The end of every local session's supervisor log under ``data``: why a session ended."""
+    return "".join(f"\n--- {log}\n{log.read_text(errors='replace')[-tail:]}" for log in sorted(data.rglob("supervisor.log")))
+
+
+def local_desktop(site: Site, client: httpx.Client, name: str, *, wait: bool = True) -> str:
+    """A Desktop on esrf.medium on the client's first experiment, with its own home, on the local
+    cloud; followed until ACTIVE if ``wait``: its uid. A machine that fails says why (its fault,
+    visa's log, the session's supervisor log)."""
+    experiments = client.get("/api/experiments").json()
+    experiment = (experiments["items"] if isinstance(experiments, dict) else experiments)[0]["id"]
+    plans = client.get("/api/plans", params={"experiment": experiment}).json()
+    plan = next(p for p in plans if p["image"]["name"] == "desktop" and p["flavour"]["name"] == "esrf.medium")
+    r = client.post("/api/instances", json={"name": name, "plan_id": plan["id"], "experiment_ids": [experiment],
+                                             "own_home": True})
+    assert r.status_code == 201, r.text
+    uid = r.json()["uid"]
+    deadline = time.monotonic() + 180
+    while wait and (instance := client.get(f"/api/instances/{uid}").json())["state"] != "ACTIVE":
+        failed = instance["state"] in ("ERROR", "DELETED")
+        assert not failed and time.monotonic() < deadline, (
+            f"{instance['state']}: {instance.get('error')}\n{site.log.read_text()[-3000:]}"
+            f"{session_logs(site.data_dir)}"
+        )
+        time.sleep(0.5)
+    return uid
+
+
 def forget_local_accounts(env: dict[str, str]) -> None:
     """The host accounts the site recorded for its users go with it (a later site's database
     records none, and would find them in its way)."""

@@ -9,15 +9,13 @@ id16a's scientist on /admin/instruments, and bob's machine appears on her /suppo
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from pathlib import Path
+from contextlib import closing
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.browser import Site, chromium, cli, local_site, logged_in
+from tests.browser import Site, api_client, chromium, cli, local_desktop, local_site, logged_in
 
 pytestmark = pytest.mark.integration
 
@@ -25,32 +23,10 @@ PEOPLE = {"alice": ("Alice Martin", ()), "bob": ("Bob Durand", ()), "irene": ("I
           "sam": ("Sam Support", ("IT_SUPPORT",)), "ada": ("Ada Admin", ("ADMIN",))}
 
 
-def _api(url: str, username: str) -> httpx.Client:
-    client = httpx.Client(base_url=url, timeout=30)
-    r = client.post("/api/login", json={"username": username, "password": f"{username}-password"})
-    assert r.status_code == 200, r.text
-    client.headers["X-CSRF-Token"] = r.json()["csrf_token"]
-    return client
-
-
-def _machine(url: str, log: Path, owner: str, name: str, *, wait: bool) -> str:
+def _machine(site: Site, owner: str, name: str, *, wait: bool) -> str:
     """``owner``'s machine on their experiment, on the local cloud (ACTIVE, if ``wait``)."""
-    client = _api(url, owner)
-    try:
-        experiment = client.get("/api/experiments").json()[0]["id"]
-        plans = client.get("/api/plans", params={"experiment": experiment}).json()
-        plan = next(p for p in plans if p["image"]["name"] == "desktop" and p["flavour"]["name"] == "esrf.medium")
-        r = client.post("/api/instances", json={"name": name, "plan_id": plan["id"], "experiment_ids": [experiment],
-                                                 "own_home": True})
-        assert r.status_code == 201, r.text
-        uid = r.json()["uid"]
-        deadline = time.monotonic() + 180
-        while wait and (state := client.get(f"/api/instances/{uid}").json()["state"]) != "ACTIVE":
-            assert state not in ("ERROR", "DELETED") and time.monotonic() < deadline, state + log.read_text()[-3000:]
-            time.sleep(0.5)
-        return uid
-    finally:
-        client.close()
+    with closing(api_client(site.url, owner)) as client:
+        return local_desktop(site, client, name, wait=wait)
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +50,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, str, 
     dirs = ("visitor/ev280/id21", "processed/ev280/id21", "visitor/ma6012/id16a", "processed/ma6012/id16a")
     with local_site(tmp_path_factory.mktemp("visa-office") / "var", "office-browser-test-secret", export,
                     dirs=dirs, people=people) as s:
-        alices = _machine(s.url, s.log, "alice", "Roman glass", wait=True)
-        bobs = _machine(s.url, s.log, "bob", "Cathodes", wait=False)
+        alices = _machine(s, "alice", "Roman glass", wait=True)
+        bobs = _machine(s, "bob", "Cathodes", wait=False)
         yield s, alices, bobs
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from urllib.parse import urlencode
 import pytest
 from sqlalchemy import select
 
+from tests.clouds.local.xterm import type_line
 from tests.factories import actor, make_experiment, make_flavour, make_image, make_plan, make_user
 from tests.instances.test_life_local import _sync_until
 from visa.catalogue.models import Protocol
@@ -119,18 +119,8 @@ def test_a_member_cannot_plant_code_in_the_owners_other_machines(world, api_clie
 
     # The member, as the owner inside the shared machine: keys typed into its xterm...
     line = " && ".join(f"mkdir -p ~/{Path(p).parent} && echo \"{c.strip()}\" >> ~/{p}" for p, c in PLANTS.items())
-    typed = services.provider("local").exec_in_session(
-        shared,
-        ["xdotool", "search", "--sync", "--class", "xterm", "windowactivate", "--sync", "%1", "sleep", "0.5",
-         "type", "--delay", "2", f"{line} && echo END > ~/typed.txt\n"],
-        timeout=60,
-    )  # fmt: skip
-    assert typed.returncode == 0, typed.stderr
     planted_in = Path(services.provider("local").instance_dir(shared)) / local_session.HOME_DIR
-    deadline = time.monotonic() + 60
-    while not (planted_in / "typed.txt").exists():
-        assert time.monotonic() < deadline, "the typed line never ran"
-        time.sleep(0.3)
+    type_line(services.provider("local"), shared, f"{line} && echo END > ~/typed.txt", planted_in / "typed.txt", "END")
     # ... and through the files API.
     mallory = api_client()
     assert mallory.login("home-mallory", "mallory-password").status_code == 200

@@ -12,18 +12,26 @@ Screenshots: tests/artifacts/together/.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.browser import ROOT, Site, allow_errors, chromium, cli, local_site, logged_in
+from tests.browser import (
+    ROOT,
+    Site,
+    allow_errors,
+    api_client,
+    chromium,
+    cli,
+    local_desktop,
+    local_site,
+    logged_in,
+)
 from tests.processes import free_port
 from tests.services import Inbox
 
@@ -42,35 +50,12 @@ class Together(Site):
     uid: str  # alice's machine, running on the local cloud; bob is a USER member of it
 
 
-def _api(url: str, username: str) -> httpx.Client:
-    """A logged-in API client of ``username`` that sends the CSRF header as the pages do."""
-    client = httpx.Client(base_url=url, timeout=30)
-    r = client.post("/api/login", json={"username": username, "password": f"{username}-password"})
-    assert r.status_code == 200, r.text
-    client.headers["X-CSRF-Token"] = r.json()["csrf_token"]
-    return client
-
-
-def _alice_machine(url: str, log: Path) -> str:
+def _alice_machine(site: Site) -> str:
     """alice's machine on the local cloud, ACTIVE, shared with bob as USER."""
-    alice = _api(url, "alice")
-    try:
-        experiment = alice.get("/api/experiments").json()
-        experiment = (experiment["items"] if isinstance(experiment, dict) else experiment)[0]["id"]
-        plans = alice.get("/api/plans", params={"experiment": experiment}).json()
-        plan = next(p for p in plans if p["image"]["name"] == "desktop" and p["flavour"]["name"] == "esrf.medium")
-        r = alice.post("/api/instances", json={"name": "Beamtime analysis", "plan_id": plan["id"],
-                                                "experiment_ids": [experiment], "own_home": True})
-        assert r.status_code == 201, r.text
-        uid = r.json()["uid"]
-        deadline = time.monotonic() + 180
-        while (state := alice.get(f"/api/instances/{uid}").json()["state"]) != "ACTIVE":
-            assert state not in ("ERROR", "DELETED") and time.monotonic() < deadline, state + log.read_text()[-3000:]
-            time.sleep(0.5)
+    with closing(api_client(site.url, "alice")) as alice:
+        uid = local_desktop(site, alice, "Beamtime analysis")
         r = alice.post(f"/api/instances/{uid}/members", json={"username": "bob", "role": "USER"})
         assert r.status_code in (200, 201), r.text
-    finally:
-        alice.close()
     return uid
 
 
@@ -94,7 +79,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Together]:
              "members": [{"username": "alice", "full_name": "Alice Martin"}, {"username": "bob"}]},
         ], dirs=("visitor/ev280/id21", "processed/ev280/id21"), people=people, VISA_SMTP__ENABLED="true",
            VISA_SMTP__HOST="127.0.0.1", VISA_SMTP__PORT=str(smtp_port), VISA_SMTP__SENDER="visa@visa.test") as s:
-            yield Together(**vars(s), inbox=inbox, uid=_alice_machine(s.url, s.log))
+            yield Together(**vars(s), inbox=inbox, uid=_alice_machine(s))
     finally:
         smtp.stop()
 
@@ -179,7 +164,7 @@ def test_owner_presence_rule_blocks_then_admits(site: Together, browser: Any) ->
         assert own.locator('[data-testid="member-access"]').input_value() == "owner_required"
         shot(own, "03-owner-chooses-members-wait")
         own.close()
-        ada = _api(site.url, "ada")  # audited as alice's choice
+        ada = api_client(site.url, "ada")  # audited as alice's choice
         r = ada.get("/api/admin/audit", params={"action": "instance.member_access"})
         ada.close()
         assert [(e["actor"], e["details"]["new"]) for e in r.json()["items"]] == [("alice", "owner_required")], r.text

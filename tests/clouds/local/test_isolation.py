@@ -32,6 +32,7 @@ import httpx
 import pytest
 
 from tests.clouds.local.test_provider import _cleanup, _spec, _wait_state
+from tests.clouds.local.xterm import type_line
 from visa.clouds.base import MountSpec, Server
 from visa.clouds.local import LocalProvider
 from visa.clouds.local import supervisor as local_session
@@ -226,15 +227,8 @@ def _wait_file(path: Path, marker: str, timeout: float = 30) -> str:
 def test_attacks_typed_into_the_sessions_xterm_fail(world: World) -> None:
     prov = world.provider
     script = _write_script(world, "attack.sh")
-    command = f"bash {script} > ~/xterm-verdicts.txt 2>&1; echo END >> ~/xterm-verdicts.txt\n"
-    typed = prov.exec_in_session(
-        world.alice.id,
-        ["xdotool", "search", "--sync", "--class", "xterm", "windowactivate", "--sync", "%1", "sleep", "0.5",
-         "type", "--delay", "2", command],
-        timeout=60,
-    )  # fmt: skip
-    assert typed.returncode == 0, typed.stderr
-    text = _wait_file(_home(world) / "xterm-verdicts.txt", "END", timeout=60)
+    command = f"bash {script} > ~/xterm-verdicts.txt 2>&1; echo END >> ~/xterm-verdicts.txt"
+    text = type_line(prov, world.alice.id, command, _home(world) / "xterm-verdicts.txt", "END")
     _check(_verdicts(text.replace("END", "")))
     # The xterm's shell really is the session's account, not visa's.
     whoami = prov.exec_in_session(world.alice.id, ["id", "-u"])
@@ -304,26 +298,12 @@ def test_a_new_user_namespace_typed_into_the_xterm_is_refused(world: World) -> N
     """``unshare -Ur`` would make the session root of a user namespace of its own (new
     mounts, new network stacks, the kernel code only such a root reaches)."""
     out = _home(world) / "userns-verdicts.txt"
-    command = "unshare -Ur id -u > ~/userns-verdicts.txt 2>&1; echo rc=$? END >> ~/userns-verdicts.txt\n"
-    typed = world.provider.exec_in_session(
-        world.alice.id,
-        ["xdotool", "search", "--sync", "--class", "xterm", "windowactivate", "--sync", "%1", "sleep", "0.5",
-         "type", "--delay", "2", command],
-        timeout=60,
-    )  # fmt: skip
-    assert typed.returncode == 0, typed.stderr
-    text = _wait_file(out, "END", timeout=60)
+    command = "unshare -Ur id -u > ~/userns-verdicts.txt 2>&1; echo rc=$? END >> ~/userns-verdicts.txt"
+    text = type_line(world.provider, world.alice.id, command, out, "END")
     assert "Operation not permitted" in text and "rc=0" not in text, text
     # The same xterm still runs ordinary programs (threads and child processes included).
-    command = "python3 -c 'import threading; t = threading.Thread(target=print); t.start()' && echo OK''AY > ~/ok.txt\n"
-    typed = world.provider.exec_in_session(
-        world.alice.id,
-        ["xdotool", "search", "--sync", "--class", "xterm", "windowactivate", "--sync", "%1", "type", "--delay", "2",
-         command],
-        timeout=60,
-    )  # fmt: skip
-    assert typed.returncode == 0, typed.stderr
-    assert _wait_file(_home(world) / "ok.txt", "OKAY").strip() == "OKAY"
+    command = "python3 -c 'import threading; t = threading.Thread(target=print); t.start()' && echo OK''AY > ~/ok.txt"
+    assert type_line(world.provider, world.alice.id, command, _home(world) / "ok.txt", "OKAY").strip() == "OKAY"
 
 
 def test_the_kernels_surfaces_are_refused_in_the_jupyter_terminal(world: World) -> None:
