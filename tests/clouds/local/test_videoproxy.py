@@ -18,6 +18,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -266,3 +267,69 @@ def test_a_video_cut_by_the_screens_edge_comes_to_rest_exact() -> None:
     assert session.video is None and not session.dirty.any()  # at rest
     rested = sent[moving:]
     assert ZLIB in rested and H264 not in rested[rested.index(ZLIB) :], rested
+
+
+def _stream_over_a_link(rate: float, one_way: float, seconds: float = 10.0) -> tuple[Any, list[tuple[float, float]]]:
+    """A detector stack (structure and Poisson noise, 30 frames a second, 512x384) through the
+    video path over a simulated link of ``rate`` bytes a second and ``one_way`` delay, on a clock of
+    its own: the session, and (sent at, painted at) of every video frame."""
+    from visa.clouds.local.videoproxy import H264, PixelFormat, Session
+
+    server = PixelFormat.parse(struct.pack(">BBBBHHHBBB", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0))
+    w, h = 512, 384
+    session = Session(w, h, server, server)
+    session.continuous = True
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:h, 0:w]
+    rings = 60 + 50 * np.cos(np.hypot(yy - h / 2, xx - w / 2) / 6)
+    frames = [np.clip(rng.poisson(rings), 0, 255).astype(np.uint32) * 0x010101 for _ in range(12)]
+    start = now = time.monotonic()
+    link_free = now
+    answers: list[tuple[float, int]] = []  # (answered at, fence id)
+    painted: list[tuple[float, float]] = []
+    shown, tick = 0, 1 / 120
+    while now - start < seconds:
+        while answers and answers[0][0] <= now:
+            session.fence_answered(*reversed(answers.pop(0)))
+        if now - start >= shown / 30:  # the source's next frame
+            session.fb[:] = frames[shown % len(frames)]
+            session.damage(0, 0, w, h)
+            session.end_of_server_update(now)
+            shown += 1
+        if session.may_send(now) and (session.dirty.any() or session.video is not None):
+            rects = session.update(now)
+            if rects:
+                size = sum(len(r) for r in rects)
+                session.fence_id += 1
+                session.in_flight[session.fence_id] = (now, size)
+                link_free = max(link_free, now) + size / rate
+                answers.append((link_free + 2 * one_way, session.fence_id))
+                answers.sort()
+                if any(struct.unpack(">HHHHi", r[:12])[4] == H264 for r in rects):
+                    painted.append((now, link_free + one_way))
+        now += tick
+    return session, painted
+
+
+def test_a_full_link_gets_cheaper_frames_not_a_queue() -> None:
+    """Poisson noise over a link that carries a third of its frames at the best quality: the
+    bytes unanswered stay near the link's round trip (the frames painted are recent ones) and
+    the frames get cheaper until most of them get through."""
+    pytest.importorskip("av")
+    from visa.clouds.local.videoproxy import CRF_BEST, TARGET_FPS
+
+    session, painted = _stream_over_a_link(rate=150_000, one_way=0.1)
+    late = [p - s for s, p in painted if s > painted[0][0] + 4]
+    fps = len(late) / (painted[-1][0] - painted[0][0] - 4)
+    assert session.crf > CRF_BEST
+    assert fps >= TARGET_FPS * 0.75, (fps, session.crf)
+    assert max(late) < 0.6, max(late)  # a 200 ms round trip: no second of frames queued
+
+
+def test_a_fast_link_keeps_the_best_quality() -> None:
+    pytest.importorskip("av")
+    from visa.clouds.local.videoproxy import CRF_BEST
+
+    session, painted = _stream_over_a_link(rate=12_000_000, one_way=0.001, seconds=5)
+    assert session.crf == CRF_BEST
+    assert len([s for s, _ in painted if s > painted[0][0] + 2]) / (painted[-1][0] - painted[0][0] - 2) >= 25

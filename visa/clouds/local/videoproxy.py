@@ -16,9 +16,13 @@ through PyAV, tuned for latency: no B-frames, no look-ahead); every other change
 losslessly (RFB's Zlib encoding), and once the moving rectangle has been still for
 ``REST_S`` it is sent losslessly too, so what stands still is exact. Updates are pushed with
 RFB's continuous updates and paced by fences: each update is followed by a fence the client
-answers once it has processed it, and at most enough updates to cover the round trip are
-unanswered; when answers come back later than the link's own round trip (a queue is
-building up) the video's quality steps down, and back up when they are prompt again.
+answers once it has processed it. What is unanswered is bounded twice: by count (enough
+updates to cover the round trip at the video's rate) and by bytes (what the link delivered in
+the last second, over one and a half round trips), so a full link holds no more than half a
+round trip of queue and every frame sent is a recent one. When the byte bound holds back
+frames that are due and fewer than ``TARGET_FPS`` get through, the video's frames are made
+cheaper (its CRF steps up, the encoder restarted at it: libx264 takes a CRF only when it
+opens); after ``RELAX_S`` without holding back, they step back towards ``CRF_BEST``.
 
 Any other client (no H.264 offered, or a pixel format other than 32-bit true colour) gets the
 server's own stream, byte for byte: the proxy steps aside.
@@ -37,6 +41,7 @@ import os
 import struct
 import time
 import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -62,7 +67,13 @@ HALF_LIFE_S = 0.5
 MIN_VIDEO_TILES = 4  # fewer moving tiles than this: no video, only lossless updates
 REST_S = 0.25  # the moving rectangle still for this long: sent losslessly, the video ends
 FRAME_S = 1 / 30  # at most this many video frames a second
-CRF_BEST, CRF_WORST = 23, 38
+CRF_BEST, CRF_WORST = 23, 40
+CRF_UP, CRF_DOWN = 2, 1
+KEY_FRAME_S = 0.5  # after a new encoder starts, its key frame's own delay
+TARGET_FPS = 20  # fewer video frames than this a second, held back by the link: cheaper frames
+ADAPT_S = 1.0  # the CRF changes at most this often (each change costs a key frame)
+RELAX_S = 3.0  # this long without frames held back: the CRF steps towards the best
+RATE_WINDOW_S = 1.0  # the link's delivery rate: bytes answered over this window
 FENCE_REQUEST = 1 << 31
 PROCESS_NAME = b"visa-video"
 
@@ -201,11 +212,6 @@ class Video:
         self.frames += 1
         return b"".join(bytes(p) for p in self.codec.encode(frame.reformat(format="yuv420p")))  # type: ignore[attr-defined]
 
-    def set_crf(self, crf: int) -> None:
-        if crf != self.crf and self.codec is not None:
-            self.codec.options = {**self.codec.options, "crf": str(crf)}  # type: ignore[attr-defined]
-        self.crf = crf
-
 
 @dataclass
 class Session:
@@ -227,8 +233,12 @@ class Session:
     in_flight: dict[int, tuple[float, int]] = field(default_factory=dict)  # fence id -> (sent at, bytes)
     fence_id: int = 0
     min_rtt: float = math.inf
-    prompt_since: float = 0.0
-    late: int = 0  # answers late in a row
+    answered: deque[tuple[float, int]] = field(default_factory=deque)  # (when, bytes): the last RATE_WINDOW_S
+    answers_since: float = math.inf  # the first answer: the rate means something a window later
+    largest: int = 0  # the largest update of the last window, bytes
+    held_at: float = -math.inf  # the byte bound last held back a due video frame
+    adapted_at: float = -math.inf
+    video_sent: deque[float] = field(default_factory=deque)  # when video frames went, the last second
     last_video_at: float = 0.0
     cursor: bytes | None = None
     resized: bytes | None = None  # the server's new size, told to the client before any pixel
@@ -254,8 +264,8 @@ class Session:
         self.dirty[y // TILE : -(-(y + h) // TILE), x // TILE : -(-(x + w) // TILE)] = True
         self.recent[y // MOTION_TILE : -(-(y + h) // MOTION_TILE), x // MOTION_TILE : -(-(x + w) // MOTION_TILE)] = True
 
-    def end_of_server_update(self) -> None:
-        now = time.monotonic()
+    def end_of_server_update(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
         self.hits *= 0.5 ** ((now - self.hits_at) / HALF_LIFE_S)
         self.hits_at = now
         self.hits += self.recent
@@ -264,14 +274,46 @@ class Session:
 
     # -- what the client gets
 
-    def may_send(self) -> bool:
+    def may_send(self, now: float) -> bool:
         if not self.continuous:
             return self.wants
         if not self.in_flight:
             return True
-        # Enough updates unanswered to cover the round trip at the video's rate, at least two.
-        rtt = self.min_rtt if self.min_rtt < math.inf else 0.1
-        return len(self.in_flight) < max(2, min(12, math.ceil(rtt / FRAME_S) + 1))
+        # One update at a time until the link's rate is known: the round trips measured then
+        # carry no queue, so the window below is never sized by a queue of its own making.
+        if self.delivery_rate(now) is None:
+            return False
+        # Enough updates unanswered to cover the round trip at the video's rate, at least two...
+        rtt = self.min_rtt
+        if len(self.in_flight) >= max(2, min(12, math.ceil(rtt / FRAME_S) + 1)):
+            return False
+        # ... and no more bytes than the link delivers in one and a half round trips.
+        if self.in_flight_bytes() < self.window_bytes(now):
+            return True
+        # (A new encoder's key frame holds back the frames after it: not the link's verdict.)
+        if self.video is not None and self.dirty.any() and now - self.adapted_at > KEY_FRAME_S:
+            self.held_at = now
+        return False
+
+    def in_flight_bytes(self) -> int:
+        return sum(size for _, size in self.in_flight.values())
+
+    def delivery_rate(self, now: float) -> float | None:
+        """Bytes a second the client answered for over the last window (None: too early to say)."""
+        while self.answered and self.answered[0][0] <= now - RATE_WINDOW_S:
+            self.answered.popleft()
+        if now - self.answers_since < RATE_WINDOW_S:
+            return None
+        return sum(size for _, size in self.answered) / RATE_WINDOW_S
+
+    def window_bytes(self, now: float) -> float:
+        rate = self.delivery_rate(now)
+        if rate is None:
+            return 0.0
+        rtt = self.min_rtt
+        # The largest recent update at least: a rate measured while little moved must not
+        # hold the next frame behind the one before it for ever.
+        return max(rate * max(rtt, FRAME_S) * 1.5, self.largest)
 
     def _moving(self) -> tuple[int, int, int, int] | None:
         hot = np.argwhere(self.hits >= HOT_HITS)
@@ -306,11 +348,13 @@ class Session:
             if inside.any():
                 self.still_since = now
                 if now - self.last_video_at >= FRAME_S * 0.8:
+                    video = self._adapt(now, video)
                     data = video.encode(self.fb[video.y : video.y + video.h, video.x : video.x + video.w])
                     rects.append(struct.pack(">HHHHiII", video.x, video.y, video.w, video.h, H264, len(data),
                                              1 if video.fresh else 0) + data)  # fmt: skip
                     video.fresh = False
                     self.last_video_at = now
+                    self.video_sent.append(now)
                     self.stats["h264"] += 1
                     self.dirty[vy0:vy1, vx0:vx1] = False  # the tiles it cuts go with Zlib below
             elif now - self.still_since >= REST_S:
@@ -343,28 +387,33 @@ class Session:
         self.dirty[:] = False
         return rects
 
+    def _adapt(self, now: float, video: Video) -> Video:
+        """The video's quality for the link: the same encoder, or a new one at a new CRF."""
+        while self.video_sent and self.video_sent[0] <= now - 1.0:
+            self.video_sent.popleft()
+        if now - self.adapted_at < ADAPT_S:
+            return video
+        if now - self.held_at < ADAPT_S and len(self.video_sent) < TARGET_FPS and self.crf < CRF_WORST:
+            self.crf = min(CRF_WORST, self.crf + CRF_UP)
+        elif now - max(self.held_at, self.adapted_at) >= RELAX_S and self.crf > CRF_BEST:
+            self.crf = max(CRF_BEST, self.crf - CRF_DOWN)
+        else:
+            return video
+        self.adapted_at = now
+        if video.crf == self.crf:
+            return video
+        log.debug("video at CRF %d", self.crf)
+        self.video = Video(video.x, video.y, video.w, video.h, crf=self.crf)
+        return self.video
+
     def fence_answered(self, fence_id: int, now: float) -> None:
         sent = self.in_flight.pop(fence_id, None)
         if sent is None:
             return
-        rtt = now - sent[0]
-        self.min_rtt = min(self.min_rtt, rtt)
-        # Answers late by much more than the link's round trip, three in a row: a queue is
-        # building up (one late answer is the browser busy decoding, not the link).
-        if rtt > self.min_rtt + max(0.08, self.min_rtt / 2):
-            self.late += 1
-            if self.late >= 3:
-                self.crf = min(CRF_WORST, self.crf + 2)
-                self.late = 0
-            self.prompt_since = now
-        elif now - self.prompt_since > 1.0:
-            self.late = 0
-            self.crf = max(CRF_BEST, self.crf - 1)
-            self.prompt_since = now
-        else:
-            self.late = 0
-        if self.video is not None:
-            self.video.set_crf(self.crf)
+        self.min_rtt = min(self.min_rtt, now - sent[0])
+        self.answers_since = min(self.answers_since, now)
+        self.answered.append((now, sent[1]))
+        self.largest = max((size for _, size in self.answered), default=0)
 
 
 def _inside(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
@@ -549,7 +598,7 @@ class Connection:
                 await asyncio.wait_for(s.changed.wait(), FRAME_S / 2 if s.video is not None else None)
             s.changed.clear()
             now = time.monotonic()
-            if not s.may_send() or not (s.dirty.any() or s.cursor is not None or s.video is not None
+            if not s.may_send(now) or not (s.dirty.any() or s.cursor is not None or s.video is not None
                                         or s.resized is not None):  # fmt: skip
                 continue
             rects = s.update(now)
