@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 import pytest
@@ -445,3 +446,17 @@ def test_a_refused_login_is_readable_on_the_page(live: Live, xrdp: Xrdp) -> None
         assert "refused the login" in text, text
         assert page.locator("#btn-reconnect").is_visible()
         page.context.close()
+        # A view link's page (no account) says so too.
+        with live.login(xrdp.username) as owner:
+            r = owner.post(f"/api/instances/{UID}/view-links", json={"label": "Seminar", "hours": 2})
+            assert r.status_code == 201, r.text
+            view_path = urlsplit(r.json()["url"]).path
+        ctx = browser.new_context(base_url=live.base)
+        page = ctx.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(view_path)
+        page.wait_for_selector('body[data-view="disconnected"]', state="attached")
+        page.wait_for_function("() => !document.getElementById('overlay').classList.contains('hidden')")
+        text = page.locator("#overlay-text").inner_text()
+        assert text.startswith("The desktop closed the connection: the machine") and "refused the login" in text, text
+        ctx.close()

@@ -27,20 +27,27 @@ function connect() {
   setStatus("Connecting…", "connecting");
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   const url = `${proto}//${location.host}/ws/view?token=${encodeURIComponent(token)}`;
-  const rfb = new RFB(screen, url, { shared: true });
+  // The socket is made here to read how the gateway closed it (noVNC does not tell): with code
+  // 1011 its reason is a fixed text of visa's saying why the machine ended the connection.
+  const socket = new WebSocket(url);
+  let code = 0;
+  let reason = "";
+  socket.addEventListener("close", (ev) => { code = ev.code; reason = ev.code === 1011 ? ev.reason || "" : ""; });
+  const rfb = new RFB(screen, socket, { shared: true });
   rfb.viewOnly = true;
   rfb.scaleViewport = true;
   rfb.resizeSession = false;
   rfb.background = "#0f141b";
-  let code = 0;
-  // noVNC does not tell the close code: read it from its socket.
-  rfb._sock?._websocket?.addEventListener("close", (ev) => { code = ev.code; });
   rfb.addEventListener("connect", () => {
     showOverlay("");
     setStatus("Watching · view only", "connected");
   });
   rfb.addEventListener("disconnect", () => {
     setStatus("Not connected", "disconnected");
+    if (reason) {
+      showOverlay(`The desktop closed the connection: ${reason}.`);
+      return;
+    }
     showOverlay(CLOSED[code] || "The desktop cannot be shown: the link may have been revoked or have expired.");
   });
   rfb.addEventListener("desktopname", (ev) => { document.title = `${ev.detail.name} · VISA`; });
