@@ -63,7 +63,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 WIDTH, HEIGHT = 1280, 1080
-BASELINE_REF = "a161d90"  # visa before the moving pictures' work
+BASELINE_REF = "b3c20b6"  # visa before the moving pictures' work (the last landed commit before it)
 FRAMES = 60  # pictures in a frame source's loop (2 s at 30 fps)
 ANIMATION_AT = (246, 0)  # where the source's window goes: right of the typing terminal
 SSIM_SHOTS = 3  # painted frames compared with the server's per source

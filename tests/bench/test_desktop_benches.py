@@ -53,7 +53,7 @@ def test_the_desktop_bench_measures_every_peer_on_one_link() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     rows = _rows(r.stdout, "| link ")
     assert [cells[1] for cells in rows] == [
-        "field default (websockify, noVNC q2/c6)", "visa as it is (a161d90)", "visa, video proxy (this tree)"
+        "field default (websockify, noVNC q2/c6)", "visa as it is (b3c20b6)", "visa, video proxy (this tree)"
     ], r.stdout
     for cells in rows:
         assert cells[0] == "LAN" and cells[2] != "-", r.stdout  # typing latency measured
