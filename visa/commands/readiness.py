@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from visa.catalogue.models import Protocol
+from visa.clouds.local.supervisor import socket_open
 from visa.instances.models import Instance, InstanceState
 
 PROBE_TIMEOUT = 5.0
@@ -20,14 +21,6 @@ def port_open(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
         return False
 
 
-def socket_open(path: str, timeout: float = PROBE_TIMEOUT) -> bool:
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(path)
-            return True
-    except OSError:
-        return False
 
 
 def answers(instance: Instance, protocol: Protocol | str, timeout: float = PROBE_TIMEOUT) -> bool:

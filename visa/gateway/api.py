@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, current_app, redirect, request
+from sqlalchemy.orm import Session
 
 from visa.actor import Actor
 from visa.auth.ratelimit import SlidingWindow
@@ -19,8 +21,9 @@ from visa.gateway.schemas import ConnectOut
 from visa.instances import service as instances
 from visa.instances.display import Display
 from visa.instances.display import apply as apply_display
-from visa.instances.models import MemberRole
+from visa.instances.models import Instance, MemberRole
 from visa.openapi import doc, respond
+from visa.services import Services
 from visa.users.models import LoginSession
 from visa.web.context import current_actor, current_login, db_session, services
 
@@ -81,22 +84,28 @@ lab = Blueprint("gateway_jupyter", __name__)
 @lab.get("/jupyter/<uid>/", defaults={"rest": ""})
 @lab.get("/jupyter/<uid>/<path:rest>")
 def jupyter(uid: str, rest: str):
-    if (logged_in := _browser_login("JupyterLab")) is None:
+    def issue(actor: Actor, s: Session, svc: Services, instance: Instance, login: str) -> str:
+        return service.issue_jupyter_token(actor, s, svc.clock, instance, svc.settings.connect_token_seconds, login)
+
+    return _to_content_host("JupyterLab", uid, uid, f"/jupyter/{uid}/{rest}", issue)
+
+
+def _to_content_host(what: str, uid: str, host: str, path: str,
+                     issue: Callable[[Actor, Session, Services, Instance, str], str]):
+    """The owner, logged in on this browser, to ``path`` on the content host ``host`` with a
+    one-time token from ``issue``; anyone else learns nothing of the instance."""
+    if (logged_in := _browser_login(what)) is None:
         return redirect("/login?" + urlencode({"next": request.full_path.rstrip("?")}), 303)
     actor, login = logged_in
     s = db_session()
     svc = services()
     instance = instances.get_instance(actor, s, uid)
     try:
-        token = service.issue_jupyter_token(
-            actor, s, svc.clock, instance, svc.settings.connect_token_seconds, login.id_hash
-        )
-    except Forbidden as exc:  # JupyterLab is the owner's: others learn nothing of it
+        token = issue(actor, s, svc, instance, login.id_hash)
+    except Forbidden as exc:  # the owner's: others learn nothing of it
         raise NotFound("no such instance") from exc
-    wanted = f"/jupyter/{uid}/{rest}" + (
-        f"?{request.query_string.decode('latin-1')}" if request.query_string else ""
-    )
-    return _hand_over(svc.settings.user_content_origin(uid), token, wanted)
+    wanted = path + (f"?{request.query_string.decode('latin-1')}" if request.query_string else "")
+    return _hand_over(svc.settings.user_content_origin(host), token, wanted)
 
 
 def _browser_login(what: str) -> tuple[Actor, LoginSession] | None:
@@ -128,17 +137,8 @@ def _hand_over(origin: str, token: str, wanted: str):
 @lab.get("/services/<uid>/<name>/", defaults={"rest": ""})
 @lab.get("/services/<uid>/<name>/<path:rest>")
 def web_service(uid: str, name: str, rest: str):
-    if (logged_in := _browser_login("the web service")) is None:
-        return redirect("/login?" + urlencode({"next": request.full_path.rstrip("?")}), 303)
-    actor, login = logged_in
-    s = db_session()
-    svc = services()
-    instance = instances.get_instance(actor, s, uid)
-    try:
-        token = service.issue_web_service_token(
-            actor, s, svc.clock, instance, name, svc.settings.connect_token_seconds, login.id_hash
-        )
-    except Forbidden as exc:  # the owner's: others learn nothing of it
-        raise NotFound("no such instance") from exc
-    wanted = f"/{rest}" + (f"?{request.query_string.decode('latin-1')}" if request.query_string else "")
-    return _hand_over(svc.settings.user_content_origin(service.web_service_host(uid, name)), token, wanted)
+    def issue(actor: Actor, s: Session, svc: Services, instance: Instance, login: str) -> str:
+        return service.issue_web_service_token(actor, s, svc.clock, instance, name, svc.settings.connect_token_seconds,
+                                               login)  # fmt: skip
+
+    return _to_content_host("the web service", uid, service.web_service_host(uid, name), f"/{rest}", issue)

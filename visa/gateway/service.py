@@ -261,13 +261,19 @@ def issue_jupyter_token(
     if live_login_session_by_hash(session, login, actor.user.id) is None:
         raise Unauthorized("open JupyterLab from a browser session of visa")
     target_for(instance, Protocol.JUPYTER)
+    return _owner_content_token(session, clock, instance, actor.user.id, seconds, login, "jupyter")
+
+
+def _owner_content_token(session: Session, clock: Clock, instance: Instance, user_id: int, seconds: int,
+                         login: str, purpose: str) -> str:
+    """A one-time token of the owner's for a user-content host, bound to ``login`` and ``purpose``."""
     token = secrets.token_urlsafe(32)  # no "." in it
     now = clock.now()
     session.add(
         ConnectToken(
-            token_hash=hash_token(token, login, purpose="jupyter"),
+            token_hash=hash_token(token, login, purpose=purpose),
             instance_id=instance.id,
-            user_id=actor.user.id,
+            user_id=user_id,
             role=MemberRole.OWNER,
             created_at=now,
             expires_at=now + timedelta(seconds=seconds),
@@ -366,20 +372,7 @@ def issue_web_service_token(
     if live_login_session_by_hash(session, login, actor.user.id) is None:
         raise Unauthorized("open the web service from a browser session of visa")
     web_service_target_for(instance, name)
-    token = secrets.token_urlsafe(32)
-    now = clock.now()
-    session.add(
-        ConnectToken(
-            token_hash=hash_token(token, login, purpose=f"web:{name}"),
-            instance_id=instance.id,
-            user_id=actor.user.id,
-            role=MemberRole.OWNER,
-            created_at=now,
-            expires_at=now + timedelta(seconds=seconds),
-        )
-    )
-    session.flush()
-    return f"{token}.{login}"
+    return _owner_content_token(session, clock, instance, actor.user.id, seconds, login, f"web:{name}")
 
 
 def consume_web_service_token(session: Session, clock: Clock, host: str, token: str) -> LabLogin:
