@@ -103,9 +103,12 @@ class Credentials:
     made: list[str]
 
     def new(self, name: str) -> Any:
+        # The role visa's account holds on its project, named: without it Keystone gives the
+        # credential the token's roles, expanded through its implied roles, and once (one CI
+        # run in many) refused its own expansion ("no role assignment with role admin").
         cred = self.conn.identity.create_application_credential(
             self.conn.current_user_id, name=f"{self.prefix}{name}-{uuid.uuid4().hex[:6]}",
-            description="made by visa's tests")
+            description="made by visa's tests", roles=[{"name": "member"}])
         self.made.append(cred.id)
         return cred
 
