@@ -74,6 +74,7 @@ TARGET_FPS = 20  # fewer video frames than this a second, held back by the link:
 ADAPT_S = 1.0  # the CRF changes at most this often (each change costs a key frame)
 RELAX_S = 3.0  # this long without frames held back: the CRF steps towards the best
 RATE_WINDOW_S = 1.0  # the link's delivery rate: bytes answered over this window
+MIN_WINDOW_BYTES = 64 * 1024  # unanswered bytes always allowed (100 ms of a 5 Mbit/s link)
 FENCE_REQUEST = 1 << 31
 PROCESS_NAME = b"visa-video"
 
@@ -286,12 +287,8 @@ class Session:
             return self.wants
         if not self.in_flight:
             return True
-        # One update at a time until the link's rate is known: the round trips measured then
-        # carry no queue, so the window below is never sized by a queue of its own making.
-        if self.delivery_rate(now) is None:
-            return False
         # Enough updates unanswered to cover the round trip at the video's rate, at least two...
-        rtt = self.min_rtt
+        rtt = self.min_rtt if self.min_rtt < math.inf else 0.1
         if len(self.in_flight) >= max(2, min(12, math.ceil(rtt / FRAME_S) + 1)):
             return False
         # ... and no more bytes than the link delivers in one and a half round trips.
@@ -316,11 +313,15 @@ class Session:
     def window_bytes(self, now: float) -> float:
         rate = self.delivery_rate(now)
         if rate is None:
-            return 0.0
+            # Until the link's rate is known, little at a time: the round trips measured then carry
+            # next to no queue, so the window is never sized by a queue of its own making.
+            return MIN_WINDOW_BYTES
         rtt = self.min_rtt
         # The largest recent update at least: a rate measured while little moved must not
-        # hold the next frame behind the one before it for ever.
-        return max(rate * max(rtt, FRAME_S) * 1.5, self.largest)
+        # hold the next frame behind the one before it for ever; and never less than
+        # MIN_WINDOW_BYTES, so the small updates of typing after an idle spell never wait a
+        # round trip behind one another (the rate of an idle second is nothing).
+        return max(rate * max(rtt, FRAME_S) * 1.5, self.largest, MIN_WINDOW_BYTES)
 
     def _moving(self) -> tuple[int, int, int, int] | None:
         hot = np.argwhere(self.hits >= HOT_HITS)
