@@ -293,6 +293,20 @@ def _wait_state(page: Any, wanted: str, timeout: float, log: Path) -> list[tuple
     raise AssertionError(f"not {wanted} in {timeout:.0f} s: {seen}\n{log.read_text()[-3000:]}")
 
 
+def _wait_connected(page: Any, log: Path, console: Any) -> None:
+    """The desktop page connected within a minute; if not, what the page, visa and the VM said."""
+    try:
+        page.wait_for_selector('body[data-desktop="connected"]', state="attached", timeout=60_000)
+    except Exception:
+        shown = page.evaluate("() => [document.body.dataset.desktop, document.getElementById('status').textContent,"
+                              " document.getElementById('overlay-text').textContent]")
+        _shot(page, "03-not-connected")
+        visa = "\n".join(line for line in log.read_text().splitlines()[-400:]
+                         if "desktop" in line or "gateway" in line or "WARNING" in line or "ERROR" in line)
+        raise AssertionError(f"the desktop did not connect in 60 s; the page shows {shown}\nvisa's log:\n"
+                             f"{visa[-6000:]}\nthe VM's console:\n{console()[-4000:]}") from None
+
+
 def _desktop_pixels(page: Any) -> dict[str, Any]:
     stats = None
     for _ in range(120):
@@ -425,7 +439,7 @@ def scenario(tmp: Path, creds: dict[str, Any], processed: Path) -> None:
         opened_seconds = time.monotonic() - created
         page.click('[data-testid="open-desktop"]')
         page.wait_for_url("**/desktop")
-        page.wait_for_selector('body[data-desktop="connected"]', state="attached", timeout=60_000)
+        _wait_connected(page, log, lambda: conn.compute.get_server_console_output(servers[0], length=200)["output"])
         connected_seconds = time.monotonic() - created
         _desktop_pixels(page)
         pixels_seconds = time.monotonic() - created
@@ -499,7 +513,7 @@ def scenario(tmp: Path, creds: dict[str, Any], processed: Path) -> None:
         page.wait_for_selector("text=Saved: the keyboard and screen apply at the next connection")
         page.click('[data-testid="open-desktop"]')
         page.wait_for_url("**/desktop")
-        page.wait_for_selector('body[data-desktop="connected"]', state="attached", timeout=60_000)
+        _wait_connected(page, log, lambda: conn.compute.get_server_console_output(servers[0], length=200)["output"])
         assert _layout(xkb, "fr"), xkb.read_text()
         _shot(page, "04b-desktop-fr")
         ctx.close()

@@ -98,6 +98,7 @@ async function connect() {
 
   rfb.addEventListener("connect", () => {
     wasUp = true;
+    reconnect.everUp = true;
     reconnectDone();
     showOverlay("");
     setStatus(session.view_only ? "Connected · view only" : "Connected", "connected");
@@ -120,11 +121,13 @@ async function connect() {
     if (lostSocket(wasUp)) return;
     const clean = ev.detail && ev.detail.clean;
     setStatus("Disconnected", "disconnected");
-    showOverlay(clean ? "The desktop connection was closed." : "The connection to the desktop was lost.");
+    showOverlay(!reconnect.everUp ? "The desktop does not answer: try again in a moment."
+      : clean ? "The desktop connection was closed." : "The connection to the desktop was lost.");
     reconnectBtn.classList.remove("hidden");
   });
   rfb.addEventListener("credentialsrequired", () => {
-    // The gateway answers the VNC challenge; being asked means it could not.
+    // The gateway answers the VNC challenge; being asked means it could not (nor would it again).
+    reconnect.refused = true;
     setStatus("Authentication failed", "failed");
     rfb.disconnect();
   });
@@ -264,7 +267,7 @@ onEvent("presence", (d) => {
 // itself with a fresh one-time token; the user sees "Reconnecting…", not a dead screen. -------
 // Steps of a second while a restarted gateway comes back (a few seconds), then slower.
 const RECONNECT_DELAYS_MS = [250, 500, 1000, 1000, 1000, 1000, 1000, 2000, 2000, 3000, 5000, 10000, 10000, 10000];
-const reconnect = { attempt: 0, timer: null, refused: false };
+const reconnect = { attempt: 0, timer: null, refused: false, everUp: false }; // everUp: this page was connected once
 
 function retryable(err) {
   // The web app or the gateway away (network error, 502/503/504) is worth another try; an
@@ -274,9 +277,9 @@ function retryable(err) {
 
 function lostSocket(wasUp) {
   // True when the disconnect is handled here: a new attempt is scheduled. A first connection
-  // that fails is shown as it is; a socket that was up, or a retry, tries again.
+  // that fails tries again too (a desktop that has only just started, a gateway being
+  // restarted): every attempt asks /connect anew, so an answer about the instance ends the tries.
   if (leaving || reconnect.refused) return false;
-  if (!wasUp && reconnect.attempt === 0) return false;
   return scheduleReconnect();
 }
 
@@ -287,8 +290,13 @@ function scheduleReconnect() {
   }
   const delay = RECONNECT_DELAYS_MS[reconnect.attempt];
   reconnect.attempt += 1;
-  setStatus("Reconnecting…", "reconnecting");
-  showOverlay("The connection to the desktop was lost: reconnecting…");
+  if (reconnect.everUp) {
+    setStatus("Reconnecting…", "reconnecting");
+    showOverlay("The connection to the desktop was lost: reconnecting…");
+  } else {
+    setStatus("Connecting…", "connecting");
+    showOverlay("The desktop does not answer yet: trying again…");
+  }
   clearTimeout(reconnect.timer);
   reconnect.timer = setTimeout(connect, delay);
   return true;
