@@ -396,7 +396,7 @@ def test_commands_a_hung_cloud_stalls_only_itself_and_a_dead_claimers_command_go
         local_cmd = _queue(stack, local_id, CommandAction.STOP)
         _wait(lambda: _command(stack, local_cmd).finished_at is not None, 5, "the other cloud's command")
         took = time.monotonic() - queued
-        assert took < 2.0, took
+        assert took < 4.0, took  # not behind the hung command (which never ends)
         assert _command(stack, hung_cmd).state == CommandState.RUNNING
 
         # A claimer that beats keeps its command for longer than the missed-heartbeat limit (3 s).

@@ -96,7 +96,7 @@ def test_one_lab_holding_300_slow_requests_does_not_delay_another_instances_lab(
             return took, codes
 
     took, codes = asyncio.run(attack())
-    assert took < 1.0, f"another instance's lab waited {took:.2f} s"
+    assert took < 3.0, f"another instance's lab waited {took:.2f} s"  # behind the slow ones: 6 s
     # Never more than its share reached the instance; the rest was refused in words, not left hanging.
     assert slow.most_in_flight <= settings.jupyter_connections_per_instance
     assert set(codes) <= {200, 429, 503}, set(codes)

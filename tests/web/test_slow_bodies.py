@@ -21,10 +21,11 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def served(app, committed_db) -> Iterator[str]:
-    """The embedded web process (the ASGI app of `visa run`), served by uvicorn in a thread."""
+def served(app, committed_db, request) -> Iterator[str]:
+    """The embedded web process (the ASGI app of `visa run`), served by uvicorn in a thread; its
+    body deadline 3 s, or the fixture's parameter."""
     settings = app.extensions["visa"].settings
-    settings.request_body_seconds = 3
+    settings.request_body_seconds = getattr(request, "param", 3)
     settings.transfers.timeout_seconds = 2
 
     # Where uploads are (files_api): a route that reads its body as an upload does (a GET:
@@ -77,6 +78,9 @@ def _raw(port: int, request: bytes, timeout: float = 10) -> tuple[int, dict]:
     return int(head.split()[1]), json.loads(body.split(b"\r\n")[-1] if b"\r\n" in body else body)
 
 
+# A body deadline far beyond the page's timeout: a page that waited for a thread would wait for
+# the slow bodies to end, and its request would time out (no figure of speed is asserted).
+@pytest.mark.parametrize("served", [60], indirect=True)
 def test_slow_bodies_do_not_starve_the_login_page(served: str) -> None:
     port = int(served.rsplit(":", 1)[1])
     stop = threading.Event()
@@ -87,10 +91,9 @@ def test_slow_bodies_do_not_starve_the_login_page(served: str) -> None:
     try:
         time.sleep(1)  # every one of them has begun its body
         for _ in range(3):
-            start = time.monotonic()
-            r = httpx.get(f"{served}/login", timeout=5, trust_env=False)
+            r = httpx.get(f"{served}/login", timeout=15, trust_env=False)
             assert r.status_code == 200
-            assert time.monotonic() - start < 1, time.monotonic() - start
+        assert all(c.is_alive() for c in clients)  # served while every slow body was still coming
     finally:
         stop.set()
         for c in clients:
@@ -108,10 +111,9 @@ def test_slow_transfers_take_threads_of_their_own(served: str) -> None:
         c.start()
     try:
         time.sleep(1)
-        for _ in range(3):  # ...and never those of the pages
-            start = time.monotonic()
-            assert httpx.get(f"{served}/login", timeout=5, trust_env=False).status_code == 200
-            assert time.monotonic() - start < 1, time.monotonic() - start
+        for _ in range(3):  # ...and never those of the pages (the slow bodies never end by themselves)
+            assert httpx.get(f"{served}/login", timeout=15, trust_env=False).status_code == 200
+        assert all(c.is_alive() for c in clients)
     finally:
         stop.set()
         for c in clients:
