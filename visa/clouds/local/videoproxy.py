@@ -38,7 +38,6 @@ import hmac
 import logging
 import math
 import os
-import socket
 import struct
 import time
 import zlib
@@ -88,107 +87,11 @@ class RfbError(Exception):
 # ---------------------------------------------------------------- streams
 
 
-class Upstream:
-    """The VNC server's socket, read without a StreamReader: raw pixels (megabytes a frame while
-    a picture moves) are received straight into the buffer they end in, one copy instead of the
-    four a StreamReader makes (its chunks, its buffer, the bytes returned, the copy of the frame).
-    Reads and writes as a StreamReader and StreamWriter do, for the handshake and the relay."""
-
-    AHEAD = 1 << 16  # what one receive asks for beyond what a read needs (the headers that follow)
-
-    def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        self.sock = sock
-        self.loop = asyncio.get_running_loop()
-        self.ahead = bytearray()  # received and not yet read
-        self.chunk = bytearray(self.AHEAD)
-        self.pending = bytearray()  # written and not yet sent (the socket was full)
-        self.flushing: asyncio.Future[None] | None = None
-
-    @classmethod
-    async def open(cls, address: str) -> Upstream:
-        if address.startswith("/"):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            target: str | tuple[str, int] = address
-        else:
-            host, _, port = address.rpartition(":")
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-            target = (host.strip("[]"), int(port))
-        sock.setblocking(False)
-        try:
-            await asyncio.get_running_loop().sock_connect(sock, target)
-        except BaseException:
-            sock.close()
-            raise
-        return cls(sock)
-
-    async def _receive(self) -> None:
-        n = await self.loop.sock_recv_into(self.sock, self.chunk)
-        if n == 0:
-            raise asyncio.IncompleteReadError(bytes(self.ahead), None)
-        self.ahead += memoryview(self.chunk)[:n]
-
-    async def read(self, limit: int) -> bytes:
-        """Up to ``limit`` bytes; empty at the end of the stream."""
-        if not self.ahead:
-            n = await self.loop.sock_recv_into(self.sock, self.chunk)
-            self.ahead += memoryview(self.chunk)[:n]
-        data = bytes(self.ahead[:limit])
-        del self.ahead[:limit]
-        return data
-
-    async def readexactly(self, n: int) -> bytes:
-        while len(self.ahead) < n:
-            await self._receive()
-        data = bytes(self.ahead[:n])
-        del self.ahead[:n]
-        return data
-
-    async def readinto(self, view: memoryview) -> None:
-        """Fills ``view`` (bytes): first from what was received ahead, then straight from the socket."""
-        done = min(len(self.ahead), len(view))
-        view[:done] = self.ahead[:done]
-        del self.ahead[:done]
-        while done < len(view):
-            n = await self.loop.sock_recv_into(self.sock, view[done:])
-            if n == 0:
-                raise asyncio.IncompleteReadError(b"", len(view) - done)
-            done += n
-
-    def write(self, data: bytes) -> None:
-        if not self.pending:
-            try:
-                sent = self.sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        self.pending += data
-        if self.flushing is None:
-            self.flushing = asyncio.ensure_future(self._flush())
-
-    async def _flush(self) -> None:
-        try:
-            while self.pending:
-                data = bytes(self.pending)
-                self.pending.clear()
-                await self.loop.sock_sendall(self.sock, data)
-        finally:
-            self.flushing = None
-
-    async def drain(self) -> None:
-        if self.flushing is not None:
-            await asyncio.shield(self.flushing)
-
-    def close(self) -> None:
-        if self.flushing is not None:
-            self.flushing.cancel()
-        self.sock.close()
-
-
-Reader = asyncio.StreamReader | Upstream
-Writer = asyncio.StreamWriter | Upstream
+async def _open(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if address.startswith("/"):
+        return await asyncio.open_unix_connection(address, limit=1 << 22)
+    host, _, port = address.rpartition(":")
+    return await asyncio.open_connection(host, int(port), limit=1 << 22)
 
 
 def _reverse_bits(byte: int) -> int:
@@ -204,7 +107,7 @@ def vnc_auth_response(password: str, challenge: bytes) -> bytes:
     return encryptor.update(challenge) + encryptor.finalize()
 
 
-async def upstream_handshake(reader: Reader, writer: Writer, password: str) -> bytes:
+async def upstream_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, password: str) -> bytes:
     """Logs in to the VNC server (shared); returns its ServerInit."""
     version = await reader.readexactly(12)
     if not version.startswith(b"RFB 003."):
@@ -355,16 +258,9 @@ class Session:
     zlib: object = field(default_factory=lambda: zlib.compressobj(1))
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     stats: dict[str, int] = field(default_factory=lambda: {"h264": 0, "zlib": 0, "updates": 0})
-    _scratch: bytearray = field(default_factory=bytearray)
 
     def __post_init__(self) -> None:
         self.resize(self.width, self.height)
-
-    def scratch(self, size: int) -> memoryview:
-        """A buffer of ``size`` bytes, reused: the raw pixels of a rectangle narrower than the screen."""
-        if len(self._scratch) < size:
-            self._scratch = bytearray(size)
-        return memoryview(self._scratch)[:size]
 
     def resize(self, width: int, height: int) -> None:
         self.width, self.height = width, height
@@ -616,7 +512,7 @@ class Connection:
         self.upstream, self.password = upstream, password
 
     async def run(self) -> None:
-        up_reader = up_writer = await Upstream.open(self.upstream)
+        up_reader, up_writer = await _open(self.upstream)
         try:
             server_init = await upstream_handshake(up_reader, up_writer, self.password)
             await client_handshake(self.reader, self.writer, server_init, self.password)
@@ -646,7 +542,7 @@ class Connection:
             up_writer.close()
             self.writer.close()
 
-    async def _video(self, s: Session, up_reader: Upstream, up_writer: Upstream,
+    async def _video(self, s: Session, up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter,
                      encodings: tuple[int, ...]) -> None:  # fmt: skip
         asked = [RAW] + [e for e in (CURSOR, DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE, EXTENDED_CLIPBOARD) if e in encodings]
         up_writer.write(struct.pack(f">BxH{len(asked)}i", 2, len(asked), *asked))
@@ -664,7 +560,7 @@ class Connection:
                 t.cancel()
             log.info("video path closed: %s", s.stats)
 
-    async def _from_server(self, s: Session, reader: Upstream, writer: Upstream) -> None:
+    async def _from_server(self, s: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         bpp = s.server_format.bpp // 8
         while True:
             kind = (await reader.readexactly(1))[0]
@@ -673,12 +569,8 @@ class Connection:
                 for _ in range(count):
                     x, y, w, h, encoding = struct.unpack(">HHHHi", await reader.readexactly(12))
                     if encoding == RAW:
-                        if x == 0 and w == s.width:  # whole rows: straight into the copy
-                            await reader.readinto(s.fb[y : y + h].data.cast("B"))
-                        else:
-                            scratch = s.scratch(w * h * bpp)
-                            await reader.readinto(scratch)
-                            s.fb[y : y + h, x : x + w] = np.frombuffer(scratch, "<u4").reshape(h, w)
+                        data = await reader.readexactly(w * h * bpp)
+                        s.fb[y : y + h, x : x + w] = np.frombuffer(data, "<u4").reshape(h, w)
                         s.damage(x, y, w, h)
                     elif encoding in (DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE):
                         # A new size (the owner's window asked for it, or another viewer's):
@@ -713,7 +605,7 @@ class Connection:
             else:
                 raise RfbError(f"unexpected server message {kind}")
 
-    async def _from_client(self, s: Session, up_writer: Upstream) -> None:
+    async def _from_client(self, s: Session, up_writer: asyncio.StreamWriter) -> None:
         while True:
             kind, message = await _client_message(self.reader)
             if kind in (4, 5, 6):  # keys, pointer, clipboard: the server's
@@ -790,8 +682,9 @@ async def _client_message(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     raise RfbError(f"unknown client message {kind}")
 
 
-async def _relay(reader: Reader, writer: Writer, up_reader: Reader, up_writer: Writer) -> None:
-    async def pipe(src: Reader, dst: Writer) -> None:
+async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up_reader: asyncio.StreamReader,
+                 up_writer: asyncio.StreamWriter) -> None:  # fmt: skip
+    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         while data := await src.read(1 << 16):
             dst.write(data)
             await dst.drain()
