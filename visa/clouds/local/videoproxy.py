@@ -75,7 +75,6 @@ ADAPT_S = 1.0  # the CRF changes at most this often (each change costs a key fra
 RELAX_S = 3.0  # this long without frames held back: the CRF steps towards the best
 RATE_WINDOW_S = 1.0  # the link's delivery rate: bytes answered over this window
 MIN_WINDOW_BYTES = 64 * 1024  # unanswered bytes always allowed (100 ms of a 5 Mbit/s link)
-SMALL_BYTES = 32 * 1024  # a change outside the moving picture this small (raw) passes the byte bound
 FENCE_REQUEST = 1 << 31
 PROCESS_NAME = b"visa-video"
 
@@ -196,10 +195,6 @@ class Video:
     frame: object = None  # the BGRA frame the pixels are copied into, reused
     frames: int = 0
     fresh: bool = True  # its first frame resets the client's context
-
-    def tiles(self) -> tuple[int, int, int, int]:
-        """The damage tiles it covers whole: rows y0:y1, columns x0:x1."""
-        return -(-self.y // TILE), (self.y + self.h) // TILE, -(-self.x // TILE), (self.x + self.w) // TILE
 
     def encode(self, pixels: np.ndarray) -> bytes:
         import av  # PyAV: only the video path needs it
@@ -355,7 +350,8 @@ class Session:
             # The tiles the video covers whole: a tile it cuts (at an edge of the screen whose
             # size is no multiple of the tile) always goes losslessly, and never keeps the
             # video from resting.
-            vy0, vy1, vx0, vx1 = video.tiles()
+            vy0, vy1 = -(-video.y // TILE), (video.y + video.h) // TILE
+            vx0, vx1 = -(-video.x // TILE), (video.x + video.w) // TILE
             inside = self.dirty[vy0:vy1, vx0:vx1]
             if inside.any():
                 self.still_since = now
@@ -385,38 +381,6 @@ class Session:
             self.dirty[vy0:vy1, vx0:vx1] = saved
         else:
             rects += self._lossless()
-        return rects
-
-    def next_update(self, now: float) -> list[bytes]:
-        """What goes to the client now (empty: nothing changed, or the link holds it back)."""
-        if not (self.dirty.any() or self.cursor is not None or self.video is not None or self.resized is not None):
-            return []
-        if self.may_send(now):
-            return self.update(now)
-        if self.continuous:
-            return self.small_update(now)  # what the user typed does not queue behind frames
-        return []
-
-    def small_update(self, now: float) -> list[bytes]:
-        """While the picture moves and the link holds its frames back: a small change elsewhere
-        (a key's echo, a menu) goes at once, ahead of the next frame, within ``SMALL_BYTES``
-        beyond the byte bound; the video's tiles wait for their frame."""
-        video = self.video
-        if video is None or self.resized is not None:
-            return []
-        if self.in_flight_bytes() >= self.window_bytes(now) + SMALL_BYTES:
-            return []
-        vy0, vy1, vx0, vx1 = video.tiles()
-        saved = self.dirty[vy0:vy1, vx0:vx1].copy()
-        self.dirty[vy0:vy1, vx0:vx1] = False
-        outside = int(self.dirty.sum())
-        if not outside or outside * TILE * TILE * 4 > SMALL_BYTES:
-            self.dirty[vy0:vy1, vx0:vx1] |= saved
-            return []
-        rects = [self.cursor] if self.cursor is not None else []
-        self.cursor = None
-        rects += self._lossless()
-        self.dirty[vy0:vy1, vx0:vx1] = saved
         return rects
 
     def _lossless(self) -> list[bytes]:
@@ -642,7 +606,10 @@ class Connection:
                 await asyncio.wait_for(s.changed.wait(), FRAME_S / 2 if s.video is not None else None)
             s.changed.clear()
             now = time.monotonic()
-            rects = s.next_update(now)
+            if not s.may_send(now) or not (s.dirty.any() or s.cursor is not None or s.video is not None
+                                        or s.resized is not None):  # fmt: skip
+                continue
+            rects = s.update(now)
             if not rects:
                 continue
             body = b"".join(rects)
