@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -293,7 +293,7 @@ def _wait_state(page: Any, wanted: str, timeout: float, log: Path) -> list[tuple
     raise AssertionError(f"not {wanted} in {timeout:.0f} s: {seen}\n{log.read_text()[-3000:]}")
 
 
-def _wait_connected(page: Any, log: Path, console: Any) -> None:
+def _wait_connected(page: Any, log: Path, console: Callable[[], str]) -> None:
     """The desktop page connected within a minute; if not, what the page, visa and the VM said."""
     try:
         page.wait_for_selector('body[data-desktop="connected"]', state="attached", timeout=60_000)
@@ -428,7 +428,10 @@ def scenario(tmp: Path, creds: dict[str, Any], processed: Path) -> None:
         # Every boot step (the data mounts too) went through: the console has no failure marker.
         from visa.provisioning import report as boot_report
 
-        console = conn.compute.get_server_console_output(servers[0], length=200)["output"]
+        def vm_console() -> str:
+            return conn.compute.get_server_console_output(servers[0], length=200)["output"]
+
+        console = vm_console()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         (ARTIFACTS / "console.txt").write_text(console)  # the helper's step times (visa-assign: ...)
         assert boot_report.failures(console) == [], console[-4000:]
@@ -439,7 +442,7 @@ def scenario(tmp: Path, creds: dict[str, Any], processed: Path) -> None:
         opened_seconds = time.monotonic() - created
         page.click('[data-testid="open-desktop"]')
         page.wait_for_url("**/desktop")
-        _wait_connected(page, log, lambda: conn.compute.get_server_console_output(servers[0], length=200)["output"])
+        _wait_connected(page, log, vm_console)
         connected_seconds = time.monotonic() - created
         _desktop_pixels(page)
         pixels_seconds = time.monotonic() - created
@@ -513,7 +516,7 @@ def scenario(tmp: Path, creds: dict[str, Any], processed: Path) -> None:
         page.wait_for_selector("text=Saved: the keyboard and screen apply at the next connection")
         page.click('[data-testid="open-desktop"]')
         page.wait_for_url("**/desktop")
-        _wait_connected(page, log, lambda: conn.compute.get_server_console_output(servers[0], length=200)["output"])
+        _wait_connected(page, log, vm_console)
         assert _layout(xkb, "fr"), xkb.read_text()
         _shot(page, "04b-desktop-fr")
         ctx.close()

@@ -84,7 +84,6 @@ async function connect() {
   let gatewayReason = "";
   socket.addEventListener("close", (ev) => { if (ev.code === 1011) gatewayReason = ev.reason || ""; });
   rfb = new RFB(screen, socket, { shared: true });
-  let wasUp = false; // this socket reached the desktop (a drop, not a refusal at the door)
   rfb.viewOnly = !!session.view_only;
   rfb.focusOnClick = true;
   rfb.background = "#0f141b";
@@ -97,7 +96,6 @@ async function connect() {
   cadBtn.disabled = !!session.view_only;
 
   rfb.addEventListener("connect", () => {
-    wasUp = true;
     reconnect.everUp = true;
     reconnectDone();
     showOverlay("");
@@ -118,7 +116,7 @@ async function connect() {
       reconnectBtn.classList.remove("hidden");
       return;
     }
-    if (lostSocket(wasUp)) return;
+    if (lostSocket()) return;
     const clean = ev.detail && ev.detail.clean;
     setStatus("Disconnected", "disconnected");
     showOverlay(!reconnect.everUp ? "The desktop does not answer: try again in a moment."
@@ -275,7 +273,7 @@ function retryable(err) {
   return !(err instanceof ApiError) || err.status >= 500 || err.status === 429;
 }
 
-function lostSocket(wasUp) {
+function lostSocket() {
   // True when the disconnect is handled here: a new attempt is scheduled. A first connection
   // that fails tries again too (a desktop that has only just started, a gateway being
   // restarted): every attempt asks /connect anew, so an answer about the instance ends the tries.
